@@ -1,0 +1,108 @@
+//! Conveniences on [`Envelope`] that relay and peer both need.
+
+use crate::types::Envelope;
+use crate::types::envelope::{Message, Payload};
+
+/// The tag token that asks a relay to fail at once instead of queueing for an offline twin.
+pub const FAIL_FAST_TAG: &str = "fail-fast";
+
+/// What an envelope carries, without its contents (for logs, metrics and dispatch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    Request,
+    Response,
+    Error,
+    Ping,
+    Pong,
+    /// The `message` oneof is not set (or set to a variant this build does not know).
+    Unset,
+}
+
+impl MessageKind {
+    /// Lower-case name, stable for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Request => "request",
+            MessageKind::Response => "response",
+            MessageKind::Error => "error",
+            MessageKind::Ping => "ping",
+            MessageKind::Pong => "pong",
+            MessageKind::Unset => "unset",
+        }
+    }
+}
+
+impl Envelope {
+    /// Which kind of message this envelope carries.
+    pub fn kind(&self) -> MessageKind {
+        match &self.message {
+            Some(Message::Request(_)) => MessageKind::Request,
+            Some(Message::Response(_)) => MessageKind::Response,
+            Some(Message::Error(_)) => MessageKind::Error,
+            Some(Message::Ping(_)) => MessageKind::Ping,
+            Some(Message::Pong(_)) => MessageKind::Pong,
+            None => MessageKind::Unset,
+        }
+    }
+
+    /// The payload bytes, whether plain or encrypted (empty when there is none).
+    pub fn payload_bytes(&self) -> &[u8] {
+        match &self.payload {
+            Some(Payload::Plain(bytes) | Payload::Cipher(bytes)) => bytes,
+            None => &[],
+        }
+    }
+
+    /// True when the tags hold the exact token `fail-fast` (tokens split on `,` and
+    /// whitespace, case-sensitive, as rmb-rs does).
+    pub fn is_fail_fast(&self) -> bool {
+        self.tags.as_deref().is_some_and(|tags| {
+            tags.split(|c: char| c == ',' || c.is_whitespace())
+                .any(|token| token == FAIL_FAST_TAG)
+        })
+    }
+
+    /// The source twin id; `0` (relay-generated) when the source is missing.
+    pub fn source_twin(&self) -> u32 {
+        self.source.as_ref().map_or(0, |a| a.twin)
+    }
+
+    /// The destination twin id; `0` when the destination is missing.
+    pub fn destination_twin(&self) -> u32 {
+        self.destination.as_ref().map_or(0, |a| a.twin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Ping, Request};
+
+    #[test]
+    fn fail_fast_token_matching() {
+        let with = |tags: &str| Envelope {
+            tags: Some(tags.into()),
+            ..Default::default()
+        };
+        assert!(with("fail-fast").is_fail_fast());
+        assert!(with("a, fail-fast").is_fail_fast());
+        assert!(with("a fail-fast\tb").is_fail_fast());
+        assert!(!with("Fail-Fast").is_fail_fast());
+        assert!(!with("fail-faster").is_fail_fast());
+        assert!(!Envelope::default().is_fail_fast());
+    }
+
+    #[test]
+    fn kind_and_payload() {
+        let mut env = Envelope::default();
+        assert_eq!(env.kind(), MessageKind::Unset);
+        assert_eq!(env.payload_bytes(), b"");
+        env.message = Some(Message::Request(Request::default()));
+        env.payload = Some(Payload::Cipher(vec![1, 2]));
+        assert_eq!(env.kind().as_str(), "request");
+        assert_eq!(env.payload_bytes(), &[1, 2]);
+        env.message = Some(Message::Ping(Ping {}));
+        assert_eq!(env.kind(), MessageKind::Ping);
+        assert_eq!(env.source_twin(), 0);
+    }
+}
