@@ -1,28 +1,48 @@
-//! Signing and verifying [`Envelope`]s.
+//! Signing, verifying, sealing and opening [`Envelope`]s: what a twin does to every
+//! message it sends or receives.
 //!
-//! The signature covers the MD5 digest of the rmb-rs challenge
-//! ([`rmb_proto::challenge`]). Because that challenge concatenates fields without
-//! separators, some different envelopes share a digest: a `schema` moved into the
-//! deprecated `federation` field, or an empty `Response` turned into an empty `schema`,
-//! are one-bit changes on the wire that keep the signature valid. [`verify_envelope`]
-//! therefore also checks the envelope's *shape*: a message kind must be set and the
-//! deprecated fields (which no current sender sets) must be absent.
+//! Sending ([`Identity::seal_envelope`]): encrypt the plain payload to the recipient's
+//! published key (if it has one), stamp, sign. Receiving ([`Identity::open_envelope`]):
+//! check the shape, verify the signature against the sender's account, decrypt.
+//!
+//! ## Why the shape is checked too
+//!
+//! The signature covers the MD5 of the rmb-rs challenge ([`rmb_proto::challenge`]),
+//! which concatenates fields without separators or field markers. Some one-bit changes
+//! on the wire therefore keep the signature valid while moving bytes between fields:
+//! `schema` → deprecated `federation`, an empty `Response` → an empty `schema`, an empty
+//! plain payload → a `Ping`, `schema` → `cipher`. The rules here refuse every such case
+//! that changes meaning:
+//!
+//! - a signed envelope carries a request, response or error (pings and pongs are relay
+//!   keepalives and are never signed-verified, as in rmb-rs);
+//! - the deprecated `federation` and `relays` fields, which no current sender sets,
+//!   must be absent;
+//! - a `cipher` payload must decrypt (its AEAD tag catches bytes moved into it).
+//!
+//! What remains is indistinguishable by construction: an empty optional string versus
+//! an absent one, and an empty plain payload versus none. Receivers give these the same
+//! meaning (see [`Address::sid`](rmb_proto::Address::sid)).
 
-use rmb_proto::Envelope;
+use rmb_proto::{Envelope, MessageKind, Payload};
 
 use crate::account::AccountId;
+use crate::e2e::{E2eError, E2eScheme};
+use crate::identity::Identity;
 use crate::signer::Signer;
 use crate::verify::{SignatureError, verify};
 
-/// Why a received envelope was refused.
+/// Why a received envelope was refused (or an outgoing one could not be sealed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
-    #[error("envelope carries no message (request, response, error, ping or pong)")]
-    NoMessage,
+    #[error("{0} envelopes carry no verifiable signature; expected a request, response or error")]
+    NotSigned(&'static str),
     #[error("envelope uses the deprecated '{0}' field, which no current sender sets")]
     DeprecatedField(&'static str),
     #[error("invalid envelope signature: {0}")]
     Signature(#[from] SignatureError),
+    #[error("e2e error: {0}")]
+    E2e(#[from] E2eError),
 }
 
 /// Signs `env` in place with `signer` (the caller stamps it first, see `Envelope::stamp_at`).
@@ -47,8 +67,9 @@ pub fn verify_envelope(env: &Envelope, account: &AccountId) -> Result<(), Envelo
 
 /// The structural rules a signed envelope must meet (see the module docs for why).
 pub fn check_shape(env: &Envelope) -> Result<(), EnvelopeError> {
-    if env.message.is_none() {
-        return Err(EnvelopeError::NoMessage);
+    match env.kind() {
+        MessageKind::Request | MessageKind::Response | MessageKind::Error => {}
+        other => return Err(EnvelopeError::NotSigned(other.as_str())),
     }
     if env.federation.is_some() {
         return Err(EnvelopeError::DeprecatedField("federation"));
@@ -59,14 +80,66 @@ pub fn check_shape(env: &Envelope) -> Result<(), EnvelopeError> {
     Ok(())
 }
 
+impl Identity {
+    /// Prepares `env` for sending: encrypts a plain payload to `recipient_key` (the
+    /// destination's published key; `None` leaves it plain), stamps it at `now`, signs it.
+    ///
+    /// The order (encrypt, stamp, sign) is rmb-rs's, so the signature covers the ciphertext.
+    pub fn seal_envelope(
+        &self,
+        env: &mut Envelope,
+        recipient_key: Option<&[u8]>,
+        now: u64,
+    ) -> Result<(), EnvelopeError> {
+        if let Some(key) = recipient_key {
+            let plain = match env.payload.take() {
+                Some(Payload::Plain(bytes)) => bytes,
+                Some(Payload::Cipher(bytes)) => {
+                    // Already sealed by the caller; keep it.
+                    env.payload = Some(Payload::Cipher(bytes));
+                    return self.finish(env, now);
+                }
+                None => Vec::new(),
+            };
+            env.payload = Some(Payload::Cipher(self.e2e().seal(key, &plain)?));
+        }
+        self.finish(env, now)
+    }
+
+    fn finish(&self, env: &mut Envelope, now: u64) -> Result<(), EnvelopeError> {
+        env.stamp_at(now);
+        sign_envelope(self.signer(), env);
+        Ok(())
+    }
+
+    /// Checks a received `env` and decrypts its payload in place.
+    ///
+    /// `sender_account` and `sender_key` come from the registry entry of the source
+    /// twin; `own_scheme` is the scheme of the key we publish (what senders encrypt to).
+    pub fn open_envelope(
+        &self,
+        env: &mut Envelope,
+        sender_account: &AccountId,
+        sender_key: Option<&[u8]>,
+        own_scheme: E2eScheme,
+    ) -> Result<(), EnvelopeError> {
+        verify_envelope(env, sender_account)?;
+        if let Some(Payload::Cipher(cipher)) = &env.payload {
+            let plain = self.e2e().open(own_scheme, sender_key, cipher)?;
+            env.payload = Some(Payload::Plain(plain));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::signer::KeyType;
-    use rmb_proto::{Address, Message, Payload, Request};
+    use rmb_proto::{Address, Message, Ping, Request};
 
     fn request() -> Envelope {
-        let mut env = Envelope {
+        Envelope {
             uid: "u-1".into(),
             expiration: 60,
             source: Some(Address::twin(1)),
@@ -77,8 +150,13 @@ mod tests {
             schema: Some("application/json".into()),
             payload: Some(Payload::Plain(b"{}".to_vec())),
             ..Default::default()
-        };
+        }
+    }
+
+    fn signed(signer: &Signer) -> Envelope {
+        let mut env = request();
         env.stamp_at(1_700_000_000);
+        sign_envelope(signer, &mut env);
         env
     }
 
@@ -86,8 +164,7 @@ mod tests {
     fn signed_envelopes_verify_and_tampering_is_caught() {
         for key_type in [KeyType::Ed25519, KeyType::Sr25519] {
             let signer = Signer::from_secret("//Alice", key_type).unwrap();
-            let mut env = request();
-            sign_envelope(&signer, &mut env);
+            let env = signed(&signer);
             verify_envelope(&env, &signer.account()).unwrap();
 
             let mut spoofed = env.clone();
@@ -102,14 +179,21 @@ mod tests {
     #[test]
     fn same_challenge_but_wrong_shape_is_refused() {
         let signer = Signer::from_secret("//Alice", KeyType::Ed25519).unwrap();
-        let mut env = request();
-        sign_envelope(&signer, &mut env);
+        let env = signed(&signer);
         let mut moved = env.clone();
         moved.federation = moved.schema.take();
         assert_eq!(moved.challenge_digest(), env.challenge_digest());
         assert_eq!(
             verify_envelope(&moved, &signer.account()),
             Err(EnvelopeError::DeprecatedField("federation"))
+        );
+        let mut ping = env.clone();
+        ping.message = Some(Message::Ping(Ping {}));
+        assert_eq!(
+            verify_envelope(&ping, &signer.account())
+                .unwrap_err()
+                .to_string(),
+            "ping envelopes carry no verifiable signature; expected a request, response or error"
         );
     }
 
@@ -121,6 +205,62 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "invalid envelope signature: signature is missing"
+        );
+    }
+
+    #[test]
+    fn seal_then_open_for_both_schemes_and_plain() {
+        let alice = Identity::from_secret("//Alice", KeyType::Sr25519).unwrap();
+        let bob = Identity::from_secret("//Bob", KeyType::Ed25519).unwrap();
+        for scheme in [Some(E2eScheme::X25519), Some(E2eScheme::Secp256k1), None] {
+            let bob_key = scheme.map(|s| bob.e2e_public_key(s));
+            let alice_key = scheme.map(|s| alice.e2e_public_key(s));
+            let mut env = request();
+            alice
+                .seal_envelope(&mut env, bob_key.as_deref(), 1_700_000_000)
+                .unwrap();
+            assert_eq!(env.timestamp, 1_700_000_000);
+            assert_eq!(
+                matches!(env.payload, Some(Payload::Cipher(_))),
+                scheme.is_some()
+            );
+            let mut received = env.clone();
+            bob.open_envelope(
+                &mut received,
+                &alice.signer().account(),
+                alice_key.as_deref(),
+                scheme.unwrap_or_default(),
+            )
+            .unwrap();
+            assert_eq!(received.payload, Some(Payload::Plain(b"{}".to_vec())));
+
+            if let Some(Payload::Cipher(cipher)) = &mut env.payload {
+                // Tampering after signing breaks the signature first.
+                cipher[20] ^= 1;
+                assert!(matches!(
+                    bob.open_envelope(
+                        &mut env,
+                        &alice.signer().account(),
+                        alice_key.as_deref(),
+                        scheme.unwrap()
+                    ),
+                    Err(EnvelopeError::Signature(_))
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn a_cipher_for_someone_else_is_an_e2e_error() {
+        let alice = Identity::from_secret("//Alice", KeyType::Sr25519).unwrap();
+        let bob = Identity::from_secret("//Bob", KeyType::Sr25519).unwrap();
+        let carol = Identity::from_secret("//Carol", KeyType::Sr25519).unwrap();
+        let mut env = request();
+        let carol_key = carol.e2e_public_key(E2eScheme::X25519);
+        alice.seal_envelope(&mut env, Some(&carol_key), 1).unwrap();
+        assert_eq!(
+            bob.open_envelope(&mut env, &alice.signer().account(), None, E2eScheme::X25519),
+            Err(EnvelopeError::E2e(E2eError::Decrypt))
         );
     }
 }
