@@ -18,7 +18,7 @@ pub mod x25519;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aes_gcm::Aes256Gcm;
 use chacha20poly1305::ChaCha20Poly1305;
@@ -113,10 +113,12 @@ enum CacheKey {
     Secp256k1(Vec<u8>),
 }
 
+/// ChaCha20-Poly1305 holds just its key; AES-256-GCM holds ~1 KiB of expanded key
+/// schedule, shared by reference so a cache hit copies nothing big.
 #[derive(Clone)]
 enum CachedCipher {
     ChaCha(ChaCha20Poly1305),
-    Aes(Aes256Gcm),
+    Aes(Arc<Aes256Gcm>),
 }
 
 /// A twin's encryption keys for both schemes, with a per-correspondent cipher cache.
@@ -208,9 +210,14 @@ impl E2eKeys {
         }
     }
 
-    fn aes(&self, their: &[u8]) -> Result<Aes256Gcm, E2eError> {
+    fn aes(&self, their: &[u8]) -> Result<Arc<Aes256Gcm>, E2eError> {
         let key = CacheKey::Secp256k1(their.to_vec());
-        match self.cached(key, || self.secp256k1.cipher(their).map(CachedCipher::Aes))? {
+        let derive = || {
+            self.secp256k1
+                .cipher(their)
+                .map(|c| CachedCipher::Aes(Arc::new(c)))
+        };
+        match self.cached(key, derive)? {
             CachedCipher::Aes(aead) => Ok(aead),
             CachedCipher::ChaCha(_) => unreachable!("secp256k1 cache keys only hold AES ciphers"),
         }
