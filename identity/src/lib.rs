@@ -12,7 +12,7 @@
 //! - **encryption keys** ([`e2e`]): x25519 + ChaCha20-Poly1305 (ours) and secp256k1 +
 //!   AES-256-GCM (rmb-rs compatible), chosen by the recipient's published key.
 //!
-//! [`Identity`] bundles them for a peer.
+//! [`Identity`] bundles them for a peer. [`registry`] answers who another twin is.
 
 pub mod account;
 pub mod derive;
@@ -20,6 +20,7 @@ pub mod e2e;
 pub mod envelope;
 pub mod identity;
 pub mod jwt;
+pub mod registry;
 pub mod secret;
 pub mod signer;
 pub mod ss58;

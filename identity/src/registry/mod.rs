@@ -1,0 +1,90 @@
+//! The twin registry: who twin N is (account, relays, encryption key).
+//!
+//! Relay, peer and tools all ask one trait, [`Registry`], and never care which backend
+//! answers:
+//!
+//! - [`tfchain`] (feature `tfchain`): ThreeFold's chain, through `subxt`, as rmb-rs does;
+//! - [`http`]: the embedded registry that an `rmb-relay` hosts for self-hosted networks
+//!   (its server side lives in the relay crate; its wire format in [`api`]).
+//!
+//! [`CachedRegistry`] sits in front of either: it answers repeated lookups from memory
+//! for a TTL and, where the backend can signal changes ([`Registry::follow`]), applies
+//! them as they happen instead of waiting for the TTL. [`select`] turns the command-line
+//! choice (`--substrate`, `--registry`) into a backend.
+
+pub mod api;
+pub mod cache;
+pub mod http;
+pub mod resolve;
+pub mod select;
+#[cfg(feature = "tfchain")]
+pub mod tfchain;
+pub mod twin;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::account::AccountId;
+use crate::signer::Signer;
+
+pub use cache::CachedRegistry;
+pub use resolve::RelayResolver;
+pub use select::{RegistryChoice, connect};
+pub use twin::{Twin, TwinUpdate};
+
+/// Why a registry lookup or update failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The backend could not be reached (network, chain down). Retrying may help.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered, but refused the request; the message says why.
+    #[error("registry refused the request: {0}")]
+    Refused(String),
+    /// The signer's account has no twin and registration was not asked for.
+    #[error("account {0} has no twin; register it first (e.g. `rmb twin register`)")]
+    NotRegistered(AccountId),
+    /// The backend answered with something that does not make sense.
+    #[error("registry answered with invalid data: {0}")]
+    Invalid(String),
+    /// The backend cannot signal changes; callers rely on cache expiry instead.
+    #[error("this registry backend cannot signal changes")]
+    NoChangeFeed,
+}
+
+/// A change a backend reports, used to keep caches fresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A twin was created or updated; this is its new value.
+    Updated(Twin),
+    /// Changes may have been missed (reconnect, gap): forget everything cached.
+    Reset,
+}
+
+/// A source of twins. Implementations must be cheap to share (`Arc<dyn Registry>`).
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// The twin with this id, or `None` if it does not exist.
+    async fn get_twin(&self, id: u32) -> Result<Option<Twin>, RegistryError>;
+
+    /// The id of the twin owned by `account`, or `None` if it has none.
+    async fn twin_id_by_account(&self, account: &AccountId) -> Result<Option<u32>, RegistryError>;
+
+    /// Creates or updates the twin of `signer`'s account so that it carries `update`.
+    ///
+    /// When the account has no twin: creates one if `update.create` is set, otherwise
+    /// fails with [`RegistryError::NotRegistered`]. Returns the twin as stored.
+    async fn publish(&self, signer: &Signer, update: &TwinUpdate) -> Result<Twin, RegistryError>;
+
+    /// Reports changes into `sink` until the connection ends or the sink closes.
+    ///
+    /// Returns `Err(NoChangeFeed)` at once if the backend cannot signal changes. Every
+    /// (re)start begins with [`Change::Reset`] since changes may have been missed.
+    async fn follow(&self, sink: mpsc::Sender<Change>) -> Result<(), RegistryError> {
+        let _ = sink;
+        Err(RegistryError::NoChangeFeed)
+    }
+
+    /// One line for logs and `rmb status`, e.g. `tfchain (ws://127.0.0.1:9944)`.
+    fn describe(&self) -> String;
+}
