@@ -3,10 +3,11 @@
 #
 #   tests/run.sh            formatting check, clippy (warnings are errors), every test
 #
-# Needs: a Rust toolchain (https://rustup.rs). Installs nothing else yet; services the
-# tests need (redis-server for relay/peer tests) are added here as those tests arrive.
+# Needs a Rust toolchain (https://rustup.rs). Installs what else the tests need when it
+# is missing: Debian's redis-server (tests start their own servers on free ports).
 # ../shared (the reference folder beside the checkout) must exist: the rmb-rs
-# compatibility tests read their vectors from it.
+# compatibility tests read their vectors from it, the tfchain tests start a local chain
+# with ../shared/tfchain/start-local-chain (which needs node, present on this machine kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,13 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    step "installing redis-server (Debian package)"
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,6 +1,7 @@
 //! `rmb-relay`: the stateless WebSocket hub of the Reliable Message Bus.
 //!
-//! Not built yet: this crate is reserved so the workspace has its final shape. The relay
-//! (routing, offline queues, federation, the embedded registry's server) arrives with
-//! issue #4; it will build on `rmb-proto` for the wire format and `rmb-identity` for JWT
-//! login checks.
+//! The relay itself (routing, offline queues, federation) arrives with issue #4. What is
+//! here already is the **embedded twin registry** a relay hosts for networks that run
+//! without a blockchain ([`registry`]): its store, its HTTP API and its change feed.
+
+pub mod registry;

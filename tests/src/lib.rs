@@ -6,6 +6,9 @@
 
 use std::path::PathBuf;
 
+pub mod chain;
+pub mod redis_server;
+
 /// The shared folder beside the checkout (`../shared`), or `$RMB_SHARED_DIR` if set.
 ///
 /// CI always has it; the tests that need it fail with this message when it is missing,

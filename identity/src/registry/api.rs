@@ -92,7 +92,10 @@ impl PublishRequest {
     /// Checks the content: relay entries and key are well formed.
     pub fn check_content(&self) -> Result<(), String> {
         if self.relays.len() > MAX_RELAYS {
-            return Err(format!("at most {MAX_RELAYS} relays, got {}", self.relays.len()));
+            return Err(format!(
+                "at most {MAX_RELAYS} relays, got {}",
+                self.relays.len()
+            ));
         }
         for relay in &self.relays {
             check_relay(relay)?;
@@ -127,7 +130,9 @@ pub fn check_relay(relay: &str) -> Result<(), String> {
         return bad("must not contain '_' or spaces");
     }
     if let Some((_, port)) = relay.rsplit_once(':') {
-        if !relay.starts_with('[') && relay.matches(':').count() == 1 && port.parse::<u16>().is_err()
+        if !relay.starts_with('[')
+            && relay.matches(':').count() == 1
+            && port.parse::<u16>().is_err()
         {
             return bad("has an invalid port");
         }
@@ -202,7 +207,14 @@ mod tests {
         for ok in ["relay.example", "127.0.0.1:8081", "[::1]:8080", "localhost"] {
             check_relay(ok).unwrap();
         }
-        for bad in ["", "wss://relay.example", "a_b", "relay.example:99999", "a b", "r/x"] {
+        for bad in [
+            "",
+            "wss://relay.example",
+            "a_b",
+            "relay.example:99999",
+            "a b",
+            "r/x",
+        ] {
             assert!(check_relay(bad).is_err(), "{bad:?}");
         }
         let signer = Signer::from_secret("//Alice", KeyType::Sr25519).unwrap();

@@ -164,11 +164,23 @@ mod tests {
     impl Registry for Counting {
         async fn get_twin(&self, id: u32) -> Result<Option<Twin>, RegistryError> {
             self.lookups.fetch_add(1, Ordering::SeqCst);
-            Ok(self.twins.lock().unwrap().iter().find(|t| t.id == id).cloned())
+            Ok(self
+                .twins
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|t| t.id == id)
+                .cloned())
         }
         async fn twin_id_by_account(&self, a: &AccountId) -> Result<Option<u32>, RegistryError> {
             self.lookups.fetch_add(1, Ordering::SeqCst);
-            Ok(self.twins.lock().unwrap().iter().find(|t| t.account == *a).map(|t| t.id))
+            Ok(self
+                .twins
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|t| t.account == *a)
+                .map(|t| t.id))
         }
         async fn publish(&self, s: &Signer, u: &TwinUpdate) -> Result<Twin, RegistryError> {
             let twin = Twin {
@@ -244,7 +256,10 @@ mod tests {
             create: true,
         };
         cache.publish(&signer, &update).await.unwrap();
-        assert_eq!(cache.get_twin(1).await.unwrap().unwrap().relays, update.relays);
+        assert_eq!(
+            cache.get_twin(1).await.unwrap().unwrap().relays,
+            update.relays
+        );
         assert_eq!(backend.lookups.load(Ordering::SeqCst), 0);
         cache.spawn_follower().await.unwrap();
         assert!(!cache.is_following());

@@ -75,7 +75,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-async fn decode<T: DeserializeOwned>(url: &str, response: reqwest::Response) -> Result<T, RegistryError> {
+async fn decode<T: DeserializeOwned>(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<T, RegistryError> {
     let status = response.status();
     let body = response.bytes().await.map_err(|e| unavailable(url, e))?;
     if status.is_success() {
@@ -86,7 +89,9 @@ async fn decode<T: DeserializeOwned>(url: &str, response: reqwest::Response) -> 
         .map(|b| b.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
     if status.is_server_error() {
-        Err(RegistryError::Unavailable(format!("{url}: {status}: {message}")))
+        Err(RegistryError::Unavailable(format!(
+            "{url}: {status}: {message}"
+        )))
     } else {
         Err(RegistryError::Refused(message))
     }

@@ -39,7 +39,11 @@ impl Twin {
 
 /// tfchain stores the relay list as one string: domains joined by `_`.
 pub fn encode_relays(relays: &BTreeSet<String>) -> String {
-    relays.iter().map(String::as_str).collect::<Vec<_>>().join("_")
+    relays
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("_")
 }
 
 /// Reads a tfchain relay string (`a.example_b.example`) into a set; empty parts dropped.
