@@ -1,7 +1,37 @@
 //! `rmb-relay`: the stateless WebSocket hub of the Reliable Message Bus.
 //!
-//! The relay itself (routing, offline queues, federation) arrives with issue #4. What is
-//! here already is the **embedded twin registry** a relay hosts for networks that run
-//! without a blockchain ([`registry`]): its store, its HTTP API and its change feed.
+//! Peers hold WebSocket connections to a relay and send it signed envelopes; the relay
+//! routes each by destination twin: to a connected session, into a bounded queue for a
+//! twin that lives here but is offline, or to the twin's own relay (federation). It never
+//! sees plaintext. A relay started without `--substrate`/`--registry` also hosts the
+//! embedded twin registry.
+//!
+//! Map of the crate:
+//!
+//! - [`server`]: the listener and its routes; [`config`]: settings; [`state`]: what all
+//!   handlers share;
+//! - [`auth`]: login by JWT; [`session`]: one connection's reader and writer;
+//! - [`switch`]: connected sessions; [`queue`]: envelopes for offline sessions;
+//! - [`routing`]: where an envelope goes; [`errors`]: error envelopes for the sender;
+//! - [`federation`]: envelopes between relays; [`ranker`]: which relay to try first;
+//! - [`limiter`]: `--limit`; [`metrics`]: `/metrics`;
+//! - [`registry`]: the embedded twin registry this relay can host.
 
+pub mod auth;
+pub mod config;
+pub mod errors;
+pub mod federation;
+pub mod limiter;
+pub mod metrics;
+pub mod queue;
+pub mod ranker;
 pub mod registry;
+pub mod routing;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod switch;
+
+pub use config::Config;
+pub use server::RelayServer;
+pub use state::RelayState;

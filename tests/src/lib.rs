@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 pub mod chain;
 pub mod redis_server;
+pub mod relay_client;
+pub mod relay_process;
 
 /// The shared folder beside the checkout (`../shared`), or `$RMB_SHARED_DIR` if set.
 ///

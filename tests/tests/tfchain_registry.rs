@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rmb_identity::registry::tfchain::TfchainRegistry;
+use rmb_identity::registry::tfchain::{RpcBackend, TfchainOptions, TfchainRegistry};
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryError, Twin, TwinUpdate};
 use rmb_identity::{E2eScheme, Identity, KeyType};
 use rmb_testsupport::chain::{LocalChain, free_port, fund};
@@ -62,7 +62,7 @@ async fn tfchain_registry_on_the_real_runtime() {
     let other = TfchainRegistry::connect(vec![url.clone()]).await.unwrap();
     cache_follows_other_writers(&registry, &cache, &other, &ed, ed_twin.id).await;
 
-    failover_to_a_live_url(&url).await;
+    failover_to_a_live_url(&url, ed_twin.id).await;
 
     survives_a_chain_restart(&registry, &mut chain).await;
     // The follower reconnects by itself, and so does the other writer.
@@ -242,14 +242,25 @@ async fn cache_follows_other_writers(
     );
 }
 
-/// `connect` skips a dead URL and says which one it uses.
-async fn failover_to_a_live_url(url: &str) {
+/// `connect` skips a dead URL and says which one it uses; subxt's default (combined)
+/// backend, which prefers the chainHead methods of real nodes, reads the same twin.
+async fn failover_to_a_live_url(url: &str, id: u32) {
     let dead = format!("ws://127.0.0.1:{}", free_port());
     let registry = TfchainRegistry::connect(vec![dead, url.to_string()])
         .await
         .unwrap();
     assert_eq!(registry.describe(), format!("tfchain ({url})"));
-    assert!(registry.get_twin(1).await.is_ok());
+    let twin = registry.get_twin(id).await.unwrap();
+    assert!(twin.is_some());
+
+    let options = TfchainOptions {
+        backend: RpcBackend::Combined,
+        ..TfchainOptions::default()
+    };
+    let chain_head = TfchainRegistry::connect_with(vec![url.to_string()], options)
+        .await
+        .unwrap();
+    assert_eq!(chain_head.get_twin(id).await.unwrap(), twin);
 }
 
 /// With the chain gone, calls fail promptly and name the URL; once it is back (empty:

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use subxt::backend::{Backend, ChainHeadBackend, LegacyBackend};
+use subxt::backend::{Backend, CombinedBackend, LegacyBackend};
 use subxt::client::OnlineClientAtBlock;
 use subxt::rpcs::RpcClient;
 use subxt::rpcs::client::{JsonrpseeRpcClient, jsonrpsee_client};
@@ -21,9 +21,10 @@ pub enum RpcBackend {
     /// and chopsticks (our local chain) only streams blocks correctly through these.
     #[default]
     Legacy,
-    /// The newer `chainHead_v1_*` methods. Real nodes serve them; chopsticks answers
-    /// them in a shape subxt cannot follow (block streams end at once).
-    ChainHead,
+    /// subxt's default: the newer `chainHead_v1_*` methods where the node serves them,
+    /// legacy ones otherwise. Suits real nodes; chopsticks answers `chainHead_v1_follow`
+    /// in a shape subxt cannot follow (reads work, block streams end at once).
+    Combined,
 }
 
 /// `PolkadotConfig` fits tfchain (MultiAddress, MultiSignature, standard extensions); the
@@ -58,9 +59,12 @@ impl Connection {
                     OnlineClient::from_backend_with_config(config(), Arc::clone(&backend)).await;
                 (client, backend)
             }
-            RpcBackend::ChainHead => {
-                let backend =
-                    Arc::new(ChainHeadBackend::builder().build_with_background_driver(rpc.clone()));
+            RpcBackend::Combined => {
+                let backend = CombinedBackend::builder()
+                    .build_with_background_driver(rpc.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let backend = Arc::new(backend);
                 let client =
                     OnlineClient::from_backend_with_config(config(), Arc::clone(&backend)).await;
                 (client, backend)

@@ -27,9 +27,13 @@ pub const TERMS_HASH: &str = "somehash";
 #[derive(Debug, Clone, DecodeAsType)]
 #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
 pub struct ChainTwin {
+    /// Chain-assigned id.
     pub id: u32,
+    /// The owning account.
     pub account_id: AccountId32,
+    /// Relay domains joined by `_` (see [`decode_relays`]).
     pub relay: Option<Vec<u8>>,
+    /// Published encryption key.
     pub pk: Option<Vec<u8>>,
 }
 

@@ -1,0 +1,190 @@
+//! `rmb-relay`: run a relay.
+//!
+//! Accepts rmb-rs's flags so existing deployment scripts keep working; see `--help`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rmb_identity::registry::resolve::ResolveRule;
+use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, RelayResolver, connect};
+use rmb_relay::limiter::Limits;
+use rmb_relay::registry::{HostedRegistry, RedbStore, RedisStore, TwinStore};
+use rmb_relay::{Config, RelayServer, RelayState};
+
+/// A relay of the Reliable Message Bus: peers connect to it over WebSocket and it routes
+/// their signed, end-to-end encrypted envelopes to other twins, queueing for offline
+/// twins and federating with other relays.
+#[derive(Parser, Debug)]
+#[command(name = "rmb-relay", version)]
+struct Args {
+    /// Name(s) this relay is reached by (DNS name or host:port). A twin whose registry
+    /// entry lists one of them lives here: envelopes for it are queued while it is offline.
+    #[arg(short = 'm', long = "domain", num_args = 1.., value_name = "DOMAIN")]
+    domains: Vec<String>,
+
+    /// Address to listen on for WebSocket, federation, /metrics, /health (and the
+    /// embedded registry when hosted).
+    #[arg(short, long, default_value = "[::]:8080")]
+    listen: SocketAddr,
+
+    /// tfchain RPC URL(s) to read twins from, tried in turn on failure (repeatable).
+    #[arg(short, long = "substrate", num_args = 1.., value_name = "URL")]
+    substrate: Vec<String>,
+
+    /// Base URL of an embedded registry hosted by another relay. With neither this nor
+    /// --substrate, this relay hosts the embedded registry itself.
+    #[arg(long, value_name = "URL")]
+    registry: Option<String>,
+
+    /// Redis URL. Currently used for the hosted registry's store; without it the registry
+    /// lives in a redb file under --data-dir. Offline queues are in memory either way
+    /// (the Redis queue mode is not built yet).
+    #[arg(short, long, value_name = "URL")]
+    redis: Option<String>,
+
+    /// Directory for the hosted registry's database file.
+    #[arg(long, default_value = "rmb-relay-data", value_name = "DIR")]
+    data_dir: PathBuf,
+
+    /// Per-twin rate limit: at most COUNT envelopes and SIZE bytes per minute.
+    #[arg(long, num_args = 2, value_names = ["COUNT", "SIZE"])]
+    limit: Option<Vec<u64>>,
+
+    /// Window in seconds over which federation failures rank a twin's relays.
+    #[arg(short = 'p', long, default_value_t = 3600)]
+    ranker_period: u64,
+
+    /// rmb-rs switch workers; here only workers × user-per-worker matters, as the
+    /// maximum number of sessions.
+    #[arg(short, long, default_value_t = 500)]
+    workers: usize,
+
+    /// rmb-rs sessions per worker; see --workers.
+    #[arg(short, long, default_value_t = 1000)]
+    user_per_worker: usize,
+
+    /// Accepted for rmb-rs compatibility and ignored: on reconnecting to the chain this
+    /// relay always drops its twin cache instead of replaying blocks.
+    #[arg(long, value_name = "BLOCKS")]
+    catchup_threshold: Option<u64>,
+
+    /// Largest envelope accepted, in bytes.
+    #[arg(long, default_value_t = rmb_proto::DEFAULT_MAX_ENVELOPE_SIZE)]
+    max_envelope_size: usize,
+
+    /// Federate over plain http:// instead of https:// (test networks only).
+    #[arg(long)]
+    federation_http: bool,
+
+    /// Connect to relay NAME at ADDRESS instead (like curl --resolve), e.g.
+    /// relay1.test=127.0.0.1:8081 (repeatable).
+    #[arg(long, value_name = "NAME=ADDRESS")]
+    resolve: Vec<ResolveRule>,
+
+    /// More logging: -d debug, -dd trace. RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    debug: u8,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.debug);
+
+    let limits = match args.limit.as_deref() {
+        Some([count, size]) => Some(Limits {
+            count: *count,
+            size: *size,
+            window: 60,
+        }),
+        _ => None,
+    };
+    let config = Config {
+        domains: args.domains.iter().cloned().collect::<BTreeSet<_>>(),
+        max_envelope_size: args.max_envelope_size,
+        max_sessions: args.workers.saturating_mul(args.user_per_worker).max(1),
+        limits,
+        ranker_period: args.ranker_period,
+        federation_http: args.federation_http,
+        resolver: RelayResolver::new(args.resolve.clone()),
+        ..Config::default()
+    };
+    if config.domains.is_empty() {
+        tracing::warn!(
+            "no --domain given: no twin lives here, so nothing is queued for offline twins"
+        );
+    }
+
+    let (registry, hosted) = registry(&args).await?;
+    tracing::info!(registry = %registry.describe(), "twin registry");
+    let state = RelayState::new(config, registry, hosted);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let server = RelayServer::start(state, listener)?;
+    tracing::info!(listen = %server.local_addr(), domains = ?args.domains, "relay ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .context("shutdown took longer than 10 s")??;
+    Ok(())
+}
+
+/// The registry the flags select, and the hosted one when this relay hosts it.
+async fn registry(args: &Args) -> anyhow::Result<(Arc<dyn Registry>, Option<Arc<HostedRegistry>>)> {
+    if let Some(choice) = RegistryChoice::from_flags(&args.substrate, args.registry.as_deref())? {
+        let backend = connect(&choice)
+            .await
+            .context("connecting to the twin registry")?;
+        let cached = CachedRegistry::new(backend, Duration::from_secs(3600), 1_000_000);
+        cached.spawn_follower();
+        return Ok((cached, None));
+    }
+    let store: Arc<dyn TwinStore> = match &args.redis {
+        Some(url) => Arc::new(
+            RedisStore::connect(url, "rmb:registry:")
+                .await
+                .with_context(|| format!("connecting to redis at {url}"))?,
+        ),
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating {}", args.data_dir.display()))?;
+            Arc::new(RedbStore::open(&args.data_dir.join("registry.redb"))?)
+        }
+    };
+    let hosted = HostedRegistry::new(store);
+    Ok((hosted.clone(), Some(hosted)))
+}
+
+fn init_logging(debug: u8) {
+    let level = match debug {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

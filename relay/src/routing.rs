@@ -1,0 +1,218 @@
+//! Routing one envelope: deliver here, queue for an offline twin that lives here, or
+//! forward to the destination's relay.
+//!
+//! ```text
+//! from a session: source must equal the session          → else "message wrong source"
+//! ping                                                   → pong to the sender
+//! destination missing / twin 0                           → "message with missing destination"
+//! expired                                                → "message has expired" (rmb-rs queues it anyway)
+//! destination session connected here                     → deliver
+//! destination twin unknown / no relays                   → error
+//! destination lives here (relay list ∩ --domain)         → fail-fast: "destination offline"; else queue
+//! otherwise, from a session                              → federate (error comes back if all relays fail)
+//! otherwise, from federation                             → refused (never re-forwarded: no loops)
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use prost::Message as _;
+use rmb_proto::{Envelope, Message, MessageKind, Pong};
+
+use crate::errors::{RouteError, error_envelope};
+use crate::state::RelayState;
+use crate::switch::{Delivery, SessionId};
+
+/// Where an envelope came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A client connected to this relay, authenticated as this session.
+    Session(SessionId),
+    /// Another relay (`POST /`), already signature-checked.
+    Federation,
+}
+
+/// Routes `env` (whose encoding is `bytes`) at `now`.
+pub async fn route(
+    state: &Arc<RelayState>,
+    origin: &Origin,
+    bytes: Bytes,
+    mut env: Envelope,
+    now: u64,
+) -> Result<(), RouteError> {
+    let started = Instant::now();
+    let result = route_inner(state, origin, bytes, &mut env, now).await;
+    state
+        .metrics
+        .route_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        state.metrics.error(e.kind());
+    }
+    result
+}
+
+async fn route_inner(
+    state: &Arc<RelayState>,
+    origin: &Origin,
+    bytes: Bytes,
+    env: &mut Envelope,
+    now: u64,
+) -> Result<(), RouteError> {
+    if let Origin::Session(session) = origin {
+        let source = env.source.as_ref().map(SessionId::of);
+        if source.as_ref() != Some(session) {
+            return Err(RouteError::WrongSource);
+        }
+        if env.kind() == MessageKind::Ping {
+            answer_ping(state, session, env);
+            return Ok(());
+        }
+    }
+    let Some(destination) = env.destination.as_ref().map(SessionId::of) else {
+        return Err(RouteError::MissingDestination);
+    };
+    if destination.twin == 0 {
+        return Err(RouteError::MissingDestination);
+    }
+    if env.valid_at(now).is_err() {
+        return Err(RouteError::Expired);
+    }
+    let deadline = env.deadline();
+    let bytes = match deliver(state, &destination, bytes, deadline).await {
+        Ok(()) => return Ok(()),
+        Err(bytes) => bytes,
+    };
+
+    let twin = state
+        .registry
+        .get_twin(destination.twin)
+        .await
+        .map_err(|e| RouteError::Registry(e.to_string()))?
+        .ok_or(RouteError::UnknownTwin)?;
+    if twin.relays.is_empty() {
+        return Err(RouteError::NoRelays);
+    }
+    if state.config.serves(&twin.relays) {
+        if env.is_fail_fast() {
+            return Err(RouteError::DestinationOffline);
+        }
+        state
+            .queue
+            .push(&destination, bytes, deadline, now)
+            .map_err(|e| RouteError::QueueFull(e.to_string()))?;
+        state.metrics.queued.inc();
+        return Ok(());
+    }
+    let Origin::Session(sender) = origin else {
+        return Err(RouteError::Federation(format!(
+            "twin {} does not live on this relay",
+            destination.twin
+        )));
+    };
+    // Forward in the background; the sender hears about a failure by error envelope.
+    let (state, sender, uid, kind) = (
+        Arc::clone(state),
+        sender.clone(),
+        env.uid.clone(),
+        env.kind(),
+    );
+    tokio::spawn(async move {
+        match state.federator.forward(bytes, &twin.relays, deadline).await {
+            Ok(relay) => {
+                state.metrics.federated_out.inc();
+                tracing::debug!(%relay, twin = twin.id, "federated");
+            }
+            Err(reason) => {
+                let error = RouteError::Federation(reason);
+                state.metrics.error(error.kind());
+                tracing::info!(%sender, twin = twin.id, %error, "federation failed");
+                reply_error(
+                    &state,
+                    &sender,
+                    &uid,
+                    kind,
+                    &error,
+                    rmb_proto::time::unix_now(),
+                );
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Hands `bytes` to a connected session, waiting (bounded) for a slow reader. Returns the
+/// bytes if the session is not connected here (or was dropped for being too slow).
+async fn deliver(
+    state: &RelayState,
+    session: &SessionId,
+    bytes: Bytes,
+    deadline: u64,
+) -> Result<(), Bytes> {
+    let bytes = match state.switch.deliver(session, (bytes, deadline)) {
+        Delivery::Sent => return Ok(()),
+        Delivery::NotConnected((bytes, _)) => return Err(bytes),
+        Delivery::Full((bytes, _)) => bytes,
+    };
+    let Some((outbox, cancel)) = state.switch.outbox(session) else {
+        return Err(bytes);
+    };
+    match tokio::time::timeout(
+        state.config.slow_reader_timeout,
+        outbox.send((bytes.clone(), deadline)),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        _ => {
+            tracing::warn!(%session, "slow reader disconnected; its envelopes are queued");
+            state.metrics.error("slow_reader");
+            cancel.cancel();
+            Err(bytes)
+        }
+    }
+}
+
+/// Answers an app-level ping with a pong from the relay.
+fn answer_ping(state: &RelayState, session: &SessionId, ping: &Envelope) {
+    let pong = Envelope {
+        uid: ping.uid.clone(),
+        timestamp: ping.timestamp,
+        expiration: ping.expiration,
+        source: ping.destination.clone(),
+        destination: ping.source.clone(),
+        message: Some(Message::Pong(Pong {})),
+        ..Default::default()
+    };
+    let deadline = pong.deadline();
+    let _ = state
+        .switch
+        .deliver(session, (Bytes::from(pong.encode_to_vec()), deadline));
+}
+
+/// Sends the sender of a refused envelope an error envelope (requests and responses
+/// only: errors about errors or pongs could loop).
+pub fn reply_error(
+    state: &RelayState,
+    sender: &SessionId,
+    uid: &str,
+    kind: MessageKind,
+    error: &RouteError,
+    now: u64,
+) {
+    if !matches!(kind, MessageKind::Request | MessageKind::Response) {
+        return;
+    }
+    let envelope = error_envelope(uid, sender, &error.to_string(), now);
+    let deadline = envelope.deadline();
+    match state
+        .switch
+        .deliver(sender, (Bytes::from(envelope.encode_to_vec()), deadline))
+    {
+        Delivery::Sent => {}
+        Delivery::NotConnected((bytes, _)) | Delivery::Full((bytes, _)) => {
+            let _ = state.queue.push(sender, bytes, deadline, now);
+        }
+    }
+}

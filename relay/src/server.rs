@@ -1,0 +1,156 @@
+//! [`RelayServer`]: the HTTP listener and everything it serves on one address.
+//!
+//! | request | handler |
+//! |---|---|
+//! | WebSocket upgrade, any path | login ([`crate::auth`]) then a session ([`crate::session`]) |
+//! | `POST /` | federation ingress ([`crate::federation::ingress`]) |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /health` | `ok` plus a JSON summary |
+//! | `/twins…`, `/changes` | the embedded registry, when this relay hosts it |
+//! | anything else | 404 `page not found` |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::auth::{authenticate, token_of};
+use crate::federation;
+use crate::registry;
+use crate::session;
+use crate::state::RelayState;
+
+/// How often expired envelopes are swept out of the offline queues.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// A running relay.
+pub struct RelayServer {
+    addr: SocketAddr,
+    state: Arc<RelayState>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RelayServer {
+    /// Serves `state` on `listener` until [`RelayServer::shutdown`].
+    pub fn start(state: Arc<RelayState>, listener: TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let app = app(Arc::clone(&state));
+        tokio::spawn(sweep(Arc::clone(&state)));
+        let stop = state.shutdown.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+        Ok(RelayServer { addr, state, task })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (for tests and the binary's status output).
+    pub fn state(&self) -> &Arc<RelayState> {
+        &self.state
+    }
+
+    /// Stops accepting, closes every session and waits for the listener to finish.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.state.shutdown.cancel();
+        self.state.switch.cancel_all();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after a shutdown, or a fatal listener error).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+/// The routes of one relay.
+pub fn app(state: Arc<RelayState>) -> Router {
+    let max = state.config.max_envelope_size;
+    let mut router = Router::new()
+        .route(
+            "/",
+            get(upgrade)
+                .post(federation::ingress)
+                .layer(DefaultBodyLimit::max(max)),
+        )
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .fallback(upgrade)
+        .with_state(Arc::clone(&state));
+    if let Some(hosted) = &state.hosted {
+        router = router.merge(registry::http::router(Arc::clone(hosted)));
+    }
+    router
+}
+
+async fn upgrade(
+    State(state): State<Arc<RelayState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return (StatusCode::NOT_FOUND, "page not found").into_response();
+    };
+    let now = rmb_proto::time::unix_now();
+    match authenticate(&state, token_of(uri.query(), &headers), now).await {
+        Err(e) => {
+            state.metrics.error("login");
+            tracing::info!(error = %e, "login refused");
+            (e.status(), e.to_string()).into_response()
+        }
+        Ok(session) => {
+            let max = state.config.max_envelope_size;
+            ws.max_message_size(max)
+                .max_frame_size(max)
+                .on_upgrade(move |socket| session::serve(socket, session, state))
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<RelayState>>) -> String {
+    state.metrics.queue_depth.set(state.queue.len() as i64);
+    state.metrics.render()
+}
+
+async fn health(State(state): State<Arc<RelayState>>) -> Response {
+    let body = serde_json::json!({
+        "status": "ok",
+        "sessions": state.switch.len(),
+        "queued": state.queue.len(),
+        "domains": state.config.domains,
+        "registry": state.registry.describe(),
+    });
+    axum::Json(body).into_response()
+}
+
+async fn sweep(state: Arc<RelayState>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let dropped = state.queue.sweep(rmb_proto::time::unix_now());
+                if dropped > 0 {
+                    tracing::debug!(dropped, "expired queued envelopes dropped");
+                }
+                state.metrics.queue_depth.set(state.queue.len() as i64);
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! [`TestClient`]: a bare direct client of a relay, for tests: log in with a JWT, send and
+//! receive raw envelopes. (The real client library is the peer crate's.)
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rmb_identity::{Identity, Token};
+use rmb_proto::{Address, Envelope, Message, Payload, Request};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// One logged-in session.
+pub struct TestClient {
+    pub twin: u32,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    rmb_proto::time::unix_now()
+}
+
+impl TestClient {
+    /// Logs in to `ws_url` as `twin` (session `sid`) with a fresh 60 s token.
+    pub async fn connect(ws_url: &str, identity: &Identity, twin: u32, sid: Option<&str>) -> Self {
+        let token = Token::create(identity.signer(), twin, sid, now(), 60);
+        let (ws, _) = tokio_tungstenite::connect_async(format!("{ws_url}?{token}"))
+            .await
+            .unwrap_or_else(|e| panic!("login of twin {twin} failed: {e}"));
+        TestClient { twin, ws }
+    }
+
+    /// Tries to log in with an arbitrary URL suffix; returns the HTTP status and body on refusal.
+    pub async fn try_login(url: &str) -> Result<(), (u16, String)> {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok(_) => Ok(()),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((response.status().as_u16(), body))
+            }
+            Err(e) => Err((0, e.to_string())),
+        }
+    }
+
+    /// Sends raw bytes as one binary frame.
+    pub async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        self.ws
+            .send(WsMessage::Binary(bytes.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends an envelope as it is.
+    pub async fn send(&mut self, env: &Envelope) {
+        self.send_bytes(env.to_bytes())
+            .await
+            .expect("send envelope");
+    }
+
+    /// The next envelope, or `None` after `wait` (or when the connection closed).
+    pub async fn recv(&mut self, wait: Duration) -> Option<Envelope> {
+        loop {
+            let frame = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
+            match frame {
+                Ok(WsMessage::Binary(bytes)) => {
+                    return Some(
+                        Envelope::decode_limited(&bytes, usize::MAX)
+                            .expect("relay sent a valid envelope"),
+                    );
+                }
+                Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// True once the relay has closed this connection (within `wait`).
+    pub async fn closed(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_)) | Some(Ok(WsMessage::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}
+
+/// A signed request from `from` (twin `src`) to twin `dst`, valid `ttl` seconds.
+pub fn request(
+    identity: &Identity,
+    src: Address,
+    dst: u32,
+    uid: &str,
+    body: &[u8],
+    ttl: u64,
+) -> Envelope {
+    let mut env = Envelope {
+        uid: uid.to_string(),
+        expiration: ttl,
+        source: Some(src),
+        destination: Some(Address::twin(dst)),
+        message: Some(Message::Request(Request {
+            command: "test.echo".into(),
+        })),
+        payload: Some(Payload::Plain(body.to_vec())),
+        ..Default::default()
+    };
+    identity.seal_envelope(&mut env, None, now()).expect("sign");
+    env
+}
+
+/// The error text of a relay error envelope, if it is one.
+pub fn error_text(env: &Envelope) -> Option<&str> {
+    match &env.message {
+        Some(Message::Error(e)) => Some(e.message.as_str()),
+        _ => None,
+    }
+}

@@ -1,0 +1,147 @@
+//! [`RelayProcess`]: the real `rmb-relay` binary, started on a free loopback port.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::redis_server::free_port;
+
+/// Builds the workspace binaries once per test process and returns the target dir.
+pub fn binaries() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "rmb-relay", "--bins"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the rmb binaries failed");
+            // tests run from target/<profile>/deps/<test-binary>
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(|p| p.parent())
+                .expect("target dir")
+                .to_path_buf()
+        })
+        .clone()
+}
+
+/// A running relay; killed on drop.
+pub struct RelayProcess {
+    pub port: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl RelayProcess {
+    /// Starts `rmb-relay` on a free port with `--domain 127.0.0.1:<port>` and `extra` flags.
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Starts it on a given port (to know its domain in advance, or to restart it).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        let mut relay = RelayProcess {
+            port,
+            child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            data_dir: tempfile::tempdir().expect("temporary directory"),
+        };
+        relay.spawn();
+        relay
+    }
+
+    fn spawn(&mut self) {
+        let binary = binaries().join("rmb-relay");
+        let child = Command::new(&binary)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--domain", &self.domain()])
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RMB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("rmb-relay exited at start: {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("rmb-relay on port {} did not start listening", self.port);
+    }
+
+    /// `127.0.0.1:<port>`: the relay's domain and address.
+    pub fn domain(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:<port>`: where its registry and metrics are.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.domain())
+    }
+
+    /// `ws://127.0.0.1:<port>/`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/", self.domain())
+    }
+
+    /// SIGKILLs the relay.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs the relay and returns its exit status (graceful shutdown).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Starts it again with the same port, flags and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
