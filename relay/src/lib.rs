@@ -14,7 +14,7 @@
 //! - [`switch`]: connected sessions; [`queue`]: envelopes for offline sessions;
 //! - [`routing`]: where an envelope goes; [`errors`]: error envelopes for the sender;
 //! - [`federation`]: envelopes between relays; [`ranker`]: which relay to try first;
-//! - [`limiter`]: `--limit`; [`metrics`]: `/metrics`;
+//! - [`limiter`]: `--limit`; [`metrics`]: `/metrics`; [`tls`]: `wss://` without a proxy;
 //! - [`registry`]: the embedded twin registry this relay can host.
 
 pub mod auth;
@@ -31,6 +31,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod switch;
+pub mod tls;
 
 pub use config::Config;
 pub use server::RelayServer;

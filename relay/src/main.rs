@@ -86,6 +86,14 @@ struct Args {
     #[arg(long, value_name = "NAME=ADDRESS")]
     resolve: Vec<ResolveRule>,
 
+    /// PEM certificate chain: serve wss:// and https:// directly (with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     debug: u8,
@@ -123,11 +131,20 @@ async fn main() -> anyhow::Result<()> {
     let (registry, hosted) = registry(&args).await?;
     tracing::info!(registry = %registry.describe(), "twin registry");
     let state = RelayState::new(config, registry, hosted);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let server = RelayServer::start(state, listener)?;
-    tracing::info!(listen = %server.local_addr(), domains = ?args.domains, "relay ready");
+    let server = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = rmb_relay::tls::server_config(cert, key)?;
+            RelayServer::start_tls(state, listener, tls)?
+        }
+        _ => {
+            listener.set_nonblocking(true)?;
+            RelayServer::start(state, tokio::net::TcpListener::from_std(listener)?)?
+        }
+    };
+    let tls = args.tls_cert.is_some();
+    tracing::info!(listen = %server.local_addr(), tls, domains = ?args.domains, "relay ready");
 
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -39,7 +39,7 @@ pub struct RelayServer {
 }
 
 impl RelayServer {
-    /// Serves `state` on `listener` until [`RelayServer::shutdown`].
+    /// Serves `state` on `listener` (plain HTTP/WS) until [`RelayServer::shutdown`].
     pub fn start(state: Arc<RelayState>, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let app = app(Arc::clone(&state));
@@ -50,6 +50,29 @@ impl RelayServer {
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
         });
+        Ok(RelayServer { addr, state, task })
+    }
+
+    /// Serves `state` on `listener` over TLS (HTTPS/WSS) until [`RelayServer::shutdown`].
+    pub fn start_tls(
+        state: Arc<RelayState>,
+        listener: std::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let app = app(Arc::clone(&state));
+        tokio::spawn(sweep(Arc::clone(&state)));
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        let stop = state.shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            stopper.graceful_shutdown(Some(Duration::from_secs(5)));
+        });
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+        let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
+        let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
         Ok(RelayServer { addr, state, task })
     }
 

@@ -14,7 +14,7 @@ pub fn binaries() -> PathBuf {
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "rmb-relay", "--bins"])
+                .args(["build", "--quiet", "-p", "rmb-relay", "--bin", "rmb-relay"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("run cargo build");

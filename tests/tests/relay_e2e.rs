@@ -289,3 +289,39 @@ async fn sigterm_shuts_down_cleanly() {
     let status = relay.terminate().expect("relay was running");
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test]
+async fn serves_https_with_its_own_certificate() {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let relay = RelayProcess::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let health: serde_json::Value = client
+        .get(format!("https://{}/health", relay.domain()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    // Plain HTTP to the TLS port does not get an answer.
+    assert!(
+        reqwest::get(format!("{}/health", relay.http_url()))
+            .await
+            .is_err()
+    );
+}
