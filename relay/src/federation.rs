@@ -20,6 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rmb_identity::registry::RelayResolver;
+use rmb_identity::registry::http::error_chain;
 use rmb_identity::verify_envelope;
 use rmb_proto::Envelope;
 
@@ -115,17 +116,6 @@ impl Federator {
             failures.join("; ")
         ))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {

@@ -63,8 +63,9 @@ fn unavailable(url: &str, e: reqwest::Error) -> RegistryError {
     RegistryError::Unavailable(format!("{url}: {}", error_chain(&e)))
 }
 
-/// reqwest's top-level message is vague ("error sending request"); add the causes.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with all its causes, `a: b: c`. reqwest's top-level message alone is vague
+/// ("error sending request"); every HTTP client of rmb reports errors this way.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
