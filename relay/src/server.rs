@@ -46,6 +46,10 @@ impl RelayServer {
         tokio::spawn(sweep(Arc::clone(&state)));
         let stop = state.shutdown.clone();
         let task = tokio::spawn(async move {
+            // No Nagle: the session writer batches frames itself and flushes once per batch.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
@@ -139,8 +143,11 @@ async fn upgrade(
         }
         Ok(session) => {
             let max = state.config.max_envelope_size;
+            // tungstenite zero-fills its whole read buffer on first use; 8 KiB instead of the
+            // default 128 KiB is what keeps an idle session small.
             ws.max_message_size(max)
                 .max_frame_size(max)
+                .read_buffer_size(8 * 1024)
                 .on_upgrade(move |socket| session::serve(socket, session, state))
         }
     }

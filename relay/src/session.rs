@@ -101,7 +101,10 @@ async fn handle_frame(state: &Arc<RelayState>, origin: &Origin, session: &Sessio
     }
 }
 
-/// Writes queued then routed envelopes; returns what it could not write.
+/// Most envelopes written before one flush.
+const BATCH: usize = 64;
+
+/// Writes queued then routed envelopes, a batch per flush; returns what it could not write.
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, WsMessage>,
     mut inbox: mpsc::Receiver<Outgoing>,
@@ -112,8 +115,9 @@ async fn write_loop(
     let timeout = state.config.slow_reader_timeout;
     let mut pending: std::collections::VecDeque<Outgoing> = queued.into();
     let mut leftovers = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
     loop {
-        let item = match pending.pop_front() {
+        let first = match pending.pop_front() {
             Some(item) => item,
             None => tokio::select! {
                 biased;
@@ -124,16 +128,33 @@ async fn write_loop(
                 },
             },
         };
-        let len = item.0.len() as u64;
-        let sent =
-            tokio::time::timeout(timeout, sink.send(WsMessage::Binary(item.0.clone()))).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            leftovers.push(item);
+        batch.push(first);
+        while batch.len() < BATCH {
+            match pending
+                .pop_front()
+                .map(Ok)
+                .unwrap_or_else(|| inbox.try_recv())
+            {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let write = async {
+            for (bytes, _) in &batch {
+                sink.feed(WsMessage::Binary(bytes.clone())).await?;
+            }
+            sink.flush().await
+        };
+        if !matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(()))) {
+            // Some may have been written: at-least-once, receivers drop duplicates by uid.
+            leftovers.append(&mut batch);
             cancel.cancel();
             break;
         }
-        state.metrics.messages_out.inc();
-        state.metrics.bytes_out.inc_by(len);
+        state.metrics.messages_out.inc_by(batch.len() as u64);
+        let bytes: usize = batch.iter().map(|(b, _)| b.len()).sum();
+        state.metrics.bytes_out.inc_by(bytes as u64);
+        batch.clear();
     }
     leftovers.extend(pending);
     inbox.close();

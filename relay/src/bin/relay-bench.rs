@@ -1,0 +1,358 @@
+//! `relay-bench`: how fast and how heavy is rmb-relay, next to the simplest possible
+//! WebSocket forwarder on the same machine?
+//!
+//! ```text
+//! cargo run -p rmb-relay --release --bin relay-bench -- [--pairs 16] [--seconds 5] [--idle-sessions 10000]
+//! ```
+//!
+//! What is measured, in one run:
+//!
+//! 1. **bare forwarder**: a minimal tokio-tungstenite server in this binary. Clients
+//!    connect to `/pair/<n>/a|b` and every binary frame from one side of a pair is written
+//!    to the other: no login, no routing, no protobuf. This is the ceiling for this
+//!    WebSocket stack on this machine.
+//! 2. **rmb-relay**: the real relay started in this process (`RelayState` + `RelayServer`,
+//!    embedded registry in a temporary redb file), 2×N twins registered through it, every
+//!    client logged in with a real JWT, sending signed request envelopes (256-byte plain
+//!    payload by default) to its partner. With `--url`/`--registry` the load goes to a
+//!    relay running elsewhere instead.
+//!
+//! Both get the same load: N sender → receiver pairs, at most `--window` frames in flight
+//! per pair (the receiver hands a permit back to its sender for each arrival), for
+//! `--seconds` after a `--warmup`, or exactly `--messages` per pair. Both send the same
+//! bytes: the relay's envelope encoding, with the uid's counter and the send time (ns
+//! since a clock shared by sender and receiver) rewritten in place for every message.
+//! Envelopes are therefore signed once per pair, not per message: the rewritten ones no
+//! longer verify, which the relay never checks (it only decodes and routes).
+//!
+//! How to read the table: `msgs/s` counts frames that arrived at receivers during the
+//! measured interval; `p50`/`p99` are one-way latencies (send call → receiver read),
+//! including time queued in the sending client; `lost` were sent but never arrived
+//! (should be 0); `errors` are frames that were not ours (error envelopes) or failed
+//! connections. `ratio relay/bare` is the relay's throughput over the bare forwarder's
+//! (target ≥ 0.6). Load generator, server and forwarder share the same CPUs, so
+//! absolute figures depend heavily on the machine; the ratio is what carries over.
+//!
+//! **Idle sessions** (`--idle-sessions M`): M more twins are registered and logged in
+//! from a child process (this binary, re-run with a hidden flag), and the relay's
+//! resident memory (VmRSS) is compared before and after: the KiB per idle session is the
+//! relay's own cost. This phase runs first, on a fresh relay, so the allocator has no
+//! freed load-test memory to reuse. The child's own growth is shown for comparison.
+
+#[path = "relay_bench/bare.rs"]
+mod bare;
+#[path = "relay_bench/idle.rs"]
+mod idle;
+#[path = "relay_bench/load.rs"]
+mod load;
+#[path = "relay_bench/twins.rs"]
+mod twins;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::load::{Pair, Plan, Stats, Template};
+use crate::twins::{Target, login_url};
+
+/// Throughput, latency and idle-session memory of rmb-relay, against a bare WebSocket
+/// forwarder measured in the same run. See the crate docs (top of relay-bench.rs) for
+/// what every figure means.
+#[derive(Parser, Debug)]
+#[command(name = "relay-bench")]
+struct Args {
+    /// Sender → receiver pairs (2 WebSocket connections each) in both load tests.
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+
+    /// Seconds of measured load per mode (after --warmup).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+
+    /// Seconds of unmeasured load before --seconds starts.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+
+    /// Send exactly this many messages per pair instead of running for --seconds; the
+    /// rate is then over the time until the last one arrived (no warm-up).
+    #[arg(long, value_name = "COUNT")]
+    messages: Option<u64>,
+
+    /// Most messages in flight (sent, not yet received) per pair.
+    #[arg(long, default_value_t = 128)]
+    window: usize,
+
+    /// Plain payload bytes per envelope (at least 16: the marker and send time).
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+
+    /// Idle logged-in sessions to open for the memory measurement; 0 skips it. Needs an
+    /// open-file limit above this (raised to the hard limit automatically).
+    #[arg(long, default_value_t = 10_000)]
+    idle_sessions: usize,
+
+    /// Skip the bare forwarder (no ratio is printed then).
+    #[arg(long)]
+    skip_bare: bool,
+
+    /// Make the bare forwarder flush after every frame instead of batching what is queued
+    /// (rmb-relay's writer flushes per envelope): shows what write batching alone is worth.
+    #[arg(long)]
+    bare_flush_each: bool,
+
+    /// Diagnostic: serve the in-process relay's routes with TCP_NODELAY on accepted
+    /// sockets (RelayServer::start leaves Nagle on), to show what that setting changes.
+    #[arg(long, conflicts_with = "url")]
+    relay_nodelay: bool,
+
+    /// Benchmark a relay already running at this WebSocket URL (e.g. ws://127.0.0.1:8080/)
+    /// instead of one in this process. Needs --registry. Best effort: any relay that
+    /// accepts rmb JWT logins and routes between twins of that registry will do.
+    #[arg(long, value_name = "WS_URL", requires = "registry")]
+    url: Option<String>,
+
+    /// With --url: base URL of the embedded twin registry (e.g. http://127.0.0.1:8080)
+    /// where the benchmark registers its fresh twins.
+    #[arg(long, value_name = "HTTP_URL", requires = "url")]
+    registry: Option<String>,
+
+    /// With --url: the relay name put in the twins' relay list [default: host:port of --url].
+    #[arg(long, value_name = "DOMAIN", requires = "url")]
+    relay_domain: Option<String>,
+
+    /// With --url: the relay's process id, to read its memory for --idle-sessions
+    /// (without it only the client side is reported).
+    #[arg(long, value_name = "PID", requires = "url")]
+    relay_pid: Option<u32>,
+
+    /// Internal: be the idle-session client process for the relay at this URL.
+    #[arg(long, hide = true, value_name = "WS_URL")]
+    idle_child: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(url) = &args.idle_child {
+        return idle::child(url).await;
+    }
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    anyhow::ensure!(args.pairs > 0, "--pairs must be at least 1");
+    anyhow::ensure!(
+        args.seconds > 0.0 && args.warmup >= 0.0,
+        "bad --seconds/--warmup"
+    );
+    let plan = Plan {
+        window: args.window,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.seconds),
+        messages: args.messages,
+    };
+    let fd_limit = idle::raise_fd_limit();
+
+    let target = match (&args.url, &args.registry) {
+        (Some(url), Some(registry)) => Target::external(url, registry, args.relay_domain.clone())?,
+        _ => Target::in_process(args.relay_nodelay).await?,
+    };
+    let (relay_label, relay_pid) = match &target.local {
+        Some(_) if args.relay_nodelay => ("rmb-relay nodelay", Some(std::process::id())),
+        Some(_) => ("rmb-relay mem", Some(std::process::id())),
+        None => ("rmb-relay ext", args.relay_pid),
+    };
+
+    let idle = if args.idle_sessions > 0 {
+        if target.local.is_some() && args.idle_sessions as u64 + 256 > fd_limit {
+            eprintln!(
+                "warning: open-file limit {fd_limit} is too low for {} idle sessions; expect failures",
+                args.idle_sessions
+            );
+        }
+        eprintln!(
+            "idle sessions: registering and logging in {} twins…",
+            args.idle_sessions
+        );
+        Some(idle::measure(&target, args.idle_sessions, relay_pid).await?)
+    } else {
+        None
+    };
+
+    eprintln!("load: registering {} twins…", 2 * args.pairs);
+    let (twins, _) = target.register(2 * args.pairs).await?;
+    let mut templates = Vec::with_capacity(args.pairs);
+    for (i, pair) in twins.chunks(2).enumerate() {
+        let (from, to) = (&pair[0], &pair[1]);
+        templates.push(Template::request(
+            &from.signer,
+            from.id,
+            to.id,
+            i,
+            args.payload,
+        )?);
+    }
+
+    let bare = if args.skip_bare {
+        None
+    } else {
+        eprintln!("load: bare forwarder…");
+        let forwarder = bare::Forwarder::start(args.bare_flush_each).await?;
+        let pairs = templates
+            .iter()
+            .enumerate()
+            .map(|(i, template)| Pair {
+                sender: forwarder.url(i, true),
+                receiver: forwarder.url(i, false),
+                template: template.clone(),
+            })
+            .collect();
+        Some(load::run(pairs, plan).await.context("bare forwarder run")?)
+    };
+
+    eprintln!("load: {relay_label} at {}…", target.ws_url);
+    let pairs = twins
+        .chunks(2)
+        .zip(&templates)
+        .map(|(pair, template)| Pair {
+            sender: login_url(&target.ws_url, &pair[0].signer, pair[0].id),
+            receiver: login_url(&target.ws_url, &pair[1].signer, pair[1].id),
+            template: template.clone(),
+        })
+        .collect();
+    let relay = load::run(pairs, plan).await.context("relay run")?;
+
+    print_report(
+        &args,
+        &plan,
+        templates[0].len(),
+        bare.as_ref(),
+        relay_label,
+        &relay,
+        idle.as_ref(),
+    );
+    if let Some(local) = target.local {
+        local.shutdown().await;
+    }
+    Ok(())
+}
+
+fn print_report(
+    args: &Args,
+    plan: &Plan,
+    frame: usize,
+    bare: Option<&Stats>,
+    relay_label: &str,
+    relay: &Stats,
+    idle: Option<&idle::IdleReport>,
+) {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let span = match plan.messages {
+        Some(n) => format!("{n} messages per pair"),
+        None => format!(
+            "{:.1} s measured after {:.1} s warm-up",
+            args.seconds, args.warmup
+        ),
+    };
+    println!();
+    println!(
+        "relay-bench: {} pairs, window {}, {span}, {frame}-byte frames ({}-byte payload), {cpus} CPUs shared by everything",
+        args.pairs, plan.window, args.payload
+    );
+    println!(
+        "{:<17} {:>5} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6}",
+        "mode", "pairs", "msgs/s", "p50", "p99", "sent", "lost", "errors"
+    );
+    let row = |label: &str, s: &Stats| {
+        println!(
+            "{:<17} {:>5} {:>10.0} {:>10} {:>10} {:>10} {:>6} {:>6}",
+            label,
+            args.pairs,
+            s.rate(),
+            latency(s.quantile(0.5)),
+            latency(s.quantile(0.99)),
+            s.sent,
+            s.sent.saturating_sub(s.received),
+            s.errors
+        );
+    };
+    if let Some(bare) = bare {
+        let label = if args.bare_flush_each {
+            "bare flush-each"
+        } else {
+            "bare forwarder"
+        };
+        row(label, bare);
+    }
+    row(relay_label, relay);
+    if let Some(bare) = bare {
+        let ratio = relay.rate() / bare.rate().max(1e-9);
+        let verdict = if ratio >= 0.6 { "meets" } else { "below" };
+        println!("ratio relay/bare: {ratio:.2} ({verdict} the 0.60 target)");
+    }
+    for (label, stats) in bare
+        .map(|b| ("bare", b))
+        .into_iter()
+        .chain([("relay", relay)])
+    {
+        if let Some(first) = &stats.first_error {
+            println!("{label} errors: {} (first: {first})", stats.errors);
+        }
+    }
+    if let Some(idle) = idle {
+        print_idle(idle);
+    }
+    println!(
+        "note: envelopes are signed once per pair; each message rewrites the uid counter and \
+         send time in the encoded bytes, so signatures no longer verify (relays do not check \
+         them). Both modes send identical frames."
+    );
+}
+
+fn print_idle(idle: &idle::IdleReport) {
+    let per = |(before, after): (u64, u64)| {
+        let grown = after as i64 - before as i64;
+        let each = grown as f64 / idle.connected.max(1) as f64 / 1024.0;
+        format!(
+            "{:+.1} MiB, {each:.1} KiB/session",
+            grown as f64 / 1_048_576.0
+        )
+    };
+    let relay = match idle.relay_rss {
+        Some(rss) => format!("relay RSS {}", per(rss)),
+        None => "relay RSS not measured (give --relay-pid)".to_string(),
+    };
+    let sessions = idle
+        .relay_sessions
+        .map(|n| format!(", relay counts {n} sessions"))
+        .unwrap_or_default();
+    println!(
+        "idle sessions: {} of {}, {relay}{sessions}",
+        idle.connected, idle.requested
+    );
+    println!(
+        "  clients (separate process, not in the relay figure): RSS {}; registration {:.1} s, logins {:.1} s",
+        per(idle.client_rss),
+        idle.register_secs,
+        idle.connect_secs
+    );
+    if idle.failed > 0 {
+        println!(
+            "  {} logins failed; first: {}",
+            idle.failed,
+            idle.first_failure.as_deref().unwrap_or("?")
+        );
+    }
+}
+
+/// Nanoseconds as µs or ms.
+fn latency(ns: Option<u64>) -> String {
+    match ns {
+        None => "-".into(),
+        Some(ns) if ns < 1_000_000 => format!("{:.0} µs", ns as f64 / 1e3),
+        Some(ns) => format!("{:.2} ms", ns as f64 / 1e6),
+    }
+}
