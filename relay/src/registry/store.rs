@@ -42,6 +42,17 @@ pub enum Upsert {
     },
 }
 
+impl Upsert {
+    /// The outcome of a successful write.
+    fn written(twin: Twin, created: bool) -> Self {
+        if created {
+            Upsert::Created(twin)
+        } else {
+            Upsert::Updated(twin)
+        }
+    }
+}
+
 /// A place to keep twins.
 #[async_trait]
 pub trait TwinStore: Send + Sync + 'static {
@@ -188,12 +199,7 @@ impl RedbStore {
             twins
                 .insert(id, record.encode().as_slice())
                 .map_err(redb_err)?;
-            let twin = record.into_twin(id)?;
-            if created {
-                Upsert::Created(twin)
-            } else {
-                Upsert::Updated(twin)
-            }
+            Upsert::written(record.into_twin(id)?, created)
         };
         tx.commit().map_err(redb_err)?;
         Ok(outcome)
@@ -335,12 +341,7 @@ impl TwinStore for RedisStore {
             "created" | "updated" => {
                 let id = u32::try_from(number(&value)?)
                     .map_err(|_| StoreError::Corrupt("twin ids exhausted".into()))?;
-                let twin = record.into_twin(id)?;
-                Ok(if outcome == "created" {
-                    Upsert::Created(twin)
-                } else {
-                    Upsert::Updated(twin)
-                })
+                Ok(Upsert::written(record.into_twin(id)?, outcome == "created"))
             }
             other => Err(StoreError::Corrupt(format!("script returned '{other}'"))),
         }
