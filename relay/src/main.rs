@@ -13,8 +13,10 @@ use clap::Parser;
 use rmb_identity::registry::resolve::ResolveRule;
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, RelayResolver, connect};
 use rmb_relay::limiter::Limits;
+use rmb_relay::queue::{MemoryQueues, Queues, RedisQueues};
 use rmb_relay::registry::{HostedRegistry, RedbStore, RedisStore, TwinStore};
 use rmb_relay::{Config, RelayServer, RelayState};
+use tokio_util::sync::CancellationToken;
 
 /// A relay of the Reliable Message Bus: peers connect to it over WebSocket and it routes
 /// their signed, end-to-end encrypted envelopes to other twins, queueing for offline
@@ -41,11 +43,23 @@ struct Args {
     #[arg(long, value_name = "URL")]
     registry: Option<String>,
 
-    /// Redis URL. Currently used for the hosted registry's store; without it the registry
-    /// lives in a redb file under --data-dir. Offline queues are in memory either way
-    /// (the Redis queue mode is not built yet).
+    /// Redis URL: offline queues and session presence live there, so several relay
+    /// processes with the same --domain act as one relay (an envelope routed by one
+    /// reaches a twin connected to another) and a restart loses nothing queued; the hosted
+    /// registry is kept there too. Without it all of this is in memory (the registry in a
+    /// redb file under --data-dir).
     #[arg(short, long, value_name = "URL")]
     redis: Option<String>,
+
+    /// Prefix of the Redis keys of the offline queues and presence (replicas that act as
+    /// one relay share it).
+    #[arg(
+        long,
+        default_value = "rmb:relay:",
+        value_name = "PREFIX",
+        requires = "redis"
+    )]
+    redis_prefix: String,
 
     /// Directory for the hosted registry's database file.
     #[arg(long, default_value = "rmb-relay-data", value_name = "DIR")]
@@ -130,7 +144,22 @@ async fn main() -> anyhow::Result<()> {
 
     let (registry, hosted) = registry(&args).await?;
     tracing::info!(registry = %registry.describe(), "twin registry");
-    let state = RelayState::new(config, registry, hosted);
+    let shutdown = CancellationToken::new();
+    let queues: Arc<dyn Queues> = match &args.redis {
+        Some(url) => Arc::new(
+            RedisQueues::connect(
+                url,
+                &args.redis_prefix,
+                config.queue_per_session,
+                shutdown.clone(),
+            )
+            .await
+            .with_context(|| format!("connecting to redis at {url}"))?,
+        ),
+        None => Arc::new(MemoryQueues::new(config.queue_per_session)),
+    };
+    tracing::info!(queues = %queues.describe(), "offline queues");
+    let state = RelayState::with_queues(config, registry, hosted, queues, shutdown);
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let server = match (&args.tls_cert, &args.tls_key) {

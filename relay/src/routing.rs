@@ -21,6 +21,7 @@ use prost::Message as _;
 use rmb_proto::{Envelope, Message, MessageKind, Pong};
 
 use crate::errors::{RouteError, error_envelope};
+use crate::queue::QueueError;
 use crate::state::RelayState;
 use crate::switch::{Delivery, SessionId};
 
@@ -95,15 +96,18 @@ async fn route_inner(
         return Err(RouteError::NoRelays);
     }
     if state.config.serves(&twin.relays) {
-        if env.is_fail_fast() {
-            return Err(RouteError::DestinationOffline);
-        }
-        state
+        return match state
             .queue
-            .push(&destination, bytes, deadline, now)
-            .map_err(|e| RouteError::QueueFull(e.to_string()))?;
-        state.metrics.queued.inc();
-        return Ok(());
+            .push(&destination, (bytes, deadline), now, env.is_fail_fast())
+            .await
+        {
+            Ok(()) => {
+                state.metrics.queued.inc();
+                Ok(())
+            }
+            Err(QueueError::Offline) => Err(RouteError::DestinationOffline),
+            Err(e) => Err(RouteError::QueueFull(e.to_string())),
+        };
     }
     let Origin::Session(sender) = origin else {
         return Err(RouteError::Federation(format!(
@@ -135,7 +139,8 @@ async fn route_inner(
                     kind,
                     &error,
                     rmb_proto::time::unix_now(),
-                );
+                )
+                .await;
             }
         }
     });
@@ -193,7 +198,7 @@ fn answer_ping(state: &RelayState, session: &SessionId, ping: &Envelope) {
 
 /// Sends the sender of a refused envelope an error envelope (requests and responses
 /// only: errors about errors or pongs could loop).
-pub fn reply_error(
+pub async fn reply_error(
     state: &RelayState,
     sender: &SessionId,
     uid: &str,
@@ -212,7 +217,10 @@ pub fn reply_error(
     {
         Delivery::Sent => {}
         Delivery::NotConnected((bytes, _)) | Delivery::Full((bytes, _)) => {
-            let _ = state.queue.push(sender, bytes, deadline, now);
+            let item = (bytes, deadline);
+            if let Err(e) = state.queue.push(sender, item, now, false).await {
+                tracing::info!(%sender, %uid, error = %e, "error envelope for an unreachable sender dropped");
+            }
         }
     }
 }

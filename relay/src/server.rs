@@ -43,7 +43,7 @@ impl RelayServer {
     pub fn start(state: Arc<RelayState>, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let app = app(Arc::clone(&state));
-        tokio::spawn(sweep(Arc::clone(&state)));
+        spawn_background(&state);
         let stop = state.shutdown.clone();
         let task = tokio::spawn(async move {
             // No Nagle: the session writer batches frames itself and flushes once per batch.
@@ -66,7 +66,7 @@ impl RelayServer {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let app = app(Arc::clone(&state));
-        tokio::spawn(sweep(Arc::clone(&state)));
+        spawn_background(&state);
         let handle = axum_server::Handle::new();
         let stopper = handle.clone();
         let stop = state.shutdown.clone();
@@ -90,10 +90,13 @@ impl RelayServer {
         &self.state
     }
 
-    /// Stops accepting, closes every session and waits for the listener to finish.
+    /// Stops accepting, closes every session, waits for sessions to put back what they
+    /// held (into the queues) and for the listener to finish.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.state.shutdown.cancel();
         self.state.switch.cancel_all();
+        self.state.sessions.close();
+        self.state.sessions.wait().await;
         self.wait().await
     }
 
@@ -148,13 +151,18 @@ async fn upgrade(
             ws.max_message_size(max)
                 .max_frame_size(max)
                 .read_buffer_size(8 * 1024)
-                .on_upgrade(move |socket| session::serve(socket, session, state))
+                .on_upgrade(move |socket| {
+                    let tracker = state.sessions.clone();
+                    tracker.track_future(session::serve(socket, session, state))
+                })
         }
     }
 }
 
 async fn metrics(State(state): State<Arc<RelayState>>) -> String {
-    state.metrics.queue_depth.set(state.queue.len() as i64);
+    if let Some(depth) = state.queue.depth() {
+        state.metrics.queue_depth.set(depth as i64);
+    }
     state.metrics.render()
 }
 
@@ -162,11 +170,21 @@ async fn health(State(state): State<Arc<RelayState>>) -> Response {
     let body = serde_json::json!({
         "status": "ok",
         "sessions": state.switch.len(),
-        "queued": state.queue.len(),
+        "queued": state.queue.depth(),
+        "queues": state.queue.describe(),
         "domains": state.config.domains,
         "registry": state.registry.describe(),
     });
     axum::Json(body).into_response()
+}
+
+/// The relay's background tasks: the sweeper, and the hand-over of envelopes other
+/// replicas queued (Redis mode).
+fn spawn_background(state: &Arc<RelayState>) {
+    tokio::spawn(sweep(Arc::clone(state)));
+    if let Some(wakeups) = state.queue.wakeups() {
+        tokio::spawn(crate::queue::handoff::run(Arc::clone(state), wakeups));
+    }
 }
 
 async fn sweep(state: Arc<RelayState>) {
@@ -175,11 +193,13 @@ async fn sweep(state: Arc<RelayState>) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {
-                let dropped = state.queue.sweep(rmb_proto::time::unix_now());
+                let dropped = state.queue.sweep(rmb_proto::time::unix_now()).await;
                 if dropped > 0 {
                     tracing::debug!(dropped, "expired queued envelopes dropped");
                 }
-                state.metrics.queue_depth.set(state.queue.len() as i64);
+                if let Some(depth) = state.queue.depth() {
+                    state.metrics.queue_depth.set(depth as i64);
+                }
             }
         }
     }

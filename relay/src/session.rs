@@ -33,7 +33,12 @@ pub async fn serve(socket: WebSocket, session: SessionId, state: Arc<RelayState>
     state.metrics.sessions.set(state.switch.len() as i64);
     tracing::debug!(%session, connection, "session connected");
 
-    let queued = state.queue.take(&session, rmb_proto::time::unix_now());
+    // Announce first, then take: an envelope queued meanwhile by another replica wakes us.
+    state.queue.attach(&session).await;
+    let queued = state
+        .queue
+        .take(&session, rmb_proto::time::unix_now())
+        .await;
     let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(write_loop(
         sink,
@@ -68,8 +73,15 @@ pub async fn serve(socket: WebSocket, session: SessionId, state: Arc<RelayState>
     }
     cancel.cancel();
     let leftovers = writer.await.unwrap_or_default();
-    state.switch.unregister(&session, connection);
-    state.queue.push_front(&session, leftovers);
+    if state.switch.unregister(&session, connection) {
+        state.queue.push_front(&session, leftovers).await;
+        state.queue.detach(&session).await;
+    } else {
+        // Replaced by a newer connection here, which keeps the session's claim and
+        // gets what this one could not write.
+        state.queue.push_front(&session, leftovers).await;
+        crate::queue::handoff::hand_over(&state, &session).await;
+    }
     state.metrics.sessions.set(state.switch.len() as i64);
     tracing::debug!(%session, connection, "session ended");
 }
@@ -92,12 +104,12 @@ async fn handle_frame(state: &Arc<RelayState>, origin: &Origin, session: &Sessio
         state.metrics.rate_limited.inc();
         let error = RouteError::RateLimited(reason);
         state.metrics.error(error.kind());
-        reply_error(state, session, &uid, kind, &error, now);
+        reply_error(state, session, &uid, kind, &error, now).await;
         return;
     }
     if let Err(error) = route(state, origin, bytes, env, now).await {
         tracing::debug!(%session, %uid, %error, "envelope refused");
-        reply_error(state, session, &uid, kind, &error, now);
+        reply_error(state, session, &uid, kind, &error, now).await;
     }
 }
 

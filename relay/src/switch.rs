@@ -146,6 +146,11 @@ impl Switch {
         self.lock().contains_key(session)
     }
 
+    /// The sessions connected here.
+    pub fn sessions(&self) -> Vec<SessionId> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// Number of connected sessions.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -7,14 +7,19 @@ use std::time::{Duration, Instant};
 
 use crate::redis_server::free_port;
 
-/// Builds the workspace binaries once per test process and returns the target dir.
+/// Builds every workspace binary (rmb-relay, rmb-peer, rmb, benches) once per test process
+/// and returns their directory; `RMB_BIN_DIR=<dir>` skips the build and uses that one.
 pub fn binaries() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            // Use binaries built elsewhere (e.g. `cargo build --release`) when asked to.
+            if let Some(dir) = std::env::var_os("RMB_BIN_DIR") {
+                return PathBuf::from(dir);
+            }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "rmb-relay", "--bin", "rmb-relay"])
+                .args(["build", "--quiet", "--workspace", "--bins"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("run cargo build");

@@ -262,7 +262,7 @@ return {'updated', id}
 /// Twins in Redis, under keys starting with a prefix (default `rmb:registry:`).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: redis::aio::MultiplexedConnection,
+    conn: redis::aio::ConnectionManager,
     prefix: String,
     script: Arc<redis::Script>,
     url: String,
@@ -272,7 +272,8 @@ impl RedisStore {
     /// Connects to `url` and keeps keys under `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
-        let conn = client.get_multiplexed_async_connection().await?;
+        // Reconnects by itself after Redis restarts.
+        let conn = redis::aio::ConnectionManager::new(client).await?;
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),

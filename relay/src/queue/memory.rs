@@ -1,40 +1,34 @@
-//! [`OfflineQueue`]: envelopes waiting for a session that is not connected.
+//! [`MemoryQueues`]: offline queues kept in this process (the default).
 //!
-//! Kept in memory (the default; a single relay needs nothing else). Each session holds at
-//! most a bounded number of envelopes, each until its own deadline; a full queue is an
-//! error the sender hears about, never a silent drop. Expired entries are skipped on
-//! delivery and swept periodically so memory stays bounded.
+//! Each session holds at most a bounded number of envelopes, each until its own deadline.
+//! Expired entries are skipped on delivery and swept periodically so memory stays
+//! bounded. Presence needs no bookkeeping: with one process, a session is present exactly
+//! when the [`Switch`](crate::switch::Switch) has it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use axum::body::Bytes;
 
-use crate::switch::SessionId;
-
-/// Default cap of queued envelopes per session (rmb-rs trims at about 10 000).
-pub const DEFAULT_PER_SESSION: usize = 10_000;
-
-/// The session's queue is at its cap.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("destination queue is full ({0} envelopes waiting)")]
-pub struct QueueFull(pub usize);
+use super::{QueueError, Queues};
+use crate::switch::{Outgoing, SessionId};
 
 struct Queued {
     deadline: u64,
     bytes: Bytes,
 }
 
-/// Per-session queues of envelopes for offline sessions.
-pub struct OfflineQueue {
+/// Per-session queues of envelopes for offline sessions, in this process.
+pub struct MemoryQueues {
     sessions: Mutex<HashMap<SessionId, VecDeque<Queued>>>,
     per_session: usize,
 }
 
-impl OfflineQueue {
-    /// An empty queue holding at most `per_session` envelopes per session.
+impl MemoryQueues {
+    /// Empty queues holding at most `per_session` envelopes per session.
     pub fn new(per_session: usize) -> Self {
-        OfflineQueue {
+        MemoryQueues {
             sessions: Mutex::new(HashMap::new()),
             per_session: per_session.max(1),
         }
@@ -47,13 +41,13 @@ impl OfflineQueue {
         bytes: Bytes,
         deadline: u64,
         now: u64,
-    ) -> Result<(), QueueFull> {
+    ) -> Result<(), QueueError> {
         let mut sessions = self.lock();
         let queue = sessions.entry(session.clone()).or_default();
         if queue.len() >= self.per_session {
             queue.retain(|q| q.deadline > now);
             if queue.len() >= self.per_session {
-                return Err(QueueFull(queue.len()));
+                return Err(QueueError::Full(queue.len()));
             }
         }
         queue.push_back(Queued { deadline, bytes });
@@ -61,7 +55,7 @@ impl OfflineQueue {
     }
 
     /// Puts envelopes back at the front, in order (a connection died with them unsent).
-    pub fn push_front(&self, session: &SessionId, items: Vec<(Bytes, u64)>) {
+    pub fn push_front(&self, session: &SessionId, items: Vec<Outgoing>) {
         if items.is_empty() {
             return;
         }
@@ -73,7 +67,7 @@ impl OfflineQueue {
     }
 
     /// Removes and returns the session's envelopes that are still valid at `now`, oldest first.
-    pub fn take(&self, session: &SessionId, now: u64) -> Vec<(Bytes, u64)> {
+    pub fn take(&self, session: &SessionId, now: u64) -> Vec<Outgoing> {
         let queue = self.lock().remove(session).unwrap_or_default();
         queue
             .into_iter()
@@ -109,6 +103,49 @@ impl OfflineQueue {
     }
 }
 
+#[async_trait]
+impl Queues for MemoryQueues {
+    async fn push(
+        &self,
+        session: &SessionId,
+        (bytes, deadline): Outgoing,
+        now: u64,
+        fail_fast: bool,
+    ) -> Result<(), QueueError> {
+        // Routing only queues for sessions not connected to this (the only) process.
+        if fail_fast {
+            return Err(QueueError::Offline);
+        }
+        MemoryQueues::push(self, session, bytes, deadline, now)
+    }
+
+    async fn push_front(&self, session: &SessionId, items: Vec<Outgoing>) {
+        MemoryQueues::push_front(self, session, items)
+    }
+
+    async fn take(&self, session: &SessionId, now: u64) -> Vec<Outgoing> {
+        MemoryQueues::take(self, session, now)
+    }
+
+    async fn attach(&self, _session: &SessionId) {}
+
+    async fn detach(&self, _session: &SessionId) {}
+
+    async fn refresh(&self, _sessions: Vec<SessionId>) {}
+
+    async fn sweep(&self, now: u64) -> usize {
+        MemoryQueues::sweep(self, now)
+    }
+
+    fn depth(&self) -> Option<usize> {
+        Some(self.len())
+    }
+
+    fn describe(&self) -> String {
+        format!("in memory, at most {} per session", self.per_session)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +160,7 @@ mod tests {
 
     #[test]
     fn delivers_in_order_and_skips_expired() {
-        let queue = OfflineQueue::new(10);
+        let queue = MemoryQueues::new(10);
         queue.push(&s(1), b("a"), 100, 0).unwrap();
         queue.push(&s(1), b("b"), 50, 0).unwrap();
         queue.push(&s(1), b("c"), 100, 0).unwrap();
@@ -134,17 +171,17 @@ mod tests {
 
     #[test]
     fn full_queues_refuse_but_make_room_from_expired_entries() {
-        let queue = OfflineQueue::new(2);
+        let queue = MemoryQueues::new(2);
         queue.push(&s(1), b("a"), 10, 0).unwrap();
         queue.push(&s(1), b("b"), 100, 0).unwrap();
-        assert_eq!(queue.push(&s(1), b("c"), 100, 5), Err(QueueFull(2)));
+        assert_eq!(queue.push(&s(1), b("c"), 100, 5), Err(QueueError::Full(2)));
         queue.push(&s(1), b("c"), 100, 20).unwrap();
         assert_eq!(queue.len(), 2);
     }
 
     #[test]
     fn push_front_keeps_order_and_sweep_bounds_memory() {
-        let queue = OfflineQueue::new(10);
+        let queue = MemoryQueues::new(10);
         queue.push(&s(1), b("c"), 100, 0).unwrap();
         queue.push_front(&s(1), vec![(b("a"), 100), (b("b"), 5)]);
         assert_eq!(queue.sweep(10), 1);
