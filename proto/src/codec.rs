@@ -5,7 +5,7 @@
 
 use prost::Message as _;
 
-use crate::types::Envelope;
+use crate::types::{Envelope, EnvelopeHeader, envelope, envelope_header};
 
 /// Default largest envelope accepted (4 MiB): far above any RPC body rmb-rs sees in
 /// practice, far below the 64 MiB a WebSocket would otherwise accept.
@@ -30,6 +30,36 @@ impl Envelope {
             });
         }
         Ok(Envelope::decode(bytes)?)
+    }
+
+    /// Decodes only what routing needs (at most `limit` bytes): the result has no
+    /// signature, schema or payload, which are skipped without being copied. For relays,
+    /// which forward the original bytes and never check signatures of session traffic.
+    pub fn decode_routing(bytes: &[u8], limit: usize) -> Result<Self, DecodeError> {
+        if bytes.len() > limit {
+            return Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        let header = EnvelopeHeader::decode(bytes)?;
+        use envelope_header::Message as H;
+        Ok(Envelope {
+            uid: header.uid,
+            tags: header.tags,
+            timestamp: header.timestamp,
+            expiration: header.expiration,
+            source: header.source,
+            destination: header.destination,
+            message: header.message.map(|m| match m {
+                H::Request(r) => envelope::Message::Request(r),
+                H::Response(r) => envelope::Message::Response(r),
+                H::Error(e) => envelope::Message::Error(e),
+                H::Ping(p) => envelope::Message::Ping(p),
+                H::Pong(p) => envelope::Message::Pong(p),
+            }),
+            ..Default::default()
+        })
     }
 
     /// The protobuf encoding of this envelope.
@@ -64,6 +94,41 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("exceeds the limit of 50 bytes"));
+    }
+
+    #[test]
+    fn routing_decode_keeps_every_routing_field_and_skips_the_rest() {
+        let env = Envelope {
+            uid: "u-1".into(),
+            tags: Some("fail-fast".into()),
+            timestamp: 10,
+            expiration: 20,
+            source: Some(Address::session(1, "web")),
+            destination: Some(Address::twin(2)),
+            message: Some(Message::Request(Request {
+                command: "echo".into(),
+            })),
+            signature: Some(vec![7; 65]),
+            schema: Some("application/json".into()),
+            federation: Some("x".into()),
+            payload: Some(crate::Payload::Cipher(vec![1; 300])),
+            relays: vec!["r".into()],
+        };
+        let bytes = env.to_bytes();
+        let routed = Envelope::decode_routing(&bytes, bytes.len()).unwrap();
+        let expected = Envelope {
+            signature: None,
+            schema: None,
+            federation: None,
+            payload: None,
+            relays: vec![],
+            ..env
+        };
+        assert_eq!(routed, expected);
+        assert!(matches!(
+            Envelope::decode_routing(&bytes, 10),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -146,11 +146,12 @@ async fn upgrade(
         }
         Ok(session) => {
             let max = state.config.max_envelope_size;
-            // tungstenite zero-fills its whole read buffer on first use; 8 KiB instead of the
-            // default 128 KiB is what keeps an idle session small.
+            // tungstenite zero-fills its whole read buffer on first use; 2 KiB instead of the
+            // default 128 KiB is what keeps an idle session small (bigger frames still fit:
+            // the buffer grows while reading them).
             ws.max_message_size(max)
                 .max_frame_size(max)
-                .read_buffer_size(8 * 1024)
+                .read_buffer_size(2 * 1024)
                 .on_upgrade(move |socket| {
                     let tracker = state.sessions.clone();
                     tracker.track_future(session::serve(socket, session, state))

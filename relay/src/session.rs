@@ -57,7 +57,9 @@ pub async fn serve(socket: WebSocket, session: SessionId, state: Arc<RelayState>
         };
         match frame {
             Some(Ok(WsMessage::Binary(bytes))) => {
-                handle_frame(&state, &origin, &session, bytes).await
+                // Boxed: routing's state machine is large, and an idle session should not
+                // carry it around between frames.
+                Box::pin(handle_frame(&state, &origin, &session, bytes)).await
             }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
             Some(Ok(WsMessage::Text(_))) => {
@@ -90,7 +92,8 @@ async fn handle_frame(state: &Arc<RelayState>, origin: &Origin, session: &Sessio
     let now = rmb_proto::time::unix_now();
     state.metrics.messages_in.inc();
     state.metrics.bytes_in.inc_by(bytes.len() as u64);
-    let env = match Envelope::decode_limited(&bytes, state.config.max_envelope_size) {
+    // Routing needs neither signature nor payload: skip them instead of copying them.
+    let env = match Envelope::decode_routing(&bytes, state.config.max_envelope_size) {
         Ok(env) => env,
         Err(e) => {
             // Nothing to answer to (no uid): count it and log it.
@@ -127,7 +130,8 @@ async fn write_loop(
     let timeout = state.config.slow_reader_timeout;
     let mut pending: std::collections::VecDeque<Outgoing> = queued.into();
     let mut leftovers = Vec::new();
-    let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
+    // Grows on first use: an idle session holds no batch memory.
+    let mut batch: Vec<Outgoing> = Vec::new();
     loop {
         let first = match pending.pop_front() {
             Some(item) => item,

@@ -16,8 +16,12 @@
 //!    client logged in with a real JWT, sending signed request envelopes (256-byte plain
 //!    payload by default) to its partner. With `--url`/`--registry` the load goes to a
 //!    relay running elsewhere instead.
+//! 3. **rmb-relay redis**: Redis mode (`--redis`): a private `redis-server` and two
+//!    in-process replicas serving the same domain; senders log in to one replica and
+//!    receivers to the other, so every envelope is queued in Redis by one replica and
+//!    handed over by the other (the worst case; `--skip-redis` leaves it out).
 //!
-//! Both get the same load: N sender → receiver pairs, at most `--window` frames in flight
+//! All get the same load: N sender → receiver pairs, at most `--window` frames in flight
 //! per pair (the receiver hands a permit back to its sender for each arrival), for
 //! `--seconds` after a `--warmup`, or exactly `--messages` per pair. Both send the same
 //! bytes: the relay's envelope encoding, with the uid's counter and the send time (ns
@@ -45,9 +49,12 @@ mod bare;
 mod idle;
 #[path = "relay_bench/load.rs"]
 mod load;
+#[path = "relay_bench/replicas.rs"]
+mod replicas;
 #[path = "relay_bench/twins.rs"]
 mod twins;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -91,6 +98,11 @@ struct Args {
     /// open-file limit above this (raised to the hard limit automatically).
     #[arg(long, default_value_t = 10_000)]
     idle_sessions: usize,
+
+    /// Skip the Redis-mode run (two replicas on a private redis-server, senders on one,
+    /// receivers on the other).
+    #[arg(long)]
+    skip_redis: bool,
 
     /// Skip the bare forwarder (no ratio is printed then).
     #[arg(long)]
@@ -225,6 +237,27 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let relay = load::run(pairs, plan).await.context("relay run")?;
 
+    let redis = if args.skip_redis || target.local.is_none() {
+        None
+    } else {
+        eprintln!("load: rmb-relay redis (2 replicas, every envelope across redis)…");
+        let replicas =
+            replicas::Replicas::start(&target.domain, Arc::clone(&target.registry)).await?;
+        let [one, two] = &replicas.ws_urls;
+        let pairs = twins
+            .chunks(2)
+            .zip(&templates)
+            .map(|(pair, template)| Pair {
+                sender: login_url(one, &pair[0].signer, pair[0].id),
+                receiver: login_url(two, &pair[1].signer, pair[1].id),
+                template: template.clone(),
+            })
+            .collect();
+        let stats = load::run(pairs, plan).await.context("redis run")?;
+        replicas.shutdown().await;
+        Some(stats)
+    };
+
     print_report(
         &args,
         &plan,
@@ -232,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
         bare.as_ref(),
         relay_label,
         &relay,
+        redis.as_ref(),
         idle.as_ref(),
     );
     if let Some(local) = target.local {
@@ -247,6 +281,7 @@ fn print_report(
     bare: Option<&Stats>,
     relay_label: &str,
     relay: &Stats,
+    redis: Option<&Stats>,
     idle: Option<&idle::IdleReport>,
 ) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -288,6 +323,9 @@ fn print_report(
         row(label, bare);
     }
     row(relay_label, relay);
+    if let Some(redis) = redis {
+        row("rmb-relay redis", redis);
+    }
     if let Some(bare) = bare {
         let ratio = relay.rate() / bare.rate().max(1e-9);
         let verdict = if ratio >= 0.6 { "meets" } else { "below" };
@@ -297,6 +335,7 @@ fn print_report(
         .map(|b| ("bare", b))
         .into_iter()
         .chain([("relay", relay)])
+        .chain(redis.map(|r| ("redis", r)))
     {
         if let Some(first) = &stats.first_error {
             println!("{label} errors: {} (first: {first})", stats.errors);
