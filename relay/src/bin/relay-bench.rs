@@ -263,9 +263,11 @@ async fn main() -> anyhow::Result<()> {
         &plan,
         templates[0].len(),
         bare.as_ref(),
-        relay_label,
-        &relay,
-        redis.as_ref(),
+        &RelayRuns {
+            label: relay_label,
+            memory: &relay,
+            redis: redis.as_ref(),
+        },
         idle.as_ref(),
     );
     if let Some(local) = target.local {
@@ -274,16 +276,22 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The relay's runs: the main one (in memory, or an external relay) and Redis mode.
+struct RelayRuns<'a> {
+    label: &'a str,
+    memory: &'a Stats,
+    redis: Option<&'a Stats>,
+}
+
 fn print_report(
     args: &Args,
     plan: &Plan,
     frame: usize,
     bare: Option<&Stats>,
-    relay_label: &str,
-    relay: &Stats,
-    redis: Option<&Stats>,
+    relay: &RelayRuns<'_>,
     idle: Option<&idle::IdleReport>,
 ) {
+    let (relay_label, redis, relay) = (relay.label, relay.redis, relay.memory);
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let span = match plan.messages {
         Some(n) => format!("{n} messages per pair"),
