@@ -1,5 +1,21 @@
 //! `rmb-peer`: one twin's gateway to the Reliable Message Bus.
 //!
-//! Not built yet: this crate is reserved so the workspace has its final shape. The peer
-//! (relay connections, the rmb-rs-compatible Redis JSON API, the direct client library)
-//! arrives with issue #5; it will sign, encrypt, verify and decrypt with `rmb-identity`.
+//! Layers, bottom up:
+//! - [`links`]: one WebSocket connection per relay, with login, keepalive, reconnects
+//!   with backoff, and failover between relays for outgoing envelopes;
+//! - [`core`]: the [`Peer`] itself: sealing, signing, verifying, opening, replay
+//!   protection, error envelopes, `rmb.version`;
+//! - app-facing APIs, each a thin layer over the core: [`redis_api`] (the rmb-rs compatible
+//!   JSON queues, used by the `rmb-peer` binary) and [`client`] (a Rust library for
+//!   programs that talk to relays directly, like rmb-sdk-go's direct client).
+
+pub mod client;
+pub mod core;
+pub mod links;
+pub mod redis_api;
+
+pub use crate::client::{CallError, Client, ClientError, ClientOptions, RegistrySource, Response};
+pub use crate::core::{
+    Inbound, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, PeerConfig,
+    PeerError, PeerStatus, RemoteError, SendError,
+};

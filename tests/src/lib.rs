@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 pub mod chain;
+pub mod peer_process;
 pub mod redis_server;
 pub mod relay_client;
 pub mod relay_process;

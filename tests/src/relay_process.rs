@@ -19,7 +19,9 @@ pub fn binaries() -> PathBuf {
             }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "--quiet", "--workspace", "--bins"])
+                // `--tests` makes the feature set the same as `cargo test --workspace`'s, so
+                // this reuses its dependencies instead of building them a second time.
+                .args(["build", "--quiet", "--workspace", "--bins", "--tests"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("run cargo build");

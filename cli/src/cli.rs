@@ -1,0 +1,86 @@
+//! The top-level command line: subcommands and dispatch.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{call, key, notify, serve, status, twin};
+use crate::demo;
+
+/// rmb: talk to twins on the Reliable Message Bus.
+///
+/// Start with `rmb demo` (a whole network on this machine), then `rmb call` into it.
+#[derive(Parser, Debug)]
+#[command(name = "rmb", version, propagate_version = true)]
+pub struct Cli {
+    /// More logging on stderr: -v debug, -vv trace (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every `rmb` subcommand.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Make a mnemonic, or show the accounts and keys of one.
+    Key(key::KeyArgs),
+    /// Register or look up twins on a registry.
+    Twin(twin::TwinArgs),
+    /// Send a request to twins through the local rmb-peer and print the responses.
+    Call(call::CallArgs),
+    /// Answer requests by running a program for each (or echoing them).
+    Serve(serve::ServeArgs),
+    /// Run a command, then notify a twin how it went.
+    Notify(notify::NotifyArgs),
+    /// Receive what other twins send (notifications).
+    Listen(notify::ListenArgs),
+    /// Show the local rmb-peer's twin, relays, counters and queues.
+    Status(status::StatusArgs),
+    /// Start a complete network on this machine and make calls across it.
+    Demo(demo::DemoArgs),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Key(args) => key::run(args).await,
+            Command::Twin(args) => twin::run(args).await,
+            Command::Call(args) => call::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Notify(args) => notify::run_notify(args).await,
+            Command::Listen(args) => notify::run_listen(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn call_reads_destinations_and_serve_its_program() {
+        let cli = Cli::parse_from(["rmb", "call", "--dst", "7,9", "--dst", "3", "--cmd", "echo"]);
+        let Command::Call(args) = cli.command else {
+            panic!("not a call")
+        };
+        assert_eq!(args.dst, vec![7, 9, 3]);
+        assert_eq!(args.timeout, 30);
+        let cli = Cli::parse_from(["rmb", "serve", "--cmd", "a", "--", "tr", "a-z", "A-Z"]);
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.program, ["tr", "a-z", "A-Z"]);
+        assert!(Cli::try_parse_from(["rmb", "serve", "--cmd", "a", "--echo", "--", "x"]).is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! One module per `rmb` subcommand; each has its clap `Args` and a `run` function.
+
+pub mod call;
+pub mod key;
+pub mod notify;
+pub mod serve;
+pub mod status;
+pub mod twin;

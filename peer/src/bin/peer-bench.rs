@@ -1,0 +1,23 @@
+//! `peer-bench`: how fast is a call through the Redis API, end to end?
+//!
+//! Starts its own redis-servers, an `rmb-relay` and two `rmb-peer` processes (release
+//! binaries next to this one, built when missing), an echo bot on peer B written against
+//! raw Redis like any app, then measures clients on peer A calling it: RPC/s and p50/p99
+//! latency for several concurrency levels and payload sizes, and a burst of requests
+//! pushed at once. Run: `cargo run -p rmb-peer --release --bin peer-bench`.
+
+mod peer_bench;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = peer_bench::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    peer_bench::run(args).await
+}

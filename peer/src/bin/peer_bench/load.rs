@@ -1,0 +1,161 @@
+//! The load: clients on peer A's Redis calling the echo bot on peer B exactly as rmb-rs
+//! apps do (`LPUSH msgbus.system.local`, `BRPOP <ret>`), timing each call.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rmb_peer::redis_api::json::encode_dat;
+use serde_json::{Value, json};
+
+use super::bot::COMMAND;
+use super::processes::Network;
+
+/// Longest a client waits for one response before counting an error.
+const CALL_TIMEOUT_SECS: u64 = 10;
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+/// Results of one measurement.
+pub struct Outcome {
+    /// Latency of every successful call, sorted.
+    pub latencies: Vec<Duration>,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Successful calls per second.
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile of latency, in milliseconds.
+    pub fn percentile(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies[i].as_secs_f64() * 1000.0
+    }
+}
+
+fn request(reference: u64, dat: &str, twin: u32, ret: &str) -> String {
+    json!({
+        "ver": 1, "ref": reference.to_string(), "cmd": COMMAND, "exp": 60, "dat": dat,
+        "tag": null, "dst": [twin], "ret": ret, "shm": "application/octet-stream", "now": 0,
+    })
+    .to_string()
+}
+
+/// Whether a response is a success (no `err`).
+fn is_ok(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|v| v["err"].is_null())
+}
+
+/// `clients` concurrent callers with `size`-byte payloads for `duration`.
+pub async fn measure(
+    net: &Network,
+    clients: usize,
+    size: usize,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let client = redis::Client::open(net.redis_a.as_str())?;
+    let dat = encode_dat(&vec![0x5a; size]);
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let dat = dat.clone();
+        let twin = net.twin_b;
+        tasks.push(tokio::spawn(async move {
+            let ret = format!("bench.ret.{run}.{i}");
+            let (mut latencies, mut errors) = (Vec::new(), 0u64);
+            let mut n = 0;
+            while Instant::now() < deadline {
+                n += 1;
+                let t0 = Instant::now();
+                let pushed: redis::RedisResult<()> = redis::cmd("LPUSH")
+                    .arg("msgbus.system.local")
+                    .arg(request(n, &dat, twin, &ret))
+                    .query_async(&mut conn)
+                    .await;
+                if pushed.is_err() {
+                    errors += 1;
+                    continue;
+                }
+                let popped: redis::RedisResult<Option<(String, String)>> = redis::cmd("BRPOP")
+                    .arg(&ret)
+                    .arg(CALL_TIMEOUT_SECS)
+                    .query_async(&mut conn)
+                    .await;
+                match popped {
+                    Ok(Some((_, text))) if is_ok(&text) => latencies.push(t0.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut outcome = Outcome {
+        latencies: Vec::new(),
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (latencies, errors) = task.await?;
+        outcome.latencies.extend(latencies);
+        outcome.errors += errors;
+    }
+    outcome.elapsed = start.elapsed();
+    outcome.latencies.sort();
+    Ok(outcome)
+}
+
+/// Results of the burst test.
+pub struct Burst {
+    pub sent: usize,
+    pub answered: usize,
+    pub errors: usize,
+    pub elapsed: Duration,
+}
+
+/// Pushes `count` requests as fast as one pipelined connection can, then collects.
+pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<Burst> {
+    let client = redis::Client::open(net.redis_a.as_str())?;
+    let mut push = client.get_multiplexed_async_connection().await?;
+    let mut pop = client.get_multiplexed_async_connection().await?;
+    let dat = encode_dat(&vec![0x5a; size]);
+    let ret = format!("bench.burst.{}", RUN.fetch_add(1, Ordering::Relaxed));
+    let start = Instant::now();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            pipe.cmd("LPUSH")
+                .arg("msgbus.system.local")
+                .arg(request(i as u64, &dat, net.twin_b, &ret))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut push).await?;
+    }
+    let (mut answered, mut errors) = (0, 0);
+    while answered + errors < count {
+        let popped: Option<(String, String)> = redis::cmd("BRPOP")
+            .arg(&ret)
+            .arg(CALL_TIMEOUT_SECS * 3)
+            .query_async(&mut pop)
+            .await?;
+        match popped {
+            Some((_, text)) if is_ok(&text) => answered += 1,
+            Some(_) => errors += 1,
+            None => break,
+        }
+    }
+    Ok(Burst {
+        sent: count,
+        answered,
+        errors,
+        elapsed: start.elapsed(),
+    })
+}

@@ -1,0 +1,288 @@
+//! The core [`Peer`]: one twin on the network, independent of how applications reach it.
+//!
+//! It knows nothing of Redis or JSON. Applications' APIs ([`redis_api`](crate::redis_api),
+//! [`client`](crate::client)) are thin layers that turn their requests into
+//! [`OutgoingRequest`]/[`OutgoingResponse`] and consume [`Inbound`] messages.
+//!
+//! - [`Peer::start`]: resolves the own twin, publishes its relays and encryption key when
+//!   they differ, connects to every relay ([`links`](crate::links)) and starts the receive
+//!   pipeline ([`receive`]).
+//! - [`Peer::send_request`] / [`Peer::send_response`] ([`send`]): encrypt to the
+//!   destination's published key, stamp, sign, hand to a relay.
+//! - Everything received is checked ([`checks`], [`receive`], [`replay`]) before it
+//!   reaches the application as a plain [`Inbound`].
+
+pub mod checks;
+pub mod errors;
+pub mod receive;
+pub mod replay;
+pub mod send;
+pub mod status;
+pub mod types;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmb_identity::registry::{Registry, TwinUpdate};
+use rmb_identity::{E2eScheme, Identity};
+use rmb_proto::Address;
+use rmb_proto::time::unix_now;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::links::{Links, Login, RelayUrl};
+
+pub use errors::{PeerError, Refusal, SendError, codes};
+pub use replay::{Admission, MemoryReplayStore, ReplayError, ReplayKey, ReplayKind, ReplayStore};
+pub use status::{LinkStatus, PeerStatus};
+pub use types::{
+    Inbound, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, RemoteError,
+    clamp_expiration,
+};
+
+use status::Counters;
+
+/// The command the core answers itself with its version (rmb-rs tooling asks it).
+pub const VERSION_COMMAND: &str = "rmb.version";
+/// Most relays a peer connects to (as rmb-rs).
+pub const MAX_RELAYS: usize = 4;
+/// Inbound messages queued for the application before the pipeline waits.
+pub const INBOUND_CAPACITY: usize = 1024;
+
+/// How to start a [`Peer`].
+pub struct PeerConfig {
+    pub identity: Arc<Identity>,
+    /// `ws://` or `wss://` relay URLs (rmb-rs `--relay`), at most [`MAX_RELAYS`].
+    pub relays: Vec<String>,
+    /// Where twins are looked up, already cached by the caller (`CachedRegistry`).
+    pub registry: Arc<dyn Registry>,
+    /// Session id: `None` for an rmb-peer (as rmb-rs), a name for direct clients.
+    pub sid: Option<String>,
+    /// Which encryption key we publish, and so which scheme senders use to write to us.
+    pub e2e: E2eScheme,
+    /// Publish relays and key when they differ from the registry (false = `--no-update`).
+    pub update_twin: bool,
+}
+
+/// Shared state of a running peer.
+pub(crate) struct Inner {
+    identity: Arc<Identity>,
+    account_ss58: String,
+    twin: u32,
+    sid: Option<String>,
+    /// Our address as written in envelopes we send.
+    source: Address,
+    e2e: E2eScheme,
+    registry: Arc<dyn Registry>,
+    links: Links,
+    replay: Arc<dyn ReplayStore>,
+    started_at: u64,
+    counters: Counters,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running peer. Cheap to clone; the peer stops when the last clone is dropped or
+/// [`shutdown`](Peer::shutdown) is called.
+#[derive(Clone)]
+pub struct Peer {
+    inner: Arc<Inner>,
+    _guard: Arc<DropGuard>,
+}
+
+impl Peer {
+    /// Resolves the own twin by account ([`PeerError::NoTwin`] naming the SS58 account
+    /// when there is none), publishes relays and encryption key when they differ (unless
+    /// `update_twin` is off), connects to every relay and starts the receive pipeline.
+    ///
+    /// Returns at once; links connect in the background (see [`Peer::wait_connected`]).
+    /// Verified messages for the application arrive on the returned receiver.
+    pub async fn start(config: PeerConfig) -> Result<(Peer, mpsc::Receiver<Inbound>), PeerError> {
+        Self::start_with_replay_store(config, Arc::new(MemoryReplayStore::default())).await
+    }
+
+    /// [`start`](Peer::start) with a given replay store (e.g. one shared through Redis).
+    pub async fn start_with_replay_store(
+        config: PeerConfig,
+        replay: Arc<dyn ReplayStore>,
+    ) -> Result<(Peer, mpsc::Receiver<Inbound>), PeerError> {
+        let relays = parse_relays(&config.relays)?;
+        let account = config.identity.signer().account();
+        let twin = config
+            .registry
+            .twin_id_by_account(&account)
+            .await
+            .map_err(PeerError::Registry)?
+            .ok_or_else(|| PeerError::NoTwin {
+                account_ss58: account.to_string(),
+            })?;
+        if config.update_twin {
+            publish_if_changed(&config, twin, &relays).await?;
+        }
+
+        let (incoming_tx, incoming_rx) = mpsc::channel(INBOUND_CAPACITY);
+        let login = Login {
+            identity: Arc::clone(&config.identity),
+            twin,
+            sid: config.sid.clone(),
+        };
+        let shutdown = CancellationToken::new();
+        let links = Links::start(&relays, login, incoming_tx, shutdown.child_token());
+        let source = match &config.sid {
+            Some(sid) => Address::session(twin, sid.clone()),
+            None => Address::twin(twin),
+        };
+        let inner = Arc::new(Inner {
+            identity: config.identity,
+            account_ss58: account.to_string(),
+            twin,
+            sid: config.sid,
+            source,
+            e2e: config.e2e,
+            registry: config.registry,
+            links,
+            replay,
+            started_at: unix_now(),
+            counters: Counters::default(),
+            shutdown: shutdown.clone(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+        let tasks = receive::spawn(&inner, incoming_rx, inbound_tx);
+        *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+
+        // The last handle's drop cancels `shutdown`, which stops the links; their end
+        // closes the pipeline, whose tasks hold `inner` (not the guard).
+        let guard = Arc::new(shutdown.drop_guard());
+        tracing::info!(twin, account = %inner.account_ss58, sid = ?inner.sid, relays = relays.len(), "peer started");
+        Ok((
+            Peer {
+                inner,
+                _guard: guard,
+            },
+            inbound_rx,
+        ))
+    }
+
+    /// Our twin id.
+    pub fn twin_id(&self) -> u32 {
+        self.inner.twin
+    }
+
+    /// Our address as it appears in envelopes we send (twin, and session if any).
+    pub fn address(&self) -> &Address {
+        &self.inner.source
+    }
+
+    /// Our keys.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.inner.identity
+    }
+
+    /// Waits until at least one relay link is up (or `timeout` passes); true if one is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.inner.links.wait_connected(timeout).await
+    }
+
+    /// Snapshot for logs and `rmb status`.
+    pub fn status(&self) -> PeerStatus {
+        let c = &self.inner.counters;
+        PeerStatus {
+            twin: self.inner.twin,
+            account: self.inner.account_ss58.clone(),
+            sid: self.inner.sid.clone(),
+            started_at: self.inner.started_at,
+            relays: self.inner.links.status(),
+            sent: Counters::read(&c.sent),
+            received: Counters::read(&c.received),
+            rejected: Counters::read(&c.rejected),
+        }
+    }
+
+    /// Asks the peer to stop (links close, the inbound channel ends) without waiting.
+    pub fn close(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Stops the peer: closes every relay connection and waits for its tasks to end.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.links.shutdown().await;
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Checks the relay list: 1 to [`MAX_RELAYS`] valid `ws(s)://` URLs, duplicates dropped.
+pub fn parse_relays(urls: &[String]) -> Result<Vec<RelayUrl>, PeerError> {
+    if urls.is_empty() {
+        return Err(PeerError::NoRelays);
+    }
+    if urls.len() > MAX_RELAYS {
+        return Err(PeerError::TooManyRelays(urls.len()));
+    }
+    let mut relays: Vec<RelayUrl> = Vec::with_capacity(urls.len());
+    for url in urls {
+        let relay = RelayUrl::parse(url)?;
+        if !relays.contains(&relay) {
+            relays.push(relay);
+        }
+    }
+    Ok(relays)
+}
+
+/// Publishes the relay names and our encryption key when the registry differs.
+async fn publish_if_changed(
+    config: &PeerConfig,
+    twin: u32,
+    relays: &[RelayUrl],
+) -> Result<(), PeerError> {
+    let update = TwinUpdate {
+        relays: relays
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect::<BTreeSet<_>>(),
+        pk: Some(config.identity.e2e_public_key(config.e2e)),
+        create: false,
+    };
+    let current = config
+        .registry
+        .get_twin(twin)
+        .await
+        .map_err(PeerError::Registry)?;
+    if current.as_ref().is_some_and(|t| t.matches(&update)) {
+        return Ok(());
+    }
+    config
+        .registry
+        .publish(config.identity.signer(), &update)
+        .await
+        .map_err(PeerError::Publish)?;
+    tracing::info!(twin, relays = ?update.relays, e2e = %config.e2e, "published the twin's relays and encryption key");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_lists_are_checked() {
+        let urls = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(matches!(parse_relays(&[]), Err(PeerError::NoRelays)));
+        let five = urls(&["ws://a", "ws://b", "ws://c", "ws://d", "ws://e"]);
+        assert_eq!(
+            parse_relays(&five).unwrap_err().to_string(),
+            "the number of relays should not exceed 4 (got 5)"
+        );
+        let parsed = parse_relays(&urls(&["ws://a:1", "ws://a:1/", "wss://b"])).unwrap();
+        let names: Vec<_> = parsed.iter().map(|r| r.name()).collect();
+        assert_eq!(names, ["a:1", "b"]);
+        assert!(parse_relays(&urls(&["http://a"])).is_err());
+    }
+}

@@ -1,0 +1,453 @@
+//! The receiving half of the core: every frame a relay delivers goes through
+//!
+//! ```text
+//! decode (size-limited) → precheck (keepalive, expiry, twin-0 errors, addressee)
+//!   → source twin lookup (103) → shape + signature (104, ed25519 batched)
+//!   → decrypt with our published scheme (105/106) → replay check → application
+//! ```
+//!
+//! A refused *request* gets a signed error envelope back (same uid); refused replies
+//! are logged and counted. `rmb.version` is answered here and never reaches the
+//! application; pings and pongs are dropped.
+//!
+//! Signature checks cost tens of µs each, so they must not all run on one task, even
+//! when all traffic comes from one sender (a peer pair). A dispatcher task drains the
+//! relay frames in batches, decodes, prechecks and looks up senders (cached), then
+//! spawns the CPU work of each batch (ed25519 signatures verified together, then
+//! decryption) as its own task, so batches run in parallel on every core. A deliverer
+//! task awaits those tasks in the order they were spawned, applies the replay check and
+//! hands messages to the application: arrival order is kept.
+//!
+//! Decryption comes before the replay check so that only an envelope that is accepted
+//! in full uses up its uid.
+
+use std::sync::Arc;
+
+use rmb_identity::envelope::check_shape;
+use rmb_identity::registry::Twin;
+use rmb_identity::{EnvelopeError, SIGNATURE_LEN, SignatureError, verify, verify_ed25519_batch};
+use rmb_proto::time::unix_now;
+use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Message, MessageKind, Payload};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::checks::{Precheck, precheck};
+use super::errors::{Refusal, codes};
+use super::replay::{Admission, ReplayKey, ReplayKind};
+use super::status::Counters;
+use super::types::{
+    DEFAULT_EXPIRATION, Inbound, InboundRequest, InboundResponse, OutgoingResponse, RemoteError,
+};
+use super::{Inner, VERSION_COMMAND};
+use crate::links::Frame;
+
+/// Most envelopes checked by one task (bounds the time it holds a runtime thread).
+const BATCH: usize = 16;
+/// Batches being checked at once, ahead of delivery.
+const IN_FLIGHT: usize = 4;
+
+/// What the checks decided for one envelope.
+enum Outcome {
+    /// Verified and decrypted; from this twin. Still subject to the replay check.
+    Accepted(Envelope, u32),
+    /// A relay's error report.
+    RelayError(Envelope),
+    Refused(Envelope, Refusal),
+}
+
+/// An envelope between the dispatcher and the checking task.
+enum Staged {
+    Verify(Envelope, Twin),
+    Done(Outcome),
+}
+
+type Checking = JoinHandle<Vec<Outcome>>;
+
+/// Starts the dispatcher and the deliverer; they end when `incoming` closes.
+pub(super) fn spawn(
+    inner: &Arc<Inner>,
+    incoming: mpsc::Receiver<Frame>,
+    inbound: mpsc::Sender<Inbound>,
+) -> Vec<JoinHandle<()>> {
+    let (checking_tx, checking_rx) = mpsc::channel(IN_FLIGHT);
+    let deliverer = Deliverer {
+        inner: Arc::clone(inner),
+        inbound,
+    };
+    vec![
+        tokio::spawn(dispatch(Arc::clone(inner), incoming, checking_tx)),
+        tokio::spawn(deliverer.run(checking_rx)),
+    ]
+}
+
+/// Decodes and prechecks frames, looks up their senders, and starts checking each batch.
+async fn dispatch(
+    inner: Arc<Inner>,
+    mut incoming: mpsc::Receiver<Frame>,
+    checking: mpsc::Sender<Checking>,
+) {
+    let mut frames = Vec::with_capacity(BATCH);
+    while incoming.recv_many(&mut frames, BATCH).await > 0 {
+        let now = unix_now();
+        let mut staged = Vec::with_capacity(frames.len());
+        for frame in frames.drain(..) {
+            let env = match Envelope::decode_limited(&frame.bytes, DEFAULT_MAX_ENVELOPE_SIZE) {
+                Ok(env) => env,
+                Err(e) => {
+                    Counters::bump(&inner.counters.rejected);
+                    tracing::warn!(link = frame.link, error = %e, "dropping an undecodable frame from a relay");
+                    continue;
+                }
+            };
+            let step = match precheck(&env, inner.twin, now) {
+                Ok(Precheck::Keepalive) => continue,
+                Ok(Precheck::RelayError) => Staged::Done(Outcome::RelayError(env)),
+                Ok(Precheck::Verify) => lookup(&inner, env).await,
+                Err(refusal) => Staged::Done(Outcome::Refused(env, refusal)),
+            };
+            staged.push(step);
+        }
+        if staged.is_empty() {
+            continue;
+        }
+        let task = tokio::spawn(check(Arc::clone(&inner), staged));
+        if checking.send(task).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Finds the sender's twin (its account verifies the signature, its key decrypts).
+async fn lookup(inner: &Inner, env: Envelope) -> Staged {
+    let source = env.source_twin();
+    match inner.registry.get_twin(source).await {
+        Ok(Some(twin)) => Staged::Verify(env, twin),
+        Ok(None) => Staged::Done(Outcome::Refused(
+            env,
+            Refusal::new(codes::UNKNOWN_TWIN, format!("unknown twin id '{source}'")),
+        )),
+        Err(e) => Staged::Done(Outcome::Refused(
+            env,
+            Refusal::new(codes::OTHER, format!("other: twin lookup failed: {e}")),
+        )),
+    }
+}
+
+/// The CPU part, run as its own task: signatures (batched), then decryption.
+async fn check(inner: Arc<Inner>, staged: Vec<Staged>) -> Vec<Outcome> {
+    let mut signed = Vec::new();
+    let mut slots = Vec::with_capacity(staged.len());
+    for step in staged {
+        match step {
+            Staged::Verify(env, twin) => {
+                slots.push(None);
+                signed.push((env, twin));
+            }
+            Staged::Done(outcome) => slots.push(Some(outcome)),
+        }
+    }
+    let verdicts = verify_all(&signed);
+    let mut checked = signed
+        .into_iter()
+        .zip(verdicts)
+        .map(|((mut env, twin), verdict)| {
+            match verdict.and_then(|()| open(&inner, &mut env, &twin)) {
+                Ok(()) => Outcome::Accepted(env, twin.id),
+                Err(e) => {
+                    let refusal = Refusal::of_envelope_error(&e);
+                    Outcome::Refused(env, refusal)
+                }
+            }
+        });
+    slots
+        .into_iter()
+        .filter_map(|slot| slot.or_else(|| checked.next()))
+        .collect()
+}
+
+/// Decrypts a cipher payload in place with the scheme of the key we publish.
+fn open(inner: &Inner, env: &mut Envelope, sender: &Twin) -> Result<(), EnvelopeError> {
+    if let Some(Payload::Cipher(cipher)) = &env.payload {
+        let plain = inner
+            .identity
+            .e2e()
+            .open(inner.e2e, sender.pk.as_deref(), cipher)?;
+        env.payload = Some(Payload::Plain(plain));
+    }
+    Ok(())
+}
+
+/// Takes checked batches in arrival order: replay check, then to the application.
+struct Deliverer {
+    inner: Arc<Inner>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+impl Deliverer {
+    async fn run(self, mut checking: mpsc::Receiver<Checking>) {
+        while let Some(task) = checking.recv().await {
+            let outcomes = match task.await {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    tracing::error!(error = %e, "an envelope check task failed");
+                    continue;
+                }
+            };
+            let now = unix_now();
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Accepted(env, source) => self.admit(env, source, now).await,
+                    Outcome::RelayError(env) => self.deliver_relay_error(env).await,
+                    Outcome::Refused(env, refusal) => self.refuse(&env, refusal),
+                }
+            }
+        }
+    }
+
+    async fn admit(&self, env: Envelope, source: u32, now: u64) {
+        let key = ReplayKey {
+            source,
+            uid: env.uid.clone(),
+            kind: match env.kind() {
+                MessageKind::Request => ReplayKind::Request,
+                _ => ReplayKind::Reply,
+            },
+        };
+        match self.inner.replay.admit(&key, env.deadline(), now).await {
+            Ok(Admission::First) => self.deliver(env).await,
+            Ok(Admission::Repeat { .. }) => {
+                // Relays deliver at least once, so repeats also happen honestly: the
+                // first copy's reply is on its way, so no error is sent back.
+                Counters::bump(&self.inner.counters.rejected);
+                tracing::debug!(uid = %env.uid, source, kind = env.kind().as_str(), "dropping a repeated envelope");
+            }
+            Err(e) => self.refuse(&env, Refusal::new(codes::OTHER, format!("other: {e}"))),
+        }
+    }
+
+    async fn deliver(&self, env: Envelope) {
+        Counters::bump(&self.inner.counters.received);
+        let source = env.source.clone().unwrap_or_default();
+        let payload = match env.payload {
+            Some(Payload::Plain(bytes)) => bytes,
+            _ => Vec::new(),
+        };
+        let inbound = match env.message {
+            Some(Message::Request(request)) if request.command == VERSION_COMMAND => {
+                self.answer_version(env.uid, source);
+                return;
+            }
+            Some(Message::Request(request)) => Inbound::Request(InboundRequest {
+                uid: env.uid,
+                source,
+                command: request.command,
+                payload,
+                schema: env.schema,
+                tags: env.tags,
+                timestamp: env.timestamp,
+                expiration: env.expiration,
+            }),
+            Some(Message::Response(_)) => Inbound::Response(InboundResponse {
+                uid: env.uid,
+                source,
+                reply: Ok(payload),
+                schema: env.schema,
+                timestamp: env.timestamp,
+            }),
+            Some(Message::Error(e)) => Inbound::Response(InboundResponse {
+                uid: env.uid,
+                source,
+                reply: Err(RemoteError::new(e.code, e.message)),
+                schema: env.schema,
+                timestamp: env.timestamp,
+            }),
+            // Prechecks let only requests, responses and errors through.
+            _ => return,
+        };
+        if self.inbound.send(inbound).await.is_err() {
+            tracing::debug!("application stopped reading; dropping an inbound message");
+        }
+    }
+
+    async fn deliver_relay_error(&self, env: Envelope) {
+        Counters::bump(&self.inner.counters.received);
+        let message = match env.message {
+            Some(Message::Error(e)) => e.message,
+            _ => return,
+        };
+        tracing::debug!(uid = %env.uid, %message, "relay reported an error");
+        let inbound = Inbound::Response(InboundResponse {
+            uid: env.uid,
+            source: Address::twin(0),
+            reply: Err(RemoteError::new(codes::HANDLING, message)),
+            schema: None,
+            timestamp: env.timestamp,
+        });
+        let _ = self.inbound.send(inbound).await;
+    }
+
+    /// Counts and logs a refused envelope; a request gets an error envelope back.
+    fn refuse(&self, env: &Envelope, refusal: Refusal) {
+        Counters::bump(&self.inner.counters.rejected);
+        let source = env.source.clone().unwrap_or_default();
+        if refusal.code == codes::VALIDATION {
+            tracing::debug!(uid = %env.uid, %source, %refusal, "refused an envelope");
+        } else {
+            tracing::warn!(uid = %env.uid, %source, %refusal, "refused an envelope");
+        }
+        if env.kind() != MessageKind::Request || source.twin == 0 {
+            return;
+        }
+        let reply = OutgoingResponse {
+            uid: env.uid.clone(),
+            destination: source,
+            reply: Err(RemoteError::new(refusal.code, refusal.message)),
+            schema: None,
+            timestamp: 0,
+            expiration: DEFAULT_EXPIRATION,
+        };
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            if let Err(e) = inner.send_response(reply).await {
+                tracing::debug!(error = %e, "could not send an error envelope back");
+            }
+        });
+    }
+
+    fn answer_version(&self, uid: String, source: Address) {
+        let version = serde_json::to_vec(env!("CARGO_PKG_VERSION")).unwrap_or_default();
+        let reply = OutgoingResponse {
+            uid,
+            destination: source,
+            reply: Ok(version),
+            schema: Some("application/json".into()),
+            timestamp: 0,
+            expiration: DEFAULT_EXPIRATION,
+        };
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            if let Err(e) = inner.send_response(reply).await {
+                tracing::debug!(error = %e, "could not answer rmb.version");
+            }
+        });
+    }
+}
+
+/// Checks shape and signature of each envelope against its sender's account.
+///
+/// ed25519 signatures of a batch are verified together (about half the cost each);
+/// if the batch fails, each is checked alone to find the culprits.
+fn verify_all(items: &[(Envelope, Twin)]) -> Vec<Result<(), EnvelopeError>> {
+    let digests: Vec<[u8; 16]> = items
+        .iter()
+        .map(|(env, _)| env.challenge_digest())
+        .collect();
+    let mut verdicts: Vec<Option<Result<(), EnvelopeError>>> = vec![None; items.len()];
+    let mut ed25519 = Vec::new();
+    for (i, (env, twin)) in items.iter().enumerate() {
+        if let Err(e) = check_shape(env) {
+            verdicts[i] = Some(Err(e));
+            continue;
+        }
+        match env.signature.as_deref() {
+            None => verdicts[i] = Some(Err(SignatureError::Missing.into())),
+            Some(sig) if sig.len() == SIGNATURE_LEN && sig[0] == b'e' => ed25519.push(i),
+            Some(sig) => {
+                verdicts[i] = Some(verify(&twin.account, &digests[i], sig).map_err(Into::into))
+            }
+        }
+    }
+    if ed25519.len() >= 2 {
+        let batch: Vec<_> = ed25519
+            .iter()
+            .map(|&i| {
+                let sig = items[i].0.signature.as_deref().unwrap_or_default();
+                (&items[i].1.account, &digests[i][..], sig)
+            })
+            .collect();
+        if verify_ed25519_batch(&batch).is_ok() {
+            for &i in &ed25519 {
+                verdicts[i] = Some(Ok(()));
+            }
+            ed25519.clear();
+        }
+    }
+    for i in ed25519 {
+        let sig = items[i].0.signature.as_deref().unwrap_or_default();
+        verdicts[i] = Some(verify(&items[i].1.account, &digests[i], sig).map_err(Into::into));
+    }
+    verdicts
+        .into_iter()
+        .map(|v| v.unwrap_or(Err(SignatureError::Missing.into())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmb_identity::{Identity, KeyType};
+    use rmb_proto::Request;
+
+    fn signed(identity: &Identity, uid: &str) -> Envelope {
+        let mut env = Envelope {
+            uid: uid.into(),
+            expiration: 60,
+            source: Some(Address::twin(1)),
+            destination: Some(Address::twin(2)),
+            message: Some(Message::Request(Request {
+                command: "c".into(),
+            })),
+            payload: Some(Payload::Plain(b"x".to_vec())),
+            ..Default::default()
+        };
+        identity
+            .seal_envelope(&mut env, None, 1_700_000_000)
+            .unwrap();
+        env
+    }
+
+    fn twin(identity: &Identity) -> Twin {
+        Twin {
+            id: 1,
+            account: identity.signer().account(),
+            relays: Default::default(),
+            pk: None,
+        }
+    }
+
+    #[test]
+    fn batches_verify_and_a_bad_one_is_singled_out() {
+        let ed = Identity::from_secret("//Alice", KeyType::Ed25519).unwrap();
+        let sr = Identity::from_secret("//Bob", KeyType::Sr25519).unwrap();
+        let mut items: Vec<(Envelope, Twin)> = (0..5)
+            .map(|i| (signed(&ed, &format!("e{i}")), twin(&ed)))
+            .collect();
+        items.push((signed(&sr, "s"), twin(&sr)));
+        assert!(verify_all(&items).iter().all(Result::is_ok));
+
+        // One forged (signed by Bob, claiming Alice's account) and one unsigned.
+        items[2].1 = twin(&sr);
+        items[4].0.signature = None;
+        let verdicts = verify_all(&items);
+        let failed: Vec<usize> = (0..verdicts.len())
+            .filter(|&i| verdicts[i].is_err())
+            .collect();
+        assert_eq!(failed, [2, 4]);
+        assert!(
+            matches!(verdicts[2], Err(EnvelopeError::Signature(_))),
+            "{:?}",
+            verdicts[2]
+        );
+    }
+
+    #[test]
+    fn shape_is_checked_before_signatures() {
+        let ed = Identity::from_secret("//Alice", KeyType::Ed25519).unwrap();
+        let mut env = signed(&ed, "u");
+        env.relays.push("r".into());
+        assert_eq!(
+            verify_all(&[(env, twin(&ed))]),
+            [Err(EnvelopeError::DeprecatedField("relays"))]
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! Replay protection: each (source twin, uid, request-or-reply) is accepted once while
+//! its envelope is valid.
+//!
+//! Signatures prove who made an envelope, not that it is new: anyone who saw it pass
+//! (a relay, a network observer of a plain `ws://` link) could deliver it again, and
+//! relays themselves deliver at least once. The receive pipeline therefore asks a
+//! [`ReplayStore`] about every verified envelope and drops repeats.
+//!
+//! An entry lives until its envelope's deadline (`timestamp + expiration`): after that
+//! the envelope is refused as expired anyway, so forgetting it is safe. Memory is
+//! bounded: when full, the entry closest to its deadline makes room (the least useful
+//! one to keep, and the first to become harmless).
+//!
+//! Looking ahead (exactly-once delivery, issue #7): an entry can also hold the bytes of
+//! the reply sent for a request ([`ReplayStore::remember_reply`]); a repeat then reports
+//! them ([`Admission::Repeat`]) so the peer can resend that reply instead of running the
+//! handler again. The trait is async so a Redis-backed store can share the state
+//! between peer restarts or replicas.
+//!
+//! [`ReplayCache`] is the pure state machine (time is an input); [`MemoryReplayStore`]
+//! shards it behind short locks.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio_tungstenite::tungstenite::Bytes;
+
+/// What an envelope is, for replay purposes: a request, or a reply (response or error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReplayKind {
+    Request,
+    Reply,
+}
+
+/// Identifies one envelope for replay purposes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplayKey {
+    /// The twin that signed it.
+    pub source: u32,
+    pub uid: String,
+    pub kind: ReplayKind,
+}
+
+/// The store's answer for an envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Not seen before (or seen so long ago that it expired): process it.
+    First,
+    /// Seen already; `reply` holds the reply sent for it, if one was remembered.
+    Repeat { reply: Option<Bytes> },
+}
+
+/// Why the store could not answer (a remote store being down). The pipeline then
+/// refuses the envelope: failing closed is the only safe choice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("replay store unavailable: {0}")]
+pub struct ReplayError(pub String);
+
+/// Where seen envelopes are remembered.
+#[async_trait]
+pub trait ReplayStore: Send + Sync + 'static {
+    /// Records `key` as seen until `deadline` (unix s) and says whether it was seen before.
+    async fn admit(
+        &self,
+        key: &ReplayKey,
+        deadline: u64,
+        now: u64,
+    ) -> Result<Admission, ReplayError>;
+
+    /// Keeps `reply` (an encoded envelope) with the still-live entry of `key`.
+    async fn remember_reply(
+        &self,
+        key: &ReplayKey,
+        reply: Bytes,
+        now: u64,
+    ) -> Result<(), ReplayError>;
+}
+
+#[derive(Debug)]
+struct Entry {
+    deadline: u64,
+    reply: Option<Bytes>,
+}
+
+/// The in-memory replay state, as a pure function of its inputs.
+#[derive(Debug)]
+pub struct ReplayCache {
+    entries: HashMap<ReplayKey, Entry>,
+    /// Deadlines, earliest first; may hold stale pairs whose entry was replaced.
+    by_deadline: BinaryHeap<Reverse<(u64, ReplayKey)>>,
+    capacity: usize,
+}
+
+impl ReplayCache {
+    /// A cache holding at most `capacity` entries (at least one).
+    pub fn new(capacity: usize) -> Self {
+        ReplayCache {
+            entries: HashMap::new(),
+            by_deadline: BinaryHeap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Number of live entries (after the last purge).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// See [`ReplayStore::admit`].
+    pub fn admit(&mut self, key: &ReplayKey, deadline: u64, now: u64) -> Admission {
+        self.purge(now);
+        if let Some(entry) = self.entries.get(key) {
+            return Admission::Repeat {
+                reply: entry.reply.clone(),
+            };
+        }
+        if deadline <= now {
+            // Already expired: nothing to remember, the pipeline refuses it anyway.
+            return Admission::First;
+        }
+        while self.entries.len() >= self.capacity {
+            if !self.evict_earliest() {
+                break;
+            }
+        }
+        self.entries.insert(
+            key.clone(),
+            Entry {
+                deadline,
+                reply: None,
+            },
+        );
+        self.by_deadline.push(Reverse((deadline, key.clone())));
+        Admission::First
+    }
+
+    /// See [`ReplayStore::remember_reply`]; does nothing when the entry is gone.
+    pub fn remember_reply(&mut self, key: &ReplayKey, reply: Bytes, now: u64) {
+        self.purge(now);
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.reply = Some(reply);
+        }
+    }
+
+    /// Forgets every entry whose deadline has passed at `now`.
+    pub fn purge(&mut self, now: u64) {
+        while let Some(Reverse((deadline, _))) = self.by_deadline.peek() {
+            if *deadline > now {
+                break;
+            }
+            self.evict_earliest();
+        }
+    }
+
+    /// Removes the entry with the earliest deadline; false when there is none.
+    fn evict_earliest(&mut self) -> bool {
+        while let Some(Reverse((deadline, key))) = self.by_deadline.pop() {
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.deadline == deadline)
+            {
+                self.entries.remove(&key);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Replay entries kept in memory by default (about 100 bytes each).
+pub const DEFAULT_CAPACITY: usize = 200_000;
+const SHARDS: usize = 16;
+
+/// A [`ReplayStore`] in process memory: [`ReplayCache`] split into shards so that
+/// concurrent receive workers rarely meet on a lock.
+#[derive(Debug)]
+pub struct MemoryReplayStore {
+    shards: Vec<Mutex<ReplayCache>>,
+    hasher: RandomState,
+}
+
+impl MemoryReplayStore {
+    /// A store of at most about `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
+        MemoryReplayStore {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(ReplayCache::new(per_shard)))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &ReplayKey) -> std::sync::MutexGuard<'_, ReplayCache> {
+        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Default for MemoryReplayStore {
+    fn default() -> Self {
+        MemoryReplayStore::new(DEFAULT_CAPACITY)
+    }
+}
+
+#[async_trait]
+impl ReplayStore for MemoryReplayStore {
+    async fn admit(
+        &self,
+        key: &ReplayKey,
+        deadline: u64,
+        now: u64,
+    ) -> Result<Admission, ReplayError> {
+        Ok(self.shard(key).admit(key, deadline, now))
+    }
+
+    async fn remember_reply(
+        &self,
+        key: &ReplayKey,
+        reply: Bytes,
+        now: u64,
+    ) -> Result<(), ReplayError> {
+        self.shard(key).remember_reply(key, reply, now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(source: u32, uid: &str, kind: ReplayKind) -> ReplayKey {
+        ReplayKey {
+            source,
+            uid: uid.into(),
+            kind,
+        }
+    }
+
+    const FIRST: Admission = Admission::First;
+    const REPEAT: Admission = Admission::Repeat { reply: None };
+
+    #[test]
+    fn a_key_is_admitted_once_until_its_deadline() {
+        let mut c = ReplayCache::new(10);
+        let k = key(1, "u", ReplayKind::Request);
+        assert_eq!(c.admit(&k, 100, 50), FIRST);
+        assert_eq!(c.admit(&k, 100, 60), REPEAT);
+        assert_eq!(c.admit(&k, 100, 99), REPEAT);
+        // At the deadline the envelope is expired; the entry is forgotten.
+        assert_eq!(c.admit(&k, 200, 100), FIRST);
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn source_uid_and_kind_all_distinguish() {
+        let mut c = ReplayCache::new(10);
+        assert_eq!(c.admit(&key(1, "u", ReplayKind::Request), 100, 0), FIRST);
+        assert_eq!(c.admit(&key(1, "u", ReplayKind::Reply), 100, 0), FIRST);
+        assert_eq!(c.admit(&key(2, "u", ReplayKind::Reply), 100, 0), FIRST);
+        assert_eq!(c.admit(&key(1, "v", ReplayKind::Request), 100, 0), FIRST);
+        assert_eq!(c.admit(&key(2, "u", ReplayKind::Reply), 100, 0), REPEAT);
+    }
+
+    #[test]
+    fn expired_envelopes_are_not_remembered() {
+        let mut c = ReplayCache::new(10);
+        let k = key(1, "u", ReplayKind::Request);
+        assert_eq!(c.admit(&k, 50, 50), FIRST);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn when_full_the_entry_closest_to_its_deadline_goes() {
+        let mut c = ReplayCache::new(3);
+        let (a, b, d, e) = (
+            key(1, "a", ReplayKind::Request),
+            key(1, "b", ReplayKind::Request),
+            key(1, "d", ReplayKind::Request),
+            key(1, "e", ReplayKind::Request),
+        );
+        c.admit(&a, 300, 0);
+        c.admit(&b, 100, 0);
+        c.admit(&d, 200, 0);
+        assert_eq!(c.admit(&e, 400, 0), FIRST);
+        assert_eq!(c.len(), 3);
+        assert_eq!(
+            c.admit(&b, 100, 0),
+            FIRST,
+            "b (earliest deadline) was evicted"
+        );
+        assert_eq!(c.admit(&a, 300, 0), REPEAT);
+        assert_eq!(c.admit(&e, 400, 0), REPEAT);
+    }
+
+    #[test]
+    fn purge_drops_only_expired_entries_and_stale_heap_pairs() {
+        let mut c = ReplayCache::new(10);
+        let k = key(1, "k", ReplayKind::Request);
+        c.admit(&k, 10, 0);
+        // Re-admitted after expiry with a later deadline: the old heap pair must not
+        // remove the new entry.
+        assert_eq!(c.admit(&k, 50, 10), FIRST);
+        c.admit(&key(1, "other", ReplayKind::Request), 20, 10);
+        c.purge(30);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.admit(&k, 50, 30), REPEAT);
+        c.purge(50);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn replies_are_remembered_with_live_entries() {
+        let mut c = ReplayCache::new(10);
+        let k = key(7, "req", ReplayKind::Request);
+        c.admit(&k, 100, 0);
+        c.remember_reply(&k, Bytes::from_static(b"reply"), 1);
+        assert_eq!(
+            c.admit(&k, 100, 2),
+            Admission::Repeat {
+                reply: Some(Bytes::from_static(b"reply"))
+            }
+        );
+        // Nothing is stored for an unknown (or expired) key.
+        let gone = key(7, "gone", ReplayKind::Request);
+        c.remember_reply(&gone, Bytes::from_static(b"x"), 3);
+        assert_eq!(c.admit(&gone, 100, 3), FIRST);
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_shards_without_losing_entries() {
+        let store = MemoryReplayStore::new(1000);
+        for i in 0..500 {
+            let k = key(i, &format!("u{i}"), ReplayKind::Request);
+            assert_eq!(store.admit(&k, 100, 0).await.unwrap(), FIRST);
+        }
+        for i in 0..500 {
+            let k = key(i, &format!("u{i}"), ReplayKind::Request);
+            assert_eq!(store.admit(&k, 100, 1).await.unwrap(), REPEAT);
+        }
+    }
+}

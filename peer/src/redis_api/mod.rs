@@ -1,0 +1,354 @@
+//! The rmb-rs compatible Redis JSON API (rmb-rs-protocol §6.3–§6.8) over the core
+//! [`Peer`]: apps that worked with rmb-rs's `rmb-peer` work with ours unchanged.
+//!
+//! - [`json`], [`keys`]: the documents and key names apps see;
+//! - [`validate`]: checks on what apps push (every refusal reaches the client's `ret`
+//!   when it can be read: no silent drops);
+//! - [`local`]: `msgbus.system.local` / `msgbus.system.reply` → core;
+//! - [`inbound`]: core → `msgbus.<cmd>` / the client's `ret`;
+//! - [`pending`]: requests in flight, so a destination that never answers is reported;
+//! - [`writer`], [`conn`]: pipelined writes and self-healing connections.
+//!
+//! Also ours: `msgbus.system.status` holds the peer's status JSON ([`ApiStatus`]),
+//! refreshed every second with a 5 s expiry, for `rmb status`.
+
+pub mod conn;
+pub mod inbound;
+pub mod json;
+pub mod keys;
+pub mod local;
+pub mod pending;
+pub mod validate;
+pub mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{Inbound, Peer, PeerStatus, codes};
+use conn::RedisConn;
+use json::JsonIncomingResponse;
+use pending::Pending;
+use validate::Rejection;
+use writer::{Write, Writer};
+
+/// Sends (requests and replies) in flight at once before the pump waits.
+pub const MAX_IN_FLIGHT: usize = 4096;
+/// How often expired requests are looked for.
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+/// How often the status key is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// The code of the error a client gets for a destination that never answered.
+pub const TIMEOUT_CODE: u32 = codes::VALIDATION;
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisApiError {
+    #[error("cannot use redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// Counters of the Redis API, shown in the status key.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    requests_accepted: AtomicU64,
+    requests_rejected: AtomicU64,
+    requests_unreadable: AtomicU64,
+    undeliverable: AtomicU64,
+    timeouts: AtomicU64,
+    requests_delivered: AtomicU64,
+    responses_delivered: AtomicU64,
+    responses_expired: AtomicU64,
+    replies_sent: AtomicU64,
+    replies_rejected: AtomicU64,
+    replies_failed: AtomicU64,
+}
+
+/// A snapshot of [`ApiCounters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiCountersSnapshot {
+    /// Client requests accepted and handed to the core.
+    pub requests_accepted: u64,
+    /// Client requests refused, with an error on their `ret`.
+    pub requests_rejected: u64,
+    /// Client requests so broken that no `ret` could be read (only logged).
+    pub requests_unreadable: u64,
+    /// Destinations a request could not be sent to (error on `ret`).
+    pub undeliverable: u64,
+    /// Destinations that did not answer before the request expired (error on `ret`).
+    pub timeouts: u64,
+    /// Remote requests pushed to `msgbus.<cmd>`.
+    pub requests_delivered: u64,
+    /// Responses pushed to a client's `ret`.
+    pub responses_delivered: u64,
+    /// Responses that came after their request expired (dropped, as rmb-rs).
+    pub responses_expired: u64,
+    /// Service replies sent.
+    pub replies_sent: u64,
+    /// Service replies that could not be read.
+    pub replies_rejected: u64,
+    /// Service replies the core could not send.
+    pub replies_failed: u64,
+}
+
+/// What `msgbus.system.status` holds: the core's [`PeerStatus`] plus the API counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiStatus {
+    #[serde(flatten)]
+    pub peer: PeerStatus,
+    pub redis_api: ApiCountersSnapshot,
+}
+
+/// Bumps an [`ApiCounters`] field.
+pub(crate) struct Counter;
+
+impl Counter {
+    fn bump(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl ApiCounters {
+    /// Current values.
+    pub fn snapshot(&self) -> ApiCountersSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ApiCountersSnapshot {
+            requests_accepted: r(&self.requests_accepted),
+            requests_rejected: r(&self.requests_rejected),
+            requests_unreadable: r(&self.requests_unreadable),
+            undeliverable: r(&self.undeliverable),
+            timeouts: r(&self.timeouts),
+            requests_delivered: r(&self.requests_delivered),
+            responses_delivered: r(&self.responses_delivered),
+            responses_expired: r(&self.responses_expired),
+            replies_sent: r(&self.replies_sent),
+            replies_rejected: r(&self.replies_rejected),
+            replies_failed: r(&self.replies_failed),
+        }
+    }
+}
+
+/// State shared by the API's tasks.
+pub(crate) struct Shared {
+    peer: Peer,
+    writer: Writer,
+    pending: Mutex<Pending>,
+    counters: ApiCounters,
+    sends: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn send_permit(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.sends)
+            .acquire_owned()
+            .await
+            .expect("the send semaphore is never closed")
+    }
+
+    /// Serialises `value` and queues its push onto `list`.
+    async fn push_json<T: Serialize>(&self, list: String, value: &T) {
+        match serde_json::to_string(value) {
+            Ok(json) => self.writer.push(list, json).await,
+            Err(e) => tracing::error!(error = %e, "cannot serialise a JSON document"),
+        }
+    }
+
+    /// Tells the client why its request was refused, or logs it when no `ret` is known.
+    async fn reject_request(&self, rejection: Rejection, bytes: &[u8]) {
+        match rejection.reply_to {
+            Some(ret) => {
+                Counter::bump(&self.counters.requests_rejected, 1);
+                tracing::debug!(ret = %ret, error = %rejection.message, "request refused");
+                let response = JsonIncomingResponse::local_error(
+                    rejection.reference,
+                    rejection.code,
+                    rejection.message,
+                );
+                self.push_json(ret, &response).await;
+            }
+            None => {
+                Counter::bump(&self.counters.requests_unreadable, 1);
+                tracing::error!(
+                    error = %rejection.message,
+                    request = %String::from_utf8_lossy(&bytes[..bytes.len().min(256)]),
+                    "unreadable request on {} (no `ret` to answer on)",
+                    keys::LOCAL
+                );
+            }
+        }
+    }
+
+    fn status(&self) -> ApiStatus {
+        ApiStatus {
+            peer: self.peer.status(),
+            redis_api: self.counters.snapshot(),
+        }
+    }
+}
+
+/// A running Redis API. Stop it with [`RedisApi::shutdown`], which also stops the peer.
+pub struct RedisApi {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    inbound: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl RedisApi {
+    /// Connects to the local Redis at `redis_url` (failing fast when it is unreachable)
+    /// and starts serving: the local pump, inbound delivery, timeouts and the status key.
+    pub async fn start(
+        peer: Peer,
+        inbound: mpsc::Receiver<Inbound>,
+        redis_url: &str,
+    ) -> Result<RedisApi, RedisApiError> {
+        let error = |source| RedisApiError::Redis {
+            url: redis_url.to_string(),
+            source,
+        };
+        let mut pump = RedisConn::new(redis_url, "local pump").map_err(error)?;
+        pump.connect_once().await.map_err(error)?;
+        let lookup = RedisConn::new(redis_url, "backlog lookup").map_err(error)?;
+        let write = RedisConn::new(redis_url, "writer").map_err(error)?;
+
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let (writer, writer_task) = Writer::spawn(write, abort.clone());
+        let shared = Arc::new(Shared {
+            peer,
+            writer,
+            pending: Mutex::new(Pending::default()),
+            counters: ApiCounters::default(),
+            sends: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        });
+        let tasks = vec![
+            tokio::spawn(local::run(Arc::clone(&shared), pump, stop.clone())),
+            tokio::spawn(sweep_timeouts(Arc::clone(&shared), stop.clone())),
+            tokio::spawn(refresh_status(Arc::clone(&shared), stop.clone())),
+        ];
+        let inbound = tokio::spawn(inbound::run(
+            Arc::clone(&shared),
+            inbound,
+            lookup,
+            abort.clone(),
+        ));
+        tracing::info!(redis = %redis_url, "redis api serving {} and {}", keys::LOCAL, keys::REPLY);
+        Ok(RedisApi {
+            shared,
+            stop,
+            abort,
+            tasks,
+            inbound,
+            writer: writer_task,
+        })
+    }
+
+    /// The API's counters.
+    pub fn counters(&self) -> ApiCountersSnapshot {
+        self.shared.counters.snapshot()
+    }
+
+    /// The status as written to `msgbus.system.status`.
+    pub fn status(&self) -> ApiStatus {
+        self.shared.status()
+    }
+
+    /// Stops taking requests, stops the peer (sends still in flight fail, and their
+    /// clients are told), delivers what was received, flushes writes and removes the
+    /// status key. Gives up on a Redis that stays unreachable after `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.shared.peer.shutdown().await;
+        let _ = self.inbound.await;
+        let deadline = Instant::now() + grace;
+        let _ = tokio::time::timeout_at(
+            deadline.into(),
+            self.shared.sends.acquire_many(MAX_IN_FLIGHT as u32),
+        )
+        .await;
+        self.shared
+            .writer
+            .send(Write::Del {
+                key: keys::STATUS.to_string(),
+            })
+            .await;
+        drop(self.shared);
+        let mut writer = self.writer;
+        if tokio::time::timeout_at(deadline.into(), &mut writer)
+            .await
+            .is_err()
+        {
+            self.abort.cancel();
+            let _ = writer.await;
+        }
+    }
+}
+
+/// Reports destinations that never answered, once their request expired.
+async fn sweep_timeouts(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let timeouts = shared.pending().expire(Instant::now());
+        for t in timeouts {
+            Counter::bump(&shared.counters.timeouts, 1);
+            tracing::debug!(uid = %t.uid, twin = t.twin, "no response before the request expired");
+            let response = JsonIncomingResponse::local_error(
+                t.route.reference,
+                TIMEOUT_CODE,
+                format!(
+                    "no response from twin {} before the request expired",
+                    t.twin
+                ),
+            );
+            shared.push_json(t.route.reply_to, &response).await;
+        }
+    }
+}
+
+/// Keeps `msgbus.system.status` fresh (every second, expiring after 5 s).
+async fn refresh_status(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match serde_json::to_vec(&shared.status()) {
+            Ok(value) => {
+                shared
+                    .writer
+                    .send(Write::SetEx {
+                        key: keys::STATUS.to_string(),
+                        value,
+                        secs: keys::STATUS_TTL_SECS,
+                    })
+                    .await
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serialise the status"),
+        }
+    }
+}

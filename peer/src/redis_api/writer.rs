@@ -1,0 +1,113 @@
+//! [`Writer`]: every list push the API makes goes through one task that pipelines them.
+//!
+//! At thousands of messages a second, one round trip per `LPUSH` would be the bottleneck.
+//! The task takes whatever is queued (up to [`MAX_BATCH`]) and sends it as one pipeline,
+//! each push followed by the `LTRIM` that caps the list as rmb-rs does. A failed pipeline
+//! is retried after reconnecting, so a Redis restart delays messages but loses none
+//! (a batch that half-applied before the failure may be pushed twice).
+
+use redis::Pipeline;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::RedisConn;
+use super::keys::MAX_LIST_LEN;
+
+/// Most pushes sent in one pipeline.
+pub const MAX_BATCH: usize = 512;
+/// Pushes queued before producers wait.
+const QUEUE: usize = 65_536;
+
+/// One write to the local Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// `LPUSH list json` then `LTRIM list 0 9999`.
+    Push { list: String, json: String },
+    /// `SET key value EX secs`.
+    SetEx {
+        key: String,
+        value: Vec<u8>,
+        secs: u64,
+    },
+    /// `DEL key`.
+    Del { key: String },
+}
+
+/// Handle to queue writes; cheap to clone. The task ends (after flushing) when every
+/// handle is dropped.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Write>,
+}
+
+impl Writer {
+    /// Starts the writer task on its own connection. `abort` stops retries against a
+    /// Redis that is gone (queued writes are then lost, with an error log).
+    pub fn spawn(conn: RedisConn, abort: CancellationToken) -> (Writer, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(conn, rx, abort));
+        (Writer { tx }, task)
+    }
+
+    /// Queues a write; waits only when the queue is full.
+    pub async fn send(&self, write: Write) {
+        if self.tx.send(write).await.is_err() {
+            tracing::error!("redis writer has stopped; a write was dropped");
+        }
+    }
+
+    /// Queues a push of `json` onto `list`.
+    pub async fn push(&self, list: String, json: String) {
+        self.send(Write::Push { list, json }).await;
+    }
+}
+
+/// Adds `write` to `pipe`, results ignored.
+pub fn add_to_pipeline(pipe: &mut Pipeline, write: &Write) {
+    match write {
+        Write::Push { list, json } => {
+            pipe.cmd("LPUSH").arg(list).arg(json).ignore();
+            pipe.cmd("LTRIM")
+                .arg(list)
+                .arg(0)
+                .arg(MAX_LIST_LEN - 1)
+                .ignore();
+        }
+        Write::SetEx { key, value, secs } => {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value.as_slice())
+                .arg("EX")
+                .arg(*secs)
+                .ignore();
+        }
+        Write::Del { key } => {
+            pipe.cmd("DEL").arg(key).ignore();
+        }
+    }
+}
+
+async fn run(mut conn: RedisConn, mut rx: mpsc::Receiver<Write>, abort: CancellationToken) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for write in &batch {
+            add_to_pipeline(&mut pipe, write);
+        }
+        loop {
+            let Some(mut c) = conn.get(&abort).await else {
+                tracing::error!(
+                    lost = batch.len() + rx.len(),
+                    "shutting down without redis; queued writes are lost"
+                );
+                return;
+            };
+            match pipe.query_async::<()>(&mut c).await {
+                Ok(()) => break,
+                Err(e) => conn.failed(&e),
+            }
+        }
+        batch.clear();
+    }
+}

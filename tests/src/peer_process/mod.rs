@@ -1,0 +1,155 @@
+//! [`PeerProcess`]: the real `rmb-peer` binary serving one twin over its own Redis.
+//!
+//! The secret is passed in `RMB_MNEMONIC` (as an operator keeping it out of `ps` would).
+//! "Ready" means what an app can see: the peer's `msgbus.system.status` key exists in its
+//! Redis and reports a connected relay.
+
+pub mod resp;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::relay_process::binaries;
+use resp::Resp;
+
+/// The status key the peer refreshes every second.
+pub const STATUS_KEY: &str = "msgbus.system.status";
+
+/// A running peer; killed on drop.
+pub struct PeerProcess {
+    mnemonic: String,
+    redis_url: String,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl PeerProcess {
+    /// Starts `rmb-peer` for `mnemonic` with `--redis redis_url`, one `--relay` per entry
+    /// of `relays`, `--registry registry_url` and `extra` flags; waits until it is ready.
+    pub fn start(
+        mnemonic: &str,
+        redis_url: &str,
+        relays: &[String],
+        registry_url: &str,
+        extra: &[&str],
+    ) -> Self {
+        let mut args = vec![
+            "--redis".to_string(),
+            redis_url.to_string(),
+            "--registry".to_string(),
+            registry_url.to_string(),
+        ];
+        for relay in relays {
+            args.push("--relay".into());
+            args.push(relay.clone());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut peer = PeerProcess {
+            mnemonic: mnemonic.to_string(),
+            redis_url: redis_url.to_string(),
+            args,
+            child: None,
+        };
+        peer.spawn();
+        peer
+    }
+
+    fn spawn(&mut self) {
+        // A stale status key from a previous run must not count as ready.
+        Resp::connect(&self.redis_url).del(STATUS_KEY);
+        let binary = binaries().join("rmb-peer");
+        let child = Command::new(&binary)
+            .args(&self.args)
+            .env("RMB_MNEMONIC", &self.mnemonic)
+            .env(
+                "RUST_LOG",
+                std::env::var("RMB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut redis = Resp::connect(&self.redis_url);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("rmb-peer exited at start: {status}");
+            }
+            if let Some(status) = redis.get(STATUS_KEY) {
+                let status: serde_json::Value =
+                    serde_json::from_slice(&status).expect("status key holds JSON");
+                let connected = status["relays"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|l| l["connected"] == true));
+                if connected {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("rmb-peer on {} did not become ready", self.redis_url);
+    }
+
+    /// The peer's Redis URL.
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
+    /// A new raw connection to the peer's Redis (an app's view).
+    pub fn redis(&self) -> Resp {
+        Resp::connect(&self.redis_url)
+    }
+
+    /// The current `msgbus.system.status` JSON (`None` when the key is absent).
+    pub fn status(&self) -> Option<serde_json::Value> {
+        self.redis()
+            .get(STATUS_KEY)
+            .map(|s| serde_json::from_slice(&s).expect("status key holds JSON"))
+    }
+
+    /// SIGKILLs the peer.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs the peer and returns its exit status (graceful shutdown).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Starts it again with the same secret, Redis and flags; waits until ready.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

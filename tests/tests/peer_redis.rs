@@ -1,0 +1,426 @@
+//! The rmb-rs Redis JSON API of the real `rmb-peer` binary, as local apps see it.
+//!
+//! Apps here are raw Redis commands (LPUSH/BRPOP on each peer's own redis-server), the
+//! relay and peers are the real binaries, twins live in the relay's embedded registry.
+//! Every JSON document is checked key by key against rmb-rs-protocol §6.4.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rmb_identity::registry::http::HttpRegistry;
+use rmb_identity::registry::{Registry, TwinUpdate};
+use rmb_identity::{Identity, KeyType};
+use rmb_peer::redis_api::json::{decode_dat, encode_dat};
+use rmb_testsupport::peer_process::PeerProcess;
+use rmb_testsupport::peer_process::resp::Resp;
+use rmb_testsupport::redis_server::RedisServer;
+use rmb_testsupport::relay_process::RelayProcess;
+use serde_json::{Value, json};
+
+/// Longest a test waits for any one response (a broken system fails, never hangs).
+const WAIT_SECS: u64 = 20;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Registers the twin of `secret` (listing `relays`) on the embedded registry.
+fn register(registry_url: &str, secret: &str, relays: &[String]) -> u32 {
+    let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
+    let update = TwinUpdate {
+        relays: relays.iter().cloned().collect(),
+        pk: None,
+        create: true,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        HttpRegistry::new(registry_url)
+            .unwrap()
+            .publish(identity.signer(), &update)
+            .await
+            .unwrap()
+            .id
+    })
+}
+
+/// One twin: its Redis, its registered id and its running peer.
+struct Node {
+    twin: u32,
+    peer: PeerProcess,
+    _redis: RedisServer,
+}
+
+impl Node {
+    fn start(secret: &str, relays: &[&RelayProcess], registry: &str, extra: &[&str]) -> Node {
+        let domains: Vec<String> = relays.iter().map(|r| r.domain()).collect();
+        let urls: Vec<String> = relays.iter().map(|r| r.ws_url()).collect();
+        let twin = register(registry, secret, &domains);
+        let redis = RedisServer::start();
+        let peer = PeerProcess::start(secret, &redis.url(), &urls, registry, extra);
+        Node {
+            twin,
+            peer,
+            _redis: redis,
+        }
+    }
+}
+
+/// A service written against Redis only: `BRPOP msgbus.<cmd>`, reply on
+/// `msgbus.system.reply`. It echoes `<name>:<payload>`; payload `fail` gets an error
+/// reply (code 42), payload `break` a reply with invalid base64. Every request it
+/// reads is also handed to the test.
+struct Bot {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    seen: mpsc::Receiver<Value>,
+}
+
+impl Bot {
+    fn start(redis_url: &str, cmd: &str, name: &'static str) -> Bot {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, seen) = mpsc::channel();
+        let mut redis = Resp::connect(redis_url);
+        let queue = format!("msgbus.{cmd}");
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let Some(text) = redis.brpop(&queue, 1) else {
+                    continue;
+                };
+                let req: Value = serde_json::from_str(&text).unwrap();
+                let payload = decode_dat(req["dat"].as_str().unwrap()).unwrap();
+                let mut reply = json!({
+                    "ver": 1, "ref": req["ref"], "dat": "", "dst": req["src"],
+                    "shm": "text/plain", "now": now(), "err": null,
+                });
+                match payload.as_slice() {
+                    b"fail" => reply["err"] = json!({"code": 42, "message": "nope"}),
+                    b"break" => reply["dat"] = json!("***"),
+                    body => {
+                        let mut out = format!("{name}:").into_bytes();
+                        out.extend_from_slice(body);
+                        reply["dat"] = json!(encode_dat(&out));
+                    }
+                }
+                redis.lpush("msgbus.system.reply", &reply.to_string());
+                let _ = tx.send(req);
+            }
+        });
+        Bot {
+            stop,
+            thread: Some(thread),
+            seen,
+        }
+    }
+
+    fn next_request(&self) -> Value {
+        self.seen
+            .recv_timeout(Duration::from_secs(WAIT_SECS))
+            .expect("the bot got no request")
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client request as rmb-rs documents it.
+fn request(reference: &str, cmd: &str, payload: &[u8], dst: &[u32], ret: &str, exp: u64) -> Value {
+    json!({
+        "ver": 1, "ref": reference, "cmd": cmd, "exp": exp, "dat": encode_dat(payload),
+        "tag": null, "dst": dst, "ret": ret, "shm": "text/plain", "now": now(),
+    })
+}
+
+/// Pushes `req` to `msgbus.system.local` and waits for one response on `ret`.
+fn call(redis: &mut Resp, req: &Value) -> Value {
+    redis.lpush("msgbus.system.local", &req.to_string());
+    let ret = req["ret"].as_str().unwrap();
+    next_response(redis, ret)
+}
+
+fn next_response(redis: &mut Resp, ret: &str) -> Value {
+    let text = redis
+        .brpop(ret, WAIT_SECS)
+        .unwrap_or_else(|| panic!("no response on {ret}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn keys(v: &Value) -> BTreeSet<&str> {
+    v.as_object().unwrap().keys().map(String::as_str).collect()
+}
+
+fn dat(v: &Value) -> Vec<u8> {
+    decode_dat(v["dat"].as_str().unwrap()).unwrap()
+}
+
+/// A locally generated error (rmb-rs §8.3 shape) with `code`, whose message has `needle`.
+fn assert_local_error(resp: &Value, reference: &str, code: u32, needle: &str) {
+    assert_eq!(
+        keys(resp),
+        keys(&json!({"ver":0,"ref":0,"dat":0,"src":0,"shm":0,"now":0,"err":0}))
+    );
+    assert_eq!(resp["ref"], reference, "{resp}");
+    assert_eq!(
+        (&resp["dat"], &resp["src"], &resp["now"]),
+        (&json!(""), &json!(""), &json!(0)),
+        "{resp}"
+    );
+    assert_eq!(resp["shm"], Value::Null);
+    assert_eq!(resp["err"]["code"], code, "{resp}");
+    let message = resp["err"]["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+}
+
+#[test]
+fn redis_apps_call_each_other_through_real_peers() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &[&relay], &registry, &[]);
+    let bob = Node::start("//Bob", &[&relay], &registry, &[]);
+    let carol = Node::start("//Carol", &[&relay], &registry, &[]);
+    let dave = register(&registry, "//Dave", &[relay.domain()]); // registered, never online
+    let bob_bot = Bot::start(bob.peer.redis_url(), "echo", "bob");
+    let _carol_bot = Bot::start(carol.peer.redis_url(), "echo", "carol");
+    let mut app = alice.peer.redis();
+
+    // One call, every field as §6.4 describes.
+    let sent_at = now();
+    let resp = call(
+        &mut app,
+        &request("r-1", "echo", b"hello", &[bob.twin], "ret-1", 30),
+    );
+    let seen = bob_bot.next_request();
+    assert_eq!(
+        keys(&seen),
+        keys(
+            &json!({"ver":0,"ref":0,"src":0,"cmd":0,"exp":0,"dat":0,"tag":0,"ret":0,"shm":0,"now":0})
+        )
+    );
+    assert_eq!(seen["ver"], 1);
+    let uid = seen["ref"].as_str().unwrap();
+    assert_eq!(uid.len(), 36, "a UUIDv4 envelope uid: {uid}");
+    assert_eq!(seen["src"], alice.twin.to_string());
+    assert_eq!(seen["cmd"], "echo");
+    let exp = seen["exp"].as_u64().unwrap();
+    assert!((25..=30).contains(&exp), "exp {exp}");
+    assert_eq!(dat(&seen), b"hello");
+    assert_eq!(seen["tag"], Value::Null);
+    assert_eq!(seen["ret"], "msgbus.system.reply");
+    assert_eq!(seen["shm"], "text/plain");
+    assert!(seen["now"].as_u64().unwrap().abs_diff(sent_at) <= 5);
+
+    assert_eq!(
+        keys(&resp),
+        keys(&json!({"ver":0,"ref":0,"dat":0,"src":0,"shm":0,"now":0,"err":0}))
+    );
+    assert_eq!(resp["ver"], 1);
+    assert_eq!(resp["ref"], "r-1");
+    assert_eq!(dat(&resp), b"bob:hello");
+    assert_eq!(resp["src"], bob.twin.to_string());
+    assert_eq!(resp["shm"], "text/plain");
+    assert!(resp["now"].as_u64().unwrap().abs_diff(sent_at) <= 5);
+    assert_eq!(resp["err"], Value::Null);
+    // The backlog entry that routed it stays until the request's validity ends.
+    let ttl = app.ttl(&format!("msgbus.backlog.{uid}"));
+    assert!((1..=30).contains(&ttl), "backlog ttl {ttl}");
+
+    // Several destinations: one response each, told apart by src, same ref.
+    app.lpush(
+        "msgbus.system.local",
+        &request("r-2", "echo", b"hi", &[bob.twin, carol.twin], "ret-2", 30).to_string(),
+    );
+    let mut got: Vec<(String, Vec<u8>)> = (0..2)
+        .map(|_| {
+            let r = next_response(&mut app, "ret-2");
+            assert_eq!((&r["ref"], &r["err"]), (&json!("r-2"), &Value::Null));
+            (r["src"].as_str().unwrap().to_string(), dat(&r))
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (bob.twin.to_string(), b"bob:hi".to_vec()),
+        (carol.twin.to_string(), b"carol:hi".to_vec()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    // A service's error reply, and a reply the service wrote wrongly.
+    let resp = call(
+        &mut app,
+        &request("r-3", "echo", b"fail", &[bob.twin], "ret-3", 30),
+    );
+    assert_eq!(
+        (&resp["src"], &resp["dat"]),
+        (&json!(bob.twin.to_string()), &json!(""))
+    );
+    assert_eq!(resp["err"], json!({"code": 42, "message": "nope"}));
+    let resp = call(
+        &mut app,
+        &request("r-4", "echo", b"break", &[bob.twin], "ret-4", 30),
+    );
+    assert_eq!(resp["src"], bob.twin.to_string());
+    assert_eq!(resp["err"]["code"], 101, "{resp}");
+
+    // rmb.version is answered by the remote peer itself.
+    let resp = call(
+        &mut app,
+        &request("r-5", "rmb.version", b"", &[carol.twin], "ret-5", 30),
+    );
+    assert_eq!(resp["err"], Value::Null, "{resp}");
+    assert_eq!(resp["shm"], "application/json");
+    let version: Value = serde_json::from_slice(&dat(&resp)).unwrap();
+    assert!(version.is_string(), "{version}");
+
+    // Bad requests get an error on their ret instead of silence.
+    let mut expired = request("e-1", "echo", b"x", &[bob.twin], "ret-e", 5);
+    expired["now"] = json!(now() - 60);
+    assert_local_error(&call(&mut app, &expired), "e-1", 102, "expired");
+    let zero = request("e-2", "echo", b"x", &[bob.twin], "ret-e", 0);
+    assert_local_error(&call(&mut app, &zero), "e-2", 102, "expired");
+    let mut bad_base64 = request("e-3", "echo", b"x", &[bob.twin], "ret-e", 30);
+    bad_base64["dat"] = json!("%%%");
+    assert_local_error(&call(&mut app, &bad_base64), "e-3", 101, "base64");
+    let no_dst = request("e-4", "echo", b"x", &[], "ret-e", 30);
+    assert_local_error(&call(&mut app, &no_dst), "e-4", 101, "dst");
+    let bad_shape = json!({"ver": 1, "ref": "e-5", "ret": "ret-e", "cmd": 7});
+    assert_local_error(&call(&mut app, &bad_shape), "e-5", 101, "invalid request");
+    let unknown = request("e-6", "echo", b"x", &[4242], "ret-e", 30);
+    assert_local_error(&call(&mut app, &unknown), "e-6", 103, "4242");
+
+    // Not JSON at all: nowhere to answer, so it is counted (and logged).
+    app.lpush("msgbus.system.local", "{this is not json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(WAIT_SECS);
+    loop {
+        let status = alice.peer.status().expect("status key");
+        if status["redis_api"]["requests_unreadable"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not counted: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A relay's own error (fail-fast to an offline twin) arrives with src "0", code 0.
+    let mut fail_fast = request("f-1", "echo", b"x", &[dave], "ret-f", 30);
+    fail_fast["tag"] = json!("fail-fast");
+    let resp = call(&mut app, &fail_fast);
+    assert_eq!(
+        (&resp["src"], &resp["ref"]),
+        (&json!("0"), &json!("f-1")),
+        "{resp}"
+    );
+    assert_eq!(resp["err"]["code"], 0, "{resp}");
+
+    // Nobody serves the command: an error at the request's expiry, naming the twin.
+    let resp = call(
+        &mut app,
+        &request("t-1", "nobody.home", b"x", &[bob.twin], "ret-t", 3),
+    );
+    assert_local_error(
+        &resp,
+        "t-1",
+        102,
+        &format!("no response from twin {}", bob.twin),
+    );
+    assert_eq!(
+        bob.peer.redis().llen("msgbus.nobody.home"),
+        1,
+        "it was delivered"
+    );
+}
+
+#[test]
+fn calls_survive_losing_one_of_two_relays() {
+    let home = RelayProcess::start(&[]);
+    let registry = home.http_url();
+    let mut r1 = RelayProcess::start(&["--registry", &registry]);
+    let r2 = RelayProcess::start(&["--registry", &registry]);
+    let alice = Node::start("//Alice", &[&r1, &r2], &registry, &[]);
+    let bob = Node::start("//Bob", &[&r1, &r2], &registry, &[]);
+    let _bot = Bot::start(bob.peer.redis_url(), "echo", "bob");
+    let mut app = alice.peer.redis();
+
+    for i in 0..3 {
+        let resp = call(
+            &mut app,
+            &request(&format!("a-{i}"), "echo", b"up", &[bob.twin], "ret", 15),
+        );
+        assert_eq!(
+            (dat(&resp), &resp["err"]),
+            (b"bob:up".to_vec(), &Value::Null)
+        );
+    }
+    r1.kill();
+    for i in 0..5 {
+        let resp = call(
+            &mut app,
+            &request(&format!("b-{i}"), "echo", b"down", &[bob.twin], "ret", 15),
+        );
+        assert_eq!(resp["ref"], format!("b-{i}"));
+        assert_eq!(
+            (dat(&resp), &resp["err"]),
+            (b"bob:down".to_vec(), &Value::Null),
+            "{resp}"
+        );
+    }
+}
+
+#[test]
+fn requests_queued_while_a_peer_is_down_are_answered_after_it_restarts() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &[&relay], &registry, &[]);
+    let mut bob = Node::start("//Bob", &[&relay], &registry, &[]);
+    let _bot = Bot::start(bob.peer.redis_url(), "echo", "bob");
+    let mut app = alice.peer.redis();
+    let resp = call(
+        &mut app,
+        &request("up", "echo", b"1", &[bob.twin], "ret", 30),
+    );
+    assert_eq!(dat(&resp), b"bob:1");
+
+    // A graceful stop exits cleanly and removes the status key at once.
+    let status = bob.peer.terminate().expect("bob's peer was running");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(bob.peer.status(), None);
+
+    for i in 0..5 {
+        let req = request(
+            &format!("q-{i}"),
+            "echo",
+            format!("m{i}").as_bytes(),
+            &[bob.twin],
+            "ret",
+            60,
+        );
+        app.lpush("msgbus.system.local", &req.to_string());
+    }
+    bob.peer.restart();
+    let mut answers: Vec<String> = (0..5)
+        .map(|_| {
+            let r = next_response(&mut app, "ret");
+            assert_eq!(r["err"], Value::Null, "{r}");
+            String::from_utf8(dat(&r)).unwrap()
+        })
+        .collect();
+    answers.sort();
+    assert_eq!(answers, ["bob:m0", "bob:m1", "bob:m2", "bob:m3", "bob:m4"]);
+}
