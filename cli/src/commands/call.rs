@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use redis::AsyncCommands;
+use rmb_peer::redis_api::TIMEOUT_CODE;
 use rmb_peer::redis_api::json::{
     JsonError, JsonIncomingResponse, JsonOutgoingRequest, VERSION, decode_dat, encode_dat,
 };
@@ -21,10 +22,15 @@ use crate::bus::{self, Bus};
 /// Exit status when some destination did not answer in time.
 pub const EXIT_TIMEOUT: u8 = 3;
 
+/// How long after `--timeout` to wait for the peer's expiry notices, so none is left
+/// behind in Redis (the peer sends them when the request's validity ends).
+pub const EXPIRY_NOTICE_GRACE: Duration = Duration::from_secs(2);
+
 /// Send a request to twins through the local rmb-peer and print their responses.
 ///
 /// Exit status: 0 when every destination answered without error, 1 when some answered
-/// with an error (or Redis failed), 3 when some did not answer within --timeout.
+/// with an error (or Redis failed), 3 when some did not answer within --timeout (the wait
+/// ends up to 2 s later, to collect the peer's "no response" notices).
 #[derive(Args, Debug)]
 pub struct CallArgs {
     #[command(flatten)]
@@ -143,9 +149,13 @@ pub async fn call(bus: &Bus, spec: &CallSpec) -> anyhow::Result<Outcome> {
     bus.send_request(&request).await?;
 
     let mut replies: Vec<Reply> = Vec::new();
+    // The peer reports each destination still silent when the request expires; those
+    // notices say "timed out", they are not answers.
+    let mut expired = 0usize;
+    let deadline = spec.timeout + EXPIRY_NOTICE_GRACE;
     let lists = [ret.clone()];
-    while replies.len() < destinations.len() {
-        let left = spec.timeout.saturating_sub(started.elapsed());
+    while replies.len() + expired < destinations.len() {
+        let left = deadline.saturating_sub(started.elapsed());
         if left.is_zero() {
             break;
         }
@@ -159,6 +169,10 @@ pub async fn call(bus: &Bus, spec: &CallSpec) -> anyhow::Result<Outcome> {
                 continue;
             }
         };
+        if is_expiry_notice(&response) {
+            expired += 1;
+            continue;
+        }
         // The same response may come through two relays; keep the first per responder.
         let attributed = bus::twin_of(&response.src).is_some_and(|t| t != 0);
         if attributed && replies.iter().any(|r| r.src == response.src) {
@@ -184,6 +198,17 @@ pub async fn call(bus: &Bus, spec: &CallSpec) -> anyhow::Result<Outcome> {
         replies,
         unanswered,
     })
+}
+
+/// True for rmb-peer's "no response before the request expired" notice: a local error
+/// (`src` empty) with [`TIMEOUT_CODE`]. rmb-rs peers send none; their local errors use
+/// other codes.
+pub fn is_expiry_notice(response: &JsonIncomingResponse) -> bool {
+    response.src.is_empty()
+        && response
+            .err
+            .as_ref()
+            .is_some_and(|e| e.code == TIMEOUT_CODE)
 }
 
 fn decode_reply(response: JsonIncomingResponse, elapsed: Duration) -> Reply {
@@ -299,5 +324,73 @@ fn print_outcome(outcome: &Outcome, json: bool, timeout: u64) {
         for twin in &outcome.unanswered {
             eprintln!("twin {twin}: no response within {timeout} s");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(src: &str, err: Option<(u32, &str)>) -> JsonIncomingResponse {
+        JsonIncomingResponse {
+            ver: VERSION,
+            reference: None,
+            dat: String::new(),
+            src: src.into(),
+            shm: None,
+            now: 0,
+            err: err.map(|(code, message)| JsonError {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn only_the_peers_own_timeout_notice_means_no_answer() {
+        let notice = response("", Some((TIMEOUT_CODE, "no response from twin 2")));
+        assert!(is_expiry_notice(&notice));
+        // A remote twin's own 102 (our request expired on arrival) is an answer.
+        assert!(!is_expiry_notice(&response("2", Some((102, "expired")))));
+        // rmb-rs's local "undeliverable" errors are answers too.
+        assert!(!is_expiry_notice(&response(
+            "",
+            Some((103, "unknown twin"))
+        )));
+        assert!(!is_expiry_notice(&response("", None)));
+    }
+
+    #[test]
+    fn exit_status_prefers_errors_over_silence() {
+        let ok = Reply {
+            src: "2".into(),
+            body: b"x".to_vec(),
+            schema: None,
+            error: None,
+            elapsed_ms: 1,
+        };
+        let failed = Reply {
+            error: Some(JsonError {
+                code: 1,
+                message: "no".into(),
+            }),
+            ..ok.clone()
+        };
+        let outcome = |replies: Vec<Reply>, unanswered: Vec<u32>| Outcome {
+            replies,
+            unanswered,
+        };
+        assert_eq!(
+            exit_code(&outcome(vec![ok.clone()], vec![])),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            exit_code(&outcome(vec![ok.clone()], vec![3])),
+            ExitCode::from(EXIT_TIMEOUT)
+        );
+        assert_eq!(
+            exit_code(&outcome(vec![ok, failed], vec![3])),
+            ExitCode::FAILURE
+        );
     }
 }

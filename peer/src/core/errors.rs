@@ -63,6 +63,11 @@ pub enum SendError {
     Link(LinkError),
     #[error("the peer is shut down")]
     Closed,
+    #[error(
+        "e2e error: twin {0} publishes a secp256k1 key, which only twins publishing secp256k1 \
+         keys can write to (start this peer with --e2e secp256k1)"
+    )]
+    SchemeMismatch(u32),
 }
 
 impl SendError {
@@ -70,7 +75,7 @@ impl SendError {
     pub fn code(&self) -> u32 {
         match self {
             SendError::UnknownTwin(_) => codes::UNKNOWN_TWIN,
-            SendError::Seal(_) => codes::CRYPTO,
+            SendError::Seal(_) | SendError::SchemeMismatch(_) => codes::CRYPTO,
             SendError::Expired
             | SendError::Registry(_)
             | SendError::Link(_)

@@ -2,6 +2,7 @@
 //! reply, encrypt it to the destination's published key, stamp, sign, and hand it to a
 //! relay link.
 
+use rmb_identity::E2eScheme;
 use rmb_proto::time::unix_now;
 use rmb_proto::{Envelope, Error, Message, Payload, Request, Response};
 use tokio_tungstenite::tungstenite::Bytes;
@@ -86,6 +87,14 @@ impl Inner {
         env.stamp_at(now);
         if env.expiration == 0 {
             return Err(SendError::Expired);
+        }
+        // rmb-rs's secp256k1 scheme: the receiver derives the key from the *sender's
+        // published* key, so only a twin publishing secp256k1 itself can write to one.
+        if let Some(pk) = twin.pk.as_deref()
+            && E2eScheme::of_public_key(pk) == Ok(E2eScheme::Secp256k1)
+            && self.e2e != E2eScheme::Secp256k1
+        {
+            return Err(SendError::SchemeMismatch(twin.id));
         }
         self.identity
             .seal_envelope(&mut env, twin.pk.as_deref(), now)
