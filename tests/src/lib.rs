@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 
 pub mod chain;
+pub mod child;
 pub mod peer_process;
 pub mod redis_server;
+pub mod registry;
 pub mod relay_client;
 pub mod relay_process;
 

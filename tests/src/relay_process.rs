@@ -117,27 +117,12 @@ impl RelayProcess {
 
     /// SIGKILLs the relay.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::child::kill(&mut self.child);
     }
 
     /// SIGTERMs the relay and returns its exit status (graceful shutdown).
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        child.wait().ok()
+        crate::child::terminate(&mut self.child)
     }
 
     /// Starts it again with the same port, flags and data directory.

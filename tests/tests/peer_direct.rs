@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 use rmb_identity::registry::http::HttpRegistry;
-use rmb_identity::registry::{Registry, RegistryChoice, TwinUpdate};
+use rmb_identity::registry::{Registry, RegistryChoice};
 use rmb_identity::{E2eScheme, Identity, KeyType};
 use rmb_peer::{CallError, Client, ClientOptions, RemoteError};
 use rmb_testsupport::redis_server::free_port;
@@ -27,17 +27,7 @@ fn mnemonic() -> String {
 /// Registers the twin of `secret` on the embedded registry at `registry_url`.
 async fn register(registry_url: &str, secret: &str, relays: &[String]) -> u32 {
     let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
-    let update = TwinUpdate {
-        relays: relays.iter().cloned().collect(),
-        pk: None,
-        create: true,
-    };
-    HttpRegistry::new(registry_url)
-        .unwrap()
-        .publish(identity.signer(), &update)
-        .await
-        .unwrap()
-        .id
+    rmb_testsupport::registry::register(registry_url, &identity, relays).await
 }
 
 async fn connect(secret: &str, sid: &str, relays: &[&RelayProcess], registry: &str) -> Client {

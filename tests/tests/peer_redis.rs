@@ -11,8 +11,6 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rmb_identity::registry::http::HttpRegistry;
-use rmb_identity::registry::{Registry, TwinUpdate};
 use rmb_identity::{Identity, KeyType};
 use rmb_peer::redis_api::json::{decode_dat, encode_dat};
 use rmb_testsupport::peer_process::PeerProcess;
@@ -34,23 +32,15 @@ fn now() -> u64 {
 /// Registers the twin of `secret` (listing `relays`) on the embedded registry.
 fn register(registry_url: &str, secret: &str, relays: &[String]) -> u32 {
     let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
-    let update = TwinUpdate {
-        relays: relays.iter().cloned().collect(),
-        pk: None,
-        create: true,
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        HttpRegistry::new(registry_url)
-            .unwrap()
-            .publish(identity.signer(), &update)
-            .await
-            .unwrap()
-            .id
-    })
+    runtime.block_on(rmb_testsupport::registry::register(
+        registry_url,
+        &identity,
+        relays,
+    ))
 }
 
 /// One twin: its Redis, its registered id and its running peer.

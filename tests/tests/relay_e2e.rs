@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use rmb_identity::registry::http::HttpRegistry;
-use rmb_identity::registry::{Registry, TwinUpdate};
 use rmb_identity::{Identity, KeyType, Token};
 use rmb_proto::{Address, Envelope, MessageKind};
 use rmb_testsupport::redis_server::free_port;
+use rmb_testsupport::registry::register;
 use rmb_testsupport::relay_client::{TestClient, error_text, now, request};
 use rmb_testsupport::relay_process::RelayProcess;
 
@@ -16,21 +15,6 @@ const QUIET: Duration = Duration::from_millis(300);
 
 fn identity(name: &str) -> Identity {
     Identity::from_secret(&format!("//{name}"), KeyType::Sr25519).unwrap()
-}
-
-/// Registers `who` on `registry_url` with relay list `relays`; returns its twin id.
-async fn register(registry_url: &str, who: &Identity, relays: &[String]) -> u32 {
-    let update = TwinUpdate {
-        relays: relays.iter().cloned().collect(),
-        pk: None,
-        create: true,
-    };
-    HttpRegistry::new(registry_url)
-        .unwrap()
-        .publish(who.signer(), &update)
-        .await
-        .unwrap()
-        .id
 }
 
 #[tokio::test]

@@ -5,8 +5,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rmb_identity::registry::http::HttpRegistry;
-use rmb_identity::registry::{Registry, TwinUpdate};
 use rmb_identity::{Identity, KeyType};
 use rmb_proto::{Address, Envelope};
 use rmb_testsupport::redis_server::RedisServer;
@@ -29,17 +27,7 @@ fn replica(redis: &RedisServer) -> RelayProcess {
 
 /// Registers `who` as living on `DOMAIN`; returns its twin id.
 async fn register(registry_url: &str, who: &Identity) -> u32 {
-    let update = TwinUpdate {
-        relays: [DOMAIN.to_string()].into(),
-        pk: None,
-        create: true,
-    };
-    HttpRegistry::new(registry_url)
-        .unwrap()
-        .publish(who.signer(), &update)
-        .await
-        .unwrap()
-        .id
+    rmb_testsupport::registry::register(registry_url, who, &[DOMAIN.to_string()]).await
 }
 
 fn uids(envelopes: &[Envelope]) -> Vec<&str> {

@@ -263,10 +263,13 @@ impl Queues for RedisQueues {
     async fn refresh(&self, sessions: Vec<SessionId>) {
         let mut conn = self.conn.clone();
         for chunk in sessions.chunks(512) {
+            // Load the script once per round trip (Redis may have restarted and lost it),
+            // then run it by hash instead of sending its text for every session.
             let mut pipe = redis::pipe();
+            pipe.cmd("SCRIPT").arg("LOAD").arg(CLAIM_SCRIPT).ignore();
             for session in chunk {
-                pipe.cmd("EVAL")
-                    .arg(CLAIM_SCRIPT)
+                pipe.cmd("EVALSHA")
+                    .arg(self.claim.get_hash())
                     .arg(1)
                     .arg(self.presence_key(session))
                     .arg(&self.replica)
