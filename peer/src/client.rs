@@ -77,11 +77,14 @@ pub struct ClientOptions {
     pub update_twin: bool,
     /// How long [`Client::connect`] waits for a first relay connection.
     pub connect_timeout: Duration,
+    /// Resend unanswered calls and answer repeated requests from the reply cache
+    /// (on by default; off is rmb-rs's at-most-once behaviour).
+    pub reliable: bool,
 }
 
 impl ClientOptions {
     /// Options with the defaults: sr25519 keys, x25519 encryption, twin updated,
-    /// 10 s to connect.
+    /// 10 s to connect, reliable delivery.
     pub fn new(
         secret: impl Into<String>,
         sid: impl Into<String>,
@@ -97,6 +100,7 @@ impl ClientOptions {
             e2e: E2eScheme::X25519,
             update_twin: true,
             connect_timeout: Duration::from_secs(10),
+            reliable: true,
         }
     }
 }
@@ -199,6 +203,7 @@ impl Client {
             sid: Some(options.sid),
             e2e: options.e2e,
             update_twin: options.update_twin,
+            reliable: options.reliable,
         };
         let (peer, inbound) = match Peer::start(config).await {
             Ok(started) => started,

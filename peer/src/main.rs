@@ -98,6 +98,12 @@ struct Args {
     #[arg(long)]
     no_update: bool,
 
+    /// Deliver at most once, as rmb-rs does: no resending of unanswered requests, no
+    /// reply cache, no crash-safe bookkeeping in Redis. Faster, but a relay or peer
+    /// crash loses messages. For comparison and benchmarks.
+    #[arg(long)]
+    at_most_once: bool,
+
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
     debug: u8,
@@ -139,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         sid: args.sid.clone(),
         e2e: args.e2e,
         update_twin: !args.no_update,
+        reliable: !args.at_most_once,
     };
     let (peer, inbound) = Peer::start(config).await?;
     let api = match RedisApi::start(peer.clone(), inbound, &args.redis).await {

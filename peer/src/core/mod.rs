@@ -11,11 +11,14 @@
 //!   destination's published key, stamp, sign, hand to a relay.
 //! - Everything received is checked ([`checks`], [`receive`], [`replay`]) before it
 //!   reaches the application as a plain [`Inbound`].
+//! - Delivery guarantees ([`resend`]): requests are sent again until answered, a repeated
+//!   request is answered from the reply cache instead of reaching the application twice.
 
 pub mod checks;
 pub mod errors;
 pub mod receive;
 pub mod replay;
+pub mod resend;
 pub mod send;
 pub mod status;
 pub mod types;
@@ -42,6 +45,7 @@ pub use types::{
     clamp_expiration,
 };
 
+use resend::Resends;
 use status::Counters;
 
 /// The command the core answers itself with its version (rmb-rs tooling asks it).
@@ -64,6 +68,9 @@ pub struct PeerConfig {
     pub e2e: E2eScheme,
     /// Publish relays and key when they differ from the registry (false = `--no-update`).
     pub update_twin: bool,
+    /// Resend unanswered requests and answer repeats from the reply cache ([`resend`]).
+    /// Off gives rmb-rs's at-most-once behaviour (for comparison and benchmarks).
+    pub reliable: bool,
 }
 
 /// Shared state of a running peer.
@@ -78,6 +85,9 @@ pub(crate) struct Inner {
     registry: Arc<dyn Registry>,
     links: Links,
     replay: Arc<dyn ReplayStore>,
+    /// Requests waiting for an answer (empty unless `reliable`).
+    resends: Mutex<Resends>,
+    reliable: bool,
     started_at: u64,
     counters: Counters,
     shutdown: CancellationToken,
@@ -144,13 +154,18 @@ impl Peer {
             registry: config.registry,
             links,
             replay,
+            resends: Mutex::new(Resends::default()),
+            reliable: config.reliable,
             started_at: unix_now(),
             counters: Counters::default(),
             shutdown: shutdown.clone(),
             tasks: Mutex::new(Vec::new()),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
-        let tasks = receive::spawn(&inner, incoming_rx, inbound_tx);
+        let mut tasks = receive::spawn(&inner, incoming_rx, inbound_tx);
+        if inner.reliable {
+            tasks.push(tokio::spawn(resend_loop(Arc::clone(&inner))));
+        }
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
 
         // The last handle's drop cancels `shutdown`, which stops the links; their end
@@ -181,6 +196,18 @@ impl Peer {
         &self.inner.identity
     }
 
+    /// True when the peer resends and answers repeats from its reply cache
+    /// ([`PeerConfig::reliable`]); applications then keep their own records crash-safe.
+    pub fn is_reliable(&self) -> bool {
+        self.inner.reliable
+    }
+
+    /// Counts a repeated message an application layer dropped (one the core's memory did
+    /// not know, e.g. received before a restart), so [`PeerStatus::duplicates`] sees it.
+    pub fn count_duplicate(&self) {
+        Counters::bump(&self.inner.counters.duplicates);
+    }
+
     /// Waits until at least one relay link is up (or `timeout` passes); true if one is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         self.inner.links.wait_connected(timeout).await
@@ -198,6 +225,10 @@ impl Peer {
             sent: Counters::read(&c.sent),
             received: Counters::read(&c.received),
             rejected: Counters::read(&c.rejected),
+            resent: Counters::read(&c.resent),
+            duplicates: Counters::read(&c.duplicates),
+            replayed: Counters::read(&c.replayed),
+            awaiting: self.inner.resends().len() as u64,
         }
     }
 
@@ -214,6 +245,53 @@ impl Peer {
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for task in tasks {
             let _ = task.await;
+        }
+    }
+}
+
+impl Inner {
+    fn resends(&self) -> std::sync::MutexGuard<'_, Resends> {
+        self.resends.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How often the resend table is looked at.
+const RESEND_TICK: Duration = Duration::from_millis(250);
+
+/// Sends again what is due ([`resend`]); a link that connects makes everything due.
+async fn resend_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(RESEND_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connected = inner.links.subscribe_connected();
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            changed = connected.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                inner.resends().all_due(tokio::time::Instant::now().into_std());
+            }
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let due = inner.resends().take_due(now, unix_now());
+        for item in due {
+            let (uid, twin, deadline) = (item.uid.clone(), item.twin, item.deadline);
+            match inner.links.try_send(item.bytes.clone(), deadline) {
+                Ok(_) => {
+                    Counters::bump(&inner.counters.resent);
+                    tracing::debug!(%uid, twin, "sent again");
+                }
+                // No relay took it: a request stays scheduled anyway; a one-shot
+                // entry is put back and tried again on the next tick.
+                Err(bytes) => {
+                    let mut resends = inner.resends();
+                    if !resends.contains(&uid, twin) {
+                        resends.track_once(&uid, twin, bytes, deadline, now);
+                    }
+                }
+            }
         }
     }
 }

@@ -19,7 +19,8 @@
 //! hands messages to the application: arrival order is kept.
 //!
 //! Decryption comes before the replay check so that only an envelope that is accepted
-//! in full uses up its uid.
+//! in full uses up its uid. A repeated request that was answered already gets the cached
+//! answer again; an answer settles the request's resends ([`resend`](super::resend)).
 
 use std::sync::Arc;
 
@@ -214,12 +215,26 @@ impl Deliverer {
             },
         };
         match self.inner.replay.admit(&key, env.deadline(), now).await {
-            Ok(Admission::First) => self.deliver(env).await,
-            Ok(Admission::Repeat { .. }) => {
-                // Relays deliver at least once, so repeats also happen honestly: the
-                // first copy's reply is on its way, so no error is sent back.
-                Counters::bump(&self.inner.counters.rejected);
-                tracing::debug!(uid = %env.uid, source, kind = env.kind().as_str(), "dropping a repeated envelope");
+            Ok(Admission::First) => {
+                if key.kind == ReplayKind::Reply && self.inner.reliable {
+                    self.inner.resends().answered(&env.uid, source);
+                }
+                self.deliver(env).await
+            }
+            Ok(Admission::Repeat { reply }) => {
+                // Relays deliver at least once and senders resend, so repeats are
+                // normal. A request we answered already gets the same answer again
+                // (the first one may be lost); otherwise its answer is on its way.
+                match reply {
+                    Some(bytes) if self.inner.reliable => {
+                        tracing::debug!(uid = %env.uid, source, "answering a repeated request from the reply cache");
+                        self.inner.replay_reply(bytes);
+                    }
+                    _ => {
+                        Counters::bump(&self.inner.counters.duplicates);
+                        tracing::debug!(uid = %env.uid, source, kind = env.kind().as_str(), "dropping a repeated envelope");
+                    }
+                }
             }
             Err(e) => self.refuse(&env, Refusal::new(codes::OTHER, format!("other: {e}"))),
         }
@@ -276,6 +291,9 @@ impl Deliverer {
             _ => return,
         };
         tracing::debug!(uid = %env.uid, %message, "relay reported an error");
+        if self.inner.reliable {
+            self.inner.resends().answered(&env.uid, 0);
+        }
         let inbound = Inbound::Response(InboundResponse {
             uid: env.uid,
             source: Address::twin(0),

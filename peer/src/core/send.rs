@@ -1,24 +1,33 @@
 //! The sending half of the core: build an envelope from an application's request or
 //! reply, encrypt it to the destination's published key, stamp, sign, and hand it to a
-//! relay link.
+//! relay link; reliable peers keep what they sent for resending ([`resend`](super::resend)).
 
 use rmb_identity::E2eScheme;
 use rmb_proto::time::unix_now;
 use rmb_proto::{Envelope, Error, Message, Payload, Request, Response};
 use tokio_tungstenite::tungstenite::Bytes;
 
+use tokio::time::Instant;
+
 use super::errors::SendError;
+use super::replay::{ReplayKey, ReplayKind};
 use super::status::Counters;
 use super::types::{OutgoingRequest, OutgoingResponse, clamp_expiration};
 use super::{Inner, Peer};
+use crate::links::LinkError;
 
 impl Peer {
     /// Encrypts to the destination's published key (plain when it has none), stamps,
     /// signs and sends through a connected relay (sticky preference, failover).
     ///
+    /// When the peer is `reliable`, the request is kept and sent again until an answer
+    /// comes or it expires ([`resend`](super::resend)); no relay being reachable then
+    /// only delays it.
+    ///
     /// Errors: [`SendError::UnknownTwin`] (103), [`SendError::Expired`] (500) when the
     /// request's validity is used up, [`SendError::Link`] when no relay took it in time.
     pub async fn send_request(&self, req: OutgoingRequest) -> Result<(), SendError> {
+        let uid = req.uid.clone();
         let env = Envelope {
             uid: req.uid,
             tags: req.tags,
@@ -33,43 +42,152 @@ impl Peer {
             payload: Some(Payload::Plain(req.payload)),
             ..Default::default()
         };
-        self.inner.seal_and_send(env).await
+        let sealed = self.inner.seal(env).await?;
+        let inner = &self.inner;
+        if inner.reliable {
+            inner.resends().track(
+                &uid,
+                sealed.twin,
+                sealed.bytes.clone(),
+                sealed.deadline,
+                Instant::now().into_std(),
+            );
+        }
+        match inner.links.send(sealed.bytes, sealed.deadline).await {
+            Ok(_) => {
+                Counters::bump(&inner.counters.sent);
+                Ok(())
+            }
+            // Kept for resending: it goes out when a relay is back, or expires.
+            Err(LinkError::NoRelay { .. }) if inner.reliable => Ok(()),
+            Err(e) => {
+                inner.resends().forget(&uid, sealed.twin);
+                Err(e.into())
+            }
+        }
     }
 
     /// Sends a reply (a response, or an error envelope) to a request received earlier.
     pub async fn send_response(&self, resp: OutgoingResponse) -> Result<(), SendError> {
         self.inner.send_response(resp).await
     }
+
+    /// Encrypts, stamps and signs a reply without sending it, so an application that
+    /// keeps its own durable reply cache can store it first (see
+    /// [`send_sealed_reply`](Peer::send_sealed_reply)).
+    pub async fn seal_response(&self, resp: OutgoingResponse) -> Result<Sealed, SendError> {
+        self.inner.seal(response_envelope(&self.inner, resp)).await
+    }
+
+    /// Sends a reply sealed by [`seal_response`](Peer::seal_response): remembered with
+    /// its request in the reply cache (a repeat of the request gets it again), then
+    /// handed to a relay. A reliable peer keeps a reply no relay took and sends it once
+    /// one is back (and so returns `Ok`).
+    pub async fn send_sealed_reply(&self, reply: &Sealed) -> Result<(), SendError> {
+        self.inner.send_sealed_reply(reply).await
+    }
+
+    /// Sends a reply again (an application's durable reply cache answering a repeated
+    /// request). Counted as replayed.
+    pub fn resend_reply(&self, bytes: Bytes) {
+        self.inner.replay_reply(bytes);
+    }
+}
+
+/// A signed envelope ready for a relay, with what resending it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub uid: String,
+    /// The destination twin.
+    pub twin: u32,
+    /// The encoded envelope.
+    pub bytes: Bytes,
+    /// Unix seconds after which it is refused.
+    pub deadline: u64,
+}
+
+/// The envelope of a reply.
+fn response_envelope(inner: &Inner, resp: OutgoingResponse) -> Envelope {
+    let (message, payload) = match resp.reply {
+        Ok(body) => (Message::Response(Response {}), Some(Payload::Plain(body))),
+        Err(e) => (
+            Message::Error(Error {
+                code: e.code,
+                message: e.message,
+            }),
+            None,
+        ),
+    };
+    Envelope {
+        uid: resp.uid,
+        timestamp: resp.timestamp,
+        expiration: clamp_expiration(resp.expiration),
+        source: Some(inner.source.clone()),
+        destination: Some(resp.destination),
+        message: Some(message),
+        schema: resp.schema,
+        payload,
+        ..Default::default()
+    }
 }
 
 impl Inner {
     pub(super) async fn send_response(&self, resp: OutgoingResponse) -> Result<(), SendError> {
-        let (message, payload) = match resp.reply {
-            Ok(body) => (Message::Response(Response {}), Some(Payload::Plain(body))),
-            Err(e) => (
-                Message::Error(Error {
-                    code: e.code,
-                    message: e.message,
-                }),
-                None,
-            ),
-        };
-        let env = Envelope {
-            uid: resp.uid,
-            timestamp: resp.timestamp,
-            expiration: clamp_expiration(resp.expiration),
-            source: Some(self.source.clone()),
-            destination: Some(resp.destination),
-            message: Some(message),
-            schema: resp.schema,
-            payload,
-            ..Default::default()
-        };
-        self.seal_and_send(env).await
+        let sealed = self.seal(response_envelope(self, resp)).await?;
+        self.send_sealed_reply(&sealed).await
     }
 
-    /// Looks up the destination, then encrypt → stamp → sign → queue on a link.
-    async fn seal_and_send(&self, mut env: Envelope) -> Result<(), SendError> {
+    async fn send_sealed_reply(&self, reply: &Sealed) -> Result<(), SendError> {
+        if self.reliable {
+            let key = ReplayKey {
+                source: reply.twin,
+                uid: reply.uid.clone(),
+                kind: ReplayKind::Request,
+            };
+            if let Err(e) = self
+                .replay
+                .remember_reply(&key, reply.bytes.clone(), unix_now())
+                .await
+            {
+                tracing::warn!(uid = %reply.uid, error = %e, "reply not cached");
+            }
+        }
+        match self.links.send(reply.bytes.clone(), reply.deadline).await {
+            Ok(_) => {
+                Counters::bump(&self.counters.sent);
+                Ok(())
+            }
+            Err(LinkError::NoRelay { .. }) if self.reliable => {
+                self.resends().track_once(
+                    &reply.uid,
+                    reply.twin,
+                    reply.bytes.clone(),
+                    reply.deadline,
+                    Instant::now().into_std(),
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Hands a cached reply to a relay again, without waiting.
+    pub(super) fn replay_reply(&self, bytes: Bytes) {
+        Counters::bump(&self.counters.replayed);
+        let deadline = Envelope::decode_routing(&bytes, usize::MAX)
+            .map(|env| env.deadline())
+            .unwrap_or(0);
+        if deadline <= unix_now() {
+            return;
+        }
+        if self.links.try_send(bytes, deadline).is_err() {
+            // The requester will ask again.
+            tracing::debug!("no relay took a replayed reply");
+        }
+    }
+
+    /// Looks up the destination, then encrypt → stamp → sign → encode.
+    async fn seal(&self, mut env: Envelope) -> Result<Sealed, SendError> {
         if self.shutdown.is_cancelled() {
             return Err(SendError::Closed);
         }
@@ -99,10 +217,11 @@ impl Inner {
         self.identity
             .seal_envelope(&mut env, twin.pk.as_deref(), now)
             .map_err(SendError::Seal)?;
-        let deadline = env.deadline();
-        let bytes = Bytes::from(env.to_bytes());
-        self.links.send(bytes, deadline).await?;
-        Counters::bump(&self.counters.sent);
-        Ok(())
+        Ok(Sealed {
+            uid: env.uid.clone(),
+            twin: destination,
+            deadline: env.deadline(),
+            bytes: Bytes::from(env.to_bytes()),
+        })
     }
 }

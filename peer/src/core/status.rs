@@ -22,8 +22,22 @@ pub struct PeerStatus {
     pub sent: u64,
     /// Envelopes accepted (verified, decrypted, new).
     pub received: u64,
-    /// Envelopes refused (malformed, expired, unknown sender, bad signature, replayed…).
+    /// Envelopes refused (malformed, expired, unknown sender, bad signature…).
     pub rejected: u64,
+    /// Envelopes sent again because no answer came (or a relay link reconnected).
+    #[serde(default)]
+    pub resent: u64,
+    /// Copies of envelopes already accepted, dropped (relays deliver at least once,
+    /// and senders resend).
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Repeated requests answered with the cached response instead of running the
+    /// handler again.
+    #[serde(default)]
+    pub replayed: u64,
+    /// Requests sent and not answered yet (kept for resending).
+    #[serde(default)]
+    pub awaiting: u64,
 }
 
 /// The live counters behind [`PeerStatus`].
@@ -32,6 +46,9 @@ pub(crate) struct Counters {
     pub sent: AtomicU64,
     pub received: AtomicU64,
     pub rejected: AtomicU64,
+    pub resent: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub replayed: AtomicU64,
 }
 
 impl Counters {

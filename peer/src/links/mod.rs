@@ -253,6 +253,23 @@ impl Links {
         }
     }
 
+    /// Queues an encoded envelope on a connected link with room, without waiting;
+    /// gives the bytes back when there is none.
+    pub fn try_send(&self, bytes: Bytes, deadline: u64) -> Result<usize, Bytes> {
+        if self.shutdown.is_cancelled() {
+            return Err(bytes);
+        }
+        self.shared
+            .try_place(Outgoing { bytes, deadline })
+            .map_err(|(item, _)| item.bytes)
+    }
+
+    /// A receiver that changes every time a link connects (to resend what a dead relay
+    /// may have lost).
+    pub fn subscribe_connected(&self) -> watch::Receiver<u64> {
+        self.shared.connected.subscribe()
+    }
+
     /// True when at least one link is connected.
     pub fn any_connected(&self) -> bool {
         self.shared.slots.iter().any(|s| s.health.is_connected())

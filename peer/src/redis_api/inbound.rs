@@ -4,18 +4,29 @@
 //! that asked, found through the in-memory [`Pending`](super::pending::Pending) table or,
 //! for requests sent before a restart, the `msgbus.backlog.<uid>` key. Messages are taken
 //! in batches so a burst costs one `MGET` and one write pipeline, in arrival order.
+//!
+//! A durable API (the default) delivers through [`scripts`](super::scripts): a request
+//! reaches its service only if its `seen` marker did not exist (a repeat that was
+//! answered already gets the stored reply again), an answer reaches its client only if
+//! the request's outbox entry still waits for it. So neither a resend nor a peer
+//! restart makes a service run a request twice or a client get an answer twice.
 
 use std::sync::Arc;
 
 use prost::Message as _;
+use redis::Value;
 use rmb_proto::peer::Backlog;
+use rmb_proto::time::unix_now;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::RedisConn;
 use super::json::{JsonError, JsonIncomingRequest, JsonIncomingResponse, VERSION, encode_dat};
-use super::keys::{REPLY, backlog, command_queue};
+use super::keys::{MAX_LIST_LEN, REPLY, backlog, command_queue, outbox, outbox_waiting, seen};
 use super::pending::Route;
+use super::scripts::{DELIVER_ONCE, DELIVER_REQUEST};
+use super::writer::Write;
 use super::{Counter, Shared};
 use crate::core::{Inbound, InboundRequest, InboundResponse};
 
@@ -26,16 +37,30 @@ const BATCH: usize = 256;
 pub(super) async fn run(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<Inbound>,
-    mut lookup: RedisConn,
+    mut conn: RedisConn,
     abort: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let routes = resolve(&shared, &batch, &mut lookup, &abort).await;
+        let routes = resolve(&shared, &batch, &mut conn, &abort).await;
+        let mut documents = Vec::with_capacity(batch.len());
         for (inbound, route) in batch.drain(..).zip(routes) {
-            match inbound {
-                Inbound::Request(req) => deliver_request(&shared, req).await,
-                Inbound::Response(resp) => deliver_response(&shared, resp, route).await,
+            documents.extend(document(&shared, inbound, route));
+        }
+        if shared.durable {
+            deliver_once(&shared, documents, &mut conn, &abort).await;
+        } else {
+            for doc in documents {
+                let (list, json, counter) = match doc {
+                    Document::Request { list, json, .. } => {
+                        (list, json, &shared.counters.requests_delivered)
+                    }
+                    Document::Response { list, json, .. } => {
+                        (list, json, &shared.counters.responses_delivered)
+                    }
+                };
+                Counter::bump(counter, 1);
+                shared.writer.send(Write::Push { list, json }).await;
             }
         }
     }
@@ -98,8 +123,43 @@ async fn resolve(
     routes
 }
 
-/// `LPUSH msgbus.<cmd>` the request as a `JsonIncomingRequest`.
-async fn deliver_request(shared: &Shared, req: InboundRequest) {
+/// One JSON document to push, with what its delivery needs.
+enum Document {
+    Request {
+        list: String,
+        json: String,
+        /// The `seen` marker of the request and how long it must live.
+        marker: String,
+        ttl: u64,
+    },
+    Response {
+        list: String,
+        json: String,
+        uid: String,
+        /// The answering twin (0: a relay's error report).
+        twin: u32,
+    },
+}
+
+/// The document for a message; `None` (logged) for a response nobody waits for.
+fn document(shared: &Shared, inbound: Inbound, route: Option<Route>) -> Option<Document> {
+    match inbound {
+        Inbound::Request(req) => Some(request_document(req)),
+        Inbound::Response(resp) => {
+            let Some(route) = route else {
+                Counter::bump(&shared.counters.responses_expired, 1);
+                tracing::warn!(uid = %resp.uid, src = %resp.source, "received reply of an expired message");
+                return None;
+            };
+            Some(response_document(resp, route))
+        }
+    }
+}
+
+/// A request for `msgbus.<cmd>`, as a `JsonIncomingRequest`.
+fn request_document(req: InboundRequest) -> Document {
+    let ttl = req.deadline().saturating_sub(unix_now()).max(1);
+    let marker = seen(req.source.twin, &req.uid);
     let json = JsonIncomingRequest {
         ver: VERSION,
         reference: Some(req.uid),
@@ -112,17 +172,16 @@ async fn deliver_request(shared: &Shared, req: InboundRequest) {
         now: req.timestamp,
         cmd: req.command,
     };
-    Counter::bump(&shared.counters.requests_delivered, 1);
-    shared.push_json(command_queue(&json.cmd), &json).await;
+    Document::Request {
+        list: command_queue(&json.cmd),
+        json: serde_json::to_string(&json).expect("a request serialises"),
+        marker,
+        ttl,
+    }
 }
 
-/// Pushes a response to its client's `ret`, or logs that nobody waits for it any more.
-async fn deliver_response(shared: &Shared, resp: InboundResponse, route: Option<Route>) {
-    let Some(route) = route else {
-        Counter::bump(&shared.counters.responses_expired, 1);
-        tracing::warn!(uid = %resp.uid, src = %resp.source, "received reply of an expired message");
-        return;
-    };
+/// A response for the client's `ret`, as a `JsonIncomingResponse`.
+fn response_document(resp: InboundResponse, route: Route) -> Document {
     let (dat, err) = match resp.reply {
         Ok(body) => (encode_dat(&body), None),
         Err(e) => (
@@ -142,6 +201,99 @@ async fn deliver_response(shared: &Shared, resp: InboundResponse, route: Option<
         now: resp.timestamp,
         err,
     };
-    Counter::bump(&shared.counters.responses_delivered, 1);
-    shared.push_json(route.reply_to, &json).await;
+    Document::Response {
+        list: route.reply_to,
+        json: serde_json::to_string(&json).expect("a response serialises"),
+        uid: resp.uid,
+        twin: resp.source.twin,
+    }
+}
+
+/// Delivers a batch in one pipeline of scripts, each delivering at most once; a repeat
+/// of an answered request gets the stored reply sent again.
+async fn deliver_once(
+    shared: &Shared,
+    documents: Vec<Document>,
+    conn: &mut RedisConn,
+    abort: &CancellationToken,
+) {
+    if documents.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    pipe.load_script(&DELIVER_REQUEST).ignore();
+    pipe.load_script(&DELIVER_ONCE).ignore();
+    for doc in &documents {
+        match doc {
+            Document::Request {
+                list,
+                json,
+                marker,
+                ttl,
+            } => pipe.invoke_script(
+                DELIVER_REQUEST
+                    .key(marker)
+                    .key(list)
+                    .arg(json)
+                    .arg(*ttl)
+                    .arg(MAX_LIST_LEN - 1),
+            ),
+            Document::Response {
+                list,
+                json,
+                uid,
+                twin,
+            } => {
+                // A relay's error names no twin: it answers for any one still waited for.
+                let field = match twin {
+                    0 => String::new(),
+                    t => outbox_waiting(*t),
+                };
+                pipe.invoke_script(
+                    DELIVER_ONCE
+                        .key(outbox(uid))
+                        .key(list)
+                        .arg(json)
+                        .arg(field)
+                        .arg(MAX_LIST_LEN - 1),
+                )
+            }
+        };
+    }
+    // Retrying a pipeline that half-applied is safe: every script delivers once.
+    let results: Vec<Value> = loop {
+        let Some(mut c) = conn.get(abort).await else {
+            tracing::error!(
+                lost = documents.len(),
+                "shutting down without redis; received messages are lost here (senders resend them)"
+            );
+            return;
+        };
+        match pipe.query_async(&mut c).await {
+            Ok(results) => break results,
+            Err(e) => conn.failed(&e),
+        }
+    };
+    for (doc, result) in documents.iter().zip(results) {
+        match (doc, result) {
+            (Document::Request { .. }, Value::Int(1)) => {
+                Counter::bump(&shared.counters.requests_delivered, 1)
+            }
+            (Document::Request { marker, .. }, Value::BulkString(reply)) if !reply.is_empty() => {
+                tracing::debug!(%marker, "a repeated request was answered already: sending the answer again");
+                shared.peer.resend_reply(Bytes::from(reply));
+            }
+            (Document::Response { .. }, Value::Int(1)) => {
+                Counter::bump(&shared.counters.responses_delivered, 1)
+            }
+            (Document::Request { marker, .. }, _) => {
+                tracing::debug!(%marker, "dropping a repeated request (its service has it)");
+                shared.peer.count_duplicate();
+            }
+            (Document::Response { uid, twin, .. }, _) => {
+                tracing::debug!(%uid, twin, "dropping a repeated answer (delivered already)");
+                shared.peer.count_duplicate();
+            }
+        }
+    }
 }

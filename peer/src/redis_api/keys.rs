@@ -20,6 +20,20 @@ pub const PREFIX: &str = "msgbus.";
 /// Prefix of backlog keys (`msgbus.backlog.<uid>`).
 pub const BACKLOG_PREFIX: &str = "msgbus.backlog.";
 
+/// Ours: requests taken off [`LOCAL`] and not yet recorded; read again after a crash.
+pub const LOCAL_CLAIMED: &str = "msgbus.system.local.claimed";
+
+/// Ours: replies taken off [`REPLY`] and not yet recorded; read again after a crash.
+pub const REPLY_CLAIMED: &str = "msgbus.system.reply.claimed";
+
+/// Ours: prefix of the hashes of requests sent and not fully answered
+/// (`msgbus.outbox.<uid>`), resent after a restart.
+pub const OUTBOX_PREFIX: &str = "msgbus.outbox.";
+
+/// Ours: prefix of the markers of requests received (`msgbus.seen.<twin>.<uid>`), holding
+/// the reply once it is sent, so a repeat is answered again and never reaches a service twice.
+pub const SEEN_PREFIX: &str = "msgbus.seen.";
+
 /// Lists the peer writes (`msgbus.<cmd>`, `<ret>`) are trimmed to this many newest entries.
 pub const MAX_LIST_LEN: isize = 10_000;
 
@@ -31,6 +45,21 @@ pub fn command_queue(cmd: &str) -> String {
 /// The backlog key of an outgoing request uid: `msgbus.backlog.<uid>`.
 pub fn backlog(uid: &str) -> String {
     format!("{BACKLOG_PREFIX}{uid}")
+}
+
+/// The outbox hash of an outgoing request uid.
+pub fn outbox(uid: &str) -> String {
+    format!("{OUTBOX_PREFIX}{uid}")
+}
+
+/// The field of an outbox hash marking `twin` as not having answered yet.
+pub fn outbox_waiting(twin: u32) -> String {
+    format!("d:{twin}")
+}
+
+/// The marker of request `uid` received from `twin`.
+pub fn seen(twin: u32, uid: &str) -> String {
+    format!("{SEEN_PREFIX}{twin}.{uid}")
 }
 
 #[cfg(test)]

@@ -1,15 +1,29 @@
-//! The local pump: what apps push to `msgbus.system.local` (client requests) and
+//! The local pumps: what apps push to `msgbus.system.local` (client requests) and
 //! `msgbus.system.reply` (service replies), taken off Redis and handed to the core.
 //!
-//! One connection blocks on `BRPOP msgbus.system.local msgbus.system.reply` as rmb-rs
-//! does (requests win over replies). After each wake-up it drains up to [`DRAIN`] more
-//! of each list in one atomic `LRANGE`+`LTRIM`, writes the backlogs of the whole batch in
-//! one pipeline, then sends concurrently: one round trip per batch, not per message.
+//! Each list has its own pump, and nothing is lost if the peer dies at any point:
+//!
+//! ```text
+//! BLMOVE list → claimed list (+ up to DRAIN more, script CLAIM)   one item wakes the pump
+//! check the batch; in one MULTI: record it, push errors, DEL claimed
+//! send                                                            after the record exists
+//! ```
+//!
+//! A batch is taken from the app's list into the peer's claimed list in one atomic step,
+//! and the claimed list is only emptied in the transaction that records the batch (the
+//! backlogs and [`outbox`](super::outbox) entries of requests; the sealed replies in the
+//! requests' `seen` markers, which answer repeats). A peer that dies before that
+//! transaction finds the batch in the claimed list when it starts again; one that dies
+//! after it finds requests in the outbox and replies in the markers. Requests are sent
+//! only once recorded, so a response never arrives before its backlog exists.
+//!
+//! An at-most-once peer (`--at-most-once`) keeps only the backlogs, as rmb-rs does.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use redis::aio::MultiplexedConnection;
 use rmb_proto::Address;
 use rmb_proto::peer::Backlog;
 use rmb_proto::time::unix_now;
@@ -17,153 +31,192 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::RedisConn;
 use super::json::JsonIncomingResponse;
-use super::keys::{LOCAL, REPLY, backlog};
+use super::keys::{LOCAL, LOCAL_CLAIMED, REPLY, REPLY_CLAIMED, backlog, seen};
 use super::pending::Route;
+use super::scripts::CLAIM;
 use super::validate::{LocalRequest, parse_reply, parse_request};
 use super::writer::{Write, add_to_pipeline};
-use super::{Counter, Shared};
-use crate::core::OutgoingRequest;
+use super::{Counter, Shared, outbox};
+use crate::core::{OutgoingRequest, OutgoingResponse};
 
-/// Most messages taken from each list per round trip after a `BRPOP` wake-up.
-pub const DRAIN: isize = 256;
-/// Seconds one `BRPOP` blocks before the loop checks for shutdown (nothing is lost
-/// by waking up: an item is only removed when it is returned).
-const BLOCK_SECS: u64 = 1;
+/// Most messages taken from a list per batch.
+pub const DRAIN: usize = 256;
+/// Seconds one `BLMOVE` blocks before the loop checks for shutdown.
+const BLOCK_SECS: f64 = 1.0;
 
-/// Runs until `shutdown`; reconnects to Redis as needed.
-pub(super) async fn run(shared: Arc<Shared>, mut conn: RedisConn, shutdown: CancellationToken) {
+/// Which of the two app lists a pump serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pump {
+    Requests,
+    Replies,
+}
+
+impl Pump {
+    fn lists(self) -> (&'static str, &'static str) {
+        match self {
+            Pump::Requests => (LOCAL, LOCAL_CLAIMED),
+            Pump::Replies => (REPLY, REPLY_CLAIMED),
+        }
+    }
+}
+
+/// Runs one pump until `shutdown`; reconnects to Redis as needed.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    pump: Pump,
+    mut conn: RedisConn,
+    shutdown: CancellationToken,
+) {
     while !shutdown.is_cancelled() {
         let Some(mut c) = conn.get(&shutdown).await else {
             break;
         };
-        let first: Option<(String, Vec<u8>)> = match redis::cmd("BRPOP")
-            .arg(LOCAL)
-            .arg(REPLY)
-            .arg(BLOCK_SECS)
-            .query_async(&mut c)
-            .await
-        {
-            Ok(first) => first,
+        let batch = match claim(&mut c, pump).await {
+            Ok(batch) => batch,
             Err(e) => {
                 conn.failed(&e);
                 continue;
             }
         };
-        let Some((list, item)) = first else {
+        if batch.is_empty() {
             continue;
-        };
-        let (mut requests, mut replies) = (Vec::new(), Vec::new());
-        if list == LOCAL {
-            requests.push(item);
-        } else {
-            replies.push(item);
         }
-        match drain(&mut c).await {
-            Ok((more_requests, more_replies)) => {
-                requests.extend(more_requests);
-                replies.extend(more_replies);
-            }
+        match pump {
+            Pump::Requests => handle_requests(&shared, &mut conn, &shutdown, batch).await,
+            Pump::Replies => handle_replies(&shared, &mut conn, &shutdown, batch).await,
+        }
+    }
+}
+
+/// The next batch, oldest first: what a previous run left claimed, or else what the
+/// app pushed (waiting up to a second for it).
+async fn claim(c: &mut MultiplexedConnection, pump: Pump) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let (list, claimed) = pump.lists();
+    let left: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(claimed)
+        .arg(0)
+        .arg(-1)
+        .query_async(c)
+        .await?;
+    if !left.is_empty() {
+        return Ok(left);
+    }
+    let first: Option<Vec<u8>> = redis::cmd("BLMOVE")
+        .arg(list)
+        .arg(claimed)
+        .arg("RIGHT")
+        .arg("RIGHT")
+        .arg(BLOCK_SECS)
+        .query_async(c)
+        .await?;
+    let Some(first) = first else {
+        return Ok(Vec::new());
+    };
+    let more: Vec<Vec<u8>> = CLAIM
+        .key(list)
+        .key(claimed)
+        .arg(DRAIN - 1)
+        .invoke_async(c)
+        .await?;
+    let mut batch = Vec::with_capacity(1 + more.len());
+    batch.push(first);
+    batch.extend(more);
+    Ok(batch)
+}
+
+/// Runs `pipe` as one transaction, retrying through reconnects; false when shutting
+/// down without Redis (the claimed list keeps the batch for the next start).
+async fn commit(
+    conn: &mut RedisConn,
+    shutdown: &CancellationToken,
+    pipe: &mut redis::Pipeline,
+) -> bool {
+    pipe.atomic();
+    loop {
+        let Some(mut c) = conn.get(shutdown).await else {
+            return false;
+        };
+        match pipe.query_async::<()>(&mut c).await {
+            Ok(()) => return true,
             Err(e) => conn.failed(&e),
         }
-        handle_requests(&shared, &mut conn, &shutdown, requests).await;
-        handle_replies(&shared, replies).await;
     }
 }
 
-/// Takes up to [`DRAIN`] of the oldest entries of each list, oldest first.
-async fn drain(
-    c: &mut redis::aio::MultiplexedConnection,
-) -> redis::RedisResult<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    for list in [LOCAL, REPLY] {
-        pipe.cmd("LRANGE").arg(list).arg(-DRAIN).arg(-1);
-        pipe.cmd("LTRIM").arg(list).arg(0).arg(-DRAIN - 1).ignore();
-    }
-    let (mut requests, mut replies): (Vec<Vec<u8>>, Vec<Vec<u8>>) = pipe.query_async(c).await?;
-    // LPUSH puts the newest first; RPOP order (oldest first) is the reverse.
-    requests.reverse();
-    replies.reverse();
-    Ok((requests, replies))
-}
-
-/// Checks a batch of client requests, stores their backlogs, then sends them.
+/// Checks a batch of client requests, records them, then sends them.
 async fn handle_requests(
     shared: &Arc<Shared>,
     conn: &mut RedisConn,
     shutdown: &CancellationToken,
     raw: Vec<Vec<u8>>,
 ) {
-    if raw.is_empty() {
-        return;
-    }
     let now = unix_now();
+    let mut pipe = redis::pipe();
     let mut accepted = Vec::with_capacity(raw.len());
+    let mut rejected = 0;
     for bytes in raw {
         match parse_request(&bytes, now) {
             Ok(req) => accepted.push((uuid::Uuid::new_v4().to_string(), req)),
-            Err(rejection) => shared.reject_request(rejection, &bytes).await,
+            Err(rejection) => {
+                rejected += 1;
+                if let Some(write) = shared.rejection(rejection, &bytes) {
+                    add_to_pipeline(&mut pipe, &write);
+                }
+            }
         }
     }
-    if accepted.is_empty() {
-        return;
-    }
-    let mut pipe = redis::pipe();
-    {
-        let started = Instant::now();
-        let mut pending = shared.pending();
-        for (uid, req) in &accepted {
-            let entry = Backlog {
-                uid: uid.clone(),
-                reference: req.reference.clone(),
-                reply_to: req.reply_to.clone(),
-                module: String::new(),
-                ttl: req.backlog_ttl,
-            };
-            add_to_pipeline(
-                &mut pipe,
-                &Write::SetEx {
-                    key: backlog(uid),
-                    value: prost::Message::encode_to_vec(&entry),
-                    secs: req.backlog_ttl,
-                },
-            );
-            let deadline = req.timestamp.saturating_add(req.expiration);
-            let left = Duration::from_secs(deadline.saturating_sub(now));
-            pending.insert(
-                uid.clone(),
-                Route {
-                    reference: req.reference.clone(),
-                    reply_to: req.reply_to.clone(),
-                },
-                req.destinations.clone(),
-                started + left,
-            );
-        }
-    }
-    // The backlogs must exist before any response can come back.
-    loop {
-        let Some(mut c) = conn.get(shutdown).await else {
-            tracing::error!(
-                requests = accepted.len(),
-                "shutting down without redis: requests not sent"
-            );
-            return;
+    for (uid, req) in &accepted {
+        let entry = Backlog {
+            uid: uid.clone(),
+            reference: req.reference.clone(),
+            reply_to: req.reply_to.clone(),
+            module: String::new(),
+            ttl: req.backlog_ttl,
         };
-        match pipe.query_async::<()>(&mut c).await {
-            Ok(()) => break,
-            Err(e) => conn.failed(&e),
+        add_to_pipeline(
+            &mut pipe,
+            &Write::SetEx {
+                key: backlog(uid),
+                value: prost::Message::encode_to_vec(&entry),
+                secs: req.backlog_ttl,
+            },
+        );
+        if shared.durable {
+            outbox::record(&mut pipe, uid, req);
         }
+    }
+    pipe.cmd("DEL").arg(LOCAL_CLAIMED).ignore();
+    if !commit(conn, shutdown, &mut pipe).await {
+        tracing::warn!(
+            requests = accepted.len() + rejected,
+            "shutting down without redis: requests stay claimed for the next start"
+        );
+        return;
     }
     Counter::bump(&shared.counters.requests_accepted, accepted.len());
     for (uid, req) in accepted {
-        let permit = shared.send_permit().await;
-        let shared = Arc::clone(shared);
-        tokio::spawn(async move {
-            send_request(&shared, uid, req).await;
-            drop(permit);
-        });
+        send(shared, uid, req).await;
     }
+}
+
+/// Tracks a recorded request and sends it in its own task (bounded by the send permits).
+pub(super) async fn send(shared: &Arc<Shared>, uid: String, req: LocalRequest) {
+    let left = Duration::from_secs((req.timestamp + req.expiration).saturating_sub(unix_now()));
+    shared.pending().insert(
+        uid.clone(),
+        Route {
+            reference: req.reference.clone(),
+            reply_to: req.reply_to.clone(),
+        },
+        req.destinations.clone(),
+        Instant::now() + left,
+    );
+    let permit = shared.send_permit().await;
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        send_request(&shared, uid, req).await;
+        drop(permit);
+    });
 }
 
 /// Sends one envelope per destination (same uid); failures reach the client's `ret`.
@@ -188,16 +241,24 @@ async fn send_request(shared: &Shared, uid: String, req: LocalRequest) {
         Counter::bump(&shared.counters.undeliverable, 1);
         let response =
             JsonIncomingResponse::local_error(req.reference.clone(), e.code(), e.to_string());
-        shared.push_json(req.reply_to.clone(), &response).await;
+        shared
+            .answer(&uid, twin, req.reply_to.clone(), &response)
+            .await;
     }
 }
 
-/// Sends services' replies; unusable ones are logged (and answered with an error when
-/// the caller can be named).
-async fn handle_replies(shared: &Arc<Shared>, raw: Vec<Vec<u8>>) {
-    for bytes in raw {
-        let response = match parse_reply(&bytes) {
-            Ok(response) => response,
+/// Seals services' replies, stores them with their requests, then sends them.
+/// Unusable replies are logged (and answered with an error when the caller can be named).
+async fn handle_replies(
+    shared: &Arc<Shared>,
+    conn: &mut RedisConn,
+    shutdown: &CancellationToken,
+    raw: Vec<Vec<u8>>,
+) {
+    let responses: Vec<OutgoingResponse> = raw
+        .iter()
+        .filter_map(|bytes| match parse_reply(bytes) {
+            Ok(response) => Some(response),
             Err(problem) => {
                 Counter::bump(&shared.counters.replies_rejected, 1);
                 tracing::warn!(
@@ -205,21 +266,51 @@ async fn handle_replies(shared: &Arc<Shared>, raw: Vec<Vec<u8>>) {
                     reply = %String::from_utf8_lossy(&bytes[..bytes.len().min(256)]),
                     "bad service reply on {REPLY}"
                 );
-                match problem.fallback {
-                    Some(fallback) => *fallback,
-                    None => continue,
-                }
+                problem.fallback.map(|fallback| *fallback)
             }
-        };
+        })
+        .collect();
+    let sealing = responses.into_iter().map(|response| async {
+        let (uid, dst) = (response.uid.clone(), response.destination.clone());
+        match shared.peer.seal_response(response).await {
+            Ok(sealed) => Some(sealed),
+            Err(e) => {
+                Counter::bump(&shared.counters.replies_failed, 1);
+                tracing::warn!(%uid, %dst, error = %e, "service reply could not be sent");
+                None
+            }
+        }
+    });
+    let sealed: Vec<_> = join_all(sealing).await.into_iter().flatten().collect();
+    let mut pipe = redis::pipe();
+    if shared.durable {
+        for reply in &sealed {
+            // Only a request that was received (and is still valid) has a marker.
+            pipe.cmd("SET")
+                .arg(seen(reply.twin, &reply.uid))
+                .arg(reply.bytes.as_ref())
+                .arg("XX")
+                .arg("KEEPTTL")
+                .ignore();
+        }
+    }
+    pipe.cmd("DEL").arg(REPLY_CLAIMED).ignore();
+    if !commit(conn, shutdown, &mut pipe).await {
+        tracing::warn!(
+            replies = sealed.len(),
+            "shutting down without redis: replies stay claimed for the next start"
+        );
+        return;
+    }
+    for reply in sealed {
         let permit = shared.send_permit().await;
         let shared = Arc::clone(shared);
         tokio::spawn(async move {
-            let (uid, dst) = (response.uid.clone(), response.destination.clone());
-            match shared.peer.send_response(response).await {
+            match shared.peer.send_sealed_reply(&reply).await {
                 Ok(()) => Counter::bump(&shared.counters.replies_sent, 1),
                 Err(e) => {
                     Counter::bump(&shared.counters.replies_failed, 1);
-                    tracing::warn!(%uid, %dst, error = %e, "service reply could not be sent");
+                    tracing::warn!(uid = %reply.uid, twin = reply.twin, error = %e, "service reply could not be sent");
                 }
             }
             drop(permit);

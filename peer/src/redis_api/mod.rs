@@ -7,6 +7,9 @@
 //! - [`local`]: `msgbus.system.local` / `msgbus.system.reply` → core;
 //! - [`inbound`]: core → `msgbus.<cmd>` / the client's `ret`;
 //! - [`pending`]: requests in flight, so a destination that never answers is reported;
+//! - [`outbox`], [`scripts`]: what makes it crash-safe: requests not answered yet are
+//!   kept in Redis and sent again after a restart; requests received are marked so a
+//!   service sees each once, and a client gets each answer once;
 //! - [`writer`], [`conn`]: pipelined writes and self-healing connections.
 //!
 //! Also ours: `msgbus.system.status` holds the peer's status JSON ([`ApiStatus`]),
@@ -17,7 +20,9 @@ pub mod inbound;
 pub mod json;
 pub mod keys;
 pub mod local;
+pub mod outbox;
 pub mod pending;
+pub mod scripts;
 pub mod validate;
 pub mod writer;
 
@@ -33,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::{Inbound, Peer, PeerStatus, codes};
 use conn::RedisConn;
 use json::JsonIncomingResponse;
+use local::Pump;
 use pending::Pending;
 use validate::Rejection;
 use writer::{Write, Writer};
@@ -140,6 +146,8 @@ impl ApiCounters {
 /// State shared by the API's tasks.
 pub(crate) struct Shared {
     peer: Peer,
+    /// Crash-safe bookkeeping in Redis (outbox, seen markers); off for `--at-most-once`.
+    durable: bool,
     writer: Writer,
     pending: Mutex<Pending>,
     counters: ApiCounters,
@@ -158,16 +166,9 @@ impl Shared {
             .expect("the send semaphore is never closed")
     }
 
-    /// Serialises `value` and queues its push onto `list`.
-    async fn push_json<T: Serialize>(&self, list: String, value: &T) {
-        match serde_json::to_string(value) {
-            Ok(json) => self.writer.push(list, json).await,
-            Err(e) => tracing::error!(error = %e, "cannot serialise a JSON document"),
-        }
-    }
-
-    /// Tells the client why its request was refused, or logs it when no `ret` is known.
-    async fn reject_request(&self, rejection: Rejection, bytes: &[u8]) {
+    /// The write telling the client why its request was refused (`None`, with a log
+    /// line, when no `ret` could be read).
+    fn rejection(&self, rejection: Rejection, bytes: &[u8]) -> Option<Write> {
         match rejection.reply_to {
             Some(ret) => {
                 Counter::bump(&self.counters.requests_rejected, 1);
@@ -177,7 +178,8 @@ impl Shared {
                     rejection.code,
                     rejection.message,
                 );
-                self.push_json(ret, &response).await;
+                let json = serde_json::to_string(&response).expect("a response serialises");
+                Some(Write::Push { list: ret, json })
             }
             None => {
                 Counter::bump(&self.counters.requests_unreadable, 1);
@@ -187,8 +189,29 @@ impl Shared {
                     "unreadable request on {} (no `ret` to answer on)",
                     keys::LOCAL
                 );
+                None
             }
         }
+    }
+
+    /// Queues an answer from (or about) `twin` to request `uid` for the client's `ret`;
+    /// a durable API pushes it only if that answer was not delivered yet.
+    async fn answer(&self, uid: &str, twin: u32, ret: String, response: &JsonIncomingResponse) {
+        let json = match serde_json::to_string(response) {
+            Ok(json) => json,
+            Err(e) => return tracing::error!(error = %e, "cannot serialise a response"),
+        };
+        let write = if self.durable {
+            Write::DeliverOnce {
+                outbox: keys::outbox(uid),
+                field: keys::outbox_waiting(twin),
+                list: ret,
+                json,
+            }
+        } else {
+            Write::Push { list: ret, json }
+        };
+        self.writer.send(write).await;
     }
 
     fn status(&self) -> ApiStatus {
@@ -221,8 +244,9 @@ impl RedisApi {
             url: redis_url.to_string(),
             source,
         };
-        let mut pump = RedisConn::new(redis_url, "local pump").map_err(error)?;
-        pump.connect_once().await.map_err(error)?;
+        let mut requests = RedisConn::new(redis_url, "request pump").map_err(error)?;
+        requests.connect_once().await.map_err(error)?;
+        let replies = RedisConn::new(redis_url, "reply pump").map_err(error)?;
         let lookup = RedisConn::new(redis_url, "backlog lookup").map_err(error)?;
         let write = RedisConn::new(redis_url, "writer").map_err(error)?;
 
@@ -230,17 +254,37 @@ impl RedisApi {
         let abort = CancellationToken::new();
         let (writer, writer_task) = Writer::spawn(write, abort.clone());
         let shared = Arc::new(Shared {
+            durable: peer.is_reliable(),
             peer,
             writer,
             pending: Mutex::new(Pending::default()),
             counters: ApiCounters::default(),
             sends: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         });
-        let tasks = vec![
-            tokio::spawn(local::run(Arc::clone(&shared), pump, stop.clone())),
+        let mut tasks = vec![
+            tokio::spawn(local::run(
+                Arc::clone(&shared),
+                Pump::Requests,
+                requests,
+                stop.clone(),
+            )),
+            tokio::spawn(local::run(
+                Arc::clone(&shared),
+                Pump::Replies,
+                replies,
+                stop.clone(),
+            )),
             tokio::spawn(sweep_timeouts(Arc::clone(&shared), stop.clone())),
             tokio::spawn(refresh_status(Arc::clone(&shared), stop.clone())),
         ];
+        if shared.durable {
+            let conn = RedisConn::new(redis_url, "outbox reload").map_err(error)?;
+            tasks.push(tokio::spawn(resend_outbox(
+                Arc::clone(&shared),
+                conn,
+                stop.clone(),
+            )));
+        }
         let inbound = tokio::spawn(inbound::run(
             Arc::clone(&shared),
             inbound,
@@ -313,17 +357,62 @@ async fn sweep_timeouts(shared: Arc<Shared>, stop: CancellationToken) {
         }
         let timeouts = shared.pending().expire(Instant::now());
         for t in timeouts {
-            Counter::bump(&shared.counters.timeouts, 1);
-            tracing::debug!(uid = %t.uid, twin = t.twin, "no response before the request expired");
-            let response = JsonIncomingResponse::local_error(
-                t.route.reference,
-                TIMEOUT_CODE,
-                format!(
-                    "no response from twin {} before the request expired",
-                    t.twin
-                ),
-            );
-            shared.push_json(t.route.reply_to, &response).await;
+            report_timeout(&shared, t).await;
+        }
+    }
+}
+
+/// Tells the client that a destination did not answer before its request expired.
+async fn report_timeout(shared: &Shared, t: pending::Timeout) {
+    Counter::bump(&shared.counters.timeouts, 1);
+    tracing::debug!(uid = %t.uid, twin = t.twin, "no response before the request expired");
+    let response = JsonIncomingResponse::local_error(
+        t.route.reference,
+        TIMEOUT_CODE,
+        format!(
+            "no response from twin {} before the request expired",
+            t.twin
+        ),
+    );
+    shared
+        .answer(&t.uid, t.twin, t.route.reply_to, &response)
+        .await;
+}
+
+/// Sends again (same uid) every request a previous run left unanswered in the outbox.
+async fn resend_outbox(shared: Arc<Shared>, mut conn: RedisConn, stop: CancellationToken) {
+    let found = loop {
+        let Some(mut c) = conn.get(&stop).await else {
+            return;
+        };
+        match outbox::load(&mut c, rmb_proto::time::unix_now()).await {
+            Ok(found) => break found,
+            Err(e) => conn.failed(&e),
+        }
+    };
+    if found.is_empty() {
+        return;
+    }
+    tracing::info!(
+        requests = found.len(),
+        "sending again the requests a previous run left unanswered"
+    );
+    for entry in found {
+        match entry.state {
+            Ok(request) => local::send(&shared, entry.uid, request).await,
+            Err(expired) => {
+                for twin in entry.waiting {
+                    let t = pending::Timeout {
+                        uid: entry.uid.clone(),
+                        route: pending::Route {
+                            reference: expired.reference.clone(),
+                            reply_to: expired.reply_to.clone(),
+                        },
+                        twin,
+                    };
+                    report_timeout(&shared, t).await;
+                }
+            }
         }
     }
 }

@@ -90,7 +90,7 @@ pub fn parse_request(bytes: &[u8], now: u64) -> Result<LocalRequest, Rejection> 
     Ok(LocalRequest {
         reference: req.reference,
         reply_to: req.ret,
-        destinations: req.dst,
+        destinations: distinct(req.dst),
         command: req.cmd,
         payload,
         schema: req.shm,
@@ -99,6 +99,14 @@ pub fn parse_request(bytes: &[u8], now: u64) -> Result<LocalRequest, Rejection> 
         expiration,
         backlog_ttl: clamp_expiration(left.as_secs()).min(MAX_EXPIRATION),
     })
+}
+
+/// The twins of `dst`, each once, in order: a twin named twice would get two copies of
+/// one uid, and the second is dropped as a repeat (rmb-rs would send both).
+fn distinct(mut twins: Vec<u32>) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::new();
+    twins.retain(|t| seen.insert(*t));
+    twins
 }
 
 /// Why a service's reply could not be sent as written.

@@ -4,7 +4,8 @@
 //! The task takes whatever is queued (up to [`MAX_BATCH`]) and sends it as one pipeline,
 //! each push followed by the `LTRIM` that caps the list as rmb-rs does. A failed pipeline
 //! is retried after reconnecting, so a Redis restart delays messages but loses none
-//! (a batch that half-applied before the failure may be pushed twice).
+//! (a batch that half-applied before the failure may be pushed twice, except answers
+//! sent with [`Write::DeliverOnce`], which are pushed once).
 
 use redis::Pipeline;
 use tokio::sync::mpsc;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::RedisConn;
 use super::keys::MAX_LIST_LEN;
+use super::scripts::DELIVER_ONCE;
 
 /// Most pushes sent in one pipeline.
 pub const MAX_BATCH: usize = 512;
@@ -32,6 +34,14 @@ pub enum Write {
     },
     /// `DEL key`.
     Del { key: String },
+    /// Pushes `json` onto `list` only if the outbox hash `outbox` still has `field`
+    /// (see [`DELIVER_ONCE`]): an answer to a client, delivered once.
+    DeliverOnce {
+        outbox: String,
+        field: String,
+        list: String,
+        json: String,
+    },
 }
 
 /// Handle to queue writes; cheap to clone. The task ends (after flushing) when every
@@ -63,9 +73,26 @@ impl Writer {
     }
 }
 
-/// Adds `write` to `pipe`, results ignored.
+/// Adds `write` to `pipe`, results ignored. A pipeline with a [`Write::DeliverOnce`]
+/// must load [`DELIVER_ONCE`] first ([`load_scripts`]).
 pub fn add_to_pipeline(pipe: &mut Pipeline, write: &Write) {
     match write {
+        Write::DeliverOnce {
+            outbox,
+            field,
+            list,
+            json,
+        } => {
+            pipe.invoke_script(
+                DELIVER_ONCE
+                    .key(outbox)
+                    .key(list)
+                    .arg(json)
+                    .arg(field)
+                    .arg(MAX_LIST_LEN - 1),
+            )
+            .ignore();
+        }
         Write::Push { list, json } => {
             pipe.cmd("LPUSH").arg(list).arg(json).ignore();
             pipe.cmd("LTRIM")
@@ -88,10 +115,21 @@ pub fn add_to_pipeline(pipe: &mut Pipeline, write: &Write) {
     }
 }
 
+/// Loads the scripts `writes` need into `pipe` (a Redis that restarted has forgotten them).
+pub fn load_scripts(pipe: &mut Pipeline, writes: &[Write]) {
+    if writes
+        .iter()
+        .any(|w| matches!(w, Write::DeliverOnce { .. }))
+    {
+        pipe.load_script(&DELIVER_ONCE).ignore();
+    }
+}
+
 async fn run(mut conn: RedisConn, mut rx: mpsc::Receiver<Write>, abort: CancellationToken) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pipe = redis::pipe();
+        load_scripts(&mut pipe, &batch);
         for write in &batch {
             add_to_pipeline(&mut pipe, write);
         }

@@ -1,0 +1,293 @@
+//! [`Resends`]: what this peer sent and must send again until it is answered.
+//!
+//! A relay acknowledges nothing: an envelope handed to it can die with it (a crash of
+//! an in-memory relay), with the receiving peer (killed after reading it, before its
+//! app got it) or on the way back (the response lost the same ways). So the sender keeps
+//! every request it sent, per destination twin, until a response or error for that uid
+//! comes from that twin (or a relay reports an error for it), and sends the very same
+//! bytes again when
+//!
+//! - its resend time comes ([`RESEND_AFTER`], doubling up to [`RESEND_MAX`]), or
+//! - a relay link (re)connects ([`Resends::all_due`]): whatever was in flight through a
+//!   relay that died is probably gone.
+//!
+//! The receiver drops the copies by uid and answers a copy of a request it already
+//! answered with its cached response, so resending is always safe.
+//!
+//! Responses are not tracked here once a relay took them: the requester's resend of the
+//! request is the signal that a response got lost. A response that could not be handed
+//! to any relay at all is kept as a *one-shot* entry: sent once when a link is back,
+//! then forgotten.
+//!
+//! A pure state machine (time is an input): the core's resend task drives it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio_tungstenite::tungstenite::Bytes;
+
+/// First resend of an unanswered request.
+pub const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// Longest interval between two resends of one request.
+pub const RESEND_MAX: Duration = Duration::from_secs(16);
+
+/// One envelope to send again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub uid: String,
+    /// The destination twin.
+    pub twin: u32,
+    pub bytes: Bytes,
+    /// The envelope's deadline (unix seconds).
+    pub deadline: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    twin: u32,
+    bytes: Bytes,
+    /// Unix seconds after which the envelope is refused anyway: forget it.
+    deadline: u64,
+    next: Instant,
+    interval: Duration,
+    /// Forget it once it was handed to a relay (responses).
+    one_shot: bool,
+}
+
+/// Envelopes waiting for an answer (or, one-shot, for a relay), by uid.
+#[derive(Debug, Default)]
+pub struct Resends {
+    by_uid: HashMap<String, Vec<Entry>>,
+    len: usize,
+}
+
+impl Resends {
+    /// Keeps a request sent to `twin` until it is answered or `deadline` (unix s) passes.
+    /// Tracking the same (uid, twin) again replaces the bytes and restarts the schedule.
+    pub fn track(&mut self, uid: &str, twin: u32, bytes: Bytes, deadline: u64, now: Instant) {
+        self.insert(uid, twin, bytes, deadline, now + RESEND_AFTER, false);
+    }
+
+    /// Keeps an envelope no relay took, to be sent once when one is back.
+    pub fn track_once(&mut self, uid: &str, twin: u32, bytes: Bytes, deadline: u64, now: Instant) {
+        self.insert(uid, twin, bytes, deadline, now, true);
+    }
+
+    fn insert(
+        &mut self,
+        uid: &str,
+        twin: u32,
+        bytes: Bytes,
+        deadline: u64,
+        next: Instant,
+        one_shot: bool,
+    ) {
+        let entries = self.by_uid.entry(uid.to_string()).or_default();
+        let entry = Entry {
+            twin,
+            bytes,
+            deadline,
+            next,
+            interval: RESEND_AFTER,
+            one_shot,
+        };
+        match entries
+            .iter_mut()
+            .find(|e| e.twin == twin && e.one_shot == one_shot)
+        {
+            Some(old) => *old = entry,
+            None => {
+                entries.push(entry);
+                self.len += 1;
+            }
+        }
+    }
+
+    /// An answer to `uid` came from `from` (0: a relay's error report, which does not
+    /// say which destination it is about, so it settles one of them). True when it
+    /// settled a tracked request.
+    pub fn answered(&mut self, uid: &str, from: u32) -> bool {
+        let Some(entries) = self.by_uid.get_mut(uid) else {
+            return false;
+        };
+        let position = entries
+            .iter()
+            .position(|e| !e.one_shot && (e.twin == from || from == 0));
+        let Some(i) = position else {
+            return false;
+        };
+        entries.swap_remove(i);
+        self.len -= 1;
+        if entries.is_empty() {
+            self.by_uid.remove(uid);
+        }
+        true
+    }
+
+    /// Stops tracking (`uid`, `twin`) (its send failed for good).
+    pub fn forget(&mut self, uid: &str, twin: u32) {
+        if let Some(entries) = self.by_uid.get_mut(uid) {
+            let before = entries.len();
+            entries.retain(|e| e.twin != twin);
+            self.len -= before - entries.len();
+            if entries.is_empty() {
+                self.by_uid.remove(uid);
+            }
+        }
+    }
+
+    /// Makes every entry due now (a relay link has just connected).
+    pub fn all_due(&mut self, now: Instant) {
+        for entry in self.by_uid.values_mut().flatten() {
+            entry.next = entry.next.min(now);
+        }
+    }
+
+    /// Takes what is due at `now` (`unix_now` in seconds): expired entries are dropped,
+    /// one-shot entries are handed out and forgotten, requests are rescheduled with
+    /// their interval doubled. Put a one-shot entry that could not be sent back with
+    /// [`track_once`](Resends::track_once).
+    pub fn take_due(&mut self, now: Instant, unix_now: u64) -> Vec<Due> {
+        let mut due = Vec::new();
+        let mut removed = 0;
+        self.by_uid.retain(|uid, entries| {
+            entries.retain_mut(|e| {
+                if e.deadline <= unix_now {
+                    removed += 1;
+                    return false;
+                }
+                if e.next > now {
+                    return true;
+                }
+                due.push(Due {
+                    uid: uid.clone(),
+                    twin: e.twin,
+                    bytes: e.bytes.clone(),
+                    deadline: e.deadline,
+                });
+                if e.one_shot {
+                    removed += 1;
+                    return false;
+                }
+                e.interval = (e.interval * 2).min(RESEND_MAX);
+                e.next = now + e.interval;
+                true
+            });
+            !entries.is_empty()
+        });
+        self.len -= removed;
+        due
+    }
+
+    /// True when something is tracked for (`uid`, `twin`).
+    pub fn contains(&self, uid: &str, twin: u32) -> bool {
+        self.by_uid
+            .get(uid)
+            .is_some_and(|entries| entries.iter().any(|e| e.twin == twin))
+    }
+
+    /// Envelopes tracked.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing waits for an answer.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    fn uids(due: &[Due]) -> Vec<(&str, u32)> {
+        let mut v: Vec<_> = due.iter().map(|d| (d.uid.as_str(), d.twin)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn unanswered_requests_come_back_with_a_doubling_interval() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track("u", 7, bytes("env"), 1000, t0);
+        assert!(r.take_due(t0, 0).is_empty(), "not at once");
+        assert!(r.take_due(t0 + RESEND_AFTER / 2, 0).is_empty());
+        let first = r.take_due(t0 + RESEND_AFTER, 0);
+        assert_eq!(first[0].bytes, bytes("env"));
+        // Next after 4 s, then 8 s, 16 s, 16 s...
+        let mut at = t0 + RESEND_AFTER;
+        let mut gaps = Vec::new();
+        for _ in 0..5 {
+            let mut probe = at;
+            loop {
+                probe += Duration::from_millis(500);
+                if !r.take_due(probe, 0).is_empty() {
+                    break;
+                }
+            }
+            gaps.push((probe - at).as_secs());
+            at = probe;
+        }
+        assert_eq!(gaps, [4, 8, 16, 16, 16]);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn an_answer_settles_its_destination_only() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track("u", 1, bytes("a"), 1000, t0);
+        r.track("u", 2, bytes("b"), 1000, t0);
+        assert!(r.answered("u", 2));
+        assert!(!r.answered("u", 2), "already settled");
+        assert!(!r.answered("other", 1));
+        assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER, 0)), [("u", 1)]);
+        // A relay's error settles one remaining destination.
+        assert!(r.answered("u", 0));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_reconnect_makes_everything_due_and_expiry_forgets() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track("soon", 1, bytes("a"), 100, t0);
+        r.track("late", 1, bytes("b"), 200, t0);
+        r.all_due(t0);
+        assert_eq!(uids(&r.take_due(t0, 50)), [("late", 1), ("soon", 1)]);
+        // At 100 the first expired: gone without being sent.
+        r.all_due(t0);
+        assert_eq!(uids(&r.take_due(t0, 100)), [("late", 1)]);
+        assert_eq!(r.len(), 1);
+        assert!(r.take_due(t0 + RESEND_MAX * 4, 200).is_empty());
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn one_shot_entries_go_once_and_do_not_count_as_requests() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track_once("u", 3, bytes("reply"), 1000, t0);
+        assert!(!r.answered("u", 3), "a response is not answered");
+        assert_eq!(uids(&r.take_due(t0, 0)), [("u", 3)]);
+        assert!(r.is_empty());
+        assert!(r.take_due(t0 + RESEND_MAX, 0).is_empty());
+    }
+
+    #[test]
+    fn tracking_again_replaces_and_restarts() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track("u", 1, bytes("old"), 1000, t0);
+        r.track("u", 1, bytes("new"), 1000, t0 + RESEND_AFTER);
+        assert_eq!(r.len(), 1);
+        assert!(r.take_due(t0 + RESEND_AFTER, 0).is_empty());
+        assert_eq!(r.take_due(t0 + RESEND_AFTER * 2, 0)[0].bytes, bytes("new"));
+    }
+}

@@ -1,0 +1,209 @@
+//! The outbox: requests this peer sent and that still wait for an answer, kept in Redis
+//! so that a peer restarted after a crash sends them again (same uid) instead of
+//! leaving their clients without an answer.
+//!
+//! One hash per request, `msgbus.outbox.<uid>`: field `req` holds the request as a
+//! `JsonOutgoingRequest` (timestamp and validity as stamped), and one field `d:<twin>`
+//! per destination that has not answered. Delivering an answer removes its twin's field
+//! in the same step as the push to the client ([`DELIVER_ONCE`](super::scripts::DELIVER_ONCE)),
+//! so an answer is delivered once even if it arrives twice. The hash outlives the request
+//! by [`GRACE_SECS`], so that the timeout error a client gets for a twin that never
+//! answered is delivered once as well.
+
+use redis::Pipeline;
+use redis::aio::MultiplexedConnection;
+
+use super::json::{JsonOutgoingRequest, VERSION, encode_dat};
+use super::keys::{OUTBOX_PREFIX, outbox, outbox_waiting};
+use super::validate::{LocalRequest, parse_request};
+
+/// The field holding the request itself.
+const REQUEST_FIELD: &str = "req";
+/// Seconds an outbox entry lives after its request expired.
+pub const GRACE_SECS: u64 = 120;
+/// Keys asked for per `SCAN` step when reloading.
+const SCAN_COUNT: usize = 1000;
+
+/// Adds the writes recording request `uid` to `pipe`.
+pub fn record(pipe: &mut Pipeline, uid: &str, req: &LocalRequest) {
+    let json = JsonOutgoingRequest {
+        ver: VERSION,
+        reference: req.reference.clone(),
+        cmd: req.command.clone(),
+        exp: req.expiration,
+        dat: encode_dat(&req.payload),
+        tag: req.tags.clone(),
+        dst: req.destinations.clone(),
+        ret: req.reply_to.clone(),
+        shm: req.schema.clone(),
+        now: req.timestamp,
+    };
+    let json = serde_json::to_string(&json).expect("a request serialises");
+    let key = outbox(uid);
+    let hset = pipe.cmd("HSET").arg(&key).arg(REQUEST_FIELD).arg(json);
+    for twin in &req.destinations {
+        hset.arg(outbox_waiting(*twin)).arg(1);
+    }
+    hset.ignore();
+    pipe.cmd("EXPIRE")
+        .arg(&key)
+        .arg(req.backlog_ttl + GRACE_SECS)
+        .ignore();
+}
+
+/// A request found in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    pub uid: String,
+    /// The twins still waited for.
+    pub waiting: Vec<u32>,
+    /// Still valid: to send again (`destinations` are the twins waited for).
+    /// Expired: the client is owed a timeout error per waiting twin.
+    pub state: Result<LocalRequest, Expired>,
+}
+
+/// Where the answers of an expired request go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub reference: Option<String>,
+    pub reply_to: String,
+}
+
+/// Reads every outbox entry that still waits for an answer, at unix time `now`.
+/// Unreadable ones are logged and skipped.
+pub async fn load(
+    conn: &mut MultiplexedConnection,
+    now: u64,
+) -> redis::RedisResult<Vec<Unanswered>> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{OUTBOX_PREFIX}*"))
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut found = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(SCAN_COUNT) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        let hashes: Vec<Vec<(String, String)>> = pipe.query_async(conn).await?;
+        for (key, fields) in chunk.iter().zip(hashes) {
+            let uid = key.trim_start_matches(OUTBOX_PREFIX).to_string();
+            match unanswered(uid, fields, now) {
+                Some(entry) => found.push(entry),
+                None => tracing::debug!(%key, "skipping an answered or unreadable outbox entry"),
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn unanswered(uid: String, fields: Vec<(String, String)>, now: u64) -> Option<Unanswered> {
+    let mut json = None;
+    let mut waiting = Vec::new();
+    for (field, value) in fields {
+        if field == REQUEST_FIELD {
+            json = Some(value);
+        } else if let Some(twin) = field.strip_prefix("d:").and_then(|t| t.parse().ok()) {
+            waiting.push(twin);
+        }
+    }
+    let json = json?;
+    if waiting.is_empty() {
+        return None;
+    }
+    waiting.sort_unstable();
+    let state = match parse_request(json.as_bytes(), now) {
+        Ok(mut request) => {
+            request
+                .destinations
+                .retain(|t| waiting.binary_search(t).is_ok());
+            Ok(request)
+        }
+        Err(rejection) => Err(Expired {
+            reference: rejection.reference,
+            reply_to: rejection.reply_to?,
+        }),
+    };
+    Some(Unanswered {
+        uid,
+        waiting,
+        state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> LocalRequest {
+        LocalRequest {
+            reference: Some("r".into()),
+            reply_to: "ret".into(),
+            destinations: vec![7, 9],
+            command: "c".into(),
+            payload: b"hi".to_vec(),
+            schema: None,
+            tags: Some("t".into()),
+            timestamp: 1_000,
+            expiration: 60,
+            backlog_ttl: 60,
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_with_the_twins_still_waited_for() {
+        let req = request();
+        let mut pipe = redis::pipe();
+        record(&mut pipe, "u", &req);
+        // The HSET arguments, as the hash would hold them.
+        let args: Vec<String> = pipe
+            .cmd_iter()
+            .next()
+            .unwrap()
+            .args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(String::from_utf8(b.to_vec()).unwrap()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args[..2], ["HSET", "msgbus.outbox.u"]);
+        let mut fields: Vec<(String, String)> = args[2..]
+            .chunks(2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect();
+        // Twin 7 answered.
+        fields.retain(|(f, _)| f != "d:7");
+        let entry = unanswered("u".into(), fields.clone(), 1_010).unwrap();
+        assert_eq!(entry.waiting, [9]);
+        let back = entry.state.unwrap();
+        assert_eq!(back.destinations, [9]);
+        assert_eq!(back.payload, b"hi");
+        assert_eq!(back.timestamp + back.expiration, 1_060, "same deadline");
+        assert_eq!(back.reference.as_deref(), Some("r"));
+        // Expired: the client is owed an error for twin 9.
+        let expired = unanswered("u".into(), fields.clone(), 1_060).unwrap();
+        assert_eq!(
+            expired.state,
+            Err(Expired {
+                reference: Some("r".into()),
+                reply_to: "ret".into()
+            })
+        );
+        // All answered: nothing left to do.
+        fields.retain(|(f, _)| f != "d:9");
+        assert_eq!(unanswered("u".into(), fields, 1_010), None);
+    }
+}

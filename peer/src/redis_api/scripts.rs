@@ -1,0 +1,72 @@
+//! The Lua scripts that make the crash-safe steps of the API atomic in Redis.
+//!
+//! Each pairs a check with the write it guards, so a peer killed between two commands
+//! can neither lose a message nor deliver it twice:
+//!
+//! - [`CLAIM`]: moves a batch from an app's list to the peer's claimed list (kept until
+//!   the batch is recorded, and read again after a crash);
+//! - [`DELIVER_REQUEST`]: pushes a remote request to its service only if its uid was
+//!   never received from that twin, remembering it (a repeat gets the stored reply);
+//! - [`DELIVER_ONCE`]: pushes an answer to a client's `ret` only if the request still
+//!   waits for that twin's answer, and marks it answered.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// `KEYS`: source list, claimed list. `ARGV`: most items. Moves up to that many of the
+/// oldest items of the source to the end of the claimed list; returns them oldest first.
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+local n = #items
+if n == 0 then return {} end
+redis.call('LTRIM', KEYS[1], 0, -n - 1)
+local oldest_first = {}
+for i = n, 1, -1 do oldest_first[#oldest_first + 1] = items[i] end
+redis.call('RPUSH', KEYS[2], unpack(oldest_first))
+return oldest_first
+",
+    )
+});
+
+/// `KEYS`: seen marker, service list. `ARGV`: request JSON, marker TTL (s), last index
+/// kept in the list. Returns 1 when delivered; otherwise the marker's value: empty
+/// while the service has not answered, the sealed reply once it has.
+pub static DELIVER_REQUEST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local prev = redis.call('GET', KEYS[1])
+if prev then return prev end
+redis.call('SET', KEYS[1], '', 'EX', ARGV[2])
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]))
+return 1
+",
+    )
+});
+
+/// `KEYS`: outbox hash, client list. `ARGV`: response JSON, the waiting field of the
+/// answering twin (empty: any one, for a relay's error that names no twin), last index
+/// kept in the list. Returns 1 when delivered, 0 when that answer was delivered already
+/// (or the request is unknown or expired). The hash goes once every twin answered.
+pub static DELIVER_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local field = ARGV[2]
+if field == '' then
+  field = nil
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(f, 1, 2) == 'd:' then field = f break end
+  end
+  if not field then return 0 end
+end
+if redis.call('HDEL', KEYS[1], field) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]))
+if redis.call('HLEN', KEYS[1]) <= 1 then redis.call('DEL', KEYS[1]) end
+return 1
+",
+    )
+});
