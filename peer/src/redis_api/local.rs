@@ -124,21 +124,42 @@ async fn claim(c: &mut MultiplexedConnection, pump: Pump) -> redis::RedisResult<
     Ok(batch)
 }
 
-/// Runs `pipe` as one transaction, retrying through reconnects; false when shutting
-/// down without Redis (the claimed list keeps the batch for the next start).
+/// Runs `pipe` (which ends by deleting `claimed`) as one transaction, retrying through
+/// reconnects; false when shutting down without Redis (the claimed list keeps the batch
+/// for the next start). A transaction whose reply was lost may have applied: then
+/// `claimed` is gone, and it is not run twice.
 async fn commit(
     conn: &mut RedisConn,
     shutdown: &CancellationToken,
     pipe: &mut redis::Pipeline,
+    claimed: &str,
 ) -> bool {
     pipe.atomic();
+    let mut retry = false;
     loop {
         let Some(mut c) = conn.get(shutdown).await else {
             return false;
         };
+        if retry {
+            match redis::cmd("EXISTS")
+                .arg(claimed)
+                .query_async::<bool>(&mut c)
+                .await
+            {
+                Ok(false) => return true,
+                Ok(true) => {}
+                Err(e) => {
+                    conn.failed(&e);
+                    continue;
+                }
+            }
+        }
         match pipe.query_async::<()>(&mut c).await {
             Ok(()) => return true,
-            Err(e) => conn.failed(&e),
+            Err(e) => {
+                conn.failed(&e);
+                retry = true;
+            }
         }
     }
 }
@@ -186,7 +207,7 @@ async fn handle_requests(
         }
     }
     pipe.cmd("DEL").arg(LOCAL_CLAIMED).ignore();
-    if !commit(conn, shutdown, &mut pipe).await {
+    if !commit(conn, shutdown, &mut pipe, LOCAL_CLAIMED).await {
         tracing::warn!(
             requests = accepted.len() + rejected,
             "shutting down without redis: requests stay claimed for the next start"
@@ -295,7 +316,7 @@ async fn handle_replies(
         }
     }
     pipe.cmd("DEL").arg(REPLY_CLAIMED).ignore();
-    if !commit(conn, shutdown, &mut pipe).await {
+    if !commit(conn, shutdown, &mut pipe, REPLY_CLAIMED).await {
         tracing::warn!(
             replies = sealed.len(),
             "shutting down without redis: replies stay claimed for the next start"

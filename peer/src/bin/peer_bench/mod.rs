@@ -37,6 +37,17 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub bot_workers: usize,
 
+    /// Delivery modes to compare (comma separated): `reliable` (the default of rmb-peer:
+    /// resends, reply cache, crash-safe Redis records) and `at-most-once`
+    /// (`rmb-peer --at-most-once`, as rmb-rs). Each gets its own fresh network.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "reliable,at-most-once"
+    )]
+    pub delivery: Vec<Delivery>,
+
     /// rmb-relay binary (default: next to this one; built when missing).
     #[arg(long)]
     pub relay_bin: Option<std::path::PathBuf>,
@@ -46,28 +57,71 @@ pub struct Args {
     pub peer_bin: Option<std::path::PathBuf>,
 }
 
-/// Runs every measurement and prints the table.
+/// How the peers under test deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Delivery {
+    Reliable,
+    AtMostOnce,
+}
+
+impl Delivery {
+    fn name(self) -> &'static str {
+        match self {
+            Delivery::Reliable => "reliable",
+            Delivery::AtMostOnce => "at-most-once",
+        }
+    }
+}
+
+/// Runs every measurement for every delivery mode and prints the tables.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let net = Network::start(&args)
+    let mut bursts = Vec::new();
+    println!("| delivery | payload | clients | RPC/s | p50 ms | p99 ms | errors |");
+    println!("|----------|--------:|--------:|------:|-------:|-------:|-------:|");
+    for &delivery in &args.delivery {
+        bursts.push((delivery, run_mode(&args, delivery).await?));
+    }
+    if args.burst > 0 {
+        println!();
+        for (delivery, b) in bursts.into_iter().filter_map(|(d, b)| Some((d, b?))) {
+            println!(
+                "burst ({}): {} requests pushed at once → {} answered ({} errors) in {:.2} s = {:.0} RPC/s",
+                delivery.name(),
+                b.sent,
+                b.answered,
+                b.errors,
+                b.elapsed.as_secs_f64(),
+                b.answered as f64 / b.elapsed.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One delivery mode: a fresh network, the table rows, then the burst.
+async fn run_mode(args: &Args, delivery: Delivery) -> anyhow::Result<Option<Burst>> {
+    let net = Network::start(args, delivery)
         .await
         .context("starting the network")?;
     let bots = bot::start(&net.redis_b, args.bot_workers).await?;
-    println!(
-        "peer-bench: relay {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row",
-        net.relay_url, net.twin_a, net.twin_b, args.bot_workers, args.duration
+    eprintln!(
+        "peer-bench ({}): relay {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row",
+        delivery.name(),
+        net.relay_url,
+        net.twin_a,
+        net.twin_b,
+        args.bot_workers,
+        args.duration
     );
     // Warm up connections, registry caches and key lookups.
     load::measure(&net, 4, 256, Duration::from_secs(1)).await?;
-
-    println!();
-    println!("| payload | clients | RPC/s | p50 ms | p99 ms | errors |");
-    println!("|--------:|--------:|------:|-------:|-------:|-------:|");
     for &size in &args.sizes {
         for &clients in &args.clients {
             let o: Outcome =
                 load::measure(&net, clients, size, Duration::from_secs(args.duration)).await?;
             println!(
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {} |",
+                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} |",
+                delivery.name(),
                 human(size),
                 clients,
                 o.rate(),
@@ -77,21 +131,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    if args.burst > 0 {
-        let b: Burst = load::burst(&net, args.burst, 256).await?;
-        println!();
-        println!(
-            "burst: {} requests pushed at once → {} answered ({} errors) in {:.2} s = {:.0} RPC/s",
-            b.sent,
-            b.answered,
-            b.errors,
-            b.elapsed.as_secs_f64(),
-            b.answered as f64 / b.elapsed.as_secs_f64()
-        );
-    }
+    let burst = if args.burst > 0 {
+        Some(load::burst(&net, args.burst, 256).await?)
+    } else {
+        None
+    };
     drop(bots);
     net.shutdown().await;
-    Ok(())
+    Ok(burst)
 }
 
 fn human(size: usize) -> String {

@@ -11,7 +11,7 @@ use rmb_identity::registry::http::HttpRegistry;
 use rmb_identity::registry::{Registry, TwinUpdate};
 use rmb_identity::{Identity, KeyType};
 
-use super::Args;
+use super::{Args, Delivery};
 
 /// Child processes, killed on drop.
 struct Children(Vec<Child>);
@@ -159,7 +159,7 @@ async fn wait_ready(redis_url: &str, child: &mut Child) -> anyhow::Result<()> {
 
 impl Network {
     /// Starts redis A and B, the relay (hosting the registry), and the two peers.
-    pub async fn start(args: &Args) -> anyhow::Result<Network> {
+    pub async fn start(args: &Args, delivery: Delivery) -> anyhow::Result<Network> {
         let relay_bin = binary(&args.relay_bin, "rmb-relay")?;
         let peer_bin = binary(&args.peer_bin, "rmb-peer")?;
         let dir = TempDir::new()?;
@@ -200,6 +200,7 @@ impl Network {
                     "--registry",
                     &registry,
                 ])
+                .args((delivery == Delivery::AtMostOnce).then_some("--at-most-once"))
                 .env("RMB_MNEMONIC", secret)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
