@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 pub mod chain;
+pub mod chaos;
 pub mod child;
 pub mod peer_process;
 pub mod redis_server;

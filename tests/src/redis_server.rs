@@ -76,13 +76,23 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Starts it again after [`RedisServer::kill`], on the same port and directory (a
+    /// durable server reloads its data); waits until it answers. Does nothing if it runs.
+    pub fn relaunch(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
     /// Kills the server (SIGKILL: nothing is flushed) and starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
     }
 
-    fn kill(&mut self) {
+    /// SIGKILLs the server (nothing is flushed) and leaves it down until
+    /// [`RedisServer::relaunch`].
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -18,7 +18,29 @@ pub fn binaries() -> PathBuf {
                 return PathBuf::from(dir);
             }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
+            let mut build = Command::new(cargo);
+            // Cargo gives test processes their package's CARGO_MANIFEST_DIR, CARGO_PKG_*
+            // etc. Some build scripts (ring's) declare `rerun-if-env-changed` on those, so
+            // passing them on would make this build and the next plain `cargo test`
+            // rebuild ring and everything above it, in turn, every time.
+            for (name, _) in std::env::vars_os() {
+                let Some(name) = name.to_str() else { continue };
+                if name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_")
+                    || matches!(
+                        name,
+                        "CARGO_MANIFEST_DIR"
+                            | "CARGO_MANIFEST_PATH"
+                            | "CARGO_MANIFEST_LINKS"
+                            | "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                    )
+                {
+                    build.env_remove(name);
+                }
+            }
+            let status = build
                 // `--tests` makes the feature set the same as `cargo test --workspace`'s, so
                 // this reuses its dependencies instead of building them a second time.
                 .args(["build", "--quiet", "--workspace", "--bins", "--tests"])
@@ -26,12 +48,14 @@ pub fn binaries() -> PathBuf {
                 .status()
                 .expect("run cargo build");
             assert!(status.success(), "building the rmb binaries failed");
-            // tests run from target/<profile>/deps/<test-binary>
+            // Tests run from target/<profile>/deps/<test-binary>; binaries of this crate
+            // (rmb-chaos) from target/<profile>/ itself.
             let exe = std::env::current_exe().expect("test executable path");
-            exe.parent()
-                .and_then(|p| p.parent())
-                .expect("target dir")
-                .to_path_buf()
+            let dir = exe.parent().expect("target dir");
+            match dir.file_name() {
+                Some(name) if name == "deps" => dir.parent().expect("target dir").to_path_buf(),
+                _ => dir.to_path_buf(),
+            }
         })
         .clone()
 }
@@ -123,6 +147,14 @@ impl RelayProcess {
     /// SIGTERMs the relay and returns its exit status (graceful shutdown).
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         crate::child::terminate(&mut self.child)
+    }
+
+    /// Starts it again after [`RelayProcess::kill`] (same port, flags and data
+    /// directory), so a test can keep it down for a while; does nothing if it runs.
+    pub fn relaunch(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
     }
 
     /// Starts it again with the same port, flags and data directory.

@@ -4,6 +4,11 @@
 //! changes (chain events, the embedded registry's change feed), [`CachedRegistry::spawn_follower`]
 //! applies them as they happen, so a relay sees an updated relay list or key at once.
 //! Only found twins are cached: a twin registered a moment ago is found on the next lookup.
+//!
+//! When the backend cannot be reached (the relay hosting the embedded registry restarting,
+//! a chain node down), the last known version of a twin is used instead of failing: a
+//! registry outage must not stop traffic between twins that were talking a moment ago.
+//! Those entries are only a fallback; whenever the backend answers, its answer wins.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,8 +33,14 @@ pub struct CachedRegistry {
     inner: Arc<dyn Registry>,
     twins: Cache<u32, Twin>,
     ids: Cache<AccountId, u32>,
+    /// Last known versions, used only while the backend fails.
+    known_twins: Cache<u32, Twin>,
+    known_ids: Cache<AccountId, u32>,
     following: AtomicBool,
 }
+
+/// How long a last known twin may stand in for an unreachable backend.
+pub const FALLBACK_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl CachedRegistry {
     /// Wraps `inner` with a cache of `capacity` twins that each live `ttl`.
@@ -44,6 +55,14 @@ impl CachedRegistry {
                 .time_to_live(ttl)
                 .max_capacity(capacity)
                 .build(),
+            known_twins: Cache::builder()
+                .time_to_live(FALLBACK_TTL.max(ttl))
+                .max_capacity(capacity)
+                .build(),
+            known_ids: Cache::builder()
+                .time_to_live(FALLBACK_TTL.max(ttl))
+                .max_capacity(capacity)
+                .build(),
             following: AtomicBool::new(false),
         })
     }
@@ -53,8 +72,11 @@ impl CachedRegistry {
         match change {
             Change::Updated(twin) => {
                 self.ids.insert(twin.account, twin.id);
+                self.known_ids.insert(twin.account, twin.id);
+                self.known_twins.insert(twin.id, twin.clone());
                 self.twins.insert(twin.id, twin);
             }
+            // The last known versions stay, as a fallback only.
             Change::Reset => {
                 self.twins.invalidate_all();
                 self.ids.invalidate_all();
@@ -113,9 +135,20 @@ impl Registry for CachedRegistry {
         if let Some(twin) = self.twins.get(&id) {
             return Ok(Some(twin));
         }
-        let found = self.inner.get_twin(id).await?;
-        if let Some(twin) = &found {
-            self.apply(Change::Updated(twin.clone()));
+        let found = match self.inner.get_twin(id).await {
+            Ok(found) => found,
+            Err(e @ RegistryError::Unavailable(_)) => match self.known_twins.get(&id) {
+                Some(twin) => {
+                    tracing::debug!(id, error = %e, "registry unreachable: using the last known twin");
+                    return Ok(Some(twin));
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        match &found {
+            Some(twin) => self.apply(Change::Updated(twin.clone())),
+            None => self.known_twins.invalidate(&id),
         }
         Ok(found)
     }
@@ -124,9 +157,20 @@ impl Registry for CachedRegistry {
         if let Some(id) = self.ids.get(account) {
             return Ok(Some(id));
         }
-        let found = self.inner.twin_id_by_account(account).await?;
+        let found = match self.inner.twin_id_by_account(account).await {
+            Ok(found) => found,
+            Err(e @ RegistryError::Unavailable(_)) => match self.known_ids.get(account) {
+                Some(id) => {
+                    tracing::debug!(id, error = %e, "registry unreachable: using the last known twin id");
+                    return Ok(Some(id));
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         if let Some(id) = found {
             self.ids.insert(*account, id);
+            self.known_ids.insert(*account, id);
         }
         Ok(found)
     }
@@ -158,12 +202,24 @@ mod tests {
     struct Counting {
         twins: Mutex<Vec<Twin>>,
         lookups: AtomicUsize,
+        /// Lookups fail as if the backend were unreachable.
+        down: AtomicBool,
+    }
+
+    impl Counting {
+        fn check(&self) -> Result<(), RegistryError> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(RegistryError::Unavailable("backend down".into()));
+            }
+            Ok(())
+        }
     }
 
     #[async_trait]
     impl Registry for Counting {
         async fn get_twin(&self, id: u32) -> Result<Option<Twin>, RegistryError> {
-            self.lookups.fetch_add(1, Ordering::SeqCst);
+            self.check()?;
             Ok(self
                 .twins
                 .lock()
@@ -173,7 +229,7 @@ mod tests {
                 .cloned())
         }
         async fn twin_id_by_account(&self, a: &AccountId) -> Result<Option<u32>, RegistryError> {
-            self.lookups.fetch_add(1, Ordering::SeqCst);
+            self.check()?;
             Ok(self
                 .twins
                 .lock()
@@ -211,6 +267,7 @@ mod tests {
         let backend = Arc::new(Counting {
             twins: Mutex::new(vec![twin(1, "a")]),
             lookups: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
         });
         let cache = CachedRegistry::new(backend.clone(), DEFAULT_TTL, 10);
         for _ in 0..3 {
@@ -230,10 +287,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreachable_backend_falls_back_to_the_last_known_twin() {
+        let backend = Arc::new(Counting {
+            twins: Mutex::new(vec![twin(1, "a")]),
+            lookups: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+        });
+        let cache = CachedRegistry::new(backend.clone(), Duration::from_millis(50), 10);
+        assert_eq!(cache.get_twin(1).await.unwrap(), Some(twin(1, "a")));
+        let account = twin(1, "a").account;
+        assert_eq!(cache.twin_id_by_account(&account).await.unwrap(), Some(1));
+        backend.down.store(true, Ordering::SeqCst);
+        // Feed lost (reset) and TTL passed: the backend is asked, fails, the last
+        // known version answers.
+        cache.apply(Change::Reset);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let before = backend.lookups.load(Ordering::SeqCst);
+        assert_eq!(cache.get_twin(1).await.unwrap(), Some(twin(1, "a")));
+        assert_eq!(cache.twin_id_by_account(&account).await.unwrap(), Some(1));
+        assert_eq!(backend.lookups.load(Ordering::SeqCst), before + 2);
+        // Never seen: the error stands.
+        assert!(cache.get_twin(2).await.is_err());
+        // Back up: its answer wins, including "gone".
+        backend.down.store(false, Ordering::SeqCst);
+        backend.twins.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(cache.get_twin(1).await.unwrap(), None);
+        backend.down.store(true, Ordering::SeqCst);
+        assert!(
+            cache.get_twin(1).await.is_err(),
+            "a removed twin is not resurrected"
+        );
+    }
+
+    #[tokio::test]
     async fn entries_expire_after_the_ttl() {
         let backend = Arc::new(Counting {
             twins: Mutex::new(vec![twin(1, "a")]),
             lookups: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
         });
         let cache = CachedRegistry::new(backend.clone(), Duration::from_millis(50), 10);
         cache.get_twin(1).await.unwrap();
@@ -247,6 +339,7 @@ mod tests {
         let backend = Arc::new(Counting {
             twins: Mutex::new(vec![]),
             lookups: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
         });
         let cache = CachedRegistry::new(backend.clone(), DEFAULT_TTL, 10);
         let signer = Signer::from_secret("//Alice", KeyType::Sr25519).unwrap();

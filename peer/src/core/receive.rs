@@ -214,13 +214,14 @@ impl Deliverer {
                 _ => ReplayKind::Reply,
             },
         };
-        match self.inner.replay.admit(&key, env.deadline(), now).await {
-            Ok(Admission::First) => {
-                if key.kind == ReplayKind::Reply && self.inner.reliable {
-                    self.inner.resends().answered(&env.uid, source);
-                }
-                self.deliver(env).await
-            }
+        let admission = self.inner.replay.admit(&key, env.deadline(), now).await;
+        // Any copy of an answer settles the request's resends (after a restart, the
+        // resent request's answer may come as a copy of one delivered before).
+        if key.kind == ReplayKind::Reply && self.inner.reliable && admission.is_ok() {
+            self.inner.resends().answered(&env.uid, source);
+        }
+        match admission {
+            Ok(Admission::First) => self.deliver(env).await,
             Ok(Admission::Repeat { reply }) => {
                 // Relays deliver at least once and senders resend, so repeats are
                 // normal. A request we answered already gets the same answer again

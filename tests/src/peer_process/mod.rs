@@ -126,6 +126,14 @@ impl PeerProcess {
         crate::child::terminate(&mut self.child)
     }
 
+    /// Starts it again after [`PeerProcess::kill`] (same secret, Redis and flags) and
+    /// waits until ready, so a test can keep it down for a while; does nothing if it runs.
+    pub fn relaunch(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
     /// Starts it again with the same secret, Redis and flags; waits until ready.
     pub fn restart(&mut self) {
         self.kill();

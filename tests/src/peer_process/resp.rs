@@ -1,8 +1,8 @@
 //! [`Resp`]: a minimal blocking Redis client speaking raw RESP, the way a local app of
 //! the peer would (`LPUSH`, `BRPOP`, `GET`, ...), with no client library in between.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// A Redis reply.
@@ -47,22 +47,43 @@ impl Resp {
         }
     }
 
+    /// Connects like [`Resp::connect`] but reports failure instead of panicking, with
+    /// `timeout` for connecting and for each reply: for clients that must live through
+    /// their Redis being killed and restarted (the chaos harness).
+    pub fn try_connect(url: &str, timeout: Duration) -> io::Result<Self> {
+        let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true).ok();
+        stream.set_read_timeout(Some(timeout))?;
+        Ok(Resp {
+            reader: BufReader::new(stream),
+        })
+    }
+
     /// Sends one command and reads its reply; a Redis error reply panics.
     pub fn cmd(&mut self, args: &[&[u8]]) -> Reply {
+        match self.try_cmd(args) {
+            Ok(Reply::Error(e)) => panic!("redis error: {e}"),
+            Ok(reply) => reply,
+            Err(e) => panic!("redis connection failed: {e}"),
+        }
+    }
+
+    /// Sends one command and reads its reply; an error reply is returned as
+    /// [`Reply::Error`], a broken connection as `Err` (the connection is then unusable).
+    pub fn try_cmd(&mut self, args: &[&[u8]]) -> io::Result<Reply> {
         let mut out = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {
             out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
             out.extend_from_slice(a);
             out.extend_from_slice(b"\r\n");
         }
-        self.reader
-            .get_mut()
-            .write_all(&out)
-            .expect("write to redis");
-        match self.read() {
-            Reply::Error(e) => panic!("redis error: {e}"),
-            reply => reply,
-        }
+        self.reader.get_mut().write_all(&out)?;
+        self.read()
     }
 
     /// `LPUSH list value`.
@@ -113,39 +134,54 @@ impl Resp {
         }
     }
 
-    fn line(&mut self) -> String {
+    fn line(&mut self) -> io::Result<String> {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("read from redis");
-        assert!(n > 0, "redis closed the connection");
+        let n = self.reader.read_line(&mut line)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "redis closed the connection",
+            ));
+        }
         line.truncate(line.trim_end_matches("\r\n").len());
-        line
+        Ok(line)
     }
 
-    fn read(&mut self) -> Reply {
-        let line = self.line();
+    fn read(&mut self) -> io::Result<Reply> {
+        let bad = |what: &str, line: &str| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{what} in {line:?}"))
+        };
+        let line = self.line()?;
+        if line.is_empty() {
+            return Err(bad("empty line", &line));
+        }
         let (kind, rest) = line.split_at(1);
-        match kind {
+        Ok(match kind {
             "+" => Reply::Status(rest.to_string()),
             "-" => Reply::Error(rest.to_string()),
-            ":" => Reply::Int(rest.parse().expect("integer reply")),
+            ":" => Reply::Int(rest.parse().map_err(|_| bad("bad integer", &line))?),
             "$" => {
-                let len: i64 = rest.parse().expect("bulk length");
+                let len: i64 = rest.parse().map_err(|_| bad("bad bulk length", &line))?;
                 if len < 0 {
-                    return Reply::Nil;
+                    return Ok(Reply::Nil);
                 }
                 let mut buf = vec![0u8; len as usize + 2];
-                std::io::Read::read_exact(&mut self.reader, &mut buf).expect("read bulk");
+                io::Read::read_exact(&mut self.reader, &mut buf)?;
                 buf.truncate(len as usize);
                 Reply::Bulk(buf)
             }
             "*" => {
-                let len: i64 = rest.parse().expect("array length");
+                let len: i64 = rest.parse().map_err(|_| bad("bad array length", &line))?;
                 if len < 0 {
-                    return Reply::Nil;
+                    return Ok(Reply::Nil);
                 }
-                Reply::Array((0..len).map(|_| self.read()).collect())
+                let mut items = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    items.push(self.read()?);
+                }
+                Reply::Array(items)
             }
-            other => panic!("unexpected RESP type {other:?} in {line:?}"),
-        }
+            _ => return Err(bad("unexpected RESP type", &line)),
+        })
     }
 }
