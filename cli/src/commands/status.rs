@@ -52,7 +52,10 @@ async fn queue_depths(bus: &Bus) -> anyhow::Result<Vec<(String, i64)>> {
     }
     found.sort();
     for key in found {
-        let is_meta = key.starts_with(keys::BACKLOG_PREFIX) || key == keys::STATUS;
+        let is_meta = key.starts_with(keys::BACKLOG_PREFIX)
+            || key.starts_with(keys::OUTBOX_PREFIX)
+            || key.starts_with(keys::SEEN_PREFIX)
+            || key == keys::STATUS;
         if !is_meta && !names.contains(&key) {
             names.push(key);
         }
@@ -121,6 +124,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             num(&status["sent"]),
             num(&status["received"]),
             num(&status["rejected"])
+        );
+        println!(
+            "delivery: {} awaiting an answer, {} resent, {} duplicates dropped, {} answered again from the reply cache",
+            num(&status["awaiting"]),
+            num(&status["resent"]),
+            num(&status["duplicates"]),
+            num(&status["replayed"])
         );
         println!("relays ({connected} of {} connected):", links.len());
         for link in &links {
