@@ -11,11 +11,14 @@
 //! bounded: when full, the entry closest to its deadline makes room (the least useful
 //! one to keep, and the first to become harmless).
 //!
-//! Looking ahead (exactly-once delivery, issue #7): an entry can also hold the bytes of
-//! the reply sent for a request ([`ReplayStore::remember_reply`]); a repeat then reports
-//! them ([`Admission::Repeat`]) so the peer can resend that reply instead of running the
-//! handler again. The trait is async so a Redis-backed store can share the state
-//! between peer restarts or replicas.
+//! An entry can also hold the bytes of the reply sent for a request
+//! ([`ReplayStore::remember_reply`]); a repeat then reports them ([`Admission::Repeat`])
+//! so the peer sends that reply again instead of running the handler twice (see
+//! [`resend`](super::resend)). Those bytes have their own budget
+//! ([`DEFAULT_REPLY_BUDGET`]): other twins choose how many requests we answer, and so
+//! how much we would keep. Past the budget a reply is not kept, and a repeat of its
+//! request is dropped like one not answered yet. The trait is async so a Redis-backed
+//! store can share the state between peer restarts or replicas.
 //!
 //! [`ReplayCache`] is the pure state machine (time is an input); [`MemoryReplayStore`]
 //! shards it behind short locks.
@@ -24,6 +27,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use tokio_tungstenite::tungstenite::Bytes;
@@ -92,6 +96,7 @@ pub struct ReplayCache {
     /// Deadlines, earliest first; may hold stale pairs whose entry was replaced.
     by_deadline: BinaryHeap<Reverse<(u64, ReplayKey)>>,
     capacity: usize,
+    reply_bytes: usize,
 }
 
 impl ReplayCache {
@@ -101,6 +106,7 @@ impl ReplayCache {
             entries: HashMap::new(),
             by_deadline: BinaryHeap::new(),
             capacity: capacity.max(1),
+            reply_bytes: 0,
         }
     }
 
@@ -146,8 +152,16 @@ impl ReplayCache {
     pub fn remember_reply(&mut self, key: &ReplayKey, reply: Bytes, now: u64) {
         self.purge(now);
         if let Some(entry) = self.entries.get_mut(key) {
-            entry.reply = Some(reply);
+            self.reply_bytes += reply.len();
+            if let Some(old) = entry.reply.replace(reply) {
+                self.reply_bytes -= old.len();
+            }
         }
+    }
+
+    /// Bytes of the replies held.
+    pub fn reply_bytes(&self) -> usize {
+        self.reply_bytes
     }
 
     /// Forgets every entry whose deadline has passed at `now`.
@@ -168,7 +182,9 @@ impl ReplayCache {
                 .get(&key)
                 .is_some_and(|e| e.deadline == deadline)
             {
-                self.entries.remove(&key);
+                if let Some(reply) = self.entries.remove(&key).and_then(|e| e.reply) {
+                    self.reply_bytes -= reply.len();
+                }
                 return true;
             }
         }
@@ -178,6 +194,8 @@ impl ReplayCache {
 
 /// Replay entries kept in memory by default (about 100 bytes each).
 pub const DEFAULT_CAPACITY: usize = 200_000;
+/// Bytes of cached replies kept in memory by default.
+pub const DEFAULT_REPLY_BUDGET: usize = 64 << 20;
 const SHARDS: usize = 16;
 
 /// A [`ReplayStore`] in process memory: [`ReplayCache`] split into shards so that
@@ -186,18 +204,48 @@ const SHARDS: usize = 16;
 pub struct MemoryReplayStore {
     shards: Vec<Mutex<ReplayCache>>,
     hasher: RandomState,
+    /// Reply bytes held by all shards, and the most they may hold.
+    reply_bytes: AtomicUsize,
+    reply_budget: usize,
 }
 
 impl MemoryReplayStore {
-    /// A store of at most about `capacity` entries.
+    /// A store of at most about `capacity` entries and [`DEFAULT_REPLY_BUDGET`] bytes
+    /// of replies.
     pub fn new(capacity: usize) -> Self {
+        Self::with_reply_budget(capacity, DEFAULT_REPLY_BUDGET)
+    }
+
+    /// A store of at most about `capacity` entries and `reply_budget` bytes of replies.
+    pub fn with_reply_budget(capacity: usize, reply_budget: usize) -> Self {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
         MemoryReplayStore {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(ReplayCache::new(per_shard)))
                 .collect(),
             hasher: RandomState::new(),
+            reply_bytes: AtomicUsize::new(0),
+            reply_budget,
         }
+    }
+
+    /// Runs `op` on the shard of `key`, keeping the total of reply bytes up to date.
+    fn with_shard<T>(&self, key: &ReplayKey, op: impl FnOnce(&mut ReplayCache) -> T) -> T {
+        let mut shard = self.shard(key);
+        let before = shard.reply_bytes();
+        let out = op(&mut shard);
+        let after = shard.reply_bytes();
+        if after >= before {
+            self.reply_bytes.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.reply_bytes.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// Bytes of cached replies held now.
+    pub fn reply_bytes(&self) -> usize {
+        self.reply_bytes.load(Ordering::Relaxed)
     }
 
     fn shard(&self, key: &ReplayKey) -> std::sync::MutexGuard<'_, ReplayCache> {
@@ -220,7 +268,7 @@ impl ReplayStore for MemoryReplayStore {
         deadline: u64,
         now: u64,
     ) -> Result<Admission, ReplayError> {
-        Ok(self.shard(key).admit(key, deadline, now))
+        Ok(self.with_shard(key, |shard| shard.admit(key, deadline, now)))
     }
 
     async fn remember_reply(
@@ -229,7 +277,16 @@ impl ReplayStore for MemoryReplayStore {
         reply: Bytes,
         now: u64,
     ) -> Result<(), ReplayError> {
-        self.shard(key).remember_reply(key, reply, now);
+        let budget = self.reply_budget;
+        let total = self.reply_bytes();
+        self.with_shard(key, |shard| {
+            shard.purge(now);
+            if total + reply.len() > budget {
+                tracing::debug!(uid = %key.uid, total, "reply cache full: this reply is not kept");
+            } else {
+                shard.remember_reply(key, reply, now);
+            }
+        });
         Ok(())
     }
 }
@@ -334,6 +391,56 @@ mod tests {
         let gone = key(7, "gone", ReplayKind::Request);
         c.remember_reply(&gone, Bytes::from_static(b"x"), 3);
         assert_eq!(c.admit(&gone, 100, 3), FIRST);
+    }
+
+    #[test]
+    fn reply_bytes_are_counted_until_their_entry_goes() {
+        let mut c = ReplayCache::new(10);
+        let (a, b) = (
+            key(1, "a", ReplayKind::Request),
+            key(1, "b", ReplayKind::Request),
+        );
+        c.admit(&a, 10, 0);
+        c.admit(&b, 20, 0);
+        c.remember_reply(&a, Bytes::from_static(b"12345"), 0);
+        c.remember_reply(&b, Bytes::from_static(b"123"), 0);
+        c.remember_reply(&b, Bytes::from_static(b"1234567"), 0);
+        assert_eq!(c.reply_bytes(), 12);
+        c.purge(10);
+        assert_eq!(c.reply_bytes(), 7);
+        c.purge(20);
+        assert_eq!(c.reply_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn replies_past_the_budget_are_not_kept() {
+        let store = MemoryReplayStore::with_reply_budget(100, 10);
+        let (a, b) = (
+            key(1, "a", ReplayKind::Request),
+            key(1, "b", ReplayKind::Request),
+        );
+        store.admit(&a, 100, 0).await.unwrap();
+        store.admit(&b, 50, 0).await.unwrap();
+        store
+            .remember_reply(&a, Bytes::from_static(b"12345678"), 0)
+            .await
+            .unwrap();
+        store
+            .remember_reply(&b, Bytes::from_static(b"123"), 0)
+            .await
+            .unwrap();
+        assert_eq!(store.reply_bytes(), 8);
+        assert_eq!(
+            store.admit(&b, 50, 1).await.unwrap(),
+            REPEAT,
+            "still a repeat, without its reply"
+        );
+        assert_eq!(
+            store.admit(&a, 100, 1).await.unwrap(),
+            Admission::Repeat {
+                reply: Some(Bytes::from_static(b"12345678"))
+            }
+        );
     }
 
     #[tokio::test]
