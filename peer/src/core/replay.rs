@@ -236,9 +236,11 @@ impl MemoryReplayStore {
         let out = op(&mut shard);
         let after = shard.reply_bytes();
         if after >= before {
-            self.reply_bytes.fetch_add(after - before, Ordering::Relaxed);
+            self.reply_bytes
+                .fetch_add(after - before, Ordering::Relaxed);
         } else {
-            self.reply_bytes.fetch_sub(before - after, Ordering::Relaxed);
+            self.reply_bytes
+                .fetch_sub(before - after, Ordering::Relaxed);
         }
         out
     }

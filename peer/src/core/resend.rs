@@ -12,7 +12,12 @@
 //!   relay that died is probably gone.
 //!
 //! The receiver drops the copies by uid and answers a copy of a request it already
-//! answered with its cached response, so resending is always safe.
+//! answered with its cached response, so resending is always safe, between rmb peers.
+//! An rmb-rs peer does not drop copies: its service would run a resent request again.
+//! So only destinations that are surely rmb peers (they publish an x25519 key, which
+//! rmb-rs cannot) get timed resends ([`Resends::track`] with `timed`); others only get
+//! the resend after a relay link reconnects, where a loss is likely and a duplicate
+//! is the lesser harm.
 //!
 //! Responses are not tracked here once a relay took them: the requester's resend of the
 //! request is the signal that a response got lost. A response that could not be handed
@@ -48,8 +53,10 @@ struct Entry {
     bytes: Bytes,
     /// Unix seconds after which the envelope is refused anyway: forget it.
     deadline: u64,
-    next: Instant,
+    /// When to send again; `None`: only when a link (re)connects.
+    next: Option<Instant>,
     interval: Duration,
+    timed: bool,
     /// Forget it once it was handed to a relay (responses).
     one_shot: bool,
 }
@@ -62,25 +69,37 @@ pub struct Resends {
 }
 
 impl Resends {
-    /// Keeps a request sent to `twin` until it is answered or `deadline` (unix s) passes.
+    /// Keeps a request sent to `twin` until it is answered or `deadline` (unix s) passes,
+    /// sent again on a timer if `timed`, and whenever a relay link (re)connects.
     /// Tracking the same (uid, twin) again replaces the bytes and restarts the schedule.
-    pub fn track(&mut self, uid: &str, twin: u32, bytes: Bytes, deadline: u64, now: Instant) {
-        self.insert(uid, twin, bytes, deadline, now + RESEND_AFTER, false);
+    pub fn track(
+        &mut self,
+        uid: &str,
+        twin: u32,
+        bytes: Bytes,
+        deadline: u64,
+        now: Instant,
+        timed: bool,
+    ) {
+        let next = timed.then(|| now + RESEND_AFTER);
+        self.insert(uid, twin, bytes, deadline, next, false, timed);
     }
 
     /// Keeps an envelope no relay took, to be sent once when one is back.
     pub fn track_once(&mut self, uid: &str, twin: u32, bytes: Bytes, deadline: u64, now: Instant) {
-        self.insert(uid, twin, bytes, deadline, now, true);
+        self.insert(uid, twin, bytes, deadline, Some(now), true, true);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &mut self,
         uid: &str,
         twin: u32,
         bytes: Bytes,
         deadline: u64,
-        next: Instant,
+        next: Option<Instant>,
         one_shot: bool,
+        timed: bool,
     ) {
         let entries = self.by_uid.entry(uid.to_string()).or_default();
         let entry = Entry {
@@ -89,6 +108,7 @@ impl Resends {
             deadline,
             next,
             interval: RESEND_AFTER,
+            timed,
             one_shot,
         };
         match entries
@@ -139,7 +159,7 @@ impl Resends {
     /// Makes every entry due now (a relay link has just connected).
     pub fn all_due(&mut self, now: Instant) {
         for entry in self.by_uid.values_mut().flatten() {
-            entry.next = entry.next.min(now);
+            entry.next = Some(entry.next.map_or(now, |next| next.min(now)));
         }
     }
 
@@ -156,7 +176,7 @@ impl Resends {
                     removed += 1;
                     return false;
                 }
-                if e.next > now {
+                if e.next.is_none_or(|next| next > now) {
                     return true;
                 }
                 due.push(Due {
@@ -169,8 +189,12 @@ impl Resends {
                     removed += 1;
                     return false;
                 }
-                e.interval = (e.interval * 2).min(RESEND_MAX);
-                e.next = now + e.interval;
+                if e.timed {
+                    e.interval = (e.interval * 2).min(RESEND_MAX);
+                    e.next = Some(now + e.interval);
+                } else {
+                    e.next = None;
+                }
                 true
             });
             !entries.is_empty()
@@ -215,7 +239,7 @@ mod tests {
     fn unanswered_requests_come_back_with_a_doubling_interval() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track("u", 7, bytes("env"), 1000, t0);
+        r.track("u", 7, bytes("env"), 1000, t0, true);
         assert!(r.take_due(t0, 0).is_empty(), "not at once");
         assert!(r.take_due(t0 + RESEND_AFTER / 2, 0).is_empty());
         let first = r.take_due(t0 + RESEND_AFTER, 0);
@@ -242,8 +266,8 @@ mod tests {
     fn an_answer_settles_its_destination_only() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track("u", 1, bytes("a"), 1000, t0);
-        r.track("u", 2, bytes("b"), 1000, t0);
+        r.track("u", 1, bytes("a"), 1000, t0, true);
+        r.track("u", 2, bytes("b"), 1000, t0, true);
         assert!(r.answered("u", 2));
         assert!(!r.answered("u", 2), "already settled");
         assert!(!r.answered("other", 1));
@@ -257,8 +281,8 @@ mod tests {
     fn a_reconnect_makes_everything_due_and_expiry_forgets() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track("soon", 1, bytes("a"), 100, t0);
-        r.track("late", 1, bytes("b"), 200, t0);
+        r.track("soon", 1, bytes("a"), 100, t0, true);
+        r.track("late", 1, bytes("b"), 200, t0, true);
         r.all_due(t0);
         assert_eq!(uids(&r.take_due(t0, 50)), [("late", 1), ("soon", 1)]);
         // At 100 the first expired: gone without being sent.
@@ -281,11 +305,23 @@ mod tests {
     }
 
     #[test]
+    fn untimed_entries_go_again_only_after_a_reconnect() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track("u", 1, bytes("a"), 1000, t0, false);
+        assert!(r.take_due(t0 + RESEND_MAX * 10, 0).is_empty());
+        r.all_due(t0 + RESEND_MAX * 10);
+        assert_eq!(uids(&r.take_due(t0 + RESEND_MAX * 10, 0)), [("u", 1)]);
+        assert!(r.take_due(t0 + RESEND_MAX * 20, 0).is_empty());
+        assert!(r.answered("u", 1));
+    }
+
+    #[test]
     fn tracking_again_replaces_and_restarts() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track("u", 1, bytes("old"), 1000, t0);
-        r.track("u", 1, bytes("new"), 1000, t0 + RESEND_AFTER);
+        r.track("u", 1, bytes("old"), 1000, t0, true);
+        r.track("u", 1, bytes("new"), 1000, t0 + RESEND_AFTER, true);
         assert_eq!(r.len(), 1);
         assert!(r.take_due(t0 + RESEND_AFTER, 0).is_empty());
         assert_eq!(r.take_due(t0 + RESEND_AFTER * 2, 0)[0].bytes, bytes("new"));

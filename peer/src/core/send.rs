@@ -51,6 +51,7 @@ impl Peer {
                 sealed.bytes.clone(),
                 sealed.deadline,
                 Instant::now().into_std(),
+                sealed.drops_repeats,
             );
         }
         match inner.links.send(sealed.bytes, sealed.deadline).await {
@@ -104,6 +105,9 @@ pub struct Sealed {
     pub bytes: Bytes,
     /// Unix seconds after which it is refused.
     pub deadline: u64,
+    /// The destination is surely an rmb peer, which drops repeated requests (it publishes
+    /// an x25519 key; rmb-rs peers cannot), so timed resends are safe.
+    pub drops_repeats: bool,
 }
 
 /// The envelope of a reply.
@@ -217,7 +221,12 @@ impl Inner {
         self.identity
             .seal_envelope(&mut env, twin.pk.as_deref(), now)
             .map_err(SendError::Seal)?;
+        let drops_repeats = twin
+            .pk
+            .as_deref()
+            .is_some_and(|pk| E2eScheme::of_public_key(pk) == Ok(E2eScheme::X25519));
         Ok(Sealed {
+            drops_repeats,
             uid: env.uid.clone(),
             twin: destination,
             deadline: env.deadline(),
