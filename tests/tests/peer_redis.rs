@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rmb_identity::{Identity, KeyType};
 use rmb_peer::redis_api::json::{decode_dat, encode_dat};
 use rmb_testsupport::peer_process::PeerProcess;
-use rmb_testsupport::peer_process::resp::Resp;
+use rmb_testsupport::peer_process::resp::{Reply, Resp};
 use rmb_testsupport::redis_server::RedisServer;
 use rmb_testsupport::relay_process::RelayProcess;
 use serde_json::{Value, json};
@@ -413,4 +413,71 @@ fn requests_queued_while_a_peer_is_down_are_answered_after_it_restarts() {
         .collect();
     answers.sort();
     assert_eq!(answers, ["bob:m0", "bob:m1", "bob:m2", "bob:m3", "bob:m4"]);
+}
+
+/// The keys of the peer's Redis matching `pattern`.
+fn keys_matching(peer: &PeerProcess, pattern: &str) -> Vec<String> {
+    match peer.redis().cmd(&[b"KEYS", pattern.as_bytes()]) {
+        Reply::Array(items) => items
+            .iter()
+            .map(|k| String::from_utf8(k.bytes().unwrap().to_vec()).unwrap())
+            .collect(),
+        other => panic!("KEYS answered {other:?}"),
+    }
+}
+
+#[test]
+fn reliable_peers_keep_delivery_records_and_at_most_once_peers_none() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &[&relay], &registry, &[]);
+    let bob = Node::start("//Bob", &[&relay], &registry, &["--at-most-once"]);
+    let _alice_bot = Bot::start(alice.peer.redis_url(), "echo", "alice");
+    let _bob_bot = Bot::start(bob.peer.redis_url(), "echo", "bob");
+
+    // Reliable alice → at-most-once bob: answered; alice's outbox entry is gone with
+    // the answer, bob marks nothing.
+    let resp = call(
+        &mut alice.peer.redis(),
+        &request("a-1", "echo", b"1", &[bob.twin], "ret", 30),
+    );
+    assert_eq!(dat(&resp), b"bob:1", "{resp}");
+    assert_eq!(
+        keys_matching(&alice.peer, "msgbus.outbox.*"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        keys_matching(&bob.peer, "msgbus.seen.*"),
+        Vec::<String>::new()
+    );
+
+    // At-most-once bob → reliable alice: alice marks the request as seen and keeps the
+    // signed reply with it (what a resend of it would get); bob keeps no outbox.
+    let resp = call(
+        &mut bob.peer.redis(),
+        &request("b-1", "echo", b"2", &[alice.twin], "ret", 30),
+    );
+    assert_eq!(dat(&resp), b"alice:2", "{resp}");
+    assert_eq!(
+        keys_matching(&bob.peer, "msgbus.outbox.*"),
+        Vec::<String>::new()
+    );
+    let seen = keys_matching(&alice.peer, "msgbus.seen.*");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0].starts_with(&format!("msgbus.seen.{}.", bob.twin)),
+        "{seen:?}"
+    );
+    // The reply is stored once the service answered (the pump records it before sending).
+    let reply = alice.peer.redis().get(&seen[0]).unwrap_or_default();
+    let env = rmb_proto::Envelope::decode_limited(&reply, 1 << 20).expect("a stored envelope");
+    assert_eq!(env.kind(), rmb_proto::MessageKind::Response);
+    assert!(
+        alice.peer.redis().ttl(&seen[0]) > 0,
+        "it expires with the request"
+    );
+    for node in [&alice, &bob] {
+        let status = node.peer.status().unwrap();
+        assert_eq!(status["awaiting"], 0, "{status}");
+    }
 }
