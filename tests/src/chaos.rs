@@ -779,128 +779,96 @@ fn spawn_sender(
 /// The client's receiving side: files every response of `chaos.ret`.
 fn spawn_reader(url: String, book: Arc<Mutex<Book>>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut link = Link::new(&url);
-        // The response filed but maybe not yet removed from the in-flight list.
-        let mut filed: Option<Vec<u8>> = None;
-        let mut recover = true;
-        while !stop.load(Ordering::SeqCst) {
-            if recover {
-                let Ok(Reply::Array(items)) =
-                    link.cmd(&[b"LRANGE", RET_INFLIGHT.as_bytes(), b"0", b"-1"])
-                else {
-                    std::thread::sleep(RETRY_PAUSE);
-                    continue;
-                };
-                let mut done = true;
-                for item in items.iter().filter_map(Reply::bytes) {
-                    if filed.as_deref() != Some(item) {
-                        lock(&book).record(item);
-                        filed = Some(item.to_vec());
-                    }
-                    if link
-                        .cmd(&[b"LREM", RET_INFLIGHT.as_bytes(), b"1", item])
-                        .is_err()
-                    {
-                        done = false;
-                        break;
-                    }
-                    filed = None;
-                }
-                if !done {
-                    std::thread::sleep(RETRY_PAUSE);
-                    continue;
-                }
-                recover = false;
-            }
-            match link.cmd(&[
-                b"BLMOVE",
-                RET.as_bytes(),
-                RET_INFLIGHT.as_bytes(),
-                b"RIGHT",
-                b"LEFT",
-                BLOCK_SECS.as_bytes(),
-            ]) {
-                Ok(Reply::Bulk(item)) => {
-                    lock(&book).record(&item);
-                    filed = Some(item);
-                    let item = filed.as_deref().expect("just set");
-                    if link
-                        .cmd(&[b"LREM", RET_INFLIGHT.as_bytes(), b"1", item])
-                        .is_ok()
-                    {
-                        filed = None;
-                    } else {
-                        recover = true;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    recover = true;
-                    std::thread::sleep(RETRY_PAUSE);
-                }
-            }
-        }
+        consume(
+            &url,
+            (RET, RET_INFLIGHT),
+            &stop,
+            |item| lock(&book).record(item),
+            |link, item| {
+                link.cmd(&[b"LREM", RET_INFLIGHT.as_bytes(), b"1", item])
+                    .map(drop)
+            },
+        )
     })
 }
 
 /// The echo bot: answers every request of `msgbus.chaos.echo` with its own payload.
 fn spawn_bot(url: String, book: Arc<Mutex<BotBook>>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut link = Link::new(&url);
-        // The request counted (handled) but whose reply may not be out yet.
-        let mut handled: Option<Vec<u8>> = None;
-        let mut recover = true;
-        while !stop.load(Ordering::SeqCst) {
-            if recover {
-                let Ok(Reply::Array(items)) =
-                    link.cmd(&[b"LRANGE", BOT_INFLIGHT.as_bytes(), b"0", b"-1"])
-                else {
-                    std::thread::sleep(RETRY_PAUSE);
-                    continue;
-                };
-                let mut done = true;
-                for item in items.iter().filter_map(Reply::bytes) {
-                    if handled.as_deref() != Some(item) {
-                        handled = Some(item.to_vec());
-                        lock(&book).count(serde_json::from_slice(item).ok().as_ref());
-                    }
-                    if answer(&mut link, item).is_err() {
-                        done = false;
-                        break;
-                    }
-                    handled = None;
+        consume(
+            &url,
+            (BOT_QUEUE, BOT_INFLIGHT),
+            &stop,
+            |item| lock(&book).count(serde_json::from_slice(item).ok().as_ref()),
+            answer,
+        )
+    })
+}
+
+/// Takes the items of `queue` one by one, never losing or doubling one across a Redis
+/// restart: each is moved to `inflight` (`BLMOVE`), handed to `take` once, then `finish`
+/// must remove it from `inflight`. After a failure, what `inflight` still holds is
+/// finished first; the item being finished when it failed is not taken a second time.
+fn consume(
+    url: &str,
+    (queue, inflight): (&str, &str),
+    stop: &AtomicBool,
+    mut take: impl FnMut(&[u8]),
+    mut finish: impl FnMut(&mut Link, &[u8]) -> Result<(), String>,
+) {
+    let mut link = Link::new(url);
+    // The item taken but maybe not yet finished.
+    let mut taken: Option<Vec<u8>> = None;
+    let mut recover = true;
+    while !stop.load(Ordering::SeqCst) {
+        if recover {
+            let Ok(Reply::Array(items)) = link.cmd(&[b"LRANGE", inflight.as_bytes(), b"0", b"-1"])
+            else {
+                std::thread::sleep(RETRY_PAUSE);
+                continue;
+            };
+            let mut done = true;
+            for item in items.iter().filter_map(Reply::bytes) {
+                if taken.as_deref() != Some(item) {
+                    take(item);
+                    taken = Some(item.to_vec());
                 }
-                if !done {
-                    std::thread::sleep(RETRY_PAUSE);
-                    continue;
+                if finish(&mut link, item).is_err() {
+                    done = false;
+                    break;
                 }
-                recover = false;
+                taken = None;
             }
-            match link.cmd(&[
-                b"BLMOVE",
-                BOT_QUEUE.as_bytes(),
-                BOT_INFLIGHT.as_bytes(),
-                b"RIGHT",
-                b"LEFT",
-                BLOCK_SECS.as_bytes(),
-            ]) {
-                Ok(Reply::Bulk(item)) => {
-                    lock(&book).count(serde_json::from_slice(&item).ok().as_ref());
-                    handled = Some(item);
-                    if answer(&mut link, handled.as_deref().expect("just set")).is_ok() {
-                        handled = None;
-                    } else {
-                        recover = true;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => {
+            if !done {
+                std::thread::sleep(RETRY_PAUSE);
+                continue;
+            }
+            recover = false;
+        }
+        match link.cmd(&[
+            b"BLMOVE",
+            queue.as_bytes(),
+            inflight.as_bytes(),
+            b"RIGHT",
+            b"LEFT",
+            BLOCK_SECS.as_bytes(),
+        ]) {
+            Ok(Reply::Bulk(item)) => {
+                take(&item);
+                taken = Some(item);
+                if finish(&mut link, taken.as_deref().expect("just set")).is_ok() {
+                    taken = None;
+                } else {
                     recover = true;
-                    std::thread::sleep(RETRY_PAUSE);
                 }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                recover = true;
+                std::thread::sleep(RETRY_PAUSE);
             }
         }
-    })
+    }
 }
 
 /// Replies to one request of the bot's in-flight list and removes it from there, in one
