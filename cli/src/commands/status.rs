@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use redis::AsyncCommands;
+use rmb_peer::redis_api::conn::scan_keys;
 use rmb_peer::redis_api::keys;
 use serde_json::Value;
 
@@ -33,23 +34,7 @@ pub struct StatusArgs {
 async fn queue_depths(bus: &Bus) -> anyhow::Result<Vec<(String, i64)>> {
     let mut conn = bus.conn();
     let mut names: Vec<String> = vec![keys::LOCAL.to_string(), keys::REPLY.to_string()];
-    let mut found: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg("msgbus.*")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        found.extend(keys);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let mut found = scan_keys(&mut conn, "msgbus.*").await?;
     found.sort();
     for key in found {
         let is_meta = key.starts_with(keys::BACKLOG_PREFIX)

@@ -13,6 +13,7 @@
 use redis::Pipeline;
 use redis::aio::MultiplexedConnection;
 
+use super::conn::scan_keys;
 use super::json::{JsonOutgoingRequest, VERSION, encode_dat};
 use super::keys::{OUTBOX_PREFIX, outbox, outbox_waiting};
 use super::validate::{LocalRequest, parse_request};
@@ -21,8 +22,8 @@ use super::validate::{LocalRequest, parse_request};
 const REQUEST_FIELD: &str = "req";
 /// Seconds an outbox entry lives after its request expired.
 pub const GRACE_SECS: u64 = 120;
-/// Keys asked for per `SCAN` step when reloading.
-const SCAN_COUNT: usize = 1000;
+/// Outbox entries read per pipeline when reloading.
+const LOAD_BATCH: usize = 1000;
 
 /// Adds the writes recording request `uid` to `pipe`.
 pub fn record(pipe: &mut Pipeline, uid: &str, req: &LocalRequest) {
@@ -75,25 +76,9 @@ pub async fn load(
     conn: &mut MultiplexedConnection,
     now: u64,
 ) -> redis::RedisResult<Vec<Unanswered>> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{OUTBOX_PREFIX}*"))
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let keys = scan_keys(conn, &format!("{OUTBOX_PREFIX}*")).await?;
     let mut found = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(SCAN_COUNT) {
+    for chunk in keys.chunks(LOAD_BATCH) {
         let mut pipe = redis::pipe();
         for key in chunk {
             pipe.cmd("HGETALL").arg(key);
