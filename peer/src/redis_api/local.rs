@@ -37,7 +37,7 @@ use super::scripts::CLAIM;
 use super::validate::{LocalRequest, parse_reply, parse_request};
 use super::writer::{Write, add_to_pipeline};
 use super::{Counter, Shared, outbox};
-use crate::core::{OutgoingRequest, OutgoingResponse};
+use crate::core::{OutgoingRequest, OutgoingResponse, SendError};
 
 /// Most messages taken from a list per batch.
 pub const DRAIN: usize = 256;
@@ -257,6 +257,11 @@ async fn send_request(shared: &Shared, uid: String, req: LocalRequest) {
     });
     for (twin, result) in join_all(sends).await {
         let Err(e) = result else { continue };
+        if e == SendError::Closed && shared.durable {
+            // Stopping: the outbox keeps it, the next start sends it.
+            tracing::debug!(%uid, twin, "request left in the outbox for the next start");
+            continue;
+        }
         tracing::debug!(%uid, twin, error = %e, "request undeliverable");
         shared.pending().failed(&uid, twin);
         Counter::bump(&shared.counters.undeliverable, 1);

@@ -312,8 +312,9 @@ impl RedisApi {
         self.shared.status()
     }
 
-    /// Stops taking requests, stops the peer (sends still in flight fail, and their
-    /// clients are told), delivers what was received, flushes writes and removes the
+    /// Stops taking requests, stops the peer (sends still in flight stay in the outbox
+    /// for the next start; at most once, they fail and their clients are told),
+    /// delivers what was received, flushes writes and removes the
     /// status key. Gives up on a Redis that stays unreachable after `grace`.
     pub async fn shutdown(self, grace: Duration) {
         self.stop.cancel();
