@@ -1,0 +1,229 @@
+//! [`Net`]: the processes of one chaos run (relay, peers, Redis servers), crashed and
+//! relaunched on schedule, and what they left behind.
+
+use super::*;
+
+/// The processes of one run. Field order is drop order: peers first, Redis servers last.
+pub(super) struct Net {
+    pub(super) peer_a: PeerProcess,
+    pub(super) peer_b: PeerProcess,
+    pub(super) relay: RelayProcess,
+    pub(super) redis_a: RedisServer,
+    pub(super) redis_b: RedisServer,
+    pub(super) relay_redis: Option<RedisServer>,
+    pub(super) twin_a: u32,
+    pub(super) twin_b: u32,
+    pub(super) counters: Counters,
+    pub(super) last_sample: Instant,
+    pub(super) records: Vec<CrashRecord>,
+    pub(super) watches: Vec<Watch>,
+}
+
+/// A recovery being timed.
+pub(super) struct Watch {
+    /// Index of its record in [`Net::records`].
+    pub(super) record: usize,
+    pub(super) back: Back,
+    pub(super) since: Instant,
+}
+
+/// What "working again" means after a crash.
+pub(super) enum Back {
+    /// Both peers report a connected relay.
+    PeersConnected,
+    /// The peer of the Redis at this URL writes its status key again.
+    StatusWritten(String),
+}
+
+impl Net {
+    pub(super) fn start(mode: RelayMode) -> Net {
+        let relay_redis = (mode == RelayMode::Redis).then(RedisServer::start_durable);
+        let relay = match &relay_redis {
+            Some(redis) => RelayProcess::start(&["--redis", &redis.url()]),
+            None => RelayProcess::start(&[]),
+        };
+        let registry = relay.http_url();
+        let relays = [relay.domain()];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let register = |secret: &str| {
+            let who = Identity::from_secret(secret, KeyType::Sr25519).expect("test identity");
+            runtime.block_on(crate::registry::register(&registry, &who, &relays))
+        };
+        let (twin_a, twin_b) = (register("//Alice"), register("//Bob"));
+        let redis_a = RedisServer::start_durable();
+        let redis_b = RedisServer::start_durable();
+        let urls = [relay.ws_url()];
+        let peer_a = PeerProcess::start("//Alice", &redis_a.url(), &urls, &registry, &[]);
+        let peer_b = PeerProcess::start("//Bob", &redis_b.url(), &urls, &registry, &[]);
+        Net {
+            peer_a,
+            peer_b,
+            relay,
+            redis_a,
+            redis_b,
+            relay_redis,
+            twin_a,
+            twin_b,
+            counters: Counters::default(),
+            last_sample: Instant::now(),
+            records: Vec::new(),
+            watches: Vec::new(),
+        }
+    }
+
+    pub(super) fn kill(&mut self, target: Target) {
+        match target {
+            Target::Relay => self.relay.kill(),
+            Target::PeerA => self.peer_a.kill(),
+            Target::PeerB => self.peer_b.kill(),
+            Target::RedisA => self.redis_a.kill(),
+            Target::RedisB => self.redis_b.kill(),
+            Target::RelayRedis => self.relay_redis.as_mut().expect("relay redis").kill(),
+        }
+    }
+
+    pub(super) fn relaunch(&mut self, target: Target) {
+        match target {
+            Target::Relay => self.relay.relaunch(),
+            Target::PeerA => self.peer_a.relaunch(),
+            Target::PeerB => self.peer_b.relaunch(),
+            Target::RedisA => self.redis_a.relaunch(),
+            Target::RedisB => self.redis_b.relaunch(),
+            Target::RelayRedis => self.relay_redis.as_mut().expect("relay redis").relaunch(),
+        }
+    }
+
+    /// Starts timing how long after its relaunch (at `relaunched`) the bus works again
+    /// without `target`; [`Net::sample_until`] fills in the last crash record's
+    /// `back_after`.
+    pub(super) fn watch_recovery(&mut self, target: Target, relaunched: Instant) {
+        let back = match target {
+            Target::Relay => Back::PeersConnected,
+            // `relaunch` already waited for its status to report a connected relay.
+            Target::PeerA | Target::PeerB | Target::RelayRedis => {
+                if let Some(record) = self.records.last_mut() {
+                    record.back_after = Some(0.0);
+                }
+                return;
+            }
+            Target::RedisA | Target::RedisB => {
+                let url = if target == Target::RedisA {
+                    self.redis_a.url()
+                } else {
+                    self.redis_b.url()
+                };
+                // The reloaded key may be a stale copy: wait for the peer to write it anew.
+                let _ = Link::new(&url).cmd(&[b"DEL", STATUS.as_bytes()]);
+                Back::StatusWritten(url)
+            }
+        };
+        self.watches.push(Watch {
+            record: self.records.len() - 1,
+            back,
+            since: relaunched,
+        });
+    }
+
+    /// Fills in the recoveries that happened; forgets those not seen within 30 s.
+    pub(super) fn check_watches(&mut self) {
+        let watches = std::mem::take(&mut self.watches);
+        for watch in watches {
+            let done = match &watch.back {
+                Back::PeersConnected => [self.redis_a.url(), self.redis_b.url()]
+                    .iter()
+                    .all(|url| read_status(url).is_some_and(|s| connected(&s))),
+                Back::StatusWritten(url) => read_status(url).is_some(),
+            };
+            if done {
+                self.records[watch.record].back_after = Some(watch.since.elapsed().as_secs_f64());
+            } else if watch.since.elapsed() < RECOVERY_LIMIT {
+                self.watches.push(watch);
+            }
+        }
+    }
+
+    /// Reads both peers' counters.
+    pub(super) fn sample(&mut self) {
+        self.last_sample = Instant::now();
+        for (peer, url) in [("a", self.redis_a.url()), ("b", self.redis_b.url())] {
+            if let Some(status) = read_status(&url) {
+                self.counters.update(peer, &status);
+            }
+        }
+    }
+
+    /// Sleeps until `until`, sampling the counters about every second and checking
+    /// pending recoveries every 50 ms.
+    pub(super) fn sample_until(&mut self, until: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            let step = if self.watches.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(50)
+            };
+            std::thread::sleep((until - now).min(step));
+            self.check_watches();
+            if self.last_sample.elapsed() >= Duration::from_secs(1) {
+                self.sample();
+            }
+        }
+    }
+
+    /// Lists and key sets that must be empty once every request is answered.
+    pub(super) fn leftovers(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for (name, url, own) in [
+            ("A", self.redis_a.url(), [RET, RET_INFLIGHT]),
+            ("B", self.redis_b.url(), [BOT_QUEUE, BOT_INFLIGHT]),
+        ] {
+            let mut link = Link::new(&url);
+            let lists = [
+                LOCAL,
+                "msgbus.system.local.claimed",
+                REPLY,
+                "msgbus.system.reply.claimed",
+            ];
+            for list in lists.into_iter().chain(own) {
+                let n = link.int(&[b"LLEN", list.as_bytes()]);
+                out.push((format!("{name}:{list}"), n));
+            }
+            let n = link.count_keys("msgbus.outbox.*");
+            out.push((format!("{name}:msgbus.outbox.* keys"), n));
+        }
+        out
+    }
+
+    /// End-of-run figures that are not expected to be zero.
+    pub(super) fn info(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let mut a = Link::new(&self.redis_a.url());
+        out.push((
+            "A backlog keys (expire by design)".into(),
+            a.count_keys("msgbus.backlog.*"),
+        ));
+        for (peer, name) in [("a", "A"), ("b", "B")] {
+            for field in &Counters::FIELDS[3..] {
+                let n = self.counters.peer_total(peer, field);
+                out.push((format!("{name} {field}"), n));
+            }
+        }
+        if let Some(redis) = &self.relay_redis {
+            let mut link = Link::new(&redis.url());
+            let mut queued = 0;
+            if let Ok(Reply::Array(keys)) = link.cmd(&[b"KEYS", b"rmb:relay:q:*"]) {
+                for key in keys.iter().filter_map(Reply::bytes) {
+                    queued += link.int(&[b"LLEN", key]);
+                }
+            }
+            out.push(("relay redis queued envelopes".into(), queued));
+        }
+        out
+    }
+}
