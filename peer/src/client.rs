@@ -204,6 +204,7 @@ impl Client {
             e2e: options.e2e,
             update_twin: options.update_twin,
             reliable: options.reliable,
+            app_dedupes: false,
         };
         let (peer, inbound) = match Peer::start(config).await {
             Ok(started) => started,

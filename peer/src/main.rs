@@ -10,7 +10,7 @@ use clap::Parser;
 use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, connect};
 use rmb_identity::{E2eScheme, Identity, KeyType};
-use rmb_peer::core::{Peer, PeerConfig};
+use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, replay};
 use rmb_peer::redis_api::RedisApi;
 
 /// The chain rmb-rs's peer uses when no registry is given.
@@ -104,6 +104,11 @@ struct Args {
     #[arg(long)]
     at_most_once: bool,
 
+    /// Memory for replies kept to answer repeated requests again, in MiB. Past it, the
+    /// replies kept in Redis (`msgbus.seen.*`) answer instead.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    reply_cache_mb: usize,
+
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
     debug: u8,
@@ -146,8 +151,12 @@ async fn main() -> anyhow::Result<()> {
         e2e: args.e2e,
         update_twin: !args.no_update,
         reliable: !args.at_most_once,
+        // The Redis API marks every request it delivers (`msgbus.seen.*`).
+        app_dedupes: !args.at_most_once,
     };
-    let (peer, inbound) = Peer::start(config).await?;
+    let replay =
+        MemoryReplayStore::with_reply_budget(replay::DEFAULT_CAPACITY, args.reply_cache_mb << 20);
+    let (peer, inbound) = Peer::start_with_replay_store(config, Arc::new(replay)).await?;
     let api = match RedisApi::start(peer.clone(), inbound, &args.redis).await {
         Ok(api) => api,
         Err(e) => {

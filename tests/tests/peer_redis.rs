@@ -13,9 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rmb_identity::{Identity, KeyType};
 use rmb_peer::redis_api::json::{decode_dat, encode_dat};
+use rmb_proto::{Address, MessageKind};
 use rmb_testsupport::peer_process::PeerProcess;
 use rmb_testsupport::peer_process::resp::{Reply, Resp};
 use rmb_testsupport::redis_server::RedisServer;
+use rmb_testsupport::relay_client::{TestClient, request as relay_request};
 use rmb_testsupport::relay_process::RelayProcess;
 use serde_json::{Value, json};
 
@@ -480,4 +482,36 @@ fn reliable_peers_keep_delivery_records_and_at_most_once_peers_none() {
         let status = node.peer.status().unwrap();
         assert_eq!(status["awaiting"], 0, "{status}");
     }
+}
+
+#[test]
+fn a_repeat_the_memory_cannot_answer_is_answered_from_the_redis_record() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    // No reply kept in memory: only the peer's Redis record can answer a repeat.
+    let bob = Node::start("//Bob", &[&relay], &registry, &["--reply-cache-mb", "0"]);
+    let bot = Bot::start(bob.peer.redis_url(), "test.echo", "bob");
+    let eve = register(&registry, "//Eve", &[relay.domain()]);
+    let identity = Identity::from_secret("//Eve", KeyType::Sr25519).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = TestClient::connect(&relay.ws_url(), &identity, eve, None).await;
+        let env = relay_request(&identity, Address::twin(eve), bob.twin, "u-1", b"x", 60);
+        client.send(&env).await;
+        let wait = Duration::from_secs(WAIT_SECS);
+        let first = client.recv(wait).await.expect("an answer");
+        assert_eq!(first.uid, "u-1");
+        assert_eq!(first.kind(), MessageKind::Response);
+        // The same request again (a resend): the same answer, byte for byte.
+        client.send(&env).await;
+        let again = client.recv(wait).await.expect("the answer again");
+        assert_eq!(again, first);
+    });
+    bot.next_request();
+    assert!(
+        bot.seen.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "the service got the request once"
+    );
+    let status = bob.peer.status().unwrap();
+    assert_eq!(status["replayed"], 1, "{status}");
 }

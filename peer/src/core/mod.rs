@@ -71,6 +71,11 @@ pub struct PeerConfig {
     /// Resend unanswered requests and answer repeats from the reply cache ([`resend`]).
     /// Off gives rmb-rs's at-most-once behaviour (for comparison and benchmarks).
     pub reliable: bool,
+    /// The application keeps its own durable record of the requests it was given and
+    /// their replies (the Redis API does): a repeated request the core cannot answer
+    /// from memory (its reply is not cached here) is handed to it rather than dropped,
+    /// so it can answer from that record. Off for applications that would run it again.
+    pub app_dedupes: bool,
 }
 
 /// Shared state of a running peer.
@@ -88,6 +93,7 @@ pub(crate) struct Inner {
     /// Requests waiting for an answer (empty unless `reliable`).
     resends: Mutex<Resends>,
     reliable: bool,
+    app_dedupes: bool,
     started_at: u64,
     counters: Counters,
     shutdown: CancellationToken,
@@ -156,6 +162,7 @@ impl Peer {
             replay,
             resends: Mutex::new(Resends::default()),
             reliable: config.reliable,
+            app_dedupes: config.app_dedupes,
             started_at: unix_now(),
             counters: Counters::default(),
             shutdown: shutdown.clone(),

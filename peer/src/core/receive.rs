@@ -221,7 +221,10 @@ impl Deliverer {
             self.inner.resends().answered(&env.uid, source);
         }
         match admission {
-            Ok(Admission::First) => self.deliver(env).await,
+            Ok(Admission::First) => {
+                Counters::bump(&self.inner.counters.received);
+                self.deliver(env).await
+            }
             Ok(Admission::Repeat { reply }) => {
                 // Relays deliver at least once and senders resend, so repeats are
                 // normal. A request we answered already gets the same answer again
@@ -230,6 +233,10 @@ impl Deliverer {
                     Some(bytes) if self.inner.reliable => {
                         tracing::debug!(uid = %env.uid, source, "answering a repeated request from the reply cache");
                         self.inner.replay_reply(bytes);
+                    }
+                    // Its reply may be in the application's record (not cached here).
+                    None if key.kind == ReplayKind::Request && self.inner.app_dedupes => {
+                        self.deliver(env).await
                     }
                     _ => {
                         Counters::bump(&self.inner.counters.duplicates);
@@ -242,7 +249,6 @@ impl Deliverer {
     }
 
     async fn deliver(&self, env: Envelope) {
-        Counters::bump(&self.inner.counters.received);
         let source = env.source.clone().unwrap_or_default();
         let payload = match env.payload {
             Some(Payload::Plain(bytes)) => bytes,
