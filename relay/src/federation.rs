@@ -4,7 +4,11 @@
 //! of the [`Ranker`] (fewest recent failures first); `202 Accepted` is success, any other
 //! 4xx is final (the remote refused it, the sender is told why), anything else counts as
 //! that relay's failure and the next is tried, in at most three passes and never past the
-//! envelope's own deadline.
+//! envelope's own deadline. When no relay of the destination can be reached,
+//! [`Federator::deliver`] keeps trying (every 0.5 s doubling to 5 s) until the envelope
+//! expires, as for a twin that is offline here: a relay restarting elsewhere delays
+//! messages, it does not fail them. Only `fail-fast` envelopes get the error at once, and
+//! the envelopes waiting this way are bounded in bytes ([`RETRY_BUDGET_KIB`]).
 //!
 //! **Inbound** ([`ingress`]): unlike rmb-rs, which accepts anything, an envelope is only
 //! accepted if it is signed by the twin it claims to come from (checked against the
@@ -14,6 +18,8 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -34,10 +40,25 @@ use crate::state::RelayState;
 const POST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Passes over a twin's relay list before giving up.
 const PASSES: u32 = 3;
+/// Most bytes (in KiB) of envelopes kept waiting for an unreachable relay at once.
+pub const RETRY_BUDGET_KIB: u32 = 64 * 1024;
+/// First pause before trying an unreachable destination again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Why [`Federator::forward`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    reason: String,
+    /// A relay refused it (4xx): trying again cannot help.
+    refused: bool,
+}
 
 /// Sends envelopes to other relays.
 pub struct Federator {
     client: reqwest::Client,
+    /// KiB of envelopes waiting to be tried again.
+    retry_budget: Arc<Semaphore>,
     ranker: Mutex<Ranker>,
     resolver: RelayResolver,
     scheme: &'static str,
@@ -52,6 +73,7 @@ impl Federator {
                 .timeout(POST_TIMEOUT)
                 .build()
                 .expect("HTTP client with static settings"),
+            retry_budget: Arc::new(Semaphore::new(RETRY_BUDGET_KIB as usize)),
             ranker: Mutex::new(Ranker::new(config.ranker_period)),
             resolver: config.resolver.clone(),
             scheme: if config.federation_http {
@@ -74,20 +96,61 @@ impl Federator {
         ranker.downvote(relay, now);
     }
 
-    /// Delivers `bytes` to one of `relays` before `deadline`; returns the relay used,
-    /// or why none took it.
-    pub async fn forward(
+    /// Delivers `bytes` to one of `relays` before `deadline`; returns the relay used, or
+    /// why none took it. With `keep_trying`, relays that cannot be reached are tried
+    /// again until the deadline (within the retry budget).
+    pub async fn deliver(
         &self,
         bytes: Bytes,
         relays: &BTreeSet<String>,
         deadline: u64,
+        keep_trying: bool,
     ) -> Result<String, String> {
+        let mut pause = RETRY_FIRST;
+        let mut held = None;
+        loop {
+            let failure = match self.forward(bytes.clone(), relays, deadline).await {
+                Ok(relay) => return Ok(relay),
+                Err(failure) => failure,
+            };
+            let next_try = rmb_proto::time::unix_now() + pause.as_secs().max(1);
+            if failure.refused || !keep_trying || next_try >= deadline {
+                return Err(failure.reason);
+            }
+            if held.is_none() {
+                let kib = u32::try_from(bytes.len() / 1024 + 1).unwrap_or(u32::MAX);
+                match Arc::clone(&self.retry_budget).try_acquire_many_owned(kib) {
+                    Ok(permit) => held = Some(permit),
+                    Err(_) => {
+                        return Err(format!(
+                            "{}; not tried again: too many envelopes wait for relays",
+                            failure.reason
+                        ));
+                    }
+                }
+            }
+            tracing::debug!(error = %failure.reason, retry_in = ?pause, "federation failed; trying again until the envelope expires");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// One attempt: up to [`PASSES`] passes over `relays`, best ranked first.
+    async fn forward(
+        &self,
+        bytes: Bytes,
+        relays: &BTreeSet<String>,
+        deadline: u64,
+    ) -> Result<String, Failure> {
         let mut failures = Vec::new();
         for pass in 0..PASSES {
             for relay in self.ranked(relays, rmb_proto::time::unix_now()) {
                 if rmb_proto::time::unix_now() >= deadline {
                     failures.push("envelope expired before delivery".to_string());
-                    return Err(failures.join("; "));
+                    return Err(Failure {
+                        reason: failures.join("; "),
+                        refused: true,
+                    });
                 }
                 let url = format!("{}://{}/", self.scheme, self.resolver.resolve(&relay));
                 let result = self
@@ -102,7 +165,10 @@ impl Federator {
                     Ok(response) if response.status().is_client_error() => {
                         let status = response.status();
                         let body = response.text().await.unwrap_or_default();
-                        return Err(format!("{relay} refused it: {status}: {body}"));
+                        return Err(Failure {
+                            reason: format!("{relay} refused it: {status}: {body}"),
+                            refused: true,
+                        });
                     }
                     Ok(response) => failures.push(format!("{relay}: {}", response.status())),
                     Err(e) => failures.push(format!("{relay}: {}", error_chain(&e))),
@@ -111,10 +177,13 @@ impl Federator {
             }
             tokio::time::sleep(Duration::from_millis(100 * u64::from(pass + 1))).await;
         }
-        Err(format!(
-            "no relay of the destination accepted it ({})",
-            failures.join("; ")
-        ))
+        Err(Failure {
+            reason: format!(
+                "no relay of the destination accepted it ({})",
+                failures.join("; ")
+            ),
+            refused: false,
+        })
     }
 }
 

@@ -122,8 +122,15 @@ async fn route_inner(
         env.uid.clone(),
         env.kind(),
     );
+    // Like an offline twin here, an unreachable relay there only delays the envelope,
+    // unless the sender asked for fail-fast errors.
+    let keep_trying = !env.is_fail_fast();
     tokio::spawn(async move {
-        match state.federator.forward(bytes, &twin.relays, deadline).await {
+        match state
+            .federator
+            .deliver(bytes, &twin.relays, deadline, keep_trying)
+            .await
+        {
             Ok(relay) => {
                 state.metrics.federated_out.inc();
                 tracing::debug!(%relay, twin = twin.id, "federated");

@@ -135,7 +135,9 @@ async fn offline_twins_get_their_queue_in_order_without_expired_ones() {
 
     let mut wanted = Vec::new();
     for i in 0..5 {
-        let ttl = if i == 2 { 1 } else { 60 };
+        // 2 s, not 1: a 1 s envelope made just before a second ticks over may already
+        // be expired when the relay reads it.
+        let ttl = if i == 2 { 2 } else { 60 };
         let env = request(
             &alice,
             Address::twin(a),
@@ -163,7 +165,7 @@ async fn offline_twins_get_their_queue_in_order_without_expired_ones() {
         "queueing is silent for the sender"
     );
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let mut cb = TestClient::connect(&relay.ws_url(), &bob, b, None).await;
     for want in wanted {
         assert_eq!(
@@ -308,4 +310,41 @@ async fn serves_https_with_its_own_certificate() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_relay_down_for_a_moment_delays_federated_envelopes_without_failing_them() {
+    let (p1, p2) = (free_port(), free_port());
+    let r1 = RelayProcess::start_on(p1, &["--federation-http"]);
+    let registry = r1.http_url();
+    let mut r2 = RelayProcess::start_on(p2, &["--federation-http", "--registry", &registry]);
+    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let a = register(&registry, &alice, &[r1.domain()]).await;
+    let b = register(&registry, &bob, &[r2.domain()]).await;
+    let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
+
+    r2.kill();
+    // fail-fast: the sender wants to know at once.
+    let mut fast = request(&alice, Address::twin(a), b, "fast-1", b"now", 60);
+    fast.tags = Some("fail-fast".into());
+    alice.seal_envelope(&mut fast, None, now()).unwrap();
+    ca.send(&fast).await;
+    let error = ca
+        .recv(Duration::from_secs(15))
+        .await
+        .expect("an error envelope");
+    assert_eq!(error.uid, "fast-1");
+    assert!(
+        error_text(&error).is_some_and(|t| t.starts_with("federation failed")),
+        "{error:?}"
+    );
+
+    // Otherwise the relay keeps trying while the other one is down.
+    let later = request(&alice, Address::twin(a), b, "later-1", b"wait for it", 60);
+    ca.send(&later).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    r2.relaunch();
+    let mut cb = TestClient::connect(&r2.ws_url(), &bob, b, None).await;
+    assert_eq!(cb.recv(Duration::from_secs(15)).await, Some(later));
+    assert_eq!(ca.recv(QUIET).await, None, "no error for the sender");
 }
