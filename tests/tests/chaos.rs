@@ -1,7 +1,8 @@
 //! Issue #7's short chaos run: 20 s of RPCs at 100 per second between two real peers
 //! (client app on A's Redis, echo bot on B's) while the in-memory relay, peer A and peer
-//! B are each SIGKILLed and kept down 3 s. Every request must get its own payload back
-//! exactly once, the bot must handle each request once, and nothing may be left behind.
+//! B are each SIGKILLed and kept down 3 s (and, in a second run, each of two federating
+//! relays). Every request must get its own payload back exactly once, the bot must
+//! handle each request once, and nothing may be left behind.
 //! `--nocapture` shows the report table; `rmb-chaos` is the long version.
 
 use std::sync::Mutex;
@@ -72,5 +73,28 @@ fn rpcs_survive_relay_and_peer_crashes() {
     let report = chaos::run(&config);
     report.print_table();
     assert_eq!(report.crashes.len(), 3, "every crash happened");
+    assert_clean(&report);
+}
+
+/// Federation: peer A on one relay (which also hosts the registry), peer B on another;
+/// each relay is killed once. Replies cross back through a relay that is down for a
+/// while, and the registry is unreachable while the first relay is down.
+#[test]
+fn rpcs_survive_crashes_of_federating_relays() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let down = Duration::from_secs(3);
+    let mut config = Config::new(RelayMode::Federated, Duration::from_secs(15), 100);
+    config.crashes = [(4, Target::RelayB), (10, Target::Relay)]
+        .into_iter()
+        .map(|(at, target)| Crash {
+            at: Duration::from_secs(at),
+            target,
+            down,
+        })
+        .collect();
+    config.drain = Duration::from_secs(20);
+    let report = chaos::run(&config);
+    report.print_table();
+    assert_eq!(report.crashes.len(), 2, "every crash happened");
     assert_clean(&report);
 }

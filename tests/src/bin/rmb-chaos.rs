@@ -16,8 +16,12 @@ enum Relays {
     Memory,
     /// `rmb-relay --redis` on a durable Redis (queues survive a relay crash).
     Redis,
-    /// One run with each, memory first.
+    /// Two federating in-memory relays, peer A on one, peer B on the other.
+    Federated,
+    /// Memory, then Redis.
     Both,
+    /// Memory, Redis, then federated.
+    All,
 }
 
 /// Chaos run of the Reliable Message Bus: a client app on peer A's Redis calls an echo
@@ -41,8 +45,8 @@ struct Args {
     #[arg(long, default_value_t = 200, value_name = "RPS")]
     rate: u32,
 
-    /// Which relay to run against; `both` makes one run with each.
-    #[arg(long, value_enum, default_value_t = Relays::Both)]
+    /// Which relays to run against; `both` and `all` make one run with each kind.
+    #[arg(long, value_enum, default_value_t = Relays::All)]
     relay: Relays,
 
     /// Seconds each crashed process stays down before it is relaunched.
@@ -56,11 +60,11 @@ struct Args {
 
     /// What to crash, in turn, comma separated: relay, peer-a, peer-b, redis-a (peer
     /// A's and the client's Redis), redis-b (peer B's and the bot's Redis), relay-redis
-    /// (skipped with the in-memory relay).
+    /// (only with the Redis relay), relay-b (peer B's relay, only when federated).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "relay,peer-a,peer-b,redis-b,relay-redis,redis-a",
+        default_value = "relay,peer-a,peer-b,redis-b,relay-redis,relay-b,redis-a",
         value_name = "LIST"
     )]
     targets: Vec<Target>,
@@ -88,7 +92,9 @@ fn main() {
     let modes = match args.relay {
         Relays::Memory => vec![RelayMode::Memory],
         Relays::Redis => vec![RelayMode::Redis],
+        Relays::Federated => vec![RelayMode::Federated],
         Relays::Both => vec![RelayMode::Memory, RelayMode::Redis],
+        Relays::All => vec![RelayMode::Memory, RelayMode::Redis, RelayMode::Federated],
     };
     // Build (or find) the binaries before any timing starts.
     let bins = rmb_testsupport::relay_process::binaries();
@@ -100,7 +106,7 @@ fn main() {
             .targets
             .iter()
             .copied()
-            .filter(|t| mode == RelayMode::Redis || *t != Target::RelayRedis)
+            .filter(|t| t.applies_to(mode))
             .collect();
         let duration = Duration::from_secs(args.duration);
         let mut config = Config::new(mode, duration, args.rate);

@@ -92,6 +92,9 @@ pub enum RelayMode {
     Memory,
     /// `rmb-relay --redis <url>` on a durable Redis: queues survive a relay kill.
     Redis,
+    /// Two federating in-memory relays: peer A on the first (which hosts the registry),
+    /// peer B on the second, so every envelope crosses both.
+    Federated,
 }
 
 impl fmt::Display for RelayMode {
@@ -99,6 +102,7 @@ impl fmt::Display for RelayMode {
         f.write_str(match self {
             RelayMode::Memory => "memory",
             RelayMode::Redis => "redis",
+            RelayMode::Federated => "federated",
         })
     }
 }
@@ -118,18 +122,30 @@ pub enum Target {
     RedisB,
     /// The relay's Redis (only with [`RelayMode::Redis`]).
     RelayRedis,
+    /// The second relay, peer B's (only with [`RelayMode::Federated`]).
+    RelayB,
 }
 
 impl Target {
     /// Every target, in the order the long run cycles through them.
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 7] = [
         Target::Relay,
         Target::PeerA,
         Target::PeerB,
         Target::RedisB,
         Target::RelayRedis,
         Target::RedisA,
+        Target::RelayB,
     ];
+
+    /// Whether a run with `mode` has this process.
+    pub fn applies_to(self, mode: RelayMode) -> bool {
+        match self {
+            Target::RelayRedis => mode == RelayMode::Redis,
+            Target::RelayB => mode == RelayMode::Federated,
+            _ => true,
+        }
+    }
 
     /// The name used on command lines and in reports.
     pub fn name(self) -> &'static str {
@@ -140,6 +156,7 @@ impl Target {
             Target::RedisA => "redis-a",
             Target::RedisB => "redis-b",
             Target::RelayRedis => "relay-redis",
+            Target::RelayB => "relay-b",
         }
     }
 }
@@ -288,8 +305,11 @@ pub fn run(config: &Config) -> Report {
     let mut crashes = config.crashes.clone();
     crashes.sort_by_key(|c| c.at);
     for crash in crashes {
-        if crash.target == Target::RelayRedis && net.relay_redis.is_none() {
-            log(format!("skipping {}: the relay has no redis", crash.target));
+        if !crash.target.applies_to(config.relay) {
+            log(format!(
+                "skipping {}: not part of a {} run",
+                crash.target, config.relay
+            ));
             continue;
         }
         net.sample_until(start + crash.at);

@@ -8,6 +8,8 @@ pub(super) struct Net {
     pub(super) peer_a: PeerProcess,
     pub(super) peer_b: PeerProcess,
     pub(super) relay: RelayProcess,
+    /// Peer B's relay in a federated run.
+    pub(super) relay_b: Option<RelayProcess>,
     pub(super) redis_a: RedisServer,
     pub(super) redis_b: RedisServer,
     pub(super) relay_redis: Option<RedisServer>,
@@ -38,30 +40,39 @@ pub(super) enum Back {
 impl Net {
     pub(super) fn start(mode: RelayMode) -> Net {
         let relay_redis = (mode == RelayMode::Redis).then(RedisServer::start_durable);
-        let relay = match &relay_redis {
-            Some(redis) => RelayProcess::start(&["--redis", &redis.url()]),
-            None => RelayProcess::start(&[]),
+        let federated = mode == RelayMode::Federated;
+        let relay = match (&relay_redis, federated) {
+            (Some(redis), _) => RelayProcess::start(&["--redis", &redis.url()]),
+            (None, true) => RelayProcess::start(&["--federation-http"]),
+            (None, false) => RelayProcess::start(&[]),
         };
         let registry = relay.http_url();
-        let relays = [relay.domain()];
+        let relay_b =
+            federated.then(|| RelayProcess::start(&["--federation-http", "--registry", &registry]));
+        let b_relay = relay_b.as_ref().unwrap_or(&relay);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let register = |secret: &str| {
+        let register = |secret: &str, relay: &RelayProcess| {
             let who = Identity::from_secret(secret, KeyType::Sr25519).expect("test identity");
-            runtime.block_on(crate::registry::register(&registry, &who, &relays))
+            runtime.block_on(crate::registry::register(
+                &registry,
+                &who,
+                &[relay.domain()],
+            ))
         };
-        let (twin_a, twin_b) = (register("//Alice"), register("//Bob"));
+        let (twin_a, twin_b) = (register("//Alice", &relay), register("//Bob", b_relay));
         let redis_a = RedisServer::start_durable();
         let redis_b = RedisServer::start_durable();
-        let urls = [relay.ws_url()];
-        let peer_a = PeerProcess::start("//Alice", &redis_a.url(), &urls, &registry, &[]);
-        let peer_b = PeerProcess::start("//Bob", &redis_b.url(), &urls, &registry, &[]);
+        let (urls_a, urls_b) = ([relay.ws_url()], [b_relay.ws_url()]);
+        let peer_a = PeerProcess::start("//Alice", &redis_a.url(), &urls_a, &registry, &[]);
+        let peer_b = PeerProcess::start("//Bob", &redis_b.url(), &urls_b, &registry, &[]);
         Net {
             peer_a,
             peer_b,
             relay,
+            relay_b,
             redis_a,
             redis_b,
             relay_redis,
@@ -82,6 +93,7 @@ impl Net {
             Target::RedisA => self.redis_a.kill(),
             Target::RedisB => self.redis_b.kill(),
             Target::RelayRedis => self.relay_redis.as_mut().expect("relay redis").kill(),
+            Target::RelayB => self.relay_b.as_mut().expect("relay b").kill(),
         }
     }
 
@@ -93,6 +105,7 @@ impl Net {
             Target::RedisA => self.redis_a.relaunch(),
             Target::RedisB => self.redis_b.relaunch(),
             Target::RelayRedis => self.relay_redis.as_mut().expect("relay redis").relaunch(),
+            Target::RelayB => self.relay_b.as_mut().expect("relay b").relaunch(),
         }
     }
 
@@ -101,7 +114,7 @@ impl Net {
     /// `back_after`.
     pub(super) fn watch_recovery(&mut self, target: Target, relaunched: Instant) {
         let back = match target {
-            Target::Relay => Back::PeersConnected,
+            Target::Relay | Target::RelayB => Back::PeersConnected,
             // `relaunch` already waited for its status to report a connected relay.
             Target::PeerA | Target::PeerB | Target::RelayRedis => {
                 if let Some(record) = self.records.last_mut() {
