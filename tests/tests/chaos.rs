@@ -56,24 +56,33 @@ fn calm_run_is_clean() {
     assert_clean(&report);
 }
 
-#[test]
-fn rpcs_survive_relay_and_peer_crashes() {
+/// Runs `mode` for `secs` at 100 RPC/s, killing each `(at second, target)` for 3 s,
+/// and checks that every crash happened and the run is clean.
+fn crash_run(mode: RelayMode, secs: u64, crashes: &[(u64, Target)]) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let down = Duration::from_secs(3);
-    let mut config = Config::new(RelayMode::Memory, Duration::from_secs(20), 100);
-    config.crashes = [(4, Target::Relay), (9, Target::PeerA), (14, Target::PeerB)]
-        .into_iter()
-        .map(|(at, target)| Crash {
+    let mut config = Config::new(mode, Duration::from_secs(secs), 100);
+    config.crashes = crashes
+        .iter()
+        .map(|&(at, target)| Crash {
             at: Duration::from_secs(at),
             target,
-            down,
+            down: Duration::from_secs(3),
         })
         .collect();
-    config.drain = Duration::from_secs(15);
+    config.drain = Duration::from_secs(20);
     let report = chaos::run(&config);
     report.print_table();
-    assert_eq!(report.crashes.len(), 3, "every crash happened");
+    assert_eq!(report.crashes.len(), crashes.len(), "every crash happened");
     assert_clean(&report);
+}
+
+#[test]
+fn rpcs_survive_relay_and_peer_crashes() {
+    crash_run(
+        RelayMode::Memory,
+        20,
+        &[(4, Target::Relay), (9, Target::PeerA), (14, Target::PeerB)],
+    );
 }
 
 /// Federation: peer A on one relay (which also hosts the registry), peer B on another;
@@ -81,20 +90,9 @@ fn rpcs_survive_relay_and_peer_crashes() {
 /// while, and the registry is unreachable while the first relay is down.
 #[test]
 fn rpcs_survive_crashes_of_federating_relays() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let down = Duration::from_secs(3);
-    let mut config = Config::new(RelayMode::Federated, Duration::from_secs(15), 100);
-    config.crashes = [(4, Target::RelayB), (10, Target::Relay)]
-        .into_iter()
-        .map(|(at, target)| Crash {
-            at: Duration::from_secs(at),
-            target,
-            down,
-        })
-        .collect();
-    config.drain = Duration::from_secs(20);
-    let report = chaos::run(&config);
-    report.print_table();
-    assert_eq!(report.crashes.len(), 2, "every crash happened");
-    assert_clean(&report);
+    crash_run(
+        RelayMode::Federated,
+        15,
+        &[(4, Target::RelayB), (10, Target::Relay)],
+    );
 }
