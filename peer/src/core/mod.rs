@@ -295,6 +295,7 @@ async fn resend_loop(inner: Arc<Inner>) {
                 Err(bytes) => {
                     let mut resends = inner.resends();
                     if !resends.contains(&uid, twin) {
+                        // Past the budget it is dropped; the requester asks again.
                         resends.track_once(&uid, twin, bytes, deadline, now);
                     }
                 }

@@ -35,6 +35,10 @@ use tokio_tungstenite::tungstenite::Bytes;
 pub const RESEND_AFTER: Duration = Duration::from_secs(2);
 /// Longest interval between two resends of one request.
 pub const RESEND_MAX: Duration = Duration::from_secs(16);
+/// Most bytes of envelopes kept for resending. Past it, new requests are sent once,
+/// untracked (a local app sending faster than its destinations answer would otherwise
+/// grow this table without bound).
+pub const DEFAULT_BUDGET: usize = 256 << 20;
 
 /// One envelope to send again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,16 +66,38 @@ struct Entry {
 }
 
 /// Envelopes waiting for an answer (or, one-shot, for a relay), by uid.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Resends {
     by_uid: HashMap<String, Vec<Entry>>,
     len: usize,
+    bytes: usize,
+    budget: usize,
+    /// Envelopes not tracked because the budget was used up.
+    untracked: u64,
+}
+
+impl Default for Resends {
+    fn default() -> Self {
+        Resends::with_budget(DEFAULT_BUDGET)
+    }
 }
 
 impl Resends {
+    /// A table holding at most `budget` bytes of envelopes.
+    pub fn with_budget(budget: usize) -> Self {
+        Resends {
+            by_uid: HashMap::new(),
+            len: 0,
+            bytes: 0,
+            budget,
+            untracked: 0,
+        }
+    }
+
     /// Keeps a request sent to `twin` until it is answered or `deadline` (unix s) passes,
     /// sent again on a timer if `timed`, and whenever a relay link (re)connects.
     /// Tracking the same (uid, twin) again replaces the bytes and restarts the schedule.
+    /// False when the budget is used up (it is not tracked then).
     pub fn track(
         &mut self,
         uid: &str,
@@ -80,14 +106,22 @@ impl Resends {
         deadline: u64,
         now: Instant,
         timed: bool,
-    ) {
+    ) -> bool {
         let next = timed.then(|| now + RESEND_AFTER);
-        self.insert(uid, twin, bytes, deadline, next, false, timed);
+        self.insert(uid, twin, bytes, deadline, next, false, timed)
     }
 
-    /// Keeps an envelope no relay took, to be sent once when one is back.
-    pub fn track_once(&mut self, uid: &str, twin: u32, bytes: Bytes, deadline: u64, now: Instant) {
-        self.insert(uid, twin, bytes, deadline, Some(now), true, true);
+    /// Keeps an envelope no relay took, to be sent once when one is back; false when
+    /// the budget is used up.
+    pub fn track_once(
+        &mut self,
+        uid: &str,
+        twin: u32,
+        bytes: Bytes,
+        deadline: u64,
+        now: Instant,
+    ) -> bool {
+        self.insert(uid, twin, bytes, deadline, Some(now), true, true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -100,8 +134,27 @@ impl Resends {
         next: Option<Instant>,
         one_shot: bool,
         timed: bool,
-    ) {
+    ) -> bool {
         let entries = self.by_uid.entry(uid.to_string()).or_default();
+        let existing = entries
+            .iter()
+            .position(|e| e.twin == twin && e.one_shot == one_shot);
+        let freed = existing.map_or(0, |i| entries[i].bytes.len());
+        if self.bytes - freed + bytes.len() > self.budget {
+            self.untracked += 1;
+            if entries.is_empty() {
+                self.by_uid.remove(uid);
+            }
+            if self.untracked.is_power_of_two() {
+                tracing::warn!(
+                    untracked = self.untracked,
+                    budget = self.budget,
+                    "resend table full: requests are sent once, without resends"
+                );
+            }
+            return false;
+        }
+        self.bytes = self.bytes - freed + bytes.len();
         let entry = Entry {
             twin,
             bytes,
@@ -111,16 +164,14 @@ impl Resends {
             timed,
             one_shot,
         };
-        match entries
-            .iter_mut()
-            .find(|e| e.twin == twin && e.one_shot == one_shot)
-        {
-            Some(old) => *old = entry,
+        match existing {
+            Some(i) => entries[i] = entry,
             None => {
                 entries.push(entry);
                 self.len += 1;
             }
         }
+        true
     }
 
     /// An answer to `uid` came from `from` (0: a relay's error report, which does not
@@ -136,7 +187,7 @@ impl Resends {
         let Some(i) = position else {
             return false;
         };
-        entries.swap_remove(i);
+        self.bytes -= entries.swap_remove(i).bytes.len();
         self.len -= 1;
         if entries.is_empty() {
             self.by_uid.remove(uid);
@@ -148,8 +199,16 @@ impl Resends {
     pub fn forget(&mut self, uid: &str, twin: u32) {
         if let Some(entries) = self.by_uid.get_mut(uid) {
             let before = entries.len();
-            entries.retain(|e| e.twin != twin);
+            let mut freed = 0;
+            entries.retain(|e| {
+                let keep = e.twin != twin;
+                if !keep {
+                    freed += e.bytes.len();
+                }
+                keep
+            });
             self.len -= before - entries.len();
+            self.bytes -= freed;
             if entries.is_empty() {
                 self.by_uid.remove(uid);
             }
@@ -169,11 +228,12 @@ impl Resends {
     /// [`track_once`](Resends::track_once).
     pub fn take_due(&mut self, now: Instant, unix_now: u64) -> Vec<Due> {
         let mut due = Vec::new();
-        let mut removed = 0;
+        let (mut removed, mut freed) = (0, 0);
         self.by_uid.retain(|uid, entries| {
             entries.retain_mut(|e| {
                 if e.deadline <= unix_now {
                     removed += 1;
+                    freed += e.bytes.len();
                     return false;
                 }
                 if e.next.is_none_or(|next| next > now) {
@@ -187,6 +247,7 @@ impl Resends {
                 });
                 if e.one_shot {
                     removed += 1;
+                    freed += e.bytes.len();
                     return false;
                 }
                 if e.timed {
@@ -200,6 +261,7 @@ impl Resends {
             !entries.is_empty()
         });
         self.len -= removed;
+        self.bytes -= freed;
         due
     }
 
@@ -208,6 +270,16 @@ impl Resends {
         self.by_uid
             .get(uid)
             .is_some_and(|entries| entries.iter().any(|e| e.twin == twin))
+    }
+
+    /// Bytes of the envelopes tracked.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Envelopes that were not tracked because the budget was used up.
+    pub fn untracked(&self) -> u64 {
+        self.untracked
     }
 
     /// Envelopes tracked.
@@ -314,6 +386,26 @@ mod tests {
         assert_eq!(uids(&r.take_due(t0 + RESEND_MAX * 10, 0)), [("u", 1)]);
         assert!(r.take_due(t0 + RESEND_MAX * 20, 0).is_empty());
         assert!(r.answered("u", 1));
+    }
+
+    #[test]
+    fn the_byte_budget_bounds_the_table() {
+        let t0 = Instant::now();
+        let mut r = Resends::with_budget(10);
+        r.track("a", 1, bytes("123456"), 1000, t0, true);
+        r.track("b", 1, bytes("12345"), 1000, t0, true);
+        assert_eq!((r.len(), r.bytes(), r.untracked()), (1, 6, 1));
+        assert!(!r.contains("b", 1), "over budget: sent once, not tracked");
+        // Replacing an entry counts its new size only.
+        r.track("a", 1, bytes("1234567890"), 1000, t0, true);
+        assert_eq!(r.bytes(), 10);
+        assert!(r.answered("a", 1));
+        assert_eq!(r.bytes(), 0);
+        r.track_once("c", 2, bytes("1234"), 1000, t0);
+        r.track("d", 3, bytes("123"), 5, t0, true);
+        assert_eq!(r.bytes(), 7);
+        r.take_due(t0, 10);
+        assert_eq!((r.len(), r.bytes()), (0, 0), "sent once, and expired");
     }
 
     #[test]

@@ -44,8 +44,8 @@ impl Peer {
         };
         let sealed = self.inner.seal(env).await?;
         let inner = &self.inner;
-        if inner.reliable {
-            inner.resends().track(
+        let tracked = inner.reliable
+            && inner.resends().track(
                 &uid,
                 sealed.twin,
                 sealed.bytes.clone(),
@@ -53,14 +53,13 @@ impl Peer {
                 Instant::now().into_std(),
                 sealed.drops_repeats,
             );
-        }
         match inner.links.send(sealed.bytes, sealed.deadline).await {
             Ok(_) => {
                 Counters::bump(&inner.counters.sent);
                 Ok(())
             }
             // Kept for resending: it goes out when a relay is back, or expires.
-            Err(LinkError::NoRelay { .. }) if inner.reliable => Ok(()),
+            Err(LinkError::NoRelay { .. }) if tracked => Ok(()),
             Err(e) => {
                 inner.resends().forget(&uid, sealed.twin);
                 Err(e.into())
@@ -161,15 +160,16 @@ impl Inner {
                 Counters::bump(&self.counters.sent);
                 Ok(())
             }
-            Err(LinkError::NoRelay { .. }) if self.reliable => {
-                self.resends().track_once(
+            // Kept (within the budget) and sent once a relay is back.
+            Err(e @ LinkError::NoRelay { .. }) if self.reliable => {
+                let kept = self.resends().track_once(
                     &reply.uid,
                     reply.twin,
                     reply.bytes.clone(),
                     reply.deadline,
                     Instant::now().into_std(),
                 );
-                Ok(())
+                if kept { Ok(()) } else { Err(e.into()) }
             }
             Err(e) => Err(e.into()),
         }
