@@ -284,19 +284,18 @@ async fn resend_loop(inner: Arc<Inner>) {
         let now = tokio::time::Instant::now().into_std();
         let due = inner.resends().take_due(now, unix_now());
         for item in due {
-            let (uid, twin, deadline) = (item.uid.clone(), item.twin, item.deadline);
-            match inner.links.try_send(item.bytes.clone(), deadline) {
+            match inner.links.try_send(item.bytes.clone(), item.deadline) {
                 Ok(_) => {
                     Counters::bump(&inner.counters.resent);
-                    tracing::debug!(%uid, twin, "sent again");
+                    tracing::debug!(uid = %item.uid, twin = item.twin, "sent again");
                 }
                 // No relay took it: a request stays scheduled anyway; a one-shot
                 // entry is put back and tried again on the next tick.
-                Err(bytes) => {
+                Err(_) => {
                     let mut resends = inner.resends();
-                    if !resends.contains(&uid, twin) {
+                    if !resends.contains(&item.uid, item.twin) {
                         // Past the budget it is dropped; the requester asks again.
-                        resends.track_once(&uid, twin, bytes, deadline, now);
+                        resends.track_once(item, now);
                     }
                 }
             }

@@ -40,7 +40,7 @@ pub const RESEND_MAX: Duration = Duration::from_secs(16);
 /// grow this table without bound).
 pub const DEFAULT_BUDGET: usize = 256 << 20;
 
-/// One envelope to send again.
+/// One envelope to keep, or to send again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
     pub uid: String,
@@ -94,47 +94,29 @@ impl Resends {
         }
     }
 
-    /// Keeps a request sent to `twin` until it is answered or `deadline` (unix s) passes,
-    /// sent again on a timer if `timed`, and whenever a relay link (re)connects.
-    /// Tracking the same (uid, twin) again replaces the bytes and restarts the schedule.
-    /// False when the budget is used up (it is not tracked then).
-    pub fn track(
-        &mut self,
-        uid: &str,
-        twin: u32,
-        bytes: Bytes,
-        deadline: u64,
-        now: Instant,
-        timed: bool,
-    ) -> bool {
+    /// Keeps a request until it is answered or its deadline (unix s) passes, sent again
+    /// on a timer if `timed`, and whenever a relay link (re)connects. Tracking the same
+    /// (uid, twin) again replaces the bytes and restarts the schedule. False when the
+    /// budget is used up (it is not tracked then).
+    pub fn track(&mut self, item: Due, now: Instant, timed: bool) -> bool {
         let next = timed.then(|| now + RESEND_AFTER);
-        self.insert(uid, twin, bytes, deadline, next, false, timed)
+        self.insert(item, next, false, timed)
     }
 
     /// Keeps an envelope no relay took, to be sent once when one is back; false when
     /// the budget is used up.
-    pub fn track_once(
-        &mut self,
-        uid: &str,
-        twin: u32,
-        bytes: Bytes,
-        deadline: u64,
-        now: Instant,
-    ) -> bool {
-        self.insert(uid, twin, bytes, deadline, Some(now), true, true)
+    pub fn track_once(&mut self, item: Due, now: Instant) -> bool {
+        self.insert(item, Some(now), true, true)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn insert(
-        &mut self,
-        uid: &str,
-        twin: u32,
-        bytes: Bytes,
-        deadline: u64,
-        next: Option<Instant>,
-        one_shot: bool,
-        timed: bool,
-    ) -> bool {
+    fn insert(&mut self, item: Due, next: Option<Instant>, one_shot: bool, timed: bool) -> bool {
+        let Due {
+            uid,
+            twin,
+            bytes,
+            deadline,
+        } = item;
+        let uid = uid.as_str();
         let entries = self.by_uid.entry(uid.to_string()).or_default();
         let existing = entries
             .iter()
@@ -301,6 +283,15 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
+    fn due(uid: &str, twin: u32, body: &'static str, deadline: u64) -> Due {
+        Due {
+            uid: uid.into(),
+            twin,
+            bytes: bytes(body),
+            deadline,
+        }
+    }
+
     fn uids(due: &[Due]) -> Vec<(&str, u32)> {
         let mut v: Vec<_> = due.iter().map(|d| (d.uid.as_str(), d.twin)).collect();
         v.sort();
@@ -311,7 +302,7 @@ mod tests {
     fn unanswered_requests_come_back_with_a_doubling_interval() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track("u", 7, bytes("env"), 1000, t0, true);
+        r.track(due("u", 7, "env", 1000), t0, true);
         assert!(r.take_due(t0, 0).is_empty(), "not at once");
         assert!(r.take_due(t0 + RESEND_AFTER / 2, 0).is_empty());
         let first = r.take_due(t0 + RESEND_AFTER, 0);
@@ -338,8 +329,8 @@ mod tests {
     fn an_answer_settles_its_destination_only() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track("u", 1, bytes("a"), 1000, t0, true);
-        r.track("u", 2, bytes("b"), 1000, t0, true);
+        r.track(due("u", 1, "a", 1000), t0, true);
+        r.track(due("u", 2, "b", 1000), t0, true);
         assert!(r.answered("u", 2));
         assert!(!r.answered("u", 2), "already settled");
         assert!(!r.answered("other", 1));
@@ -353,8 +344,8 @@ mod tests {
     fn a_reconnect_makes_everything_due_and_expiry_forgets() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track("soon", 1, bytes("a"), 100, t0, true);
-        r.track("late", 1, bytes("b"), 200, t0, true);
+        r.track(due("soon", 1, "a", 100), t0, true);
+        r.track(due("late", 1, "b", 200), t0, true);
         r.all_due(t0);
         assert_eq!(uids(&r.take_due(t0, 50)), [("late", 1), ("soon", 1)]);
         // At 100 the first expired: gone without being sent.
@@ -369,7 +360,7 @@ mod tests {
     fn one_shot_entries_go_once_and_do_not_count_as_requests() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track_once("u", 3, bytes("reply"), 1000, t0);
+        r.track_once(due("u", 3, "reply", 1000), t0);
         assert!(!r.answered("u", 3), "a response is not answered");
         assert_eq!(uids(&r.take_due(t0, 0)), [("u", 3)]);
         assert!(r.is_empty());
@@ -380,7 +371,7 @@ mod tests {
     fn untimed_entries_go_again_only_after_a_reconnect() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track("u", 1, bytes("a"), 1000, t0, false);
+        r.track(due("u", 1, "a", 1000), t0, false);
         assert!(r.take_due(t0 + RESEND_MAX * 10, 0).is_empty());
         r.all_due(t0 + RESEND_MAX * 10);
         assert_eq!(uids(&r.take_due(t0 + RESEND_MAX * 10, 0)), [("u", 1)]);
@@ -392,17 +383,17 @@ mod tests {
     fn the_byte_budget_bounds_the_table() {
         let t0 = Instant::now();
         let mut r = Resends::with_budget(10);
-        r.track("a", 1, bytes("123456"), 1000, t0, true);
-        r.track("b", 1, bytes("12345"), 1000, t0, true);
+        r.track(due("a", 1, "123456", 1000), t0, true);
+        r.track(due("b", 1, "12345", 1000), t0, true);
         assert_eq!((r.len(), r.bytes(), r.untracked()), (1, 6, 1));
         assert!(!r.contains("b", 1), "over budget: sent once, not tracked");
         // Replacing an entry counts its new size only.
-        r.track("a", 1, bytes("1234567890"), 1000, t0, true);
+        r.track(due("a", 1, "1234567890", 1000), t0, true);
         assert_eq!(r.bytes(), 10);
         assert!(r.answered("a", 1));
         assert_eq!(r.bytes(), 0);
-        r.track_once("c", 2, bytes("1234"), 1000, t0);
-        r.track("d", 3, bytes("123"), 5, t0, true);
+        r.track_once(due("c", 2, "1234", 1000), t0);
+        r.track(due("d", 3, "123", 5), t0, true);
         assert_eq!(r.bytes(), 7);
         r.take_due(t0, 10);
         assert_eq!((r.len(), r.bytes()), (0, 0), "sent once, and expired");
@@ -412,8 +403,8 @@ mod tests {
     fn tracking_again_replaces_and_restarts() {
         let t0 = Instant::now();
         let mut r = Resends::default();
-        r.track("u", 1, bytes("old"), 1000, t0, true);
-        r.track("u", 1, bytes("new"), 1000, t0 + RESEND_AFTER, true);
+        r.track(due("u", 1, "old", 1000), t0, true);
+        r.track(due("u", 1, "new", 1000), t0 + RESEND_AFTER, true);
         assert_eq!(r.len(), 1);
         assert!(r.take_due(t0 + RESEND_AFTER, 0).is_empty());
         assert_eq!(r.take_due(t0 + RESEND_AFTER * 2, 0)[0].bytes, bytes("new"));

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::errors::SendError;
 use super::replay::{ReplayKey, ReplayKind};
+use super::resend::Due;
 use super::status::Counters;
 use super::types::{OutgoingRequest, OutgoingResponse, clamp_expiration};
 use super::{Inner, Peer};
@@ -46,10 +47,7 @@ impl Peer {
         let inner = &self.inner;
         let tracked = inner.reliable
             && inner.resends().track(
-                &uid,
-                sealed.twin,
-                sealed.bytes.clone(),
-                sealed.deadline,
+                sealed.due(),
                 Instant::now().into_std(),
                 sealed.drops_repeats,
             );
@@ -109,6 +107,18 @@ pub struct Sealed {
     pub drops_repeats: bool,
 }
 
+impl Sealed {
+    /// What the resend table keeps of it.
+    fn due(&self) -> Due {
+        Due {
+            uid: self.uid.clone(),
+            twin: self.twin,
+            bytes: self.bytes.clone(),
+            deadline: self.deadline,
+        }
+    }
+}
+
 /// The envelope of a reply.
 fn response_envelope(inner: &Inner, resp: OutgoingResponse) -> Envelope {
     let (message, payload) = match resp.reply {
@@ -162,13 +172,9 @@ impl Inner {
             }
             // Kept (within the budget) and sent once a relay is back.
             Err(e @ LinkError::NoRelay { .. }) if self.reliable => {
-                let kept = self.resends().track_once(
-                    &reply.uid,
-                    reply.twin,
-                    reply.bytes.clone(),
-                    reply.deadline,
-                    Instant::now().into_std(),
-                );
+                let kept = self
+                    .resends()
+                    .track_once(reply.due(), Instant::now().into_std());
                 if kept { Ok(()) } else { Err(e.into()) }
             }
             Err(e) => Err(e.into()),
