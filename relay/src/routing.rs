@@ -22,6 +22,7 @@ use rmb_proto::{Envelope, Message, MessageKind, Pong};
 
 use crate::errors::{RouteError, error_envelope};
 use crate::queue::QueueError;
+use crate::queue::handoff::hand_over;
 use crate::state::RelayState;
 use crate::switch::{Delivery, SessionId};
 
@@ -103,6 +104,12 @@ async fn route_inner(
         {
             Ok(()) => {
                 state.metrics.queued.inc();
+                // The session may have connected while this envelope was being routed
+                // (the registry lookup above can take a while), after it took its queue:
+                // hand the queue over now, or the envelope would wait for a reconnect.
+                if state.switch.is_connected(&destination) {
+                    hand_over(state, &destination).await;
+                }
                 Ok(())
             }
             Err(QueueError::Offline) => Err(RouteError::DestinationOffline),
