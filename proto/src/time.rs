@@ -18,6 +18,32 @@ pub struct Expired {
     pub now: u64,
 }
 
+/// Default longest an envelope may stay valid from the moment it is checked: one day.
+///
+/// Deadlines come from the network (`timestamp + expiration`, both chosen by the sender).
+/// Without a bound, a deadline near `u64::MAX` overflows time arithmetic downstream
+/// (Redis `EX`, sleeps, queue expiry) or keeps bytes resident forever. Relays and peers
+/// refuse envelopes whose deadline lies further ahead than their limit (a flag).
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// Why an envelope's times are not acceptable at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    /// The deadline has passed.
+    #[error(transparent)]
+    Expired(#[from] Expired),
+    /// The deadline is further ahead than the receiver accepts.
+    #[error("envelope deadline {deadline} is more than {max_lifetime} s ahead of now ({now})")]
+    TooFar {
+        /// Unix seconds of the claimed deadline (saturated at `u64::MAX`).
+        deadline: u64,
+        /// The time it was checked at.
+        now: u64,
+        /// The receiver's limit, in seconds from `now`.
+        max_lifetime: u64,
+    },
+}
+
 /// Current unix time in seconds; the one place that reads the clock.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -71,6 +97,22 @@ impl Envelope {
         }
     }
 
+    /// `Ok` while the envelope has time left at `now` and its deadline is at most
+    /// `max_lifetime` seconds ahead: the check every receiver runs before it does any
+    /// arithmetic with the envelope's times.
+    pub fn check_time(&self, now: u64, max_lifetime: u64) -> Result<(), TimeError> {
+        self.valid_at(now)?;
+        let deadline = self.deadline();
+        if deadline > now.saturating_add(max_lifetime) {
+            return Err(TimeError::TooFar {
+                deadline,
+                now,
+                max_lifetime,
+            });
+        }
+        Ok(())
+    }
+
     /// Seconds since the envelope was stamped (zero for future timestamps).
     pub fn age_at(&self, now: u64) -> u64 {
         now.saturating_sub(self.timestamp)
@@ -119,6 +161,21 @@ mod tests {
             })
         );
         assert_eq!(env.age_at(130), 10);
+        assert_eq!(env.check_time(149, 1), Ok(()));
+        assert!(matches!(
+            env.check_time(100, 49),
+            Err(TimeError::TooFar { deadline: 150, .. })
+        ));
+        assert!(matches!(env.check_time(150, 99), Err(TimeError::Expired(_))));
+        let far = Envelope {
+            timestamp: u64::MAX - 5,
+            expiration: u64::MAX,
+            ..Default::default()
+        };
+        assert!(matches!(
+            far.check_time(100, DEFAULT_MAX_LIFETIME_SECS),
+            Err(TimeError::TooFar { deadline: u64::MAX, .. })
+        ));
         assert_eq!(env.age_at(10), 0);
     }
 }
