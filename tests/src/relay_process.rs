@@ -89,7 +89,7 @@ impl RelayProcess {
         relay
     }
 
-    /// Starts it with `RUST_LOG=<filter>` and its stderr kept in a file ([`RelayProcess::log`]).
+    /// Starts it with `RUST_LOG=<filter>` and its output kept in a file ([`RelayProcess::log`]).
     pub fn start_logged(extra: &[&str], filter: &str) -> Self {
         let data_dir = tempfile::tempdir().expect("temporary directory");
         let path = data_dir.path().join("relay.log");
@@ -104,7 +104,7 @@ impl RelayProcess {
         relay
     }
 
-    /// What it wrote to stderr so far (started with [`RelayProcess::start_logged`]).
+    /// What it logged (stdout and stderr) so far (started with [`RelayProcess::start_logged`]).
     pub fn log(&self) -> String {
         self.log
             .as_ref()
@@ -119,19 +119,20 @@ impl RelayProcess {
 
     fn spawn(&mut self) {
         let binary = binaries().join("rmb-relay");
-        let (filter, stderr) = match &self.log {
-            Some((filter, path)) => (
-                filter.clone(),
-                Stdio::from(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .expect("relay log file"),
-                ),
-            ),
+        // The relay logs to stdout; a logged relay's stdout and stderr both go to the file.
+        let (filter, stdout, stderr) = match &self.log {
+            Some((filter, path)) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("relay log file");
+                let copy = file.try_clone().expect("relay log file");
+                (filter.clone(), Stdio::from(file), Stdio::from(copy))
+            }
             None => (
                 std::env::var("RMB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                Stdio::null(),
                 Stdio::inherit(),
             ),
         };
@@ -142,7 +143,7 @@ impl RelayProcess {
             .arg(self.data_dir.path())
             .args(&self.args)
             .env("RUST_LOG", filter)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
