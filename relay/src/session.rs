@@ -103,7 +103,10 @@ struct LogLimit {
 impl LogLimit {
     /// `Some(suppressed since the last line)` when a line may be logged now.
     fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self.last.is_some_and(|last| now.duration_since(last) < LOG_EVERY) {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
+        {
             self.suppressed += 1;
             return None;
         }

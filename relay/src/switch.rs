@@ -437,9 +437,18 @@ mod tests {
         switch
             .register(&session(1), Arc::clone(&outbox), CancellationToken::new())
             .unwrap();
-        assert!(matches!(switch.deliver(&session(1), x(100)), Delivery::Sent));
-        assert!(matches!(switch.deliver(&session(1), x(100)), Delivery::Sent));
-        assert!(matches!(switch.deliver(&session(1), x(1)), Delivery::Full(_)));
+        assert!(matches!(
+            switch.deliver(&session(1), x(100)),
+            Delivery::Sent
+        ));
+        assert!(matches!(
+            switch.deliver(&session(1), x(100)),
+            Delivery::Sent
+        ));
+        assert!(matches!(
+            switch.deliver(&session(1), x(1)),
+            Delivery::Full(_)
+        ));
         assert!(outbox.full_for().is_some());
         let Next::Write(batch) = outbox.next(64) else {
             panic!("expected a batch")
@@ -448,7 +457,10 @@ mod tests {
         // Spilled: even with room, new envelopes go to the queue behind the spilled one.
         outbox.written(&batch);
         assert!(outbox.full_for().is_none());
-        assert!(matches!(switch.deliver(&session(1), x(1)), Delivery::Full(_)));
+        assert!(matches!(
+            switch.deliver(&session(1), x(1)),
+            Delivery::Full(_)
+        ));
         assert!(matches!(outbox.next(64), Next::TakeQueue(_)));
         assert!(matches!(switch.deliver(&session(1), x(1)), Delivery::Sent));
         assert!(matches!(
@@ -472,9 +484,8 @@ mod tests {
     #[test]
     fn sessions_per_twin_are_capped_but_replacing_one_is_fine() {
         let switch = Switch::new(2);
-        let reg = |s: &SessionId| {
-            switch.register(s, Arc::new(Outbox::new(10)), CancellationToken::new())
-        };
+        let reg =
+            |s: &SessionId| switch.register(s, Arc::new(Outbox::new(10)), CancellationToken::new());
         let a = reg(&sid(1, "a")).unwrap();
         reg(&sid(1, "b")).unwrap();
         assert_eq!(
