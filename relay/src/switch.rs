@@ -309,10 +309,10 @@ impl Switch {
     /// Removes `session` only if `connection` still owns it.
     pub fn unregister(&self, session: &SessionId, connection: ConnectionId) -> bool {
         let mut sessions = self.lock();
-        if !sessions
+        if sessions
             .entries
             .get(session)
-            .is_some_and(|e| e.connection == connection)
+            .is_none_or(|e| e.connection != connection)
         {
             return false;
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rmb_identity::{Identity, KeyType};
 use rmb_proto::{Address, Envelope};
-use rmb_testsupport::redis_server::free_port;
+use rmb_testsupport::redis_server::{RedisServer, free_port};
 use rmb_testsupport::registry::register;
 use rmb_testsupport::relay_client::{TestClient, error_text, now, request};
 use rmb_testsupport::relay_process::RelayProcess;
@@ -366,4 +366,76 @@ async fn malformed_and_oversized_frames_are_counted_and_logged_sparingly() {
         metric(&relay, "relay_errors_total{kind=\"oversize\"}").await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn redis_queues_are_bounded_in_bytes_and_session_ids() {
+    let redis = RedisServer::start();
+    let relay = RelayProcess::start(&[
+        "--redis",
+        &redis.url(),
+        "--queue-bytes-per-session",
+        "2200000",
+        "--sessions-per-twin",
+        "2",
+    ]);
+    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let a = register(&relay.http_url(), &alice, &[relay.domain()]).await;
+    let b = register(&relay.http_url(), &bob, &[relay.domain()]).await;
+    let mut ca = TestClient::connect(&relay.ws_url(), &alice, a, None).await;
+
+    let template = request(
+        &alice,
+        Address::twin(a),
+        b,
+        "big",
+        &vec![1u8; 1 << 20],
+        3600,
+    );
+    let mut refused = Vec::new();
+    for env in copies(&template, "big", 5) {
+        ca.send_bytes(env).await.unwrap();
+        if let Some(reply) = ca.recv(QUIET).await {
+            refused.push(error_text(&reply).unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused.iter().all(|e| e.contains("full")), "{refused:?}");
+
+    // Bob's own queue is one session id; one more fits, then the cap refuses.
+    let mut refused = Vec::new();
+    for i in 0..3 {
+        let dst = Address::session(b, &format!("q{i}"));
+        ca.send(&request_to(
+            &alice,
+            Address::twin(a),
+            dst,
+            &format!("q-{i}"),
+            600,
+        ))
+        .await;
+        if let Some(reply) = ca.recv(QUIET).await {
+            refused.push(error_text(&reply).unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.iter().all(|e| e.contains("too many session ids")));
+
+    // Bob takes what was queued, which frees its bytes: the bound is not stuck.
+    let mut cb = TestClient::connect(&relay.ws_url(), &bob, b, None).await;
+    let mut got = Vec::new();
+    while let Some(env) = cb.recv(QUIET).await {
+        got.push(env.uid);
+    }
+    assert_eq!(got, ["big-0", "big-1"]);
+    drop(cb);
+    tokio::time::sleep(QUIET).await;
+    let mut accepted = 0;
+    for env in copies(&template, "again", 2) {
+        ca.send_bytes(env).await.unwrap();
+        if ca.recv(QUIET).await.is_none() {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 2, "queued bytes were released when taken");
 }
