@@ -216,7 +216,7 @@ async fn session_ids_per_twin_are_capped() {
     let mut ca = TestClient::connect(&relay.ws_url(), &alice, a, None).await;
     let mut refused = Vec::new();
     for i in 0..8 {
-        let dst = Address::session(b, &format!("q{i}"));
+        let dst = Address::session(b, format!("q{i}"));
         ca.send(&request_to(
             &alice,
             Address::twin(a),
@@ -405,7 +405,7 @@ async fn redis_queues_are_bounded_in_bytes_and_session_ids() {
     // Bob's own queue is one session id; one more fits, then the cap refuses.
     let mut refused = Vec::new();
     for i in 0..3 {
-        let dst = Address::session(b, &format!("q{i}"));
+        let dst = Address::session(b, format!("q{i}"));
         ca.send(&request_to(
             &alice,
             Address::twin(a),
