@@ -439,3 +439,40 @@ async fn redis_queues_are_bounded_in_bytes_and_session_ids() {
     }
     assert_eq!(accepted, 2, "queued bytes were released when taken");
 }
+
+#[tokio::test]
+async fn a_shutdown_answers_envelopes_it_could_not_federate() {
+    let redis = RedisServer::start();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut relay = RelayProcess::start(&["--federation-http", "--redis", &redis.url()]);
+    let (alice, eve) = (identity("Alice"), identity("Eve"));
+    let a = register(&relay.http_url(), &alice, &[relay.domain()]).await;
+    let e = register(&relay.http_url(), &eve, std::slice::from_ref(&dead)).await;
+    let mut ca = TestClient::connect(&relay.ws_url(), &alice, a, None).await;
+    // Eve's relay is down: the send keeps trying (until its deadline) in the background.
+    ca.send(&request(&alice, Address::twin(a), e, "fed-1", b"x", 600))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut relay = tokio::task::spawn_blocking(move || {
+        let status = relay.terminate().expect("relay was running");
+        assert!(status.success(), "graceful shutdown ended with {status}");
+        relay
+    })
+    .await
+    .unwrap();
+
+    // The sender hears about it: on the connection that was closing, or from its queue
+    // (kept in Redis) once it logs in again.
+    let mut reply = ca.recv(QUIET).await;
+    if reply.is_none() {
+        relay.relaunch();
+        let mut again = TestClient::connect(&relay.ws_url(), &alice, a, None).await;
+        reply = again.recv(WAIT).await;
+    }
+    let reply = reply.expect("an error envelope for the envelope not federated");
+    assert_eq!(reply.uid, "fed-1");
+    assert!(
+        error_text(&reply).is_some_and(|t| t.contains("shutting down")),
+        "{reply:?}"
+    );
+}
