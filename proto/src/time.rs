@@ -166,7 +166,10 @@ mod tests {
             env.check_time(100, 49),
             Err(TimeError::TooFar { deadline: 150, .. })
         ));
-        assert!(matches!(env.check_time(150, 99), Err(TimeError::Expired(_))));
+        assert!(matches!(
+            env.check_time(150, 99),
+            Err(TimeError::Expired(_))
+        ));
         let far = Envelope {
             timestamp: u64::MAX - 5,
             expiration: u64::MAX,
@@ -174,7 +177,10 @@ mod tests {
         };
         assert!(matches!(
             far.check_time(100, DEFAULT_MAX_LIFETIME_SECS),
-            Err(TimeError::TooFar { deadline: u64::MAX, .. })
+            Err(TimeError::TooFar {
+                deadline: u64::MAX,
+                ..
+            })
         ));
         assert_eq!(env.age_at(10), 0);
     }

@@ -8,6 +8,7 @@ use rmb_identity::JwtPolicy;
 use rmb_identity::registry::RelayResolver;
 
 use crate::limiter::Limits;
+use crate::queue::QueueLimits;
 
 /// A relay's settings.
 #[derive(Debug, Clone)]
@@ -21,9 +22,10 @@ pub struct Config {
     pub max_sessions: usize,
     /// Most envelopes queued per offline session.
     pub queue_per_session: usize,
-    /// Envelopes buffered per connection before the sender has to wait.
+    /// Most envelopes buffered per connection (besides `outbox_bytes`).
     pub send_queue: usize,
-    /// How long a send to a slow reader may wait before that reader is disconnected.
+    /// `--slow-reader-timeout`: how long a session's outbox may stay over its bound before
+    /// that reader is disconnected.
     pub slow_reader_timeout: Duration,
     /// `--limit`: per-twin messages and bytes per minute.
     pub limits: Option<Limits>,
@@ -35,6 +37,28 @@ pub struct Config {
     pub resolver: RelayResolver,
     /// Login token rules.
     pub jwt: JwtPolicy,
+
+    // --- sessions and bounded memory (issue #12: session actor, bounded relay memory) ---
+    /// `--max-lifetime`: envelopes whose deadline is further ahead are refused.
+    pub max_lifetime: u64,
+    /// `--ping-interval`: a session that sent nothing for this long gets a WS ping.
+    pub ping_interval: Duration,
+    /// `--read-timeout`: a session that sent nothing (not even a pong) for this long is closed.
+    pub read_timeout: Duration,
+    /// `--write-timeout`: longest write of one batch of envelopes to a session.
+    pub write_timeout: Duration,
+    /// `--outbox-bytes`: bytes waiting to be written to one session before further
+    /// envelopes for it spill to its offline queue.
+    pub outbox_bytes: usize,
+    /// `--queue-bytes-per-session`.
+    pub queue_bytes_per_session: usize,
+    /// `--queue-bytes-per-twin`.
+    pub queue_bytes_per_twin: usize,
+    /// `--queue-bytes-total` (memory queues).
+    pub queue_bytes_total: usize,
+    /// `--sessions-per-twin`: distinct session ids a twin may hold connected, and
+    /// (separately) have queues for.
+    pub sessions_per_twin: usize,
 }
 
 impl Default for Config {
@@ -51,11 +75,34 @@ impl Default for Config {
             federation_http: false,
             resolver: RelayResolver::default(),
             jwt: JwtPolicy::default(),
+            max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
+            ping_interval: Duration::from_secs(20),
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
+            queue_bytes_per_session: crate::queue::DEFAULT_SESSION_BYTES,
+            queue_bytes_per_twin: crate::queue::DEFAULT_TWIN_BYTES,
+            queue_bytes_total: crate::queue::DEFAULT_TOTAL_BYTES,
+            sessions_per_twin: crate::queue::DEFAULT_SESSIONS_PER_TWIN,
         }
     }
 }
 
+/// Default of `--outbox-bytes`: one envelope of the largest size.
+pub const DEFAULT_OUTBOX_BYTES: usize = rmb_proto::DEFAULT_MAX_ENVELOPE_SIZE;
+
 impl Config {
+    /// The bounds of the offline queues.
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            per_session: self.queue_per_session,
+            session_bytes: self.queue_bytes_per_session,
+            twin_bytes: self.queue_bytes_per_twin,
+            total_bytes: self.queue_bytes_total,
+            sessions_per_twin: self.sessions_per_twin,
+        }
+    }
+
     /// True if a twin with this relay list lives on this relay.
     pub fn serves(&self, relays: &BTreeSet<String>) -> bool {
         relays.iter().any(|r| self.domains.contains(r))

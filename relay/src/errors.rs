@@ -4,8 +4,11 @@
 //! the refused envelope, `Error { code: 0, message }` and a 300 s expiration, addressed to
 //! the sender's own session. rmb-rs peers know to skip verification for twin 0.
 
-use rmb_proto::{Envelope, Error, Message};
+use rmb_identity::registry::RegistryError;
+use rmb_proto::{Envelope, Error, Message, TimeError};
 
+use crate::limiter::Limited;
+use crate::queue::QueueError;
 use crate::switch::SessionId;
 
 /// Lifetime of relay error envelopes, as rmb-rs.
@@ -20,20 +23,28 @@ pub enum RouteError {
     MissingDestination,
     #[error("message has expired")]
     Expired,
+    /// The envelope's deadline is further ahead than `--max-lifetime`.
+    #[error("message lifetime too long: {0}")]
+    TooFar(TimeError),
     #[error("unknown twin destination")]
     UnknownTwin,
     #[error("relay info is not set for this twin")]
     NoRelays,
     #[error("destination offline")]
     DestinationOffline,
+    /// A bound of the destination's offline queue (or of this relay's) was hit.
     #[error("{0}")]
-    QueueFull(String),
+    QueueFull(#[from] QueueError),
+    /// `--limit`.
     #[error("exceeded rate limits, dropping message: {0}")]
-    RateLimited(String),
+    RateLimited(#[from] Limited),
     #[error("failed to get twin: {0}")]
-    Registry(String),
+    Registry(#[from] RegistryError),
     #[error("federation failed: {0}")]
     Federation(String),
+    /// The relay stopped before the envelope reached the destination's relay.
+    #[error("relay shutting down: message not forwarded, send it again")]
+    ShuttingDown,
 }
 
 impl RouteError {
@@ -43,13 +54,15 @@ impl RouteError {
             RouteError::WrongSource => "wrong_source",
             RouteError::MissingDestination => "missing_destination",
             RouteError::Expired => "expired",
+            RouteError::TooFar(_) => "too_far",
             RouteError::UnknownTwin => "unknown_twin",
             RouteError::NoRelays => "no_relays",
             RouteError::DestinationOffline => "destination_offline",
-            RouteError::QueueFull(_) => "queue_full",
+            RouteError::QueueFull(e) => e.kind(),
             RouteError::RateLimited(_) => "rate_limited",
             RouteError::Registry(_) => "registry",
             RouteError::Federation(_) => "federation",
+            RouteError::ShuttingDown => "shutting_down",
         }
     }
 }

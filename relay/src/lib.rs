@@ -10,7 +10,7 @@
 //!
 //! - [`server`]: the listener and its routes; [`config`]: settings; [`state`]: what all
 //!   handlers share;
-//! - [`auth`]: login by JWT; [`session`]: one connection's reader and writer;
+//! - [`auth`]: login by JWT; [`session`]: one connection as one actor (read, write, keep-alive);
 //! - [`switch`]: connected sessions; [`queue`]: envelopes for offline sessions;
 //! - [`routing`]: where an envelope goes; [`errors`]: error envelopes for the sender;
 //! - [`federation`]: envelopes between relays; [`ranker`]: which relay to try first;

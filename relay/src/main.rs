@@ -111,6 +111,52 @@ struct Args {
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     debug: u8,
+
+    // --- sessions and bounded memory (issue #12) ---
+    /// Envelopes whose deadline (timestamp + expiration) is more than SECS ahead are
+    /// refused with an error envelope.
+    #[arg(long, value_name = "SECS", default_value_t = rmb_proto::DEFAULT_MAX_LIFETIME_SECS)]
+    max_lifetime: u64,
+
+    /// A session that sent nothing for SECS gets a WebSocket ping.
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    ping_interval: u64,
+
+    /// A session that sent nothing (not even a pong) for SECS is disconnected. Peers
+    /// (ours and rmb-rs's) ping every 20 s when idle.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    read_timeout: u64,
+
+    /// Longest time one batch of envelopes may take to be written to a session before it
+    /// is disconnected (what it held goes back to its offline queue).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    write_timeout: u64,
+
+    /// A session whose outbox stays over --outbox-bytes for SECS is disconnected (what it
+    /// held goes back to its offline queue).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    slow_reader_timeout: u64,
+
+    /// Bytes waiting to be written to one session; further envelopes for it spill to its
+    /// offline queue until it catches up.
+    #[arg(long, value_name = "BYTES", default_value_t = rmb_relay::config::DEFAULT_OUTBOX_BYTES)]
+    outbox_bytes: usize,
+
+    /// Most bytes queued for one offline (or spilled) session.
+    #[arg(long, value_name = "BYTES", default_value_t = rmb_relay::queue::DEFAULT_SESSION_BYTES)]
+    queue_bytes_per_session: usize,
+
+    /// Most bytes queued for one twin, all its sessions together.
+    #[arg(long, value_name = "BYTES", default_value_t = rmb_relay::queue::DEFAULT_TWIN_BYTES)]
+    queue_bytes_per_twin: usize,
+
+    /// Most bytes queued in all (in-memory queues; with --redis, Redis's maxmemory).
+    #[arg(long, value_name = "BYTES", default_value_t = rmb_relay::queue::DEFAULT_TOTAL_BYTES)]
+    queue_bytes_total: usize,
+
+    /// Most distinct session ids per twin: connected at once, and (separately) with queues.
+    #[arg(long, value_name = "N", default_value_t = rmb_relay::queue::DEFAULT_SESSIONS_PER_TWIN)]
+    sessions_per_twin: usize,
 }
 
 #[tokio::main]
@@ -134,6 +180,16 @@ async fn main() -> anyhow::Result<()> {
         ranker_period: args.ranker_period,
         federation_http: args.federation_http,
         resolver: RelayResolver::new(args.resolve.clone()),
+        max_lifetime: args.max_lifetime,
+        ping_interval: Duration::from_secs(args.ping_interval.max(1)),
+        read_timeout: Duration::from_secs(args.read_timeout.max(1)),
+        write_timeout: Duration::from_secs(args.write_timeout.max(1)),
+        slow_reader_timeout: Duration::from_secs(args.slow_reader_timeout.max(1)),
+        outbox_bytes: args.outbox_bytes,
+        queue_bytes_per_session: args.queue_bytes_per_session,
+        queue_bytes_per_twin: args.queue_bytes_per_twin,
+        queue_bytes_total: args.queue_bytes_total,
+        sessions_per_twin: args.sessions_per_twin,
         ..Config::default()
     };
     if config.domains.is_empty() {
@@ -154,15 +210,16 @@ async fn main() -> anyhow::Result<()> {
                 shutdown.clone(),
             )
             .await
-            .with_context(|| format!("connecting to redis at {url}"))?,
+            .with_context(|| format!("connecting to redis at {url}"))?
+            .with_limits(config.queue_limits()),
         ),
-        None => Arc::new(MemoryQueues::new(config.queue_per_session)),
+        None => Arc::new(MemoryQueues::with_limits(config.queue_limits())),
     };
     tracing::info!(queues = %queues.describe(), "offline queues");
     let state = RelayState::with_queues(config, registry, hosted, queues, shutdown);
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let server = match (&args.tls_cert, &args.tls_key) {
+    let mut server = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = rmb_relay::tls::server_config(cert, key)?;
             RelayServer::start_tls(state, listener, tls)?
@@ -175,7 +232,14 @@ async fn main() -> anyhow::Result<()> {
     let tls = args.tls_cert.is_some();
     tracing::info!(listen = %server.local_addr(), tls, domains = ?args.domains, "relay ready");
 
-    shutdown_signal().await;
+    // The server may also stop by itself (its listener failed): exit non-zero then.
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = server.stopped() => {
+            result.context("the relay server stopped")?;
+            anyhow::bail!("the relay server stopped unexpectedly");
+        }
+    }
     tracing::info!("shutting down");
     tokio::time::timeout(Duration::from_secs(10), server.shutdown())
         .await

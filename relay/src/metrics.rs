@@ -19,7 +19,12 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     pub federated_out: IntCounter,
     pub federated_in: IntCounter,
+    /// Bytes waiting in the offline queues (as counted against their limits).
+    pub queue_bytes: IntGauge,
+    /// `relay_errors_total{kind="rate_limited"}` itself (one counter, not a second one
+    /// that could disagree).
     pub rate_limited: IntCounter,
+    /// Every refusal, by reason: `relay_errors_total{kind}`.
     pub errors: IntCounterVec,
     pub route_seconds: Histogram,
 }
@@ -90,14 +95,18 @@ impl Metrics {
                 "relay_federated_in_total",
                 "Envelopes accepted from other relays",
             ),
-            rate_limited: counter("relay_rate_limited_total", "Envelopes refused by --limit"),
+            queue_bytes: gauge(
+                "relay_queue_bytes",
+                "Bytes waiting in the offline queues of this process",
+            ),
+            rate_limited: errors.with_label_values(&["rate_limited"]),
             errors,
             route_seconds,
             registry,
         }
     }
 
-    /// Counts a refused envelope under `kind` (a short, fixed label).
+    /// Counts a refused envelope (or frame, or login) under `kind` (a short, fixed label).
     pub fn error(&self, kind: &str) {
         self.errors.with_label_values(&[kind]).inc();
     }

@@ -6,7 +6,8 @@
 //! ping                                                   → pong to the sender
 //! destination missing / twin 0                           → "message with missing destination"
 //! expired                                                → "message has expired" (rmb-rs queues it anyway)
-//! destination session connected here                     → deliver
+//! deadline past now + --max-lifetime                     → "message lifetime too long"
+//! destination session connected here                     → deliver (outbox over its bound: spill to its queue)
 //! destination twin unknown / no relays                   → error
 //! destination lives here (relay list ∩ --domain)         → fail-fast: "destination offline"; else queue
 //! otherwise, from a session                              → federate (error comes back if all relays fail)
@@ -18,7 +19,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use prost::Message as _;
-use rmb_proto::{Envelope, Message, MessageKind, Pong};
+use rmb_proto::{Envelope, Message, MessageKind, Pong, TimeError};
 
 use crate::errors::{RouteError, error_envelope};
 use crate::queue::QueueError;
@@ -78,20 +79,21 @@ async fn route_inner(
     if destination.twin == 0 {
         return Err(RouteError::MissingDestination);
     }
-    if env.valid_at(now).is_err() {
-        return Err(RouteError::Expired);
+    match env.check_time(now, state.config.max_lifetime) {
+        Ok(()) => {}
+        Err(TimeError::Expired(_)) => return Err(RouteError::Expired),
+        Err(e) => return Err(RouteError::TooFar(e)),
     }
     let deadline = env.deadline();
-    let bytes = match deliver(state, &destination, bytes, deadline).await {
-        Ok(()) => return Ok(()),
-        Err(bytes) => bytes,
+    let bytes = match deliver(state, &destination, bytes, deadline, now).await? {
+        None => return Ok(()),
+        Some(bytes) => bytes,
     };
 
     let twin = state
         .registry
         .get_twin(destination.twin)
-        .await
-        .map_err(|e| RouteError::Registry(e.to_string()))?
+        .await?
         .ok_or(RouteError::UnknownTwin)?;
     if twin.relays.is_empty() {
         return Err(RouteError::NoRelays);
@@ -106,14 +108,13 @@ async fn route_inner(
                 state.metrics.queued.inc();
                 // The session may have connected while this envelope was being routed
                 // (the registry lookup above can take a while), after it took its queue:
-                // hand the queue over now, or the envelope would wait for a reconnect.
-                if state.switch.is_connected(&destination) {
-                    hand_over(state, &destination).await;
-                }
+                // tell it to take its queue again, or the envelope would wait for a
+                // reconnect.
+                hand_over(state, &destination);
                 Ok(())
             }
             Err(QueueError::Offline) => Err(RouteError::DestinationOffline),
-            Err(e) => Err(RouteError::QueueFull(e.to_string())),
+            Err(e) => Err(RouteError::QueueFull(e)),
         };
     }
     let Origin::Session(sender) = origin else {
@@ -122,8 +123,9 @@ async fn route_inner(
             destination.twin
         )));
     };
-    // Forward in the background; the sender hears about a failure by error envelope.
-    let (state, sender, uid, kind) = (
+    // Forward in the background, under the supervisor; the sender hears about a failure
+    // (or a shutdown that came first) by error envelope.
+    let (task_state, sender, uid, kind) = (
         Arc::clone(state),
         sender.clone(),
         env.uid.clone(),
@@ -132,65 +134,57 @@ async fn route_inner(
     // Like an offline twin here, an unreachable relay there only delays the envelope,
     // unless the sender asked for fail-fast errors.
     let keep_trying = !env.is_fail_fast();
-    tokio::spawn(async move {
-        match state
-            .federator
-            .deliver(bytes, &twin.relays, deadline, keep_trying)
-            .await
-        {
+    state.tasks.spawn(async move {
+        let state = task_state;
+        let sent = tokio::select! {
+            sent = state.federator.deliver(bytes, &twin.relays, deadline, keep_trying) => sent,
+            _ = state.shutdown.cancelled() => {
+                // Not sent yet, and this relay keeps nothing for other relays' twins: the
+                // sender is told to send it again (its error envelope is queued for it).
+                let error = RouteError::ShuttingDown;
+                state.metrics.error(error.kind());
+                let now = rmb_proto::time::unix_now();
+                reply_error(&state, &sender, &uid, kind, &error, now).await;
+                return;
+            }
+        };
+        match sent {
             Ok(relay) => {
                 state.metrics.federated_out.inc();
                 tracing::debug!(%relay, twin = twin.id, "federated");
             }
             Err(reason) => {
-                let error = RouteError::Federation(reason);
+                let error = RouteError::Federation(reason.to_string());
                 state.metrics.error(error.kind());
-                tracing::info!(%sender, twin = twin.id, %error, "federation failed");
-                reply_error(
-                    &state,
-                    &sender,
-                    &uid,
-                    kind,
-                    &error,
-                    rmb_proto::time::unix_now(),
-                )
-                .await;
+                tracing::debug!(%sender, twin = twin.id, %error, "federation failed");
+                let now = rmb_proto::time::unix_now();
+                reply_error(&state, &sender, &uid, kind, &error, now).await;
             }
         }
     });
     Ok(())
 }
 
-/// Hands `bytes` to a connected session, waiting (bounded) for a slow reader. Returns the
-/// bytes if the session is not connected here (or was dropped for being too slow).
+/// Hands `bytes` to a session connected here without waiting on it: an outbox over its
+/// bound spills the envelope to the session's offline queue (bounded; the sender hears
+/// when that is full). Returns the bytes if the session is not connected here.
 async fn deliver(
     state: &RelayState,
     session: &SessionId,
     bytes: Bytes,
     deadline: u64,
-) -> Result<(), Bytes> {
-    let bytes = match state.switch.deliver(session, (bytes, deadline)) {
-        Delivery::Sent => return Ok(()),
-        Delivery::NotConnected((bytes, _)) => return Err(bytes),
-        Delivery::Full((bytes, _)) => bytes,
+    now: u64,
+) -> Result<Option<Bytes>, RouteError> {
+    let item = match state.switch.deliver(session, (bytes, deadline)) {
+        Delivery::Sent => return Ok(None),
+        Delivery::NotConnected((bytes, _)) => return Ok(Some(bytes)),
+        Delivery::Full(item) => item,
     };
-    let Some((outbox, cancel)) = state.switch.outbox(session) else {
-        return Err(bytes);
-    };
-    match tokio::time::timeout(
-        state.config.slow_reader_timeout,
-        outbox.send((bytes.clone(), deadline)),
-    )
-    .await
-    {
-        Ok(Ok(())) => Ok(()),
-        _ => {
-            tracing::warn!(%session, "slow reader disconnected; its envelopes are queued");
-            state.metrics.error("slow_reader");
-            cancel.cancel();
-            Err(bytes)
-        }
-    }
+    state.queue.push(session, item, now, false).await?;
+    state.metrics.queued.inc();
+    // Taken back by the session once it has written what its outbox holds.
+    state.switch.poke(session);
+    Ok(None)
 }
 
 /// Answers an app-level ping with a pong from the relay.
@@ -205,9 +199,11 @@ fn answer_ping(state: &RelayState, session: &SessionId, ping: &Envelope) {
         ..Default::default()
     };
     let deadline = pong.deadline();
-    let _ = state
-        .switch
-        .deliver(session, (Bytes::from(pong.encode_to_vec()), deadline));
+    let item = (Bytes::from(pong.encode_to_vec()), deadline);
+    if !matches!(state.switch.deliver(session, item), Delivery::Sent) {
+        // Its own outbox is full: the client is not reading, a pong would not help.
+        state.metrics.error("pong_dropped");
+    }
 }
 
 /// Sends the sender of a refused envelope an error envelope (requests and responses
@@ -230,10 +226,17 @@ pub async fn reply_error(
         .deliver(sender, (Bytes::from(envelope.encode_to_vec()), deadline))
     {
         Delivery::Sent => {}
-        Delivery::NotConnected((bytes, _)) | Delivery::Full((bytes, _)) => {
-            let item = (bytes, deadline);
-            if let Err(e) = state.queue.push(sender, item, now, false).await {
-                tracing::info!(%sender, %uid, error = %e, "error envelope for an unreachable sender dropped");
+        Delivery::NotConnected(item) | Delivery::Full(item) => {
+            match state.queue.push(sender, item, now, false).await {
+                Ok(()) => {
+                    state.switch.poke(sender);
+                }
+                Err(e) => {
+                    // The sender's own queue is full (it floods and does not read):
+                    // count it; logging each one would let it flood the log.
+                    state.metrics.error("error_reply_dropped");
+                    tracing::debug!(%sender, %uid, error = %e, "error envelope for an unreachable sender dropped");
+                }
             }
         }
     }

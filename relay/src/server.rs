@@ -31,6 +31,9 @@ use crate::state::RelayState;
 /// How often expired envelopes are swept out of the offline queues.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
+/// How long shutdown waits for background tasks once the sessions are closed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A running relay.
 pub struct RelayServer {
     addr: SocketAddr,
@@ -70,7 +73,7 @@ impl RelayServer {
         let handle = axum_server::Handle::new();
         let stopper = handle.clone();
         let stop = state.shutdown.clone();
-        tokio::spawn(async move {
+        state.tasks.spawn(async move {
             stop.cancelled().await;
             stopper.graceful_shutdown(Some(Duration::from_secs(5)));
         });
@@ -91,13 +94,33 @@ impl RelayServer {
     }
 
     /// Stops accepting, closes every session, waits for sessions to put back what they
-    /// held (into the queues) and for the listener to finish.
+    /// held (into the queues), for the supervised background tasks (at most
+    /// [`SHUTDOWN_GRACE`]; federation sends not done by then answer their senders with an
+    /// error envelope) and for the listener to finish.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.state.shutdown.cancel();
         self.state.switch.cancel_all();
         self.state.sessions.close();
         self.state.sessions.wait().await;
+        self.state.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.state.tasks.len(),
+                "background tasks still running after the shutdown grace"
+            );
+        }
         self.wait().await
+    }
+
+    /// Waits until the server task ends without consuming the server (a listener that
+    /// fails ends it; `main` exits non-zero then).
+    pub async fn stopped(&mut self) -> std::io::Result<()> {
+        (&mut self.task)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// Waits until the server stops (after a shutdown, or a fatal listener error).
@@ -161,9 +184,7 @@ async fn upgrade(
 }
 
 async fn metrics(State(state): State<Arc<RelayState>>) -> String {
-    if let Some(depth) = state.queue.depth() {
-        state.metrics.queue_depth.set(depth as i64);
-    }
+    state.refresh_gauges();
     state.metrics.render()
 }
 
@@ -179,12 +200,14 @@ async fn health(State(state): State<Arc<RelayState>>) -> Response {
     axum::Json(body).into_response()
 }
 
-/// The relay's background tasks: the sweeper, and the hand-over of envelopes other
-/// replicas queued (Redis mode).
+/// The relay's background tasks, under its supervisor ([`RelayState::tasks`]): the
+/// sweeper, and the hand-over of envelopes other replicas queued (Redis mode).
 fn spawn_background(state: &Arc<RelayState>) {
-    tokio::spawn(sweep(Arc::clone(state)));
+    state.tasks.spawn(sweep(Arc::clone(state)));
     if let Some(wakeups) = state.queue.wakeups() {
-        tokio::spawn(crate::queue::handoff::run(Arc::clone(state), wakeups));
+        state
+            .tasks
+            .spawn(crate::queue::handoff::run(Arc::clone(state), wakeups));
     }
 }
 
@@ -198,9 +221,7 @@ async fn sweep(state: Arc<RelayState>) {
                 if dropped > 0 {
                     tracing::debug!(dropped, "expired queued envelopes dropped");
                 }
-                if let Some(depth) = state.queue.depth() {
-                    state.metrics.queue_depth.set(depth as i64);
-                }
+                state.refresh_gauges();
             }
         }
     }

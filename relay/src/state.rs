@@ -1,4 +1,5 @@
-//! [`RelayState`]: what every connection and request handler of one relay shares.
+//! [`RelayState`]: what every connection and request handler of one relay shares,
+//! including the supervisor of its background tasks ([`RelayState::tasks`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -8,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::federation::Federator;
-use crate::limiter::Limiter;
+use crate::limiter::{Limited, Limiter};
 use crate::metrics::Metrics;
 use crate::queue::{MemoryQueues, Queues};
 use crate::registry::HostedRegistry;
@@ -34,6 +35,9 @@ pub struct RelayState {
     pub shutdown: CancellationToken,
     /// Every session's task, so shutdown can wait for them to put back what they held.
     pub sessions: TaskTracker,
+    /// The supervisor of every other task (sweeps, hand-over, federation sends, error
+    /// replies): each watches [`RelayState::shutdown`], and shutdown waits for them.
+    pub tasks: TaskTracker,
 }
 
 impl RelayState {
@@ -43,7 +47,7 @@ impl RelayState {
         registry: Arc<dyn Registry>,
         hosted: Option<Arc<HostedRegistry>>,
     ) -> Arc<Self> {
-        let queue = Arc::new(MemoryQueues::new(config.queue_per_session));
+        let queue = Arc::new(MemoryQueues::with_limits(config.queue_limits()));
         Self::with_queues(config, registry, hosted, queue, CancellationToken::new())
     }
 
@@ -57,13 +61,14 @@ impl RelayState {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(RelayState {
-            switch: Switch::default(),
+            switch: Switch::new(config.sessions_per_twin),
             queue,
             metrics: Metrics::new(),
             limiter: Mutex::new(Limiter::new(config.limits, LIMITER_CAPACITY)),
             federator: Federator::new(&config),
             shutdown,
             sessions: TaskTracker::new(),
+            tasks: TaskTracker::new(),
             registry,
             hosted,
             config,
@@ -71,14 +76,22 @@ impl RelayState {
     }
 
     /// Checks `--limit` for `twin` sending `bytes` now.
-    pub fn rate_limit(&self, twin: u32, bytes: usize, now: u64) -> Result<(), String> {
+    pub fn rate_limit(&self, twin: u32, bytes: usize, now: u64) -> Result<(), Limited> {
         // Runs for every frame: without --limit, do not touch the shared lock at all.
         if self.config.limits.is_none() {
             return Ok(());
         }
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        limiter
-            .check(twin, bytes as u64, now)
-            .map_err(|e| e.to_string())
+        limiter.check(twin, bytes as u64, now)
+    }
+
+    /// Updates the gauges of queued envelopes and bytes (for `/metrics` and the sweeper).
+    pub fn refresh_gauges(&self) {
+        if let Some(depth) = self.queue.depth() {
+            self.metrics.queue_depth.set(depth as i64);
+        }
+        if let Some(bytes) = self.queue.bytes() {
+            self.metrics.queue_bytes.set(bytes as i64);
+        }
     }
 }

@@ -66,6 +66,8 @@ pub struct RelayProcess {
     child: Option<Child>,
     args: Vec<String>,
     pub data_dir: tempfile::TempDir,
+    /// `RUST_LOG` and stderr file, when started with [`RelayProcess::start_logged`].
+    log: Option<(String, PathBuf)>,
 }
 
 impl RelayProcess {
@@ -81,25 +83,68 @@ impl RelayProcess {
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
             data_dir: tempfile::tempdir().expect("temporary directory"),
+            log: None,
         };
         relay.spawn();
         relay
     }
 
+    /// Starts it with `RUST_LOG=<filter>` and its output kept in a file ([`RelayProcess::log`]).
+    pub fn start_logged(extra: &[&str], filter: &str) -> Self {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let path = data_dir.path().join("relay.log");
+        let mut relay = RelayProcess {
+            port: free_port(),
+            child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            data_dir,
+            log: Some((filter.to_string(), path)),
+        };
+        relay.spawn();
+        relay
+    }
+
+    /// What it logged (stdout and stderr) so far (started with [`RelayProcess::start_logged`]).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|(_, path)| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn spawn(&mut self) {
         let binary = binaries().join("rmb-relay");
+        // The relay logs to stdout; a logged relay's stdout and stderr both go to the file.
+        let (filter, stdout, stderr) = match &self.log {
+            Some((filter, path)) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("relay log file");
+                let copy = file.try_clone().expect("relay log file");
+                (filter.clone(), Stdio::from(file), Stdio::from(copy))
+            }
+            None => (
+                std::env::var("RMB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                Stdio::null(),
+                Stdio::inherit(),
+            ),
+        };
         let child = Command::new(&binary)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--domain", &self.domain()])
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(&self.args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RMB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .env("RUST_LOG", filter)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         self.child = Some(child);

@@ -7,6 +7,13 @@
 //! |---|---|---|---|
 //! | `q:<session>` | list | `<deadline>|<envelope bytes>`, oldest first | cap per session; key expires after the newest deadline |
 //! | `at:<session>` | string | id of the replica holding the session | expires unless renewed ([`PRESENCE_TTL`]) |
+//! | `qb:<session>` | integer | bytes in `q:<session>` | expires with it |
+//! | `tb:<twin>` | integer | bytes in all queues of the twin | expires after the newest deadline |
+//! | `ts:<twin>` | set | session texts of the twin's queues | `--sessions-per-twin`; expires likewise |
+//!
+//! The byte counters are kept by the push and take scripts; entries that expire inside a
+//! list are only released when pushed out or taken, so the counters err on the high side
+//! until their keys expire (a bound, not an exact figure).
 //!
 //! Queueing and looking up presence happen in one script, which also publishes the
 //! session on `wake:<replica>` when some replica holds it, so the replica that has the
@@ -24,7 +31,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{QueueError, Queues};
+use super::{QueueError, QueueLimits, Queues};
 use crate::switch::{Outgoing, SessionId};
 
 /// How long a replica's claim on a session lasts without renewal (a crashed replica's
@@ -34,39 +41,96 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
 /// How long a queue key outlives the newest deadline in it.
 const QUEUE_GRACE: u64 = 60;
 
-/// Envelopes taken from Redis per round trip.
-const TAKE_BATCH: usize = 256;
+/// Longest TTL given to a queue key, whatever deadline an entry claims (Redis refuses
+/// expire times that overflow; routing refuses deadlines past `--max-lifetime` anyway).
+const MAX_KEY_TTL: u64 = 366 * 24 * 3600;
+
+/// Most envelopes taken from Redis per round trip.
+const TAKE_BATCH: usize = 1024;
 
 /// Queue one or more entries (see the module docs for the keys).
-/// KEYS[1] = queue, KEYS[2] = presence.
+/// KEYS = queue, presence, session bytes, twin bytes, twin session set.
 /// ARGV = cap, key ttl, fail-fast 0/1, session text, now, wake channel prefix, front 0/1,
-/// entries…
-/// Returns {0, length} queued, {1, length} full, {2, 0} offline (fail-fast).
+/// session byte limit, twin byte limit, sessions per twin, entries…
+/// Returns {0, length} queued, {1, length} full, {2, 0} offline (fail-fast),
+/// {3, limit} session bytes, {4, limit} too many session ids, {5, limit} twin bytes.
 const PUSH_SCRIPT: &str = r#"
 local owner = redis.call('GET', KEYS[2])
 if ARGV[3] == '1' and not owner then return {2, 0} end
 local cap = tonumber(ARGV[1])
 local now = tonumber(ARGV[5])
+local slimit = tonumber(ARGV[8])
+local tlimit = tonumber(ARGV[9])
+local add = 0
+for i = 11, #ARGV do add = add + #ARGV[i] end
+local sbytes = tonumber(redis.call('GET', KEYS[3]) or '0')
+local tbytes = tonumber(redis.call('GET', KEYS[4]) or '0')
 if ARGV[7] == '1' then
-  for i = #ARGV, 8, -1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end
+  for i = #ARGV, 11, -1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end
 else
-  local n = #ARGV - 7
+  if redis.call('SISMEMBER', KEYS[5], ARGV[4]) == 0
+     and redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[10]) then
+    return {4, tonumber(ARGV[10])}
+  end
+  local n = #ARGV - 10
   local len = redis.call('LLEN', KEYS[1])
-  while len + n > cap do
+  local freed = 0
+  while len + n > cap or sbytes + add > slimit or tbytes + add > tlimit do
     local head = redis.call('LINDEX', KEYS[1], 0)
     if not head then break end
     local deadline = tonumber(string.match(head, '^(%d+)|'))
     if deadline and deadline > now then break end
     redis.call('LPOP', KEYS[1])
     len = len - 1
+    sbytes = sbytes - #head
+    tbytes = tbytes - #head
+    freed = freed + #head
+  end
+  if freed > 0 then
+    redis.call('DECRBY', KEYS[3], freed)
+    redis.call('DECRBY', KEYS[4], freed)
   end
   if len + n > cap then return {1, len} end
-  for i = 8, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+  if sbytes + add > slimit then return {3, slimit} end
+  if tbytes + add > tlimit then return {5, tlimit} end
+  for i = 11, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
 end
+redis.call('INCRBY', KEYS[3], add)
+redis.call('INCRBY', KEYS[4], add)
+redis.call('SADD', KEYS[5], ARGV[4])
 local ttl = tonumber(ARGV[2])
-if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+for k = 1, 5 do
+  if k ~= 2 and redis.call('TTL', KEYS[k]) < ttl then redis.call('EXPIRE', KEYS[k], ttl) end
+end
 if owner then redis.call('PUBLISH', ARGV[6] .. owner, ARGV[4]) end
 return {0, redis.call('LLEN', KEYS[1])}
+"#;
+
+/// Take entries from the head of a queue, about ARGV[1] bytes of them (at least one) and
+/// at most ARGV[3], releasing their bytes. KEYS = queue, session bytes, twin bytes, twin
+/// session set; ARGV[2] = session text.
+const TAKE_SCRIPT: &str = r#"
+local budget = tonumber(ARGV[1])
+local most = tonumber(ARGV[3])
+local out = {}
+local total = 0
+while #out < most do
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head then break end
+  if #out > 0 and total + #head > budget then break end
+  redis.call('LPOP', KEYS[1])
+  total = total + #head
+  out[#out + 1] = head
+end
+if total > 0 then
+  if redis.call('DECRBY', KEYS[2], total) <= 0 then redis.call('DEL', KEYS[2]) end
+  if redis.call('DECRBY', KEYS[3], total) <= 0 then redis.call('DEL', KEYS[3]) end
+end
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+  redis.call('SREM', KEYS[4], ARGV[2])
+end
+return out
 "#;
 
 /// Claim a session for a replica unless another replica holds it (renewal), or always
@@ -91,8 +155,9 @@ pub struct RedisQueues {
     conn: ConnectionManager,
     prefix: String,
     replica: String,
-    per_session: usize,
+    limits: QueueLimits,
     push: redis::Script,
+    take: redis::Script,
     claim: redis::Script,
     release: redis::Script,
     wakeups: Mutex<Option<mpsc::Receiver<SessionId>>>,
@@ -118,13 +183,25 @@ impl RedisQueues {
             conn,
             prefix: prefix.to_string(),
             replica,
-            per_session: per_session.max(1),
+            limits: QueueLimits::with_count(per_session.max(1)),
             push: redis::Script::new(PUSH_SCRIPT),
+            take: redis::Script::new(TAKE_SCRIPT),
             claim: redis::Script::new(CLAIM_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
             wakeups: Mutex::new(Some(rx)),
             url: url.to_string(),
         })
+    }
+
+    /// The same queues with other bounds (the total bound does not apply: Redis's own
+    /// `maxmemory` is the total).
+    pub fn with_limits(mut self, limits: QueueLimits) -> Self {
+        self.limits = QueueLimits {
+            per_session: limits.per_session.max(1),
+            sessions_per_twin: limits.sessions_per_twin.max(1),
+            ..limits
+        };
+        self
     }
 
     /// This process's replica id (the value of the presence keys it owns).
@@ -140,6 +217,18 @@ impl RedisQueues {
         format!("{}at:{session}", self.prefix)
     }
 
+    fn session_bytes_key(&self, session: &SessionId) -> String {
+        format!("{}qb:{session}", self.prefix)
+    }
+
+    fn twin_bytes_key(&self, session: &SessionId) -> String {
+        format!("{}tb:{}", self.prefix, session.twin)
+    }
+
+    fn twin_sessions_key(&self, session: &SessionId) -> String {
+        format!("{}ts:{}", self.prefix, session.twin)
+    }
+
     async fn run_push(
         &self,
         session: &SessionId,
@@ -149,29 +238,44 @@ impl RedisQueues {
         front: bool,
     ) -> Result<(), QueueError> {
         let newest = items.iter().map(|(_, d)| *d).max().unwrap_or(now);
-        let ttl = newest.saturating_sub(now) + QUEUE_GRACE;
+        let ttl = newest
+            .saturating_sub(now)
+            .saturating_add(QUEUE_GRACE)
+            .min(MAX_KEY_TTL);
         let mut invocation = self.push.prepare_invoke();
         invocation
             .key(self.queue_key(session))
             .key(self.presence_key(session))
-            .arg(self.per_session)
+            .key(self.session_bytes_key(session))
+            .key(self.twin_bytes_key(session))
+            .key(self.twin_sessions_key(session))
+            .arg(self.limits.per_session)
             .arg(ttl)
             .arg(u8::from(fail_fast))
             .arg(session.to_string())
             .arg(now)
             .arg(format!("{}wake:", self.prefix))
-            .arg(u8::from(front));
+            .arg(u8::from(front))
+            .arg(self.limits.session_bytes)
+            .arg(self.limits.twin_bytes)
+            .arg(self.limits.sessions_per_twin);
         for (bytes, deadline) in items {
             invocation.arg(encode_entry(bytes, *deadline));
         }
         let mut conn = self.conn.clone();
-        let (status, length): (u8, usize) = invocation
+        let (status, value): (u8, usize) = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))?;
         match status {
             0 => Ok(()),
-            1 => Err(QueueError::Full(length)),
+            1 => Err(QueueError::Full(value)),
+            3 => Err(QueueError::SessionBytes { limit: value }),
+            4 => Err(QueueError::TooManySessions {
+                twin: session.twin,
+                limit: value,
+            }),
+            5 => Err(QueueError::TwinBytes { limit: value }),
             _ => Err(QueueError::Offline),
         }
     }
@@ -201,35 +305,29 @@ impl Queues for RedisQueues {
         }
     }
 
-    async fn take(&self, session: &SessionId, now: u64) -> Vec<Outgoing> {
-        let key = self.queue_key(session);
+    async fn take(&self, session: &SessionId, now: u64, max_bytes: usize) -> Vec<Outgoing> {
         let mut conn = self.conn.clone();
-        let mut taken = Vec::new();
-        loop {
-            let batch: Option<Vec<Vec<u8>>> = match redis::cmd("LPOP")
-                .arg(&key)
-                .arg(TAKE_BATCH)
-                .query_async(&mut conn)
-                .await
-            {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(%session, error = %e, "taking the session's queue from redis failed");
-                    break;
-                }
-            };
-            let Some(batch) = batch else { break };
-            let full = batch.len() == TAKE_BATCH;
-            taken.extend(
-                batch
-                    .into_iter()
-                    .filter_map(|entry| decode_entry(entry, now)),
-            );
-            if !full {
-                break;
+        let result: Result<Vec<Vec<u8>>, _> = self
+            .take
+            .key(self.queue_key(session))
+            .key(self.session_bytes_key(session))
+            .key(self.twin_bytes_key(session))
+            .key(self.twin_sessions_key(session))
+            .arg(max_bytes)
+            .arg(session.to_string())
+            .arg(TAKE_BATCH)
+            .invoke_async(&mut conn)
+            .await;
+        match result {
+            Ok(entries) => entries
+                .into_iter()
+                .filter_map(|entry| decode_entry(entry, now))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(%session, error = %e, "taking the session's queue from redis failed");
+                Vec::new()
             }
         }
-        taken
     }
 
     async fn attach(&self, session: &SessionId) {
@@ -295,8 +393,13 @@ impl Queues for RedisQueues {
 
     fn describe(&self) -> String {
         format!(
-            "redis {} (replica {}, at most {} per session)",
-            self.url, self.replica, self.per_session
+            "redis {} (replica {}, at most {} envelopes and {} bytes per session, {} bytes and {} session ids per twin)",
+            self.url,
+            self.replica,
+            self.limits.per_session,
+            self.limits.session_bytes,
+            self.limits.twin_bytes,
+            self.limits.sessions_per_twin
         )
     }
 
