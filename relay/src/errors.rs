@@ -6,6 +6,7 @@
 
 use rmb_proto::{Envelope, Error, Message};
 
+use crate::federation::FederationError;
 use crate::switch::SessionId;
 
 /// Lifetime of relay error envelopes, as rmb-rs.
@@ -33,7 +34,7 @@ pub enum RouteError {
     #[error("failed to get twin: {0}")]
     Registry(String),
     #[error("federation failed: {0}")]
-    Federation(String),
+    Federation(FederationError),
 }
 
 impl RouteError {
@@ -49,7 +50,7 @@ impl RouteError {
             RouteError::QueueFull(_) => "queue_full",
             RouteError::RateLimited(_) => "rate_limited",
             RouteError::Registry(_) => "registry",
-            RouteError::Federation(_) => "federation",
+            RouteError::Federation(e) => e.kind(),
         }
     }
 }

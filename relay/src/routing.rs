@@ -21,6 +21,7 @@ use prost::Message as _;
 use rmb_proto::{Envelope, Message, MessageKind, Pong};
 
 use crate::errors::{RouteError, error_envelope};
+use crate::federation::FederationError;
 use crate::queue::QueueError;
 use crate::queue::handoff::hand_over;
 use crate::state::RelayState;
@@ -117,9 +118,8 @@ async fn route_inner(
         };
     }
     let Origin::Session(sender) = origin else {
-        return Err(RouteError::Federation(format!(
-            "twin {} does not live on this relay",
-            destination.twin
+        return Err(RouteError::Federation(FederationError::NotHere(
+            destination.twin,
         )));
     };
     // Forward in the background; the sender hears about a failure by error envelope.
@@ -145,7 +145,8 @@ async fn route_inner(
             Err(reason) => {
                 let error = RouteError::Federation(reason);
                 state.metrics.error(error.kind());
-                tracing::info!(%sender, twin = twin.id, %error, "federation failed");
+                // Details were logged (rate-limited) by the federator.
+                tracing::debug!(%sender, twin = twin.id, %error, "federation failed");
                 reply_error(
                     &state,
                     &sender,
