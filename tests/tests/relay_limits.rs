@@ -144,7 +144,12 @@ async fn registry_entries_cannot_aim_the_relay_at_internal_addresses() {
     let relay = RelayProcess::start_strict(&["--federation-http"]);
     let (alice, victim) = (identity("Alice"), identity("Victim"));
     let a = register(&relay.http_url(), &alice, &[relay.domain()]).await;
-    let v = register(&relay.http_url(), &victim, &[internal.addr.clone()]).await;
+    let v = register(
+        &relay.http_url(),
+        &victim,
+        std::slice::from_ref(&internal.addr),
+    )
+    .await;
     let mut ca = TestClient::connect(&relay.ws_url(), &alice, a, None).await;
     ca.send(&request(
         &alice,
