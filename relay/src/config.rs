@@ -77,7 +77,7 @@ impl Default for Config {
             body_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(10),
-            max_connections: 50_000,
+            max_connections: 500_000,
             max_connections_per_ip: 1_000,
             health_connections: 64,
             federation_allow: Vec::new(),

@@ -131,8 +131,9 @@ struct Args {
     login_timeout: u64,
 
     /// Most connections open at once (sessions included). Lowered at start to the open
-    /// file limit (raised to its hard limit) minus 256 for everything else.
-    #[arg(long, default_value_t = 50_000, value_name = "N")]
+    /// file limit (raised to its hard limit) minus 256 for everything else, which is what
+    /// usually decides.
+    #[arg(long, default_value_t = 500_000, value_name = "N")]
     max_connections: usize,
 
     /// Most connections open at once from one IP address; 0 for no limit (e.g. behind
