@@ -3,7 +3,8 @@
 //!
 //! - forged federation POSTs must not spend the claimed twin's `--limit` budget;
 //! - a registry entry must not aim the relay at internal addresses, nor learn their answers;
-//! - silent, slowly sent and too many connections are cut off, `/health` still answers;
+//! - silent, slowly sent, stalled-TLS and too many connections are cut off, `/health`
+//!   still answers;
 //! - oversized federation bodies are counted as `oversize`.
 
 use std::io::{Read, Write};
@@ -379,4 +380,61 @@ async fn federation_refusals_are_counted_by_reason() {
         .unwrap();
     assert!(text.contains("\nrelay_rate_limited_total 2\n"), "{text}");
     assert_eq!(error_count(&relay, "rate_limited").await, 2);
+}
+
+/// Item 2: over TLS, a connection that never finishes its handshake is closed within
+/// `--tls-handshake-timeout` (before any HTTP deadline applies), and the relay still serves.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_cut_off() {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let relay = RelayProcess::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tls-handshake-timeout",
+        "2",
+        "--header-timeout",
+        "30",
+    ]);
+    let addr = relay.domain();
+    let (silent, partial) = tokio::task::spawn_blocking(move || {
+        let limit = Duration::from_secs(8);
+        let silent = wait_closed(&mut TcpStream::connect(&addr).unwrap(), b"", limit).1;
+        // The first bytes of a TLS record header, then nothing.
+        let partial = wait_closed(
+            &mut TcpStream::connect(&addr).unwrap(),
+            &[0x16, 0x03],
+            limit,
+        )
+        .1;
+        (silent, partial)
+    })
+    .await
+    .unwrap();
+    assert!(silent.is_some(), "a silent TLS connection stayed open");
+    assert!(partial.is_some(), "a stalled TLS handshake stayed open");
+
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let metrics = client
+        .get(format!("https://{}/metrics", relay.domain()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("relay_errors_total{kind=\"tls_timeout\"} 2"),
+        "{metrics}"
+    );
 }
