@@ -438,3 +438,34 @@ async fn a_stalled_tls_handshake_is_cut_off() {
         "{metrics}"
     );
 }
+
+/// Item 2: a login whose registry lookup hangs is answered within `--login-timeout`.
+#[tokio::test]
+async fn a_login_stuck_on_the_registry_is_answered_within_the_deadline() {
+    // A registry that accepts connections and never answers.
+    let black_hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let registry = format!("http://{}", black_hole.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in black_hole.incoming() {
+            held.push(stream);
+        }
+    });
+    let relay = RelayProcess::start(&["--registry", &registry, "--login-timeout", "2"]);
+    let alice = identity("Alice");
+    let token = rmb_identity::Token::create(
+        alice.signer(),
+        7,
+        None,
+        rmb_testsupport::relay_client::now(),
+        60,
+    );
+    let started = Instant::now();
+    let refused = TestClient::try_login(&format!("{}?{token}", relay.ws_url())).await;
+    assert_eq!(refused, Err((503, "login timed out".to_string())));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
