@@ -7,6 +7,7 @@ use std::time::Duration;
 use rmb_identity::JwtPolicy;
 use rmb_identity::registry::RelayResolver;
 
+use crate::federation::AllowEntry;
 use crate::limiter::Limits;
 use crate::queue::QueueLimits;
 
@@ -59,6 +60,26 @@ pub struct Config {
     /// `--sessions-per-twin`: distinct session ids a twin may hold connected, and
     /// (separately) have queues for.
     pub sessions_per_twin: usize,
+    // Connection limits, deadlines and federation targets (issue #12).
+    /// `--header-timeout`: a request's headers (also the first byte of a new connection,
+    /// and the next request on an idle keep-alive connection) must arrive within this.
+    pub header_timeout: Duration,
+    /// `--body-timeout`: a federation POST's body must arrive within this.
+    pub body_timeout: Duration,
+    /// `--tls-handshake-timeout`: a TLS handshake must finish within this.
+    pub tls_handshake_timeout: Duration,
+    /// `--login-timeout`: checking a login (token, registry lookup) must finish within this.
+    pub login_timeout: Duration,
+    /// `--max-connections`: most connections open at once (all kinds, sessions included).
+    pub max_connections: usize,
+    /// `--max-connections-per-ip`: most connections open at once from one address
+    /// (0: no per-address limit, e.g. behind a reverse proxy).
+    pub max_connections_per_ip: usize,
+    /// `--health-connections`: connections over the limits still served `/health` and
+    /// `/metrics` (with a short deadline), so monitoring sees a full relay as full.
+    pub health_connections: usize,
+    /// `--federation-allow`: federation targets allowed beyond public domain names.
+    pub federation_allow: Vec<AllowEntry>,
 }
 
 impl Default for Config {
@@ -84,6 +105,14 @@ impl Default for Config {
             queue_bytes_per_twin: crate::queue::DEFAULT_TWIN_BYTES,
             queue_bytes_total: crate::queue::DEFAULT_TOTAL_BYTES,
             sessions_per_twin: crate::queue::DEFAULT_SESSIONS_PER_TWIN,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(10),
+            max_connections: 500_000,
+            max_connections_per_ip: 1_000,
+            health_connections: 64,
+            federation_allow: Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@
 use rmb_identity::registry::RegistryError;
 use rmb_proto::{Envelope, Error, Message, TimeError};
 
+use crate::federation::FederationError;
 use crate::limiter::Limited;
 use crate::queue::QueueError;
 use crate::switch::SessionId;
@@ -41,7 +42,7 @@ pub enum RouteError {
     #[error("failed to get twin: {0}")]
     Registry(#[from] RegistryError),
     #[error("federation failed: {0}")]
-    Federation(String),
+    Federation(FederationError),
     /// The relay stopped before the envelope reached the destination's relay.
     #[error("relay shutting down: message not forwarded, send it again")]
     ShuttingDown,
@@ -61,7 +62,7 @@ impl RouteError {
             RouteError::QueueFull(e) => e.kind(),
             RouteError::RateLimited(_) => "rate_limited",
             RouteError::Registry(_) => "registry",
-            RouteError::Federation(_) => "federation",
+            RouteError::Federation(e) => e.kind(),
             RouteError::ShuttingDown => "shutting_down",
         }
     }

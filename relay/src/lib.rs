@@ -15,6 +15,7 @@
 //! - [`routing`]: where an envelope goes; [`errors`]: error envelopes for the sender;
 //! - [`federation`]: envelopes between relays; [`ranker`]: which relay to try first;
 //! - [`limiter`]: `--limit`; [`metrics`]: `/metrics`; [`tls`]: `wss://` without a proxy;
+//! - [`throttle`]: at most one log line per interval for what remote parties can cause;
 //! - [`registry`]: the embedded twin registry this relay can host.
 
 pub mod auth;
@@ -31,6 +32,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod switch;
+pub mod throttle;
 pub mod tls;
 
 pub use config::Config;

@@ -157,7 +157,51 @@ struct Args {
     /// Most distinct session ids per twin: connected at once, and (separately) with queues.
     #[arg(long, value_name = "N", default_value_t = rmb_relay::queue::DEFAULT_SESSIONS_PER_TWIN)]
     sessions_per_twin: usize,
+    // Connection limits, deadlines and federation targets.
+    /// Seconds a client has to send a request's headers: also for a new connection that
+    /// sends nothing and for an idle keep-alive connection.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+
+    /// Seconds a federation POST has to send its body.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
+
+    /// Seconds a TLS handshake may take (with --tls-cert).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    tls_handshake_timeout: u64,
+
+    /// Seconds checking a login may take (token, registry lookup); then 503.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    login_timeout: u64,
+
+    /// Most connections open at once (sessions included). Lowered at start to the open
+    /// file limit (raised to its hard limit) minus 256 for everything else, which is what
+    /// usually decides.
+    #[arg(long, default_value_t = 500_000, value_name = "N")]
+    max_connections: usize,
+
+    /// Most connections open at once from one IP address; 0 for no limit (e.g. behind
+    /// a reverse proxy, where every connection comes from the proxy).
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    max_connections_per_ip: usize,
+
+    /// Connections over the two limits above that are still served /health and
+    /// /metrics (5 s each, at most 4 per address); beyond them connections are closed.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    health_connections: usize,
+
+    /// Also federate to this relay (a name as registered, host or host:port, used as it
+    /// is) or to IP-literal relays and addresses in this network (ADDRESS[/PREFIX]).
+    /// By default only domain names resolving to public addresses are federated to
+    /// (repeatable; e.g. 127.0.0.1 for a test network on one machine).
+    #[arg(long, value_name = "NAME_OR_ADDR")]
+    federation_allow: Vec<rmb_relay::federation::AllowEntry>,
 }
+
+/// File descriptors kept for everything but client connections (Redis, registry,
+/// federation, files).
+const FD_RESERVE: u64 = 256;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -190,6 +234,14 @@ async fn main() -> anyhow::Result<()> {
         queue_bytes_per_twin: args.queue_bytes_per_twin,
         queue_bytes_total: args.queue_bytes_total,
         sessions_per_twin: args.sessions_per_twin,
+        header_timeout: Duration::from_secs(args.header_timeout),
+        body_timeout: Duration::from_secs(args.body_timeout),
+        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
+        login_timeout: Duration::from_secs(args.login_timeout),
+        max_connections: max_connections(args.max_connections),
+        max_connections_per_ip: args.max_connections_per_ip,
+        health_connections: args.health_connections,
+        federation_allow: args.federation_allow.clone(),
         ..Config::default()
     };
     if config.domains.is_empty() {
@@ -245,6 +297,55 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("shutdown took longer than 10 s")??;
     Ok(())
+}
+
+/// `--max-connections`, lowered to what the open file limit allows. Raises the soft
+/// limit to the hard one first: at the limit, accepting fails and logins, `/health` and
+/// federation stop working, so the relay refuses connections before it gets there.
+fn max_connections(wanted: usize) -> usize {
+    let Some(files) = raise_open_file_limit() else {
+        return wanted;
+    };
+    let allowed = usize::try_from(files.saturating_sub(FD_RESERVE).max(16)).unwrap_or(usize::MAX);
+    if wanted > allowed {
+        tracing::info!(
+            wanted,
+            allowed,
+            open_file_limit = files,
+            "--max-connections lowered to fit the open file limit"
+        );
+    }
+    wanted.min(allowed)
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the soft limit now.
+#[cfg(unix)]
+fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> Option<u64> {
+    None
 }
 
 /// The registry the flags select, and the hosted one when this relay hosts it.

@@ -22,6 +22,7 @@ use prost::Message as _;
 use rmb_proto::{Envelope, Message, MessageKind, Pong, TimeError};
 
 use crate::errors::{RouteError, error_envelope};
+use crate::federation::FederationError;
 use crate::queue::QueueError;
 use crate::queue::handoff::hand_over;
 use crate::state::RelayState;
@@ -118,9 +119,8 @@ async fn route_inner(
         };
     }
     let Origin::Session(sender) = origin else {
-        return Err(RouteError::Federation(format!(
-            "twin {} does not live on this relay",
-            destination.twin
+        return Err(RouteError::Federation(FederationError::NotHere(
+            destination.twin,
         )));
     };
     // Forward in the background, under the supervisor; the sender hears about a failure
@@ -154,7 +154,7 @@ async fn route_inner(
                 tracing::debug!(%relay, twin = twin.id, "federated");
             }
             Err(reason) => {
-                let error = RouteError::Federation(reason.to_string());
+                let error = RouteError::Federation(reason);
                 state.metrics.error(error.kind());
                 tracing::debug!(%sender, twin = twin.id, %error, "federation failed");
                 let now = rmb_proto::time::unix_now();

@@ -65,6 +65,8 @@ pub struct RelayProcess {
     pub port: u16,
     child: Option<Child>,
     args: Vec<String>,
+    /// Passes `--federation-allow 127.0.0.1` (the test relays federate over loopback).
+    allow_loopback: bool,
     pub data_dir: tempfile::TempDir,
     /// `RUST_LOG` and stderr file, when started with [`RelayProcess::start_logged`].
     log: Option<(String, PathBuf)>,
@@ -76,12 +78,23 @@ impl RelayProcess {
         Self::start_on(free_port(), extra)
     }
 
+    /// Starts it without `--federation-allow 127.0.0.1`: it then federates only to public
+    /// domain names, as in production.
+    pub fn start_strict(extra: &[&str]) -> Self {
+        Self::start_with(free_port(), extra, false)
+    }
+
     /// Starts it on a given port (to know its domain in advance, or to restart it).
     pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        Self::start_with(port, extra, true)
+    }
+
+    fn start_with(port: u16, extra: &[&str], allow_loopback: bool) -> Self {
         let mut relay = RelayProcess {
             port,
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            allow_loopback,
             data_dir: tempfile::tempdir().expect("temporary directory"),
             log: None,
         };
@@ -141,6 +154,11 @@ impl RelayProcess {
             .args(["--domain", &self.domain()])
             .arg("--data-dir")
             .arg(self.data_dir.path())
+            .args(if self.allow_loopback {
+                &["--federation-allow", "127.0.0.1"][..]
+            } else {
+                &[]
+            })
             .args(&self.args)
             .env("RUST_LOG", filter)
             .stdout(stdout)

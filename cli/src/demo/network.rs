@@ -111,6 +111,9 @@ pub async fn start_relay(
         "--domain".into(),
         domain.clone(),
         "--federation-http".into(),
+        // The demo's relays federate over loopback, which is refused by default.
+        "--federation-allow".into(),
+        "127.0.0.1".into(),
         "--data-dir".into(),
         dir.display().to_string(),
     ];

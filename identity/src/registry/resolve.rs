@@ -55,6 +55,12 @@ impl RelayResolver {
     pub fn resolve<'a>(&'a self, name: &'a str) -> &'a str {
         self.overrides.get(name).map_or(name, String::as_str)
     }
+
+    /// The addresses the overrides point to (the relay's federation trusts them: the
+    /// operator chose them).
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.overrides.values().map(String::as_str)
+    }
 }
 
 #[cfg(test)]

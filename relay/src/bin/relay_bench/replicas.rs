@@ -72,6 +72,9 @@ impl Replicas {
             let shutdown = CancellationToken::new();
             let config = Config {
                 domains: [domain.to_string()].into(),
+                // Every bench client connects from 127.0.0.1.
+                max_connections_per_ip: 0,
+                max_connections: usize::MAX,
                 ..Config::default()
             };
             let queues: Arc<dyn Queues> = Arc::new(

@@ -77,6 +77,9 @@ impl Target {
         let domain = format!("127.0.0.1:{}", listener.local_addr()?.port());
         let config = Config {
             domains: [domain.clone()].into(),
+            // Every bench client connects from 127.0.0.1.
+            max_connections_per_ip: 0,
+            max_connections: usize::MAX,
             ..Config::default()
         };
         let state = RelayState::new(config, hosted.clone(), Some(hosted.clone()));

@@ -8,17 +8,23 @@
 //! | `GET /health` | `ok` plus a JSON summary |
 //! | `/twins…`, `/changes` | the embedded registry, when this relay hosts it |
 //! | anything else | 404 `page not found` |
+//!
+//! Connections are accepted by [`accept`] (deadlines, TLS, connection limits in
+//! [`limits`]); a connection over the limits gets only `/health` and `/metrics`.
+
+pub mod accept;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -27,6 +33,12 @@ use crate::federation;
 use crate::registry;
 use crate::session;
 use crate::state::RelayState;
+use crate::throttle::LogThrottle;
+use accept::Acceptor;
+use limits::ConnLimits;
+
+/// Failed logins are logged at most once per this interval (anyone can cause them).
+static LOGIN_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
 
 /// How often expired envelopes are swept out of the offline queues.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -44,20 +56,7 @@ pub struct RelayServer {
 impl RelayServer {
     /// Serves `state` on `listener` (plain HTTP/WS) until [`RelayServer::shutdown`].
     pub fn start(state: Arc<RelayState>, listener: TcpListener) -> std::io::Result<Self> {
-        let addr = listener.local_addr()?;
-        let app = app(Arc::clone(&state));
-        spawn_background(&state);
-        let stop = state.shutdown.clone();
-        let task = tokio::spawn(async move {
-            // No Nagle: the session writer batches frames itself and flushes once per batch.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
-        Ok(RelayServer { addr, state, task })
+        Self::serve(state, listener, None)
     }
 
     /// Serves `state` on `listener` over TLS (HTTPS/WSS) until [`RelayServer::shutdown`].
@@ -66,20 +65,32 @@ impl RelayServer {
         listener: std::net::TcpListener,
         tls: Arc<rustls::ServerConfig>,
     ) -> std::io::Result<Self> {
-        let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let app = app(Arc::clone(&state));
+        let listener = TcpListener::from_std(listener)?;
+        Self::serve(state, listener, Some(tokio_rustls::TlsAcceptor::from(tls)))
+    }
+
+    fn serve(
+        state: Arc<RelayState>,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let config = &state.config;
+        let limits = ConnLimits::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.health_connections,
+        );
+        let acceptor = Acceptor {
+            app: app(Arc::clone(&state)).layer(Extension(Arc::clone(&limits))),
+            health_app: health_app(Arc::clone(&state)).layer(Extension(Arc::clone(&limits))),
+            state: Arc::clone(&state),
+            limits,
+            tls,
+        };
         spawn_background(&state);
-        let handle = axum_server::Handle::new();
-        let stopper = handle.clone();
-        let stop = state.shutdown.clone();
-        state.tasks.spawn(async move {
-            stop.cancelled().await;
-            stopper.graceful_shutdown(Some(Duration::from_secs(5)));
-        });
-        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-        let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
-        let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
+        let task = tokio::spawn(acceptor.run(listener));
         Ok(RelayServer { addr, state, task })
     }
 
@@ -131,16 +142,11 @@ impl RelayServer {
     }
 }
 
-/// The routes of one relay.
+/// The routes of one relay. (Federation bodies are size-limited by their handler, which
+/// counts the refusal.)
 pub fn app(state: Arc<RelayState>) -> Router {
-    let max = state.config.max_envelope_size;
     let mut router = Router::new()
-        .route(
-            "/",
-            get(upgrade)
-                .post(federation::ingress)
-                .layer(DefaultBodyLimit::max(max)),
-        )
+        .route("/", get(upgrade).post(federation::ingress))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .fallback(upgrade)
@@ -149,6 +155,20 @@ pub fn app(state: Arc<RelayState>) -> Router {
         router = router.merge(registry::http::router(Arc::clone(hosted)));
     }
     router
+}
+
+/// The routes for a connection over the connection limits: monitoring only.
+fn health_app(state: Arc<RelayState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections; only /health and /metrics are served",
+            )
+        })
+        .with_state(state)
 }
 
 async fn upgrade(
@@ -161,10 +181,17 @@ async fn upgrade(
         return (StatusCode::NOT_FOUND, "page not found").into_response();
     };
     let now = rmb_proto::time::unix_now();
-    match authenticate(&state, token_of(uri.query(), &headers), now).await {
+    let login = authenticate(&state, token_of(uri.query(), &headers), now);
+    let Ok(login) = tokio::time::timeout(state.config.login_timeout, login).await else {
+        state.metrics.error("login_timeout");
+        return (StatusCode::SERVICE_UNAVAILABLE, "login timed out").into_response();
+    };
+    match login {
         Err(e) => {
             state.metrics.error("login");
-            tracing::info!(error = %e, "login refused");
+            if let Some(held_back) = LOGIN_LOG.allow() {
+                tracing::info!(error = %e, held_back, "login refused");
+            }
             (e.status(), e.to_string()).into_response()
         }
         Ok(session) => {
@@ -188,10 +215,14 @@ async fn metrics(State(state): State<Arc<RelayState>>) -> String {
     state.metrics.render()
 }
 
-async fn health(State(state): State<Arc<RelayState>>) -> Response {
+async fn health(
+    State(state): State<Arc<RelayState>>,
+    limits: Option<Extension<Arc<ConnLimits>>>,
+) -> Response {
     let body = serde_json::json!({
         "status": "ok",
         "sessions": state.switch.len(),
+        "connections": limits.map(|Extension(l)| l.open()),
         "queued": state.queue.depth(),
         "queues": state.queue.describe(),
         "domains": state.config.domains,

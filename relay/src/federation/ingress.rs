@@ -1,0 +1,180 @@
+//! `POST /`: an envelope from another relay.
+//!
+//! Unlike rmb-rs, which accepts anything, an envelope is only accepted if its body
+//! arrives within `--body-timeout` and the size limit, it is signed by the twin it claims
+//! to come from (checked against the registry), is not a relay-made (twin 0) message, is
+//! within that twin's rate limit — charged only once the signature is checked, so nobody
+//! can spend another twin's budget — and is for a twin that lives here. Every refusal is
+//! counted in `relay_errors_total{kind}`.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use rmb_identity::verify_envelope;
+use rmb_proto::Envelope;
+
+use super::outbound::LOG_EVERY;
+use crate::errors::RouteError;
+use crate::routing::{Origin, route};
+use crate::state::RelayState;
+use crate::throttle::LogThrottle;
+
+static BODY_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+/// A refusal after which the connection is closed (the rest of the body is not read).
+fn refuse_and_close(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut response = refuse(status, message);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Why a federation body was not read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("envelope of more than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("request body not received within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("request body could not be read: {0}")]
+    Read(axum::Error),
+}
+
+/// Reads the body, at most `limit` bytes and within `--body-timeout`.
+async fn read_body(
+    state: &RelayState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let read = async {
+        let capacity = declared.map_or(0, |n| n as usize).min(limit);
+        let mut buf = Vec::with_capacity(capacity);
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(BodyError::Read)?;
+            if buf.len().saturating_add(chunk.len()) > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    };
+    let timeout = state.config.body_timeout;
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::Timeout(timeout)))
+}
+
+/// `POST /`: an envelope from another relay.
+pub async fn ingress(
+    State(state): State<Arc<RelayState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match read_body(&state, &headers, body, state.config.max_envelope_size).await {
+        Ok(body) => body,
+        Err(e) => {
+            let (kind, status) = match e {
+                BodyError::TooLarge { .. } => ("oversize", StatusCode::PAYLOAD_TOO_LARGE),
+                BodyError::Timeout(_) => ("body_timeout", StatusCode::REQUEST_TIMEOUT),
+                BodyError::Read(_) => ("body_read", StatusCode::BAD_REQUEST),
+            };
+            state.metrics.error(kind);
+            if let Some(held_back) = BODY_LOG.allow() {
+                tracing::info!(error = %e, held_back, "federation request refused");
+            }
+            return refuse_and_close(status, e.to_string());
+        }
+    };
+    let now = rmb_proto::time::unix_now();
+    state.metrics.messages_in.inc();
+    state.metrics.bytes_in.inc_by(body.len() as u64);
+    let env = match Envelope::decode_limited(&body, state.config.max_envelope_size) {
+        Ok(env) => env,
+        Err(rmb_proto::DecodeError::TooLarge { size, limit }) => {
+            state.metrics.error("oversize");
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("envelope of {size} bytes exceeds the limit of {limit} bytes"),
+            );
+        }
+        Err(e) => {
+            state.metrics.error("malformed");
+            return refuse(StatusCode::BAD_REQUEST, format!("bad request: {e}"));
+        }
+    };
+    let source = env.source_twin();
+    if source == 0 {
+        state.metrics.error("unsigned_federation");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "federated envelopes must come from a twin (source twin 0 is refused)",
+        );
+    }
+    let account = match state.registry.get_twin(source).await {
+        Ok(Some(twin)) => twin.account,
+        Ok(None) => {
+            state.metrics.error("unknown_source");
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                format!("unknown source twin {source}"),
+            );
+        }
+        Err(e) => {
+            state.metrics.error("registry");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("failed to get twin: {e}"),
+            );
+        }
+    };
+    if let Err(e) = verify_envelope(&env, &account) {
+        state.metrics.error("bad_signature");
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    // Only now, with the signature checked, is this the source's own traffic: charging its
+    // budget before would let anyone lock a twin out with forged POSTs in its name.
+    if let Err(reason) = state.rate_limit(source, body.len(), now) {
+        // Counted as the session path counts it: `relay_errors_total{kind="rate_limited"}`.
+        state.metrics.rate_limited.inc();
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("exceeded rate limits: {reason}"),
+        );
+    }
+    match route(&state, &Origin::Federation, body, env, now).await {
+        Ok(()) => {
+            state.metrics.federated_in.inc();
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                RouteError::DestinationOffline | RouteError::UnknownTwin => StatusCode::NOT_FOUND,
+                RouteError::Federation(_) => StatusCode::MISDIRECTED_REQUEST,
+                RouteError::QueueFull(_) | RouteError::RateLimited(_) => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                RouteError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            refuse(status, e.to_string())
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! [`Federator`]: sending envelopes to other relays (`POST /` with the envelope bytes).
+//!
+//! [`Federator::forward`] tries the destination twin's relays in the order of the
+//! [`Ranker`] (fewest recent failures first), skipping the ones [`TargetPolicy`] refuses;
+//! `202 Accepted` is success, any other 4xx is final (the remote refused it), anything
+//! else counts as that relay's failure and the next is tried, in at most three passes
+//! and never past the envelope's own deadline. When no relay of the destination can be
+//! reached, [`Federator::deliver`] keeps trying (every 0.5 s doubling to 5 s) until the
+//! envelope expires, as for a twin that is offline here: a relay restarting elsewhere
+//! delays messages, it does not fail them. Only `fail-fast` envelopes get the error at
+//! once, and the envelopes waiting this way are bounded in bytes ([`RETRY_BUDGET_KIB`]).
+//!
+//! What a remote relay answers is never passed on to the sender (see
+//! [`FederationError`]); it is logged, at most once per [`LOG_EVERY`].
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use rmb_identity::registry::http::error_chain;
+use tokio::sync::Semaphore;
+
+use super::FederationError;
+use super::target::{GuardedResolver, TargetPolicy, refused_by_resolver};
+use crate::config::Config;
+use crate::ranker::Ranker;
+use crate::throttle::LogThrottle;
+
+/// Timeout of one federation POST.
+const POST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Passes over a twin's relay list before giving up.
+const PASSES: u32 = 3;
+/// Most bytes (in KiB) of envelopes kept waiting for an unreachable relay at once.
+pub const RETRY_BUDGET_KIB: u32 = 64 * 1024;
+/// First pause before trying an unreachable destination again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Most log lines per kind of federation failure: one per this interval.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Most bytes of a refusing relay's answer that are logged.
+const LOGGED_ANSWER: usize = 200;
+
+/// The federation log lines that remote parties (a twin's registry entry, the relays it
+/// points to) can trigger, each throttled on its own.
+static NOT_ALLOWED_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
+static REFUSED_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
+static FAILED_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
+
+/// Sends envelopes to other relays.
+pub struct Federator {
+    client: reqwest::Client,
+    /// KiB of envelopes waiting to be tried again.
+    retry_budget: Arc<Semaphore>,
+    ranker: Mutex<Ranker>,
+    targets: Arc<TargetPolicy>,
+    scheme: &'static str,
+}
+
+impl Federator {
+    /// A federator for `config` (scheme, ranker period, `--resolve` overrides,
+    /// `--federation-allow`).
+    pub fn new(config: &Config) -> Self {
+        let targets = Arc::new(TargetPolicy::new(
+            &config.federation_allow,
+            config.resolver.clone(),
+        ));
+        Federator {
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(POST_TIMEOUT)
+                // A redirect could point anywhere (e.g. 127.0.0.1): relays answer, they
+                // do not redirect. Proxies would connect past the address check.
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&targets))))
+                .build()
+                .expect("HTTP client with static settings"),
+            retry_budget: Arc::new(Semaphore::new(RETRY_BUDGET_KIB as usize)),
+            ranker: Mutex::new(Ranker::new(config.ranker_period)),
+            targets,
+            scheme: if config.federation_http {
+                "http"
+            } else {
+                "https"
+            },
+        }
+    }
+
+    fn ranked(&self, relays: &BTreeSet<String>, now: u64) -> Vec<String> {
+        let mut order: Vec<String> = relays.iter().cloned().collect();
+        let mut ranker = self.ranker.lock().unwrap_or_else(|p| p.into_inner());
+        ranker.order(&mut order, now, &mut rand::thread_rng());
+        order
+    }
+
+    fn downvote(&self, relay: &str, now: u64) {
+        let mut ranker = self.ranker.lock().unwrap_or_else(|p| p.into_inner());
+        ranker.downvote(relay, now);
+    }
+
+    /// Delivers `bytes` to one of `relays` before `deadline`; returns the relay used, or
+    /// why none took it. With `keep_trying`, relays that cannot be reached are tried
+    /// again until the deadline (within the retry budget).
+    pub async fn deliver(
+        &self,
+        bytes: Bytes,
+        relays: &BTreeSet<String>,
+        deadline: u64,
+        keep_trying: bool,
+    ) -> Result<String, FederationError> {
+        let mut pause = RETRY_FIRST;
+        let mut held = None;
+        loop {
+            let failure = match self.forward(bytes.clone(), relays, deadline).await {
+                Ok(relay) => return Ok(relay),
+                Err(failure) => failure,
+            };
+            let next_try = rmb_proto::time::unix_now().saturating_add(pause.as_secs().max(1));
+            if failure != FederationError::Unreachable || !keep_trying || next_try >= deadline {
+                return Err(failure);
+            }
+            if held.is_none() {
+                let kib = u32::try_from(bytes.len() / 1024 + 1).unwrap_or(u32::MAX);
+                match Arc::clone(&self.retry_budget).try_acquire_many_owned(kib) {
+                    Ok(permit) => held = Some(permit),
+                    Err(_) => return Err(FederationError::Busy),
+                }
+            }
+            tracing::debug!(retry_in = ?pause, "federation failed; trying again until the envelope expires");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// One attempt: up to [`PASSES`] passes over `relays`, best ranked first.
+    async fn forward(
+        &self,
+        bytes: Bytes,
+        relays: &BTreeSet<String>,
+        deadline: u64,
+    ) -> Result<String, FederationError> {
+        for pass in 0..PASSES {
+            let mut tried = 0usize;
+            for relay in self.ranked(relays, rmb_proto::time::unix_now()) {
+                if rmb_proto::time::unix_now() >= deadline {
+                    return Err(FederationError::Expired);
+                }
+                let target = match self.targets.target(&relay) {
+                    Ok(target) => target,
+                    Err(e) => {
+                        log_not_allowed(&e);
+                        continue;
+                    }
+                };
+                tried += 1;
+                let url = format!("{}://{target}/", self.scheme);
+                let result = self
+                    .client
+                    .post(&url)
+                    .header("content-type", "application/x-protobuf")
+                    .body(bytes.clone())
+                    .send()
+                    .await;
+                match result {
+                    Ok(response) if response.status() == StatusCode::ACCEPTED => return Ok(relay),
+                    Ok(mut response) if response.status().is_client_error() => {
+                        if let Some(held_back) = REFUSED_LOG.allow() {
+                            let status = response.status();
+                            // Only the start of the answer: it may be anything, of any size.
+                            let answer = match response.chunk().await {
+                                Ok(Some(chunk)) => String::from_utf8_lossy(
+                                    &chunk[..chunk.len().min(LOGGED_ANSWER)],
+                                )
+                                .into_owned(),
+                                _ => String::new(),
+                            };
+                            tracing::info!(%relay, %status, ?answer, held_back, "destination relay refused a federated envelope");
+                        }
+                        return Err(FederationError::Refused);
+                    }
+                    Ok(response) => log_failed(&relay, &response.status().to_string()),
+                    Err(e) if refused_by_resolver(&e) => {
+                        tried -= 1;
+                        log_not_allowed(&error_chain(&e));
+                        continue;
+                    }
+                    Err(e) => log_failed(&relay, &error_chain(&e)),
+                }
+                self.downvote(&relay, rmb_proto::time::unix_now());
+            }
+            if tried == 0 {
+                return Err(FederationError::NotAllowed);
+            }
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(pass + 1))).await;
+        }
+        Err(FederationError::Unreachable)
+    }
+}
+
+fn log_not_allowed(reason: &dyn std::fmt::Display) {
+    if let Some(held_back) = NOT_ALLOWED_LOG.allow() {
+        tracing::info!(%reason, held_back, "federation target not allowed");
+    }
+}
+
+fn log_failed(relay: &str, reason: &str) {
+    if let Some(held_back) = FAILED_LOG.allow() {
+        tracing::info!(%relay, %reason, held_back, "federation attempt failed");
+    }
+}
