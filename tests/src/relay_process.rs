@@ -110,6 +110,7 @@ impl RelayProcess {
             port: free_port(),
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            allow_loopback: true,
             data_dir,
             log: Some((filter.to_string(), path)),
         };
