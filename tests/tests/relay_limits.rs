@@ -378,7 +378,10 @@ async fn federation_refusals_are_counted_by_reason() {
         .text()
         .await
         .unwrap();
-    assert!(!text.contains("relay_rate_limited_total"), "one counter only: {text}");
+    assert!(
+        !text.contains("relay_rate_limited_total"),
+        "one counter only: {text}"
+    );
     assert_eq!(error_count(&relay, "rate_limited").await, 2);
 }
 
