@@ -7,7 +7,13 @@
 //! comes from that twin (or a relay reports an error for it), and sends the very same
 //! bytes again when
 //!
-//! - its resend time comes ([`RESEND_AFTER`], doubling up to [`RESEND_MAX`]), or
+//! - its resend time comes: the timeout of the measured round trips ([`Rtt`], at least
+//!   1 s, [`RESEND_AFTER`] before any was measured), doubling up to [`RESEND_MAX`], and
+//!   the destination made no progress: while it answers other requests sent after this
+//!   one's last copy, this one is most likely queued behind them, and a copy would only
+//!   add to the queue (under a burst, fixed 2 s resends added 63–72% extra requests).
+//!   Such a request is only postponed (its interval still doubling) until it has waited
+//!   [`STALL_BOUND`]; or
 //! - a relay link (re)connects ([`Resends::all_due`]): whatever was in flight through a
 //!   relay that died is probably gone.
 //!
@@ -31,8 +37,13 @@ use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::Bytes;
 
-/// First resend of an unanswered request.
-pub const RESEND_AFTER: Duration = Duration::from_secs(2);
+use super::rtt::{INITIAL_RTO, Rtt};
+
+/// First resend of an unanswered request before any round trip was measured.
+pub const RESEND_AFTER: Duration = INITIAL_RTO;
+/// A request not answered this long after its last copy is sent again even while its
+/// destination answers others (it may be the one that got lost).
+pub const STALL_BOUND: Duration = Duration::from_secs(30);
 /// Longest interval between two resends of one request.
 pub const RESEND_MAX: Duration = Duration::from_secs(16);
 /// Most bytes of envelopes kept for resending. Past it, new requests are sent once,
@@ -63,6 +74,12 @@ struct Entry {
     timed: bool,
     /// Forget it once it was handed to a relay (responses).
     one_shot: bool,
+    /// When its last copy was sent.
+    sent_at: Instant,
+    /// Sent more than once: its answer is no round-trip sample (Karn's rule).
+    resent: bool,
+    /// Due because a link (re)connected: goes whatever the destination's progress.
+    forced: bool,
 }
 
 /// Envelopes waiting for an answer (or, one-shot, for a relay), by uid.
@@ -74,6 +91,12 @@ pub struct Resends {
     budget: usize,
     /// Envelopes not tracked because the budget was used up.
     untracked: u64,
+    /// Round trips of answered requests.
+    rtt: Rtt,
+    /// When each destination last answered a tracked request.
+    progress: HashMap<u32, Instant>,
+    /// Resends skipped because the destination was making progress.
+    postponed: u64,
 }
 
 impl Default for Resends {
@@ -91,7 +114,20 @@ impl Resends {
             bytes: 0,
             budget,
             untracked: 0,
+            rtt: Rtt::default(),
+            progress: HashMap::new(),
+            postponed: 0,
         }
+    }
+
+    /// The round-trip estimate.
+    pub fn rtt(&self) -> Rtt {
+        self.rtt
+    }
+
+    /// Resends skipped so far because the destination was answering others.
+    pub fn postponed(&self) -> u64 {
+        self.postponed
     }
 
     /// Keeps a request until it is answered or its deadline (unix s) passes, sent again
@@ -99,17 +135,25 @@ impl Resends {
     /// (uid, twin) again replaces the bytes and restarts the schedule. False when the
     /// budget is used up (it is not tracked then).
     pub fn track(&mut self, item: Due, now: Instant, timed: bool) -> bool {
-        let next = timed.then(|| now + RESEND_AFTER);
-        self.insert(item, next, false, timed)
+        let rto = self.rtt.rto();
+        let next = timed.then(|| now + rto);
+        self.insert(item, now, next, false, timed)
     }
 
     /// Keeps an envelope no relay took, to be sent once when one is back; false when
     /// the budget is used up.
     pub fn track_once(&mut self, item: Due, now: Instant) -> bool {
-        self.insert(item, Some(now), true, true)
+        self.insert(item, now, Some(now), true, true)
     }
 
-    fn insert(&mut self, item: Due, next: Option<Instant>, one_shot: bool, timed: bool) -> bool {
+    fn insert(
+        &mut self,
+        item: Due,
+        now: Instant,
+        next: Option<Instant>,
+        one_shot: bool,
+        timed: bool,
+    ) -> bool {
         let Due {
             uid,
             twin,
@@ -142,9 +186,12 @@ impl Resends {
             bytes,
             deadline,
             next,
-            interval: RESEND_AFTER,
+            interval: self.rtt.rto(),
             timed,
             one_shot,
+            sent_at: now,
+            resent: false,
+            forced: false,
         };
         match existing {
             Some(i) => entries[i] = entry,
@@ -157,9 +204,10 @@ impl Resends {
     }
 
     /// An answer to `uid` came from `from` (0: a relay's error report, which does not
-    /// say which destination it is about, so it settles one of them). True when it
-    /// settled a tracked request.
-    pub fn answered(&mut self, uid: &str, from: u32) -> bool {
+    /// say which destination it is about, so it settles one of them) at `now`. True
+    /// when it settled a tracked request; its round trip is measured if it was sent
+    /// once, and its destination counts as making progress.
+    pub fn answered(&mut self, uid: &str, from: u32, now: Instant) -> bool {
         let Some(entries) = self.by_uid.get_mut(uid) else {
             return false;
         };
@@ -169,7 +217,15 @@ impl Resends {
         let Some(i) = position else {
             return false;
         };
-        self.bytes -= entries.swap_remove(i).bytes.len();
+        let entry = entries.swap_remove(i);
+        if !entry.resent {
+            self.rtt
+                .sample(now.saturating_duration_since(entry.sent_at));
+        }
+        if from != 0 {
+            self.progress.insert(entry.twin, now);
+        }
+        self.bytes -= entry.bytes.len();
         self.len -= 1;
         if entries.is_empty() {
             self.by_uid.remove(uid);
@@ -201,16 +257,20 @@ impl Resends {
     pub fn all_due(&mut self, now: Instant) {
         for entry in self.by_uid.values_mut().flatten() {
             entry.next = Some(entry.next.map_or(now, |next| next.min(now)));
+            entry.forced = true;
         }
     }
 
     /// Takes what is due at `now` (`unix_now` in seconds): expired entries are dropped,
     /// one-shot entries are handed out and forgotten, requests are rescheduled with
-    /// their interval doubled. Put a one-shot entry that could not be sent back with
-    /// [`track_once`](Resends::track_once).
+    /// their interval doubled. A request whose destination answered others since its
+    /// last copy is postponed instead (interval doubled too), up to [`STALL_BOUND`],
+    /// unless a link reconnected. Put a one-shot entry that could not be sent back
+    /// with [`track_once`](Resends::track_once).
     pub fn take_due(&mut self, now: Instant, unix_now: u64) -> Vec<Due> {
         let mut due = Vec::new();
-        let (mut removed, mut freed) = (0, 0);
+        let (mut removed, mut freed, mut postponed) = (0, 0, 0);
+        let progress = &self.progress;
         self.by_uid.retain(|uid, entries| {
             entries.retain_mut(|e| {
                 if e.deadline <= unix_now {
@@ -221,6 +281,20 @@ impl Resends {
                 if e.next.is_none_or(|next| next > now) {
                     return true;
                 }
+                let busy = progress.get(&e.twin).is_some_and(|&p| p > e.sent_at);
+                if busy
+                    && !e.forced
+                    && !e.one_shot
+                    && now.saturating_duration_since(e.sent_at) < STALL_BOUND
+                {
+                    postponed += 1;
+                    e.interval = (e.interval * 2).min(RESEND_MAX);
+                    e.next = Some(now + e.interval);
+                    return true;
+                }
+                e.forced = false;
+                e.resent = true;
+                e.sent_at = now;
                 due.push(Due {
                     uid: uid.clone(),
                     twin: e.twin,
@@ -244,6 +318,10 @@ impl Resends {
         });
         self.len -= removed;
         self.bytes -= freed;
+        self.postponed += postponed;
+        if self.by_uid.is_empty() {
+            self.progress.clear();
+        }
         due
     }
 
@@ -331,12 +409,12 @@ mod tests {
         let mut r = Resends::default();
         r.track(due("u", 1, "a", 1000), t0, true);
         r.track(due("u", 2, "b", 1000), t0, true);
-        assert!(r.answered("u", 2));
-        assert!(!r.answered("u", 2), "already settled");
-        assert!(!r.answered("other", 1));
+        assert!(r.answered("u", 2, t0));
+        assert!(!r.answered("u", 2, t0), "already settled");
+        assert!(!r.answered("other", 1, t0));
         assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER, 0)), [("u", 1)]);
         // A relay's error settles one remaining destination.
-        assert!(r.answered("u", 0));
+        assert!(r.answered("u", 0, t0));
         assert!(r.is_empty());
     }
 
@@ -361,7 +439,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Resends::default();
         r.track_once(due("u", 3, "reply", 1000), t0);
-        assert!(!r.answered("u", 3), "a response is not answered");
+        assert!(!r.answered("u", 3, t0), "a response is not answered");
         assert_eq!(uids(&r.take_due(t0, 0)), [("u", 3)]);
         assert!(r.is_empty());
         assert!(r.take_due(t0 + RESEND_MAX, 0).is_empty());
@@ -376,7 +454,7 @@ mod tests {
         r.all_due(t0 + RESEND_MAX * 10);
         assert_eq!(uids(&r.take_due(t0 + RESEND_MAX * 10, 0)), [("u", 1)]);
         assert!(r.take_due(t0 + RESEND_MAX * 20, 0).is_empty());
-        assert!(r.answered("u", 1));
+        assert!(r.answered("u", 1, t0));
     }
 
     #[test]
@@ -390,7 +468,7 @@ mod tests {
         // Replacing an entry counts its new size only.
         r.track(due("a", 1, "1234567890", 1000), t0, true);
         assert_eq!(r.bytes(), 10);
-        assert!(r.answered("a", 1));
+        assert!(r.answered("a", 1, t0));
         assert_eq!(r.bytes(), 0);
         r.track_once(due("c", 2, "1234", 1000), t0);
         r.track(due("d", 3, "123", 5), t0, true);
@@ -408,5 +486,78 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert!(r.take_due(t0 + RESEND_AFTER, 0).is_empty());
         assert_eq!(r.take_due(t0 + RESEND_AFTER * 2, 0)[0].bytes, bytes("new"));
+    }
+
+    #[test]
+    fn measured_round_trips_set_the_first_resend() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        for i in 0..10 {
+            let uid = format!("fast{i}");
+            r.track(due(&uid, 1, "env", 1000), t0, true);
+            assert!(r.answered(&uid, 1, t0 + Duration::from_millis(10)));
+        }
+        assert_eq!(r.rtt().rto(), super::super::rtt::MIN_RTO);
+        r.track(due("u", 2, "env", 1000), t0, true);
+        assert!(r.take_due(t0 + Duration::from_millis(900), 0).is_empty());
+        assert_eq!(
+            uids(&r.take_due(t0 + Duration::from_secs(1), 0)),
+            [("u", 2)]
+        );
+    }
+
+    #[test]
+    fn resent_requests_are_no_round_trip_samples() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("u", 1, "env", 1000), t0, true);
+        assert_eq!(r.take_due(t0 + RESEND_AFTER, 0).len(), 1);
+        assert!(r.answered("u", 1, t0 + RESEND_AFTER + Duration::from_millis(5)));
+        assert_eq!(r.rtt().srtt(), None, "Karn's rule");
+    }
+
+    #[test]
+    fn no_resend_while_the_destination_answers_others_until_the_stall_bound() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("queued", 1, "env", 1000), t0, true);
+        r.track(due("other", 1, "env", 1000), t0, true);
+        // The destination answers another request sent at the same time: progress.
+        assert!(r.answered("other", 1, t0 + Duration::from_millis(1500)));
+        let mut at = t0;
+        let mut sent = Vec::new();
+        while at < t0 + STALL_BOUND + Duration::from_secs(10) {
+            at += Duration::from_millis(250);
+            if !r.take_due(at, 0).is_empty() {
+                sent.push(at - t0);
+            }
+        }
+        assert!(r.postponed() >= 1);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0] >= STALL_BOUND, "{sent:?}");
+    }
+
+    #[test]
+    fn a_reconnect_sends_even_while_the_destination_makes_progress() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("queued", 1, "env", 1000), t0, true);
+        r.track(due("other", 1, "env", 1000), t0, true);
+        assert!(r.answered("other", 1, t0 + Duration::from_millis(100)));
+        let at = t0 + Duration::from_secs(3);
+        assert!(r.take_due(at, 0).is_empty(), "postponed");
+        r.all_due(at);
+        assert_eq!(uids(&r.take_due(at, 0)), [("queued", 1)]);
+    }
+
+    #[test]
+    fn a_silent_destination_gets_resends_at_the_timeout() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("u", 1, "env", 1000), t0, true);
+        // Another destination's progress does not matter.
+        r.track(due("v", 2, "env", 1000), t0, true);
+        assert!(r.answered("v", 2, t0 + Duration::from_millis(500)));
+        assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER, 0)), [("u", 1)]);
     }
 }
