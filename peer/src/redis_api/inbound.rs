@@ -24,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 use super::conn::{QueryError, RedisConn};
 use super::json::{JsonError, JsonIncomingRequest, JsonIncomingResponse, VERSION, encode_dat};
 use super::keys::{
-    COMMANDS, MAX_LIST_LEN, REPLY, backlog, clamp_ttl, command_queue, outbox, outbox_waiting, seen,
+    COMMANDS, MAX_LIST_LEN, REPLY, SERVED, backlog, clamp_ttl, command_queue, outbox,
+    outbox_waiting, seen,
 };
 use super::pending::Route;
-use super::scripts::{DELIVER_ONCE, DELIVER_REQUEST, QUEUE_FULL, TOO_MANY_COMMANDS};
+use super::scripts::{DELIVER_ONCE, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, TOO_MANY_COMMANDS};
 use super::writer::Write;
 use super::{Counter, Limits, Shared};
 use crate::core::{Inbound, InboundRequest, InboundResponse, Reason, codes};
@@ -236,12 +237,14 @@ fn add_document(pipe: &mut redis::Pipeline, doc: &Document, limits: &Limits, now
                 .key(marker)
                 .key(list)
                 .key(COMMANDS)
+                .key(SERVED)
                 .arg(json)
                 .arg(*ttl)
                 .arg(MAX_LIST_LEN - 1)
                 .arg(limits.command_queue_bytes)
                 .arg(limits.commands)
-                .arg(now),
+                .arg(now)
+                .arg(SERVED_SECS),
         ),
         Document::Response {
             list,

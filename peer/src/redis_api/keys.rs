@@ -38,6 +38,10 @@ pub const SEEN_PREFIX: &str = "msgbus.seen.";
 /// twins, scored by the unix time their last request expires; bounds how many there are.
 pub const COMMANDS: &str = "msgbus.system.commands";
 
+/// Ours: sorted set of the command lists a service was seen consuming, scored by the
+/// unix time until which they count as served (exempt from the limit on commands).
+pub const SERVED: &str = "msgbus.system.served";
+
 /// Lists the peer writes (`msgbus.<cmd>`, `<ret>`) are trimmed to this many newest entries.
 pub const MAX_LIST_LEN: isize = 10_000;
 
