@@ -13,7 +13,8 @@
 //!   one's last copy, this one is most likely queued behind them, and a copy would only
 //!   add to the queue (under a burst, fixed 2 s resends added 63–72% extra requests).
 //!   Such a request is only postponed (its interval still doubling) until it has waited
-//!   [`STALL_BOUND`]; or
+//!   [`STALL_BOUND`], and never once a link reconnected while it was in flight (its
+//!   path was disrupted, so its answer may well be lost); or
 //! - a relay link (re)connects ([`Resends::all_due`]): whatever was in flight through a
 //!   relay that died is probably gone.
 //!
@@ -80,6 +81,9 @@ struct Entry {
     resent: bool,
     /// Due because a link (re)connected: goes whatever the destination's progress.
     forced: bool,
+    /// Was in flight when a link (re)connected: its path was disrupted, so its later
+    /// resends follow the timer alone, whatever the destination's progress.
+    suspect: bool,
 }
 
 /// Envelopes waiting for an answer (or, one-shot, for a relay), by uid.
@@ -192,6 +196,7 @@ impl Resends {
             sent_at: now,
             resent: false,
             forced: false,
+            suspect: false,
         };
         match existing {
             Some(i) => entries[i] = entry,
@@ -258,6 +263,7 @@ impl Resends {
         for entry in self.by_uid.values_mut().flatten() {
             entry.next = Some(entry.next.map_or(now, |next| next.min(now)));
             entry.forced = true;
+            entry.suspect = true;
         }
     }
 
@@ -284,6 +290,7 @@ impl Resends {
                 let busy = progress.get(&e.twin).is_some_and(|&p| p > e.sent_at);
                 if busy
                     && !e.forced
+                    && !e.suspect
                     && !e.one_shot
                     && now.saturating_duration_since(e.sent_at) < STALL_BOUND
                 {
@@ -548,6 +555,14 @@ mod tests {
         assert!(r.take_due(at, 0).is_empty(), "postponed");
         r.all_due(at);
         assert_eq!(uids(&r.take_due(at, 0)), [("queued", 1)]);
+        // Its path was disrupted: later resends follow the timer despite progress.
+        r.track(due("later", 1, "env", 1000), at, true);
+        assert!(r.answered("later", 1, at + Duration::from_millis(100)));
+        let again = (1..200)
+            .map(|i| at + Duration::from_millis(250 * i))
+            .find(|&t| !r.take_due(t, 0).is_empty())
+            .expect("sent again");
+        assert!(again - at <= RESEND_MAX, "{:?}", again - at);
     }
 
     #[test]
