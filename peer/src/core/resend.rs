@@ -12,7 +12,9 @@
 //!   the destination made no progress: while it answers other requests sent after this
 //!   one's last copy, this one is most likely queued behind them, and a copy would only
 //!   add to the queue (under a burst, fixed 2 s resends added 63–72% extra requests).
-//!   Such a request is only postponed (its interval still doubling) until it has waited
+//!   But once the destination has answered a request sent [`REORDER_MARGIN`] after
+//!   this one, this one was overtaken, most likely lost (queues are first in, first
+//!   out), and goes at its time. Such a request is only postponed (its interval still doubling) until it has waited
 //!   [`STALL_BOUND`], and never once a link reconnected while it was in flight (its
 //!   path was disrupted, so its answer may well be lost); or
 //! - a relay link (re)connects ([`Resends::all_due`]): whatever was in flight through a
@@ -45,6 +47,9 @@ pub const RESEND_AFTER: Duration = INITIAL_RTO;
 /// A request not answered this long after its last copy is sent again even while its
 /// destination answers others (it may be the one that got lost).
 pub const STALL_BOUND: Duration = Duration::from_secs(30);
+/// How much later a request must have been sent than an unanswered one for its answer
+/// to show that the unanswered one was lost rather than reordered.
+pub const REORDER_MARGIN: Duration = Duration::from_secs(1);
 /// Longest interval between two resends of one request.
 pub const RESEND_MAX: Duration = Duration::from_secs(16);
 /// Most bytes of envelopes kept for resending. Past it, new requests are sent once,
@@ -97,8 +102,9 @@ pub struct Resends {
     untracked: u64,
     /// Round trips of answered requests.
     rtt: Rtt,
-    /// When each destination last answered a tracked request.
-    progress: HashMap<u32, Instant>,
+    /// Per destination: when it last answered a tracked request, and the latest send
+    /// time of the requests it answered.
+    progress: HashMap<u32, (Instant, Instant)>,
     /// Resends skipped because the destination was making progress.
     postponed: u64,
 }
@@ -228,7 +234,11 @@ impl Resends {
                 .sample(now.saturating_duration_since(entry.sent_at));
         }
         if from != 0 {
-            self.progress.insert(entry.twin, now);
+            let p = self
+                .progress
+                .entry(entry.twin)
+                .or_insert((now, entry.sent_at));
+            *p = (now, p.1.max(entry.sent_at));
         }
         self.bytes -= entry.bytes.len();
         self.len -= 1;
@@ -287,8 +297,12 @@ impl Resends {
                 if e.next.is_none_or(|next| next > now) {
                     return true;
                 }
-                let busy = progress.get(&e.twin).is_some_and(|&p| p > e.sent_at);
+                let (busy, overtaken) = match progress.get(&e.twin) {
+                    Some(&(at, latest)) => (at > e.sent_at, latest > e.sent_at + REORDER_MARGIN),
+                    None => (false, false),
+                };
                 if busy
+                    && !overtaken
                     && !e.forced
                     && !e.suspect
                     && !e.one_shot
@@ -542,6 +556,17 @@ mod tests {
         assert!(r.postponed() >= 1);
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert!(sent[0] >= STALL_BOUND, "{sent:?}");
+    }
+
+    #[test]
+    fn an_overtaken_request_goes_at_its_time() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("lost", 1, "env", 1000), t0, true);
+        let later = t0 + Duration::from_millis(1500);
+        r.track(due("later", 1, "env", 1000), later, true);
+        assert!(r.answered("later", 1, later + Duration::from_millis(100)));
+        assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER, 0)), [("lost", 1)]);
     }
 
     #[test]
