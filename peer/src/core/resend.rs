@@ -238,7 +238,11 @@ impl Resends {
                 .progress
                 .entry(entry.twin)
                 .or_insert((now, entry.sent_at));
-            *p = (now, p.1.max(entry.sent_at));
+            p.0 = now;
+            // Which copy was answered is unknown for a resent one (Karn's rule again).
+            if !entry.resent {
+                p.1 = p.1.max(entry.sent_at);
+            }
         }
         self.bytes -= entry.bytes.len();
         self.len -= 1;
@@ -246,6 +250,20 @@ impl Resends {
             self.by_uid.remove(uid);
         }
         true
+    }
+
+    /// The request (`uid`, `twin`) tracked earlier has just been taken by a relay link
+    /// at `now` (it may have waited for room first): its round trip and timer start now.
+    pub fn sent(&mut self, uid: &str, twin: u32, now: Instant) {
+        let Some(entries) = self.by_uid.get_mut(uid) else {
+            return;
+        };
+        for e in entries.iter_mut().filter(|e| e.twin == twin && !e.one_shot) {
+            e.sent_at = now;
+            if e.timed && !e.forced {
+                e.next = Some(now + e.interval);
+            }
+        }
     }
 
     /// Stops tracking (`uid`, `twin`) (its send failed for good).
@@ -567,6 +585,20 @@ mod tests {
         r.track(due("later", 1, "env", 1000), later, true);
         assert!(r.answered("later", 1, later + Duration::from_millis(100)));
         assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER, 0)), [("lost", 1)]);
+    }
+
+    #[test]
+    fn the_timer_starts_when_a_link_takes_the_request() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("u", 1, "env", 1000), t0, true);
+        r.sent("u", 1, t0 + Duration::from_secs(1));
+        assert!(r.take_due(t0 + RESEND_AFTER, 0).is_empty());
+        assert_eq!(
+            r.take_due(t0 + RESEND_AFTER + Duration::from_secs(1), 0)
+                .len(),
+            1
+        );
     }
 
     #[test]

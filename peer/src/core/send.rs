@@ -55,6 +55,11 @@ impl Peer {
         match inner.links.send(sealed.bytes, sealed.deadline).await {
             Ok(_) => {
                 Counters::bump(&inner.counters.sent);
+                if tracked {
+                    inner
+                        .resends()
+                        .sent(&uid, sealed.twin, Instant::now().into_std());
+                }
                 Ok(())
             }
             // Kept for resending: it goes out when a relay is back, or expires.
