@@ -157,7 +157,13 @@ fn document(shared: &Shared, inbound: Inbound, route: Option<Route>) -> Option<D
         Inbound::Response(resp) => {
             let Some(route) = route else {
                 Counter::bump(&shared.counters.responses_expired, 1);
-                tracing::warn!(uid = %resp.uid, src = %resp.source, "received reply of an expired message");
+                // Any twin can send replies to uids we never used: rate-limited.
+                if shared
+                    .peer
+                    .log_allowed(u64::from(resp.source.twin), Reason::Expired)
+                {
+                    tracing::warn!(uid = %resp.uid, src = %resp.source, "received reply of an expired message (logged once per 10 s per twin)");
+                }
                 return None;
             };
             Some(response_document(resp, route))
