@@ -131,6 +131,9 @@ pub enum CallError {
     Relay(String),
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// The request would not fit in an envelope (encrypted and signed); nothing was sent.
+    #[error("request too large: {size} bytes encoded, the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
     #[error("sending failed: {0}")]
     Send(SendError),
     #[error("the client is closed")]
@@ -142,6 +145,7 @@ impl From<SendError> for CallError {
         match e {
             SendError::UnknownTwin(twin) => CallError::UnknownTwin(twin),
             SendError::Closed => CallError::Closed,
+            SendError::TooLarge { size, limit } => CallError::TooLarge { size, limit },
             other => CallError::Send(other),
         }
     }
@@ -205,6 +209,7 @@ impl Client {
             update_twin: options.update_twin,
             reliable: options.reliable,
             app_dedupes: false,
+            max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
         };
         let (peer, inbound) = match Peer::start(config).await {
             Ok(started) => started,

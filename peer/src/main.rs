@@ -11,10 +11,12 @@ use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, connect};
 use rmb_identity::{E2eScheme, Identity, KeyType};
 use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, replay};
-use rmb_peer::redis_api::RedisApi;
+use rmb_peer::redis_api::{Limits, RedisApi};
 
 /// The chain rmb-rs's peer uses when no registry is given.
 const DEFAULT_SUBSTRATE: &str = "wss://tfchain.grid.tf:443";
+/// Largest `--max-lifetime` accepted (a year).
+const MAX_LIFETIME_CAP: u64 = 365 * 24 * 3600;
 /// How long shutdown waits for Redis to take the last writes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -109,6 +111,27 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     reply_cache_mb: usize,
 
+    /// Longest lifetime, in seconds, of an envelope this peer accepts: one whose deadline
+    /// (timestamp + expiration) is further ahead is refused with an error envelope
+    /// (code 102). Senders' expirations are at most 1800 s (rmb-rs), so the default of a
+    /// day leaves room for clock skew while keeping every time-derived value (Redis key
+    /// TTLs, timers) sane. At most a year.
+    #[arg(long, value_name = "SECS", default_value_t = rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_LIFETIME_CAP))]
+    max_lifetime: u64,
+
+    /// Most bytes one service queue (`msgbus.<cmd>`) may hold, in MiB. Other twins
+    /// choose what lands there; past it their requests for that command get an error
+    /// reply until the service catches up.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    max_command_queue_mb: u64,
+
+    /// Most commands that may have requests waiting at once. Each new command name a
+    /// twin sends creates a `msgbus.<cmd>` list; past this many a request for yet
+    /// another command gets an error reply (lists expire with their requests).
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::redis_api::DEFAULT_COMMANDS)]
+    max_commands: u64,
+
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
     debug: u8,
@@ -153,11 +176,16 @@ async fn main() -> anyhow::Result<()> {
         reliable: !args.at_most_once,
         // The Redis API marks every request it delivers (`msgbus.seen.*`).
         app_dedupes: !args.at_most_once,
+        max_lifetime: args.max_lifetime,
     };
     let replay =
         MemoryReplayStore::with_reply_budget(replay::DEFAULT_CAPACITY, args.reply_cache_mb << 20);
     let (peer, inbound) = Peer::start_with_replay_store(config, Arc::new(replay)).await?;
-    let api = match RedisApi::start(peer.clone(), inbound, &args.redis).await {
+    let limits = Limits {
+        command_queue_bytes: args.max_command_queue_mb.saturating_mul(1 << 20),
+        commands: args.max_commands,
+    };
+    let api = match RedisApi::start_with_limits(peer.clone(), inbound, &args.redis, limits).await {
         Ok(api) => api,
         Err(e) => {
             peer.shutdown().await;
@@ -168,7 +196,14 @@ async fn main() -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down");
-    api.shutdown(SHUTDOWN_GRACE).await;
+    // Whatever happens inside, the process ends soon after a signal (or at a second one).
+    tokio::select! {
+        _ = api.shutdown(SHUTDOWN_GRACE) => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE * 2) => {
+            tracing::error!("shutdown took too long; exiting");
+        }
+        _ = shutdown_signal() => tracing::warn!("second signal; exiting at once"),
+    }
     Ok(())
 }
 

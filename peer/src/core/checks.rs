@@ -4,9 +4,10 @@
 //! without a clock or a network. The expensive steps (registry lookup, signature,
 //! decryption, replay) follow in [`receive`](super::receive).
 
-use rmb_proto::{Envelope, MessageKind};
+use rmb_proto::{Envelope, MessageKind, TimeError};
 
 use super::errors::{Refusal, codes};
+use super::refusals::Reason;
 
 /// What to do next with an envelope that passed the cheap checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,24 +23,45 @@ pub enum Precheck {
 
 /// Cheap checks of a received envelope, in rmb-rs order (expiry first).
 ///
+/// An envelope whose deadline is more than `max_lifetime` seconds ahead is refused
+/// too: nothing later has to do arithmetic with (or store keys for) absurd times, and
+/// the sender learns why (a deadline far in the future used to wedge the Redis API).
+///
 /// Twin-0 errors are accepted here because every envelope reaching the core came over
 /// a relay link: a relay is the only party that can write such an envelope to us.
-pub fn precheck(env: &Envelope, own_twin: u32, now: u64) -> Result<Precheck, Refusal> {
+pub fn precheck(
+    env: &Envelope,
+    own_twin: u32,
+    now: u64,
+    max_lifetime: u64,
+) -> Result<Precheck, Refusal> {
     let kind = env.kind();
     if matches!(kind, MessageKind::Ping | MessageKind::Pong) {
         return Ok(Precheck::Keepalive);
     }
-    if env.valid_at(now).is_err() {
-        return Err(Refusal::new(
-            codes::VALIDATION,
-            "envelope validation error: message has expired",
-        ));
+    match env.check_time(now, max_lifetime) {
+        Ok(()) => {}
+        Err(TimeError::Expired(_)) => {
+            return Err(Refusal::new(
+                codes::VALIDATION,
+                Reason::Expired,
+                "envelope validation error: message has expired",
+            ));
+        }
+        Err(e @ TimeError::TooFar { .. }) => {
+            return Err(Refusal::new(
+                codes::VALIDATION,
+                Reason::TooFar,
+                format!("envelope validation error: {e}"),
+            ));
+        }
     }
     if env.source_twin() == 0 {
         return match (kind, env.signature.is_none()) {
             (MessageKind::Error, true) => Ok(Precheck::RelayError),
             _ => Err(Refusal::new(
                 codes::INVALID_MESSAGE,
+                Reason::InvalidMessage,
                 format!(
                     "a {} from twin 0 is not a relay error report",
                     kind.as_str()
@@ -50,6 +72,7 @@ pub fn precheck(env: &Envelope, own_twin: u32, now: u64) -> Result<Precheck, Ref
     if kind == MessageKind::Unset {
         return Err(Refusal::new(
             codes::INVALID_MESSAGE,
+            Reason::InvalidMessage,
             "invalid message payload type",
         ));
     }
@@ -57,6 +80,7 @@ pub fn precheck(env: &Envelope, own_twin: u32, now: u64) -> Result<Precheck, Ref
     if destination != own_twin {
         return Err(Refusal::new(
             codes::VALIDATION,
+            Reason::Misaddressed,
             format!(
                 "envelope validation error: addressed to twin {destination}, this is twin {own_twin}"
             ),
@@ -72,6 +96,7 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000;
     const ME: u32 = 9;
+    const MAX: u64 = rmb_proto::DEFAULT_MAX_LIFETIME_SECS;
 
     fn env(message: Option<Message>) -> Envelope {
         Envelope {
@@ -94,19 +119,43 @@ mod tests {
 
     #[test]
     fn signed_messages_go_on_to_verification() {
-        assert_eq!(precheck(&request(), ME, NOW), Ok(Precheck::Verify));
+        assert_eq!(precheck(&request(), ME, NOW, MAX), Ok(Precheck::Verify));
         let response = env(Some(Message::Response(Response {})));
-        assert_eq!(precheck(&response, ME, NOW), Ok(Precheck::Verify));
+        assert_eq!(precheck(&response, ME, NOW, MAX), Ok(Precheck::Verify));
     }
 
     #[test]
     fn expiry_is_checked_at_now() {
         let e = request();
-        assert_eq!(precheck(&e, ME, NOW + 49), Ok(Precheck::Verify));
-        let refusal = precheck(&e, ME, NOW + 50).unwrap_err();
+        assert_eq!(precheck(&e, ME, NOW + 49, MAX), Ok(Precheck::Verify));
+        let refusal = precheck(&e, ME, NOW + 50, MAX).unwrap_err();
         assert_eq!(
             (refusal.code, refusal.message.as_str()),
             (102, "envelope validation error: message has expired")
+        );
+    }
+
+    #[test]
+    fn deadlines_beyond_the_maximum_lifetime_are_refused() {
+        let mut e = request();
+        e.expiration = 10_000_000_000_000_000;
+        let refusal = precheck(&e, ME, NOW, MAX).unwrap_err();
+        assert_eq!((refusal.code, refusal.reason), (102, Reason::TooFar));
+        assert!(refusal.message.contains("ahead of now"), "{refusal}");
+        e.timestamp = u64::MAX - 5;
+        e.expiration = 60;
+        let refusal = precheck(&e, ME, NOW, MAX).unwrap_err();
+        assert_eq!(refusal.reason, Reason::TooFar);
+        e.timestamp = NOW;
+        e.expiration = MAX;
+        assert_eq!(
+            precheck(&e, ME, NOW, MAX),
+            Ok(Precheck::Verify),
+            "at the limit"
+        );
+        assert_eq!(
+            precheck(&e, ME, NOW, MAX - 1).unwrap_err().reason,
+            Reason::TooFar
         );
     }
 
@@ -116,7 +165,7 @@ mod tests {
             let mut e = env(Some(m));
             e.timestamp = 0;
             e.expiration = 0;
-            assert_eq!(precheck(&e, ME, NOW), Ok(Precheck::Keepalive));
+            assert_eq!(precheck(&e, ME, NOW, MAX), Ok(Precheck::Keepalive));
         }
     }
 
@@ -128,28 +177,28 @@ mod tests {
         })));
         e.source = None;
         e.signature = None;
-        assert_eq!(precheck(&e, ME, NOW), Ok(Precheck::RelayError));
+        assert_eq!(precheck(&e, ME, NOW, MAX), Ok(Precheck::RelayError));
         let mut signed = e.clone();
         signed.signature = Some(vec![0; 65]);
-        assert_eq!(precheck(&signed, ME, NOW).unwrap_err().code, 100);
+        assert_eq!(precheck(&signed, ME, NOW, MAX).unwrap_err().code, 100);
         let mut req = request();
         req.source = Some(Address::twin(0));
         req.signature = None;
-        assert_eq!(precheck(&req, ME, NOW).unwrap_err().code, 100);
+        assert_eq!(precheck(&req, ME, NOW, MAX).unwrap_err().code, 100);
         // Expired relay errors are refused like anything else.
-        assert_eq!(precheck(&e, ME, NOW + 3600).unwrap_err().code, 102);
+        assert_eq!(precheck(&e, ME, NOW + 3600, MAX).unwrap_err().code, 102);
     }
 
     #[test]
     fn misaddressed_and_empty_envelopes_are_refused() {
         let mut e = request();
         e.destination = Some(Address::twin(10));
-        let refusal = precheck(&e, ME, NOW).unwrap_err();
+        let refusal = precheck(&e, ME, NOW, MAX).unwrap_err();
         assert_eq!(refusal.code, 102);
         assert!(
             refusal.message.contains("addressed to twin 10"),
             "{refusal}"
         );
-        assert_eq!(precheck(&env(None), ME, NOW).unwrap_err().code, 100);
+        assert_eq!(precheck(&env(None), ME, NOW, MAX).unwrap_err().code, 100);
     }
 }

@@ -4,6 +4,7 @@
 use rmb_identity::EnvelopeError;
 use rmb_identity::registry::RegistryError;
 
+use super::refusals::Reason;
 use crate::links::{LinkError, RelayUrlError};
 
 /// The error codes of rmb-rs, shared by peers, SDKs and our JSON API.
@@ -63,6 +64,10 @@ pub enum SendError {
     Link(LinkError),
     #[error("the peer is shut down")]
     Closed,
+    /// Encrypted and signed, the envelope would be larger than relays accept (they drop
+    /// the connection of a peer sending one, so it is never sent).
+    #[error("envelope too large: {size} bytes encoded, the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
     #[error(
         "e2e error: twin {0} publishes a secp256k1 key, which only twins publishing secp256k1 \
          keys can write to (start this peer with --e2e secp256k1)"
@@ -75,6 +80,7 @@ impl SendError {
     pub fn code(&self) -> u32 {
         match self {
             SendError::UnknownTwin(_) => codes::UNKNOWN_TWIN,
+            SendError::TooLarge { .. } => codes::INVALID_PAYLOAD,
             SendError::Seal(_) | SendError::SchemeMismatch(_) => codes::CRYPTO,
             SendError::Expired
             | SendError::Registry(_)
@@ -100,14 +106,17 @@ impl From<LinkError> for SendError {
 pub struct Refusal {
     pub code: u32,
     pub message: String,
+    /// The counter it is counted under.
+    pub reason: Reason,
 }
 
 impl Refusal {
-    /// A refusal with `code` and `message`.
-    pub fn new(code: u32, message: impl Into<String>) -> Self {
+    /// A refusal with `code` and `message`, counted under `reason`.
+    pub fn new(code: u32, reason: Reason, message: impl Into<String>) -> Self {
         Refusal {
             code,
             message: message.into(),
+            reason,
         }
     }
 
@@ -115,13 +124,20 @@ impl Refusal {
     pub fn of_envelope_error(e: &EnvelopeError) -> Self {
         use rmb_identity::E2eError;
         match e {
-            EnvelopeError::E2e(E2eError::MissingSenderKey) => {
-                Refusal::new(codes::NO_PUBLIC_KEY, "sender twin has no public key")
-            }
-            EnvelopeError::E2e(_) => Refusal::new(codes::CRYPTO, e.to_string()),
-            EnvelopeError::Signature(_) => Refusal::new(codes::INVALID_SIGNATURE, e.to_string()),
+            EnvelopeError::E2e(E2eError::MissingSenderKey) => Refusal::new(
+                codes::NO_PUBLIC_KEY,
+                Reason::NoPublicKey,
+                "sender twin has no public key",
+            ),
+            EnvelopeError::E2e(_) => Refusal::new(codes::CRYPTO, Reason::Crypto, e.to_string()),
+            EnvelopeError::Signature(_) => Refusal::new(
+                codes::INVALID_SIGNATURE,
+                Reason::BadSignature,
+                e.to_string(),
+            ),
             EnvelopeError::NotSigned(_) | EnvelopeError::DeprecatedField(_) => Refusal::new(
                 codes::INVALID_SIGNATURE,
+                Reason::BadSignature,
                 format!("invalid envelope signature: {e}"),
             ),
         }

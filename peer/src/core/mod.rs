@@ -17,8 +17,11 @@
 pub mod checks;
 pub mod errors;
 pub mod receive;
+pub mod refusals;
+pub mod repeats;
 pub mod replay;
 pub mod resend;
+pub mod rtt;
 pub mod send;
 pub mod status;
 pub mod types;
@@ -38,6 +41,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::links::{Links, Login, RelayUrl};
 
 pub use errors::{PeerError, Refusal, SendError, codes};
+pub use refusals::Reason;
 pub use replay::{Admission, MemoryReplayStore, ReplayError, ReplayKey, ReplayKind, ReplayStore};
 pub use status::{LinkStatus, PeerStatus};
 pub use types::{
@@ -45,6 +49,7 @@ pub use types::{
     clamp_expiration,
 };
 
+use refusals::{LogLimiter, RefusalCounters};
 use resend::Resends;
 use status::Counters;
 
@@ -76,6 +81,9 @@ pub struct PeerConfig {
     /// from memory (its reply is not cached here) is handed to it rather than dropped,
     /// so it can answer from that record. Off for applications that would run it again.
     pub app_dedupes: bool,
+    /// Envelopes whose deadline is further ahead than this many seconds are refused
+    /// (rmb-peer `--max-lifetime`; [`rmb_proto::DEFAULT_MAX_LIFETIME_SECS`] by default).
+    pub max_lifetime: u64,
 }
 
 /// Shared state of a running peer.
@@ -94,8 +102,12 @@ pub(crate) struct Inner {
     resends: Mutex<Resends>,
     reliable: bool,
     app_dedupes: bool,
+    max_lifetime: u64,
     started_at: u64,
     counters: Counters,
+    refusals: RefusalCounters,
+    log_limiter: LogLimiter,
+    repeats: Mutex<repeats::RepeatLimiter>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -163,8 +175,12 @@ impl Peer {
             resends: Mutex::new(Resends::default()),
             reliable: config.reliable,
             app_dedupes: config.app_dedupes,
+            max_lifetime: config.max_lifetime,
             started_at: unix_now(),
             counters: Counters::default(),
+            refusals: RefusalCounters::default(),
+            log_limiter: LogLimiter::default(),
+            repeats: Mutex::new(repeats::RepeatLimiter::default()),
             shutdown: shutdown.clone(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -215,6 +231,27 @@ impl Peer {
         Counters::bump(&self.inner.counters.duplicates);
     }
 
+    /// Counts a refusal made by an application layer (an oversized request, a full
+    /// command queue…) with the core's, so [`PeerStatus::rejected`] and
+    /// [`PeerStatus::rejected_by`] see every refusal.
+    pub fn count_refusal(&self, reason: Reason) {
+        self.inner.count_refusal(reason);
+    }
+
+    /// True when a log line about `reason` caused by `source` (a twin id, or any number
+    /// naming the party) may be written now: at most one per 10 s per pair, so remote
+    /// parties cannot flood the log.
+    pub fn log_allowed(&self, source: u64, reason: Reason) -> bool {
+        self.inner
+            .log_limiter
+            .allow(source, reason, std::time::Instant::now())
+    }
+
+    /// The longest lifetime accepted for a received envelope, in seconds.
+    pub fn max_lifetime(&self) -> u64 {
+        self.inner.max_lifetime
+    }
+
     /// Waits until at least one relay link is up (or `timeout` passes); true if one is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         self.inner.links.wait_connected(timeout).await
@@ -232,6 +269,7 @@ impl Peer {
             sent: Counters::read(&c.sent),
             received: Counters::read(&c.received),
             rejected: Counters::read(&c.rejected),
+            rejected_by: self.inner.refusals.snapshot(),
             resent: Counters::read(&c.resent),
             duplicates: Counters::read(&c.duplicates),
             replayed: Counters::read(&c.replayed),
@@ -257,6 +295,11 @@ impl Peer {
 }
 
 impl Inner {
+    fn count_refusal(&self, reason: Reason) {
+        Counters::bump(&self.counters.rejected);
+        self.refusals.bump(reason);
+    }
+
     fn resends(&self) -> std::sync::MutexGuard<'_, Resends> {
         self.resends.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 
 use super::checks::{Precheck, precheck};
 use super::errors::{Refusal, codes};
+use super::refusals::Reason;
 use super::replay::{Admission, ReplayKey, ReplayKind};
 use super::status::Counters;
 use super::types::{
@@ -95,12 +96,18 @@ async fn dispatch(
             let env = match Envelope::decode_limited(&frame.bytes, DEFAULT_MAX_ENVELOPE_SIZE) {
                 Ok(env) => env,
                 Err(e) => {
-                    Counters::bump(&inner.counters.rejected);
-                    tracing::warn!(link = frame.link, error = %e, "dropping an undecodable frame from a relay");
+                    inner.count_refusal(Reason::Undecodable);
+                    let link = frame.link as u64;
+                    if inner
+                        .log_limiter
+                        .allow(link, Reason::Undecodable, std::time::Instant::now())
+                    {
+                        tracing::warn!(link = frame.link, error = %e, "dropping an undecodable frame from a relay (logged once per 10 s per link)");
+                    }
                     continue;
                 }
             };
-            let step = match precheck(&env, inner.twin, now) {
+            let step = match precheck(&env, inner.twin, now, inner.max_lifetime) {
                 Ok(Precheck::Keepalive) => continue,
                 Ok(Precheck::RelayError) => Staged::Done(Outcome::RelayError(env)),
                 Ok(Precheck::Verify) => lookup(&inner, env).await,
@@ -125,11 +132,19 @@ async fn lookup(inner: &Inner, env: Envelope) -> Staged {
         Ok(Some(twin)) => Staged::Verify(env, twin),
         Ok(None) => Staged::Done(Outcome::Refused(
             env,
-            Refusal::new(codes::UNKNOWN_TWIN, format!("unknown twin id '{source}'")),
+            Refusal::new(
+                codes::UNKNOWN_TWIN,
+                Reason::UnknownTwin,
+                format!("unknown twin id '{source}'"),
+            ),
         )),
         Err(e) => Staged::Done(Outcome::Refused(
             env,
-            Refusal::new(codes::OTHER, format!("other: twin lookup failed: {e}")),
+            Refusal::new(
+                codes::OTHER,
+                Reason::RegistryDown,
+                format!("other: twin lookup failed: {e}"),
+            ),
         )),
     }
 }
@@ -218,7 +233,9 @@ impl Deliverer {
         // Any copy of an answer settles the request's resends (after a restart, the
         // resent request's answer may come as a copy of one delivered before).
         if key.kind == ReplayKind::Reply && self.inner.reliable && admission.is_ok() {
-            self.inner.resends().answered(&env.uid, source);
+            self.inner
+                .resends()
+                .answered(&env.uid, source, tokio::time::Instant::now().into_std());
         }
         match admission {
             Ok(Admission::First) => {
@@ -232,7 +249,7 @@ impl Deliverer {
                 match reply {
                     Some(bytes) if self.inner.reliable => {
                         tracing::debug!(uid = %env.uid, source, "answering a repeated request from the reply cache");
-                        self.inner.replay_reply(bytes);
+                        self.inner.replay_reply_limited(source, &env.uid, bytes);
                     }
                     // Its reply may be in the application's record (not cached here).
                     None if key.kind == ReplayKind::Request && self.inner.app_dedupes => {
@@ -244,7 +261,10 @@ impl Deliverer {
                     }
                 }
             }
-            Err(e) => self.refuse(&env, Refusal::new(codes::OTHER, format!("other: {e}"))),
+            Err(e) => self.refuse(
+                &env,
+                Refusal::new(codes::OTHER, Reason::ReplayStore, format!("other: {e}")),
+            ),
         }
     }
 
@@ -299,7 +319,9 @@ impl Deliverer {
         };
         tracing::debug!(uid = %env.uid, %message, "relay reported an error");
         if self.inner.reliable {
-            self.inner.resends().answered(&env.uid, 0);
+            self.inner
+                .resends()
+                .answered(&env.uid, 0, tokio::time::Instant::now().into_std());
         }
         let inbound = Inbound::Response(InboundResponse {
             uid: env.uid,
@@ -313,12 +335,17 @@ impl Deliverer {
 
     /// Counts and logs a refused envelope; a request gets an error envelope back.
     fn refuse(&self, env: &Envelope, refusal: Refusal) {
-        Counters::bump(&self.inner.counters.rejected);
+        self.inner.count_refusal(refusal.reason);
         let source = env.source.clone().unwrap_or_default();
-        if refusal.code == codes::VALIDATION {
+        let loggable = self.inner.log_limiter.allow(
+            u64::from(source.twin),
+            refusal.reason,
+            std::time::Instant::now(),
+        );
+        if refusal.code == codes::VALIDATION && refusal.reason != Reason::TooFar {
             tracing::debug!(uid = %env.uid, %source, %refusal, "refused an envelope");
-        } else {
-            tracing::warn!(uid = %env.uid, %source, %refusal, "refused an envelope");
+        } else if loggable {
+            tracing::warn!(uid = %env.uid, %source, %refusal, reason = refusal.reason.as_str(), "refused an envelope (logged once per 10 s per twin and reason)");
         }
         if env.kind() != MessageKind::Request || source.twin == 0 {
             return;

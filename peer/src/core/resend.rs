@@ -7,7 +7,16 @@
 //! comes from that twin (or a relay reports an error for it), and sends the very same
 //! bytes again when
 //!
-//! - its resend time comes ([`RESEND_AFTER`], doubling up to [`RESEND_MAX`]), or
+//! - its resend time comes: the timeout of the measured round trips ([`Rtt`], at least
+//!   1 s, [`RESEND_AFTER`] before any was measured), doubling up to [`RESEND_MAX`], and
+//!   the destination made no progress: while it answers other requests sent after this
+//!   one's last copy, this one is most likely queued behind them, and a copy would only
+//!   add to the queue (under a burst, fixed 2 s resends added 63–72% extra requests).
+//!   But once the destination has answered a request sent [`REORDER_MARGIN`] after
+//!   this one, this one was overtaken, most likely lost (queues are first in, first
+//!   out), and goes at its time. Such a request is only postponed (its interval still doubling) until it has waited
+//!   [`STALL_BOUND`], and never once a link reconnected while it was in flight (its
+//!   path was disrupted, so its answer may well be lost); or
 //! - a relay link (re)connects ([`Resends::all_due`]): whatever was in flight through a
 //!   relay that died is probably gone.
 //!
@@ -31,8 +40,16 @@ use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::Bytes;
 
-/// First resend of an unanswered request.
-pub const RESEND_AFTER: Duration = Duration::from_secs(2);
+use super::rtt::{INITIAL_RTO, Rtt};
+
+/// First resend of an unanswered request before any round trip was measured.
+pub const RESEND_AFTER: Duration = INITIAL_RTO;
+/// A request not answered this long after its last copy is sent again even while its
+/// destination answers others (it may be the one that got lost).
+pub const STALL_BOUND: Duration = Duration::from_secs(30);
+/// How much later a request must have been sent than an unanswered one for its answer
+/// to show that the unanswered one was lost rather than reordered.
+pub const REORDER_MARGIN: Duration = Duration::from_secs(1);
 /// Longest interval between two resends of one request.
 pub const RESEND_MAX: Duration = Duration::from_secs(16);
 /// Most bytes of envelopes kept for resending. Past it, new requests are sent once,
@@ -63,6 +80,15 @@ struct Entry {
     timed: bool,
     /// Forget it once it was handed to a relay (responses).
     one_shot: bool,
+    /// When its last copy was sent.
+    sent_at: Instant,
+    /// Sent more than once: its answer is no round-trip sample (Karn's rule).
+    resent: bool,
+    /// Due because a link (re)connected: goes whatever the destination's progress.
+    forced: bool,
+    /// Was in flight when a link (re)connected: its path was disrupted, so its later
+    /// resends follow the timer alone, whatever the destination's progress.
+    suspect: bool,
 }
 
 /// Envelopes waiting for an answer (or, one-shot, for a relay), by uid.
@@ -74,6 +100,13 @@ pub struct Resends {
     budget: usize,
     /// Envelopes not tracked because the budget was used up.
     untracked: u64,
+    /// Round trips of answered requests.
+    rtt: Rtt,
+    /// Per destination: when it last answered a tracked request, and the latest send
+    /// time of the requests it answered.
+    progress: HashMap<u32, (Instant, Instant)>,
+    /// Resends skipped because the destination was making progress.
+    postponed: u64,
 }
 
 impl Default for Resends {
@@ -91,7 +124,20 @@ impl Resends {
             bytes: 0,
             budget,
             untracked: 0,
+            rtt: Rtt::default(),
+            progress: HashMap::new(),
+            postponed: 0,
         }
+    }
+
+    /// The round-trip estimate.
+    pub fn rtt(&self) -> Rtt {
+        self.rtt
+    }
+
+    /// Resends skipped so far because the destination was answering others.
+    pub fn postponed(&self) -> u64 {
+        self.postponed
     }
 
     /// Keeps a request until it is answered or its deadline (unix s) passes, sent again
@@ -99,17 +145,25 @@ impl Resends {
     /// (uid, twin) again replaces the bytes and restarts the schedule. False when the
     /// budget is used up (it is not tracked then).
     pub fn track(&mut self, item: Due, now: Instant, timed: bool) -> bool {
-        let next = timed.then(|| now + RESEND_AFTER);
-        self.insert(item, next, false, timed)
+        let rto = self.rtt.rto();
+        let next = timed.then(|| now + rto);
+        self.insert(item, now, next, false, timed)
     }
 
     /// Keeps an envelope no relay took, to be sent once when one is back; false when
     /// the budget is used up.
     pub fn track_once(&mut self, item: Due, now: Instant) -> bool {
-        self.insert(item, Some(now), true, true)
+        self.insert(item, now, Some(now), true, true)
     }
 
-    fn insert(&mut self, item: Due, next: Option<Instant>, one_shot: bool, timed: bool) -> bool {
+    fn insert(
+        &mut self,
+        item: Due,
+        now: Instant,
+        next: Option<Instant>,
+        one_shot: bool,
+        timed: bool,
+    ) -> bool {
         let Due {
             uid,
             twin,
@@ -142,9 +196,13 @@ impl Resends {
             bytes,
             deadline,
             next,
-            interval: RESEND_AFTER,
+            interval: self.rtt.rto(),
             timed,
             one_shot,
+            sent_at: now,
+            resent: false,
+            forced: false,
+            suspect: false,
         };
         match existing {
             Some(i) => entries[i] = entry,
@@ -157,9 +215,10 @@ impl Resends {
     }
 
     /// An answer to `uid` came from `from` (0: a relay's error report, which does not
-    /// say which destination it is about, so it settles one of them). True when it
-    /// settled a tracked request.
-    pub fn answered(&mut self, uid: &str, from: u32) -> bool {
+    /// say which destination it is about, so it settles one of them) at `now`. True
+    /// when it settled a tracked request; its round trip is measured if it was sent
+    /// once, and its destination counts as making progress.
+    pub fn answered(&mut self, uid: &str, from: u32, now: Instant) -> bool {
         let Some(entries) = self.by_uid.get_mut(uid) else {
             return false;
         };
@@ -169,12 +228,42 @@ impl Resends {
         let Some(i) = position else {
             return false;
         };
-        self.bytes -= entries.swap_remove(i).bytes.len();
+        let entry = entries.swap_remove(i);
+        if !entry.resent {
+            self.rtt
+                .sample(now.saturating_duration_since(entry.sent_at));
+        }
+        if from != 0 {
+            let p = self
+                .progress
+                .entry(entry.twin)
+                .or_insert((now, entry.sent_at));
+            p.0 = now;
+            // Which copy was answered is unknown for a resent one (Karn's rule again).
+            if !entry.resent {
+                p.1 = p.1.max(entry.sent_at);
+            }
+        }
+        self.bytes -= entry.bytes.len();
         self.len -= 1;
         if entries.is_empty() {
             self.by_uid.remove(uid);
         }
         true
+    }
+
+    /// The request (`uid`, `twin`) tracked earlier has just been taken by a relay link
+    /// at `now` (it may have waited for room first): its round trip and timer start now.
+    pub fn sent(&mut self, uid: &str, twin: u32, now: Instant) {
+        let Some(entries) = self.by_uid.get_mut(uid) else {
+            return;
+        };
+        for e in entries.iter_mut().filter(|e| e.twin == twin && !e.one_shot) {
+            e.sent_at = now;
+            if e.timed && !e.forced {
+                e.next = Some(now + e.interval);
+            }
+        }
     }
 
     /// Stops tracking (`uid`, `twin`) (its send failed for good).
@@ -201,16 +290,21 @@ impl Resends {
     pub fn all_due(&mut self, now: Instant) {
         for entry in self.by_uid.values_mut().flatten() {
             entry.next = Some(entry.next.map_or(now, |next| next.min(now)));
+            entry.forced = true;
+            entry.suspect = true;
         }
     }
 
     /// Takes what is due at `now` (`unix_now` in seconds): expired entries are dropped,
     /// one-shot entries are handed out and forgotten, requests are rescheduled with
-    /// their interval doubled. Put a one-shot entry that could not be sent back with
-    /// [`track_once`](Resends::track_once).
+    /// their interval doubled. A request whose destination answered others since its
+    /// last copy is postponed instead (interval doubled too), up to [`STALL_BOUND`],
+    /// unless a link reconnected. Put a one-shot entry that could not be sent back
+    /// with [`track_once`](Resends::track_once).
     pub fn take_due(&mut self, now: Instant, unix_now: u64) -> Vec<Due> {
         let mut due = Vec::new();
-        let (mut removed, mut freed) = (0, 0);
+        let (mut removed, mut freed, mut postponed) = (0, 0, 0);
+        let progress = &self.progress;
         self.by_uid.retain(|uid, entries| {
             entries.retain_mut(|e| {
                 if e.deadline <= unix_now {
@@ -221,6 +315,25 @@ impl Resends {
                 if e.next.is_none_or(|next| next > now) {
                     return true;
                 }
+                let (busy, overtaken) = match progress.get(&e.twin) {
+                    Some(&(at, latest)) => (at > e.sent_at, latest > e.sent_at + REORDER_MARGIN),
+                    None => (false, false),
+                };
+                if busy
+                    && !overtaken
+                    && !e.forced
+                    && !e.suspect
+                    && !e.one_shot
+                    && now.saturating_duration_since(e.sent_at) < STALL_BOUND
+                {
+                    postponed += 1;
+                    e.interval = (e.interval * 2).min(RESEND_MAX);
+                    e.next = Some(now + e.interval);
+                    return true;
+                }
+                e.forced = false;
+                e.resent = true;
+                e.sent_at = now;
                 due.push(Due {
                     uid: uid.clone(),
                     twin: e.twin,
@@ -244,6 +357,10 @@ impl Resends {
         });
         self.len -= removed;
         self.bytes -= freed;
+        self.postponed += postponed;
+        if self.by_uid.is_empty() {
+            self.progress.clear();
+        }
         due
     }
 
@@ -331,12 +448,12 @@ mod tests {
         let mut r = Resends::default();
         r.track(due("u", 1, "a", 1000), t0, true);
         r.track(due("u", 2, "b", 1000), t0, true);
-        assert!(r.answered("u", 2));
-        assert!(!r.answered("u", 2), "already settled");
-        assert!(!r.answered("other", 1));
+        assert!(r.answered("u", 2, t0));
+        assert!(!r.answered("u", 2, t0), "already settled");
+        assert!(!r.answered("other", 1, t0));
         assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER, 0)), [("u", 1)]);
         // A relay's error settles one remaining destination.
-        assert!(r.answered("u", 0));
+        assert!(r.answered("u", 0, t0));
         assert!(r.is_empty());
     }
 
@@ -361,7 +478,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Resends::default();
         r.track_once(due("u", 3, "reply", 1000), t0);
-        assert!(!r.answered("u", 3), "a response is not answered");
+        assert!(!r.answered("u", 3, t0), "a response is not answered");
         assert_eq!(uids(&r.take_due(t0, 0)), [("u", 3)]);
         assert!(r.is_empty());
         assert!(r.take_due(t0 + RESEND_MAX, 0).is_empty());
@@ -376,7 +493,7 @@ mod tests {
         r.all_due(t0 + RESEND_MAX * 10);
         assert_eq!(uids(&r.take_due(t0 + RESEND_MAX * 10, 0)), [("u", 1)]);
         assert!(r.take_due(t0 + RESEND_MAX * 20, 0).is_empty());
-        assert!(r.answered("u", 1));
+        assert!(r.answered("u", 1, t0));
     }
 
     #[test]
@@ -390,7 +507,7 @@ mod tests {
         // Replacing an entry counts its new size only.
         r.track(due("a", 1, "1234567890", 1000), t0, true);
         assert_eq!(r.bytes(), 10);
-        assert!(r.answered("a", 1));
+        assert!(r.answered("a", 1, t0));
         assert_eq!(r.bytes(), 0);
         r.track_once(due("c", 2, "1234", 1000), t0);
         r.track(due("d", 3, "123", 5), t0, true);
@@ -408,5 +525,111 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert!(r.take_due(t0 + RESEND_AFTER, 0).is_empty());
         assert_eq!(r.take_due(t0 + RESEND_AFTER * 2, 0)[0].bytes, bytes("new"));
+    }
+
+    #[test]
+    fn measured_round_trips_set_the_first_resend() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        for i in 0..10 {
+            let uid = format!("fast{i}");
+            r.track(due(&uid, 1, "env", 1000), t0, true);
+            assert!(r.answered(&uid, 1, t0 + Duration::from_millis(10)));
+        }
+        assert_eq!(r.rtt().rto(), super::super::rtt::MIN_RTO);
+        r.track(due("u", 2, "env", 1000), t0, true);
+        assert!(r.take_due(t0 + Duration::from_millis(900), 0).is_empty());
+        assert_eq!(
+            uids(&r.take_due(t0 + Duration::from_secs(1), 0)),
+            [("u", 2)]
+        );
+    }
+
+    #[test]
+    fn resent_requests_are_no_round_trip_samples() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("u", 1, "env", 1000), t0, true);
+        assert_eq!(r.take_due(t0 + RESEND_AFTER, 0).len(), 1);
+        assert!(r.answered("u", 1, t0 + RESEND_AFTER + Duration::from_millis(5)));
+        assert_eq!(r.rtt().srtt(), None, "Karn's rule");
+    }
+
+    #[test]
+    fn no_resend_while_the_destination_answers_others_until_the_stall_bound() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("queued", 1, "env", 1000), t0, true);
+        r.track(due("other", 1, "env", 1000), t0, true);
+        // The destination answers another request sent at the same time: progress.
+        assert!(r.answered("other", 1, t0 + Duration::from_millis(1500)));
+        let mut at = t0;
+        let mut sent = Vec::new();
+        while at < t0 + STALL_BOUND + Duration::from_secs(10) {
+            at += Duration::from_millis(250);
+            if !r.take_due(at, 0).is_empty() {
+                sent.push(at - t0);
+            }
+        }
+        assert!(r.postponed() >= 1);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0] >= STALL_BOUND, "{sent:?}");
+    }
+
+    #[test]
+    fn an_overtaken_request_goes_at_its_time() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("lost", 1, "env", 1000), t0, true);
+        let later = t0 + Duration::from_millis(1500);
+        r.track(due("later", 1, "env", 1000), later, true);
+        assert!(r.answered("later", 1, later + Duration::from_millis(100)));
+        assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER, 0)), [("lost", 1)]);
+    }
+
+    #[test]
+    fn the_timer_starts_when_a_link_takes_the_request() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("u", 1, "env", 1000), t0, true);
+        r.sent("u", 1, t0 + Duration::from_secs(1));
+        assert!(r.take_due(t0 + RESEND_AFTER, 0).is_empty());
+        assert_eq!(
+            r.take_due(t0 + RESEND_AFTER + Duration::from_secs(1), 0)
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_reconnect_sends_even_while_the_destination_makes_progress() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("queued", 1, "env", 1000), t0, true);
+        r.track(due("other", 1, "env", 1000), t0, true);
+        assert!(r.answered("other", 1, t0 + Duration::from_millis(100)));
+        let at = t0 + Duration::from_secs(3);
+        assert!(r.take_due(at, 0).is_empty(), "postponed");
+        r.all_due(at);
+        assert_eq!(uids(&r.take_due(at, 0)), [("queued", 1)]);
+        // Its path was disrupted: later resends follow the timer despite progress.
+        r.track(due("later", 1, "env", 1000), at, true);
+        assert!(r.answered("later", 1, at + Duration::from_millis(100)));
+        let again = (1..200)
+            .map(|i| at + Duration::from_millis(250 * i))
+            .find(|&t| !r.take_due(t, 0).is_empty())
+            .expect("sent again");
+        assert!(again - at <= RESEND_MAX, "{:?}", again - at);
+    }
+
+    #[test]
+    fn a_silent_destination_gets_resends_at_the_timeout() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("u", 1, "env", 1000), t0, true);
+        // Another destination's progress does not matter.
+        r.track(due("v", 2, "env", 1000), t0, true);
+        assert!(r.answered("v", 2, t0 + Duration::from_millis(500)));
+        assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER, 0)), [("u", 1)]);
     }
 }

@@ -4,16 +4,17 @@
 
 use rmb_identity::E2eScheme;
 use rmb_proto::time::unix_now;
-use rmb_proto::{Envelope, Error, Message, Payload, Request, Response};
+use rmb_proto::{DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Error, Message, Payload, Request, Response};
 use tokio_tungstenite::tungstenite::Bytes;
 
 use tokio::time::Instant;
 
-use super::errors::SendError;
+use super::errors::{SendError, codes};
+use super::refusals::Reason;
 use super::replay::{ReplayKey, ReplayKind};
 use super::resend::Due;
 use super::status::Counters;
-use super::types::{OutgoingRequest, OutgoingResponse, clamp_expiration};
+use super::types::{OutgoingRequest, OutgoingResponse, RemoteError, clamp_expiration};
 use super::{Inner, Peer};
 use crate::links::LinkError;
 
@@ -54,6 +55,11 @@ impl Peer {
         match inner.links.send(sealed.bytes, sealed.deadline).await {
             Ok(_) => {
                 Counters::bump(&inner.counters.sent);
+                if tracked {
+                    inner
+                        .resends()
+                        .sent(&uid, sealed.twin, Instant::now().into_std());
+                }
                 Ok(())
             }
             // Kept for resending: it goes out when a relay is back, or expires.
@@ -73,8 +79,11 @@ impl Peer {
     /// Encrypts, stamps and signs a reply without sending it, so an application that
     /// keeps its own durable reply cache can store it first (see
     /// [`send_sealed_reply`](Peer::send_sealed_reply)).
+    ///
+    /// A reply too large for an envelope is replaced by an error reply saying so (code
+    /// 101, counted as `oversize`): the requester learns why instead of timing out.
     pub async fn seal_response(&self, resp: OutgoingResponse) -> Result<Sealed, SendError> {
-        self.inner.seal(response_envelope(&self.inner, resp)).await
+        self.inner.seal_reply(resp).await
     }
 
     /// Sends a reply sealed by [`seal_response`](Peer::seal_response): remembered with
@@ -86,9 +95,10 @@ impl Peer {
     }
 
     /// Sends a reply again (an application's durable reply cache answering a repeated
-    /// request). Counted as replayed.
-    pub fn resend_reply(&self, bytes: Bytes) {
-        self.inner.replay_reply(bytes);
+    /// request `uid` from `twin`). Counted as replayed; past a few repeats of one
+    /// request per minute it is dropped instead ([`repeats`](super::repeats)).
+    pub fn resend_reply(&self, twin: u32, uid: &str, bytes: Bytes) {
+        self.inner.replay_reply_limited(twin, uid, bytes);
     }
 }
 
@@ -146,8 +156,35 @@ fn response_envelope(inner: &Inner, resp: OutgoingResponse) -> Envelope {
 
 impl Inner {
     pub(super) async fn send_response(&self, resp: OutgoingResponse) -> Result<(), SendError> {
-        let sealed = self.seal(response_envelope(self, resp)).await?;
+        let sealed = self.seal_reply(resp).await?;
         self.send_sealed_reply(&sealed).await
+    }
+
+    /// Seals a reply; one too large becomes an error reply saying so.
+    async fn seal_reply(&self, resp: OutgoingResponse) -> Result<Sealed, SendError> {
+        let (uid, destination) = (resp.uid.clone(), resp.destination.clone());
+        let (timestamp, expiration) = (resp.timestamp, resp.expiration);
+        match self.seal(response_envelope(self, resp)).await {
+            Err(SendError::TooLarge { size, limit }) => {
+                self.count_refusal(Reason::Oversize);
+                tracing::warn!(%uid, %destination, size, limit, "reply too large for an envelope; sending an error reply instead");
+                let error = OutgoingResponse {
+                    uid,
+                    destination,
+                    reply: Err(RemoteError::new(
+                        codes::INVALID_PAYLOAD,
+                        format!(
+                            "the reply is too large: {size} bytes encoded, the limit is {limit}"
+                        ),
+                    )),
+                    schema: None,
+                    timestamp,
+                    expiration,
+                };
+                self.seal(response_envelope(self, error)).await
+            }
+            other => other,
+        }
     }
 
     async fn send_sealed_reply(&self, reply: &Sealed) -> Result<(), SendError> {
@@ -178,6 +215,28 @@ impl Inner {
                 if kept { Ok(()) } else { Err(e.into()) }
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`replay_reply`](Inner::replay_reply) for a repeat of request `uid` from `twin`,
+    /// unless that request was repeated too often ([`repeats`](super::repeats)).
+    pub(super) fn replay_reply_limited(&self, twin: u32, uid: &str, bytes: Bytes) {
+        let allowed = self
+            .repeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(twin, uid, std::time::Instant::now());
+        if allowed {
+            return self.replay_reply(bytes);
+        }
+        self.count_refusal(Reason::ReplayLimited);
+        Counters::bump(&self.counters.duplicates);
+        if self.log_limiter.allow(
+            u64::from(twin),
+            Reason::ReplayLimited,
+            std::time::Instant::now(),
+        ) {
+            tracing::warn!(%uid, twin, "a request repeated too often: its reply is not sent again (logged once per 10 s per twin)");
         }
     }
 
@@ -227,6 +286,13 @@ impl Inner {
         self.identity
             .seal_envelope(&mut env, twin.pk.as_deref(), now)
             .map_err(SendError::Seal)?;
+        let bytes = env.to_bytes();
+        if bytes.len() > DEFAULT_MAX_ENVELOPE_SIZE {
+            return Err(SendError::TooLarge {
+                size: bytes.len(),
+                limit: DEFAULT_MAX_ENVELOPE_SIZE,
+            });
+        }
         let drops_repeats = twin
             .pk
             .as_deref()
@@ -236,7 +302,7 @@ impl Inner {
             uid: env.uid.clone(),
             twin: destination,
             deadline: env.deadline(),
-            bytes: Bytes::from(env.to_bytes()),
+            bytes: Bytes::from(bytes),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! [`PeerStatus`]: what `rmb status` and the logs show about a running peer.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub struct PeerStatus {
     pub received: u64,
     /// Envelopes refused (malformed, expired, unknown sender, bad signature…).
     pub rejected: u64,
+    /// `rejected`, by reason (labels of [`Reason`](super::Reason); zero counts left out).
+    #[serde(default)]
+    pub rejected_by: BTreeMap<String, u64>,
     /// Envelopes sent again because no answer came (or a relay link reconnected).
     #[serde(default)]
     pub resent: u64,

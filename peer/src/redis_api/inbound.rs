@@ -21,14 +21,18 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::RedisConn;
+use super::conn::{QueryError, RedisConn};
 use super::json::{JsonError, JsonIncomingRequest, JsonIncomingResponse, VERSION, encode_dat};
-use super::keys::{MAX_LIST_LEN, REPLY, backlog, command_queue, outbox, outbox_waiting, seen};
+use super::keys::{
+    COMMANDS, MAX_LIST_LEN, REPLY, SERVED, backlog, clamp_ttl, command_queue, outbox,
+    outbox_waiting, seen,
+};
 use super::pending::Route;
-use super::scripts::{DELIVER_ONCE, DELIVER_REQUEST};
+use super::scripts::{DELIVER_ONCE, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, TOO_MANY_COMMANDS};
 use super::writer::Write;
-use super::{Counter, Shared};
-use crate::core::{Inbound, InboundRequest, InboundResponse};
+use super::{Counter, Limits, Shared};
+use crate::core::{Inbound, InboundRequest, InboundResponse, Reason, codes};
+use rmb_proto::Address;
 
 /// Most inbound messages handled per batch.
 const BATCH: usize = 256;
@@ -99,15 +103,17 @@ async fn resolve(
             Inbound::Request(_) => unreachable!("only responses are looked up"),
         })
         .collect();
-    let found: Vec<Option<Vec<u8>>> = loop {
-        let Some(mut c) = lookup.get(abort).await else {
-            return routes;
+    let mut mget = redis::pipe();
+    mget.cmd("MGET").arg(&keys);
+    let found: Vec<Option<Vec<u8>>> =
+        match lookup.query::<(Vec<Option<Vec<u8>>>,)>(&mget, abort).await {
+            Ok((found,)) => found,
+            Err(QueryError::Shutdown) => return routes,
+            Err(QueryError::Permanent(e)) => {
+                tracing::error!(error = %e, "backlog lookup refused by redis");
+                return routes;
+            }
         };
-        match redis::cmd("MGET").arg(&keys).query_async(&mut c).await {
-            Ok(found) => break found,
-            Err(e) => lookup.failed(&e),
-        }
-    };
     for (i, value) in misses.into_iter().zip(found) {
         routes[i] = value.and_then(|bytes| match Backlog::decode(bytes.as_slice()) {
             Ok(b) => Some(Route {
@@ -131,6 +137,9 @@ enum Document {
         /// The `seen` marker of the request and how long it must live.
         marker: String,
         ttl: u64,
+        /// Who sent it and its uid, to answer with an error when it cannot be queued.
+        uid: String,
+        source: Address,
     },
     Response {
         list: String,
@@ -148,7 +157,13 @@ fn document(shared: &Shared, inbound: Inbound, route: Option<Route>) -> Option<D
         Inbound::Response(resp) => {
             let Some(route) = route else {
                 Counter::bump(&shared.counters.responses_expired, 1);
-                tracing::warn!(uid = %resp.uid, src = %resp.source, "received reply of an expired message");
+                // Any twin can send replies to uids we never used: rate-limited.
+                if shared
+                    .peer
+                    .log_allowed(u64::from(resp.source.twin), Reason::Expired)
+                {
+                    tracing::warn!(uid = %resp.uid, src = %resp.source, "received reply of an expired message (logged once per 10 s per twin)");
+                }
                 return None;
             };
             Some(response_document(resp, route))
@@ -158,8 +173,11 @@ fn document(shared: &Shared, inbound: Inbound, route: Option<Route>) -> Option<D
 
 /// A request for `msgbus.<cmd>`, as a `JsonIncomingRequest`.
 fn request_document(req: InboundRequest) -> Document {
-    let ttl = req.deadline().saturating_sub(unix_now()).max(1);
+    // The core refused deadlines beyond its maximum lifetime; clamp anyway so no value
+    // from the network can reach `EX` unbounded.
+    let ttl = clamp_ttl(req.deadline().saturating_sub(unix_now()));
     let marker = seen(req.source.twin, &req.uid);
+    let (uid, source) = (req.uid.clone(), req.source.clone());
     let json = JsonIncomingRequest {
         ver: VERSION,
         reference: Some(req.uid),
@@ -177,6 +195,8 @@ fn request_document(req: InboundRequest) -> Document {
         json: serde_json::to_string(&json).expect("a request serialises"),
         marker,
         ttl,
+        uid,
+        source,
     }
 }
 
@@ -209,8 +229,71 @@ fn response_document(resp: InboundResponse, route: Route) -> Document {
     }
 }
 
+/// Adds the delivery script of `doc` to `pipe`.
+fn add_document(pipe: &mut redis::Pipeline, doc: &Document, limits: &Limits, now: u64) {
+    match doc {
+        Document::Request {
+            list,
+            json,
+            marker,
+            ttl,
+            ..
+        } => pipe.invoke_script(
+            DELIVER_REQUEST
+                .key(marker)
+                .key(list)
+                .key(COMMANDS)
+                .key(SERVED)
+                .arg(json)
+                .arg(*ttl)
+                .arg(MAX_LIST_LEN - 1)
+                .arg(limits.command_queue_bytes)
+                .arg(limits.commands)
+                .arg(now)
+                .arg(SERVED_SECS),
+        ),
+        Document::Response {
+            list,
+            json,
+            uid,
+            twin,
+        } => {
+            // A relay's error names no twin: it answers for any one still waited for.
+            let field = match twin {
+                0 => String::new(),
+                t => outbox_waiting(*t),
+            };
+            pipe.invoke_script(
+                DELIVER_ONCE
+                    .key(outbox(uid))
+                    .key(list)
+                    .arg(json)
+                    .arg(field)
+                    .arg(MAX_LIST_LEN - 1),
+            )
+        }
+    };
+}
+
+/// A pipeline that loads the scripts (a restarted Redis forgot them) then delivers `docs`.
+fn pipeline(docs: &[Document], limits: &Limits) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.load_script(&DELIVER_REQUEST).ignore();
+    pipe.load_script(&DELIVER_ONCE).ignore();
+    let now = unix_now();
+    for doc in docs {
+        add_document(&mut pipe, doc, limits, now);
+    }
+    pipe
+}
+
 /// Delivers a batch in one pipeline of scripts, each delivering at most once; a repeat
 /// of an answered request gets the stored reply sent again.
+///
+/// Connection failures are retried (with backoff, until shutdown). When Redis refuses
+/// the pipeline for good, each document is tried alone, so only the one Redis refuses
+/// is dropped (counted as `redis_error`; a request's sender gets an error reply) and
+/// the rest are delivered: no single message can wedge the pipeline.
 async fn deliver_once(
     shared: &Shared,
     documents: Vec<Document>,
@@ -220,68 +303,79 @@ async fn deliver_once(
     if documents.is_empty() {
         return;
     }
-    let mut pipe = redis::pipe();
-    pipe.load_script(&DELIVER_REQUEST).ignore();
-    pipe.load_script(&DELIVER_ONCE).ignore();
-    for doc in &documents {
-        match doc {
-            Document::Request {
-                list,
-                json,
-                marker,
-                ttl,
-            } => pipe.invoke_script(
-                DELIVER_REQUEST
-                    .key(marker)
-                    .key(list)
-                    .arg(json)
-                    .arg(*ttl)
-                    .arg(MAX_LIST_LEN - 1),
-            ),
-            Document::Response {
-                list,
-                json,
-                uid,
-                twin,
-            } => {
-                // A relay's error names no twin: it answers for any one still waited for.
-                let field = match twin {
-                    0 => String::new(),
-                    t => outbox_waiting(*t),
-                };
-                pipe.invoke_script(
-                    DELIVER_ONCE
-                        .key(outbox(uid))
-                        .key(list)
-                        .arg(json)
-                        .arg(field)
-                        .arg(MAX_LIST_LEN - 1),
-                )
-            }
-        };
-    }
     // Retrying a pipeline that half-applied is safe: every script delivers once.
-    let results: Vec<Value> = loop {
-        let Some(mut c) = conn.get(abort).await else {
-            tracing::error!(
-                lost = documents.len(),
-                "shutting down without redis; received messages are lost here (senders resend them)"
-            );
-            return;
-        };
-        match pipe.query_async(&mut c).await {
-            Ok(results) => break results,
-            Err(e) => conn.failed(&e),
+    let results: Vec<Option<Value>> = match conn
+        .query(&pipeline(&documents, &shared.limits), abort)
+        .await
+    {
+        Ok(results) => results_of(results),
+        Err(QueryError::Shutdown) => return lost(documents.len()),
+        Err(QueryError::Permanent(e)) => {
+            tracing::warn!(error = %e, documents = documents.len(), "redis refused a delivery batch; delivering one by one");
+            let mut results = Vec::with_capacity(documents.len());
+            for doc in &documents {
+                match conn
+                    .query::<Vec<Value>>(
+                        &pipeline(std::slice::from_ref(doc), &shared.limits),
+                        abort,
+                    )
+                    .await
+                {
+                    Ok(mut one) => results.push(one.pop()),
+                    Err(QueryError::Shutdown) => return lost(documents.len() - results.len()),
+                    Err(QueryError::Permanent(e)) => {
+                        refused_by_redis(shared, doc, &e);
+                        results.push(None);
+                    }
+                }
+            }
+            results
         }
     };
     for (doc, result) in documents.iter().zip(results) {
+        let Some(result) = result else { continue };
         match (doc, result) {
             (Document::Request { .. }, Value::Int(1)) => {
                 Counter::bump(&shared.counters.requests_delivered, 1)
             }
-            (Document::Request { marker, .. }, Value::BulkString(reply)) if !reply.is_empty() => {
+            (
+                Document::Request {
+                    uid, source, list, ..
+                },
+                Value::Int(bound @ (QUEUE_FULL | TOO_MANY_COMMANDS)),
+            ) => {
+                let message = if bound == QUEUE_FULL {
+                    format!(
+                        "other: the queue {list} is full ({} bytes at most); try again later",
+                        shared.limits.command_queue_bytes
+                    )
+                } else {
+                    format!(
+                        "other: too many commands have requests waiting ({} at most); {list} refused",
+                        shared.limits.commands
+                    )
+                };
+                shared.refuse_request(
+                    uid.clone(),
+                    source.clone(),
+                    Reason::CommandLimit,
+                    codes::OTHER,
+                    message,
+                );
+            }
+            (
+                Document::Request {
+                    marker,
+                    uid,
+                    source,
+                    ..
+                },
+                Value::BulkString(reply),
+            ) if !reply.is_empty() => {
                 tracing::debug!(%marker, "a repeated request was answered already: sending the answer again");
-                shared.peer.resend_reply(Bytes::from(reply));
+                shared
+                    .peer
+                    .resend_reply(source.twin, uid, Bytes::from(reply));
             }
             (Document::Response { .. }, Value::Int(1)) => {
                 Counter::bump(&shared.counters.responses_delivered, 1)
@@ -293,6 +387,43 @@ async fn deliver_once(
             (Document::Response { uid, twin, .. }, _) => {
                 tracing::debug!(%uid, twin, "dropping a repeated answer (delivered already)");
                 shared.peer.count_duplicate();
+            }
+        }
+    }
+}
+
+/// The script results of a delivery pipeline (the script loads are ignored).
+fn results_of(values: Vec<Value>) -> Vec<Option<Value>> {
+    values.into_iter().map(Some).collect()
+}
+
+fn lost(n: usize) {
+    tracing::error!(
+        lost = n,
+        "shutting down without redis; received messages are lost here (senders resend them)"
+    );
+}
+
+/// Counts and logs (rate-limited) a message Redis refused for good; a request's
+/// sender is told.
+fn refused_by_redis(shared: &Shared, doc: &Document, e: &redis::RedisError) {
+    match doc {
+        Document::Request {
+            uid, source, list, ..
+        } => shared.refuse_request(
+            uid.clone(),
+            source.clone(),
+            Reason::RedisError,
+            codes::OTHER,
+            format!("other: the request could not be queued for {list}: {e}"),
+        ),
+        Document::Response { uid, twin, .. } => {
+            shared.peer.count_refusal(Reason::RedisError);
+            if shared
+                .peer
+                .log_allowed(u64::from(*twin), Reason::RedisError)
+            {
+                tracing::error!(%uid, twin, error = %e, "redis refused a response; dropped (logged once per 10 s per twin)");
             }
         }
     }

@@ -34,8 +34,25 @@ pub const OUTBOX_PREFIX: &str = "msgbus.outbox.";
 /// the reply once it is sent, so a repeat is answered again and never reaches a service twice.
 pub const SEEN_PREFIX: &str = "msgbus.seen.";
 
+/// Ours: sorted set of the command lists (`msgbus.<cmd>`) holding requests from other
+/// twins, scored by the unix time their last request expires; bounds how many there are.
+pub const COMMANDS: &str = "msgbus.system.commands";
+
+/// Ours: sorted set of the command lists a service was seen consuming, scored by the
+/// unix time until which they count as served (exempt from the limit on commands).
+pub const SERVED: &str = "msgbus.system.served";
+
 /// Lists the peer writes (`msgbus.<cmd>`, `<ret>`) are trimmed to this many newest entries.
 pub const MAX_LIST_LEN: isize = 10_000;
+
+/// Longest TTL the peer gives any key (a year and a day): time-derived values are
+/// clamped to it before they reach Redis, which refuses absurd expire times.
+pub const MAX_KEY_TTL_SECS: u64 = 366 * 24 * 3600;
+
+/// A TTL in seconds made safe for `EX`: at least 1, at most [`MAX_KEY_TTL_SECS`].
+pub fn clamp_ttl(secs: u64) -> u64 {
+    secs.clamp(1, MAX_KEY_TTL_SECS)
+}
 
 /// The list a service for `cmd` reads its requests from: `msgbus.<cmd>`, command verbatim.
 pub fn command_queue(cmd: &str) -> String {
@@ -75,5 +92,12 @@ mod tests {
         assert_eq!(backlog("abc"), "msgbus.backlog.abc");
         assert_eq!(LOCAL, "msgbus.system.local");
         assert_eq!(REPLY, "msgbus.system.reply");
+    }
+
+    #[test]
+    fn ttls_are_clamped() {
+        assert_eq!(clamp_ttl(0), 1);
+        assert_eq!(clamp_ttl(60), 60);
+        assert_eq!(clamp_ttl(u64::MAX), MAX_KEY_TTL_SECS);
     }
 }

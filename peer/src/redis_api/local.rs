@@ -29,7 +29,7 @@ use rmb_proto::peer::Backlog;
 use rmb_proto::time::unix_now;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::RedisConn;
+use super::conn::{QueryError, RedisConn, is_permanent};
 use super::json::JsonIncomingResponse;
 use super::keys::{LOCAL, LOCAL_CLAIMED, REPLY, REPLY_CLAIMED, backlog, seen};
 use super::pending::Route;
@@ -37,7 +37,7 @@ use super::scripts::CLAIM;
 use super::validate::{LocalRequest, parse_reply, parse_request};
 use super::writer::{Write, add_to_pipeline};
 use super::{Counter, Shared, outbox};
-use crate::core::{OutgoingRequest, OutgoingResponse, SendError};
+use crate::core::{OutgoingRequest, OutgoingResponse, Reason, SendError};
 
 /// Most messages taken from a list per batch.
 pub const DRAIN: usize = 256;
@@ -124,21 +124,35 @@ async fn claim(c: &mut MultiplexedConnection, pump: Pump) -> redis::RedisResult<
     Ok(batch)
 }
 
+/// How a [`commit`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Commit {
+    /// Applied (the batch is recorded, `claimed` is gone).
+    Done,
+    /// Shutting down without Redis: the claimed list keeps the batch for the next start.
+    Stopped,
+    /// Redis refused the transaction for good: the batch was dropped (claimed list
+    /// deleted, so it is not claimed again forever) and counted.
+    Refused,
+}
+
 /// Runs `pipe` (which ends by deleting `claimed`) as one transaction, retrying through
-/// reconnects; false when shutting down without Redis (the claimed list keeps the batch
-/// for the next start). A transaction whose reply was lost may have applied: then
-/// `claimed` is gone, and it is not run twice.
+/// reconnects (with backoff). A transaction whose reply was lost may have applied: then
+/// `claimed` is gone, and it is not run twice. One Redis refuses for good is dropped
+/// ([`Commit::Refused`]) rather than retried forever.
 async fn commit(
+    shared: &Shared,
     conn: &mut RedisConn,
     shutdown: &CancellationToken,
     pipe: &mut redis::Pipeline,
     claimed: &str,
-) -> bool {
+    items: usize,
+) -> Commit {
     pipe.atomic();
     let mut retry = false;
     loop {
         let Some(mut c) = conn.get(shutdown).await else {
-            return false;
+            return Commit::Stopped;
         };
         if retry {
             match redis::cmd("EXISTS")
@@ -146,7 +160,7 @@ async fn commit(
                 .query_async::<bool>(&mut c)
                 .await
             {
-                Ok(false) => return true,
+                Ok(false) => return Commit::Done,
                 Ok(true) => {}
                 Err(e) => {
                     conn.failed(&e);
@@ -155,7 +169,19 @@ async fn commit(
             }
         }
         match pipe.query_async::<()>(&mut c).await {
-            Ok(()) => return true,
+            Ok(()) => return Commit::Done,
+            Err(e) if is_permanent(&e) => {
+                for _ in 0..items {
+                    shared.peer.count_refusal(Reason::RedisError);
+                }
+                tracing::error!(error = %e, items, list = claimed, "redis refused to record a batch; dropped");
+                let mut del = redis::pipe();
+                del.cmd("DEL").arg(claimed).ignore();
+                return match conn.query::<()>(&del, shutdown).await {
+                    Ok(()) | Err(QueryError::Permanent(_)) => Commit::Refused,
+                    Err(QueryError::Shutdown) => Commit::Stopped,
+                };
+            }
             Err(e) => {
                 conn.failed(&e);
                 retry = true;
@@ -207,12 +233,16 @@ async fn handle_requests(
         }
     }
     pipe.cmd("DEL").arg(LOCAL_CLAIMED).ignore();
-    if !commit(conn, shutdown, &mut pipe, LOCAL_CLAIMED).await {
-        tracing::warn!(
-            requests = accepted.len() + rejected,
-            "shutting down without redis: requests stay claimed for the next start"
-        );
-        return;
+    let items = accepted.len() + rejected;
+    match commit(shared, conn, shutdown, &mut pipe, LOCAL_CLAIMED, items).await {
+        Commit::Done => {}
+        Commit::Stopped => {
+            return tracing::warn!(
+                requests = items,
+                "shutting down without redis: requests stay claimed for the next start"
+            );
+        }
+        Commit::Refused => return,
     }
     Counter::bump(&shared.counters.requests_accepted, accepted.len());
     for (uid, req) in accepted {
@@ -261,6 +291,9 @@ async fn send_request(shared: &Shared, uid: String, req: LocalRequest) {
             // Stopping: the outbox keeps it, the next start sends it.
             tracing::debug!(%uid, twin, "request left in the outbox for the next start");
             continue;
+        }
+        if matches!(e, SendError::TooLarge { .. }) {
+            shared.peer.count_refusal(Reason::Oversize);
         }
         tracing::debug!(%uid, twin, error = %e, "request undeliverable");
         shared.pending().failed(&uid, twin);
@@ -321,12 +354,24 @@ async fn handle_replies(
         }
     }
     pipe.cmd("DEL").arg(REPLY_CLAIMED).ignore();
-    if !commit(conn, shutdown, &mut pipe, REPLY_CLAIMED).await {
-        tracing::warn!(
-            replies = sealed.len(),
-            "shutting down without redis: replies stay claimed for the next start"
-        );
-        return;
+    match commit(
+        shared,
+        conn,
+        shutdown,
+        &mut pipe,
+        REPLY_CLAIMED,
+        sealed.len(),
+    )
+    .await
+    {
+        Commit::Done => {}
+        Commit::Stopped => {
+            return tracing::warn!(
+                replies = sealed.len(),
+                "shutting down without redis: replies stay claimed for the next start"
+            );
+        }
+        Commit::Refused => return,
     }
     for reply in sealed {
         let permit = shared.send_permit().await;

@@ -35,11 +35,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Inbound, Peer, PeerStatus, codes};
+use crate::core::types::DEFAULT_EXPIRATION;
+use crate::core::{Inbound, OutgoingResponse, Peer, PeerStatus, Reason, RemoteError, codes};
 use conn::RedisConn;
 use json::JsonIncomingResponse;
 use local::Pump;
 use pending::Pending;
+use rmb_proto::Address;
 use validate::Rejection;
 use writer::{Write, Writer};
 
@@ -51,6 +53,31 @@ const SWEEP_EVERY: Duration = Duration::from_millis(200);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// The code of the error a client gets for a destination that never answered.
 pub const TIMEOUT_CODE: u32 = codes::VALIDATION;
+
+/// Bounds on what other twins can make the API keep in the local Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes one `msgbus.<cmd>` list may hold (estimated by Redis); past it a
+    /// request for that command gets an error reply.
+    pub command_queue_bytes: u64,
+    /// Most commands with requests waiting at once; a request for another one gets
+    /// an error reply.
+    pub commands: u64,
+}
+
+/// Default of [`Limits::command_queue_bytes`]: 64 MiB.
+pub const DEFAULT_COMMAND_QUEUE_BYTES: u64 = 64 << 20;
+/// Default of [`Limits::commands`].
+pub const DEFAULT_COMMANDS: u64 = 1000;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            command_queue_bytes: DEFAULT_COMMAND_QUEUE_BYTES,
+            commands: DEFAULT_COMMANDS,
+        }
+    }
+}
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +179,7 @@ pub(crate) struct Shared {
     pending: Mutex<Pending>,
     counters: ApiCounters,
     sends: Arc<Semaphore>,
+    limits: Limits,
 }
 
 impl Shared {
@@ -169,6 +197,9 @@ impl Shared {
     /// The write telling the client why its request was refused (`None`, with a log
     /// line, when no `ret` could be read).
     fn rejection(&self, rejection: Rejection, bytes: &[u8]) -> Option<Write> {
+        if let Some(reason) = rejection.reason {
+            self.peer.count_refusal(reason);
+        }
         match rejection.reply_to {
             Some(ret) => {
                 Counter::bump(&self.counters.requests_rejected, 1);
@@ -214,6 +245,42 @@ impl Shared {
         self.writer.send(write).await;
     }
 
+    /// Refuses a request received from `source`: counted under `reason`, logged at most
+    /// once per 10 s per twin and reason, and answered with an error envelope (sent in
+    /// its own task, bounded by the send permits that shutdown waits for).
+    pub(crate) fn refuse_request(
+        &self,
+        uid: String,
+        source: Address,
+        reason: Reason,
+        code: u32,
+        message: String,
+    ) {
+        self.peer.count_refusal(reason);
+        if self.peer.log_allowed(u64::from(source.twin), reason) {
+            tracing::warn!(%uid, %source, reason = reason.as_str(), %message, "refused a request (logged once per 10 s per twin and reason)");
+        }
+        let Ok(permit) = Arc::clone(&self.sends).try_acquire_owned() else {
+            // Every send permit is taken: the sender resends or times out.
+            return;
+        };
+        let peer = self.peer.clone();
+        let reply = OutgoingResponse {
+            uid,
+            destination: source,
+            reply: Err(RemoteError::new(code, message)),
+            schema: None,
+            timestamp: 0,
+            expiration: DEFAULT_EXPIRATION,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = peer.send_response(reply).await {
+                tracing::debug!(error = %e, "could not send an error envelope back");
+            }
+            drop(permit);
+        });
+    }
+
     fn status(&self) -> ApiStatus {
         ApiStatus {
             peer: self.peer.status(),
@@ -240,6 +307,16 @@ impl RedisApi {
         inbound: mpsc::Receiver<Inbound>,
         redis_url: &str,
     ) -> Result<RedisApi, RedisApiError> {
+        Self::start_with_limits(peer, inbound, redis_url, Limits::default()).await
+    }
+
+    /// [`start`](RedisApi::start) with the given bounds on command lists.
+    pub async fn start_with_limits(
+        peer: Peer,
+        inbound: mpsc::Receiver<Inbound>,
+        redis_url: &str,
+        limits: Limits,
+    ) -> Result<RedisApi, RedisApiError> {
         let error = |source| RedisApiError::Redis {
             url: redis_url.to_string(),
             source,
@@ -252,7 +329,7 @@ impl RedisApi {
 
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
-        let (writer, writer_task) = Writer::spawn(write, abort.clone());
+        let (writer, writer_task) = Writer::spawn(write, abort.clone(), peer.clone());
         let shared = Arc::new(Shared {
             durable: peer.is_reliable(),
             peer,
@@ -260,6 +337,7 @@ impl RedisApi {
             pending: Mutex::new(Pending::default()),
             counters: ApiCounters::default(),
             sends: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            limits,
         });
         let mut tasks = vec![
             tokio::spawn(local::run(
@@ -317,13 +395,21 @@ impl RedisApi {
     /// delivers what was received, flushes writes and removes the
     /// status key. Gives up on a Redis that stays unreachable after `grace`.
     pub async fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
         self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
         self.shared.peer.shutdown().await;
-        let _ = self.inbound.await;
-        let deadline = Instant::now() + grace;
+        // Delivery retries against a Redis that keeps failing give up at the deadline.
+        let mut inbound = self.inbound;
+        if tokio::time::timeout_at(deadline.into(), &mut inbound)
+            .await
+            .is_err()
+        {
+            self.abort.cancel();
+            let _ = inbound.await;
+        }
         let _ = tokio::time::timeout_at(
             deadline.into(),
             self.shared.sends.acquire_many(MAX_IN_FLIGHT as u32),
@@ -388,6 +474,9 @@ async fn resend_outbox(shared: Arc<Shared>, mut conn: RedisConn, stop: Cancellat
         };
         match outbox::load(&mut c, rmb_proto::time::unix_now()).await {
             Ok(found) => break found,
+            Err(e) if conn::is_permanent(&e) => {
+                return tracing::error!(error = %e, "cannot read the outbox; requests of a previous run are not sent again");
+            }
             Err(e) => conn.failed(&e),
         }
     };

@@ -48,7 +48,9 @@ pub fn record(pipe: &mut Pipeline, uid: &str, req: &LocalRequest) {
     hset.ignore();
     pipe.cmd("EXPIRE")
         .arg(&key)
-        .arg(req.backlog_ttl + GRACE_SECS)
+        .arg(super::keys::clamp_ttl(
+            req.backlog_ttl.saturating_add(GRACE_SECS),
+        ))
         .ignore();
 }
 

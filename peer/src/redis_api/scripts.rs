@@ -6,7 +6,8 @@
 //! - [`CLAIM`]: moves a batch from an app's list to the peer's claimed list (kept until
 //!   the batch is recorded, and read again after a crash);
 //! - [`DELIVER_REQUEST`]: pushes a remote request to its service only if its uid was
-//!   never received from that twin, remembering it (a repeat gets the stored reply);
+//!   never received from that twin, remembering it (a repeat gets the stored reply),
+//!   and only within the bounds on command lists (bytes, TTL, number of commands);
 //! - [`DELIVER_ONCE`]: pushes an answer to a client's `ret` only if the request still
 //!   waits for that twin's answer, and marks it answered.
 
@@ -31,17 +32,73 @@ return oldest_first
     )
 });
 
-/// `KEYS`: seen marker, service list. `ARGV`: request JSON, marker TTL (s), last index
-/// kept in the list. Returns 1 when delivered; otherwise the marker's value: empty
-/// while the service has not answered, the sealed reply once it has.
+/// What [`DELIVER_REQUEST`] returns when the service list is over its byte budget.
+pub const QUEUE_FULL: i64 = -1;
+/// What [`DELIVER_REQUEST`] returns when too many commands have requests waiting.
+pub const TOO_MANY_COMMANDS: i64 = -2;
+
+/// How long a command whose list a service was seen consuming counts as served
+/// (exempt from the limit on commands; refreshed by each request for it).
+pub const SERVED_SECS: u64 = 24 * 3600;
+
+/// `KEYS`: seen marker, service list, command index (sorted set: list name → unix time
+/// its last request expires), served commands (sorted set: list name → unix time until
+/// which it counts as served). `ARGV`: request JSON, marker TTL (s), last index kept in
+/// the list, most bytes in the list, most commands in the index, now (unix s),
+/// [`SERVED_SECS`].
+///
+/// Returns 1 when delivered; otherwise the marker's value (empty while the service has
+/// not answered, the sealed reply once it has) for a repeat, [`QUEUE_FULL`] or
+/// [`TOO_MANY_COMMANDS`] when a bound is hit (nothing is written then).
+///
+/// Bounds what other twins can make the peer keep: the list expires with the last
+/// deadline of what it holds (clamped by the caller); its size is estimated with
+/// `MEMORY USAGE … SAMPLES 5` (cheap); and a command with no list yet is refused while
+/// the index holds the maximum of commands with requests waiting. When the index is
+/// full, members whose time passed are dropped, and members whose list is gone before
+/// its time (a service consumed it) move to the served set: a served command is never
+/// refused for the number of commands, only for its bytes.
 pub static DELIVER_REQUEST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local prev = redis.call('GET', KEYS[1])
 if prev then return prev end
-redis.call('SET', KEYS[1], '', 'EX', ARGV[2])
+local ttl = tonumber(ARGV[2])
+local now = tonumber(ARGV[6])
+local served_secs = tonumber(ARGV[7])
+local served = redis.call('ZSCORE', KEYS[4], KEYS[2])
+served = served and tonumber(served) > now
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local used = redis.call('MEMORY', 'USAGE', KEYS[2], 'SAMPLES', 5) or 0
+  if used + string.len(ARGV[1]) > tonumber(ARGV[4]) then return -1 end
+elseif not served and not redis.call('ZSCORE', KEYS[3], KEYS[2]) then
+  local most = tonumber(ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) >= most then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+    for _, name in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+      if redis.call('EXISTS', name) == 0 then
+        redis.call('ZREM', KEYS[3], name)
+        redis.call('ZADD', KEYS[4], now + served_secs, name)
+      end
+    end
+    redis.call('EXPIRE', KEYS[4], served_secs)
+    if redis.call('ZCARD', KEYS[3]) >= most then return -2 end
+  end
+end
+if string.len(ARGV[1]) > tonumber(ARGV[4]) then return -1 end
+redis.call('SET', KEYS[1], '', 'EX', ttl)
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]))
+if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
+if served then
+  redis.call('ZADD', KEYS[4], now + served_secs, KEYS[2])
+else
+  local until_ = now + ttl
+  local score = redis.call('ZSCORE', KEYS[3], KEYS[2])
+  if not score or tonumber(score) < until_ then redis.call('ZADD', KEYS[3], until_, KEYS[2]) end
+  if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
+end
 return 1
 ",
     )

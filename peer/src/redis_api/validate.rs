@@ -6,14 +6,14 @@
 //! untyped JSON, so a request whose `ret` is readable gets its error there even when the
 //! rest is wrong. Pure functions of the bytes and "now", tested without Redis.
 
-use rmb_proto::Address;
 use rmb_proto::time::{stamp, ttl};
+use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE};
 use serde_json::Value;
 
 use super::json::{JsonOutgoingRequest, JsonOutgoingResponse, decode_dat};
 use crate::core::codes;
 use crate::core::types::{MAX_EXPIRATION, clamp_expiration};
-use crate::core::{OutgoingResponse, RemoteError};
+use crate::core::{OutgoingResponse, Reason, RemoteError};
 
 /// Expiration rmb-rs gives service replies (the core clamps it to 1800 s).
 pub const REPLY_EXPIRATION: u64 = 3600;
@@ -45,15 +45,22 @@ pub struct Rejection {
     pub reference: Option<String>,
     pub code: u32,
     pub message: String,
+    /// The refusal counter it also counts under, if any (e.g. `oversize`).
+    pub reason: Option<Reason>,
 }
 
 /// Reads and checks a client's `JsonOutgoingRequest` at unix time `now`.
+///
+/// A payload that cannot fit in an envelope is refused here, before anything is
+/// recorded or sent (relays drop the link of a peer sending an oversized frame; the
+/// exact encoded size is checked again when the envelope is sealed).
 pub fn parse_request(bytes: &[u8], now: u64) -> Result<LocalRequest, Rejection> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| Rejection {
         reply_to: None,
         reference: None,
         code: codes::INVALID_PAYLOAD,
         message: format!("request is not JSON: {e}"),
+        reason: None,
     })?;
     let reply_to = value.get("ret").and_then(Value::as_str).map(str::to_string);
     let reference = value.get("ref").and_then(Value::as_str).map(str::to_string);
@@ -62,6 +69,7 @@ pub fn parse_request(bytes: &[u8], now: u64) -> Result<LocalRequest, Rejection> 
         reference: reference.clone(),
         code,
         message,
+        reason: None,
     };
     let req: JsonOutgoingRequest = serde_json::from_value(value)
         .map_err(|e| reject(codes::INVALID_PAYLOAD, format!("invalid request: {e}")))?;
@@ -71,6 +79,19 @@ pub fn parse_request(bytes: &[u8], now: u64) -> Result<LocalRequest, Rejection> 
             format!("invalid data base64 encoding: {e}"),
         )
     })?;
+    if payload.len() > DEFAULT_MAX_ENVELOPE_SIZE {
+        return Err(Rejection {
+            reason: Some(Reason::Oversize),
+            ..reject(
+                codes::INVALID_PAYLOAD,
+                format!(
+                    "request too large: the payload is {} bytes, an envelope holds at most {}",
+                    payload.len(),
+                    DEFAULT_MAX_ENVELOPE_SIZE
+                ),
+            )
+        });
+    }
     if req.dst.is_empty() {
         return Err(reject(
             codes::INVALID_PAYLOAD,

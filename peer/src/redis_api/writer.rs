@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::RedisConn;
-use super::keys::MAX_LIST_LEN;
+use super::conn::{QueryError, RedisConn};
+use super::keys::{MAX_LIST_LEN, clamp_ttl};
 use super::scripts::DELIVER_ONCE;
+use crate::core::{Peer, Reason};
 
 /// Most pushes sent in one pipeline.
 pub const MAX_BATCH: usize = 512;
@@ -44,6 +45,16 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// The key it writes (for logs).
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Push { list, .. } | Write::DeliverOnce { list, .. } => list,
+            Write::SetEx { key, .. } | Write::Del { key } => key,
+        }
+    }
+}
+
 /// Handle to queue writes; cheap to clone. The task ends (after flushing) when every
 /// handle is dropped.
 #[derive(Clone)]
@@ -54,9 +65,16 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer task on its own connection. `abort` stops retries against a
     /// Redis that is gone (queued writes are then lost, with an error log).
-    pub fn spawn(conn: RedisConn, abort: CancellationToken) -> (Writer, JoinHandle<()>) {
+    ///
+    /// A write Redis refuses for good (see [`is_permanent`](super::conn::is_permanent))
+    /// is dropped and counted on `peer` as `redis_error`, so it cannot hold up the rest.
+    pub fn spawn(
+        conn: RedisConn,
+        abort: CancellationToken,
+        peer: Peer,
+    ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(conn, rx, abort));
+        let task = tokio::spawn(run(conn, rx, abort, peer));
         (Writer { tx }, task)
     }
 
@@ -106,7 +124,7 @@ pub fn add_to_pipeline(pipe: &mut Pipeline, write: &Write) {
                 .arg(key)
                 .arg(value.as_slice())
                 .arg("EX")
-                .arg(*secs)
+                .arg(clamp_ttl(*secs))
                 .ignore();
         }
         Write::Del { key } => {
@@ -125,27 +143,52 @@ pub fn load_scripts(pipe: &mut Pipeline, writes: &[Write]) {
     }
 }
 
-async fn run(mut conn: RedisConn, mut rx: mpsc::Receiver<Write>, abort: CancellationToken) {
+fn pipeline(writes: &[Write]) -> Pipeline {
+    let mut pipe = redis::pipe();
+    load_scripts(&mut pipe, writes);
+    for write in writes {
+        add_to_pipeline(&mut pipe, write);
+    }
+    pipe
+}
+
+async fn run(
+    mut conn: RedisConn,
+    mut rx: mpsc::Receiver<Write>,
+    abort: CancellationToken,
+    peer: Peer,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        load_scripts(&mut pipe, &batch);
-        for write in &batch {
-            add_to_pipeline(&mut pipe, write);
-        }
-        loop {
-            let Some(mut c) = conn.get(&abort).await else {
-                tracing::error!(
-                    lost = batch.len() + rx.len(),
-                    "shutting down without redis; queued writes are lost"
-                );
-                return;
-            };
-            match pipe.query_async::<()>(&mut c).await {
-                Ok(()) => break,
-                Err(e) => conn.failed(&e),
+        match conn.query::<()>(&pipeline(&batch), &abort).await {
+            Ok(()) => {}
+            Err(QueryError::Shutdown) => return lost(batch.len() + rx.len()),
+            Err(QueryError::Permanent(e)) => {
+                tracing::warn!(error = %e, writes = batch.len(), "redis refused a write batch; writing one by one");
+                for (i, write) in batch.iter().enumerate() {
+                    match conn
+                        .query::<()>(&pipeline(std::slice::from_ref(write)), &abort)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(QueryError::Shutdown) => return lost(batch.len() - i + rx.len()),
+                        Err(QueryError::Permanent(e)) => {
+                            peer.count_refusal(Reason::RedisError);
+                            if peer.log_allowed(0, Reason::RedisError) {
+                                tracing::error!(error = %e, key = write.key(), "redis refused a write; dropped (logged once per 10 s)");
+                            }
+                        }
+                    }
+                }
             }
         }
         batch.clear();
     }
+}
+
+fn lost(n: usize) {
+    tracing::error!(
+        lost = n,
+        "shutting down without redis; queued writes are lost"
+    );
 }

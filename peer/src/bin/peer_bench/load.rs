@@ -119,6 +119,27 @@ pub struct Burst {
     pub answered: usize,
     pub errors: usize,
     pub elapsed: Duration,
+    /// Envelopes peer A sent again during the burst (its status's `resent`), when known.
+    pub resent: Option<u64>,
+}
+
+impl Burst {
+    /// Resends as a share of the requests, in percent.
+    pub fn resent_percent(&self) -> Option<f64> {
+        self.resent
+            .map(|r| r as f64 * 100.0 / self.sent.max(1) as f64)
+    }
+}
+
+/// Peer A's `resent` counter, from its status key.
+async fn resent_so_far(conn: &mut redis::aio::MultiplexedConnection) -> Option<u64> {
+    let status: Option<String> = redis::cmd("GET")
+        .arg("msgbus.system.status")
+        .query_async(conn)
+        .await
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_str(&status?).ok()?;
+    status["resent"].as_u64()
 }
 
 /// Pushes `count` requests as fast as one pipelined connection can, then collects.
@@ -128,6 +149,7 @@ pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<B
     let mut pop = client.get_multiplexed_async_connection().await?;
     let dat = encode_dat(&vec![0x5a; size]);
     let ret = format!("bench.burst.{}", RUN.fetch_add(1, Ordering::Relaxed));
+    let resent_before = resent_so_far(&mut pop).await;
     let start = Instant::now();
     for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = redis::pipe();
@@ -152,10 +174,17 @@ pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<B
             None => break,
         }
     }
+    let elapsed = start.elapsed();
+    // The status key is refreshed every second: wait for a fresh one.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let resent_after = resent_so_far(&mut pop).await;
     Ok(Burst {
         sent: count,
         answered,
         errors,
-        elapsed: start.elapsed(),
+        elapsed,
+        resent: resent_before
+            .zip(resent_after)
+            .map(|(b, a)| a.saturating_sub(b)),
     })
 }

@@ -84,14 +84,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.burst > 0 {
         println!();
         for (delivery, b) in bursts.into_iter().filter_map(|(d, b)| Some((d, b?))) {
+            let resends = match (b.resent, b.resent_percent()) {
+                (Some(n), Some(pct)) => format!("{n} resends ({pct:.2}%)"),
+                _ => "resends unknown".to_string(),
+            };
             println!(
-                "burst ({}): {} requests pushed at once → {} answered ({} errors) in {:.2} s = {:.0} RPC/s",
+                "burst ({}): {} requests pushed at once → {} answered ({} errors) in {:.2} s = {:.0} RPC/s, {}",
                 delivery.name(),
                 b.sent,
                 b.answered,
                 b.errors,
                 b.elapsed.as_secs_f64(),
-                b.answered as f64 / b.elapsed.as_secs_f64()
+                b.answered as f64 / b.elapsed.as_secs_f64(),
+                resends
             );
         }
     }
