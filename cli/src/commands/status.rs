@@ -110,6 +110,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             num(&status["received"]),
             num(&status["rejected"])
         );
+        if let Some(reasons) = status["rejected_by"].as_object().filter(|r| !r.is_empty()) {
+            let reasons: Vec<String> = reasons
+                .iter()
+                .map(|(reason, count)| format!("{reason} {}", num(count)))
+                .collect();
+            println!("rejected by reason: {}", reasons.join(", "));
+        }
         println!(
             "delivery: {} awaiting an answer, {} resent, {} duplicates dropped, {} answered again from the reply cache",
             num(&status["awaiting"]),
