@@ -65,11 +65,11 @@ local add = 0
 for i = 11, #ARGV do add = add + #ARGV[i] end
 local sbytes = tonumber(redis.call('GET', KEYS[3]) or '0')
 local tbytes = tonumber(redis.call('GET', KEYS[4]) or '0')
+local member = redis.call('SISMEMBER', KEYS[5], ARGV[4])
 if ARGV[7] == '1' then
   for i = #ARGV, 11, -1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end
 else
-  if redis.call('SISMEMBER', KEYS[5], ARGV[4]) == 0
-     and redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[10]) then
+  if member == 0 and redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[10]) then
     return {4, tonumber(ARGV[10])}
   end
   local n = #ARGV - 10
@@ -97,10 +97,14 @@ else
 end
 redis.call('INCRBY', KEYS[3], add)
 redis.call('INCRBY', KEYS[4], add)
-redis.call('SADD', KEYS[5], ARGV[4])
+if member == 0 then redis.call('SADD', KEYS[5], ARGV[4]) end
+-- The queue's TTL stands for all four keys: they are created (or emptied and made
+-- again) together with it, so one check per push is enough to renew them all.
 local ttl = tonumber(ARGV[2])
-for k = 1, 5 do
-  if k ~= 2 and redis.call('TTL', KEYS[k]) < ttl then redis.call('EXPIRE', KEYS[k], ttl) end
+if redis.call('TTL', KEYS[1]) < ttl then
+  for k = 1, 5 do
+    if k ~= 2 then redis.call('EXPIRE', KEYS[k], ttl) end
+  end
 end
 if owner then redis.call('PUBLISH', ARGV[6] .. owner, ARGV[4]) end
 return {0, redis.call('LLEN', KEYS[1])}
@@ -111,18 +115,18 @@ return {0, redis.call('LLEN', KEYS[1])}
 /// session set; ARGV[2] = session text.
 const TAKE_SCRIPT: &str = r#"
 local budget = tonumber(ARGV[1])
-local most = tonumber(ARGV[3])
-local out = {}
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+local n = 0
 local total = 0
-while #out < most do
-  local head = redis.call('LINDEX', KEYS[1], 0)
-  if not head then break end
-  if #out > 0 and total + #head > budget then break end
-  redis.call('LPOP', KEYS[1])
-  total = total + #head
-  out[#out + 1] = head
+for i = 1, #items do
+  local size = #items[i]
+  if n > 0 and total + size > budget then break end
+  n = i
+  total = total + size
 end
-if total > 0 then
+for i = #items, n + 1, -1 do items[i] = nil end
+if n > 0 then
+  redis.call('LTRIM', KEYS[1], n, -1)
   if redis.call('DECRBY', KEYS[2], total) <= 0 then redis.call('DEL', KEYS[2]) end
   if redis.call('DECRBY', KEYS[3], total) <= 0 then redis.call('DEL', KEYS[3]) end
 end
@@ -130,7 +134,7 @@ if redis.call('LLEN', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[4], ARGV[2])
 end
-return out
+return items
 "#;
 
 /// Claim a session for a replica unless another replica holds it (renewal), or always
