@@ -15,6 +15,7 @@
 //! - [`routing`]: where an envelope goes; [`errors`]: error envelopes for the sender;
 //! - [`federation`]: envelopes between relays; [`ranker`]: which relay to try first;
 //! - [`limiter`]: `--limit`; [`metrics`]: `/metrics`; [`tls`]: `wss://` without a proxy;
+//!   [`open_files`]: the open-file limit the connection cap must stay under;
 //! - [`throttle`]: at most one log line per interval for what remote parties can cause;
 //! - [`registry`]: the embedded twin registry this relay can host.
 
@@ -24,6 +25,7 @@ pub mod errors;
 pub mod federation;
 pub mod limiter;
 pub mod metrics;
+pub mod open_files;
 pub mod queue;
 pub mod ranker;
 pub mod registry;

@@ -303,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
 /// limit to the hard one first: at the limit, accepting fails and logins, `/health` and
 /// federation stop working, so the relay refuses connections before it gets there.
 fn max_connections(wanted: usize) -> usize {
-    let Some(files) = raise_open_file_limit() else {
+    let Some(files) = rmb_relay::open_files::raise_open_file_limit() else {
         return wanted;
     };
     let allowed = usize::try_from(files.saturating_sub(FD_RESERVE).max(16)).unwrap_or(usize::MAX);
@@ -316,36 +316,6 @@ fn max_connections(wanted: usize) -> usize {
         );
     }
     wanted.min(allowed)
-}
-
-/// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the soft limit now.
-#[cfg(unix)]
-fn raise_open_file_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return None;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    Some(limit.rlim_cur)
-}
-
-#[cfg(not(unix))]
-fn raise_open_file_limit() -> Option<u64> {
-    None
 }
 
 /// The registry the flags select, and the hosted one when this relay hosts it.

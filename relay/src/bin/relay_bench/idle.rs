@@ -192,26 +192,6 @@ pub fn rss_of(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Raises this process's open-file limit to its hard limit; returns the limit in force.
-#[allow(clippy::useless_conversion)] // rlim_t is not u64 everywhere
 pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    u64::from(limit.rlim_cur)
+    rmb_relay::open_files::raise_open_file_limit().unwrap_or(0)
 }
