@@ -233,3 +233,15 @@ impl Drop for RelayProcess {
         self.kill();
     }
 }
+
+/// Writes a self-signed certificate for `127.0.0.1` and its key as PEM files into `dir`
+/// and returns their paths: what a relay started with `--tls-cert`/`--tls-key` serves in
+/// a test.
+pub fn self_signed_pem(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .expect("self-signed certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert.pem");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key.pem");
+    (cert, key)
+}

@@ -278,11 +278,8 @@ async fn sigterm_shuts_down_cleanly() {
 
 #[tokio::test]
 async fn serves_https_with_its_own_certificate() {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = rmb_testsupport::relay_process::self_signed_pem(dir.path());
     let relay = RelayProcess::start(&[
         "--tls-cert",
         cert.to_str().unwrap(),
@@ -291,7 +288,7 @@ async fn serves_https_with_its_own_certificate() {
     ]);
     let client = reqwest::Client::builder()
         .add_root_certificate(
-            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
         )
         .build()
         .unwrap();

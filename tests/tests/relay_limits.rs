@@ -412,11 +412,8 @@ async fn federation_refusals_are_counted_by_reason() {
 /// `--tls-handshake-timeout` (before any HTTP deadline applies), and the relay still serves.
 #[tokio::test]
 async fn a_stalled_tls_handshake_is_cut_off() {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = rmb_testsupport::relay_process::self_signed_pem(dir.path());
     let relay = RelayProcess::start(&[
         "--tls-cert",
         cert.to_str().unwrap(),
@@ -447,7 +444,7 @@ async fn a_stalled_tls_handshake_is_cut_off() {
 
     let client = reqwest::Client::builder()
         .add_root_certificate(
-            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
         )
         .build()
         .unwrap();
