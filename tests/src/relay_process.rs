@@ -188,6 +188,26 @@ impl RelayProcess {
         panic!("rmb-relay on port {} did not start listening", self.port);
     }
 
+    /// The value of one sample of its `/metrics`, e.g. `relay_queue_bytes` or
+    /// `relay_errors_total{kind="oversize"}` (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.http_url()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// `relay_errors_total{kind}`: how many refusals of that kind it counted.
+    pub async fn error_count(&self, kind: &str) -> u64 {
+        self.metric(&format!("relay_errors_total{{kind=\"{kind}\"}}"))
+            .await as u64
+    }
+
     /// `127.0.0.1:<port>`: the relay's domain and address.
     pub fn domain(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -25,20 +25,6 @@ fn identity(name: &str) -> Identity {
     Identity::from_secret(&format!("//{name}"), KeyType::Sr25519).unwrap()
 }
 
-/// The value of counter `name` with label `kind` in `/metrics` (0 when absent).
-async fn error_count(relay: &RelayProcess, kind: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", relay.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let needle = format!("relay_errors_total{{kind=\"{kind}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 /// Item 6: forged POSTs in twin A's name are refused without touching A's rate limit.
 #[tokio::test]
 async fn forged_federation_posts_do_not_spend_the_claimed_twins_rate_limit() {
@@ -171,7 +157,7 @@ async fn registry_entries_cannot_aim_the_relay_at_internal_addresses() {
         0,
         "the relay connected to the internal service"
     );
-    assert_eq!(error_count(&relay, "federation_not_allowed").await, 1);
+    assert_eq!(relay.error_count("federation_not_allowed").await, 1);
 
     // Allowed by the operator: it is reached, but what it answers stays in the relay.
     let open = RelayProcess::start(&["--federation-http", "--registry", &relay.http_url()]);
@@ -270,8 +256,8 @@ async fn silent_slowloris_and_slow_body_connections_are_closed_within_the_deadli
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
-    assert!(error_count(&relay, "header_timeout").await >= 2);
-    assert_eq!(error_count(&relay, "body_timeout").await, 1);
+    assert!(relay.error_count("header_timeout").await >= 2);
+    assert_eq!(relay.error_count("body_timeout").await, 1);
     // Still serving.
     let health = reqwest::get(format!("{}/health", relay.http_url()))
         .await
@@ -343,7 +329,7 @@ async fn connections_over_the_per_address_cap_are_refused_but_health_answers() {
         .await
         .unwrap();
     assert_eq!(health.status().as_u16(), 200);
-    assert!(error_count(&relay, "conn_limit_ip").await >= 2);
+    assert!(relay.error_count("conn_limit_ip").await >= 2);
 
     drop(idle);
     let deadline = Instant::now() + WAIT;
@@ -389,7 +375,7 @@ async fn federation_refusals_are_counted_by_reason() {
     };
 
     assert_eq!(post(vec![0u8; 10_000]).await, 413);
-    assert_eq!(error_count(&relay, "oversize").await, 1);
+    assert_eq!(relay.error_count("oversize").await, 1);
 
     for (i, expected) in [(0, 202), (1, 429), (2, 429)] {
         let env = request(&alice, Address::twin(a), b, &format!("rl-{i}"), b"x", 60);
@@ -405,7 +391,7 @@ async fn federation_refusals_are_counted_by_reason() {
         !text.contains("relay_rate_limited_total"),
         "one counter only: {text}"
     );
-    assert_eq!(error_count(&relay, "rate_limited").await, 2);
+    assert_eq!(relay.error_count("rate_limited").await, 2);
 }
 
 /// Item 2: over TLS, a connection that never finishes its handshake is closed within

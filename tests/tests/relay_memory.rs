@@ -52,19 +52,6 @@ fn rss_kib(relay: &RelayProcess) -> u64 {
         .expect("VmRSS line")
 }
 
-/// The value of one sample of the relay's `/metrics` (0 when absent).
-async fn metric(relay: &RelayProcess, sample: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", relay.http_url()))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Reads what is waiting for `client` (until it is quiet for `quiet`); returns the error
 /// texts among it.
 async fn drain(client: &mut TestClient, quiet: Duration) -> Vec<String> {
@@ -118,7 +105,7 @@ async fn a_receiver_that_never_reads_cannot_grow_relay_memory() {
         .await
         .expect("flooding a reader that never reads stalled the sender");
     let after = rss_kib(&relay);
-    let queued = metric(&relay, "relay_queue_bytes").await;
+    let queued = relay.metric("relay_queue_bytes").await;
 
     println!(
         "75 MiB flood: RSS {before} -> {after} KiB, {queued} bytes queued, {} error envelopes",
@@ -186,7 +173,7 @@ async fn far_deadlines_are_refused_and_queued_bytes_are_bounded() {
             refused += 1;
         }
     }
-    let queued = metric(&relay, "relay_queue_bytes").await;
+    let queued = relay.metric("relay_queue_bytes").await;
     println!("12 x 1 MiB for an offline twin: {refused} refused, {queued} bytes queued");
     assert!(refused >= 8, "only {refused} of 12 refused");
     assert!(queued <= 4.0 * 1024.0 * 1024.0, "{queued} bytes queued");
@@ -260,7 +247,9 @@ async fn a_silent_client_is_disconnected_and_a_quiet_reader_is_not() {
         "the reader is still connected"
     );
     assert_eq!(
-        metric(&relay, "relay_errors_total{kind=\"read_timeout\"}").await,
+        relay
+            .metric("relay_errors_total{kind=\"read_timeout\"}")
+            .await,
         1.0
     );
 }
@@ -348,7 +337,7 @@ async fn malformed_and_oversized_frames_are_counted_and_logged_sparingly() {
     let own = request(&alice, Address::twin(a), a, "after-garbage", b"x", 60);
     ca.send(&own).await;
     assert_eq!(ca.recv(WAIT).await, Some(own));
-    let malformed = metric(&relay, "relay_errors_total{kind=\"malformed\"}").await;
+    let malformed = relay.metric("relay_errors_total{kind=\"malformed\"}").await;
     let lines = relay
         .log()
         .lines()
@@ -363,7 +352,7 @@ async fn malformed_and_oversized_frames_are_counted_and_logged_sparingly() {
     assert!(ca.closed(WAIT).await);
     tokio::time::sleep(QUIET).await;
     assert_eq!(
-        metric(&relay, "relay_errors_total{kind=\"oversize\"}").await,
+        relay.metric("relay_errors_total{kind=\"oversize\"}").await,
         1.0
     );
 }
