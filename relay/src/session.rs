@@ -40,6 +40,7 @@ use crate::errors::RouteError;
 use crate::routing::{Origin, reply_error, route};
 use crate::state::RelayState;
 use crate::switch::{Next, Outbox, Outgoing, SessionId};
+use crate::throttle::LogThrottle;
 
 /// Most envelopes written before one flush.
 const BATCH: usize = 64;
@@ -90,28 +91,6 @@ impl Ended {
             Ended::WriteFailed => Some("write_timeout"),
             _ => None,
         }
-    }
-}
-
-/// Logs a line a remote party can trigger at most once per [`LOG_EVERY`].
-#[derive(Default)]
-struct LogLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimit {
-    /// `Some(suppressed since the last line)` when a line may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -188,7 +167,8 @@ async fn run(
     let mut last_read = Instant::now();
     let mut last_ping = Instant::now();
     let mut ping_due = false;
-    let mut malformed = LogLimit::default();
+    // Per session: one flooding client cannot silence the others' lines.
+    let malformed = LogThrottle::new(LOG_EVERY);
 
     let ended = loop {
         tokio::select! {
@@ -216,7 +196,7 @@ async fn run(
                 last_read = Instant::now();
                 match frame {
                     Some(Ok(WsMessage::Binary(bytes))) => {
-                        if let Some(env) = decode(state, session, &bytes, &mut malformed) {
+                        if let Some(env) = decode(state, session, &bytes, &malformed) {
                             // Boxed: routing's state machine is large, and an idle session
                             // should not carry it around between frames.
                             routing = Some(Box::pin(handle_frame(state, &origin, session, bytes, env)));
@@ -343,7 +323,7 @@ fn decode(
     state: &RelayState,
     session: &SessionId,
     bytes: &Bytes,
-    malformed: &mut LogLimit,
+    malformed: &LogThrottle,
 ) -> Option<Envelope> {
     state.metrics.messages_in.inc();
     state.metrics.bytes_in.inc_by(bytes.len() as u64);
@@ -357,7 +337,7 @@ fn decode(
                 _ => "malformed",
             };
             state.metrics.error(kind);
-            if let Some(suppressed) = malformed.allow(Instant::now()) {
+            if let Some(suppressed) = malformed.allow() {
                 tracing::info!(%session, error = %e, suppressed, "undecodable envelope refused");
             }
             None
@@ -392,12 +372,12 @@ mod tests {
 
     #[test]
     fn floods_log_once_per_interval_and_say_how_many_were_not() {
-        let mut limit = LogLimit::default();
-        let start = Instant::now();
-        assert_eq!(limit.allow(start), Some(0));
+        let limit = LogThrottle::new(LOG_EVERY);
+        let start = 1_000;
+        assert_eq!(limit.allow_at(start), Some(0));
         for _ in 0..1000 {
-            assert_eq!(limit.allow(start + Duration::from_secs(1)), None);
+            assert_eq!(limit.allow_at(start + 1), None);
         }
-        assert_eq!(limit.allow(start + LOG_EVERY), Some(1000));
+        assert_eq!(limit.allow_at(start + LOG_EVERY.as_secs()), Some(1000));
     }
 }

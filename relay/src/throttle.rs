@@ -33,7 +33,8 @@ impl LogThrottle {
         self.allow_at(rmb_proto::time::unix_now())
     }
 
-    fn allow_at(&self, now: u64) -> Option<u64> {
+    /// [`LogThrottle::allow`] at `now` (unix seconds): time as an input, for tests.
+    pub fn allow_at(&self, now: u64) -> Option<u64> {
         let next = self.next.load(Ordering::Relaxed);
         if now < next
             || self

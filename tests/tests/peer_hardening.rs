@@ -148,6 +148,13 @@ fn a_far_deadline_is_refused_and_the_peer_keeps_working() {
     assert!(exit.success(), "exit status {exit}");
 }
 
+/// `resp` is the size error (code 101, "too large") a local app gets for an oversized call.
+fn assert_too_large(resp: &Value) {
+    assert_eq!(resp["err"]["code"], 101, "{resp}");
+    let message = resp["err"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("too large"), "{resp}");
+}
+
 /// A client request as rmb-rs documents it (`msgbus.system.local`).
 fn local_request(reference: &str, cmd: &str, payload: &[u8], dst: u32, ret: &str) -> Value {
     serde_json::json!({
@@ -186,27 +193,13 @@ fn oversized_requests_and_replies_are_refused_with_a_size_error() {
         &alice,
         &local_request("huge", ECHO, &vec![7; LIMIT + 1], bob.twin, "ret-huge"),
     );
-    assert_eq!(resp["err"]["code"], 101, "{resp}");
-    assert!(
-        resp["err"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("too large"),
-        "{resp}"
-    );
+    assert_too_large(&resp);
     // Just under the limit as given, over it once sealed (signature, addresses…).
     let resp = local_call(
         &alice,
         &local_request("edge", ECHO, &vec![7; LIMIT - 16], bob.twin, "ret-edge"),
     );
-    assert_eq!(resp["err"]["code"], 101, "{resp}");
-    assert!(
-        resp["err"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("too large"),
-        "{resp}"
-    );
+    assert_too_large(&resp);
     // The link did not flap: a normal call right after is answered.
     let resp = local_call(
         &alice,
