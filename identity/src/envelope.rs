@@ -16,13 +16,19 @@
 //!
 //! - a signed envelope carries a request, response or error (pings and pongs are relay
 //!   keepalives and are never signed-verified, as in rmb-rs);
-//! - the deprecated `federation` and `relays` fields, which no current sender sets,
-//!   must be absent;
+//! - the deprecated `federation` field, which no sender sets, must be absent;
+//! - the deprecated `relays` field is accepted, because ThreeFold's TypeScript client
+//!   sets it on every request and signs it, but each entry must look like a relay name
+//!   (at most [`MAX_RELAY_ENTRIES`] entries of host-name characters, each at most
+//!   [`MAX_RELAY_NAME`] bytes). Nothing routes by it;
 //! - a `cipher` payload must decrypt (its AEAD tag catches bytes moved into it).
 //!
 //! What remains is indistinguishable by construction: an empty optional string versus
 //! an absent one, and an empty plain payload versus none. Receivers give these the same
-//! meaning (see [`Address::sid`](rmb_proto::Address::sid)).
+//! meaning (see [`Address::sid`](rmb_proto::Address::sid)). The `relays` list closes the
+//! challenge right after the payload, so the tail of a *plain* payload that looks like a
+//! relay name could be moved into it (or back) without breaking the signature; cipher
+//! payloads cannot be split that way, which is one more reason every twin publishes a key.
 
 use rmb_proto::{Envelope, MessageKind, Payload};
 
@@ -39,6 +45,8 @@ pub enum EnvelopeError {
     NotSigned(&'static str),
     #[error("envelope uses the deprecated '{0}' field, which no current sender sets")]
     DeprecatedField(&'static str),
+    #[error("envelope's deprecated 'relays' field is not a list of relay names: {0}")]
+    InvalidRelays(&'static str),
     #[error("invalid envelope signature: {0}")]
     Signature(#[from] SignatureError),
     #[error("e2e error: {0}")]
@@ -74,8 +82,32 @@ pub fn check_shape(env: &Envelope) -> Result<(), EnvelopeError> {
     if env.federation.is_some() {
         return Err(EnvelopeError::DeprecatedField("federation"));
     }
-    if !env.relays.is_empty() {
-        return Err(EnvelopeError::DeprecatedField("relays"));
+    check_relay_names(&env.relays)
+}
+
+/// Most entries accepted in the deprecated `relays` field (senders list the relays of
+/// the destination twin, which the registry caps at 4).
+pub const MAX_RELAY_ENTRIES: usize = 16;
+/// Longest entry accepted in the deprecated `relays` field (a DNS name, plus `:port`).
+pub const MAX_RELAY_NAME: usize = 261;
+
+/// The `relays` entries must look like relay names: signed, but never used for routing.
+fn check_relay_names(relays: &[String]) -> Result<(), EnvelopeError> {
+    if relays.len() > MAX_RELAY_ENTRIES {
+        return Err(EnvelopeError::InvalidRelays("too many entries"));
+    }
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    for relay in relays {
+        if relay.is_empty() || relay.len() > MAX_RELAY_NAME {
+            return Err(EnvelopeError::InvalidRelays(
+                "an entry is empty or too long",
+            ));
+        }
+        if !relay.chars().all(name_char) {
+            return Err(EnvelopeError::InvalidRelays(
+                "an entry has characters no host name has",
+            ));
+        }
     }
     Ok(())
 }
@@ -195,6 +227,38 @@ mod tests {
                 .to_string(),
             "ping envelopes carry no verifiable signature; expected a request, response or error"
         );
+    }
+
+    #[test]
+    fn the_deprecated_relays_field_is_signed_and_accepted_when_it_names_relays() {
+        let signer = Signer::from_secret("//Alice", KeyType::Ed25519).unwrap();
+        let mut env = request();
+        env.relays = vec!["relay.grid.tf".into(), "127.0.0.1:8080".into()];
+        env.stamp_at(1_700_000_000);
+        sign_envelope(&signer, &mut env);
+        verify_envelope(&env, &signer.account()).unwrap();
+
+        let mut changed = env.clone();
+        changed.relays[0] = "relay.grid.tg".into();
+        assert!(matches!(
+            verify_envelope(&changed, &signer.account()),
+            Err(EnvelopeError::Signature(_))
+        ));
+        for (relays, why) in [
+            (vec!["a b".to_string()], "characters"),
+            (vec![String::new()], "empty"),
+            (vec!["x".repeat(MAX_RELAY_NAME + 1)], "too long"),
+            (vec!["r".to_string(); MAX_RELAY_ENTRIES + 1], "too many"),
+        ] {
+            let mut env = request();
+            env.relays = relays;
+            sign_envelope(&signer, &mut env);
+            let err = verify_envelope(&env, &signer.account()).unwrap_err();
+            assert!(
+                matches!(err, EnvelopeError::InvalidRelays(_)) && err.to_string().contains(why),
+                "{err}"
+            );
+        }
     }
 
     #[test]

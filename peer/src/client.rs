@@ -70,8 +70,9 @@ pub struct ClientOptions {
     /// `ws://` or `wss://` relay URLs, at most 4.
     pub relays: Vec<String>,
     pub registry: RegistrySource,
-    /// Which encryption key to publish (when `update_twin`).
-    pub e2e: E2eScheme,
+    /// Which encryption key to publish (when `update_twin`); `None` chooses by registry
+    /// ([`choose_scheme`](crate::core::choose_scheme)).
+    pub e2e: Option<E2eScheme>,
     /// Publish the relays and key when they differ from the registry. Turn it off when
     /// an rmb-peer of the same twin owns the twin's relay list.
     pub update_twin: bool,
@@ -83,7 +84,7 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// Options with the defaults: sr25519 keys, x25519 encryption, twin updated,
+    /// Options with the defaults: sr25519 keys, encryption chosen by registry, twin updated,
     /// 10 s to connect, reliable delivery.
     pub fn new(
         secret: impl Into<String>,
@@ -97,7 +98,7 @@ impl ClientOptions {
             sid: sid.into(),
             relays,
             registry: registry.into(),
-            e2e: E2eScheme::X25519,
+            e2e: None,
             update_twin: true,
             connect_timeout: Duration::from_secs(10),
             reliable: true,

@@ -9,6 +9,11 @@
 //!   JSON queues, used by the `rmb-peer` binary) and [`client`] (a Rust library for
 //!   programs that talk to relays directly, like rmb-sdk-go's direct client).
 
+/// This build's version: the crate version and the git commit it was built from, in the
+/// shape of rmb-rs's `git describe` answer (`v0.1.0-g4960286`), which tools parse. The
+/// answer to `rmb.version` and to `--version`.
+pub const VERSION: &str = env!("RMB_VERSION");
+
 pub mod client;
 pub mod core;
 pub mod links;

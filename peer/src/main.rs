@@ -28,7 +28,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// signs, encrypts and routes them through the given relays. Its status is kept in the
 /// key `msgbus.system.status` (read by `rmb status`).
 #[derive(Parser, Debug)]
-#[command(name = "rmb-peer", version)]
+#[command(name = "rmb-peer", version = rmb_peer::VERSION)]
 struct Args {
     /// The twin's secret: mnemonic words, or a hex seed with a `0x` prefix (a Substrate
     /// derivation path like `//Alice` may follow). Prefer --mnemonic-file or the
@@ -79,13 +79,14 @@ struct Args {
     #[arg(long, value_name = "URL", conflicts_with = "substrate")]
     registry: Option<String>,
 
-    /// Encryption key to publish, which decides who can write to this twin. x25519
-    /// (default, modern): every rmb peer can, rmb-rs peers cannot (they only understand a
-    /// 33-byte secp256k1 key). secp256k1 (rmb-rs scheme): rmb-rs peers and rmb peers that
-    /// also publish secp256k1 can; rmb peers publishing x25519 cannot, because the scheme
-    /// derives the key from the sender's published secp256k1 key.
-    #[arg(long, default_value = "x25519", value_name = "x25519|secp256k1")]
-    e2e: E2eScheme,
+    /// Encryption key to publish, which decides who can write to this twin. secp256k1
+    /// (rmb-rs scheme): rmb-rs peers, ThreeFold's SDKs and rmb peers publishing
+    /// secp256k1 can. x25519 (modern): only rmb peers can; rmb-rs peers and the SDKs
+    /// cannot read a 32-byte key. Default: secp256k1 on tfchain (-s), x25519 on an
+    /// embedded registry (--registry); without this flag a secp256k1 key already
+    /// published is never replaced.
+    #[arg(long, value_name = "x25519|secp256k1")]
+    e2e: Option<E2eScheme>,
 
     /// Session id to connect with. rmb-peer normally has none (as rmb-rs): two peers of
     /// one twin without session ids displace each other on a relay.

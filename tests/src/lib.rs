@@ -11,6 +11,7 @@ pub mod chaos;
 pub mod child;
 pub mod peer_node;
 pub mod peer_process;
+pub mod recorded;
 pub mod redis_server;
 pub mod registry;
 pub mod relay_client;

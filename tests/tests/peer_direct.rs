@@ -153,7 +153,11 @@ async fn two_clients_call_each_other_through_one_relay() {
         .unwrap();
     assert_eq!(version.schema.as_deref(), Some("application/json"));
     let text: String = serde_json::from_slice(&version.payload).unwrap();
-    assert_eq!(text, env!("CARGO_PKG_VERSION"));
+    assert_eq!(text, rmb_peer::VERSION);
+    assert!(
+        text.starts_with(concat!("v", env!("CARGO_PKG_VERSION"), "-g")),
+        "rmb.version names the commit: {text}"
+    );
 
     let status = bob.status();
     assert_eq!((status.twin, status.sid.as_deref()), (b, Some("bob-app")));

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use rmb_identity::registry::{Twin, TwinUpdate};
+use rmb_identity::registry::{RegistryKind, Twin, TwinUpdate};
 use rmb_identity::{AccountId, E2eScheme};
+use rmb_peer::core::choose_scheme;
 
 use crate::args::{RegistryArgs, SecretArgs, parse_e2e};
 
@@ -36,14 +37,17 @@ pub struct TwinRegisterArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
 
-    /// Relay the twin is reached through: a domain or host:port (repeatable). Default:
-    /// keep the relays the twin already has. (rmb-peer publishes its --relay list itself.)
+    /// Relay the twin is reached through: a domain or host:port (repeatable; on tfchain
+    /// only the host is published, as the chain refuses ports). Default: keep the relays
+    /// the twin already has. (rmb-peer publishes its --relay list itself.)
     #[arg(long = "relay", value_name = "DOMAIN")]
     pub relays: Vec<String>,
 
-    /// Encryption key to publish: x25519 (rmb) or secp256k1 (needed by rmb-rs peers).
-    #[arg(long, default_value = "x25519", value_parser = parse_e2e, value_name = "SCHEME")]
-    pub e2e: E2eScheme,
+    /// Encryption key to publish: x25519 (rmb) or secp256k1 (needed by rmb-rs peers and
+    /// ThreeFold's SDKs). Default as rmb-peer chooses: secp256k1 on tfchain, x25519 on an
+    /// embedded registry, and a published secp256k1 key is kept.
+    #[arg(long, value_parser = parse_e2e, value_name = "SCHEME")]
+    pub e2e: Option<E2eScheme>,
 
     /// Print the twin as JSON.
     #[arg(long)]
@@ -73,8 +77,9 @@ pub struct TwinShowArgs {
 }
 
 /// Turns `wss://relay.example:443/`, `ws://127.0.0.1:8080` or `relay.example` into the
-/// name registries store: the host, plus `:port` unless it is the scheme's default (the
-/// same rule rmb-peer uses for its `--relay` URLs).
+/// name the embedded registry stores: the host, plus `:port` unless it is the scheme's
+/// default (the same rule rmb-peer uses for its `--relay` URLs). tfchain takes the host
+/// only: see [`name_for`].
 pub fn relay_domain(text: &str) -> String {
     let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
     let host_port = rest.split('/').next().unwrap_or("");
@@ -89,6 +94,18 @@ pub fn relay_domain(text: &str) -> String {
             .unwrap_or(host_port)
             .to_string(),
         None => host_port.to_string(),
+    }
+}
+
+/// The relay name to publish on a registry of `kind`: tfchain refuses ports, so a port is
+/// dropped there, as rmb-peer does.
+pub fn name_for(kind: RegistryKind, text: &str) -> String {
+    let name = relay_domain(text);
+    match name.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => {
+            kind.relay_name(host, port.parse().ok())
+        }
+        _ => name,
     }
 }
 
@@ -131,24 +148,27 @@ pub async fn run(args: TwinArgs) -> anyhow::Result<ExitCode> {
             let identity = args.secret.identity()?;
             let registry = args.registry.require().await?;
             let account = identity.signer().account();
+            let current = match registry.twin_id_by_account(&account).await? {
+                Some(id) => registry.get_twin(id).await?,
+                None => None,
+            };
+            let scheme = choose_scheme(
+                args.e2e,
+                registry.kind(),
+                current.as_ref().and_then(|t| t.pk.as_deref()),
+            );
             let relays: BTreeSet<String> = if args.relays.is_empty() {
-                match registry.twin_id_by_account(&account).await? {
-                    Some(id) => registry
-                        .get_twin(id)
-                        .await?
-                        .map(|t| t.relays)
-                        .unwrap_or_default(),
-                    None => BTreeSet::new(),
-                }
+                current.map(|t| t.relays).unwrap_or_default()
             } else {
-                args.relays.iter().map(|r| relay_domain(r)).collect()
+                let kind = registry.kind();
+                args.relays.iter().map(|r| name_for(kind, r)).collect()
             };
             if relays.iter().any(String::is_empty) {
                 bail!("a --relay value is empty");
             }
             let update = TwinUpdate {
                 relays,
-                pk: Some(identity.e2e_public_key(args.e2e)),
+                pk: Some(identity.e2e_public_key(scheme)),
                 create: true,
             };
             let twin = registry.publish(identity.signer(), &update).await?;
@@ -196,5 +216,13 @@ mod tests {
         );
         assert_eq!(relay_domain("relay.grid.tf"), "relay.grid.tf");
         assert_eq!(relay_domain("ws://127.0.0.1:8080"), "127.0.0.1:8080");
+        let tfchain = |text| name_for(RegistryKind::Tfchain, text);
+        assert_eq!(tfchain("ws://relay.example:8280"), "relay.example");
+        assert_eq!(tfchain("relay.example:8280"), "relay.example");
+        assert_eq!(tfchain("relay.example"), "relay.example");
+        assert_eq!(
+            name_for(RegistryKind::Embedded, "ws://127.0.0.1:8080"),
+            "127.0.0.1:8080"
+        );
     }
 }

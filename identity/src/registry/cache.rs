@@ -19,7 +19,7 @@ use moka::sync::Cache;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Change, Registry, RegistryError, Twin, TwinUpdate};
+use super::{Change, Registry, RegistryError, RegistryKind, Twin, TwinUpdate};
 use crate::account::AccountId;
 use crate::signer::Signer;
 
@@ -188,6 +188,10 @@ impl Registry for CachedRegistry {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn kind(&self) -> RegistryKind {
+        self.inner.kind()
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +254,9 @@ mod tests {
         }
         fn describe(&self) -> String {
             "counting".into()
+        }
+        fn kind(&self) -> RegistryKind {
+            RegistryKind::Embedded
         }
     }
 

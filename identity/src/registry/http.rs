@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::api::{ChangesResponse, ErrorBody, PublishRequest};
-use super::{Change, Registry, RegistryError, Twin, TwinUpdate};
+use super::{Change, Registry, RegistryError, RegistryKind, Twin, TwinUpdate};
 use crate::account::AccountId;
 use crate::signer::Signer;
 
@@ -167,5 +167,9 @@ impl Registry for HttpRegistry {
 
     fn describe(&self) -> String {
         format!("embedded registry at {}", self.base)
+    }
+
+    fn kind(&self) -> RegistryKind {
+        RegistryKind::Embedded
     }
 }

@@ -61,6 +61,30 @@ pub enum Change {
     Reset,
 }
 
+/// Which kind of registry answers, because the two differ in what they accept and in who
+/// else reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryKind {
+    /// ThreeFold's chain: relay names are bare host names (no scheme, no port), and
+    /// rmb-rs peers and ThreeFold's SDKs read the same entries, so published keys must
+    /// be ones they understand.
+    Tfchain,
+    /// The registry an `rmb-relay` hosts: relay names may carry `:port`, and only rmb
+    /// peers are expected to read it.
+    Embedded,
+}
+
+impl RegistryKind {
+    /// The name to publish for a relay at `host` with an explicit `port`, if any:
+    /// tfchain refuses ports, so only the host goes there.
+    pub fn relay_name(self, host: &str, port: Option<u16>) -> String {
+        match (self, port) {
+            (RegistryKind::Embedded, Some(port)) => format!("{host}:{port}"),
+            _ => host.to_string(),
+        }
+    }
+}
+
 /// A source of twins. Implementations must be cheap to share (`Arc<dyn Registry>`).
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
@@ -87,4 +111,7 @@ pub trait Registry: Send + Sync + 'static {
 
     /// One line for logs and `rmb status`, e.g. `tfchain (ws://127.0.0.1:9944)`.
     fn describe(&self) -> String;
+
+    /// Which kind of registry this is (decides relay names and the default e2e key).
+    fn kind(&self) -> RegistryKind;
 }

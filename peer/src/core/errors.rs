@@ -135,7 +135,9 @@ impl Refusal {
                 Reason::BadSignature,
                 e.to_string(),
             ),
-            EnvelopeError::NotSigned(_) | EnvelopeError::DeprecatedField(_) => Refusal::new(
+            EnvelopeError::NotSigned(_)
+            | EnvelopeError::DeprecatedField(_)
+            | EnvelopeError::InvalidRelays(_) => Refusal::new(
                 codes::INVALID_SIGNATURE,
                 Reason::BadSignature,
                 format!("invalid envelope signature: {e}"),
@@ -172,7 +174,7 @@ mod tests {
         let r = Refusal::of_envelope_error(&EnvelopeError::E2e(E2eError::Decrypt));
         assert_eq!(r.code, 106);
         assert!(r.message.starts_with("e2e error: "), "{}", r.message);
-        let r = Refusal::of_envelope_error(&EnvelopeError::DeprecatedField("relays"));
+        let r = Refusal::of_envelope_error(&EnvelopeError::DeprecatedField("federation"));
         assert_eq!(r.code, 104);
     }
 }

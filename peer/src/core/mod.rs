@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rmb_identity::registry::{Registry, TwinUpdate};
+use rmb_identity::registry::{Registry, RegistryError, RegistryKind, Twin, TwinUpdate};
 use rmb_identity::{E2eScheme, Identity};
 use rmb_proto::Address;
 use rmb_proto::time::unix_now;
@@ -70,7 +70,9 @@ pub struct PeerConfig {
     /// Session id: `None` for an rmb-peer (as rmb-rs), a name for direct clients.
     pub sid: Option<String>,
     /// Which encryption key we publish, and so which scheme senders use to write to us.
-    pub e2e: E2eScheme,
+    /// `None` chooses as rmb-rs users need it ([`choose_scheme`]): secp256k1 on tfchain,
+    /// x25519 on the embedded registry, and never replacing a published secp256k1 key.
+    pub e2e: Option<E2eScheme>,
     /// Publish relays and key when they differ from the registry (false = `--no-update`).
     pub update_twin: bool,
     /// Resend unanswered requests and answer repeats from the reply cache ([`resend`]).
@@ -146,8 +148,15 @@ impl Peer {
             .ok_or_else(|| PeerError::NoTwin {
                 account_ss58: account.to_string(),
             })?;
+        let current = config
+            .registry
+            .get_twin(twin)
+            .await
+            .map_err(PeerError::Registry)?;
+        let published = current.as_ref().and_then(|t| t.pk.as_deref());
+        let e2e = choose_scheme(config.e2e, config.registry.kind(), published);
         if config.update_twin {
-            publish_if_changed(&config, twin, &relays).await?;
+            publish_if_changed(&config, e2e, current.as_ref(), &relays).await?;
         }
 
         let (incoming_tx, incoming_rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -168,7 +177,7 @@ impl Peer {
             twin,
             sid: config.sid,
             source,
-            e2e: config.e2e,
+            e2e,
             registry: config.registry,
             links,
             replay,
@@ -194,7 +203,7 @@ impl Peer {
         // The last handle's drop cancels `shutdown`, which stops the links; their end
         // closes the pipeline, whose tasks hold `inner` (not the guard).
         let guard = Arc::new(shutdown.drop_guard());
-        tracing::info!(twin, account = %inner.account_ss58, sid = ?inner.sid, relays = relays.len(), "peer started");
+        tracing::info!(twin, account = %inner.account_ss58, sid = ?inner.sid, relays = relays.len(), e2e = %e2e, "peer started");
         Ok((
             Peer {
                 inner,
@@ -217,6 +226,11 @@ impl Peer {
     /// Our keys.
     pub fn identity(&self) -> &Arc<Identity> {
         &self.inner.identity
+    }
+
+    /// The encryption scheme of the key we publish (chosen at start, see [`choose_scheme`]).
+    pub fn e2e_scheme(&self) -> E2eScheme {
+        self.inner.e2e
     }
 
     /// True when the peer resends and answers repeats from its reply cache
@@ -364,35 +378,73 @@ pub fn parse_relays(urls: &[String]) -> Result<Vec<RelayUrl>, PeerError> {
     Ok(relays)
 }
 
+/// The encryption scheme a peer uses (and publishes a key for).
+///
+/// An explicit `--e2e` always wins. Otherwise a published secp256k1 key is kept (replacing
+/// it would cut off every rmb-rs peer and SDK that writes to this twin), and a twin with
+/// no key or an x25519 key gets the registry's default: secp256k1 on tfchain, where
+/// rmb-rs peers and ThreeFold's SDKs read the key and understand only that scheme;
+/// x25519 on the embedded registry, which only rmb peers read.
+pub fn choose_scheme(
+    explicit: Option<E2eScheme>,
+    kind: RegistryKind,
+    published: Option<&[u8]>,
+) -> E2eScheme {
+    if let Some(scheme) = explicit {
+        return scheme;
+    }
+    if published.map(E2eScheme::of_public_key) == Some(Ok(E2eScheme::Secp256k1)) {
+        return E2eScheme::Secp256k1;
+    }
+    match kind {
+        RegistryKind::Tfchain => E2eScheme::Secp256k1,
+        RegistryKind::Embedded => E2eScheme::X25519,
+    }
+}
+
 /// Publishes the relay names and our encryption key when the registry differs.
+///
+/// A registry that refuses the update (tfchain refusing a relay name, say) does not stop
+/// the peer: it still reaches the relays it connects to, so it logs which flag fixes the
+/// entry and carries on. A registry that cannot be reached is an error.
 async fn publish_if_changed(
     config: &PeerConfig,
-    twin: u32,
+    e2e: E2eScheme,
+    current: Option<&Twin>,
     relays: &[RelayUrl],
 ) -> Result<(), PeerError> {
+    let kind = config.registry.kind();
     let update = TwinUpdate {
-        relays: relays
-            .iter()
-            .map(|r| r.name().to_string())
-            .collect::<BTreeSet<_>>(),
-        pk: Some(config.identity.e2e_public_key(config.e2e)),
+        relays: relays.iter().map(|r| r.name(kind)).collect::<BTreeSet<_>>(),
+        pk: Some(config.identity.e2e_public_key(e2e)),
         create: false,
     };
-    let current = config
-        .registry
-        .get_twin(twin)
-        .await
-        .map_err(PeerError::Registry)?;
-    if current.as_ref().is_some_and(|t| t.matches(&update)) {
+    if current.is_some_and(|t| t.matches(&update)) {
         return Ok(());
     }
-    config
+    match config
         .registry
         .publish(config.identity.signer(), &update)
         .await
-        .map_err(PeerError::Publish)?;
-    tracing::info!(twin, relays = ?update.relays, e2e = %config.e2e, "published the twin's relays and encryption key");
-    Ok(())
+    {
+        Ok(twin) => {
+            tracing::info!(twin = twin.id, relays = ?update.relays, e2e = %e2e, "published the twin's relays and encryption key");
+            Ok(())
+        }
+        Err(RegistryError::Refused(reason)) => {
+            tracing::error!(
+                relays = ?update.relays,
+                e2e = %e2e,
+                %reason,
+                "the registry refused the twin's relays and encryption key; the peer runs on \
+                 with the entry as it was. Fix: give --relay URLs whose host is a public \
+                 domain name of at least 10 characters (tfchain refuses IP addresses, ports \
+                 and short names), or keep the entry as it is with --no-update"
+            );
+            Ok(())
+        }
+        Err(e) => Err(PeerError::Publish(e)),
+    }
 }
 
 #[cfg(test)]
@@ -409,8 +461,37 @@ mod tests {
             "the number of relays should not exceed 4 (got 5)"
         );
         let parsed = parse_relays(&urls(&["ws://a:1", "ws://a:1/", "wss://b"])).unwrap();
-        let names: Vec<_> = parsed.iter().map(|r| r.name()).collect();
+        let names: Vec<_> = parsed
+            .iter()
+            .map(|r| r.name(RegistryKind::Embedded))
+            .collect();
         assert_eq!(names, ["a:1", "b"]);
         assert!(parse_relays(&urls(&["http://a"])).is_err());
+    }
+
+    #[test]
+    fn the_scheme_follows_the_registry_and_never_drops_a_published_secp256k1_key() {
+        let identity = Identity::from_secret("//Alice", rmb_identity::KeyType::Sr25519).unwrap();
+        let secp = identity.e2e_public_key(E2eScheme::Secp256k1);
+        let x25519 = identity.e2e_public_key(E2eScheme::X25519);
+        use E2eScheme::{Secp256k1, X25519};
+        use RegistryKind::{Embedded, Tfchain};
+        for (explicit, kind, published, chosen) in [
+            (None, Tfchain, None, Secp256k1),
+            (None, Tfchain, Some(&x25519), Secp256k1),
+            (None, Tfchain, Some(&secp), Secp256k1),
+            (None, Embedded, None, X25519),
+            (None, Embedded, Some(&x25519), X25519),
+            (None, Embedded, Some(&secp), Secp256k1),
+            (Some(X25519), Tfchain, Some(&secp), X25519),
+            (Some(Secp256k1), Embedded, Some(&x25519), Secp256k1),
+        ] {
+            assert_eq!(
+                choose_scheme(explicit, kind, published.map(Vec::as_slice)),
+                chosen,
+                "{explicit:?} {kind:?} {:?}",
+                published.map(Vec::len)
+            );
+        }
     }
 }

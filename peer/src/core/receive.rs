@@ -367,7 +367,7 @@ impl Deliverer {
     }
 
     fn answer_version(&self, uid: String, source: Address) {
-        let version = serde_json::to_vec(env!("CARGO_PKG_VERSION")).unwrap_or_default();
+        let version = serde_json::to_vec(crate::VERSION).unwrap_or_default();
         let reply = OutgoingResponse {
             uid,
             destination: source,
@@ -496,10 +496,10 @@ mod tests {
     fn shape_is_checked_before_signatures() {
         let ed = Identity::from_secret("//Alice", KeyType::Ed25519).unwrap();
         let mut env = signed(&ed, "u");
-        env.relays.push("r".into());
+        env.federation = Some("f".into());
         assert_eq!(
             verify_all(&[(env, twin(&ed))]),
-            [Err(EnvelopeError::DeprecatedField("relays"))]
+            [Err(EnvelopeError::DeprecatedField("federation"))]
         );
     }
 }

@@ -46,11 +46,14 @@ pub enum Reason {
     Oversize,
     /// Its command queue is full (bytes) or too many commands are unserved.
     CommandLimit,
+    /// A reply that could not be encrypted to its requester (whose key we cannot write
+    /// to): an error envelope went instead.
+    ReplyNotEncrypted,
 }
 
 impl Reason {
     /// Every reason, in the order of the counters.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Undecodable,
         Reason::Expired,
         Reason::TooFar,
@@ -66,6 +69,7 @@ impl Reason {
         Reason::RedisError,
         Reason::Oversize,
         Reason::CommandLimit,
+        Reason::ReplyNotEncrypted,
     ];
 
     /// The counter's label.
@@ -86,6 +90,7 @@ impl Reason {
             Reason::RedisError => "redis_error",
             Reason::Oversize => "oversize",
             Reason::CommandLimit => "command_limit",
+            Reason::ReplyNotEncrypted => "reply_not_encrypted",
         }
     }
 }

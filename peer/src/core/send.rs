@@ -44,7 +44,7 @@ impl Peer {
             payload: Some(Payload::Plain(req.payload)),
             ..Default::default()
         };
-        let sealed = self.inner.seal(env).await?;
+        let sealed = self.inner.seal(env, true).await?;
         let inner = &self.inner;
         let tracked = inner.reliable
             && inner.resends().track(
@@ -160,28 +160,45 @@ impl Inner {
         self.send_sealed_reply(&sealed).await
     }
 
-    /// Seals a reply; one too large becomes an error reply saying so.
+    /// Seals a reply. One that cannot go as it is becomes an error reply saying why, so
+    /// the requester learns it at once instead of waiting for its timeout (as rmb-rs
+    /// does): too large (101), or not encryptable to the requester's key (106; that
+    /// error carries no payload, so it needs no encryption).
     async fn seal_reply(&self, resp: OutgoingResponse) -> Result<Sealed, SendError> {
         let (uid, destination) = (resp.uid.clone(), resp.destination.clone());
         let (timestamp, expiration) = (resp.timestamp, resp.expiration);
-        match self.seal(response_envelope(self, resp)).await {
+        let error = |code, message: String| OutgoingResponse {
+            uid: uid.clone(),
+            destination: destination.clone(),
+            reply: Err(RemoteError::new(code, message)),
+            schema: None,
+            timestamp,
+            expiration,
+        };
+        let log = u64::from(destination.twin);
+        match self.seal(response_envelope(self, resp), true).await {
             Err(SendError::TooLarge { size, limit }) => {
                 self.count_refusal(Reason::Oversize);
                 tracing::warn!(%uid, %destination, size, limit, "reply too large for an envelope; sending an error reply instead");
-                let error = OutgoingResponse {
-                    uid,
-                    destination,
-                    reply: Err(RemoteError::new(
-                        codes::INVALID_PAYLOAD,
-                        format!(
-                            "the reply is too large: {size} bytes encoded, the limit is {limit}"
-                        ),
-                    )),
-                    schema: None,
-                    timestamp,
-                    expiration,
+                let message =
+                    format!("the reply is too large: {size} bytes encoded, the limit is {limit}");
+                let reply = error(codes::INVALID_PAYLOAD, message);
+                self.seal(response_envelope(self, reply), true).await
+            }
+            Err(e @ (SendError::SchemeMismatch(_) | SendError::Seal(_))) => {
+                self.count_refusal(Reason::ReplyNotEncrypted);
+                if self
+                    .log_limiter
+                    .allow(log, Reason::ReplyNotEncrypted, std::time::Instant::now())
+                {
+                    tracing::warn!(%uid, %destination, error = %e, "the reply cannot be encrypted to its requester; sending an error reply instead (logged once per 10 s per twin)");
+                }
+                let message = match e {
+                    SendError::Seal(inner) => format!("cannot encrypt the reply: {inner}"),
+                    other => other.to_string(),
                 };
-                self.seal(response_envelope(self, error)).await
+                let reply = error(codes::CRYPTO, message);
+                self.seal(response_envelope(self, reply), false).await
             }
             other => other,
         }
@@ -255,8 +272,9 @@ impl Inner {
         }
     }
 
-    /// Looks up the destination, then encrypt → stamp → sign → encode.
-    async fn seal(&self, mut env: Envelope) -> Result<Sealed, SendError> {
+    /// Looks up the destination, then encrypt (unless `encrypt` is off: an error reply
+    /// to a twin we cannot encrypt to) → stamp → sign → encode.
+    async fn seal(&self, mut env: Envelope, encrypt: bool) -> Result<Sealed, SendError> {
         if self.shutdown.is_cancelled() {
             return Err(SendError::Closed);
         }
@@ -277,14 +295,15 @@ impl Inner {
         }
         // rmb-rs's secp256k1 scheme: the receiver derives the key from the *sender's
         // published* key, so only a twin publishing secp256k1 itself can write to one.
-        if let Some(pk) = twin.pk.as_deref()
+        let recipient_key = twin.pk.as_deref().filter(|_| encrypt);
+        if let Some(pk) = recipient_key
             && E2eScheme::of_public_key(pk) == Ok(E2eScheme::Secp256k1)
             && self.e2e != E2eScheme::Secp256k1
         {
             return Err(SendError::SchemeMismatch(twin.id));
         }
         self.identity
-            .seal_envelope(&mut env, twin.pk.as_deref(), now)
+            .seal_envelope(&mut env, recipient_key, now)
             .map_err(SendError::Seal)?;
         let bytes = env.to_bytes();
         if bytes.len() > DEFAULT_MAX_ENVELOPE_SIZE {

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use rmb_identity::registry::RegistryKind;
+
 /// Why a `--relay` value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayUrlError {
@@ -13,16 +15,16 @@ pub enum RelayUrlError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayUrl {
     url: String,
-    name: String,
+    host: String,
+    /// The port, when the URL names one other than its scheme's default.
+    port: Option<u16>,
 }
 
 impl RelayUrl {
     /// Parses a relay URL as given on the command line.
     ///
-    /// The registry name is the host, plus `:port` when the URL names a non-default port:
-    /// `wss://relay.grid.tf:443` → `relay.grid.tf` (what rmb-rs publishes), while
-    /// `ws://127.0.0.1:8080` → `127.0.0.1:8080` (what an embedded-registry relay serves as
-    /// its `--domain`). The token is appended as the query, so the URL may not have one.
+    /// The token is appended as the query, so the URL may not have one. See
+    /// [`RelayUrl::name`] for the name published for it.
     pub fn parse(text: &str) -> Result<Self, RelayUrlError> {
         let invalid = |reason: &str| RelayUrlError::Invalid {
             url: text.to_string(),
@@ -41,13 +43,10 @@ impl RelayUrl {
                 "it may not have a query or fragment (the login token goes there)",
             ));
         }
-        let name = match parsed.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_string(),
-        };
         Ok(RelayUrl {
+            host: host.to_string(),
+            port: parsed.port(),
             url: parsed.to_string(),
-            name,
         })
     }
 
@@ -56,9 +55,15 @@ impl RelayUrl {
         &self.url
     }
 
-    /// The name published in the twin's relay list.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// The name published in the twin's relay list on a registry of `kind`.
+    ///
+    /// tfchain takes the host only, as rmb-rs publishes it (the chain refuses a port:
+    /// `InvalidRelayAddress`): `ws://relay.example:8280` → `relay.example`. The embedded
+    /// registry keeps a non-default port, because that is how an embedded-registry relay
+    /// names itself (`--domain 127.0.0.1:8080`). A default port is never written:
+    /// `wss://relay.grid.tf:443` → `relay.grid.tf` on both.
+    pub fn name(&self, kind: RegistryKind) -> String {
+        kind.relay_name(&self.host, self.port)
     }
 }
 
@@ -73,19 +78,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_drop_default_ports_only() {
+    fn embedded_names_drop_default_ports_only() {
+        let name = |url: &str| RelayUrl::parse(url).unwrap().name(RegistryKind::Embedded);
         let r = RelayUrl::parse("wss://relay.grid.tf:443").unwrap();
-        assert_eq!(
-            (r.as_str(), r.name()),
-            ("wss://relay.grid.tf/", "relay.grid.tf")
-        );
-        let r = RelayUrl::parse("ws://127.0.0.1:8080").unwrap();
-        assert_eq!(r.name(), "127.0.0.1:8080");
+        assert_eq!(r.as_str(), "wss://relay.grid.tf/");
+        assert_eq!(name("wss://relay.grid.tf:443"), "relay.grid.tf");
+        assert_eq!(name("ws://127.0.0.1:8080"), "127.0.0.1:8080");
         let r = RelayUrl::parse("ws://relay.test/path").unwrap();
-        assert_eq!(
-            (r.as_str(), r.name()),
-            ("ws://relay.test/path", "relay.test")
-        );
+        assert_eq!(r.as_str(), "ws://relay.test/path");
+        assert_eq!(name("ws://relay.test/path"), "relay.test");
+    }
+
+    #[test]
+    fn tfchain_names_are_hosts_only() {
+        let name = |url: &str| RelayUrl::parse(url).unwrap().name(RegistryKind::Tfchain);
+        assert_eq!(name("ws://relay.example:8280"), "relay.example");
+        assert_eq!(name("wss://relay.grid.tf:443"), "relay.grid.tf");
+        assert_eq!(name("ws://relay.localtest:9000/"), "relay.localtest");
     }
 
     #[test]

@@ -196,4 +196,8 @@ impl Registry for HostedRegistry {
     fn describe(&self) -> String {
         format!("embedded registry hosted here ({})", self.store.describe())
     }
+
+    fn kind(&self) -> rmb_identity::registry::RegistryKind {
+        rmb_identity::registry::RegistryKind::Embedded
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod resp;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ pub struct PeerProcess {
     mnemonic: String,
     redis_url: String,
     args: Vec<String>,
+    /// Run in a private mount namespace with this file as its `/etc/hosts`.
+    hosts: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -44,10 +47,25 @@ impl PeerProcess {
             args.push(relay.clone());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_with_args(mnemonic, redis_url, args, None)
+    }
+
+    /// Starts `rmb-peer` with exactly `args` (the secret still also in `RMB_MNEMONIC`;
+    /// a `-m` in `args` wins). With `hosts`, the peer runs in its own mount namespace
+    /// where that file is `/etc/hosts`, so it resolves test names such as
+    /// `relay.localtest` as a deployment's DNS would (needs root: see
+    /// [`private_hosts_supported`]). `redis_url` is the Redis its `args` name.
+    pub fn start_with_args(
+        mnemonic: &str,
+        redis_url: &str,
+        args: Vec<String>,
+        hosts: Option<PathBuf>,
+    ) -> Self {
         let mut peer = PeerProcess {
             mnemonic: mnemonic.to_string(),
             redis_url: redis_url.to_string(),
             args,
+            hosts,
             child: None,
         };
         peer.spawn();
@@ -58,7 +76,21 @@ impl PeerProcess {
         // A stale status key from a previous run must not count as ready.
         Resp::connect(&self.redis_url).del(STATUS_KEY);
         let binary = binaries().join("rmb-peer");
-        let child = Command::new(&binary)
+        let mut command = match &self.hosts {
+            None => Command::new(&binary),
+            Some(hosts) => {
+                // `unshare` execs sh, which execs the peer: the child's pid is the peer's.
+                let mut wrapper = Command::new("unshare");
+                wrapper
+                    .args(["--mount", "sh", "-c"])
+                    .arg(r#"mount --bind "$1" /etc/hosts && shift && exec "$@""#)
+                    .arg("sh")
+                    .arg(hosts)
+                    .arg(&binary);
+                wrapper
+            }
+        };
+        let child = command
             .args(&self.args)
             .env("RMB_MNEMONIC", &self.mnemonic)
             .env(
@@ -144,5 +176,24 @@ impl PeerProcess {
 impl Drop for PeerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// True when this process may run a peer with its own `/etc/hosts` (root, and a kernel
+/// that allows mount namespaces); says why not on stderr otherwise.
+pub fn private_hosts_supported() -> bool {
+    let probe = Command::new("unshare")
+        .args(["--mount", "sh", "-c", "mount --bind /etc/hosts /etc/hosts"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match probe {
+        Ok(status) if status.success() => true,
+        other => {
+            eprintln!(
+                "cannot give a process its own /etc/hosts here (unshare --mount as root: {other:?})"
+            );
+            false
+        }
     }
 }

@@ -134,6 +134,10 @@ impl Registry for TfchainRegistry {
     fn describe(&self) -> String {
         format!("tfchain ({})", self.endpoints.current_url())
     }
+
+    fn kind(&self) -> super::RegistryKind {
+        super::RegistryKind::Tfchain
+    }
 }
 
 type AtBlock = OnlineClientAtBlock<PolkadotConfig>;
