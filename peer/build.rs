@@ -29,15 +29,16 @@ fn git_commit() -> Option<String> {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
-    for path in ["HEAD", "packed-refs"] {
-        if let Some(file) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={}", absolute(file).display());
+    // Only paths that exist: cargo reruns a build script on every build when one it
+    // watches is missing, which would rebuild everything above this crate each time.
+    let mut watched = vec!["HEAD".to_string(), "packed-refs".into(), "refs/heads".into()];
+    watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for path in watched {
+        if let Some(file) = git(&["rev-parse", "--git-path", &path]).map(absolute)
+            && file.exists()
+        {
+            println!("cargo:rerun-if-changed={}", file.display());
         }
-    }
-    if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"])
-        && let Some(file) = git(&["rev-parse", "--git-path", &head_ref])
-    {
-        println!("cargo:rerun-if-changed={}", absolute(file).display());
     }
     git(&["rev-parse", "--short=7", "HEAD"]).filter(|c| !c.is_empty())
 }
