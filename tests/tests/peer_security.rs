@@ -113,6 +113,26 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Waits until the kernel reports the child stopped: a signal is delivered
+    /// asynchronously, and a loaded machine may let the child run (and answer) a little
+    /// longer after `kill -STOP` returns.
+    fn wait_stopped(&self) {
+        let stat = format!("/proc/{}/stat", self.child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the parenthesised command name: `pid (comm) T …`.
+            let state = text.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            if state == Some('T') {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the serving child did not stop");
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -258,6 +278,7 @@ async fn hostile_envelopes_are_refused() {
     // reads it only after its 2 s of validity. Relays refuse expired envelopes, so
     // this is how an old envelope really reaches a peer: late, from its socket.
     server.signal("-STOP");
+    server.wait_stopped();
     let expired = request(&raw, r, &to, "expired-1", 2, key);
     client.send(&expired).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
