@@ -31,7 +31,11 @@ fn git_commit() -> Option<String> {
     };
     // Only paths that exist: cargo reruns a build script on every build when one it
     // watches is missing, which would rebuild everything above this crate each time.
-    let mut watched = vec!["HEAD".to_string(), "packed-refs".into(), "refs/heads".into()];
+    let mut watched = vec![
+        "HEAD".to_string(),
+        "packed-refs".into(),
+        "refs/heads".into(),
+    ];
     watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
     for path in watched {
         if let Some(file) = git(&["rev-parse", "--git-path", &path]).map(absolute)

@@ -123,7 +123,9 @@ impl Server {
         while std::time::Instant::now() < deadline {
             let text = std::fs::read_to_string(&stat).unwrap_or_default();
             // The state follows the parenthesised command name: `pid (comm) T …`.
-            let state = text.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            let state = text
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
             if state == Some('T') {
                 return;
             }

@@ -494,4 +494,79 @@ mod tests {
             );
         }
     }
+
+    /// A registry that holds one twin and answers every publish with `refusal`.
+    struct RefusingRegistry {
+        twin: Twin,
+        refusal: RegistryError,
+    }
+
+    #[async_trait::async_trait]
+    impl Registry for RefusingRegistry {
+        async fn get_twin(&self, id: u32) -> Result<Option<Twin>, RegistryError> {
+            Ok((id == self.twin.id).then(|| self.twin.clone()))
+        }
+        async fn twin_id_by_account(
+            &self,
+            account: &rmb_identity::AccountId,
+        ) -> Result<Option<u32>, RegistryError> {
+            Ok((*account == self.twin.account).then_some(self.twin.id))
+        }
+        async fn publish(
+            &self,
+            _: &rmb_identity::Signer,
+            _: &TwinUpdate,
+        ) -> Result<Twin, RegistryError> {
+            Err(self.refusal.clone())
+        }
+        fn describe(&self) -> String {
+            "refusing".into()
+        }
+        fn kind(&self) -> RegistryKind {
+            RegistryKind::Tfchain
+        }
+    }
+
+    async fn start_against(refusal: RegistryError) -> Result<Peer, PeerError> {
+        let identity =
+            Arc::new(Identity::from_secret("//Alice", rmb_identity::KeyType::Ed25519).unwrap());
+        let registry = Arc::new(RefusingRegistry {
+            twin: Twin {
+                id: 7,
+                account: identity.signer().account(),
+                relays: BTreeSet::from(["old-relay.example".to_string()]),
+                pk: None,
+            },
+            refusal,
+        });
+        let config = PeerConfig {
+            identity,
+            // Nothing listens there: links retry in the background.
+            relays: vec!["ws://127.0.0.1:9/".into()],
+            registry,
+            sid: None,
+            e2e: None,
+            update_twin: true,
+            reliable: true,
+            app_dedupes: false,
+            max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
+        };
+        Peer::start(config).await.map(|(peer, _inbound)| peer)
+    }
+
+    #[tokio::test]
+    async fn a_refused_publish_does_not_stop_the_peer_but_an_unreachable_registry_does() {
+        let refused = RegistryError::Refused("TfgridModule.InvalidRelayAddress".into());
+        let peer = start_against(refused).await.expect("the peer runs on");
+        assert_eq!(peer.twin_id(), 7);
+        assert_eq!(peer.e2e_scheme(), E2eScheme::Secp256k1, "tfchain's default");
+        peer.shutdown().await;
+
+        let down = RegistryError::Unavailable("connection refused".into());
+        let err = start_against(down)
+            .await
+            .err()
+            .expect("a registry that cannot be reached");
+        assert!(matches!(err, PeerError::Publish(_)), "{err}");
+    }
 }
