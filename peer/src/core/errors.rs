@@ -45,7 +45,11 @@ pub enum PeerError {
     RelayUrl(#[from] RelayUrlError),
     #[error("twin registry: {0}")]
     Registry(RegistryError),
-    #[error("publishing the twin's relays and encryption key failed: {0}")]
+    #[error(
+        "publishing the twin's relays and encryption key failed: {0} (check the registry \
+         URL given with -s/--substrate or --registry, or keep the entry as it is with \
+         --no-update)"
+    )]
     Publish(RegistryError),
 }
 
