@@ -20,6 +20,7 @@ pub mod memory;
 pub mod redis;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::switch::{Outgoing, SessionId};
@@ -179,6 +180,13 @@ pub trait Queues: Send + Sync + 'static {
     /// Sessions connected here that another replica queued envelopes for (taken once;
     /// `None` for stores without replicas). See [`handoff`].
     fn wakeups(&self) -> Option<mpsc::Receiver<SessionId>> {
+        None
+    }
+
+    /// The task that feeds [`wakeups`](Queues::wakeups) (taken once; `None` for stores
+    /// without replicas). The server runs it under its supervisor, so shutdown waits for
+    /// it like for every other background task.
+    fn wakeup_listener(&self) -> Option<BoxFuture<'static, ()>> {
         None
     }
 }

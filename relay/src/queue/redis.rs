@@ -27,6 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::body::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -165,12 +166,15 @@ pub struct RedisQueues {
     claim: redis::Script,
     release: redis::Script,
     wakeups: Mutex<Option<mpsc::Receiver<SessionId>>>,
+    /// The subscription that fills `wakeups`, until the server takes it to run it.
+    listener: Mutex<Option<BoxFuture<'static, ()>>>,
     url: String,
 }
 
 impl RedisQueues {
-    /// Connects to `url`, keeps keys under `prefix`, and listens for wake-ups addressed
-    /// to this replica until `shutdown`.
+    /// Connects to `url` and keeps keys under `prefix`. The listener for wake-ups
+    /// addressed to this replica (until `shutdown`) is handed to the server to run
+    /// ([`Queues::wakeup_listener`]).
     pub async fn connect(
         url: &str,
         prefix: &str,
@@ -182,7 +186,7 @@ impl RedisQueues {
         let replica = hex::encode(rand::random::<[u8; 8]>());
         let (tx, rx) = mpsc::channel(4096);
         let channel = format!("{prefix}wake:{replica}");
-        tokio::spawn(listen_for_wakeups(client, channel, tx, shutdown));
+        let listener = Box::pin(listen_for_wakeups(client, channel, tx, shutdown));
         Ok(RedisQueues {
             conn,
             prefix: prefix.to_string(),
@@ -193,6 +197,7 @@ impl RedisQueues {
             claim: redis::Script::new(CLAIM_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
             wakeups: Mutex::new(Some(rx)),
+            listener: Mutex::new(Some(listener)),
             url: url.to_string(),
         })
     }
@@ -409,6 +414,13 @@ impl Queues for RedisQueues {
 
     fn wakeups(&self) -> Option<mpsc::Receiver<SessionId>> {
         self.wakeups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn wakeup_listener(&self) -> Option<BoxFuture<'static, ()>> {
+        self.listener
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()

@@ -232,9 +232,13 @@ async fn health(
 }
 
 /// The relay's background tasks, under its supervisor ([`RelayState::tasks`]): the
-/// sweeper, and the hand-over of envelopes other replicas queued (Redis mode).
+/// sweeper, and in Redis mode the wake-up subscription and the hand-over of envelopes
+/// other replicas queued.
 fn spawn_background(state: &Arc<RelayState>) {
     state.tasks.spawn(sweep(Arc::clone(state)));
+    if let Some(listener) = state.queue.wakeup_listener() {
+        state.tasks.spawn(listener);
+    }
     if let Some(wakeups) = state.queue.wakeups() {
         state
             .tasks
