@@ -14,6 +14,7 @@
 pub mod client;
 pub mod core;
 pub mod links;
+pub mod http_api;
 pub mod redis_api;
 pub mod topics;
 
