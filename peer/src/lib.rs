@@ -13,8 +13,8 @@
 
 pub mod client;
 pub mod core;
-pub mod links;
 pub mod http_api;
+pub mod links;
 pub mod redis_api;
 pub mod topics;
 

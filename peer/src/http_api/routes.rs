@@ -22,8 +22,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -78,7 +78,10 @@ pub fn router(topics: Topics, stop: CancellationToken) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/topics.md")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see docs/topics.md",
+    )
 }
 
 async fn not_allowed() -> ApiError {
@@ -257,7 +260,11 @@ async fn publish(
 }
 
 /// Subscribes to another twin's topic before a live stream (own topics need none).
-async fn ensure_subscribed(api: &Api, topic: &TopicName, since: Option<u64>) -> Result<(), ApiError> {
+async fn ensure_subscribed(
+    api: &Api,
+    topic: &TopicName,
+    since: Option<u64>,
+) -> Result<(), ApiError> {
     if topic.owner != api.topics.twin() && api.topics.subscription(topic).await?.is_none() {
         api.topics.subscribe(topic, since, false).await?;
     }
@@ -297,7 +304,10 @@ async fn json_lines(
     let topic = topic(path)?;
     let q = query(raw)?;
     if q.poll {
-        let messages = api.topics.pull(&topic, q.since.unwrap_or(0), q.limit).await?;
+        let messages = api
+            .topics
+            .pull(&topic, q.since.unwrap_or(0), q.limit)
+            .await?;
         let mut out = String::new();
         for m in messages {
             out.push_str(&serde_json::to_string(&m).expect("a message serialises"));
@@ -340,7 +350,9 @@ where
             let line = match feed.next().await? {
                 Item::Event(json) => format!("{json}\n"),
                 Item::Keepalive => format!("{}\n", keepalive_line(&topic)),
-                Item::Failed(e) => format!("{}\n", serde_json::json!({ "event": "error", "error": e })),
+                Item::Failed(e) => {
+                    format!("{}\n", serde_json::json!({ "event": "error", "error": e }))
+                }
             };
             Some((Ok(line), (feed, topic)))
         });
@@ -406,7 +418,11 @@ async fn ws(
 /// Sends the feed as text frames until the client leaves or the API stops; what the
 /// client sends is ignored (pings are answered by the WebSocket layer).
 async fn serve_ws(mut socket: WebSocket, mut feed: Feed, topic: TopicName) {
-    if socket.send(Message::Text(open_line(&topic).into())).await.is_err() {
+    if socket
+        .send(Message::Text(open_line(&topic).into()))
+        .await
+        .is_err()
+    {
         return;
     }
     loop {
@@ -460,7 +476,10 @@ async fn unsubscribe(
 ) -> Result<Response, ApiError> {
     let topic = topic(path)?;
     api.topics.unsubscribe(&topic).await?;
-    Ok(Json(serde_json::json!({ "topic": topic.to_string(), "subscribed": false })).into_response())
+    Ok(
+        Json(serde_json::json!({ "topic": topic.to_string(), "subscribed": false }))
+            .into_response(),
+    )
 }
 
 /// Body of `POST /call`: the Redis API's request, one destination.
@@ -503,14 +522,18 @@ async fn call(
     let b: CallBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the call: {e}")))?;
     if b.twin == 0 {
-        return Err(ApiError::bad_request("twin is a twin id (a positive number)"));
+        return Err(ApiError::bad_request(
+            "twin is a twin id (a positive number)",
+        ));
     }
     if b.cmd.is_empty() || b.cmd.len() > 256 {
         return Err(ApiError::bad_request("cmd is 1 to 256 bytes"));
     }
     let payload = match (b.payload, b.payload_base64) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give payload or payload_base64, not both"));
+            return Err(ApiError::bad_request(
+                "give payload or payload_base64, not both",
+            ));
         }
         (Some(text), None) => text.into_bytes(),
         (None, Some(b64)) => B64

@@ -262,7 +262,9 @@ impl Shared {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, TopicError> {
-        let response = self.call_raw(Address::twin(twin), command, payload, timeout).await?;
+        let response = self
+            .call_raw(Address::twin(twin), command, payload, timeout)
+            .await?;
         response
             .reply
             .map_err(|error| TopicError::Remote { twin, error })
@@ -394,12 +396,7 @@ impl Topics {
             stop: stop.clone(),
         });
         let tasks = vec![
-            tokio::spawn(router::run(
-                Arc::clone(&shared),
-                inbound,
-                owner_tx,
-                app_tx,
-            )),
+            tokio::spawn(router::run(Arc::clone(&shared), inbound, owner_tx, app_tx)),
             tokio::spawn(owner::serve(Arc::clone(&shared), owner_rx)),
             tokio::spawn(owner::fanout(Arc::clone(&shared), fanout_rx)),
             tokio::spawn(subscriber::run(Arc::clone(&shared), sub_rx)),
@@ -436,7 +433,11 @@ impl Topics {
     }
 
     /// Creates own topic `name`, or changes its configuration.
-    pub async fn configure(&self, name: &str, config: TopicConfig) -> Result<TopicInfo, TopicError> {
+    pub async fn configure(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<TopicInfo, TopicError> {
         wire::check_name(name)?;
         config.check()?;
         owner::configure(&self.shared, name, config).await?;
@@ -481,17 +482,27 @@ impl Topics {
     }
 
     /// The subscription to `topic`, if any.
-    pub async fn subscription(&self, topic: &TopicName) -> Result<Option<SubscriptionInfo>, TopicError> {
+    pub async fn subscription(
+        &self,
+        topic: &TopicName,
+    ) -> Result<Option<SubscriptionInfo>, TopicError> {
         let all = self.shared.store.subscriptions().await?;
-        Ok(all.into_iter().find(|s| &s.topic == topic).map(|s| SubscriptionInfo {
-            redis_list: s.list.then(|| self.shared.store.list_key(&s.topic)),
-            topic: s.topic.to_string(),
-            last_id: s.last,
-        }))
+        Ok(all
+            .into_iter()
+            .find(|s| &s.topic == topic)
+            .map(|s| SubscriptionInfo {
+                redis_list: s.list.then(|| self.shared.store.list_key(&s.topic)),
+                topic: s.topic.to_string(),
+                last_id: s.last,
+            }))
     }
 
     /// Publishes to `topic`: stored here when it is ours, else sent to its owner.
-    pub async fn publish(&self, topic: &TopicName, draft: Draft) -> Result<wire::Published, TopicError> {
+    pub async fn publish(
+        &self,
+        topic: &TopicName,
+        draft: Draft,
+    ) -> Result<wire::Published, TopicError> {
         draft.check()?;
         if topic.owner == self.twin() {
             return owner::publish(&self.shared, topic, draft, self.twin(), None).await;

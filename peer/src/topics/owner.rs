@@ -110,21 +110,27 @@ async fn handle(shared: &Shared, request: InboundRequest) {
                 let name = b.topic.clone();
                 (name, remote_publish(shared, &request, b).await)
             }
-            Err(e) => return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await,
+            Err(e) => {
+                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await;
+            }
         },
         wire::SUBSCRIBE | wire::UNSUBSCRIBE => match body::<wire::SubscribeRequest>(&request) {
             Ok(b) => {
                 let r = subscription(shared, &request, &b.topic).await;
                 (b.topic, r)
             }
-            Err(e) => return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await,
+            Err(e) => {
+                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await;
+            }
         },
         wire::PULL => match body::<wire::PullRequest>(&request) {
             Ok(b) => {
                 let r = remote_pull(shared, twin, &b).await;
                 (b.topic, r)
             }
-            Err(e) => return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await,
+            Err(e) => {
+                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await;
+            }
         },
         _ => return,
     };
@@ -197,8 +203,8 @@ impl From<TopicError> for Refusal {
 
 /// The topic and its configuration, or why not.
 async fn topic_config(shared: &Shared, name: &str) -> Result<(TopicName, TopicConfig), Refusal> {
-    let topic =
-        TopicName::new(shared.peer.twin_id(), name).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    let topic = TopicName::new(shared.peer.twin_id(), name)
+        .map_err(|e| Refusal::BadRequest(e.to_string()))?;
     let config = shared
         .config(name)
         .await
@@ -274,7 +280,11 @@ async fn subscription(
     Ok(serde_json::to_vec(&answer).expect("an answer serialises"))
 }
 
-async fn remote_pull(shared: &Shared, twin: u32, body: &wire::PullRequest) -> Result<Vec<u8>, Refusal> {
+async fn remote_pull(
+    shared: &Shared,
+    twin: u32,
+    body: &wire::PullRequest,
+) -> Result<Vec<u8>, Refusal> {
     let (topic, config) = topic_config(shared, &body.topic).await?;
     if !config.subscribe.allows(twin, topic.owner) {
         return Err(Refusal::Access);
@@ -412,7 +422,11 @@ async fn push(shared: &Shared, topic: &TopicName, twin: u32, payload: Vec<u8>) {
         topic: topic.name.clone(),
         twin,
     };
-    if shared.pending.insert(uid.clone(), deadline, waiter).is_err() {
+    if shared
+        .pending
+        .insert(uid.clone(), deadline, waiter)
+        .is_err()
+    {
         Counters::bump(&shared.counters.push_failures);
         return;
     }

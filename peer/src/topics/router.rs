@@ -52,7 +52,9 @@ async fn dispatch(
     let full = match request.command.as_str() {
         wire::MESSAGE => match shared.sub_events.try_send(Input::Message(request)) {
             Ok(()) => return,
-            Err(TrySendError::Full(Input::Message(r)) | TrySendError::Closed(Input::Message(r))) => r,
+            Err(
+                TrySendError::Full(Input::Message(r)) | TrySendError::Closed(Input::Message(r)),
+            ) => r,
             Err(_) => return,
         },
         wire::PUBLISH | wire::SUBSCRIBE | wire::UNSUBSCRIBE | wire::PULL => {
@@ -67,8 +69,14 @@ async fn dispatch(
         }
         other => {
             let message = format!("unknown topic command {other:?}");
-            return reply_error(shared, &request, "unknown_command", codes::BAD_REQUEST, message)
-                .await;
+            return reply_error(
+                shared,
+                &request,
+                "unknown_command",
+                codes::BAD_REQUEST,
+                message,
+            )
+            .await;
         }
     };
     reply_error(
@@ -96,7 +104,10 @@ fn answer(shared: &Shared, owner_tx: &mpsc::Sender<owner::Input>, response: Inbo
             }
             Err(e) => {
                 Counters::bump(&shared.counters.push_failures);
-                if shared.peer.log_allowed(u64::from(twin), Reason::InvalidMessage) {
+                if shared
+                    .peer
+                    .log_allowed(u64::from(twin), Reason::InvalidMessage)
+                {
                     tracing::debug!(twin, %topic, error = %e, "a subscriber refused a message");
                 }
             }

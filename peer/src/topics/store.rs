@@ -444,7 +444,9 @@ impl Store {
         last: u64,
         limit: u32,
     ) -> Result<Vec<MessageJson>, StoreError> {
-        let from = since.saturating_add(1).max(last.saturating_sub(REPLICA_KEEP) + 1);
+        let from = since
+            .saturating_add(1)
+            .max(last.saturating_sub(REPLICA_KEEP) + 1);
         let to = last.min(since.saturating_add(u64::from(limit)));
         if from > to {
             return Ok(Vec::new());
@@ -452,15 +454,18 @@ impl Store {
         let key = self.sub_key(topic, "log");
         let ids: Vec<u64> = (from..=to).collect();
         let mut c = self.conn().await?;
-        let r = redis::cmd("HMGET").arg(&key).arg(&ids).query_async(&mut c).await;
+        let r = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(&ids)
+            .query_async(&mut c)
+            .await;
         let raw: Vec<Option<String>> = self.failed(r).await?;
         let mut by_id = BTreeMap::new();
         for entry in raw.into_iter().flatten() {
-            let m: MessageJson =
-                serde_json::from_str(&entry).map_err(|e| StoreError::Corrupt {
-                    key: key.clone(),
-                    detail: e.to_string(),
-                })?;
+            let m: MessageJson = serde_json::from_str(&entry).map_err(|e| StoreError::Corrupt {
+                key: key.clone(),
+                detail: e.to_string(),
+            })?;
             by_id.insert(m.id, m);
         }
         Ok(by_id.into_values().collect())

@@ -181,8 +181,14 @@ async fn on_message(
     let topic = match message.topic.parse::<TopicName>() {
         Ok(t) => t,
         Err(e) => {
-            return reply_error(shared, &request, "bad_message", codes::BAD_REQUEST, e.to_string())
-                .await;
+            return reply_error(
+                shared,
+                &request,
+                "bad_message",
+                codes::BAD_REQUEST,
+                e.to_string(),
+            )
+            .await;
         }
     };
     if topic.owner != request.source.twin {
@@ -190,7 +196,10 @@ async fn on_message(
         return reply_error(shared, &request, "not_owner", codes::REFUSED, text).await;
     }
     let Some(sub) = subs.get_mut(&topic) else {
-        let text = format!("twin {} is not subscribed to {topic}", shared.peer.twin_id());
+        let text = format!(
+            "twin {} is not subscribed to {topic}",
+            shared.peer.twin_id()
+        );
         return reply_error(shared, &request, "not_subscribed", codes::NOT_FOUND, text).await;
     };
     Counters::bump(&shared.counters.received);
@@ -270,7 +279,10 @@ async fn deliver(
             Ok(())
         }
         Err(e) => {
-            if shared.peer.log_allowed(u64::from(topic.owner), Reason::RedisError) {
+            if shared
+                .peer
+                .log_allowed(u64::from(topic.owner), Reason::RedisError)
+            {
                 tracing::warn!(%topic, error = %e, "cannot record a delivery; retrying (logged once per 10 s)");
             }
             Err(())
@@ -349,7 +361,10 @@ async fn on_job(
                     start_pull(shared, &topic, sub, jobs);
                 }
                 Err(e) => {
-                    if shared.peer.log_allowed(u64::from(topic.owner), Reason::InvalidMessage) {
+                    if shared
+                        .peer
+                        .log_allowed(u64::from(topic.owner), Reason::InvalidMessage)
+                    {
                         tracing::warn!(%topic, error = %e, "cannot renew a subscription (logged once per 10 s per owner)");
                     }
                 }
@@ -372,7 +387,10 @@ async fn on_job(
                 }
                 Err(e) => {
                     sub.next_pull = Instant::now() + PULL_BACKOFF;
-                    if shared.peer.log_allowed(u64::from(topic.owner), Reason::InvalidMessage) {
+                    if shared
+                        .peer
+                        .log_allowed(u64::from(topic.owner), Reason::InvalidMessage)
+                    {
                         tracing::warn!(%topic, error = %e, "cannot pull missed messages (logged once per 10 s per owner)");
                     }
                 }
@@ -396,12 +414,7 @@ async fn apply_pull(
             drain(shared, topic, sub).await;
             continue;
         }
-        let next_buffered = sub
-            .buffer
-            .keys()
-            .next()
-            .copied()
-            .filter(|&k| k <= lost_to);
+        let next_buffered = sub.buffer.keys().next().copied().filter(|&k| k <= lost_to);
         let to = next_buffered.map_or(lost_to, |k| k - 1);
         gap(shared, topic, sub, to).await?;
     }

@@ -65,9 +65,7 @@ pub enum NameError {
     Shape,
     #[error("the owner of a topic is a twin id (a positive number)")]
     Owner,
-    #[error(
-        "a topic name is 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '_' and '.'"
-    )]
+    #[error("a topic name is 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '_' and '.'")]
     Name,
 }
 
@@ -199,9 +197,7 @@ impl MessageJson {
     pub fn payload(&self) -> Result<Vec<u8>, DraftError> {
         match self.encoding.as_deref() {
             None => Ok(self.message.as_bytes().to_vec()),
-            Some("base64") => B64
-                .decode(&self.message)
-                .map_err(|_| DraftError::Base64),
+            Some("base64") => B64.decode(&self.message).map_err(|_| DraftError::Base64),
             Some(other) => Err(DraftError::Encoding(other.to_string())),
         }
     }
@@ -302,7 +298,13 @@ impl Draft {
     }
 
     /// The stored message, once the owner gave it `id` and `time`.
-    pub fn into_message(self, topic: &TopicName, id: u64, time: u64, publisher: u32) -> MessageJson {
+    pub fn into_message(
+        self,
+        topic: &TopicName,
+        id: u64,
+        time: u64,
+        publisher: u32,
+    ) -> MessageJson {
         MessageJson {
             id,
             event: "message".into(),
