@@ -22,7 +22,7 @@ pub mod store;
 pub mod subscriber;
 pub mod wire;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -250,6 +250,9 @@ pub(crate) struct Shared {
     pub(crate) subscribers: Mutex<HashMap<String, BTreeSet<u32>>>,
     pub(crate) fanout: mpsc::Sender<MessageJson>,
     pub(crate) sub_events: mpsc::Sender<subscriber::Input>,
+    /// Topics being subscribed to right now: a message for one of them that comes
+    /// before the subscription is recorded is kept for it, not refused.
+    pub(crate) subscribing: Mutex<HashSet<TopicName>>,
     pub(crate) stop: CancellationToken,
 }
 
@@ -338,6 +341,10 @@ impl Shared {
         Ok(found)
     }
 
+    pub(crate) fn lock_subscribing(&self) -> std::sync::MutexGuard<'_, HashSet<TopicName>> {
+        self.subscribing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn lock_subscribers(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<u32>>> {
@@ -393,6 +400,7 @@ impl Topics {
             subscribers: Mutex::new(HashMap::new()),
             fanout: fanout_tx,
             sub_events: sub_tx,
+            subscribing: Mutex::new(HashSet::new()),
             stop: stop.clone(),
         });
         let tasks = vec![

@@ -33,6 +33,8 @@ pub const MAX_BUFFERED: usize = 1024;
 pub const MAX_BUFFERED_BYTES: usize = 4 << 20;
 /// Messages asked for per pull.
 pub const PULL_PAGE: u32 = 256;
+/// Most messages kept for a subscription that is being made.
+pub const MAX_EARLY: usize = 1024;
 /// Wait before pulling again after a pull failed or brought nothing new.
 const PULL_BACKOFF: Duration = Duration::from_secs(2);
 /// How often subscriptions that are behind are looked at.
@@ -100,6 +102,7 @@ enum Job {
 /// The subscriber task.
 pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
     let mut subs = load(&shared).await;
+    let mut early: HashMap<TopicName, Vec<MessageJson>> = HashMap::new();
     let mut jobs = JoinSet::new();
     for topic in subs.keys() {
         jobs.spawn(renew(Arc::clone(&shared), topic.clone()));
@@ -113,11 +116,17 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
             _ = shared.stop.cancelled() => break,
             next = input.recv() => match next {
                 None => break,
-                Some(Input::Message(request)) => on_message(&shared, &mut subs, &mut jobs, request).await,
+                Some(Input::Message(request)) => {
+                    on_message(&shared, &mut subs, &mut early, &mut jobs, request).await
+                }
                 Some(Input::Added { topic, last, list, owner_last }) => {
                     let sub = subs.entry(topic.clone()).or_insert_with(|| Sub::new(last, list));
                     sub.list = list;
                     sub.known_last = sub.known_last.max(owner_last);
+                    shared.lock_subscribing().remove(&topic);
+                    for message in early.remove(&topic).unwrap_or_default() {
+                        offer(&shared, &topic, sub, message).await;
+                    }
                     start_pull(&shared, &topic, sub, &mut jobs);
                 }
                 Some(Input::Removed(topic)) => { subs.remove(&topic); }
@@ -128,6 +137,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
             },
             _ = tick.tick() => {
                 let now = Instant::now();
+                {
+                    let subscribing = shared.lock_subscribing();
+                    early.retain(|topic, _| subscribing.contains(topic));
+                }
                 for (topic, sub) in subs.iter_mut() {
                     if sub.behind() && !sub.pulling && sub.next_pull <= now {
                         start_pull(&shared, topic, sub, &mut jobs);
@@ -168,6 +181,7 @@ async fn load(shared: &Shared) -> HashMap<TopicName, Sub> {
 async fn on_message(
     shared: &Arc<Shared>,
     subs: &mut HashMap<TopicName, Sub>,
+    early: &mut HashMap<TopicName, Vec<MessageJson>>,
     jobs: &mut JoinSet<Job>,
     request: InboundRequest,
 ) {
@@ -196,6 +210,14 @@ async fn on_message(
         return reply_error(shared, &request, "not_owner", codes::REFUSED, text).await;
     }
     let Some(sub) = subs.get_mut(&topic) else {
+        if shared.lock_subscribing().contains(&topic) {
+            // Pushed between the owner's answer and the subscription being recorded.
+            let kept = early.entry(topic).or_default();
+            if kept.len() < MAX_EARLY {
+                kept.push(message);
+            }
+            return reply(shared, &request, Ok(b"{}".to_vec())).await;
+        }
         let text = format!(
             "twin {} is not subscribed to {topic}",
             shared.peer.twin_id()
@@ -461,6 +483,22 @@ pub(crate) async fn pull_remote(
 /// Subscribes with the owner, records the subscription, and hands it to the task.
 /// Returns the position apps start after.
 pub(crate) async fn subscribe(
+    shared: &Shared,
+    topic: &TopicName,
+    since: Option<u64>,
+    list: bool,
+) -> Result<u64, TopicError> {
+    shared.lock_subscribing().insert(topic.clone());
+    let result = record_subscription(shared, topic, since, list).await;
+    // On success the task clears the mark when it takes the subscription (messages
+    // queued before it are still kept).
+    if result.is_err() {
+        shared.lock_subscribing().remove(topic);
+    }
+    result
+}
+
+async fn record_subscription(
     shared: &Shared,
     topic: &TopicName,
     since: Option<u64>,
