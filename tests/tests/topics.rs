@@ -720,3 +720,77 @@ async fn relays_see_only_ciphertext_of_topic_messages() {
     );
     assert!(!pushed.to_bytes().windows(6).any(|w| w == b"launch"));
 }
+
+/// Runs `rmb` with `args` against `node`'s HTTP API; stdout, or a panic with stderr.
+fn rmb(node: &Node, args: &[&str]) -> String {
+    let binary = rmb_testsupport::relay_process::binaries().join("rmb");
+    let out = Command::new(&binary)
+        .args(args)
+        .env("RMB_HTTP", &node.http)
+        .output()
+        .expect("run rmb");
+    assert!(
+        out.status.success(),
+        "rmb {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_publishes_pulls_and_subscribes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &[&relay], &registry).await;
+    let bob = Node::start("//Bob", &[&relay], &registry).await;
+    let topic = format!("{}/chat", alice.twin);
+    let bob_twin = bob.twin.to_string();
+    tokio::task::block_in_place(|| {
+        let created = rmb(&alice, &["topic", "create", "chat", "--publish", &bob_twin]);
+        assert!(
+            created.contains(&format!("topic {topic} ready")),
+            "{created}"
+        );
+
+        // `rmb sub` on Bob's side, live, from the start.
+        let binary = rmb_testsupport::relay_process::binaries().join("rmb");
+        let mut sub = Command::new(&binary)
+            .args(["sub", &topic, "--since", "0"])
+            .env("RMB_HTTP", &bob.http)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start rmb sub");
+        let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+
+        assert_eq!(rmb(&alice, &["pub", "chat", "first"]).trim(), "1");
+        assert_eq!(
+            rmb(&bob, &["pub", &topic, "from bob", "--title", "hi"]).trim(),
+            "2"
+        );
+        let (l1, l2) = (
+            lines.next().unwrap().unwrap(),
+            lines.next().unwrap().unwrap(),
+        );
+        assert_eq!((l1.as_str(), l2.as_str()), ("1 first", "2 from bob"));
+        let _ = sub.kill();
+        let _ = sub.wait();
+
+        let pulled = rmb(&alice, &["pull", "chat", "--since", "1", "--json"]);
+        let m: Value = serde_json::from_str(pulled.trim()).unwrap();
+        assert_eq!(
+            (m["id"].as_u64(), m["title"].as_str()),
+            (Some(2), Some("hi"))
+        );
+        assert_eq!(m["publisher"], bob.twin);
+        let listed = rmb(&alice, &["topic", "list"]);
+        assert!(
+            listed.contains(&topic) && listed.contains("subscribers 1"),
+            "{listed}"
+        );
+        let shown: Value = serde_json::from_str(&rmb(&bob, &["topic", "show", &topic])).unwrap();
+        assert_eq!(shown["last_id"], 2);
+    });
+}
