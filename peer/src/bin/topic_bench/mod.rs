@@ -64,8 +64,6 @@ pub struct Plan {
 /// A message seen by a subscriber.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivered {
-    /// Which subscriber saw it (NATS and rmb report it alike; kept for debugging output).
-    pub subscriber: usize,
     pub id: u64,
     pub at: Instant,
 }
@@ -259,13 +257,12 @@ async fn measure_rmb(
     // Every subscriber's deliveries, as its apps see them.
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut listeners = JoinSet::new();
-    for (i, s) in subs.iter().enumerate() {
+    for s in &subs {
         let mut events = s.topics.events();
         let tx = tx.clone();
         listeners.spawn(async move {
             while let Ok(event) = events.recv().await {
                 let _ = tx.send(Delivered {
-                    subscriber: i,
                     id: event.id,
                     at: Instant::now(),
                 });

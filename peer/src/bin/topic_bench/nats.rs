@@ -43,7 +43,6 @@ async fn connect(
 /// One subscriber: reports each message's sequence number and arrival time.
 async fn subscriber(
     port: u16,
-    index: usize,
     out: mpsc::UnboundedSender<Delivered>,
     ready: mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
@@ -72,7 +71,6 @@ async fn subscriber(
             read.read_exact(&mut payload).await?;
             let seq = u64::from_le_bytes(payload[..8].try_into()?);
             let _ = out.send(Delivered {
-                subscriber: index,
                 id: seq,
                 at: Instant::now(),
             });
@@ -85,9 +83,9 @@ pub async fn measure(port: u16, plan: &Plan) -> anyhow::Result<Figures> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::channel(plan.subscribers);
     let mut subs = JoinSet::new();
-    for i in 0..plan.subscribers {
+    for _ in 0..plan.subscribers {
         let (tx, ready) = (tx.clone(), ready_tx.clone());
-        subs.spawn(async move { subscriber(port, i, tx, ready).await });
+        subs.spawn(async move { subscriber(port, tx, ready).await });
     }
     for _ in 0..plan.subscribers {
         ready_rx.recv().await.context("a NATS subscriber failed")?;
