@@ -1,8 +1,8 @@
 //! The topic benchmark: set-up, the rmb measurement, and the table.
 //!
-//! - [`processes`]: relays, redis-servers and nats-server;
-//! - [`nats`]: NATS core pub/sub measured the same way;
-//! - [`stats`]: percentiles.
+//! - `processes`: relays, redis-servers and nats-server;
+//! - `nats`: NATS core pub/sub measured the same way;
+//! - `stats`: percentiles.
 
 pub mod nats;
 pub mod processes;
