@@ -150,6 +150,11 @@ impl Counters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts a refusal of a remote request by reason.
     pub fn refuse(&self, reason: &'static str) {
         *self

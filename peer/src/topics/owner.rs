@@ -380,42 +380,76 @@ pub(crate) async fn info(shared: &Shared, name: &str) -> Result<TopicInfo, Topic
     })
 }
 
-/// The fan-out task: each new message to every subscriber allowed by the topic's
-/// access list, all subscribers at once.
+/// The fan-out task: new messages to every subscriber allowed by the topic's access
+/// list, all subscribers at once. What queued up while the previous sends ran goes
+/// together, one envelope per subscriber per topic ([`wire::Batch`]).
 pub(crate) async fn fanout(shared: Arc<Shared>, mut messages: mpsc::Receiver<MessageJson>) {
+    let mut queued = Vec::with_capacity(wire::MAX_BATCH);
     loop {
-        let message = tokio::select! {
-            m = messages.recv() => m,
+        let n = tokio::select! {
+            n = messages.recv_many(&mut queued, wire::MAX_BATCH) => n,
             _ = shared.stop.cancelled() => return,
         };
-        let Some(message) = message else { return };
-        let Ok(topic) = message.topic.parse::<TopicName>() else {
-            continue;
-        };
-        let (subs, config) = match (
-            shared.subscribers(&topic.name).await,
-            shared.config(&topic.name).await,
-        ) {
-            (Ok(subs), Ok(Some(config))) => (subs, config),
-            (Err(e), _) | (_, Err(e)) => {
-                // Subscribers find the message when they renew and pull.
-                tracing::warn!(%topic, error = %e, "cannot read the subscribers; message not pushed");
-                continue;
-            }
-            (_, Ok(None)) => continue,
-        };
-        let payload = serde_json::to_vec(&message).expect("a message serialises");
-        let me = shared.peer.twin_id();
-        let sends = subs
-            .into_iter()
-            .filter(|&twin| twin != me && config.subscribe.allows(twin, me))
-            .map(|twin| push(&shared, &topic, twin, payload.clone()));
-        join_all(sends).await;
+        if n == 0 {
+            return;
+        }
+        for batch in batches(std::mem::take(&mut queued)) {
+            send_batch(&shared, batch).await;
+        }
     }
 }
 
-/// Sends one message to one subscriber.
-async fn push(shared: &Shared, topic: &TopicName, twin: u32, payload: Vec<u8>) {
+/// Splits messages into runs of one topic within [`wire::BATCH_BYTES`], each in id order.
+fn batches(messages: Vec<MessageJson>) -> Vec<Vec<MessageJson>> {
+    let mut out: Vec<Vec<MessageJson>> = Vec::new();
+    let mut bytes = 0;
+    for m in messages {
+        let size = m.size();
+        match out.last_mut() {
+            Some(batch) if batch[0].topic == m.topic && bytes + size <= wire::BATCH_BYTES => {
+                bytes += size;
+                batch.push(m);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![m]);
+            }
+        }
+    }
+    for batch in &mut out {
+        batch.sort_by_key(|m| m.id);
+    }
+    out
+}
+
+async fn send_batch(shared: &Shared, batch: Vec<MessageJson>) {
+    let Ok(topic) = batch[0].topic.parse::<TopicName>() else {
+        return;
+    };
+    let (subs, config) = match (
+        shared.subscribers(&topic.name).await,
+        shared.config(&topic.name).await,
+    ) {
+        (Ok(subs), Ok(Some(config))) => (subs, config),
+        (Err(e), _) | (_, Err(e)) => {
+            // Subscribers find the messages when they renew and pull.
+            tracing::warn!(%topic, error = %e, "cannot read the subscribers; messages not pushed");
+            return;
+        }
+        (_, Ok(None)) => return,
+    };
+    let count = batch.len() as u64;
+    let payload = serde_json::to_vec(&wire::Batch { messages: batch }).expect("a batch serialises");
+    let me = shared.peer.twin_id();
+    let sends = subs
+        .into_iter()
+        .filter(|&twin| twin != me && config.subscribe.allows(twin, me))
+        .map(|twin| push(shared, &topic, twin, payload.clone(), count));
+    join_all(sends).await;
+}
+
+/// Sends one batch (of `count` messages) to one subscriber.
+async fn push(shared: &Shared, topic: &TopicName, twin: u32, payload: Vec<u8>, count: u64) {
     let uid = uuid::Uuid::new_v4().to_string();
     let deadline = Instant::now() + std::time::Duration::from_secs(REQUEST_EXPIRATION);
     let waiter = Waiter::Push {
@@ -441,7 +475,7 @@ async fn push(shared: &Shared, topic: &TopicName, twin: u32, payload: Vec<u8>) {
         expiration: REQUEST_EXPIRATION,
     };
     match shared.peer.send_request(request).await {
-        Ok(()) => Counters::bump(&shared.counters.pushed),
+        Ok(()) => Counters::add(&shared.counters.pushed, count),
         Err(e) => {
             shared.pending.take(&uid);
             Counters::bump(&shared.counters.push_failures);

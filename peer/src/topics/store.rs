@@ -114,6 +114,26 @@ end
 return new
 "#;
 
+/// Hands consecutive messages to apps once, from the position the caller saw: stops at
+/// the first one that is not next; returns the position after the call.
+const DELIVER_MANY_LUA: &str = r#"
+local last_key, log, list = KEYS[1], KEYS[2], KEYS[3]
+local last = tonumber(redis.call('GET', last_key) or '0')
+if last ~= tonumber(ARGV[1]) then return last end
+local keep = tonumber(ARGV[2])
+for i = 4, #ARGV, 2 do
+  local id = tonumber(ARGV[i])
+  if id ~= last + 1 then break end
+  redis.call('HSET', log, id, ARGV[i + 1])
+  if id - keep > 0 then redis.call('HDEL', log, id - keep) end
+  if list ~= '' then redis.call('RPUSH', list, ARGV[i + 1]) end
+  last = id
+end
+if list ~= '' then redis.call('LTRIM', list, -tonumber(ARGV[3]), -1) end
+redis.call('SET', last_key, last)
+return last
+"#;
+
 /// Owner-side topic state answered by [`Store::pull`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slice {
@@ -140,6 +160,7 @@ pub struct Store {
     publish: Arc<Script>,
     pull: Arc<Script>,
     deliver: Arc<Script>,
+    deliver_many: Arc<Script>,
 }
 
 impl Store {
@@ -155,6 +176,7 @@ impl Store {
             publish: Arc::new(Script::new(PUBLISH_LUA)),
             pull: Arc::new(Script::new(PULL_LUA)),
             deliver: Arc::new(Script::new(DELIVER_LUA)),
+            deliver_many: Arc::new(Script::new(DELIVER_MANY_LUA)),
         })
     }
 
@@ -432,6 +454,38 @@ impl Store {
             .arg(LIST_KEEP)
             .invoke_async(&mut c)
             .await;
+        self.failed(r).await
+    }
+
+    /// Moves a subscription from `expected` over `messages` (consecutive, with their
+    /// JSON), recording each (and pushing it to the Redis list when `list`), once:
+    /// returns the position after the call (short of the last message when another
+    /// delivery came first).
+    pub async fn deliver_many(
+        &self,
+        topic: &TopicName,
+        expected: u64,
+        messages: &[(u64, &str)],
+        list: bool,
+    ) -> Result<u64, StoreError> {
+        let list = if list {
+            self.list_key(topic)
+        } else {
+            String::new()
+        };
+        let mut invocation = self.deliver_many.prepare_invoke();
+        invocation
+            .key(self.sub_key(topic, "last"))
+            .key(self.sub_key(topic, "log"))
+            .key(list)
+            .arg(expected)
+            .arg(REPLICA_KEEP)
+            .arg(LIST_KEEP);
+        for (id, json) in messages {
+            invocation.arg(*id).arg(*json);
+        }
+        let mut c = self.conn().await?;
+        let r = invocation.invoke_async(&mut c).await;
         self.failed(r).await
     }
 

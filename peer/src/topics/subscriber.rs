@@ -125,8 +125,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                     sub.known_last = sub.known_last.max(owner_last);
                     shared.lock_subscribing().remove(&topic);
                     for message in early.remove(&topic).unwrap_or_default() {
-                        offer(&shared, &topic, sub, message).await;
+                        offer(&shared, sub, message);
                     }
+                    drain(&shared, &topic, sub).await;
                     start_pull(&shared, &topic, sub, &mut jobs);
                 }
                 Some(Input::Removed(topic)) => { subs.remove(&topic); }
@@ -185,14 +186,27 @@ async fn on_message(
     jobs: &mut JoinSet<Job>,
     request: InboundRequest,
 ) {
-    let message: MessageJson = match serde_json::from_slice(&request.payload) {
-        Ok(m) => m,
+    let batch: wire::Batch = match serde_json::from_slice(&request.payload) {
+        Ok(b) => b,
         Err(e) => {
             let text = format!("{} body is not valid: {e}", wire::MESSAGE);
             return reply_error(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
         }
     };
-    let topic = match message.topic.parse::<TopicName>() {
+    let Some(first) = batch.messages.first() else {
+        let text = "a message batch is empty".to_string();
+        return reply_error(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+    };
+    if batch.messages.len() > wire::MAX_BATCH
+        || batch.messages.iter().any(|m| m.topic != first.topic)
+    {
+        let text = format!(
+            "a message batch holds 1 to {} messages of one topic",
+            wire::MAX_BATCH
+        );
+        return reply_error(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+    }
+    let topic = match first.topic.parse::<TopicName>() {
         Ok(t) => t,
         Err(e) => {
             return reply_error(
@@ -213,9 +227,8 @@ async fn on_message(
         if shared.lock_subscribing().contains(&topic) {
             // Pushed between the owner's answer and the subscription being recorded.
             let kept = early.entry(topic).or_default();
-            if kept.len() < MAX_EARLY {
-                kept.push(message);
-            }
+            let room = MAX_EARLY.saturating_sub(kept.len());
+            kept.extend(batch.messages.into_iter().take(room));
             return reply(shared, &request, Ok(b"{}".to_vec())).await;
         }
         let text = format!(
@@ -224,17 +237,20 @@ async fn on_message(
         );
         return reply_error(shared, &request, "not_subscribed", codes::NOT_FOUND, text).await;
     };
-    Counters::bump(&shared.counters.received);
-    offer(shared, &topic, sub, message).await;
+    Counters::add(&shared.counters.received, batch.messages.len() as u64);
+    for message in batch.messages {
+        offer(shared, sub, message);
+    }
+    drain(shared, &topic, sub).await;
     if sub.behind() && !sub.pulling && sub.next_pull <= Instant::now() {
         start_pull(shared, &topic, sub, jobs);
     }
     reply(shared, &request, Ok(b"{}".to_vec())).await;
 }
 
-/// Takes one message: handed over when it is next, buffered when early, dropped when
-/// seen already.
-async fn offer(shared: &Shared, topic: &TopicName, sub: &mut Sub, message: MessageJson) {
+/// Takes one message into the buffer (dropped when seen already); [`drain`] then hands
+/// over what is next.
+fn offer(shared: &Shared, sub: &mut Sub, message: MessageJson) {
     if message.id <= sub.last || sub.buffer.contains_key(&message.id) {
         Counters::bump(&shared.counters.duplicates);
         return;
@@ -252,62 +268,69 @@ async fn offer(shared: &Shared, topic: &TopicName, sub: &mut Sub, message: Messa
         sub.buffer_bytes += size;
         sub.buffer.insert(message.id, message);
     }
-    drain(shared, topic, sub).await;
 }
 
-/// Hands over buffered messages while the next one is there.
+/// Most messages recorded in Redis by one script call.
+const DELIVER_RUN: usize = 256;
+
+/// Hands over buffered messages while the next one is there: each run of consecutive
+/// ones is recorded in Redis (position moved, exactly once) by one script call, then
+/// told to local apps.
 async fn drain(shared: &Shared, topic: &TopicName, sub: &mut Sub) {
-    while let Some(entry) = sub.buffer.first_entry() {
-        let id = *entry.key();
-        if id <= sub.last {
+    loop {
+        while let Some(entry) = sub.buffer.first_entry() {
+            if *entry.key() > sub.last {
+                break;
+            }
             let m = entry.remove();
             sub.buffer_bytes = sub.buffer_bytes.saturating_sub(m.size());
-            continue;
         }
-        if id != sub.last + 1 {
-            return;
-        }
-        let message = entry.get().clone();
-        if deliver(shared, topic, sub, &message).await.is_err() {
-            sub.next_pull = Instant::now() + PULL_BACKOFF;
-            return;
-        }
-    }
-}
-
-/// Moves the position in Redis (exactly once) and tells local apps.
-async fn deliver(
-    shared: &Shared,
-    topic: &TopicName,
-    sub: &mut Sub,
-    message: &MessageJson,
-) -> Result<(), ()> {
-    let json = serde_json::to_string(message).expect("a message serialises");
-    let list = sub.list.then_some(json.as_str());
-    match shared
-        .store
-        .deliver(topic, sub.last, message.id, Some(message), list)
-        .await
-    {
-        Ok(now) if now == message.id => {
-            sub.last = now;
-            Counters::bump(&shared.counters.delivered);
-            shared.announce(topic, message.id, json);
-            Ok(())
-        }
-        Ok(now) => {
-            tracing::warn!(%topic, expected = sub.last, now, "subscription position moved elsewhere");
-            sub.last = now;
-            Ok(())
-        }
-        Err(e) => {
-            if shared
-                .peer
-                .log_allowed(u64::from(topic.owner), Reason::RedisError)
-            {
-                tracing::warn!(%topic, error = %e, "cannot record a delivery; retrying (logged once per 10 s)");
+        let mut run: Vec<(u64, String)> = Vec::new();
+        for (&id, message) in sub.buffer.range(sub.last + 1..) {
+            if id != sub.last + 1 + run.len() as u64 || run.len() >= DELIVER_RUN {
+                break;
             }
-            Err(())
+            run.push((
+                id,
+                serde_json::to_string(message).expect("a message serialises"),
+            ));
+        }
+        if run.is_empty() {
+            return;
+        }
+        let refs: Vec<(u64, &str)> = run.iter().map(|(id, json)| (*id, json.as_str())).collect();
+        let before = sub.last;
+        match shared
+            .store
+            .deliver_many(topic, before, &refs, sub.list)
+            .await
+        {
+            Ok(now) => {
+                if now < before + 1 && now != before {
+                    tracing::warn!(%topic, expected = before, now, "subscription position moved elsewhere");
+                }
+                for (id, json) in run {
+                    if id > before && id <= now {
+                        Counters::bump(&shared.counters.delivered);
+                        shared.announce(topic, id, json);
+                    }
+                }
+                let stalled = now == before;
+                sub.last = now;
+                if stalled {
+                    return;
+                }
+            }
+            Err(e) => {
+                if shared
+                    .peer
+                    .log_allowed(u64::from(topic.owner), Reason::RedisError)
+                {
+                    tracing::warn!(%topic, error = %e, "cannot record a delivery; retrying (logged once per 10 s)");
+                }
+                sub.next_pull = Instant::now() + PULL_BACKOFF;
+                return;
+            }
         }
     }
 }
@@ -433,18 +456,23 @@ async fn apply_pull(
     let lost_to = pulled.first_id.saturating_sub(1);
     while sub.last < lost_to {
         if sub.buffer.contains_key(&(sub.last + 1)) {
+            let before = sub.last;
             drain(shared, topic, sub).await;
+            if sub.last == before {
+                // Redis refused: the next pull tries again.
+                return Err(());
+            }
             continue;
         }
         let next_buffered = sub.buffer.keys().next().copied().filter(|&k| k <= lost_to);
         let to = next_buffered.map_or(lost_to, |k| k - 1);
         gap(shared, topic, sub, to).await?;
     }
+    let name = topic.to_string();
     for message in pulled.messages {
-        if message.topic != topic.to_string() {
-            continue;
+        if message.topic == name {
+            offer(shared, sub, message);
         }
-        offer(shared, topic, sub, message).await;
     }
     drain(shared, topic, sub).await;
     Ok(())

@@ -21,7 +21,7 @@ pub const SUBSCRIBE: &str = "rmb.topic.subscribe";
 pub const UNSUBSCRIBE: &str = "rmb.topic.unsubscribe";
 /// Subscriber → owner: messages after an id; answered with [`Pulled`].
 pub const PULL: &str = "rmb.topic.pull";
-/// Owner → subscriber: one new message ([`MessageJson`]); answered with `{}`.
+/// Owner → subscriber: new messages of one topic ([`Batch`]); answered with `{}`.
 pub const MESSAGE: &str = "rmb.topic.message";
 /// Every topic command starts with this.
 pub const PREFIX: &str = "rmb.topic.";
@@ -371,6 +371,19 @@ pub struct Pulled {
     /// In id order; contiguous from `max(since + 1, first_id)`.
     pub messages: Vec<MessageJson>,
 }
+
+/// Body of [`MESSAGE`]: messages of one topic, in id order. The owner batches what
+/// queued up while it was sending, so a burst costs one envelope (one signature, one
+/// answer) per subscriber per batch instead of per message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub messages: Vec<MessageJson>,
+}
+
+/// Most messages in one [`Batch`].
+pub const MAX_BATCH: usize = 64;
+/// Most message bytes in one [`Batch`].
+pub const BATCH_BYTES: usize = 256 * 1024;
 
 /// Largest pull asked for at once.
 pub const MAX_PULL: u32 = 1000;
