@@ -257,14 +257,10 @@ fn offer(shared: &Shared, sub: &mut Sub, message: MessageJson) {
     }
     sub.known_last = sub.known_last.max(message.id);
     let size = message.size();
-    if sub.buffer.len() < MAX_BUFFERED && sub.buffer_bytes + size <= MAX_BUFFERED_BYTES {
-        sub.buffer_bytes += size;
-        sub.buffer.insert(message.id, message);
-    } else if message.id != sub.last + 1 {
-        // Full: it is pulled again once the hole before it is filled.
-        return;
-    } else {
-        // The next one always gets through.
+    // When full, only the next one still gets in; the others are pulled again once the
+    // hole before them is filled.
+    let room = sub.buffer.len() < MAX_BUFFERED && sub.buffer_bytes + size <= MAX_BUFFERED_BYTES;
+    if room || message.id == sub.last + 1 {
         sub.buffer_bytes += size;
         sub.buffer.insert(message.id, message);
     }
