@@ -13,7 +13,9 @@ use crate::topics::wire::DraftError;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// What is wrong, for people.
     pub message: String,
     /// The rmb error code a remote twin answered with, when it did.
     pub code: Option<u32>,

@@ -123,6 +123,7 @@ pub enum TopicError {
 /// or a gap report, as the JSON line apps get.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// The topic it belongs to.
     pub topic: TopicName,
     /// The message id (for a gap: its last missing id).
     pub id: u64,
@@ -133,13 +134,21 @@ pub struct Event {
 /// Counters of the topics layer, shown by `GET /topics` and `rmb topic list`.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Messages stored in own topics.
     pub published: AtomicU64,
+    /// Messages sent to subscribers (each subscriber counts).
     pub pushed: AtomicU64,
+    /// Pushes no relay took, or that a subscriber refused.
     pub push_failures: AtomicU64,
+    /// Messages received from owners.
     pub received: AtomicU64,
+    /// Messages handed to apps.
     pub delivered: AtomicU64,
+    /// Messages received again (dropped).
     pub duplicates: AtomicU64,
+    /// Gaps reported to apps.
     pub gaps: AtomicU64,
+    /// Pulls asked of owners.
     pub pulls: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -214,16 +223,22 @@ pub struct CountersSnapshot {
 /// One own topic, as listed and shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicInfo {
+    /// `<owner>/<name>`.
     pub topic: String,
+    /// Access lists and retention.
     pub config: TopicConfig,
+    /// Oldest id kept (`last_id + 1` when none).
     pub first_id: u64,
+    /// Newest id given (0: none yet).
     pub last_id: u64,
+    /// Twins subscribed.
     pub subscribers: Vec<u32>,
 }
 
 /// One subscription, as listed and shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionInfo {
+    /// `<owner>/<name>`.
     pub topic: String,
     /// Last id handed to apps.
     pub last_id: u64,
@@ -235,9 +250,13 @@ pub struct SubscriptionInfo {
 /// `GET /topics`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listing {
+    /// This peer's twin (the owner of its topics).
     pub twin: u32,
+    /// Own topics.
     pub topics: Vec<TopicInfo>,
+    /// Subscriptions to other twins' topics.
     pub subscriptions: Vec<SubscriptionInfo>,
+    /// The counters.
     pub counters: CountersSnapshot,
 }
 

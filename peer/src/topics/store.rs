@@ -137,14 +137,18 @@ return last
 /// Owner-side topic state answered by [`Store::pull`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slice {
+    /// Oldest id kept (`last_id + 1` when none).
     pub first_id: u64,
+    /// Newest id given (0: none yet).
     pub last_id: u64,
+    /// The messages asked for, in id order.
     pub messages: Vec<MessageJson>,
 }
 
 /// What the subscriber side keeps about one subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubRecord {
+    /// The subscribed topic.
     pub topic: TopicName,
     /// Last id handed to apps.
     pub last: u64,

@@ -54,7 +54,9 @@ pub const MAX_TAG_LEN: usize = 64;
 /// A topic: `<owner twin>/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicName {
+    /// The twin hosting it.
     pub owner: u32,
+    /// Its name (letters, digits, `-`, `_`, `.`).
     pub name: String,
 }
 
@@ -184,11 +186,13 @@ pub struct MessageJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A title apps may show.
     pub title: Option<String>,
     /// 1 (min) to 5 (max), as ntfy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Free-form tags.
     pub tags: Vec<String>,
 }
 
@@ -217,9 +221,13 @@ impl MessageJson {
 pub struct GapJson {
     /// Always `"gap"`.
     pub event: String,
+    /// `<owner>/<name>`.
     pub topic: String,
+    /// First lost id.
     pub from: u64,
+    /// Last lost id.
     pub to: u64,
+    /// Unix seconds the gap was noticed.
     pub time: u64,
 }
 
@@ -230,12 +238,16 @@ pub struct Draft {
     #[serde(default)]
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `"base64"` when `message` is base64.
     pub encoding: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A title apps may show.
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// 1 (min) to 5 (max).
     pub priority: Option<u8>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Free-form tags.
     pub tags: Vec<String>,
 }
 
@@ -326,20 +338,25 @@ pub struct PublishRequest {
     /// The name (after `owner/`; the owner is the addressee).
     pub topic: String,
     #[serde(flatten)]
+    /// The message.
     pub draft: Draft,
 }
 
 /// Answer to [`PUBLISH`] (and to a local publish).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
+    /// The id the owner gave it.
     pub id: u64,
+    /// `<owner>/<name>`.
     pub topic: String,
+    /// Unix seconds the owner stored it.
     pub time: u64,
 }
 
 /// Body of [`SUBSCRIBE`] and [`UNSUBSCRIBE`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscribeRequest {
+    /// The topic name (after `owner/`).
     pub topic: String,
 }
 
@@ -356,6 +373,7 @@ pub struct Subscribed {
 /// Body of [`PULL`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullRequest {
+    /// The topic name (after `owner/`).
     pub topic: String,
     /// Messages with a larger id than this.
     pub since: u64,
@@ -366,7 +384,9 @@ pub struct PullRequest {
 /// Answer to [`PULL`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pulled {
+    /// Oldest id kept (`last_id + 1` when none).
     pub first_id: u64,
+    /// Newest id given (0: none yet).
     pub last_id: u64,
     /// In id order; contiguous from `max(since + 1, first_id)`.
     pub messages: Vec<MessageJson>,
@@ -377,6 +397,7 @@ pub struct Pulled {
 /// answer) per subscriber per batch instead of per message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
+    /// The messages, in id order.
     pub messages: Vec<MessageJson>,
 }
 
