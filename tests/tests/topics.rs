@@ -86,7 +86,7 @@ impl Node {
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(90))
         .build()
         .unwrap()
 }

@@ -60,17 +60,19 @@ pub struct TopicsOptions {
     /// messages whose push was lost).
     pub renew: Duration,
     /// How long a request to another peer (publish, subscribe, pull) is waited for.
+    /// Longer than the core's 30 s stall bound: a request whose copy died with a
+    /// restarting owner is sent again at the latest then, and still answered in time.
     pub timeout: Duration,
 }
 
 impl TopicsOptions {
-    /// The defaults for `redis_url`: prefix `rmb.`, renewal every 30 s, 30 s timeout.
+    /// The defaults for `redis_url`: prefix `rmb.`, renewal every 30 s, 60 s timeout.
     pub fn new(redis_url: &str) -> Self {
         TopicsOptions {
             redis_url: redis_url.to_string(),
             prefix: "rmb.".into(),
             renew: Duration::from_secs(30),
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(60),
         }
     }
 }

@@ -35,6 +35,8 @@ pub const MAX_BUFFERED_BYTES: usize = 4 << 20;
 pub const PULL_PAGE: u32 = 256;
 /// Most messages kept for a subscription that is being made.
 pub const MAX_EARLY: usize = 1024;
+/// Most queued inputs the task takes at once.
+const INPUT_BATCH: usize = 64;
 /// Wait before pulling again after a pull failed or brought nothing new.
 const PULL_BACKOFF: Duration = Duration::from_secs(2);
 /// How often subscriptions that are behind are looked at.
@@ -114,24 +116,61 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => break,
-            next = input.recv() => match next {
-                None => break,
-                Some(Input::Message(request)) => {
-                    on_message(&shared, &mut subs, &mut early, &mut jobs, request).await
-                }
-                Some(Input::Added { topic, last, list, owner_last }) => {
-                    let sub = subs.entry(topic.clone()).or_insert_with(|| Sub::new(last, list));
-                    sub.list = list;
-                    sub.known_last = sub.known_last.max(owner_last);
-                    shared.lock_subscribing().remove(&topic);
-                    for message in early.remove(&topic).unwrap_or_default() {
-                        offer(&shared, sub, message);
+            next = input.recv() => {
+                let Some(first) = next else { break };
+                // What else is queued goes with it: a burst costs one Redis call per
+                // topic, and each request is answered once its messages are recorded.
+                let mut inputs = vec![first];
+                while inputs.len() < INPUT_BATCH {
+                    match input.try_recv() {
+                        Ok(more) => inputs.push(more),
+                        Err(_) => break,
                     }
-                    drain(&shared, &topic, sub).await;
-                    start_pull(&shared, &topic, sub, &mut jobs);
                 }
-                Some(Input::Removed(topic)) => { subs.remove(&topic); }
-            },
+                let mut acks = Vec::new();
+                let mut touched: Vec<TopicName> = Vec::new();
+                for item in inputs {
+                    match item {
+                        Input::Message(request) => {
+                            if let Some((request, topic)) =
+                                accept(&shared, &mut subs, &mut early, request).await
+                            {
+                                if let Some(topic) = topic
+                                    && !touched.contains(&topic)
+                                {
+                                    touched.push(topic);
+                                }
+                                acks.push(request);
+                            }
+                        }
+                        Input::Added { topic, last, list, owner_last } => {
+                            let sub = subs.entry(topic.clone()).or_insert_with(|| Sub::new(last, list));
+                            sub.list = list;
+                            sub.known_last = sub.known_last.max(owner_last);
+                            shared.lock_subscribing().remove(&topic);
+                            for message in early.remove(&topic).unwrap_or_default() {
+                                offer(&shared, sub, message);
+                            }
+                            drain(&shared, &topic, sub).await;
+                            start_pull(&shared, &topic, sub, &mut jobs);
+                        }
+                        Input::Removed(topic) => {
+                            subs.remove(&topic);
+                        }
+                    }
+                }
+                for topic in touched {
+                    if let Some(sub) = subs.get_mut(&topic) {
+                        drain(&shared, &topic, sub).await;
+                        if sub.behind() && !sub.pulling && sub.next_pull <= Instant::now() {
+                            start_pull(&shared, &topic, sub, &mut jobs);
+                        }
+                    }
+                }
+                for request in acks {
+                    reply(&shared, &request, Ok(b"{}".to_vec())).await;
+                }
+            }
             Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
                 Ok(job) => on_job(&shared, &mut subs, &mut jobs, job).await,
                 Err(e) => tracing::error!(error = %e, "a topic pull task failed"),
@@ -179,23 +218,28 @@ async fn load(shared: &Shared) -> HashMap<TopicName, Sub> {
     }
 }
 
-async fn on_message(
+/// A message request taken in: to be answered once what it carried is recorded; the
+/// topic whose buffer it filled, if any.
+type Accepted = (InboundRequest, Option<TopicName>);
+
+/// Checks a `rmb.topic.message` request and buffers its messages; a refused one is
+/// answered with an error at once (`None`).
+async fn accept(
     shared: &Arc<Shared>,
     subs: &mut HashMap<TopicName, Sub>,
     early: &mut HashMap<TopicName, Vec<MessageJson>>,
-    jobs: &mut JoinSet<Job>,
     request: InboundRequest,
-) {
+) -> Option<Accepted> {
     let batch: wire::Batch = match serde_json::from_slice(&request.payload) {
         Ok(b) => b,
         Err(e) => {
             let text = format!("{} body is not valid: {e}", wire::MESSAGE);
-            return reply_error(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+            return refuse(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
         }
     };
     let Some(first) = batch.messages.first() else {
         let text = "a message batch is empty".to_string();
-        return reply_error(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+        return refuse(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
     };
     if batch.messages.len() > wire::MAX_BATCH
         || batch.messages.iter().any(|m| m.topic != first.topic)
@@ -204,12 +248,12 @@ async fn on_message(
             "a message batch holds 1 to {} messages of one topic",
             wire::MAX_BATCH
         );
-        return reply_error(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+        return refuse(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
     }
     let topic = match first.topic.parse::<TopicName>() {
         Ok(t) => t,
         Err(e) => {
-            return reply_error(
+            return refuse(
                 shared,
                 &request,
                 "bad_message",
@@ -221,7 +265,7 @@ async fn on_message(
     };
     if topic.owner != request.source.twin {
         let text = format!("only twin {} sends messages of {topic}", topic.owner);
-        return reply_error(shared, &request, "not_owner", codes::REFUSED, text).await;
+        return refuse(shared, &request, "not_owner", codes::REFUSED, text).await;
     }
     let Some(sub) = subs.get_mut(&topic) else {
         if shared.lock_subscribing().contains(&topic) {
@@ -229,23 +273,31 @@ async fn on_message(
             let kept = early.entry(topic).or_default();
             let room = MAX_EARLY.saturating_sub(kept.len());
             kept.extend(batch.messages.into_iter().take(room));
-            return reply(shared, &request, Ok(b"{}".to_vec())).await;
+            return Some((request, None));
         }
         let text = format!(
             "twin {} is not subscribed to {topic}",
             shared.peer.twin_id()
         );
-        return reply_error(shared, &request, "not_subscribed", codes::NOT_FOUND, text).await;
+        return refuse(shared, &request, "not_subscribed", codes::NOT_FOUND, text).await;
     };
     Counters::add(&shared.counters.received, batch.messages.len() as u64);
     for message in batch.messages {
         offer(shared, sub, message);
     }
-    drain(shared, &topic, sub).await;
-    if sub.behind() && !sub.pulling && sub.next_pull <= Instant::now() {
-        start_pull(shared, &topic, sub, jobs);
-    }
-    reply(shared, &request, Ok(b"{}".to_vec())).await;
+    Some((request, Some(topic)))
+}
+
+/// Answers a refused message request with an error.
+async fn refuse(
+    shared: &Shared,
+    request: &InboundRequest,
+    reason: &'static str,
+    code: u32,
+    text: String,
+) -> Option<Accepted> {
+    reply_error(shared, request, reason, code, text).await;
+    None
 }
 
 /// Takes one message into the buffer (dropped when seen already); [`drain`] then hands
