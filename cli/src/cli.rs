@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{call, key, notify, serve, status, twin};
+use crate::commands::{call, key, notify, serve, status, topic, twin};
 use crate::demo;
 
 /// rmb: talk to twins on the Reliable Message Bus.
@@ -40,6 +40,14 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Start a complete network on this machine and make calls across it.
     Demo(demo::DemoArgs),
+    /// Create, list and show topics (through the local rmb-peer's HTTP API).
+    Topic(topic::TopicArgs),
+    /// Publish a message to a topic (the message, or stdin); prints its id.
+    Pub(topic::PubArgs),
+    /// Print a topic's messages as they come, until Ctrl-C.
+    Sub(topic::ReadArgs),
+    /// Print a topic's stored messages after an id, then exit.
+    Pull(topic::ReadArgs),
 }
 
 impl Cli {
@@ -54,6 +62,10 @@ impl Cli {
             Command::Listen(args) => notify::run_listen(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Topic(args) => topic::run(args).await,
+            Command::Pub(args) => topic::run_pub(args).await,
+            Command::Sub(args) => topic::run_sub(args).await,
+            Command::Pull(args) => topic::run_pull(args).await,
         }
     }
 }

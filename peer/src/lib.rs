@@ -7,7 +7,9 @@
 //!   protection, error envelopes, `rmb.version`;
 //! - app-facing APIs, each a thin layer over the core: [`redis_api`] (the rmb-rs compatible
 //!   JSON queues, used by the `rmb-peer` binary) and [`client`] (a Rust library for
-//!   programs that talk to relays directly, like rmb-sdk-go's direct client).
+//!   programs that talk to relays directly, like rmb-sdk-go's direct client);
+//! - [`topics`]: end-to-end encrypted publish/subscribe with sequence ids, hosted by the
+//!   owner twin's peer, and [`http_api`], the local HTTP + WebSocket + SSE API over it.
 
 /// This build's version: the crate version and the git commit it was built from, in the
 /// shape of rmb-rs's `git describe` answer (`v0.1.0-g4960286`), which tools parse. The
@@ -16,8 +18,10 @@ pub const VERSION: &str = env!("RMB_VERSION");
 
 pub mod client;
 pub mod core;
+pub mod http_api;
 pub mod links;
 pub mod redis_api;
+pub mod topics;
 
 pub use crate::client::{CallError, Client, ClientError, ClientOptions, RegistrySource, Response};
 pub use crate::core::{

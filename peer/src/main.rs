@@ -11,7 +11,9 @@ use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, connect};
 use rmb_identity::{E2eScheme, Identity, KeyType};
 use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, replay};
+use rmb_peer::http_api::HttpApi;
 use rmb_peer::redis_api::{Limits, RedisApi};
+use rmb_peer::topics::{Topics, TopicsOptions};
 
 /// The chain rmb-rs's peer uses when no registry is given.
 const DEFAULT_SUBSTRATE: &str = "wss://tfchain.grid.tf:443";
@@ -133,6 +135,18 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = rmb_peer::redis_api::DEFAULT_COMMANDS)]
     max_commands: u64,
 
+    /// Serve the local HTTP API (topics: publish, pull, live JSON/SSE/WebSocket
+    /// streams, create/configure; `POST /call`) on this address, e.g. 127.0.0.1:8051.
+    /// Off by default. It has no authentication: keep it on loopback.
+    #[arg(long, value_name = "ADDR:PORT")]
+    http: Option<std::net::SocketAddr>,
+
+    /// How often subscriptions to other twins' topics are renewed with their owners, in
+    /// seconds; a renewal also finds messages whose push was lost.
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    topic_renew: u64,
+
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
     debug: u8,
@@ -182,6 +196,17 @@ async fn main() -> anyhow::Result<()> {
     let replay =
         MemoryReplayStore::with_reply_budget(replay::DEFAULT_CAPACITY, args.reply_cache_mb << 20);
     let (peer, inbound) = Peer::start_with_replay_store(config, Arc::new(replay)).await?;
+    // Topics take their requests (and answers to their own) from the inbound stream;
+    // the rest goes on to the Redis API.
+    let mut topic_options = TopicsOptions::new(&args.redis);
+    topic_options.renew = Duration::from_secs(args.topic_renew);
+    let (topics, inbound) = match Topics::start(peer.clone(), inbound, topic_options).await {
+        Ok(started) => started,
+        Err(e) => {
+            peer.shutdown().await;
+            return Err(e.into());
+        }
+    };
     let limits = Limits {
         command_queue_bytes: args.max_command_queue_mb.saturating_mul(1 << 20),
         commands: args.max_commands,
@@ -193,13 +218,31 @@ async fn main() -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
+    let http = match args.http {
+        Some(addr) => match HttpApi::start(addr, topics.clone()).await {
+            Ok(http) => Some(http),
+            Err(e) => {
+                api.shutdown(SHUTDOWN_GRACE).await;
+                topics.shutdown().await;
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     tracing::info!(twin = peer.twin_id(), "rmb-peer ready");
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    let stop = async {
+        if let Some(http) = http {
+            http.shutdown(SHUTDOWN_GRACE).await;
+        }
+        api.shutdown(SHUTDOWN_GRACE).await;
+        topics.shutdown().await;
+    };
     // Whatever happens inside, the process ends soon after a signal (or at a second one).
     tokio::select! {
-        _ = api.shutdown(SHUTDOWN_GRACE) => {}
+        _ = stop => {}
         _ = tokio::time::sleep(SHUTDOWN_GRACE * 2) => {
             tracing::error!("shutdown took too long; exiting");
         }

@@ -5,4 +5,5 @@ pub mod key;
 pub mod notify;
 pub mod serve;
 pub mod status;
+pub mod topic;
 pub mod twin;

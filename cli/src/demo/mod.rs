@@ -8,12 +8,14 @@
 //! - [`children`]: starting the processes, and never leaving one behind;
 //! - [`network`]: each piece, started and checked ready;
 //! - [`calls`]: the calls and their checks;
+//! - [`topics`]: a topic on peer 1, subscribed to from peer 2, three messages across;
 //! - [`report`]: progress and the report.
 
 pub mod calls;
 pub mod children;
 pub mod network;
 pub mod report;
+pub mod topics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -273,8 +275,28 @@ async fn set_up_and_call(
             .await;
         failures += usize::from(result.is_err());
     }
+    let (owner, subscriber) = (&info.peers[0], &info.peers[1]);
+    let topic_step = reporter
+        .step(
+            format!(
+                "topic {}/{}: twin {} publishes, twin {} subscribed across the federation",
+                owner.twin,
+                topics::TOPIC,
+                owner.twin,
+                subscriber.twin
+            ),
+            async {
+                let detail = topics::run(owner, subscriber).await?;
+                Ok(((), Some(detail)))
+            },
+        )
+        .await;
+    failures += usize::from(topic_step.is_err());
     if failures > 0 {
-        anyhow::bail!("{failures} of {} calls failed", plan.len());
+        anyhow::bail!(
+            "{failures} of {} calls and topic steps failed",
+            plan.len() + 1
+        );
     }
     Ok(())
 }
@@ -341,6 +363,19 @@ fn print_report(reporter: &Reporter, info: &NetworkInfo, try_call: Option<String
     println!(
         "    {rmb} call --redis {} --dst {} --cmd shout --data 'hello'",
         p1.redis, p2.twin
+    );
+    let topic = format!("{}/{}", p1.twin, topics::TOPIC);
+    println!(
+        "    {rmb} sub --http {} {topic}                 # live, on twin {}",
+        p2.http, p2.twin
+    );
+    println!(
+        "    {rmb} pub --http {} {topic} 'hi there'       # publish as the owner",
+        p1.http
+    );
+    println!(
+        "    curl -s '{}/topics/{topic}/json?poll=1&since=all'",
+        p2.http
     );
     println!("Logs: {}", info.dir.join("logs").display());
     println!("Press Ctrl-C to stop the network (every process started here stops with it).");

@@ -213,6 +213,8 @@ pub struct PeerInfo {
     pub redis: String,
     /// The relay it connects to.
     pub relay: String,
+    /// Base URL of its local HTTP API (topics, `POST /call`).
+    pub http: String,
 }
 
 /// Starts `rmb-peer` for `twin` on `relay`, with its Redis at `redis`, and waits until it
@@ -226,7 +228,11 @@ pub async fn start_peer(
     registry_url: &str,
     redis: &str,
 ) -> anyhow::Result<PeerInfo> {
+    let http_port = free_port()?;
+    let http = format!("127.0.0.1:{http_port}");
     let args: Vec<String> = vec![
+        "--http".into(),
+        http.clone(),
         "--key-type".into(),
         "sr25519".into(),
         "--redis".into(),
@@ -244,11 +250,13 @@ pub async fn start_peer(
         &[(crate::args::MNEMONIC_ENV, twin.mnemonic.as_str())],
     )?;
     wait_peer_connected(children, redis).await?;
+    wait_tcp(children, http_port).await?;
     Ok(PeerInfo {
         name: name.to_string(),
         twin: twin.twin,
         redis: redis.to_string(),
         relay: relay.domain.clone(),
+        http: format!("http://{http}"),
     })
 }
 

@@ -1,0 +1,344 @@
+//! The topic benchmark: set-up, the rmb measurement, and the table.
+//!
+//! - `processes`: relays, redis-servers and nats-server;
+//! - `nats`: NATS core pub/sub measured the same way;
+//! - `stats`: percentiles.
+
+pub mod nats;
+pub mod processes;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::{StreamExt, stream};
+use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
+use rmb_identity::registry::http::HttpRegistry;
+use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, TwinUpdate, connect};
+use rmb_identity::{E2eScheme, Identity, KeyType};
+use rmb_peer::core::{Peer, PeerConfig};
+use rmb_peer::topics::config::TopicConfig;
+use rmb_peer::topics::wire::{Draft, TopicName};
+use rmb_peer::topics::{Topics, TopicsOptions};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use processes::{Children, Scratch, relay_binary};
+use stats::{Figures, percentile};
+
+/// Bytes per message.
+pub const PAYLOAD: usize = 256;
+/// Publishes in flight at once during a burst.
+pub const PUBLISH_WINDOW: usize = 32;
+
+/// Publish → subscriber latency and throughput of topics, beside NATS.
+#[derive(Parser, Debug)]
+#[command(name = "topic-bench")]
+pub struct Args {
+    /// Subscriber counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    pub subscribers: Vec<usize>,
+    /// Messages sent one at a time (each waits for every subscriber) for p50/p99.
+    #[arg(long, default_value_t = 100)]
+    pub closed_loop: usize,
+    /// Deliveries aimed at per burst (messages = this / subscribers, at least 200).
+    #[arg(long, default_value_t = 20_000)]
+    pub burst_deliveries: usize,
+    /// The rmb-relay binary (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    pub relay_bin: Option<PathBuf>,
+    /// Skip NATS.
+    #[arg(long)]
+    pub no_nats: bool,
+}
+
+/// How much one configuration sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub subscribers: usize,
+    pub closed_loop: usize,
+    pub burst: usize,
+}
+
+/// A message seen by a subscriber.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    pub id: u64,
+    pub at: Instant,
+}
+
+/// One row of the table.
+struct Row {
+    system: &'static str,
+    path: &'static str,
+    subscribers: usize,
+    figures: Figures,
+}
+
+/// Runs every configuration and prints the table.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let relay_bin = relay_binary(&args.relay_bin)?;
+    let scratch = Scratch::new()?;
+    let mut rows = Vec::new();
+    let mut nats_port = None;
+    let mut children = Children::default();
+    if !args.no_nats {
+        nats_port = Some(children.nats()?);
+    }
+    for &n in &args.subscribers {
+        let plan = Plan {
+            subscribers: n,
+            closed_loop: args.closed_loop,
+            burst: (args.burst_deliveries / n.max(1)).max(200),
+        };
+        for two_relays in [false, true] {
+            let path = if two_relays { "2 relays" } else { "1 relay" };
+            eprintln!("rmb topics, {n} subscriber(s), {path}...");
+            let figures = measure_rmb(&relay_bin, scratch.path(), plan, two_relays).await?;
+            rows.push(Row {
+                system: "rmb topics (e2e encrypted)",
+                path,
+                subscribers: n,
+                figures,
+            });
+        }
+        if let Some(port) = nats_port {
+            eprintln!("nats core, {n} subscriber(s)...");
+            let figures = nats::measure(port, &plan).await?;
+            rows.push(Row {
+                system: "NATS core (plain)",
+                path: "1 server",
+                subscribers: n,
+                figures,
+            });
+        }
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "| system | path | subscribers | p50 ms | p99 ms | burst deliveries/s | burst p50 ms | burst p99 ms |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let f = &r.figures;
+        let missing = if f.missing > 0 {
+            format!(" ({} missing)", f.missing)
+        } else {
+            String::new()
+        };
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.0}{missing} | {:.1} | {:.1} |",
+            r.system, r.path, r.subscribers, f.p50, f.p99, f.rate, f.burst_p50, f.burst_p99
+        );
+    }
+    println!();
+    println!(
+        "p50/p99: one {PAYLOAD}-byte message at a time, publish call → each subscriber's app sees it. \
+         Burst: messages published back to back ({PUBLISH_WINDOW} publishes in flight for rmb, \
+         NATS writes them in a row); deliveries/s counts every subscriber's copy."
+    );
+}
+
+/// One in-process peer with topics.
+struct Node {
+    peer: Peer,
+    topics: Topics,
+}
+
+async fn start_node(
+    secret: &str,
+    relay_url: &str,
+    registry: Arc<dyn Registry>,
+    redis: &str,
+    prefix: &str,
+    drains: &mut JoinSet<()>,
+) -> anyhow::Result<Node> {
+    let identity = Arc::new(Identity::from_secret(secret, KeyType::Sr25519)?);
+    let config = PeerConfig {
+        identity,
+        relays: vec![relay_url.to_string()],
+        registry,
+        sid: None,
+        e2e: E2eScheme::X25519,
+        update_twin: true,
+        reliable: true,
+        app_dedupes: false,
+        max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
+    };
+    let (peer, inbound) = Peer::start(config).await?;
+    let mut options = TopicsOptions::new(redis);
+    options.prefix = prefix.to_string();
+    let (topics, mut rest) = Topics::start(peer.clone(), inbound, options).await?;
+    // Nothing but topic traffic is expected; whatever else comes is dropped.
+    drains.spawn(async move { while rest.recv().await.is_some() {} });
+    if !peer.wait_connected(Duration::from_secs(20)).await {
+        bail!("a peer did not connect to {relay_url}");
+    }
+    Ok(Node { peer, topics })
+}
+
+async fn register(registry: &str, secret: &str, relay: &str) -> anyhow::Result<u32> {
+    let identity = Identity::from_secret(secret, KeyType::Sr25519)?;
+    let update = TwinUpdate {
+        relays: [relay.to_string()].into_iter().collect(),
+        pk: None,
+        create: true,
+    };
+    Ok(HttpRegistry::new(registry)?
+        .publish(identity.signer(), &update)
+        .await?
+        .id)
+}
+
+/// Measures topics for `plan`: the owner (publisher) on relay 1, subscribers on relay 1
+/// or, with `two_relays`, on relay 2.
+async fn measure_rmb(
+    relay_bin: &std::path::Path,
+    dir: &std::path::Path,
+    plan: Plan,
+    two_relays: bool,
+) -> anyhow::Result<Figures> {
+    let mut children = Children::default();
+    let r1 = children.relay(relay_bin, dir, None)?;
+    let registry_url = format!("http://{r1}");
+    let r2 = if two_relays {
+        children.relay(relay_bin, dir, Some(&registry_url))?
+    } else {
+        r1.clone()
+    };
+    let owner_redis = children.redis(dir)?;
+    let subs_redis = children.redis(dir)?;
+    let backend = connect(&RegistryChoice::Embedded {
+        url: registry_url.clone(),
+    })
+    .await?;
+    let registry: Arc<dyn Registry> = CachedRegistry::new(backend, DEFAULT_TTL, DEFAULT_CAPACITY);
+
+    let mut drains = JoinSet::new();
+    register(&registry_url, "//TopicBenchOwner", &r1).await?;
+    let owner = start_node(
+        "//TopicBenchOwner",
+        &format!("ws://{r1}/"),
+        Arc::clone(&registry),
+        &owner_redis,
+        "owner.",
+        &mut drains,
+    )
+    .await?;
+    let mut subs = Vec::with_capacity(plan.subscribers);
+    for i in 0..plan.subscribers {
+        let secret = format!("//TopicBenchSub{i}");
+        register(&registry_url, &secret, &r2).await?;
+        let node = start_node(
+            &secret,
+            &format!("ws://{r2}/"),
+            Arc::clone(&registry),
+            &subs_redis,
+            &format!("s{i}."),
+            &mut drains,
+        )
+        .await?;
+        subs.push(node);
+    }
+    let config = TopicConfig {
+        retention_count: 1_000_000,
+        ..TopicConfig::default()
+    };
+    owner.topics.configure("bench", config).await?;
+    let topic = TopicName::new(owner.peer.twin_id(), "bench")?;
+    for s in &subs {
+        s.topics.subscribe(&topic, None, false).await?;
+    }
+
+    // Every subscriber's deliveries, as its apps see them.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut listeners = JoinSet::new();
+    for s in &subs {
+        let mut events = s.topics.events();
+        let tx = tx.clone();
+        listeners.spawn(async move {
+            while let Ok(event) = events.recv().await {
+                let _ = tx.send(Delivered {
+                    id: event.id,
+                    at: Instant::now(),
+                });
+            }
+        });
+    }
+    let draft = || Draft::from_bytes(vec![b'x'; PAYLOAD]);
+
+    let mut figures = Figures::default();
+    let mut lat = Vec::new();
+    for _ in 0..plan.closed_loop {
+        let t0 = Instant::now();
+        let id = owner.topics.publish(&topic, draft()).await?.id;
+        let mut got = 0;
+        while got < plan.subscribers {
+            let d = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .context("a subscriber did not get a message within 30 s")?
+                .context("listeners ended")?;
+            if d.id == id {
+                got += 1;
+                lat.push(d.at - t0);
+            }
+        }
+    }
+    figures.p50 = percentile(&mut lat, 0.5);
+    figures.p99 = percentile(&mut lat, 0.99);
+
+    // The burst: publishes with up to PUBLISH_WINDOW in flight, as an app with a few
+    // HTTP connections would.
+    let t0 = Instant::now();
+    let published: Vec<anyhow::Result<(u64, Instant)>> = stream::iter(0..plan.burst)
+        .map(|_| {
+            let (topics, topic) = (&owner.topics, &topic);
+            async move {
+                let at = Instant::now();
+                Ok((topics.publish(topic, draft()).await?.id, at))
+            }
+        })
+        .buffer_unordered(PUBLISH_WINDOW)
+        .collect()
+        .await;
+    let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(plan.burst);
+    for result in published {
+        let (id, at) = result?;
+        sent.insert(id, at);
+    }
+    let expected = plan.burst * plan.subscribers;
+    let mut lat = Vec::with_capacity(expected);
+    let mut last = t0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while lat.len() < expected {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(d)) => {
+                if let Some(at) = sent.get(&d.id) {
+                    last = d.at;
+                    lat.push(d.at - *at);
+                }
+            }
+            _ => break,
+        }
+    }
+    figures.missing = expected - lat.len();
+    figures.rate = lat.len() as f64 / (last - t0).as_secs_f64().max(1e-9);
+    figures.burst_p50 = percentile(&mut lat, 0.5);
+    figures.burst_p99 = percentile(&mut lat, 0.99);
+
+    for node in subs.iter().chain(std::iter::once(&owner)) {
+        node.peer.shutdown().await;
+        node.topics.shutdown().await;
+    }
+    listeners.shutdown().await;
+    drains.shutdown().await;
+    Ok(figures)
+}

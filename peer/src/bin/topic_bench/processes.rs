@@ -1,0 +1,143 @@
+//! The servers the bench runs against: rmb-relays (the first hosts the registry),
+//! redis-servers and a nats-server, on free loopback ports, killed on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Child processes, killed on drop.
+#[derive(Default)]
+pub struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new() -> anyhow::Result<Scratch> {
+        let path = std::env::temp_dir().join(format!(
+            "topic-bench-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(Scratch(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} did not start listening on port {port}")
+}
+
+/// `rmb-relay` next to this executable (or given).
+pub fn relay_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.clone());
+    }
+    let path = std::env::current_exe()?
+        .parent()
+        .context("executable has no directory")?
+        .join("rmb-relay");
+    if !path.exists() {
+        bail!(
+            "{} not found: build it (`cargo build --release -p rmb-relay`) or pass --relay-bin",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+impl Children {
+    /// Starts a redis-server; its URL.
+    pub fn redis(&mut self, dir: &Path) -> anyhow::Result<String> {
+        let port = free_port()?;
+        let dir = dir.join(format!("redis-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed?)")?;
+        self.0.push(child);
+        wait_for_port(port, "redis-server")?;
+        Ok(format!("redis://127.0.0.1:{port}/"))
+    }
+
+    /// Starts a relay (hosting the registry, or using `registry`); its domain.
+    pub fn relay(
+        &mut self,
+        binary: &Path,
+        dir: &Path,
+        registry: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let port = free_port()?;
+        let domain = format!("127.0.0.1:{port}");
+        let mut command = Command::new(binary);
+        command
+            .args(["--listen", &domain, "--domain", &domain])
+            .args(["--federation-http", "--federation-allow", "127.0.0.1"])
+            .arg("--data-dir")
+            .arg(dir.join(format!("relay-{port}")))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null());
+        if let Some(registry) = registry {
+            command.args(["--registry", registry]);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        self.0.push(child);
+        wait_for_port(port, "rmb-relay")?;
+        Ok(domain)
+    }
+
+    /// Starts a nats-server; its port.
+    pub fn nats(&mut self) -> anyhow::Result<u16> {
+        let port = free_port()?;
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server (is it installed?)")?;
+        self.0.push(child);
+        wait_for_port(port, "nats-server")?;
+        Ok(port)
+    }
+}

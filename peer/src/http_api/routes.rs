@@ -1,0 +1,573 @@
+//! The routes of the local HTTP API and their handlers.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/` | `{"twin": N}`: which twin this peer is |
+//! | GET | `/topics` | own topics, subscriptions, counters |
+//! | PUT | `/topics/{owner}/{name}` | create or configure an own topic (JSON config) |
+//! | GET | `/topics/{owner}/{name}` | an own topic's state, or a subscription's |
+//! | POST | `/topics/{owner}/{name}` | publish: the body is the message |
+//! | GET | `/topics/{owner}/{name}/json` | JSON lines: `?poll=1` what is stored, else live |
+//! | GET | `/topics/{owner}/{name}/sse` | live, as server-sent events |
+//! | GET | `/topics/{owner}/{name}/ws` | live, over a WebSocket |
+//! | POST/DELETE | `/topics/{owner}/{name}/subscribe` | durable subscription on/off |
+//! | POST | `/call` | a request to a twin, answered with its response |
+//!
+//! Live endpoints take `?since=<id>` (`all` = from the start) and replay what is kept
+//! after it first; for another twin's topic they subscribe first.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::stream;
+use rmb_proto::Address;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::error::ApiError;
+use super::feed::{Feed, Item};
+use crate::topics::config::TopicConfig;
+use crate::topics::wire::{self, Draft, TopicName};
+use crate::topics::{TopicError, Topics};
+
+/// Largest request body: a message at its limit, base64-encoded in JSON, with fields.
+pub const MAX_BODY: usize = wire::MAX_PAYLOAD * 2 + 16 * 1024;
+/// Longest `POST /call` timeout, in seconds.
+pub const MAX_CALL_TIMEOUT: u64 = 600;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    topics: Topics,
+    stop: CancellationToken,
+}
+
+/// The API's routes over `topics`; `stop` ends live streams.
+pub fn router(topics: Topics, stop: CancellationToken) -> Router {
+    Router::new()
+        .route("/", get(hello))
+        .route("/topics", get(list))
+        .route(
+            "/topics/{owner}/{name}",
+            get(show).put(configure).post(publish),
+        )
+        .route("/topics/{owner}/{name}/json", get(json_lines))
+        .route("/topics/{owner}/{name}/sse", get(sse))
+        .route("/topics/{owner}/{name}/ws", get(ws))
+        .route(
+            "/topics/{owner}/{name}/subscribe",
+            post(subscribe).delete(unsubscribe),
+        )
+        .route("/call", post(call))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Api { topics, stop })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see docs/topics.md",
+    )
+}
+
+async fn not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint; see docs/topics.md",
+    )
+}
+
+async fn hello(State(api): State<Api>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "twin": api.topics.twin(), "api": "rmb-peer" }))
+}
+
+async fn list(State(api): State<Api>) -> Result<Response, ApiError> {
+    Ok(Json(api.topics.list().await?).into_response())
+}
+
+/// The topic of a `/topics/{owner}/{name}` path.
+fn topic(path: Result<Path<(String, String)>, PathRejection>) -> Result<TopicName, ApiError> {
+    let Path((owner, name)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    format!("{owner}/{name}")
+        .parse::<TopicName>()
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    bytes.map_err(|e| {
+        let status = e.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the request body is larger than {MAX_BODY} bytes")
+        } else {
+            e.body_text()
+        };
+        ApiError::new(status, message)
+    })
+}
+
+/// Query parameters of the read endpoints.
+#[derive(Debug, Default)]
+struct Query {
+    since: Option<u64>,
+    poll: bool,
+    limit: u32,
+}
+
+fn query(raw: Option<String>) -> Result<Query, ApiError> {
+    let mut q = Query {
+        limit: wire::MAX_PULL,
+        ..Query::default()
+    };
+    let raw = raw.unwrap_or_default();
+    for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+        match key.as_ref() {
+            "since" => {
+                q.since = Some(match value.as_ref() {
+                    "all" => 0,
+                    v => v.parse().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "since is a message id or \"all\", not {v:?}"
+                        ))
+                    })?,
+                })
+            }
+            "poll" => q.poll = matches!(value.as_ref(), "1" | "true" | "yes" | ""),
+            "limit" => {
+                q.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|l| (1..=wire::MAX_PULL).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit is 1 to {}, not {value:?}",
+                            wire::MAX_PULL
+                        ))
+                    })?
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {other:?} (since, poll, limit)"
+                )));
+            }
+        }
+    }
+    Ok(q)
+}
+
+async fn show(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    if topic.owner == api.topics.twin() {
+        return Ok(Json(api.topics.show(&topic).await?).into_response());
+    }
+    match api.topics.subscription(&topic).await? {
+        Some(sub) => Ok(Json(sub).into_response()),
+        None => Err(TopicError::NotSubscribed(topic.to_string()).into()),
+    }
+}
+
+async fn configure(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    let bytes = body(bytes)?;
+    if topic.owner != api.topics.twin() {
+        return Err(TopicError::NotOwner {
+            owner: topic.owner,
+            topic: topic.to_string(),
+        }
+        .into());
+    }
+    let config: TopicConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TopicConfig::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the topic configuration: {e}")))?
+    };
+    Ok(Json(api.topics.configure(&topic.name, config).await?).into_response())
+}
+
+/// A header by its ntfy names (`X-Title` or `Title`).
+fn header_of<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    let value = headers
+        .get(format!("x-{name}"))
+        .or_else(|| headers.get(name));
+    value
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request(format!("the {name} header is not text")))
+        })
+        .transpose()
+}
+
+/// The message of a publish: a JSON document (`Content-Type: application/json`) with
+/// `message`, `title`, `priority`, `tags`; or the raw body with those as headers.
+fn draft(headers: &HeaderMap, bytes: Bytes) -> Result<Draft, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the message document: {e}")));
+    }
+    let mut draft = Draft::from_bytes(bytes.to_vec());
+    draft.title = header_of(headers, "title")?.map(str::to_string);
+    draft.priority = header_of(headers, "priority")?
+        .map(|p| {
+            p.parse::<u8>()
+                .map_err(|_| ApiError::bad_request("priority is 1 (min) to 5 (max)"))
+        })
+        .transpose()?;
+    draft.tags = header_of(headers, "tags")?
+        .map(|t| {
+            t.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(draft)
+}
+
+async fn publish(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    let draft = draft(&headers, body(bytes)?)?;
+    Ok(Json(api.topics.publish(&topic, draft).await?).into_response())
+}
+
+/// Subscribes to another twin's topic before a live stream (own topics need none).
+async fn ensure_subscribed(
+    api: &Api,
+    topic: &TopicName,
+    since: Option<u64>,
+) -> Result<(), ApiError> {
+    if topic.owner != api.topics.twin() && api.topics.subscription(topic).await?.is_none() {
+        api.topics.subscribe(topic, since, false).await?;
+    }
+    Ok(())
+}
+
+/// The position a live stream starts after: `since`, or the newest id (new messages only).
+async fn start(api: &Api, topic: &TopicName, since: Option<u64>) -> Result<u64, ApiError> {
+    if let Some(since) = since {
+        return Ok(since);
+    }
+    if topic.owner == api.topics.twin() {
+        return Ok(api.topics.show(topic).await?.last_id);
+    }
+    Ok(api
+        .topics
+        .subscription(topic)
+        .await?
+        .map_or(0, |s| s.last_id))
+}
+
+fn open_line(topic: &TopicName) -> String {
+    serde_json::json!({ "event": "open", "topic": topic.to_string(), "time": rmb_proto::time::unix_now() })
+        .to_string()
+}
+
+fn keepalive_line(topic: &TopicName) -> String {
+    serde_json::json!({ "event": "keepalive", "topic": topic.to_string(), "time": rmb_proto::time::unix_now() })
+        .to_string()
+}
+
+async fn json_lines(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    let q = query(raw)?;
+    if q.poll {
+        let messages = api
+            .topics
+            .pull(&topic, q.since.unwrap_or(0), q.limit)
+            .await?;
+        let mut out = String::new();
+        for m in messages {
+            out.push_str(&serde_json::to_string(&m).expect("a message serialises"));
+            out.push('\n');
+        }
+        return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response());
+    }
+    ensure_subscribed(&api, &topic, q.since).await?;
+    let since = start(&api, &topic, q.since).await?;
+    let feed = Feed::new(api.topics.clone(), topic.clone(), since, api.stop.clone());
+    let first = format!("{}\n", open_line(&topic));
+    let lines = stream::once(async move { Ok::<_, Infallible>(first) }).chain_feed(feed, topic);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+/// Turns a feed into JSON lines after a first stream.
+trait ChainFeed {
+    fn chain_feed(
+        self,
+        feed: Feed,
+        topic: TopicName,
+    ) -> impl futures_util::Stream<Item = Result<String, Infallible>> + Send + 'static;
+}
+
+impl<S> ChainFeed for S
+where
+    S: futures_util::Stream<Item = Result<String, Infallible>> + Send + 'static,
+{
+    fn chain_feed(
+        self,
+        feed: Feed,
+        topic: TopicName,
+    ) -> impl futures_util::Stream<Item = Result<String, Infallible>> + Send + 'static {
+        use futures_util::StreamExt;
+        let rest = stream::unfold((feed, topic), |(mut feed, topic)| async move {
+            let line = match feed.next().await? {
+                Item::Event(json) => format!("{json}\n"),
+                Item::Keepalive => format!("{}\n", keepalive_line(&topic)),
+                Item::Failed(e) => {
+                    format!("{}\n", serde_json::json!({ "event": "error", "error": e }))
+                }
+            };
+            Some((Ok(line), (feed, topic)))
+        });
+        self.chain(rest)
+    }
+}
+
+async fn sse(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    let q = query(raw)?;
+    ensure_subscribed(&api, &topic, q.since).await?;
+    let since = start(&api, &topic, q.since).await?;
+    let feed = Feed::new(api.topics.clone(), topic.clone(), since, api.stop.clone());
+    let open = SseEvent::default().event("open").data(open_line(&topic));
+    let rest = stream::unfold(feed, |mut feed| async move {
+        loop {
+            let event = match feed.next().await? {
+                Item::Event(json) => {
+                    let kind = if json.contains("\"event\":\"gap\"") {
+                        "gap"
+                    } else {
+                        "message"
+                    };
+                    SseEvent::default().event(kind).data(json.as_ref())
+                }
+                // Sse's own keep-alive comments cover idle time.
+                Item::Keepalive => continue,
+                Item::Failed(e) => SseEvent::default()
+                    .event("error")
+                    .data(serde_json::json!({ "event": "error", "error": e }).to_string()),
+            };
+            return Some((Ok::<_, Infallible>(event), feed));
+        }
+    });
+    use futures_util::StreamExt;
+    let events = stream::once(async move { Ok::<_, Infallible>(open) }).chain(rest);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn ws(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    let q = query(raw)?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::bad_request(format!("this endpoint is a WebSocket: {}", e.body_text()))
+    })?;
+    ensure_subscribed(&api, &topic, q.since).await?;
+    let since = start(&api, &topic, q.since).await?;
+    let feed = Feed::new(api.topics.clone(), topic.clone(), since, api.stop.clone());
+    Ok(upgrade.on_upgrade(move |socket| serve_ws(socket, feed, topic)))
+}
+
+/// Sends the feed as text frames until the client leaves or the API stops; what the
+/// client sends is ignored (pings are answered by the WebSocket layer).
+async fn serve_ws(mut socket: WebSocket, mut feed: Feed, topic: TopicName) {
+    if socket
+        .send(Message::Text(open_line(&topic).into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let line = tokio::select! {
+            item = feed.next() => match item {
+                Some(Item::Event(json)) => json.to_string(),
+                Some(Item::Keepalive) => keepalive_line(&topic),
+                Some(Item::Failed(e)) => serde_json::json!({ "event": "error", "error": e }).to_string(),
+                None => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        if socket.send(Message::Text(line.into())).await.is_err() {
+            return;
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+/// Body of `POST /{owner}/{name}/subscribe`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeBody {
+    since: Option<u64>,
+    #[serde(default)]
+    redis_list: bool,
+}
+
+async fn subscribe(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    let bytes = body(bytes)?;
+    let b: SubscribeBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        SubscribeBody::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the subscription: {e}")))?
+    };
+    Ok(Json(api.topics.subscribe(&topic, b.since, b.redis_list).await?).into_response())
+}
+
+async fn unsubscribe(
+    State(api): State<Api>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let topic = topic(path)?;
+    api.topics.unsubscribe(&topic).await?;
+    Ok(
+        Json(serde_json::json!({ "topic": topic.to_string(), "subscribed": false }))
+            .into_response(),
+    )
+}
+
+/// Body of `POST /call`: the Redis API's request, one destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallBody {
+    twin: u32,
+    /// Session of the destination (a direct client), if any.
+    #[serde(default)]
+    session: Option<String>,
+    cmd: String,
+    /// Text payload…
+    #[serde(default)]
+    payload: Option<String>,
+    /// …or bytes, base64.
+    #[serde(default)]
+    payload_base64: Option<String>,
+    /// Seconds to wait (default 30, at most 600).
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+/// Answer of `POST /call`.
+#[derive(Debug, Serialize)]
+struct CallAnswer {
+    twin: u32,
+    /// The reply as text, or base64 when `encoding` says so.
+    payload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<String>,
+}
+
+async fn call(
+    State(api): State<Api>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body(bytes)?;
+    let b: CallBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the call: {e}")))?;
+    if b.twin == 0 {
+        return Err(ApiError::bad_request(
+            "twin is a twin id (a positive number)",
+        ));
+    }
+    if b.cmd.is_empty() || b.cmd.len() > 256 {
+        return Err(ApiError::bad_request("cmd is 1 to 256 bytes"));
+    }
+    let payload = match (b.payload, b.payload_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give payload or payload_base64, not both",
+            ));
+        }
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => B64
+            .decode(b64)
+            .map_err(|_| ApiError::bad_request("payload_base64 is not valid base64"))?,
+        (None, None) => Vec::new(),
+    };
+    let timeout = b.timeout.unwrap_or(30);
+    if !(1..=MAX_CALL_TIMEOUT).contains(&timeout) {
+        return Err(ApiError::bad_request(format!(
+            "timeout is 1 to {MAX_CALL_TIMEOUT} seconds"
+        )));
+    }
+    let destination = match b.session {
+        Some(sid) => Address::session(b.twin, sid),
+        None => Address::twin(b.twin),
+    };
+    let response = api
+        .topics
+        .call(destination, &b.cmd, payload, Duration::from_secs(timeout))
+        .await?;
+    let reply = response.reply.map_err(|error| TopicError::Remote {
+        twin: b.twin,
+        error,
+    })?;
+    let (payload, encoding) = match String::from_utf8(reply) {
+        Ok(text) => (text, None),
+        Err(e) => (B64.encode(e.as_bytes()), Some("base64")),
+    };
+    Ok(Json(CallAnswer {
+        twin: response.source.twin,
+        payload,
+        encoding,
+        schema: response.schema,
+    })
+    .into_response())
+}

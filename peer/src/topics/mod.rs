@@ -1,0 +1,682 @@
+//! Topics: end-to-end encrypted publish/subscribe with sequence ids, hosted by the
+//! owner twin's peer (issue #14; the protocol is in docs/protocol.md, the guide in
+//! docs/topics.md).
+//!
+//! - [`wire`]: the `rmb.topic.*` request bodies and the message document;
+//! - [`config`]: a topic's access lists and retention;
+//! - [`store`]: what is kept in Redis, with the scripts that give ids atomically;
+//! - [`owner`]: the owner's side: publish, subscribe, pull, and fan-out of each new
+//!   message to every subscriber as a signed request encrypted for it;
+//! - [`subscriber`]: the subscriber's side: hands messages to apps exactly once and in
+//!   order, buffers what comes early, pulls gaps, reports what retention lost;
+//! - [`pending`]: requests waiting for an answer; [`router`]: splits the peer's inbound
+//!   messages between topics and the Redis API.
+//!
+//! [`Topics`] is the handle the HTTP API and the benchmark use.
+
+pub mod config;
+pub mod owner;
+pub mod pending;
+pub mod router;
+pub mod store;
+pub mod subscriber;
+pub mod wire;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rmb_proto::Address;
+use rmb_proto::time::unix_now;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{Inbound, InboundResponse, OutgoingRequest, Peer, RemoteError, SendError};
+use config::{ConfigError, TopicConfig};
+use pending::{Pending, Waiter};
+use store::{Store, StoreError};
+use wire::{Draft, DraftError, MessageJson, NameError, TopicName};
+
+/// Topic requests queued for the owner (or subscriber) task before new ones are
+/// refused with a "busy" error reply.
+pub const QUEUE: usize = 4096;
+/// Events kept for slow live subscribers of the local API (they replay from Redis when
+/// they fall further behind).
+pub const EVENTS: usize = 8192;
+/// Seconds topic requests between peers stay valid.
+pub const REQUEST_EXPIRATION: u64 = 120;
+
+/// How to start [`Topics`].
+#[derive(Debug, Clone)]
+pub struct TopicsOptions {
+    /// The peer's Redis.
+    pub redis_url: String,
+    /// Prefix of every key (`rmb.`).
+    pub prefix: String,
+    /// How often subscriptions are renewed with their owners (which also finds
+    /// messages whose push was lost).
+    pub renew: Duration,
+    /// How long a request to another peer (publish, subscribe, pull) is waited for.
+    /// Longer than the core's 30 s stall bound: a request whose copy died with a
+    /// restarting owner is sent again at the latest then, and still answered in time.
+    pub timeout: Duration,
+}
+
+impl TopicsOptions {
+    /// The defaults for `redis_url`: prefix `rmb.`, renewal every 30 s, 60 s timeout.
+    pub fn new(redis_url: &str) -> Self {
+        TopicsOptions {
+            redis_url: redis_url.to_string(),
+            prefix: "rmb.".into(),
+            renew: Duration::from_secs(30),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why topics could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use redis at {url} for topics: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Why a topic operation failed; each maps to an HTTP status in the local API.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Draft(#[from] DraftError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no topic {0}")]
+    NotFound(String),
+    #[error("topic {topic} belongs to twin {owner}; only its owner can do that")]
+    NotOwner { topic: String, owner: u32 },
+    #[error("not subscribed to {0}")]
+    NotSubscribed(String),
+    #[error("refused by the topic's owner: {0}")]
+    Refused(String),
+    #[error("twin {twin} answered: {error}")]
+    Remote { twin: u32, error: RemoteError },
+    #[error("sending to twin {twin} failed: {error}")]
+    Send { twin: u32, error: SendError },
+    #[error("twin {twin} did not answer within {secs} s")]
+    Timeout { twin: u32, secs: u64 },
+    #[error("twin {twin} sent an answer that cannot be read: {detail}")]
+    BadAnswer { twin: u32, detail: String },
+    #[error("too many requests in flight; try again")]
+    Busy,
+    #[error("the topics store is unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("the peer is shutting down")]
+    Closed,
+}
+
+/// Something delivered to local apps: a message (own topic, or received from an owner)
+/// or a gap report, as the JSON line apps get.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The topic it belongs to.
+    pub topic: TopicName,
+    /// The message id (for a gap: its last missing id).
+    pub id: u64,
+    /// `MessageJson` or `GapJson`.
+    pub json: Arc<str>,
+}
+
+/// Counters of the topics layer, shown by `GET /topics` and `rmb topic list`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages stored in own topics.
+    pub published: AtomicU64,
+    /// Messages sent to subscribers (each subscriber counts).
+    pub pushed: AtomicU64,
+    /// Pushes no relay took, or that a subscriber refused.
+    pub push_failures: AtomicU64,
+    /// Messages received from owners.
+    pub received: AtomicU64,
+    /// Messages handed to apps.
+    pub delivered: AtomicU64,
+    /// Messages received again (dropped).
+    pub duplicates: AtomicU64,
+    /// Gaps reported to apps.
+    pub gaps: AtomicU64,
+    /// Pulls asked of owners.
+    pub pulls: AtomicU64,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Counters {
+    /// Adds one to a counter.
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a refusal of a remote request by reason.
+    pub fn refuse(&self, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Current values.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersSnapshot {
+            published: r(&self.published),
+            pushed: r(&self.pushed),
+            push_failures: r(&self.push_failures),
+            received: r(&self.received),
+            delivered: r(&self.delivered),
+            duplicates: r(&self.duplicates),
+            gaps: r(&self.gaps),
+            pulls: r(&self.pulls),
+            refused_by: self
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+        }
+    }
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersSnapshot {
+    /// Messages stored in own topics.
+    pub published: u64,
+    /// Messages sent to subscribers (each subscriber counts).
+    pub pushed: u64,
+    /// Pushes no relay took (the subscriber catches up by pulling).
+    pub push_failures: u64,
+    /// Messages received from owners.
+    pub received: u64,
+    /// Messages handed to apps.
+    pub delivered: u64,
+    /// Messages received again (dropped).
+    pub duplicates: u64,
+    /// Gaps reported to apps.
+    pub gaps: u64,
+    /// Pulls asked of owners.
+    pub pulls: u64,
+    /// Refused remote requests, by reason.
+    pub refused_by: BTreeMap<String, u64>,
+}
+
+/// One own topic, as listed and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// `<owner>/<name>`.
+    pub topic: String,
+    /// Access lists and retention.
+    pub config: TopicConfig,
+    /// Oldest id kept (`last_id + 1` when none).
+    pub first_id: u64,
+    /// Newest id given (0: none yet).
+    pub last_id: u64,
+    /// Twins subscribed.
+    pub subscribers: Vec<u32>,
+}
+
+/// One subscription, as listed and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionInfo {
+    /// `<owner>/<name>`.
+    pub topic: String,
+    /// Last id handed to apps.
+    pub last_id: u64,
+    /// Also delivered to this Redis list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_list: Option<String>,
+}
+
+/// `GET /topics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// This peer's twin (the owner of its topics).
+    pub twin: u32,
+    /// Own topics.
+    pub topics: Vec<TopicInfo>,
+    /// Subscriptions to other twins' topics.
+    pub subscriptions: Vec<SubscriptionInfo>,
+    /// The counters.
+    pub counters: CountersSnapshot,
+}
+
+/// State shared by the topic tasks and the handle.
+pub(crate) struct Shared {
+    pub(crate) peer: Peer,
+    pub(crate) store: Store,
+    pub(crate) pending: Pending,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) counters: Counters,
+    pub(crate) options: TopicsOptions,
+    /// Own topics' configurations (read on every publish), filled from Redis.
+    pub(crate) configs: Mutex<HashMap<String, TopicConfig>>,
+    /// Own topics' subscribers, filled from Redis.
+    pub(crate) subscribers: Mutex<HashMap<String, BTreeSet<u32>>>,
+    pub(crate) fanout: mpsc::Sender<MessageJson>,
+    pub(crate) sub_events: mpsc::Sender<subscriber::Input>,
+    /// Topics being subscribed to right now: a message for one of them that comes
+    /// before the subscription is recorded is kept for it, not refused.
+    pub(crate) subscribing: Mutex<HashSet<TopicName>>,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Shared {
+    /// Sends a request to `twin` and waits for its answer (at most the timeout).
+    pub(crate) async fn call(
+        &self,
+        twin: u32,
+        command: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TopicError> {
+        let response = self
+            .call_raw(Address::twin(twin), command, payload, timeout)
+            .await?;
+        response
+            .reply
+            .map_err(|error| TopicError::Remote { twin, error })
+    }
+
+    /// [`call`](Shared::call) to any address, returning the whole response.
+    pub(crate) async fn call_raw(
+        &self,
+        destination: Address,
+        command: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InboundResponse, TopicError> {
+        let twin = destination.twin;
+        let uid = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .insert(uid.clone(), Instant::now() + timeout, Waiter::Call(tx))
+            .map_err(|_| TopicError::Busy)?;
+        let request = OutgoingRequest {
+            uid: uid.clone(),
+            destination,
+            command: command.to_string(),
+            payload,
+            schema: Some("application/json".into()),
+            tags: None,
+            timestamp: 0,
+            expiration: timeout.as_secs().clamp(1, REQUEST_EXPIRATION),
+        };
+        if let Err(error) = self.peer.send_request(request).await {
+            self.pending.take(&uid);
+            return Err(TopicError::Send { twin, error });
+        }
+        tokio::select! {
+            answer = tokio::time::timeout(timeout, rx) => match answer {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(_)) => Err(TopicError::Closed),
+                Err(_) => {
+                    self.pending.take(&uid);
+                    Err(TopicError::Timeout { twin, secs: timeout.as_secs() })
+                }
+            },
+            _ = self.stop.cancelled() => Err(TopicError::Closed),
+        }
+    }
+
+    /// The configuration of own topic `name` (cached).
+    pub(crate) async fn config(&self, name: &str) -> Result<Option<TopicConfig>, StoreError> {
+        if let Some(c) = self.lock_configs().get(name) {
+            return Ok(Some(c.clone()));
+        }
+        let found = self.store.config(name).await?;
+        if let Some(c) = &found {
+            self.lock_configs().insert(name.to_string(), c.clone());
+        }
+        Ok(found)
+    }
+
+    pub(crate) fn lock_configs(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopicConfig>> {
+        self.configs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribers of own topic `name` (cached).
+    pub(crate) async fn subscribers(&self, name: &str) -> Result<BTreeSet<u32>, StoreError> {
+        if let Some(s) = self.lock_subscribers().get(name) {
+            return Ok(s.clone());
+        }
+        let found: BTreeSet<u32> = self.store.subscribers(name).await?.into_iter().collect();
+        self.lock_subscribers()
+            .insert(name.to_string(), found.clone());
+        Ok(found)
+    }
+
+    pub(crate) fn lock_subscribing(&self) -> std::sync::MutexGuard<'_, HashSet<TopicName>> {
+        self.subscribing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn lock_subscribers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<u32>>> {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells local live subscribers.
+    pub(crate) fn announce(&self, topic: &TopicName, id: u64, json: String) {
+        // No receiver is not an error: nobody listens live right now.
+        let _ = self.events.send(Event {
+            topic: topic.clone(),
+            id,
+            json: json.into(),
+        });
+    }
+}
+
+/// The running topics layer. Stop it with [`Topics::shutdown`].
+#[derive(Clone)]
+pub struct Topics {
+    shared: Arc<Shared>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Topics {
+    /// Connects to Redis, takes the peer's inbound messages (those for topics and our
+    /// own calls stay here; the rest come out of the returned receiver, for the Redis
+    /// API), and starts the owner, fan-out and subscriber tasks.
+    pub async fn start(
+        peer: Peer,
+        inbound: mpsc::Receiver<Inbound>,
+        options: TopicsOptions,
+    ) -> Result<(Topics, mpsc::Receiver<Inbound>), StartError> {
+        let store = Store::connect(&options.redis_url, &options.prefix)
+            .await
+            .map_err(|source| StartError::Redis {
+                url: options.redis_url.clone(),
+                source,
+            })?;
+        let (fanout_tx, fanout_rx) = mpsc::channel(QUEUE);
+        let (sub_tx, sub_rx) = mpsc::channel(QUEUE);
+        let (owner_tx, owner_rx) = mpsc::channel(QUEUE);
+        let (app_tx, app_rx) = mpsc::channel(crate::core::INBOUND_CAPACITY);
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            peer,
+            store,
+            pending: Pending::default(),
+            events: broadcast::channel(EVENTS).0,
+            counters: Counters::default(),
+            options,
+            configs: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(HashMap::new()),
+            fanout: fanout_tx,
+            sub_events: sub_tx,
+            subscribing: Mutex::new(HashSet::new()),
+            stop: stop.clone(),
+        });
+        let tasks = vec![
+            tokio::spawn(router::run(Arc::clone(&shared), inbound, owner_tx, app_tx)),
+            tokio::spawn(owner::serve(Arc::clone(&shared), owner_rx)),
+            tokio::spawn(owner::fanout(Arc::clone(&shared), fanout_rx)),
+            tokio::spawn(subscriber::run(Arc::clone(&shared), sub_rx)),
+            tokio::spawn(sweep(Arc::clone(&shared))),
+        ];
+        Ok((
+            Topics {
+                shared,
+                tasks: Arc::new(Mutex::new(tasks)),
+            },
+            app_rx,
+        ))
+    }
+
+    /// Our twin id (the owner part of our topics).
+    pub fn twin(&self) -> u32 {
+        self.shared.peer.twin_id()
+    }
+
+    /// The peer underneath.
+    pub fn peer(&self) -> &Peer {
+        &self.shared.peer
+    }
+
+    /// Live events for local apps (subscribe before replaying, then skip what was
+    /// replayed).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> CountersSnapshot {
+        self.shared.counters.snapshot()
+    }
+
+    /// Creates own topic `name`, or changes its configuration.
+    pub async fn configure(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<TopicInfo, TopicError> {
+        wire::check_name(name)?;
+        config.check()?;
+        owner::configure(&self.shared, name, config).await?;
+        self.show(&TopicName::new(self.twin(), name)?).await
+    }
+
+    /// An own topic's configuration and state.
+    pub async fn show(&self, topic: &TopicName) -> Result<TopicInfo, TopicError> {
+        if topic.owner != self.twin() {
+            return Err(TopicError::NotOwner {
+                topic: topic.to_string(),
+                owner: topic.owner,
+            });
+        }
+        owner::info(&self.shared, &topic.name).await
+    }
+
+    /// Own topics, subscriptions and counters.
+    pub async fn list(&self) -> Result<Listing, TopicError> {
+        let mut topics = Vec::new();
+        for name in self.shared.store.topics().await? {
+            topics.push(owner::info(&self.shared, &name).await?);
+        }
+        let subscriptions = self
+            .shared
+            .store
+            .subscriptions()
+            .await?
+            .into_iter()
+            .map(|s| SubscriptionInfo {
+                redis_list: s.list.then(|| self.shared.store.list_key(&s.topic)),
+                topic: s.topic.to_string(),
+                last_id: s.last,
+            })
+            .collect();
+        Ok(Listing {
+            twin: self.twin(),
+            topics,
+            subscriptions,
+            counters: self.counters(),
+        })
+    }
+
+    /// The subscription to `topic`, if any.
+    pub async fn subscription(
+        &self,
+        topic: &TopicName,
+    ) -> Result<Option<SubscriptionInfo>, TopicError> {
+        let all = self.shared.store.subscriptions().await?;
+        Ok(all
+            .into_iter()
+            .find(|s| &s.topic == topic)
+            .map(|s| SubscriptionInfo {
+                redis_list: s.list.then(|| self.shared.store.list_key(&s.topic)),
+                topic: s.topic.to_string(),
+                last_id: s.last,
+            }))
+    }
+
+    /// Publishes to `topic`: stored here when it is ours, else sent to its owner.
+    pub async fn publish(
+        &self,
+        topic: &TopicName,
+        draft: Draft,
+    ) -> Result<wire::Published, TopicError> {
+        draft.check()?;
+        if topic.owner == self.twin() {
+            return owner::publish(&self.shared, topic, draft, self.twin(), None).await;
+        }
+        let body = wire::PublishRequest {
+            topic: topic.name.clone(),
+            draft,
+        };
+        let answer = self
+            .shared
+            .call(
+                topic.owner,
+                wire::PUBLISH,
+                serde_json::to_vec(&body).expect("a request serialises"),
+                self.shared.options.timeout,
+            )
+            .await
+            .map_err(|e| refused(e, topic))?;
+        serde_json::from_slice(&answer).map_err(|e| TopicError::BadAnswer {
+            twin: topic.owner,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Messages of `topic` after `since` (at most `limit`): own topics from the log,
+    /// subscribed ones from the local copy, others asked of the owner.
+    pub async fn pull(
+        &self,
+        topic: &TopicName,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<MessageJson>, TopicError> {
+        let limit = limit.clamp(1, wire::MAX_PULL);
+        if topic.owner == self.twin() {
+            let config = self
+                .shared
+                .config(&topic.name)
+                .await?
+                .ok_or_else(|| TopicError::NotFound(topic.to_string()))?;
+            let slice = self
+                .shared
+                .store
+                .pull(&topic.name, &config, since, limit, unix_now())
+                .await?;
+            return Ok(slice.messages);
+        }
+        if self.subscription(topic).await?.is_some() {
+            let last = self.shared.store.last_delivered(topic).await?;
+            return Ok(self.shared.store.replica(topic, since, last, limit).await?);
+        }
+        let pulled = subscriber::pull_remote(&self.shared, topic, since, limit)
+            .await
+            .map_err(|e| refused(e, topic))?;
+        Ok(pulled.messages)
+    }
+
+    /// Subscribes to another twin's `topic` (kept across restarts): messages after
+    /// `since` (default: the newest, so only new ones) reach local apps in order. A
+    /// subscription that exists keeps its position. With `redis_list`, messages are
+    /// also pushed to a Redis list.
+    pub async fn subscribe(
+        &self,
+        topic: &TopicName,
+        since: Option<u64>,
+        redis_list: bool,
+    ) -> Result<SubscriptionInfo, TopicError> {
+        if topic.owner == self.twin() {
+            // Own topics need no subscription: their messages are local events already.
+            owner::info(&self.shared, &topic.name).await?;
+            return Ok(SubscriptionInfo {
+                topic: topic.to_string(),
+                last_id: since.unwrap_or(0),
+                redis_list: None,
+            });
+        }
+        let state = subscriber::subscribe(&self.shared, topic, since, redis_list)
+            .await
+            .map_err(|e| refused(e, topic))?;
+        Ok(SubscriptionInfo {
+            topic: topic.to_string(),
+            last_id: state,
+            redis_list: redis_list.then(|| self.shared.store.list_key(topic)),
+        })
+    }
+
+    /// Ends a subscription (tells the owner; forgets the local copy).
+    pub async fn unsubscribe(&self, topic: &TopicName) -> Result<(), TopicError> {
+        if self.subscription(topic).await?.is_none() {
+            return Err(TopicError::NotSubscribed(topic.to_string()));
+        }
+        subscriber::unsubscribe(&self.shared, topic).await
+    }
+
+    /// A plain request/response call to any twin (the Redis API's, for `POST /call`).
+    pub async fn call(
+        &self,
+        destination: Address,
+        command: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InboundResponse, TopicError> {
+        self.shared
+            .call_raw(destination, command, payload, timeout)
+            .await
+    }
+
+    /// Stops the tasks and waits for them (call after the peer stopped, so the router
+    /// has handed everything on).
+    pub async fn shutdown(&self) {
+        self.shared.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// An owner's "refused" answer, as its own error.
+fn refused(e: TopicError, topic: &TopicName) -> TopicError {
+    match e {
+        TopicError::Remote { error, .. } if error.code == wire::codes::REFUSED => {
+            TopicError::Refused(error.message)
+        }
+        TopicError::Remote { error, .. } if error.code == wire::codes::NOT_FOUND => {
+            TopicError::NotFound(topic.to_string())
+        }
+        other => other,
+    }
+}
+
+/// How often expired pending entries are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Drops pending entries past their deadline.
+async fn sweep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.pending.expire(Instant::now()),
+            _ = shared.stop.cancelled() => return,
+        }
+    }
+}

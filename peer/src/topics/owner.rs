@@ -1,0 +1,490 @@
+//! The owner's side of topics: answers `rmb.topic.publish|subscribe|unsubscribe|pull`
+//! from other twins (access lists checked first), gives ids, and sends each new message
+//! to every subscriber as its own signed request, encrypted for that subscriber.
+//!
+//! A publish is answered only once the message is in Redis ([`Store::append`]); the
+//! publisher's peer resends an unanswered publish (same uid), and the uid is
+//! remembered, so a crash anywhere loses no acknowledged message and gives no message
+//! two ids. Pushes are best effort: a subscriber that misses one pulls it.
+//!
+//! [`Store::append`]: super::store::Store::append
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use rmb_proto::Address;
+use rmb_proto::time::unix_now;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::config::TopicConfig;
+use super::pending::Waiter;
+use super::router::{reply, reply_error};
+use super::wire::{self, Draft, MessageJson, TopicName, codes};
+use super::{Counters, REQUEST_EXPIRATION, Shared, TopicError, TopicInfo};
+use crate::core::{InboundRequest, OutgoingRequest, Reason};
+
+/// Most subscribers of one topic.
+pub const MAX_SUBSCRIBERS: usize = 10_000;
+
+/// What the owner task handles.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A topic request from another twin.
+    Request(InboundRequest),
+    /// A subscriber said it is not subscribed (anymore): stop sending to it.
+    Drop { topic: String, twin: u32 },
+}
+
+/// Queues the removal of a subscriber that answered "not subscribed".
+pub(crate) fn drop_subscriber(owner: &mpsc::Sender<Input>, topic: &str, twin: u32) {
+    let _ = owner.try_send(Input::Drop {
+        topic: topic.to_string(),
+        twin,
+    });
+}
+
+/// The owner task: one request at a time, in arrival order.
+pub(crate) async fn serve(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
+    announce_tails(&shared).await;
+    loop {
+        let next = tokio::select! {
+            next = input.recv() => next,
+            _ = shared.stop.cancelled() => return,
+        };
+        match next {
+            None => return,
+            Some(Input::Request(request)) => handle(&shared, request).await,
+            Some(Input::Drop { topic, twin }) => {
+                if let Some(subs) = shared.lock_subscribers().get_mut(&topic) {
+                    subs.remove(&twin);
+                }
+                if let Err(e) = shared.store.remove_subscriber(&topic, twin).await {
+                    tracing::warn!(%topic, twin, error = %e, "cannot remove a subscriber");
+                }
+            }
+        }
+    }
+}
+
+/// After a (re)start, sends each subscriber the newest message of each topic: one whose
+/// push was lost in a crash is then seen as a gap and pulled.
+async fn announce_tails(shared: &Shared) {
+    let names = match shared.store.topics().await {
+        Ok(names) => names,
+        Err(e) => return tracing::warn!(error = %e, "cannot list own topics"),
+    };
+    for name in names {
+        let Ok(Some(config)) = shared.config(&name).await else {
+            continue;
+        };
+        let last = match shared.store.pull(&name, &config, 0, 0, unix_now()).await {
+            Ok(slice) => slice.last_id,
+            Err(_) => continue,
+        };
+        if last == 0 {
+            continue;
+        }
+        if let Ok(slice) = shared
+            .store
+            .pull(&name, &config, last - 1, 1, unix_now())
+            .await
+            && let Some(message) = slice.messages.into_iter().next()
+        {
+            let _ = shared.fanout.send(message).await;
+        }
+    }
+}
+
+fn body<T: DeserializeOwned>(request: &InboundRequest) -> Result<T, String> {
+    serde_json::from_slice(&request.payload)
+        .map_err(|e| format!("{} body is not valid: {e}", request.command))
+}
+
+async fn handle(shared: &Shared, request: InboundRequest) {
+    let twin = request.source.twin;
+    let (name, result) = match request.command.as_str() {
+        wire::PUBLISH => match body::<wire::PublishRequest>(&request) {
+            Ok(b) => {
+                let name = b.topic.clone();
+                (name, remote_publish(shared, &request, b).await)
+            }
+            Err(e) => {
+                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await;
+            }
+        },
+        wire::SUBSCRIBE | wire::UNSUBSCRIBE => match body::<wire::SubscribeRequest>(&request) {
+            Ok(b) => {
+                let r = subscription(shared, &request, &b.topic).await;
+                (b.topic, r)
+            }
+            Err(e) => {
+                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await;
+            }
+        },
+        wire::PULL => match body::<wire::PullRequest>(&request) {
+            Ok(b) => {
+                let r = remote_pull(shared, twin, &b).await;
+                (b.topic, r)
+            }
+            Err(e) => {
+                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await;
+            }
+        },
+        _ => return,
+    };
+    match result {
+        Ok(bytes) => reply(shared, &request, Ok(bytes)).await,
+        Err(refusal) => {
+            let topic = format!("{}/{name}", shared.peer.twin_id());
+            let message = refusal.message(twin, &topic, &request.command);
+            reply_error(shared, &request, refusal.reason(), refusal.code(), message).await
+        }
+    }
+}
+
+/// Why a remote topic request was refused.
+enum Refusal {
+    BadRequest(String),
+    NoTopic,
+    Access,
+    Full,
+    Unavailable(String),
+}
+
+impl Refusal {
+    fn code(&self) -> u32 {
+        match self {
+            Refusal::BadRequest(_) => codes::BAD_REQUEST,
+            Refusal::NoTopic => codes::NOT_FOUND,
+            Refusal::Access => codes::REFUSED,
+            Refusal::Full => codes::UNAVAILABLE,
+            Refusal::Unavailable(_) => codes::UNAVAILABLE,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::NoTopic => "no_topic",
+            Refusal::Access => "access",
+            Refusal::Full => "too_many_subscribers",
+            Refusal::Unavailable(_) => "unavailable",
+        }
+    }
+
+    fn message(&self, twin: u32, topic: &str, command: &str) -> String {
+        match self {
+            Refusal::BadRequest(e) => e.clone(),
+            Refusal::NoTopic => format!("no topic {topic}"),
+            Refusal::Access => {
+                let verb = match command {
+                    wire::PUBLISH => "publish to",
+                    _ => "subscribe to",
+                };
+                format!("twin {twin} may not {verb} {topic}")
+            }
+            Refusal::Full => format!("{topic} has {MAX_SUBSCRIBERS} subscribers already"),
+            Refusal::Unavailable(e) => format!("the owner cannot serve {topic} now: {e}"),
+        }
+    }
+}
+
+impl From<TopicError> for Refusal {
+    fn from(e: TopicError) -> Self {
+        match e {
+            TopicError::NotFound(_) => Refusal::NoTopic,
+            TopicError::Draft(_) | TopicError::Name(_) => Refusal::BadRequest(e.to_string()),
+            other => Refusal::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The topic and its configuration, or why not.
+async fn topic_config(shared: &Shared, name: &str) -> Result<(TopicName, TopicConfig), Refusal> {
+    let topic = TopicName::new(shared.peer.twin_id(), name)
+        .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    let config = shared
+        .config(name)
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?
+        .ok_or(Refusal::NoTopic)?;
+    Ok((topic, config))
+}
+
+async fn remote_publish(
+    shared: &Shared,
+    request: &InboundRequest,
+    body: wire::PublishRequest,
+) -> Result<Vec<u8>, Refusal> {
+    let (topic, config) = topic_config(shared, &body.topic).await?;
+    let twin = request.source.twin;
+    if !config.publish.allows(twin, topic.owner) {
+        return Err(Refusal::Access);
+    }
+    body.draft
+        .check()
+        .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    let published = publish(shared, &topic, body.draft, twin, Some(&request.uid)).await?;
+    Ok(serde_json::to_vec(&published).expect("an answer serialises"))
+}
+
+async fn subscription(
+    shared: &Shared,
+    request: &InboundRequest,
+    name: &str,
+) -> Result<Vec<u8>, Refusal> {
+    let (topic, config) = topic_config(shared, name).await?;
+    let twin = request.source.twin;
+    if request.command == wire::UNSUBSCRIBE {
+        if let Some(subs) = shared.lock_subscribers().get_mut(name) {
+            subs.remove(&twin);
+        }
+        shared
+            .store
+            .remove_subscriber(name, twin)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        return Ok(b"{}".to_vec());
+    }
+    if !config.subscribe.allows(twin, topic.owner) {
+        return Err(Refusal::Access);
+    }
+    let subs = shared
+        .subscribers(name)
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    if !subs.contains(&twin) && subs.len() >= MAX_SUBSCRIBERS {
+        return Err(Refusal::Full);
+    }
+    shared
+        .store
+        .add_subscriber(name, twin, unix_now())
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    shared
+        .lock_subscribers()
+        .entry(name.to_string())
+        .or_default()
+        .insert(twin);
+    let slice = shared
+        .store
+        .pull(name, &config, 0, 0, unix_now())
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    let answer = wire::Subscribed {
+        first_id: slice.first_id,
+        last_id: slice.last_id,
+    };
+    Ok(serde_json::to_vec(&answer).expect("an answer serialises"))
+}
+
+async fn remote_pull(
+    shared: &Shared,
+    twin: u32,
+    body: &wire::PullRequest,
+) -> Result<Vec<u8>, Refusal> {
+    let (topic, config) = topic_config(shared, &body.topic).await?;
+    if !config.subscribe.allows(twin, topic.owner) {
+        return Err(Refusal::Access);
+    }
+    let limit = body.limit.clamp(1, wire::MAX_PULL);
+    let slice = shared
+        .store
+        .pull(&body.topic, &config, body.since, limit, unix_now())
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    // Contiguous and within an envelope: stop before the byte budget.
+    let mut bytes = 0;
+    let messages: Vec<MessageJson> = slice
+        .messages
+        .into_iter()
+        .take_while(|m| {
+            bytes += m.size();
+            bytes <= wire::PULL_BYTES
+        })
+        .collect();
+    let answer = wire::Pulled {
+        first_id: slice.first_id,
+        last_id: slice.last_id,
+        messages,
+    };
+    Ok(serde_json::to_vec(&answer).expect("an answer serialises"))
+}
+
+/// Stores a message of own topic `topic` from `publisher` (`uid`: the publish request,
+/// whose repeats get the same id), tells local apps and queues it for subscribers.
+pub(crate) async fn publish(
+    shared: &Shared,
+    topic: &TopicName,
+    draft: Draft,
+    publisher: u32,
+    uid: Option<&str>,
+) -> Result<wire::Published, TopicError> {
+    let config = shared
+        .config(&topic.name)
+        .await?
+        .ok_or_else(|| TopicError::NotFound(topic.to_string()))?;
+    let time = unix_now();
+    let mut message = draft.into_message(topic, 0, time, publisher);
+    let (id, repeat) = shared
+        .store
+        .append(topic, &config, &message, uid.map(|u| (publisher, u)), time)
+        .await?;
+    message.id = id;
+    if !repeat {
+        Counters::bump(&shared.counters.published);
+        shared.announce(
+            topic,
+            id,
+            serde_json::to_string(&message).expect("a message serialises"),
+        );
+        if shared.fanout.send(message).await.is_err() {
+            return Err(TopicError::Closed);
+        }
+    }
+    Ok(wire::Published {
+        id,
+        topic: topic.to_string(),
+        time,
+    })
+}
+
+/// Creates or reconfigures own topic `name`.
+pub(crate) async fn configure(
+    shared: &Shared,
+    name: &str,
+    config: TopicConfig,
+) -> Result<(), TopicError> {
+    shared.store.set_config(name, &config).await?;
+    shared.lock_configs().insert(name.to_string(), config);
+    Ok(())
+}
+
+/// An own topic's state.
+pub(crate) async fn info(shared: &Shared, name: &str) -> Result<TopicInfo, TopicError> {
+    let topic = TopicName::new(shared.peer.twin_id(), name)?;
+    let config = shared
+        .config(name)
+        .await?
+        .ok_or_else(|| TopicError::NotFound(topic.to_string()))?;
+    let slice = shared.store.pull(name, &config, 0, 0, unix_now()).await?;
+    let subscribers = shared.subscribers(name).await?.into_iter().collect();
+    Ok(TopicInfo {
+        topic: topic.to_string(),
+        config,
+        first_id: slice.first_id,
+        last_id: slice.last_id,
+        subscribers,
+    })
+}
+
+/// The fan-out task: new messages to every subscriber allowed by the topic's access
+/// list, all subscribers at once. What queued up while the previous sends ran goes
+/// together, one envelope per subscriber per topic ([`wire::Batch`]).
+pub(crate) async fn fanout(shared: Arc<Shared>, mut messages: mpsc::Receiver<MessageJson>) {
+    let mut queued = Vec::with_capacity(wire::MAX_BATCH);
+    loop {
+        let n = tokio::select! {
+            n = messages.recv_many(&mut queued, wire::MAX_BATCH) => n,
+            _ = shared.stop.cancelled() => return,
+        };
+        if n == 0 {
+            return;
+        }
+        for batch in batches(std::mem::take(&mut queued)) {
+            send_batch(&shared, batch).await;
+        }
+    }
+}
+
+/// Splits messages into runs of one topic within [`wire::BATCH_BYTES`], each in id order.
+fn batches(messages: Vec<MessageJson>) -> Vec<Vec<MessageJson>> {
+    let mut out: Vec<Vec<MessageJson>> = Vec::new();
+    let mut bytes = 0;
+    for m in messages {
+        let size = m.size();
+        match out.last_mut() {
+            Some(batch) if batch[0].topic == m.topic && bytes + size <= wire::BATCH_BYTES => {
+                bytes += size;
+                batch.push(m);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![m]);
+            }
+        }
+    }
+    for batch in &mut out {
+        batch.sort_by_key(|m| m.id);
+    }
+    out
+}
+
+async fn send_batch(shared: &Shared, batch: Vec<MessageJson>) {
+    let Ok(topic) = batch[0].topic.parse::<TopicName>() else {
+        return;
+    };
+    let (subs, config) = match (
+        shared.subscribers(&topic.name).await,
+        shared.config(&topic.name).await,
+    ) {
+        (Ok(subs), Ok(Some(config))) => (subs, config),
+        (Err(e), _) | (_, Err(e)) => {
+            // Subscribers find the messages when they renew and pull.
+            tracing::warn!(%topic, error = %e, "cannot read the subscribers; messages not pushed");
+            return;
+        }
+        (_, Ok(None)) => return,
+    };
+    let count = batch.len() as u64;
+    let payload = serde_json::to_vec(&wire::Batch { messages: batch }).expect("a batch serialises");
+    let me = shared.peer.twin_id();
+    let sends = subs
+        .into_iter()
+        .filter(|&twin| twin != me && config.subscribe.allows(twin, me))
+        .map(|twin| push(shared, &topic, twin, payload.clone(), count));
+    join_all(sends).await;
+}
+
+/// Sends one batch (of `count` messages) to one subscriber.
+async fn push(shared: &Shared, topic: &TopicName, twin: u32, payload: Vec<u8>, count: u64) {
+    let uid = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + std::time::Duration::from_secs(REQUEST_EXPIRATION);
+    let waiter = Waiter::Push {
+        topic: topic.name.clone(),
+        twin,
+    };
+    if shared
+        .pending
+        .insert(uid.clone(), deadline, waiter)
+        .is_err()
+    {
+        Counters::bump(&shared.counters.push_failures);
+        return;
+    }
+    let request = OutgoingRequest {
+        uid: uid.clone(),
+        destination: Address::twin(twin),
+        command: wire::MESSAGE.into(),
+        payload,
+        schema: Some("application/json".into()),
+        tags: None,
+        timestamp: 0,
+        expiration: REQUEST_EXPIRATION,
+    };
+    match shared.peer.send_request(request).await {
+        Ok(()) => Counters::add(&shared.counters.pushed, count),
+        Err(e) => {
+            shared.pending.take(&uid);
+            Counters::bump(&shared.counters.push_failures);
+            if shared
+                .peer
+                .log_allowed(u64::from(twin), Reason::InvalidMessage)
+            {
+                tracing::debug!(twin, %topic, error = %e, "could not push a message (the subscriber pulls it later)");
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Splits the peer's inbound messages: `rmb.topic.*` requests go to the owner or the
+//! subscriber task, answers to requests the topics layer sent go to whoever waits for
+//! them, and everything else goes on to the Redis API unchanged.
+//!
+//! The router never waits on a topic task: when one is full, the request gets a
+//! "busy" error reply (code 503) and the sender tries again later.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::owner;
+use super::pending::Waiter;
+use super::subscriber::Input;
+use super::wire::{self, codes};
+use super::{Counters, Shared};
+use crate::core::types::DEFAULT_EXPIRATION;
+use crate::core::{
+    Inbound, InboundRequest, InboundResponse, OutgoingResponse, Reason, RemoteError,
+};
+
+/// Runs until the peer's inbound channel closes (the peer stopped).
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut inbound: mpsc::Receiver<Inbound>,
+    owner_tx: mpsc::Sender<owner::Input>,
+    app: mpsc::Sender<Inbound>,
+) {
+    while let Some(message) = inbound.recv().await {
+        match message {
+            Inbound::Request(request) if request.command.starts_with(wire::PREFIX) => {
+                dispatch(&shared, &owner_tx, request).await
+            }
+            Inbound::Response(response) if shared.pending.contains(&response.uid) => {
+                answer(&shared, &owner_tx, response)
+            }
+            other => {
+                if app.send(other).await.is_err() {
+                    tracing::debug!("the Redis API stopped; dropping an inbound message");
+                }
+            }
+        }
+    }
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    owner_tx: &mpsc::Sender<owner::Input>,
+    request: InboundRequest,
+) {
+    let full = match request.command.as_str() {
+        wire::MESSAGE => match shared.sub_events.try_send(Input::Message(request)) {
+            Ok(()) => return,
+            Err(
+                TrySendError::Full(Input::Message(r)) | TrySendError::Closed(Input::Message(r)),
+            ) => r,
+            Err(_) => return,
+        },
+        wire::PUBLISH | wire::SUBSCRIBE | wire::UNSUBSCRIBE | wire::PULL => {
+            match owner_tx.try_send(owner::Input::Request(request)) {
+                Ok(()) => return,
+                Err(
+                    TrySendError::Full(owner::Input::Request(r))
+                    | TrySendError::Closed(owner::Input::Request(r)),
+                ) => r,
+                Err(_) => return,
+            }
+        }
+        other => {
+            let message = format!("unknown topic command {other:?}");
+            return reply_error(
+                shared,
+                &request,
+                "unknown_command",
+                codes::BAD_REQUEST,
+                message,
+            )
+            .await;
+        }
+    };
+    reply_error(
+        shared,
+        &full,
+        "busy",
+        codes::UNAVAILABLE,
+        "the topic owner is busy; try again".into(),
+    )
+    .await;
+}
+
+/// Hands an answer to its waiter; a subscriber that says it is not subscribed (404)
+/// is dropped from the topic.
+fn answer(shared: &Shared, owner_tx: &mpsc::Sender<owner::Input>, response: InboundResponse) {
+    match shared.pending.take(&response.uid) {
+        Some(Waiter::Call(tx)) => {
+            let _ = tx.send(response);
+        }
+        Some(Waiter::Push { topic, twin }) => match response.reply {
+            Ok(_) => {}
+            Err(e) if e.code == codes::NOT_FOUND && response.source.twin == twin => {
+                tracing::debug!(twin, %topic, "subscriber says it is not subscribed; dropping it");
+                owner::drop_subscriber(owner_tx, &topic, twin);
+            }
+            Err(e) => {
+                Counters::bump(&shared.counters.push_failures);
+                if shared
+                    .peer
+                    .log_allowed(u64::from(twin), Reason::InvalidMessage)
+                {
+                    tracing::debug!(twin, %topic, error = %e, "a subscriber refused a message");
+                }
+            }
+        },
+        None => {}
+    }
+}
+
+/// Refuses a topic request with an error reply (counted by reason, logged at most once
+/// per 10 s per twin).
+pub(crate) async fn reply_error(
+    shared: &Shared,
+    request: &InboundRequest,
+    reason: &'static str,
+    code: u32,
+    message: String,
+) {
+    shared.counters.refuse(reason);
+    if shared
+        .peer
+        .log_allowed(u64::from(request.source.twin), Reason::InvalidMessage)
+    {
+        tracing::info!(twin = request.source.twin, command = %request.command, reason, %message, "refused a topic request (logged once per 10 s per twin)");
+    }
+    reply(shared, request, Err(RemoteError::new(code, message))).await;
+}
+
+/// Answers a topic request (the core keeps the reply for repeats of the request).
+pub(crate) async fn reply(
+    shared: &Shared,
+    request: &InboundRequest,
+    reply: Result<Vec<u8>, RemoteError>,
+) {
+    let response = OutgoingResponse {
+        uid: request.uid.clone(),
+        destination: request.source.clone(),
+        reply,
+        schema: Some("application/json".into()),
+        timestamp: 0,
+        expiration: DEFAULT_EXPIRATION,
+    };
+    if let Err(e) = shared.peer.send_response(response).await {
+        tracing::debug!(error = %e, "could not send a topic reply");
+    }
+}

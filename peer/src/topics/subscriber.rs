@@ -1,0 +1,647 @@
+//! The subscriber's side of topics: every message pushed by an owner is handed to local
+//! apps exactly once and in id order, whatever order (and how often) it arrives in.
+//!
+//! One task owns the state of every subscription: the last id handed to apps (kept in
+//! Redis, moved by a script only from the value the task saw, so a message is never
+//! handed over twice, even across restarts), a bounded buffer of messages that came
+//! early, and whether a pull is running. A message after a hole is buffered and the hole
+//! is pulled from the owner (`rmb.topic.pull`); ids the owner no longer keeps
+//! (retention) become a gap event for apps. Subscriptions are renewed with their owners
+//! at start and every [`TopicsOptions::renew`](super::TopicsOptions::renew), which also
+//! reveals messages whose push was lost (a subscriber that was offline catches up so).
+//!
+//! Pulls and renewals are requests to other twins; they run in a `JoinSet` the task owns,
+//! so the task never waits on the network.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmb_proto::time::unix_now;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::router::{reply, reply_error};
+use super::wire::{self, GapJson, MessageJson, TopicName, codes};
+use super::{Counters, Shared, TopicError};
+use crate::core::{InboundRequest, Reason};
+
+/// Most messages buffered per subscription while a hole is pulled.
+pub const MAX_BUFFERED: usize = 1024;
+/// Most bytes buffered per subscription.
+pub const MAX_BUFFERED_BYTES: usize = 4 << 20;
+/// Messages asked for per pull.
+pub const PULL_PAGE: u32 = 256;
+/// Most messages kept for a subscription that is being made.
+pub const MAX_EARLY: usize = 1024;
+/// Most queued inputs the task takes at once.
+const INPUT_BATCH: usize = 64;
+/// Wait before pulling again after a pull failed or brought nothing new.
+const PULL_BACKOFF: Duration = Duration::from_secs(2);
+/// How often subscriptions that are behind are looked at.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What the subscriber task handles.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// An `rmb.topic.message` request from an owner.
+    Message(InboundRequest),
+    /// A new subscription (made by [`subscribe`]).
+    Added {
+        topic: TopicName,
+        last: u64,
+        list: bool,
+        owner_last: u64,
+    },
+    /// A subscription ended.
+    Removed(TopicName),
+}
+
+/// One subscription's state in the task.
+struct Sub {
+    /// Last id handed to apps (as in Redis).
+    last: u64,
+    list: bool,
+    /// Newest id the owner told of.
+    known_last: u64,
+    buffer: BTreeMap<u64, MessageJson>,
+    buffer_bytes: usize,
+    pulling: bool,
+    next_pull: Instant,
+}
+
+impl Sub {
+    fn new(last: u64, list: bool) -> Self {
+        Sub {
+            last,
+            list,
+            known_last: last,
+            buffer: BTreeMap::new(),
+            buffer_bytes: 0,
+            pulling: false,
+            next_pull: Instant::now(),
+        }
+    }
+
+    fn behind(&self) -> bool {
+        self.known_last > self.last || !self.buffer.is_empty()
+    }
+}
+
+/// A finished network job.
+enum Job {
+    Pulled {
+        topic: TopicName,
+        result: Result<wire::Pulled, TopicError>,
+    },
+    Renewed {
+        topic: TopicName,
+        result: Result<wire::Subscribed, TopicError>,
+    },
+}
+
+/// The subscriber task.
+pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
+    let mut subs = load(&shared).await;
+    let mut early: HashMap<TopicName, Vec<MessageJson>> = HashMap::new();
+    let mut jobs = JoinSet::new();
+    for topic in subs.keys() {
+        jobs.spawn(renew(Arc::clone(&shared), topic.clone()));
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renew_tick = tokio::time::interval(shared.options.renew);
+    renew_tick.reset();
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => break,
+            next = input.recv() => {
+                let Some(first) = next else { break };
+                // What else is queued goes with it: a burst costs one Redis call per
+                // topic, and each request is answered once its messages are recorded.
+                let mut inputs = vec![first];
+                while inputs.len() < INPUT_BATCH {
+                    match input.try_recv() {
+                        Ok(more) => inputs.push(more),
+                        Err(_) => break,
+                    }
+                }
+                let mut acks = Vec::new();
+                let mut touched: Vec<TopicName> = Vec::new();
+                for item in inputs {
+                    match item {
+                        Input::Message(request) => {
+                            if let Some((request, topic)) =
+                                accept(&shared, &mut subs, &mut early, request).await
+                            {
+                                if let Some(topic) = topic
+                                    && !touched.contains(&topic)
+                                {
+                                    touched.push(topic);
+                                }
+                                acks.push(request);
+                            }
+                        }
+                        Input::Added { topic, last, list, owner_last } => {
+                            let sub = subs.entry(topic.clone()).or_insert_with(|| Sub::new(last, list));
+                            sub.list = list;
+                            sub.known_last = sub.known_last.max(owner_last);
+                            shared.lock_subscribing().remove(&topic);
+                            for message in early.remove(&topic).unwrap_or_default() {
+                                offer(&shared, sub, message);
+                            }
+                            drain(&shared, &topic, sub).await;
+                            start_pull(&shared, &topic, sub, &mut jobs);
+                        }
+                        Input::Removed(topic) => {
+                            subs.remove(&topic);
+                        }
+                    }
+                }
+                for topic in touched {
+                    if let Some(sub) = subs.get_mut(&topic) {
+                        drain(&shared, &topic, sub).await;
+                        if sub.behind() && !sub.pulling && sub.next_pull <= Instant::now() {
+                            start_pull(&shared, &topic, sub, &mut jobs);
+                        }
+                    }
+                }
+                for request in acks {
+                    reply(&shared, &request, Ok(b"{}".to_vec())).await;
+                }
+            }
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
+                Ok(job) => on_job(&shared, &mut subs, &mut jobs, job).await,
+                Err(e) => tracing::error!(error = %e, "a topic pull task failed"),
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                {
+                    let subscribing = shared.lock_subscribing();
+                    early.retain(|topic, _| subscribing.contains(topic));
+                }
+                for (topic, sub) in subs.iter_mut() {
+                    if sub.behind() && !sub.pulling && sub.next_pull <= now {
+                        start_pull(&shared, topic, sub, &mut jobs);
+                    }
+                }
+            }
+            _ = renew_tick.tick() => {
+                for topic in subs.keys() {
+                    jobs.spawn(renew(Arc::clone(&shared), topic.clone()));
+                }
+            }
+        }
+    }
+    jobs.shutdown().await;
+}
+
+/// The subscriptions kept in Redis (retried until Redis answers or shutdown).
+async fn load(shared: &Shared) -> HashMap<TopicName, Sub> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match shared.store.subscriptions().await {
+            Ok(records) => {
+                return records
+                    .into_iter()
+                    .map(|r| (r.topic, Sub::new(r.last, r.list)))
+                    .collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the subscriptions; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.stop.cancelled() => return HashMap::new(),
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A message request taken in: to be answered once what it carried is recorded; the
+/// topic whose buffer it filled, if any.
+type Accepted = (InboundRequest, Option<TopicName>);
+
+/// Checks a `rmb.topic.message` request and buffers its messages; a refused one is
+/// answered with an error at once (`None`).
+async fn accept(
+    shared: &Arc<Shared>,
+    subs: &mut HashMap<TopicName, Sub>,
+    early: &mut HashMap<TopicName, Vec<MessageJson>>,
+    request: InboundRequest,
+) -> Option<Accepted> {
+    let batch: wire::Batch = match serde_json::from_slice(&request.payload) {
+        Ok(b) => b,
+        Err(e) => {
+            let text = format!("{} body is not valid: {e}", wire::MESSAGE);
+            return refuse(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+        }
+    };
+    let Some(first) = batch.messages.first() else {
+        let text = "a message batch is empty".to_string();
+        return refuse(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+    };
+    if batch.messages.len() > wire::MAX_BATCH
+        || batch.messages.iter().any(|m| m.topic != first.topic)
+    {
+        let text = format!(
+            "a message batch holds 1 to {} messages of one topic",
+            wire::MAX_BATCH
+        );
+        return refuse(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+    }
+    let topic = match first.topic.parse::<TopicName>() {
+        Ok(t) => t,
+        Err(e) => {
+            return refuse(
+                shared,
+                &request,
+                "bad_message",
+                codes::BAD_REQUEST,
+                e.to_string(),
+            )
+            .await;
+        }
+    };
+    if topic.owner != request.source.twin {
+        let text = format!("only twin {} sends messages of {topic}", topic.owner);
+        return refuse(shared, &request, "not_owner", codes::REFUSED, text).await;
+    }
+    let Some(sub) = subs.get_mut(&topic) else {
+        if shared.lock_subscribing().contains(&topic) {
+            // Pushed between the owner's answer and the subscription being recorded.
+            let kept = early.entry(topic).or_default();
+            let room = MAX_EARLY.saturating_sub(kept.len());
+            kept.extend(batch.messages.into_iter().take(room));
+            return Some((request, None));
+        }
+        let text = format!(
+            "twin {} is not subscribed to {topic}",
+            shared.peer.twin_id()
+        );
+        return refuse(shared, &request, "not_subscribed", codes::NOT_FOUND, text).await;
+    };
+    Counters::add(&shared.counters.received, batch.messages.len() as u64);
+    for message in batch.messages {
+        offer(shared, sub, message);
+    }
+    Some((request, Some(topic)))
+}
+
+/// Answers a refused message request with an error.
+async fn refuse(
+    shared: &Shared,
+    request: &InboundRequest,
+    reason: &'static str,
+    code: u32,
+    text: String,
+) -> Option<Accepted> {
+    reply_error(shared, request, reason, code, text).await;
+    None
+}
+
+/// Takes one message into the buffer (dropped when seen already); [`drain`] then hands
+/// over what is next.
+fn offer(shared: &Shared, sub: &mut Sub, message: MessageJson) {
+    if message.id <= sub.last || sub.buffer.contains_key(&message.id) {
+        Counters::bump(&shared.counters.duplicates);
+        return;
+    }
+    sub.known_last = sub.known_last.max(message.id);
+    let size = message.size();
+    // When full, only the next one still gets in; the others are pulled again once the
+    // hole before them is filled.
+    let room = sub.buffer.len() < MAX_BUFFERED && sub.buffer_bytes + size <= MAX_BUFFERED_BYTES;
+    if room || message.id == sub.last + 1 {
+        sub.buffer_bytes += size;
+        sub.buffer.insert(message.id, message);
+    }
+}
+
+/// Most messages recorded in Redis by one script call.
+const DELIVER_RUN: usize = 256;
+
+/// Hands over buffered messages while the next one is there: each run of consecutive
+/// ones is recorded in Redis (position moved, exactly once) by one script call, then
+/// told to local apps.
+async fn drain(shared: &Shared, topic: &TopicName, sub: &mut Sub) {
+    loop {
+        while let Some(entry) = sub.buffer.first_entry() {
+            if *entry.key() > sub.last {
+                break;
+            }
+            let m = entry.remove();
+            sub.buffer_bytes = sub.buffer_bytes.saturating_sub(m.size());
+        }
+        let mut run: Vec<(u64, String)> = Vec::new();
+        for (&id, message) in sub.buffer.range(sub.last + 1..) {
+            if id != sub.last + 1 + run.len() as u64 || run.len() >= DELIVER_RUN {
+                break;
+            }
+            run.push((
+                id,
+                serde_json::to_string(message).expect("a message serialises"),
+            ));
+        }
+        if run.is_empty() {
+            return;
+        }
+        let refs: Vec<(u64, &str)> = run.iter().map(|(id, json)| (*id, json.as_str())).collect();
+        let before = sub.last;
+        match shared
+            .store
+            .deliver_many(topic, before, &refs, sub.list)
+            .await
+        {
+            Ok(now) => {
+                if now < before + 1 && now != before {
+                    tracing::warn!(%topic, expected = before, now, "subscription position moved elsewhere");
+                }
+                for (id, json) in run {
+                    if id > before && id <= now {
+                        Counters::bump(&shared.counters.delivered);
+                        shared.announce(topic, id, json);
+                    }
+                }
+                let stalled = now == before;
+                sub.last = now;
+                if stalled {
+                    return;
+                }
+            }
+            Err(e) => {
+                if shared
+                    .peer
+                    .log_allowed(u64::from(topic.owner), Reason::RedisError)
+                {
+                    tracing::warn!(%topic, error = %e, "cannot record a delivery; retrying (logged once per 10 s)");
+                }
+                sub.next_pull = Instant::now() + PULL_BACKOFF;
+                return;
+            }
+        }
+    }
+}
+
+/// Reports ids `last+1..=to` as lost (retention dropped them before we got them).
+async fn gap(shared: &Shared, topic: &TopicName, sub: &mut Sub, to: u64) -> Result<(), ()> {
+    let gap = GapJson {
+        event: "gap".into(),
+        topic: topic.to_string(),
+        from: sub.last + 1,
+        to,
+        time: unix_now(),
+    };
+    let json = serde_json::to_string(&gap).expect("a gap serialises");
+    let list = sub.list.then_some(json.as_str());
+    match shared.store.deliver(topic, sub.last, to, None, list).await {
+        Ok(now) => {
+            if now == to {
+                Counters::bump(&shared.counters.gaps);
+                tracing::info!(%topic, from = gap.from, to, "messages lost to the owner's retention");
+                shared.announce(topic, to, json);
+            }
+            sub.last = now;
+            Ok(())
+        }
+        Err(_) => Err(()),
+    }
+}
+
+fn start_pull(shared: &Arc<Shared>, topic: &TopicName, sub: &mut Sub, jobs: &mut JoinSet<Job>) {
+    if sub.pulling || !sub.behind() {
+        return;
+    }
+    sub.pulling = true;
+    let (shared, topic, since) = (Arc::clone(shared), topic.clone(), sub.last);
+    jobs.spawn(async move {
+        Counters::bump(&shared.counters.pulls);
+        let result = pull_remote(&shared, &topic, since, PULL_PAGE).await;
+        Job::Pulled { topic, result }
+    });
+}
+
+async fn renew(shared: Arc<Shared>, topic: TopicName) -> Job {
+    let body = wire::SubscribeRequest {
+        topic: topic.name.clone(),
+    };
+    let result = shared
+        .call(
+            topic.owner,
+            wire::SUBSCRIBE,
+            serde_json::to_vec(&body).expect("a request serialises"),
+            shared.options.timeout,
+        )
+        .await
+        .and_then(|bytes| parse(topic.owner, &bytes));
+    Job::Renewed { topic, result }
+}
+
+async fn on_job(
+    shared: &Arc<Shared>,
+    subs: &mut HashMap<TopicName, Sub>,
+    jobs: &mut JoinSet<Job>,
+    job: Job,
+) {
+    match job {
+        Job::Renewed { topic, result } => {
+            let Some(sub) = subs.get_mut(&topic) else {
+                return;
+            };
+            match result {
+                Ok(answer) => {
+                    sub.known_last = sub.known_last.max(answer.last_id);
+                    start_pull(shared, &topic, sub, jobs);
+                }
+                Err(e) => {
+                    if shared
+                        .peer
+                        .log_allowed(u64::from(topic.owner), Reason::InvalidMessage)
+                    {
+                        tracing::warn!(%topic, error = %e, "cannot renew a subscription (logged once per 10 s per owner)");
+                    }
+                }
+            }
+        }
+        Job::Pulled { topic, result } => {
+            let Some(sub) = subs.get_mut(&topic) else {
+                return;
+            };
+            sub.pulling = false;
+            match result {
+                Ok(pulled) => {
+                    let before = sub.last;
+                    if apply_pull(shared, &topic, sub, pulled).await.is_err() || sub.last == before
+                    {
+                        sub.next_pull = Instant::now() + PULL_BACKOFF;
+                    } else {
+                        start_pull(shared, &topic, sub, jobs);
+                    }
+                }
+                Err(e) => {
+                    sub.next_pull = Instant::now() + PULL_BACKOFF;
+                    if shared
+                        .peer
+                        .log_allowed(u64::from(topic.owner), Reason::InvalidMessage)
+                    {
+                        tracing::warn!(%topic, error = %e, "cannot pull missed messages (logged once per 10 s per owner)");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies a pull answer: reports what retention lost, hands over what came.
+async fn apply_pull(
+    shared: &Shared,
+    topic: &TopicName,
+    sub: &mut Sub,
+    pulled: wire::Pulled,
+) -> Result<(), ()> {
+    sub.known_last = sub.known_last.max(pulled.last_id);
+    // Everything before `first_id` is gone at the owner, except what we buffered.
+    let lost_to = pulled.first_id.saturating_sub(1);
+    while sub.last < lost_to {
+        if sub.buffer.contains_key(&(sub.last + 1)) {
+            let before = sub.last;
+            drain(shared, topic, sub).await;
+            if sub.last == before {
+                // Redis refused: the next pull tries again.
+                return Err(());
+            }
+            continue;
+        }
+        let next_buffered = sub.buffer.keys().next().copied().filter(|&k| k <= lost_to);
+        let to = next_buffered.map_or(lost_to, |k| k - 1);
+        gap(shared, topic, sub, to).await?;
+    }
+    let name = topic.to_string();
+    for message in pulled.messages {
+        if message.topic == name {
+            offer(shared, sub, message);
+        }
+    }
+    drain(shared, topic, sub).await;
+    Ok(())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(twin: u32, bytes: &[u8]) -> Result<T, TopicError> {
+    serde_json::from_slice(bytes).map_err(|e| TopicError::BadAnswer {
+        twin,
+        detail: e.to_string(),
+    })
+}
+
+/// Asks the owner for messages of `topic` after `since`.
+pub(crate) async fn pull_remote(
+    shared: &Shared,
+    topic: &TopicName,
+    since: u64,
+    limit: u32,
+) -> Result<wire::Pulled, TopicError> {
+    let body = wire::PullRequest {
+        topic: topic.name.clone(),
+        since,
+        limit,
+    };
+    let bytes = shared
+        .call(
+            topic.owner,
+            wire::PULL,
+            serde_json::to_vec(&body).expect("a request serialises"),
+            shared.options.timeout,
+        )
+        .await?;
+    parse(topic.owner, &bytes)
+}
+
+/// Subscribes with the owner, records the subscription, and hands it to the task.
+/// Returns the position apps start after.
+pub(crate) async fn subscribe(
+    shared: &Shared,
+    topic: &TopicName,
+    since: Option<u64>,
+    list: bool,
+) -> Result<u64, TopicError> {
+    shared.lock_subscribing().insert(topic.clone());
+    let result = record_subscription(shared, topic, since, list).await;
+    // On success the task clears the mark when it takes the subscription (messages
+    // queued before it are still kept).
+    if result.is_err() {
+        shared.lock_subscribing().remove(topic);
+    }
+    result
+}
+
+async fn record_subscription(
+    shared: &Shared,
+    topic: &TopicName,
+    since: Option<u64>,
+    list: bool,
+) -> Result<u64, TopicError> {
+    let body = wire::SubscribeRequest {
+        topic: topic.name.clone(),
+    };
+    let bytes = shared
+        .call(
+            topic.owner,
+            wire::SUBSCRIBE,
+            serde_json::to_vec(&body).expect("a request serialises"),
+            shared.options.timeout,
+        )
+        .await?;
+    let answer: wire::Subscribed = parse(topic.owner, &bytes)?;
+    let existing = shared
+        .store
+        .subscriptions()
+        .await?
+        .into_iter()
+        .find(|s| &s.topic == topic);
+    let last = match existing {
+        // A subscription keeps its position: moving it would hand messages over twice.
+        Some(s) => s.last,
+        None => {
+            let start = since.unwrap_or(answer.last_id).min(answer.last_id);
+            shared.store.deliver(topic, 0, start, None, None).await?
+        }
+    };
+    shared.store.add_subscription(topic, list).await?;
+    let added = Input::Added {
+        topic: topic.clone(),
+        last,
+        list,
+        owner_last: answer.last_id,
+    };
+    shared
+        .sub_events
+        .send(added)
+        .await
+        .map_err(|_| TopicError::Closed)?;
+    Ok(last)
+}
+
+/// Ends a subscription: the owner is told (when reachable), the local state goes.
+pub(crate) async fn unsubscribe(shared: &Shared, topic: &TopicName) -> Result<(), TopicError> {
+    let body = wire::SubscribeRequest {
+        topic: topic.name.clone(),
+    };
+    if let Err(e) = shared
+        .call(
+            topic.owner,
+            wire::UNSUBSCRIBE,
+            serde_json::to_vec(&body).expect("a request serialises"),
+            shared.options.timeout,
+        )
+        .await
+    {
+        // Its next push gets "not subscribed" and the owner drops us then.
+        tracing::info!(%topic, error = %e, "the owner was not told of the unsubscription");
+    }
+    shared.store.remove_subscription(topic).await?;
+    shared
+        .sub_events
+        .send(Input::Removed(topic.clone()))
+        .await
+        .map_err(|_| TopicError::Closed)
+}
