@@ -167,7 +167,7 @@ async fn start_node(
         relays: vec![relay_url.to_string()],
         registry,
         sid: None,
-        e2e: E2eScheme::X25519,
+        e2e: Some(E2eScheme::X25519),
         update_twin: true,
         reliable: true,
         app_dedupes: false,
