@@ -97,9 +97,19 @@ async fn announce_tails(shared: &Shared) {
     }
 }
 
-fn body<T: DeserializeOwned>(request: &InboundRequest) -> Result<T, String> {
-    serde_json::from_slice(&request.payload)
-        .map_err(|e| format!("{} body is not valid: {e}", request.command))
+/// A request body that is not the JSON its command expects.
+#[derive(Debug, thiserror::Error)]
+#[error("{command} body is not valid: {source}")]
+struct BadBody {
+    command: String,
+    source: serde_json::Error,
+}
+
+fn body<T: DeserializeOwned>(request: &InboundRequest) -> Result<T, BadBody> {
+    serde_json::from_slice(&request.payload).map_err(|source| BadBody {
+        command: request.command.clone(),
+        source,
+    })
 }
 
 async fn handle(shared: &Shared, request: InboundRequest) {
@@ -111,7 +121,9 @@ async fn handle(shared: &Shared, request: InboundRequest) {
                 (name, remote_publish(shared, &request, b).await)
             }
             Err(e) => {
-                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await;
+                let message = e.to_string();
+                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, message)
+                    .await;
             }
         },
         wire::SUBSCRIBE | wire::UNSUBSCRIBE => match body::<wire::SubscribeRequest>(&request) {
@@ -120,7 +132,9 @@ async fn handle(shared: &Shared, request: InboundRequest) {
                 (b.topic, r)
             }
             Err(e) => {
-                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await;
+                let message = e.to_string();
+                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, message)
+                    .await;
             }
         },
         wire::PULL => match body::<wire::PullRequest>(&request) {
@@ -129,7 +143,9 @@ async fn handle(shared: &Shared, request: InboundRequest) {
                 (b.topic, r)
             }
             Err(e) => {
-                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, e).await;
+                let message = e.to_string();
+                return reply_error(shared, &request, "bad_request", codes::BAD_REQUEST, message)
+                    .await;
             }
         },
         _ => return,
