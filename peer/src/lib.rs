@@ -15,6 +15,7 @@
 pub const VERSION: &str = env!("RMB_VERSION");
 
 pub mod client;
+pub mod conn;
 pub mod core;
 pub mod links;
 pub mod redis_api;
