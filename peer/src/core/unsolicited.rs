@@ -15,8 +15,9 @@ use super::types::{OutgoingRequest, clamp_expiration};
 
 impl Peer {
     /// Seals and sends a request like [`send_request`](Peer::send_request), but never
-    /// tracks it for resending. `Ok(false)`: no relay took it in time; the caller's own
-    /// retransmission sends it again later.
+    /// tracks it for resending, and leaves the payload as it is (the caller encrypted
+    /// it). `Ok(false)`: no relay took it in time; the caller's own retransmission sends
+    /// it again later.
     pub async fn send_unsolicited(&self, req: OutgoingRequest) -> Result<bool, SendError> {
         let env = Envelope {
             uid: req.uid,
@@ -32,7 +33,9 @@ impl Peer {
             payload: Some(Payload::Plain(req.payload)),
             ..Default::default()
         };
-        let sealed = self.inner.seal(env, true).await?;
+        // Not encrypted again to the twin's published key: the payload is ciphertext
+        // under the connection's own keys already.
+        let sealed = self.inner.seal(env, false).await?;
         match self.inner.links.send(sealed.bytes, sealed.deadline).await {
             Ok(_) => {
                 Counters::bump(&self.inner.counters.sent);
