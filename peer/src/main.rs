@@ -10,6 +10,8 @@ use clap::Parser;
 use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, connect};
 use rmb_identity::{E2eScheme, Identity, KeyType};
+use rmb_peer::conn::expose::{Bridges, Expose, filter_inbound};
+use rmb_peer::conn::{ConnConfig, Connections};
 use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, replay};
 use rmb_peer::redis_api::{Limits, RedisApi};
 
@@ -68,6 +70,14 @@ struct Args {
         default_value = "wss://relay.grid.tf:443"
     )]
     relays: Vec<String>,
+
+    /// Bridge incoming connections (issue #15) for PROTOCOL to a local TCP service:
+    /// `PROTOCOL=HOST:PORT`, optionally `,allow=TWIN,TWIN…` to name the only twins that
+    /// may open it (repeatable; default: none, and opens are refused as unknown
+    /// protocols). E.g. `--expose ssh=127.0.0.1:22,allow=7` lets twin 7 reach this
+    /// machine's sshd with `rmb pipe connect --to <this twin> --protocol ssh`.
+    #[arg(long = "expose", value_name = "PROTOCOL=HOST:PORT[,allow=TWINS]")]
+    expose: Vec<Expose>,
 
     /// tfchain RPC URL(s) to look twins up, tried in turn (repeatable). Defaults to
     /// wss://tfchain.grid.tf:443 unless --registry is given.
@@ -182,6 +192,19 @@ async fn main() -> anyhow::Result<()> {
     let replay =
         MemoryReplayStore::with_reply_budget(replay::DEFAULT_CAPACITY, args.reply_cache_mb << 20);
     let (peer, inbound) = Peer::start_with_replay_store(config, Arc::new(replay)).await?;
+    // Connection traffic goes to the connections layer; the Redis API sees the rest.
+    let connections = Connections::new(peer.clone(), ConnConfig::default());
+    let (inbound, _filter) = filter_inbound(connections.clone(), inbound);
+    let bridges = match Bridges::start(&connections, &args.expose) {
+        Ok(bridges) => bridges,
+        Err(e) => {
+            peer.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    for rule in &args.expose {
+        tracing::info!(protocol = %rule.protocol, target = %rule.target, allow = ?rule.allow, "exposing a local service");
+    }
     let limits = Limits {
         command_queue_bytes: args.max_command_queue_mb.saturating_mul(1 << 20),
         commands: args.max_commands,
@@ -198,8 +221,13 @@ async fn main() -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     // Whatever happens inside, the process ends soon after a signal (or at a second one).
+    let stop = async {
+        bridges.shutdown().await;
+        connections.shutdown().await;
+        api.shutdown(SHUTDOWN_GRACE).await;
+    };
     tokio::select! {
-        _ = api.shutdown(SHUTDOWN_GRACE) => {}
+        _ = stop => {}
         _ = tokio::time::sleep(SHUTDOWN_GRACE * 2) => {
             tracing::error!("shutdown took too long; exiting");
         }

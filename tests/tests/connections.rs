@@ -82,7 +82,8 @@ fn serve_digest(bob: &Client) -> tokio::task::JoinHandle<()> {
                 let mut answer = hasher.finalize().to_vec();
                 answer.extend_from_slice(&total.to_be_bytes());
                 stream.write_all(&answer).await.unwrap();
-                stream.finish().await.unwrap();
+                // The opener checks the answer; a test that ended first drops this one.
+                let _ = stream.finish().await;
             });
         }
     })
@@ -313,4 +314,213 @@ async fn half_close_and_close_are_seen_by_both_sides() {
         alice.connections().open_count(),
         bob.connections().open_count()
     );
+}
+
+/// A client whose connections detect a dead peer quickly (keep-alive 1 s, dead after 4 s).
+async fn connect_quick_keepalive(
+    secret: &str,
+    sid: &str,
+    relays: &[&RelayProcess],
+    registry: &str,
+) -> Client {
+    let urls = relays.iter().map(|r| r.ws_url()).collect();
+    let choice = RegistryChoice::Embedded {
+        url: registry.to_string(),
+    };
+    let mut options = ClientOptions::new(secret, sid, urls, choice);
+    options.connections.stream.keepalive = KEEPALIVE;
+    options.connections.stream.idle_timeout = IDLE;
+    Client::connect(options).await.expect("client connects")
+}
+
+const KEEPALIVE: Duration = Duration::from_secs(1);
+const IDLE: Duration = Duration::from_secs(4);
+
+/// Opens `protocol` on `to`, retrying while its listener is not up yet.
+async fn connect_when_listening(client: &Client, to: &rmb_proto::Address, protocol: &str) -> Stream {
+    for _ in 0..60 {
+        match client.connections().connect_address(to.clone(), protocol).await {
+            Ok(stream) => return stream,
+            Err(ConnectError::UnknownProtocol { .. } | ConnectError::Timeout { .. }) => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    panic!("{to} never listened for {protocol}");
+}
+
+/// `rmb pipe listen` as a separate process (so it can be SIGKILLed).
+struct PipeListener(Option<std::process::Child>);
+
+impl PipeListener {
+    fn start(secret: &str, relay: &RelayProcess, protocol: &str) -> PipeListener {
+        let rmb = rmb_testsupport::relay_process::binaries().join("rmb");
+        let child = std::process::Command::new(rmb)
+            .args(["pipe", "listen", "--protocol", protocol, "--relay"])
+            .arg(relay.ws_url())
+            .args(["--registry", &relay.http_url(), "--sid", "pipe"])
+            .env("RMB_MNEMONIC", secret)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start rmb pipe listen");
+        PipeListener(Some(child))
+    }
+}
+
+impl Drop for PipeListener {
+    fn drop(&mut self) {
+        rmb_testsupport::child::kill(&mut self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_far_side_is_an_error_within_the_keepalive_bound() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let (sa, sb) = (mnemonic(), mnemonic());
+    register(&registry, &sa, &[relay.domain()]).await;
+    let b = register(&registry, &sb, &[relay.domain()]).await;
+    let alice = connect_quick_keepalive(&sa, "alice", &[&relay], &registry).await;
+    let mut far = PipeListener::start(&sb, &relay, "netcat");
+    let to = rmb_proto::Address::session(b, "pipe");
+    let mut stream = connect_when_listening(&alice, &to, "netcat").await;
+
+    // The pipe works both ways: our bytes reach its stdout, its stdin reaches us.
+    stream.write_all(b"ping\n").await.unwrap();
+    let child = far.0.as_mut().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let echoed = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut line = [0u8; 5];
+        stdout.read_exact(&mut line).unwrap();
+        stdin.write_all(b"pong\n").unwrap();
+        stdin.flush().unwrap();
+        (line, stdin, stdout)
+    })
+    .await
+    .unwrap();
+    assert_eq!(&echoed.0, b"ping\n");
+    let mut pong = [0u8; 5];
+    stream.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"pong\n");
+
+    rmb_testsupport::child::kill(&mut far.0);
+    let killed = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let err = tokio::time::timeout(IDLE * 3, stream.read(&mut buf))
+        .await
+        .expect("the read ends with an error instead of hanging")
+        .expect_err("a dead far side is an error, not EOF");
+    let waited = killed.elapsed();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    // Dead after IDLE without a frame; the last frame came at most a keep-alive before.
+    assert!(
+        waited <= IDLE + KEEPALIVE + Duration::from_secs(1),
+        "detected after {waited:?}"
+    );
+    assert!(stream.write_all(b"x").await.is_err());
+    drop(echoed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_transfer_loses_nothing_with_a_second_relay() {
+    let r0 = RelayProcess::start(&[]);
+    let registry = r0.http_url();
+    let mut r1 = RelayProcess::start(&["--federation-http", "--registry", &registry]);
+    let r2 = RelayProcess::start(&["--federation-http", "--registry", &registry]);
+    let (sa, sb) = (mnemonic(), mnemonic());
+    let both = [r1.domain(), r2.domain()];
+    register(&registry, &sa, &both).await;
+    register(&registry, &sb, &both).await;
+    let alice = connect(&sa, "a", &[&r1, &r2], &registry).await;
+    let bob = connect(&sb, "b", &[&r1, &r2], &registry).await;
+    for _ in 0..200 {
+        let up = |c: &Client| c.status().relays.iter().all(|l| l.connected);
+        if up(&alice) && up(&bob) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = serve_digest(&bob);
+    let bytes = data(16 << 20, 3);
+    let mut stream = alice
+        .connections()
+        .connect_address(bob.address().clone(), "sha256")
+        .await
+        .expect("connect");
+    let (first, rest) = bytes.split_at(6 << 20);
+    for chunk in first.chunks(64 << 10) {
+        stream.write_all(chunk).await.unwrap();
+    }
+    // At least 4 MiB went through r1 (the send buffer holds 2 MiB); kill it.
+    assert!(alice.status().relays[0].sent > 0);
+    r1.kill();
+    for chunk in rest.chunks(64 << 10) {
+        stream.write_all(chunk).await.expect("write after the kill");
+    }
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("answer");
+    assert_eq!(answer.len(), 40);
+    assert_eq!(answer[..32], Sha256::digest(&bytes)[..], "sha256 differs");
+    assert_eq!(
+        u64::from_be_bytes(answer[32..].try_into().unwrap()),
+        bytes.len() as u64
+    );
+    let stats = stream.stats();
+    println!("transfer across a relay failure: {stats:?}");
+    assert!(stats.timeouts > 0, "frames lost with r1 were sent again: {stats:?}");
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_does_not_delay_rpc() {
+    let relay = RelayProcess::start(&[]);
+    let (alice, bob) = pair(&relay).await;
+    bob.serve("echo", |req| async move { Ok(req.payload) });
+    let mut sink = bob
+        .connections()
+        .listen("sink", ListenOptions::default())
+        .unwrap();
+    let (stream, held) = tokio::join!(
+        alice.connections().connect_address(bob.address().clone(), "sink"),
+        async { sink.accept().await.unwrap().unwrap() }
+    );
+    let mut stream = stream.unwrap();
+    // Write until the window and the send buffer are full: the writer waits.
+    let chunk = vec![7u8; 64 << 10];
+    let mut written = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), stream.write_all(&chunk)).await {
+            Ok(result) => {
+                result.unwrap();
+                written += chunk.len();
+                assert!(written <= 8 << 20, "a writer is bounded by the reader's window");
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(written >= 2 << 20, "the window let some data through ({written})");
+    // The stalled connection does not hold up requests between the same two twins.
+    for i in 0..20 {
+        let body = format!("rpc {i}");
+        let reply = alice
+            .call_address(bob.address().clone(), "echo", body.clone(), CALL)
+            .await
+            .expect("the RPC is answered while the stream is stalled");
+        assert_eq!(reply.payload, body.into_bytes());
+    }
+    // And the stream resumes once its reader reads.
+    let mut held = held;
+    let mut buf = vec![0u8; 1 << 20];
+    let n = held.read(&mut buf).await.unwrap();
+    assert!(n > 0);
+    tokio::time::timeout(CALL, stream.write_all(&chunk))
+        .await
+        .expect("the writer resumes")
+        .unwrap();
 }

@@ -15,6 +15,7 @@
 //! direct client and the rmb-peer binary do. See docs/connections.md.
 
 pub mod crypto;
+pub mod expose;
 pub mod state;
 pub mod stream;
 pub mod wire;
