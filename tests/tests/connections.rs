@@ -105,13 +105,14 @@ async fn pipe_digest(stream: &mut Stream, bytes: &[u8]) {
     assert_eq!(answer[..32], Sha256::digest(bytes)[..], "sha256 differs");
 }
 
-/// Size of the big transfers (MiB): `RMB_CONN_TEST_MIB`, else 100 in release builds and
-/// 32 in debug builds (unoptimised WebSocket masking makes 100 MiB take minutes).
+/// Size of the big transfers (MiB): `RMB_CONN_TEST_MIB`, else 100 in optimised builds
+/// (`cargo test --release`) and 24 in debug builds, where the unoptimised code moves a
+/// few MB/s on a busy 2-core machine and 100 MiB would take over a minute per test.
 fn big_mib() -> usize {
     std::env::var("RMB_CONN_TEST_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(debug_assertions) { 32 } else { 100 })
+        .unwrap_or(if cfg!(debug_assertions) { 24 } else { 100 })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +186,13 @@ async fn many_connections_at_once_each_get_their_own_bytes() {
         }
     });
     futures_util::future::join_all(opens).await;
-    assert_eq!(bob.connections().counters().accepted.load(std::sync::atomic::Ordering::Relaxed), 40);
+    assert_eq!(
+        bob.connections()
+            .counters()
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        40
+    );
     server.abort();
 }
 
@@ -272,14 +279,19 @@ async fn half_close_and_close_are_seen_by_both_sides() {
         .listen("chat", ListenOptions::default())
         .unwrap();
     let to = bob.address().clone();
-    let (a, b) = tokio::join!(alice.connections().connect_address(to.clone(), "chat"), async {
-        listener.accept().await.unwrap()
-    });
+    let (a, b) = tokio::join!(
+        alice.connections().connect_address(to.clone(), "chat"),
+        async { listener.accept().await.unwrap() }
+    );
     let (mut a, mut b) = (a.unwrap(), b.unwrap());
     a.send_message(b"question").await.unwrap();
     a.finish().await.expect("our FIN is acknowledged");
     assert_eq!(b.recv_message().await.unwrap().unwrap(), b"question");
-    assert_eq!(b.recv_message().await.unwrap(), None, "B sees A's half-close");
+    assert_eq!(
+        b.recv_message().await.unwrap(),
+        None,
+        "B sees A's half-close"
+    );
     // A finished writing but still reads.
     b.send_message(b"answer").await.unwrap();
     b.finish().await.unwrap();
@@ -337,9 +349,17 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_secs(4);
 
 /// Opens `protocol` on `to`, retrying while its listener is not up yet.
-async fn connect_when_listening(client: &Client, to: &rmb_proto::Address, protocol: &str) -> Stream {
+async fn connect_when_listening(
+    client: &Client,
+    to: &rmb_proto::Address,
+    protocol: &str,
+) -> Stream {
     for _ in 0..60 {
-        match client.connections().connect_address(to.clone(), protocol).await {
+        match client
+            .connections()
+            .connect_address(to.clone(), protocol)
+            .await
+        {
             Ok(stream) => return stream,
             Err(ConnectError::UnknownProtocol { .. } | ConnectError::Timeout { .. }) => {
                 tokio::time::sleep(Duration::from_millis(250)).await
@@ -471,9 +491,12 @@ async fn a_relay_killed_mid_transfer_loses_nothing_with_a_second_relay() {
         u64::from_be_bytes(answer[32..].try_into().unwrap()),
         bytes.len() as u64
     );
-    let stats = stream.stats();
-    println!("transfer across a relay failure: {stats:?}");
-    assert!(stats.timeouts > 0, "frames lost with r1 were sent again: {stats:?}");
+    println!("transfer across a relay failure: {:?}", stream.stats());
+    let status = alice.status();
+    assert!(
+        !status.relays[0].connected && status.relays[1].sent > 0,
+        "the transfer went on through the second relay: {status:?}"
+    );
     server.abort();
 }
 
@@ -487,24 +510,29 @@ async fn a_reader_that_stops_reading_does_not_delay_rpc() {
         .listen("sink", ListenOptions::default())
         .unwrap();
     let (stream, held) = tokio::join!(
-        alice.connections().connect_address(bob.address().clone(), "sink"),
+        alice
+            .connections()
+            .connect_address(bob.address().clone(), "sink"),
         async { sink.accept().await.unwrap().unwrap() }
     );
     let mut stream = stream.unwrap();
     // Write until the window and the send buffer are full: the writer waits.
     let chunk = vec![7u8; 64 << 10];
     let mut written = 0usize;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(2), stream.write_all(&chunk)).await {
-            Ok(result) => {
-                result.unwrap();
-                written += chunk.len();
-                assert!(written <= 8 << 20, "a writer is bounded by the reader's window");
-            }
-            Err(_) => break,
-        }
+    while let Ok(result) =
+        tokio::time::timeout(Duration::from_secs(2), stream.write_all(&chunk)).await
+    {
+        result.unwrap();
+        written += chunk.len();
+        assert!(
+            written <= 8 << 20,
+            "a writer is bounded by the reader's window"
+        );
     }
-    assert!(written >= 2 << 20, "the window let some data through ({written})");
+    assert!(
+        written >= 2 << 20,
+        "the window let some data through ({written})"
+    );
     // The stalled connection does not hold up requests between the same two twins.
     for i in 0..20 {
         let body = format!("rpc {i}");

@@ -51,7 +51,8 @@ impl DirectArgs {
             .choice()?
             .context("no registry given: use --registry URL or -s wss://<tfchain>")?;
         let sid = self.sid.clone().unwrap_or_else(|| default_sid.to_string());
-        let mut options = ClientOptions::new(self.secret.secret()?, sid, self.relays.clone(), choice);
+        let mut options =
+            ClientOptions::new(self.secret.secret()?, sid, self.relays.clone(), choice);
         options.key_type = self.secret.key_type;
         options.update_twin = !self.no_update;
         Ok(Client::connect(options).await?)
@@ -64,7 +65,9 @@ pub fn parse_target(text: &str) -> Result<Address, String> {
         Some((twin, sid)) => (twin, Some(sid)),
         None => (text, None),
     };
-    let twin: u32 = twin.parse().map_err(|_| format!("'{twin}' is not a twin id"))?;
+    let twin: u32 = twin
+        .parse()
+        .map_err(|_| format!("'{twin}' is not a twin id"))?;
     Ok(match sid {
         Some(sid) if !sid.is_empty() => Address::session(twin, sid),
         _ => Address::twin(twin),
@@ -74,7 +77,11 @@ pub fn parse_target(text: &str) -> Result<Address, String> {
 /// Parses a comma-separated twin list.
 fn parse_twins(text: &str) -> Result<Vec<u32>, String> {
     text.split(',')
-        .map(|t| t.trim().parse().map_err(|_| format!("'{t}' is not a twin id")))
+        .map(|t| {
+            t.trim()
+                .parse()
+                .map_err(|_| format!("'{t}' is not a twin id"))
+        })
         .collect()
 }
 

@@ -60,11 +60,7 @@ pub fn sign_open(identity: &Identity, open: &mut Open, opener: u32, responder: u
 }
 
 /// Checks an open request's signature against the opener's registered account.
-pub fn verify_open(
-    open: &Open,
-    opener: &Twin,
-    responder: u32,
-) -> Result<(), HandshakeError> {
+pub fn verify_open(open: &Open, opener: &Twin, responder: u32) -> Result<(), HandshakeError> {
     let transcript = open.transcript(opener.id, responder);
     verify(&opener.account, &transcript, &open.signature)?;
     Ok(())
@@ -103,7 +99,11 @@ pub fn complete(
     responder: &Twin,
 ) -> Result<Keys, HandshakeError> {
     let hash = open_hash(open, opener, responder.id);
-    verify(&responder.account, &accept.transcript(&hash), &accept.signature)?;
+    verify(
+        &responder.account,
+        &accept.transcript(&hash),
+        &accept.signature,
+    )?;
     derive(eph.secret, open, accept, &hash, true)
 }
 
@@ -222,9 +222,7 @@ mod tests {
 
         let (accept, bob_keys) = respond(&bob, &open, 1, 2, 2000).unwrap();
         // Signed by someone else than the twin we opened to: refused.
-        assert!(
-            complete(Ephemeral::generate(), &open, &accept, 1, &twin(2, &alice)).is_err()
-        );
+        assert!(complete(Ephemeral::generate(), &open, &accept, 1, &twin(2, &alice)).is_err());
         let alice_keys = complete(eph, &open, &accept, 1, &twin(2, &bob)).unwrap();
 
         let packet = alice_keys.seal(7, b"hello");

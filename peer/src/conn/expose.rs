@@ -173,7 +173,10 @@ mod tests {
     #[test]
     fn expose_rules_parse() {
         let rule: Expose = "ssh=127.0.0.1:22".parse().unwrap();
-        assert_eq!((rule.protocol.as_str(), rule.target.as_str()), ("ssh", "127.0.0.1:22"));
+        assert_eq!(
+            (rule.protocol.as_str(), rule.target.as_str()),
+            ("ssh", "127.0.0.1:22")
+        );
         assert_eq!(rule.allow, None);
         let rule: Expose = "web=localhost:80,allow=7,9".parse().unwrap();
         assert_eq!(rule.allow, Some([7, 9].into()));

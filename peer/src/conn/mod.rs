@@ -33,13 +33,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::{
-    InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, Reason,
-    RemoteError, SendError,
+    InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, Reason, RemoteError,
+    SendError,
 };
 use crypto::{Ephemeral, HandshakeError};
 pub use state::{Config as StreamConfig, Stats, StreamError};
-pub use stream::{MAX_MESSAGE, MessageError, Stream};
 use stream::{Conn, drive};
+pub use stream::{MAX_MESSAGE, MessageError, Stream};
 use wire::{Accept, ConnId, Open, WireError};
 
 /// Error codes of refused opens (in the error reply to `rmb.conn.open`).
@@ -283,14 +283,18 @@ impl Connections {
             expiration: waited.as_secs().max(1),
         };
         let exchange = async {
-            shared.peer.send_request(request).await.map_err(|e| match e {
-                SendError::UnknownTwin(t) => ConnectError::UnknownTwin(t),
-                SendError::Closed => ConnectError::Closed,
-                other => ConnectError::Unreachable {
-                    twin,
-                    detail: other.to_string(),
-                },
-            })?;
+            shared
+                .peer
+                .send_request(request)
+                .await
+                .map_err(|e| match e {
+                    SendError::UnknownTwin(t) => ConnectError::UnknownTwin(t),
+                    SendError::Closed => ConnectError::Closed,
+                    other => ConnectError::Unreachable {
+                        twin,
+                        detail: other.to_string(),
+                    },
+                })?;
             rx.await.map_err(|_| ConnectError::Closed)
         };
         let reply = tokio::time::timeout(waited, exchange)
@@ -335,11 +339,7 @@ impl Connections {
         Ok(())
     }
 
-    fn check_limits(
-        &self,
-        conns: &HashMap<(u32, ConnId), Entry>,
-        twin: u32,
-    ) -> Result<(), usize> {
+    fn check_limits(&self, conns: &HashMap<(u32, ConnId), Entry>, twin: u32) -> Result<(), usize> {
         let cfg = &self.shared.config;
         if conns.len() >= cfg.max_connections {
             return Err(conns.len());
@@ -418,7 +418,9 @@ impl Connections {
             }
             wire::OPEN_COMMAND => {
                 let this = self.clone();
-                self.shared.tasks.spawn(async move { this.on_open(request).await });
+                self.shared
+                    .tasks
+                    .spawn(async move { this.on_open(request).await });
                 None
             }
             c if c.starts_with(wire::COMMAND_PREFIX) => {
@@ -492,7 +494,10 @@ impl Connections {
         let open = match Open::decode(&request.payload) {
             Ok(open) => open,
             Err(e) => {
-                shared.counters.refused_bad_open.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .refused_bad_open
+                    .fetch_add(1, Ordering::Relaxed);
                 return refuse(codes::BAD_OPEN, format!("bad open request: {e}")).await;
             }
         };
@@ -504,19 +509,28 @@ impl Connections {
         let opener = match shared.peer.lookup_twin(source.twin).await {
             Ok(Some(twin)) => twin,
             _ => {
-                shared.counters.refused_bad_open.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .refused_bad_open
+                    .fetch_add(1, Ordering::Relaxed);
                 return refuse(codes::BAD_OPEN, "opener twin not found".into()).await;
             }
         };
         if let Err(e) = crypto::verify_open(&open, &opener, shared.peer.twin_id()) {
-            shared.counters.refused_bad_open.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .refused_bad_open
+                .fetch_add(1, Ordering::Relaxed);
             return refuse(codes::BAD_OPEN, e.to_string()).await;
         }
         let slot = {
             let listeners = lock(&shared.listeners);
-            listeners
-                .get(&open.protocol)
-                .map(|l| (l.tx.clone(), l.allow.as_ref().map(|a| a.contains(&source.twin))))
+            listeners.get(&open.protocol).map(|l| {
+                (
+                    l.tx.clone(),
+                    l.allow.as_ref().map(|a| a.contains(&source.twin)),
+                )
+            })
         };
         let tx = match slot {
             None => {
@@ -553,7 +567,11 @@ impl Connections {
             Err(mpsc::error::TrySendError::Full(mut incoming)) => {
                 incoming.request = None;
                 shared.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
-                refuse(codes::BUSY, "too many connections waiting to be accepted".into()).await
+                refuse(
+                    codes::BUSY,
+                    "too many connections waiting to be accepted".into(),
+                )
+                .await
             }
             Err(mpsc::error::TrySendError::Closed(mut incoming)) => {
                 incoming.request = None;
@@ -561,7 +579,11 @@ impl Connections {
                     .counters
                     .refused_unknown_protocol
                     .fetch_add(1, Ordering::Relaxed);
-                refuse(codes::UNKNOWN_PROTOCOL, "the protocol's listener is gone".into()).await
+                refuse(
+                    codes::UNKNOWN_PROTOCOL,
+                    "the protocol's listener is gone".into(),
+                )
+                .await
             }
         }
     }

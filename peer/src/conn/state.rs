@@ -115,9 +115,7 @@ impl From<StreamError> for std::io::Error {
         let kind = match e {
             StreamError::Reset { .. } => ErrorKind::ConnectionReset,
             StreamError::TimedOut(_) => ErrorKind::TimedOut,
-            StreamError::Protocol | StreamError::MessageTooLarge { .. } => {
-                ErrorKind::InvalidData
-            }
+            StreamError::Protocol | StreamError::MessageTooLarge { .. } => ErrorKind::InvalidData,
             StreamError::Closed | StreamError::Finished => ErrorKind::BrokenPipe,
             StreamError::Shutdown => ErrorKind::NotConnected,
         };
@@ -711,11 +709,8 @@ mod tests {
                 }
             }
             p.round(lose, reverse);
-            loop {
-                match p.b.read(&mut buf).unwrap() {
-                    Read::Data(n) => got.extend_from_slice(&buf[..n]),
-                    Read::End | Read::Blocked => break,
-                }
+            while let Read::Data(n) = p.b.read(&mut buf).unwrap() {
+                got.extend_from_slice(&buf[..n]);
             }
             if p.b.read(&mut buf).unwrap() == Read::End && p.a.finish_acked() {
                 break;
@@ -832,7 +827,10 @@ mod tests {
         p.a.detach();
         p.round(&|_| false, false);
         assert_eq!(p.a.error(), Some(&StreamError::Closed));
-        assert_eq!(p.b.write(b"x"), Err(StreamError::Reset { code: CODE_CLOSED }));
+        assert_eq!(
+            p.b.write(b"x"),
+            Err(StreamError::Reset { code: CODE_CLOSED })
+        );
         assert!(p.a.is_done(p.now));
     }
 
@@ -844,7 +842,7 @@ mod tests {
         let mut probes = 0;
         while p.a.error().is_none() {
             let next = p.a.poll_timeout().unwrap();
-            assert!(next > p.now || next == p.now);
+            assert!(next >= p.now);
             p.now = next;
             p.a.on_timeout(p.now);
             while p.a.poll_transmit(p.now).is_some() {
