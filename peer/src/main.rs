@@ -194,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
     let (peer, inbound) = Peer::start_with_replay_store(config, Arc::new(replay)).await?;
     // Connection traffic goes to the connections layer; the Redis API sees the rest.
     let connections = Connections::new(peer.clone(), ConnConfig::default());
-    let (inbound, _filter) = filter_inbound(connections.clone(), inbound);
+    let (inbound, filter) = filter_inbound(connections.clone(), inbound);
     let bridges = match Bridges::start(&connections, &args.expose) {
         Ok(bridges) => bridges,
         Err(e) => {
@@ -225,6 +225,8 @@ async fn main() -> anyhow::Result<()> {
         bridges.shutdown().await;
         connections.shutdown().await;
         api.shutdown(SHUTDOWN_GRACE).await;
+        // The peer stopped, so its inbound channel closed and the filter ends.
+        let _ = filter.await;
     };
     tokio::select! {
         _ = stop => {}

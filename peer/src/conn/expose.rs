@@ -90,6 +90,8 @@ impl Bridges {
             let mut listener = connections.listen(&rule.protocol, options)?;
             let (rule, inner, stop) = (rule.clone(), tasks.clone(), stop.clone());
             tasks.spawn(async move {
+                // Remote opens trigger these warnings: at most one per 10 s per rule.
+                let mut warned: Option<std::time::Instant> = None;
                 loop {
                     let incoming = tokio::select! {
                         _ = stop.cancelled() => return,
@@ -102,7 +104,10 @@ impl Bridges {
                     let tcp = match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, connect).await {
                         Ok(Ok(tcp)) => tcp,
                         Ok(Err(e)) => {
-                            tracing::warn!(protocol = %rule.protocol, target = %rule.target, error = %e, "exposed service unreachable; refusing");
+                            if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                                warned = Some(std::time::Instant::now());
+                                tracing::warn!(protocol = %rule.protocol, target = %rule.target, error = %e, "exposed service unreachable; refusing (logged once per 10 s)");
+                            }
                             incoming.refuse("the exposed service is unreachable").await;
                             continue;
                         }

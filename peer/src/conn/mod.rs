@@ -130,8 +130,6 @@ pub enum AcceptError {
     Handshake(#[from] HandshakeError),
     #[error("sending the accept failed: {0}")]
     Send(#[from] SendError),
-    #[error("too many open connections ({0})")]
-    TooMany(usize),
 }
 
 /// Who may open a protocol.
@@ -551,8 +549,17 @@ impl Connections {
             }
             Some((tx, _)) => tx,
         };
-        let limited = self.check_limits(&lock(&shared.conns), source.twin);
-        if let Err(n) = limited {
+        // Reserve the slot now: a repeat of this open (resent while the listener
+        // decides) then finds it and is ignored.
+        let reserved = {
+            let mut conns = lock(&shared.conns);
+            let limited = self.check_limits(&conns, source.twin);
+            if limited.is_ok() {
+                conns.insert(key, Entry::Opening(Vec::new()));
+            }
+            limited
+        };
+        if let Err(n) = reserved {
             shared.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
             return refuse(codes::BUSY, format!("too many connections ({n})")).await;
         }
@@ -566,6 +573,7 @@ impl Connections {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(mut incoming)) => {
                 incoming.request = None;
+                self.unreserve(key);
                 shared.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
                 refuse(
                     codes::BUSY,
@@ -575,6 +583,7 @@ impl Connections {
             }
             Err(mpsc::error::TrySendError::Closed(mut incoming)) => {
                 incoming.request = None;
+                self.unreserve(key);
                 shared
                     .counters
                     .refused_unknown_protocol
@@ -585,6 +594,14 @@ impl Connections {
                 )
                 .await
             }
+        }
+    }
+
+    /// Frees a slot reserved for an open that was not accepted.
+    fn unreserve(&self, key: (u32, ConnId)) {
+        let mut conns = lock(&self.shared.conns);
+        if matches!(conns.get(&key), Some(Entry::Opening(_))) {
+            conns.remove(&key);
         }
     }
 
@@ -732,20 +749,20 @@ impl Incoming {
         let shared = &connections.shared;
         let cfg = shared.config.stream.clamped();
         let me = shared.peer.twin_id();
-        let (accept, keys) = crypto::respond(
+        let key = (self.source.twin, self.open.id);
+        let (accept, keys) = match crypto::respond(
             shared.peer.identity(),
             &self.open,
             self.source.twin,
             me,
             cfg.window,
-        )?;
-        {
-            let mut conns = lock(&shared.conns);
-            connections
-                .check_limits(&conns, self.source.twin)
-                .map_err(AcceptError::TooMany)?;
-            conns.insert((self.source.twin, self.open.id), Entry::Opening(Vec::new()));
-        }
+        ) {
+            Ok(done) => done,
+            Err(e) => {
+                connections.unreserve(key);
+                return Err(e.into());
+            }
+        };
         let now = tokio::time::Instant::now().into_std();
         let state = state::State::new(cfg, now, self.open.window);
         let conn = Conn::new(
@@ -767,6 +784,7 @@ impl Incoming {
     /// Refuses with a reason the opener sees.
     pub async fn refuse(mut self, reason: &str) {
         if let Some((uid, deadline)) = self.request.take() {
+            self.connections.unreserve((self.source.twin, self.open.id));
             let shared = &self.connections.shared;
             shared
                 .counters
@@ -787,6 +805,7 @@ impl Drop for Incoming {
             return;
         };
         let connections = self.connections.clone();
+        connections.unreserve((self.source.twin, self.open.id));
         let to = self.source.clone();
         let tasks = connections.shared.tasks.clone();
         connections
