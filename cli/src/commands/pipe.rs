@@ -279,3 +279,61 @@ async fn copy_both(mut stream: Stream, mut socket: impl AsyncRead + AsyncWrite +
         tracing::debug!(error = %e, "forwarded connection ended");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn targets_name_a_twin_or_a_session() {
+        assert_eq!(parse_target("7"), Ok(Address::twin(7)));
+        assert_eq!(parse_target("7:pipe"), Ok(Address::session(7, "pipe")));
+        assert_eq!(parse_target("7:"), Ok(Address::twin(7)));
+        assert!(parse_target("x:pipe").is_err());
+        assert_eq!(parse_twins("7, 9"), Ok(vec![7, 9]));
+        assert!(parse_twins("7,x").is_err());
+    }
+
+    #[test]
+    fn pipe_and_forward_parse() {
+        let cli = Cli::parse_from([
+            "rmb",
+            "pipe",
+            "connect",
+            "--to",
+            "42",
+            "--protocol",
+            "ssh",
+            "--relay",
+            "ws://r",
+            "--registry",
+            "http://r",
+        ]);
+        let Command::Pipe(PipeArgs {
+            command: PipeCommand::Connect(args),
+        }) = cli.command
+        else {
+            panic!("not pipe connect")
+        };
+        assert_eq!(
+            (args.to, args.protocol.as_str()),
+            (Address::twin(42), "ssh")
+        );
+        // A relay is required: a pipe is its own client.
+        assert!(
+            Cli::try_parse_from([
+                "rmb",
+                "forward",
+                "--listen",
+                "127.0.0.1:1",
+                "--to",
+                "1",
+                "--protocol",
+                "p"
+            ])
+            .is_err()
+        );
+    }
+}
