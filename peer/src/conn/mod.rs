@@ -169,8 +169,10 @@ enum Entry {
     Open(Arc<Conn>),
 }
 
-/// Frames kept for a connection whose accept reply is still being processed.
+/// Frames kept for a connection whose accept reply is still being processed: at most
+/// this many, and this many bytes in all.
 const EARLY_FRAMES: usize = 16;
+const EARLY_BYTES: usize = 1 << 20;
 
 struct ListenerSlot {
     tx: mpsc::Sender<Incoming>,
@@ -457,7 +459,8 @@ impl Connections {
             match conns.get_mut(&key) {
                 Some(Entry::Open(conn)) => conn.clone(),
                 Some(Entry::Opening(early)) => {
-                    if early.len() < EARLY_FRAMES {
+                    let held: usize = early.iter().map(|(_, c)| c.len()).sum();
+                    if early.len() < EARLY_FRAMES && held + cipher.len() <= EARLY_BYTES {
                         early.push((pn, cipher.to_vec()));
                     }
                     return;
