@@ -21,6 +21,9 @@ use crate::core::{OutgoingRequest, Peer, SendError};
 
 /// Expiration of a data envelope: a frame older than this is useless (it was resent).
 const FRAME_EXPIRATION: u64 = 60;
+/// Longest wait for a relay link to take a frame. Past it the frame counts as lost
+/// (retransmission sends it again), so timers keep running while no relay is up.
+const SEND_WAIT: Duration = Duration::from_secs(2);
 /// Default bound of one message read by [`Stream::recv_message`].
 pub const MAX_MESSAGE: usize = 16 << 20;
 
@@ -184,7 +187,10 @@ async fn send(peer: &Peer, conn: &Conn, pn: u64, frame: &Frame) -> bool {
         timestamp: 0,
         expiration: FRAME_EXPIRATION,
     };
-    match peer.send_unsolicited(request).await {
+    let Ok(sent) = tokio::time::timeout(SEND_WAIT, peer.send_unsolicited(request)).await else {
+        return true;
+    };
+    match sent {
         Ok(_) => true,
         Err(SendError::Closed) => false,
         // Retransmission sends it again; a registry hiccup is not fatal.
