@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{call, key, notify, serve, status, topic, twin};
+use crate::commands::{call, key, notify, pipe, serve, status, topic, twin};
 use crate::demo;
 
 /// rmb: talk to twins on the Reliable Message Bus.
@@ -38,6 +38,10 @@ pub enum Command {
     Listen(notify::ListenArgs),
     /// Show the local rmb-peer's twin, relays, counters and queues.
     Status(status::StatusArgs),
+    /// Pipe stdin/stdout through a connection to another twin (listen or connect).
+    Pipe(pipe::PipeArgs),
+    /// Forward a local TCP port to a twin: one connection per accepted TCP connection.
+    Forward(pipe::ForwardArgs),
     /// Start a complete network on this machine and make calls across it.
     Demo(demo::DemoArgs),
     /// Create, list and show topics (through the local rmb-peer's HTTP API).
@@ -61,6 +65,8 @@ impl Cli {
             Command::Notify(args) => notify::run_notify(args).await,
             Command::Listen(args) => notify::run_listen(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Pipe(args) => pipe::run(args).await,
+            Command::Forward(args) => pipe::forward(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Topic(args) => topic::run(args).await,
             Command::Pub(args) => topic::run_pub(args).await,

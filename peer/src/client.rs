@@ -35,6 +35,7 @@ use rmb_proto::time::unix_now;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::conn::{ConnConfig, Connections};
 use crate::core::{
     Inbound, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, PeerConfig,
     PeerError, PeerStatus, RemoteError, SendError, codes,
@@ -81,6 +82,8 @@ pub struct ClientOptions {
     /// Resend unanswered calls and answer repeated requests from the reply cache
     /// (on by default; off is rmb-rs's at-most-once behaviour).
     pub reliable: bool,
+    /// Limits and timers of connections ([`Client::connections`]).
+    pub connections: ConnConfig,
 }
 
 impl ClientOptions {
@@ -102,6 +105,7 @@ impl ClientOptions {
             update_twin: true,
             connect_timeout: Duration::from_secs(10),
             reliable: true,
+            connections: ConnConfig::default(),
         }
     }
 }
@@ -181,6 +185,7 @@ struct Tables {
 pub struct Client {
     peer: Peer,
     tables: Arc<Tables>,
+    connections: Connections,
     follower: Option<JoinHandle<()>>,
 }
 
@@ -222,12 +227,14 @@ impl Client {
             }
         };
         let tables = Arc::new(Tables::default());
+        let connections = Connections::new(peer.clone(), options.connections);
         let client = Client {
             peer: peer.clone(),
             tables: Arc::clone(&tables),
+            connections: connections.clone(),
             follower,
         };
-        tokio::spawn(dispatch(peer, tables, inbound));
+        tokio::spawn(dispatch(peer, tables, connections, inbound));
         if !client.peer.wait_connected(options.connect_timeout).await {
             let detail = client
                 .peer
@@ -356,8 +363,15 @@ impl Client {
         &self.peer
     }
 
+    /// Streams to and from other twins: `connections().connect(twin, protocol)`, and
+    /// `connections().listen(protocol, options)` to accept them.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
     /// Closes the relay connections and waits for the client's tasks to end.
     pub async fn shutdown(&self) {
+        self.connections.shutdown().await;
         self.peer.shutdown().await;
     }
 }
@@ -390,11 +404,24 @@ impl Drop for Forget<'_> {
 }
 
 /// Routes what the peer receives: replies to waiting calls, requests to handlers.
-async fn dispatch(peer: Peer, tables: Arc<Tables>, mut inbound: mpsc::Receiver<Inbound>) {
+/// Connection traffic (`rmb.conn.*` and open replies) goes to `connections` first.
+async fn dispatch(
+    peer: Peer,
+    tables: Arc<Tables>,
+    connections: Connections,
+    mut inbound: mpsc::Receiver<Inbound>,
+) {
     while let Some(message) = inbound.recv().await {
         match message {
-            Inbound::Response(response) => deliver_reply(&tables, response),
+            Inbound::Response(response) => {
+                if let Some(response) = connections.handle_response(response) {
+                    deliver_reply(&tables, response)
+                }
+            }
             Inbound::Request(request) => {
+                let Some(request) = connections.handle_request(request) else {
+                    continue;
+                };
                 let handler = tables
                     .handlers
                     .read()

@@ -17,6 +17,7 @@
 pub const VERSION: &str = env!("RMB_VERSION");
 
 pub mod client;
+pub mod conn;
 pub mod core;
 pub mod http_api;
 pub mod links;

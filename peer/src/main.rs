@@ -10,6 +10,8 @@ use clap::Parser;
 use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, connect};
 use rmb_identity::{E2eScheme, Identity, KeyType};
+use rmb_peer::conn::expose::{Bridges, Expose, filter_inbound};
+use rmb_peer::conn::{ConnConfig, Connections};
 use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, replay};
 use rmb_peer::http_api::HttpApi;
 use rmb_peer::redis_api::{Limits, RedisApi};
@@ -70,6 +72,14 @@ struct Args {
         default_value = "wss://relay.grid.tf:443"
     )]
     relays: Vec<String>,
+
+    /// Bridge incoming connections (issue #15) for PROTOCOL to a local TCP service:
+    /// `PROTOCOL=HOST:PORT`, optionally `,allow=TWIN,TWIN…` to name the only twins that
+    /// may open it (repeatable; default: none, and opens are refused as unknown
+    /// protocols). E.g. `--expose ssh=127.0.0.1:22,allow=7` lets twin 7 reach this
+    /// machine's sshd with `rmb pipe connect --to <this twin> --protocol ssh`.
+    #[arg(long = "expose", value_name = "PROTOCOL=HOST:PORT[,allow=TWINS]")]
+    expose: Vec<Expose>,
 
     /// tfchain RPC URL(s) to look twins up, tried in turn (repeatable). Defaults to
     /// wss://tfchain.grid.tf:443 unless --registry is given.
@@ -196,8 +206,20 @@ async fn main() -> anyhow::Result<()> {
     let replay =
         MemoryReplayStore::with_reply_budget(replay::DEFAULT_CAPACITY, args.reply_cache_mb << 20);
     let (peer, inbound) = Peer::start_with_replay_store(config, Arc::new(replay)).await?;
-    // Topics take their requests (and answers to their own) from the inbound stream;
-    // the rest goes on to the Redis API.
+    // Connection traffic goes to the connections layer; topics take their requests (and
+    // answers to their own) from what is left; the Redis API sees the rest.
+    let connections = Connections::new(peer.clone(), ConnConfig::default());
+    let (inbound, filter) = filter_inbound(connections.clone(), inbound);
+    let bridges = match Bridges::start(&connections, &args.expose) {
+        Ok(bridges) => bridges,
+        Err(e) => {
+            peer.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    for rule in &args.expose {
+        tracing::info!(protocol = %rule.protocol, target = %rule.target, allow = ?rule.allow, "exposing a local service");
+    }
     let mut topic_options = TopicsOptions::new(&args.redis);
     topic_options.renew = Duration::from_secs(args.topic_renew);
     let (topics, inbound) = match Topics::start(peer.clone(), inbound, topic_options).await {
@@ -233,14 +255,18 @@ async fn main() -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    // Whatever happens inside, the process ends soon after a signal (or at a second one).
     let stop = async {
         if let Some(http) = http {
             http.shutdown(SHUTDOWN_GRACE).await;
         }
+        bridges.shutdown().await;
+        connections.shutdown().await;
         api.shutdown(SHUTDOWN_GRACE).await;
         topics.shutdown().await;
+        // The peer stopped, so its inbound channel closed and the filter ends.
+        let _ = filter.await;
     };
-    // Whatever happens inside, the process ends soon after a signal (or at a second one).
     tokio::select! {
         _ = stop => {}
         _ = tokio::time::sleep(SHUTDOWN_GRACE * 2) => {

@@ -3,6 +3,7 @@
 pub mod call;
 pub mod key;
 pub mod notify;
+pub mod pipe;
 pub mod serve;
 pub mod status;
 pub mod topic;

@@ -25,6 +25,7 @@ pub mod rtt;
 pub mod send;
 pub mod status;
 pub mod types;
+pub mod unsolicited;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

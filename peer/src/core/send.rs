@@ -274,7 +274,7 @@ impl Inner {
 
     /// Looks up the destination, then encrypt (unless `encrypt` is off: an error reply
     /// to a twin we cannot encrypt to) → stamp → sign → encode.
-    async fn seal(&self, mut env: Envelope, encrypt: bool) -> Result<Sealed, SendError> {
+    pub(super) async fn seal(&self, mut env: Envelope, encrypt: bool) -> Result<Sealed, SendError> {
         if self.shutdown.is_cancelled() {
             return Err(SendError::Closed);
         }

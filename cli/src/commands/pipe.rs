@@ -1,0 +1,339 @@
+//! `rmb pipe listen` / `rmb pipe connect` / `rmb forward`: connections (issue #15) from
+//! the command line, like netcat and dumbpipe. Each runs its own direct client (no
+//! rmb-peer needed), so `rmb pipe connect` works as ssh's `ProxyCommand`:
+//!
+//! ```text
+//! ssh -o ProxyCommand='rmb pipe connect --to 42 --protocol ssh --relay wss://r --registry https://r' me@twin42
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use rmb_peer::conn::{ListenOptions, Stream};
+use rmb_peer::{Client, ClientOptions};
+use rmb_proto::Address;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::args::{RegistryArgs, SecretArgs};
+
+/// The direct client a pipe or forward runs: whose twin, which relays, which registry.
+#[derive(Args, Debug, Clone)]
+pub struct DirectArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Relay to connect to, ws:// or wss:// (repeatable, at most 4; the first one
+    /// connected is used, the others are for failover).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Session id of this client: other twins reach a listener at TWIN:SID.
+    /// Default: "pipe" for `pipe listen`, a random one otherwise.
+    #[arg(long, value_name = "SID")]
+    pub sid: Option<String>,
+
+    /// Do not publish this client's relays and encryption key in the registry (use it
+    /// when an rmb-peer of the same twin owns the twin's entry).
+    #[arg(long)]
+    pub no_update: bool,
+}
+
+impl DirectArgs {
+    async fn client(&self, default_sid: &str) -> anyhow::Result<Client> {
+        let choice = self
+            .registry
+            .choice()?
+            .context("no registry given: use --registry URL or -s wss://<tfchain>")?;
+        let sid = self.sid.clone().unwrap_or_else(|| default_sid.to_string());
+        let mut options =
+            ClientOptions::new(self.secret.secret()?, sid, self.relays.clone(), choice);
+        options.key_type = self.secret.key_type;
+        options.update_twin = !self.no_update;
+        Ok(Client::connect(options).await?)
+    }
+}
+
+/// Parses `TWIN` (an rmb-peer) or `TWIN:SID` (a direct client such as `pipe listen`).
+pub fn parse_target(text: &str) -> Result<Address, String> {
+    let (twin, sid) = match text.split_once(':') {
+        Some((twin, sid)) => (twin, Some(sid)),
+        None => (text, None),
+    };
+    let twin: u32 = twin
+        .parse()
+        .map_err(|_| format!("'{twin}' is not a twin id"))?;
+    Ok(match sid {
+        Some(sid) if !sid.is_empty() => Address::session(twin, sid),
+        _ => Address::twin(twin),
+    })
+}
+
+/// Parses a comma-separated twin list.
+fn parse_twins(text: &str) -> Result<Vec<u32>, String> {
+    text.split(',')
+        .map(|t| {
+            t.trim()
+                .parse()
+                .map_err(|_| format!("'{t}' is not a twin id"))
+        })
+        .collect()
+}
+
+/// Pipe stdin/stdout through a connection.
+#[derive(Args, Debug)]
+pub struct PipeArgs {
+    #[command(subcommand)]
+    pub command: PipeCommand,
+}
+
+/// `rmb pipe` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum PipeCommand {
+    /// Wait for one connection for PROTOCOL and pipe it to stdin/stdout.
+    Listen(ListenArgs),
+    /// Open a connection to a twin and pipe it to stdin/stdout (ssh ProxyCommand).
+    Connect(ConnectArgs),
+}
+
+/// `rmb pipe listen`.
+#[derive(Args, Debug)]
+pub struct ListenArgs {
+    /// Protocol name openers ask for.
+    #[arg(long, value_name = "NAME")]
+    pub protocol: String,
+
+    /// Only these twins may connect (comma-separated; default: any twin).
+    #[arg(long, value_name = "TWINS", value_parser = parse_twins)]
+    pub allow: Option<Vec<u32>>,
+
+    #[command(flatten)]
+    pub client: DirectArgs,
+}
+
+/// `rmb pipe connect`.
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    /// The twin to connect to: TWIN for an rmb-peer (`--expose`), TWIN:SID for a direct
+    /// client (`rmb pipe listen` listens as TWIN:pipe).
+    #[arg(long, value_name = "TWIN[:SID]", value_parser = parse_target)]
+    pub to: Address,
+
+    /// Protocol name the other side listens for.
+    #[arg(long, value_name = "NAME")]
+    pub protocol: String,
+
+    #[command(flatten)]
+    pub client: DirectArgs,
+}
+
+/// Forward a local TCP port to a twin: each accepted TCP connection becomes one
+/// connection for PROTOCOL (e.g. to an `rmb-peer --expose PROTOCOL=HOST:PORT`).
+#[derive(Args, Debug)]
+pub struct ForwardArgs {
+    /// Local address to accept TCP connections on.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: String,
+
+    /// The twin to connect to (TWIN or TWIN:SID).
+    #[arg(long, value_name = "TWIN[:SID]", value_parser = parse_target)]
+    pub to: Address,
+
+    /// Protocol name the other side listens for.
+    #[arg(long, value_name = "NAME")]
+    pub protocol: String,
+
+    #[command(flatten)]
+    pub client: DirectArgs,
+}
+
+/// Runs `rmb pipe …`.
+pub async fn run(args: PipeArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        PipeCommand::Listen(args) => listen(args).await,
+        PipeCommand::Connect(args) => connect(args).await,
+    }
+}
+
+async fn listen(args: ListenArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client("pipe").await?;
+    let options = ListenOptions {
+        allow: args.allow.map(|twins| twins.into_iter().collect()),
+    };
+    let mut listener = client.connections().listen(&args.protocol, options)?;
+    eprintln!(
+        "listening for '{}': rmb pipe connect --to {} --protocol {} …",
+        args.protocol,
+        client.address(),
+        args.protocol
+    );
+    let Some(stream) = listener.accept().await else {
+        bail!("the client stopped before a connection came");
+    };
+    let stream = stream?;
+    eprintln!("connected: {}", stream.remote());
+    drop(listener);
+    let code = pipe_stdio(stream).await;
+    client.shutdown().await;
+    code
+}
+
+async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let sid = format!("pipe-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let client = args.client.client(&sid).await?;
+    let stream = client
+        .connections()
+        .connect_address(args.to.clone(), &args.protocol)
+        .await
+        .with_context(|| format!("connecting to {} for '{}'", args.to, args.protocol))?;
+    let code = pipe_stdio(stream).await;
+    client.shutdown().await;
+    code
+}
+
+/// stdin → stream (half-closed at stdin's end), stream → stdout; done when the other
+/// side finished (as netcat: ssh's session ends when the server closes).
+async fn pipe_stdio(stream: Stream) -> anyhow::Result<ExitCode> {
+    let (mut from, mut to) = tokio::io::split(stream);
+    let uploaded = {
+        let upload = async {
+            let mut stdin = tokio::io::stdin();
+            tokio::io::copy(&mut stdin, &mut to).await?;
+            to.shutdown().await?;
+            Ok::<_, std::io::Error>(())
+        };
+        let download = async {
+            let mut stdout = tokio::io::stdout();
+            tokio::io::copy(&mut from, &mut stdout).await?;
+            stdout.flush().await?;
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::pin!(upload, download);
+        let mut uploaded = false;
+        loop {
+            tokio::select! {
+                result = &mut upload, if !uploaded => {
+                    result.context("sending stdin")?;
+                    uploaded = true;
+                }
+                result = &mut download => {
+                    result.context("receiving")?;
+                    break;
+                }
+            }
+        }
+        uploaded
+    };
+    // Wait until what we sent is acknowledged, so nothing is cut off at exit.
+    if uploaded {
+        let mut stream = from.unsplit(to);
+        let _ = tokio::time::timeout(Duration::from_secs(30), stream.finish()).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `rmb forward`.
+pub async fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
+    let sid = format!("fwd-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let client = args.client.client(&sid).await?;
+    let tcp = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    eprintln!(
+        "forwarding {} to {} ('{}')",
+        tcp.local_addr()?,
+        args.to,
+        args.protocol
+    );
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let (socket, peer) = tokio::select! {
+            accepted = tcp.accept() => accepted?,
+            _ = crate::signals::stop_signal() => break,
+        };
+        let (connections, to, protocol) = (
+            client.connections().clone(),
+            args.to.clone(),
+            args.protocol.clone(),
+        );
+        tasks.spawn(async move {
+            match connections.connect_address(to, &protocol).await {
+                Ok(stream) => copy_both(stream, socket).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "could not open a connection"),
+            }
+        });
+    }
+    tasks.close();
+    client.shutdown().await;
+    tasks.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn copy_both(mut stream: Stream, mut socket: impl AsyncRead + AsyncWrite + Unpin) {
+    if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut socket).await {
+        tracing::debug!(error = %e, "forwarded connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn targets_name_a_twin_or_a_session() {
+        assert_eq!(parse_target("7"), Ok(Address::twin(7)));
+        assert_eq!(parse_target("7:pipe"), Ok(Address::session(7, "pipe")));
+        assert_eq!(parse_target("7:"), Ok(Address::twin(7)));
+        assert!(parse_target("x:pipe").is_err());
+        assert_eq!(parse_twins("7, 9"), Ok(vec![7, 9]));
+        assert!(parse_twins("7,x").is_err());
+    }
+
+    #[test]
+    fn pipe_and_forward_parse() {
+        let cli = Cli::parse_from([
+            "rmb",
+            "pipe",
+            "connect",
+            "--to",
+            "42",
+            "--protocol",
+            "ssh",
+            "--relay",
+            "ws://r",
+            "--registry",
+            "http://r",
+        ]);
+        let Command::Pipe(PipeArgs {
+            command: PipeCommand::Connect(args),
+        }) = cli.command
+        else {
+            panic!("not pipe connect")
+        };
+        assert_eq!(
+            (args.to, args.protocol.as_str()),
+            (Address::twin(42), "ssh")
+        );
+        // A relay is required: a pipe is its own client.
+        assert!(
+            Cli::try_parse_from([
+                "rmb",
+                "forward",
+                "--listen",
+                "127.0.0.1:1",
+                "--to",
+                "1",
+                "--protocol",
+                "p"
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The connection handshake's cryptography and the per-connection packet encryption.
+//!
+//! Each side makes a fresh x25519 key pair for the connection and signs the handshake
+//! transcript with its twin's identity key (see [`wire::Open::transcript`] and
+//! [`wire::Accept::transcript`]). The shared secret goes through HKDF-SHA256 (salt: the
+//! connection id; info: the hash of both transcripts) into one ChaCha20-Poly1305 key per
+//! direction. The ephemeral secrets are dropped once the keys exist, so recorded traffic
+//! stays unreadable even if both identity keys leak later (forward secrecy).
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hkdf::Hkdf;
+use rmb_identity::registry::Twin;
+use rmb_identity::{Identity, SignatureError, verify};
+use sha2::{Digest, Sha256};
+use x25519_dalek::{EphemeralSecret, PublicKey};
+
+use super::wire::{self, Accept, ConnId, Open};
+
+/// Why a handshake did not produce keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("the handshake signature does not verify: {0}")]
+    Signature(#[from] SignatureError),
+    #[error("the ephemeral key exchange gave a non-contributory (low-order) result")]
+    WeakKey,
+}
+
+/// Why a packet could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    #[error("packet does not authenticate under this connection's key")]
+    Authentication,
+}
+
+/// A fresh ephemeral key pair for one handshake.
+pub struct Ephemeral {
+    secret: EphemeralSecret,
+    pub public: [u8; 32],
+}
+
+impl Ephemeral {
+    pub fn generate() -> Ephemeral {
+        let secret = EphemeralSecret::random_from_rng(rand::rngs::OsRng);
+        let public = PublicKey::from(&secret).to_bytes();
+        Ephemeral { secret, public }
+    }
+}
+
+/// Both directions' keys of one connection, from one side's point of view.
+pub struct Keys {
+    seal: ChaCha20Poly1305,
+    open: ChaCha20Poly1305,
+    id: ConnId,
+}
+
+/// Signs an open request (fills its signature).
+pub fn sign_open(identity: &Identity, open: &mut Open, opener: u32, responder: u32) {
+    open.signature = identity.signer().sign(&open.transcript(opener, responder));
+}
+
+/// Checks an open request's signature against the opener's registered account.
+pub fn verify_open(open: &Open, opener: &Twin, responder: u32) -> Result<(), HandshakeError> {
+    let transcript = open.transcript(opener.id, responder);
+    verify(&opener.account, &transcript, &open.signature)?;
+    Ok(())
+}
+
+fn open_hash(open: &Open, opener: u32, responder: u32) -> [u8; 32] {
+    Sha256::digest(open.transcript(opener, responder)).into()
+}
+
+/// Responder side: signs the accept for `open` and derives the keys.
+pub fn respond(
+    identity: &Identity,
+    open: &Open,
+    opener: u32,
+    responder: u32,
+    window: u32,
+) -> Result<(Accept, Keys), HandshakeError> {
+    let eph = Ephemeral::generate();
+    let hash = open_hash(open, opener, responder);
+    let mut accept = Accept {
+        ephemeral: eph.public,
+        window,
+        signature: [0; rmb_identity::SIGNATURE_LEN],
+    };
+    accept.signature = identity.signer().sign(&accept.transcript(&hash));
+    let keys = derive(eph.secret, open, &accept, &hash, false)?;
+    Ok((accept, keys))
+}
+
+/// Opener side: checks the responder's signature and derives the keys.
+pub fn complete(
+    eph: Ephemeral,
+    open: &Open,
+    accept: &Accept,
+    opener: u32,
+    responder: &Twin,
+) -> Result<Keys, HandshakeError> {
+    let hash = open_hash(open, opener, responder.id);
+    verify(
+        &responder.account,
+        &accept.transcript(&hash),
+        &accept.signature,
+    )?;
+    derive(eph.secret, open, accept, &hash, true)
+}
+
+fn derive(
+    secret: EphemeralSecret,
+    open: &Open,
+    accept: &Accept,
+    open_hash: &[u8; 32],
+    opener: bool,
+) -> Result<Keys, HandshakeError> {
+    let theirs = PublicKey::from(if opener {
+        accept.ephemeral
+    } else {
+        open.ephemeral
+    });
+    let shared = secret.diffie_hellman(&theirs);
+    if !shared.was_contributory() {
+        return Err(HandshakeError::WeakKey);
+    }
+    let mut info = b"rmb.conn.v1 keys".to_vec();
+    info.extend_from_slice(open_hash);
+    info.extend_from_slice(&Sha256::digest(accept.encode()));
+    let hk = Hkdf::<Sha256>::new(Some(&open.id), shared.as_bytes());
+    let mut okm = zeroize::Zeroizing::new([0u8; 64]);
+    hk.expand(&info, okm.as_mut())
+        .expect("64 bytes is a valid HKDF-SHA256 length");
+    let to_responder = ChaCha20Poly1305::new(Key::from_slice(&okm[..32]));
+    let to_opener = ChaCha20Poly1305::new(Key::from_slice(&okm[32..]));
+    let (seal, open_key) = if opener {
+        (to_responder, to_opener)
+    } else {
+        (to_opener, to_responder)
+    };
+    Ok(Keys {
+        seal,
+        open: open_key,
+        id: open.id,
+    })
+}
+
+fn nonce(pn: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&pn.to_be_bytes());
+    *Nonce::from_slice(&n)
+}
+
+impl Keys {
+    /// Encrypts an encoded frame as packet `pn` (unique per direction): the data
+    /// request's payload (`id ‖ pn ‖ ciphertext`).
+    pub fn seal(&self, pn: u64, frame: &[u8]) -> Vec<u8> {
+        let mut header = Vec::with_capacity(wire::PACKET_HEADER);
+        header.extend_from_slice(&self.id);
+        header.extend_from_slice(&pn.to_be_bytes());
+        let cipher = self
+            .seal
+            .encrypt(
+                &nonce(pn),
+                Payload {
+                    msg: frame,
+                    aad: &header,
+                },
+            )
+            .expect("ChaCha20-Poly1305 encrypts any frame below 256 GiB");
+        header.extend_from_slice(&cipher);
+        header
+    }
+
+    /// Decrypts a packet's ciphertext (after [`wire::split_packet`]).
+    pub fn open(&self, pn: u64, cipher: &[u8]) -> Result<Vec<u8>, PacketError> {
+        let mut header = [0u8; wire::PACKET_HEADER];
+        header[..wire::ID_LEN].copy_from_slice(&self.id);
+        header[wire::ID_LEN..].copy_from_slice(&pn.to_be_bytes());
+        self.open
+            .decrypt(
+                &nonce(pn),
+                Payload {
+                    msg: cipher,
+                    aad: &header,
+                },
+            )
+            .map_err(|_| PacketError::Authentication)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmb_identity::KeyType;
+
+    fn twin(id: u32, identity: &Identity) -> Twin {
+        Twin {
+            id,
+            account: identity.signer().account(),
+            relays: Default::default(),
+            pk: None,
+        }
+    }
+
+    #[test]
+    fn both_sides_derive_matching_keys_and_forgeries_fail() {
+        let alice = Identity::from_secret("//Alice", KeyType::Sr25519).unwrap();
+        let bob = Identity::from_secret("//Bob", KeyType::Ed25519).unwrap();
+        let eph = Ephemeral::generate();
+        let mut open = Open {
+            id: [5; 16],
+            ephemeral: eph.public,
+            window: 1000,
+            protocol: "echo".into(),
+            signature: [0; rmb_identity::SIGNATURE_LEN],
+        };
+        sign_open(&alice, &mut open, 1, 2);
+        verify_open(&open, &twin(1, &alice), 2).unwrap();
+        // Bound to both twins: a replay to another twin or claimed by another fails.
+        assert!(verify_open(&open, &twin(1, &alice), 3).is_err());
+        assert!(verify_open(&open, &twin(1, &bob), 2).is_err());
+
+        let (accept, bob_keys) = respond(&bob, &open, 1, 2, 2000).unwrap();
+        // Signed by someone else than the twin we opened to: refused.
+        assert!(complete(Ephemeral::generate(), &open, &accept, 1, &twin(2, &alice)).is_err());
+        let alice_keys = complete(eph, &open, &accept, 1, &twin(2, &bob)).unwrap();
+
+        let packet = alice_keys.seal(7, b"hello");
+        let (id, pn, cipher) = wire::split_packet(&packet).unwrap();
+        assert_eq!((id, pn), ([5; 16], 7));
+        assert_eq!(bob_keys.open(pn, cipher).unwrap(), b"hello");
+        // Wrong packet number, wrong direction, flipped bit: refused.
+        assert!(bob_keys.open(8, cipher).is_err());
+        assert!(alice_keys.open(pn, cipher).is_err());
+        let mut flipped = cipher.to_vec();
+        flipped[0] ^= 1;
+        assert!(bob_keys.open(pn, &flipped).is_err());
+        let back = bob_keys.seal(1, b"hi");
+        let (_, pn, cipher) = wire::split_packet(&back).unwrap();
+        assert_eq!(alice_keys.open(pn, cipher).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn low_order_ephemeral_keys_are_refused() {
+        let alice = Identity::from_secret("//Alice", KeyType::Sr25519).unwrap();
+        let mut open = Open {
+            id: [1; 16],
+            ephemeral: [0; 32],
+            window: 1,
+            protocol: "p".into(),
+            signature: [0; rmb_identity::SIGNATURE_LEN],
+        };
+        sign_open(&alice, &mut open, 1, 2);
+        assert!(matches!(
+            respond(&alice, &open, 1, 2, 1),
+            Err(HandshakeError::WeakKey)
+        ));
+    }
+}

@@ -1,0 +1,824 @@
+//! Connections: ordered, reliable, end-to-end encrypted byte streams between two twins,
+//! opened by protocol name (as MessagePasser's connections), carried in ordinary
+//! request envelopes so relays (ours and rmb-rs's) route them unchanged.
+//!
+//! - [`wire`]: the open request, accept reply and frame layouts;
+//! - [`crypto`]: the signed ephemeral x25519 handshake and per-connection keys;
+//! - [`state`]: the per-connection state machine (acks, retransmission, flow control,
+//!   half-close, keep-alive), with time as an input;
+//! - [`stream`]: the application's [`Stream`] and the task driving each connection.
+//!
+//! [`Connections`] ties them to a [`Peer`]: `connect(twin, protocol)` on one side,
+//! [`Connections::listen`] per protocol on the other. The layer that reads the peer's
+//! inbound messages hands it every `rmb.conn.*` request and the replies to its open
+//! requests ([`Connections::handle_request`], [`Connections::handle_response`]); the
+//! direct client and the rmb-peer binary do. See docs/connections.md.
+
+pub mod crypto;
+pub mod expose;
+pub mod state;
+pub mod stream;
+pub mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::RngCore;
+use rmb_proto::Address;
+use rmb_proto::time::unix_now;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::core::{
+    InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, Reason, RemoteError,
+    SendError,
+};
+use crypto::{Ephemeral, HandshakeError};
+pub use state::{Config as StreamConfig, Stats, StreamError};
+use stream::{Conn, drive};
+pub use stream::{MAX_MESSAGE, MessageError, Stream};
+use wire::{Accept, ConnId, Open, WireError};
+
+/// Error codes of refused opens (in the error reply to `rmb.conn.open`).
+pub mod codes {
+    /// The open request could not be parsed or its signature did not verify.
+    pub const BAD_OPEN: u32 = 4000;
+    /// The protocol's access list does not name the opener's twin.
+    pub const NOT_ALLOWED: u32 = 4001;
+    /// The protocol's handler refused the connection.
+    pub const REFUSED: u32 = 4003;
+    /// No handler listens for the protocol.
+    pub const UNKNOWN_PROTOCOL: u32 = 4004;
+    /// Too many connections, or too many waiting to be accepted.
+    pub const BUSY: u32 = 4029;
+}
+
+/// Limits and timers of a peer's connections.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// Per-connection tunables (window, keep-alive, retransmission).
+    pub stream: StreamConfig,
+    /// How long `connect` waits for the accept.
+    pub open_timeout: Duration,
+    /// Most open connections of this peer.
+    pub max_connections: usize,
+    /// Most open connections with one remote twin.
+    pub max_per_twin: usize,
+    /// Opens waiting for a listener's decision, per protocol; more are refused as busy.
+    pub backlog: usize,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            stream: StreamConfig::default(),
+            open_timeout: Duration::from_secs(15),
+            max_connections: 1024,
+            max_per_twin: 256,
+            backlog: 64,
+        }
+    }
+}
+
+/// Why `connect` did not give a stream. Each outcome the issue names is its own variant.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    InvalidProtocol(#[from] WireError),
+    #[error("unknown twin id '{0}'")]
+    UnknownTwin(u32),
+    #[error("twin {twin} has no handler for protocol '{protocol}'")]
+    UnknownProtocol { twin: u32, protocol: String },
+    #[error("twin {twin} refused the connection: {reason}")]
+    Refused { twin: u32, reason: String },
+    #[error("twin {twin} does not allow us to open '{protocol}'")]
+    NotAllowed { twin: u32, protocol: String },
+    #[error("twin {twin} is busy: {reason}")]
+    Busy { twin: u32, reason: String },
+    #[error("twin {twin} could not be reached: {detail}")]
+    Unreachable { twin: u32, detail: String },
+    #[error("no answer from twin {twin} within {waited:?}")]
+    Timeout { twin: u32, waited: Duration },
+    #[error("the handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("the accept reply is malformed: {0}")]
+    BadReply(WireError),
+    #[error("twin {twin} answered with an error: {error}")]
+    Remote { twin: u32, error: RemoteError },
+    #[error("too many open connections ({0})")]
+    TooMany(usize),
+    #[error("the peer is closed")]
+    Closed,
+}
+
+/// Why `listen` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(transparent)]
+    InvalidProtocol(#[from] WireError),
+    #[error("protocol '{0}' already has a listener")]
+    AlreadyListening(String),
+}
+
+/// Why accepting an incoming connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("the handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("sending the accept failed: {0}")]
+    Send(#[from] SendError),
+}
+
+/// Who may open a protocol.
+#[derive(Debug, Clone, Default)]
+pub struct ListenOptions {
+    /// Twins allowed to open it; `None` allows every twin.
+    pub allow: Option<HashSet<u32>>,
+}
+
+impl ListenOptions {
+    /// Only these twins may open the protocol.
+    pub fn allow(twins: impl IntoIterator<Item = u32>) -> ListenOptions {
+        ListenOptions {
+            allow: Some(twins.into_iter().collect()),
+        }
+    }
+}
+
+/// Refused opens and dropped frames, by reason (for status and tests).
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    pub opened: AtomicU64,
+    pub accepted: AtomicU64,
+    pub refused_unknown_protocol: AtomicU64,
+    pub refused_not_allowed: AtomicU64,
+    pub refused_busy: AtomicU64,
+    pub refused_bad_open: AtomicU64,
+    pub refused_by_handler: AtomicU64,
+    /// Frames for no known connection, or that did not authenticate.
+    pub stray_frames: AtomicU64,
+}
+
+/// A table entry: a connection being opened (frames that beat the accept reply wait
+/// here, a few at most) or open.
+enum Entry {
+    Opening(Vec<(u64, Vec<u8>)>),
+    Open(Arc<Conn>),
+}
+
+/// Frames kept for a connection whose accept reply is still being processed: at most
+/// this many, and this many bytes in all.
+const EARLY_FRAMES: usize = 16;
+const EARLY_BYTES: usize = 1 << 20;
+
+struct ListenerSlot {
+    tx: mpsc::Sender<Incoming>,
+    allow: Option<HashSet<u32>>,
+    generation: u64,
+}
+
+struct Shared {
+    peer: Peer,
+    config: ConnConfig,
+    conns: Mutex<HashMap<(u32, ConnId), Entry>>,
+    listeners: Mutex<HashMap<String, ListenerSlot>>,
+    opening: Mutex<HashMap<String, oneshot::Sender<InboundResponse>>>,
+    generation: AtomicU64,
+    counters: ConnCounters,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A peer's connections: opening, listening, and routing their frames.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Connections {
+    shared: Arc<Shared>,
+}
+
+impl Connections {
+    /// Connections over `peer`; they all end when the peer shuts down.
+    pub fn new(peer: Peer, config: ConnConfig) -> Connections {
+        let shutdown = peer.shutdown_token().child_token();
+        Connections {
+            shared: Arc::new(Shared {
+                peer,
+                config,
+                conns: Mutex::new(HashMap::new()),
+                listeners: Mutex::new(HashMap::new()),
+                opening: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+                counters: ConnCounters::default(),
+                tasks: TaskTracker::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Counters of opens and stray frames.
+    pub fn counters(&self) -> &ConnCounters {
+        &self.shared.counters
+    }
+
+    /// Open connections right now.
+    pub fn open_count(&self) -> usize {
+        lock(&self.shared.conns)
+            .values()
+            .filter(|e| matches!(e, Entry::Open(_)))
+            .count()
+    }
+
+    /// Opens a connection to twin `twin`'s rmb-peer for `protocol`.
+    pub async fn connect(&self, twin: u32, protocol: &str) -> Result<Stream, ConnectError> {
+        self.connect_address(Address::twin(twin), protocol).await
+    }
+
+    /// Opens a connection to any address (e.g. a direct client's `twin:sid`).
+    pub async fn connect_address(
+        &self,
+        to: Address,
+        protocol: &str,
+    ) -> Result<Stream, ConnectError> {
+        wire::check_protocol(protocol)?;
+        let shared = &self.shared;
+        let twin = to.twin;
+        let cfg = shared.config.stream.clamped();
+        let eph = Ephemeral::generate();
+        let mut id = [0u8; wire::ID_LEN];
+        rand::thread_rng().fill_bytes(&mut id);
+        let mut open = Open {
+            id,
+            ephemeral: eph.public,
+            window: cfg.window,
+            protocol: protocol.to_string(),
+            signature: [0; rmb_identity::SIGNATURE_LEN],
+        };
+        let me = shared.peer.twin_id();
+        crypto::sign_open(shared.peer.identity(), &mut open, me, twin);
+        let uid = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.reserve(twin, id)?;
+        lock(&shared.opening).insert(uid.clone(), tx);
+        let mut cleanup = Cleanup {
+            shared,
+            uid: &uid,
+            key: Some((twin, id)),
+        };
+        let waited = shared.config.open_timeout;
+        let request = OutgoingRequest {
+            uid: uid.clone(),
+            destination: to,
+            command: wire::OPEN_COMMAND.to_string(),
+            payload: open.encode(),
+            schema: None,
+            tags: None,
+            timestamp: 0,
+            expiration: waited.as_secs().max(1),
+        };
+        let exchange = async {
+            shared
+                .peer
+                .send_request(request)
+                .await
+                .map_err(|e| match e {
+                    SendError::UnknownTwin(t) => ConnectError::UnknownTwin(t),
+                    SendError::Closed => ConnectError::Closed,
+                    other => ConnectError::Unreachable {
+                        twin,
+                        detail: other.to_string(),
+                    },
+                })?;
+            rx.await.map_err(|_| ConnectError::Closed)
+        };
+        let reply = tokio::time::timeout(waited, exchange)
+            .await
+            .map_err(|_| ConnectError::Timeout { twin, waited })??;
+        let body = match reply.reply {
+            Ok(body) => body,
+            Err(error) => return Err(refusal(twin, protocol, &reply.source, error)),
+        };
+        if reply.source.twin != twin {
+            return Err(ConnectError::Unreachable {
+                twin,
+                detail: format!("the accept came from twin {}", reply.source.twin),
+            });
+        }
+        let accept = Accept::decode(&body).map_err(ConnectError::BadReply)?;
+        let responder = shared
+            .peer
+            .lookup_twin(twin)
+            .await
+            .map_err(|e| ConnectError::Unreachable {
+                twin,
+                detail: e.to_string(),
+            })?
+            .ok_or(ConnectError::UnknownTwin(twin))?;
+        let keys = crypto::complete(eph, &open, &accept, me, &responder)?;
+        let now = tokio::time::Instant::now().into_std();
+        let state = state::State::new(cfg, now, accept.window);
+        let conn = Conn::new(id, reply.source, protocol.to_string(), keys, state);
+        cleanup.key = None;
+        self.start(twin, conn.clone());
+        shared.counters.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(Stream::new(conn))
+    }
+
+    /// Reserves a table slot for a connection being opened (limits checked).
+    fn reserve(&self, twin: u32, id: ConnId) -> Result<(), ConnectError> {
+        let mut conns = lock(&self.shared.conns);
+        self.check_limits(&conns, twin)
+            .map_err(ConnectError::TooMany)?;
+        conns.insert((twin, id), Entry::Opening(Vec::new()));
+        Ok(())
+    }
+
+    fn check_limits(&self, conns: &HashMap<(u32, ConnId), Entry>, twin: u32) -> Result<(), usize> {
+        let cfg = &self.shared.config;
+        if conns.len() >= cfg.max_connections {
+            return Err(conns.len());
+        }
+        let with_twin = conns.keys().filter(|(t, _)| *t == twin).count();
+        if with_twin >= cfg.max_per_twin {
+            return Err(with_twin);
+        }
+        Ok(())
+    }
+
+    /// Puts an open connection in the table (replaying frames that came early) and
+    /// starts its driver.
+    fn start(&self, twin: u32, conn: Arc<Conn>) {
+        let early = {
+            let mut conns = lock(&self.shared.conns);
+            match conns.insert((twin, conn.id), Entry::Open(conn.clone())) {
+                Some(Entry::Opening(early)) => early,
+                _ => Vec::new(),
+            }
+        };
+        for (pn, cipher) in early {
+            conn.receive(pn, &cipher);
+        }
+        let shared = Arc::clone(&self.shared);
+        let key = (twin, conn.id);
+        let forget = move || {
+            let mut conns = lock(&shared.conns);
+            if matches!(conns.get(&key), Some(Entry::Open(c)) if c.id == key.1) {
+                conns.remove(&key);
+            }
+        };
+        self.shared.tasks.spawn(drive(
+            self.shared.peer.clone(),
+            conn,
+            self.shared.shutdown.clone(),
+            forget,
+        ));
+    }
+
+    /// Starts accepting connections for `protocol`. Opens for a protocol nobody listens
+    /// to are refused as unknown; opens from twins outside `options.allow` as not
+    /// allowed. Dropping the [`Listener`] stops listening.
+    pub fn listen(&self, protocol: &str, options: ListenOptions) -> Result<Listener, ListenError> {
+        wire::check_protocol(protocol)?;
+        let mut listeners = lock(&self.shared.listeners);
+        if listeners.get(protocol).is_some_and(|l| !l.tx.is_closed()) {
+            return Err(ListenError::AlreadyListening(protocol.to_string()));
+        }
+        let (tx, rx) = mpsc::channel(self.shared.config.backlog.max(1));
+        let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed);
+        listeners.insert(
+            protocol.to_string(),
+            ListenerSlot {
+                tx,
+                allow: options.allow,
+                generation,
+            },
+        );
+        Ok(Listener {
+            rx,
+            protocol: protocol.to_string(),
+            generation,
+            connections: self.clone(),
+        })
+    }
+
+    /// Takes an inbound request if it belongs to connections (`rmb.conn.*`); gives it
+    /// back otherwise. Never waits: a frame is applied at once, an open is checked in
+    /// its own task.
+    pub fn handle_request(&self, request: InboundRequest) -> Option<InboundRequest> {
+        match request.command.as_str() {
+            wire::DATA_COMMAND => {
+                self.on_packet(&request);
+                None
+            }
+            wire::OPEN_COMMAND => {
+                let this = self.clone();
+                self.shared
+                    .tasks
+                    .spawn(async move { this.on_open(request).await });
+                None
+            }
+            c if c.starts_with(wire::COMMAND_PREFIX) => {
+                self.shared.peer.count_refusal(Reason::InvalidMessage);
+                None
+            }
+            _ => Some(request),
+        }
+    }
+
+    /// Takes the reply to one of our open requests; gives back any other reply.
+    pub fn handle_response(&self, response: InboundResponse) -> Option<InboundResponse> {
+        let waiting = lock(&self.shared.opening).remove(&response.uid);
+        match waiting {
+            Some(tx) => {
+                let _ = tx.send(response);
+                None
+            }
+            None => Some(response),
+        }
+    }
+
+    fn on_packet(&self, request: &InboundRequest) {
+        let stray = || {
+            self.shared
+                .counters
+                .stray_frames
+                .fetch_add(1, Ordering::Relaxed);
+        };
+        let Ok((id, pn, cipher)) = wire::split_packet(&request.payload) else {
+            return stray();
+        };
+        let key = (request.source.twin, id);
+        let conn = {
+            let mut conns = lock(&self.shared.conns);
+            match conns.get_mut(&key) {
+                Some(Entry::Open(conn)) => conn.clone(),
+                Some(Entry::Opening(early)) => {
+                    let held: usize = early.iter().map(|(_, c)| c.len()).sum();
+                    if early.len() < EARLY_FRAMES && held + cipher.len() <= EARLY_BYTES {
+                        early.push((pn, cipher.to_vec()));
+                    }
+                    return;
+                }
+                None => return stray(),
+            }
+        };
+        if conn.remote != request.source || !conn.receive(pn, cipher) {
+            stray();
+            if self
+                .shared
+                .peer
+                .log_allowed(u64::from(request.source.twin), Reason::Crypto)
+            {
+                tracing::warn!(source = %request.source, "dropping a connection frame that does not authenticate (logged once per 10 s per twin)");
+            }
+        }
+    }
+
+    async fn on_open(&self, request: InboundRequest) {
+        let shared = &self.shared;
+        let source = request.source.clone();
+        let refuse = |code: u32, message: String| {
+            let (uid, to, deadline) = (request.uid.clone(), source.clone(), request.deadline());
+            async move {
+                let error = RemoteError::new(code, message);
+                if let Err(e) = self.reply(uid, to, deadline, Err(error)).await {
+                    tracing::debug!(error = %e, "could not refuse a connection");
+                }
+            }
+        };
+        let open = match Open::decode(&request.payload) {
+            Ok(open) => open,
+            Err(e) => {
+                shared
+                    .counters
+                    .refused_bad_open
+                    .fetch_add(1, Ordering::Relaxed);
+                return refuse(codes::BAD_OPEN, format!("bad open request: {e}")).await;
+            }
+        };
+        let key = (source.twin, open.id);
+        if lock(&shared.conns).contains_key(&key) {
+            // A repeat of an open we handle already (the core answers it from its cache).
+            return;
+        }
+        let opener = match shared.peer.lookup_twin(source.twin).await {
+            Ok(Some(twin)) => twin,
+            _ => {
+                shared
+                    .counters
+                    .refused_bad_open
+                    .fetch_add(1, Ordering::Relaxed);
+                return refuse(codes::BAD_OPEN, "opener twin not found".into()).await;
+            }
+        };
+        if let Err(e) = crypto::verify_open(&open, &opener, shared.peer.twin_id()) {
+            shared
+                .counters
+                .refused_bad_open
+                .fetch_add(1, Ordering::Relaxed);
+            return refuse(codes::BAD_OPEN, e.to_string()).await;
+        }
+        let slot = {
+            let listeners = lock(&shared.listeners);
+            listeners.get(&open.protocol).map(|l| {
+                (
+                    l.tx.clone(),
+                    l.allow.as_ref().map(|a| a.contains(&source.twin)),
+                )
+            })
+        };
+        let tx = match slot {
+            None => {
+                shared
+                    .counters
+                    .refused_unknown_protocol
+                    .fetch_add(1, Ordering::Relaxed);
+                let message = format!("no handler for protocol '{}'", open.protocol);
+                return refuse(codes::UNKNOWN_PROTOCOL, message).await;
+            }
+            Some((_, Some(false))) => {
+                shared
+                    .counters
+                    .refused_not_allowed
+                    .fetch_add(1, Ordering::Relaxed);
+                let message = format!("twin {} may not open '{}'", source.twin, open.protocol);
+                return refuse(codes::NOT_ALLOWED, message).await;
+            }
+            Some((tx, _)) => tx,
+        };
+        // Reserve the slot now: a repeat of this open (resent while the listener
+        // decides) then finds it and is ignored.
+        let reserved = {
+            let mut conns = lock(&shared.conns);
+            let limited = self.check_limits(&conns, source.twin);
+            if limited.is_ok() {
+                conns.insert(key, Entry::Opening(Vec::new()));
+            }
+            limited
+        };
+        if let Err(n) = reserved {
+            shared.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
+            return refuse(codes::BUSY, format!("too many connections ({n})")).await;
+        }
+        let incoming = Incoming {
+            connections: self.clone(),
+            request: Some((request.uid.clone(), request.deadline())),
+            source: source.clone(),
+            open,
+        };
+        match tx.try_send(incoming) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(mut incoming)) => {
+                incoming.request = None;
+                self.unreserve(key);
+                shared.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
+                refuse(
+                    codes::BUSY,
+                    "too many connections waiting to be accepted".into(),
+                )
+                .await
+            }
+            Err(mpsc::error::TrySendError::Closed(mut incoming)) => {
+                incoming.request = None;
+                self.unreserve(key);
+                shared
+                    .counters
+                    .refused_unknown_protocol
+                    .fetch_add(1, Ordering::Relaxed);
+                refuse(
+                    codes::UNKNOWN_PROTOCOL,
+                    "the protocol's listener is gone".into(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Frees a slot reserved for an open that was not accepted.
+    fn unreserve(&self, key: (u32, ConnId)) {
+        let mut conns = lock(&self.shared.conns);
+        if matches!(conns.get(&key), Some(Entry::Opening(_))) {
+            conns.remove(&key);
+        }
+    }
+
+    async fn reply(
+        &self,
+        uid: String,
+        to: Address,
+        deadline: u64,
+        reply: Result<Vec<u8>, RemoteError>,
+    ) -> Result<(), SendError> {
+        let remaining = deadline.saturating_sub(unix_now());
+        if remaining == 0 {
+            return Err(SendError::Expired);
+        }
+        let response = OutgoingResponse {
+            uid,
+            destination: to,
+            reply,
+            schema: None,
+            timestamp: 0,
+            expiration: remaining,
+        };
+        self.shared.peer.send_response(response).await
+    }
+
+    /// Aborts every connection and waits for their tasks (the peer's shutdown does it
+    /// too; this waits).
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+/// The error an opener gets for an error reply.
+fn refusal(twin: u32, protocol: &str, source: &Address, error: RemoteError) -> ConnectError {
+    if source.twin == 0 {
+        return ConnectError::Unreachable {
+            twin,
+            detail: error.message,
+        };
+    }
+    match error.code {
+        codes::UNKNOWN_PROTOCOL => ConnectError::UnknownProtocol {
+            twin,
+            protocol: protocol.to_string(),
+        },
+        codes::NOT_ALLOWED => ConnectError::NotAllowed {
+            twin,
+            protocol: protocol.to_string(),
+        },
+        codes::REFUSED => ConnectError::Refused {
+            twin,
+            reason: error.message,
+        },
+        codes::BUSY => ConnectError::Busy {
+            twin,
+            reason: error.message,
+        },
+        _ => ConnectError::Remote { twin, error },
+    }
+}
+
+/// Forgets an open attempt's table entries however `connect` ends.
+struct Cleanup<'a> {
+    shared: &'a Shared,
+    uid: &'a str,
+    key: Option<(u32, ConnId)>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.opening).remove(self.uid);
+        if let Some(key) = self.key {
+            let mut conns = lock(&self.shared.conns);
+            if matches!(conns.get(&key), Some(Entry::Opening(_))) {
+                conns.remove(&key);
+            }
+        }
+    }
+}
+
+/// Incoming connections for one protocol.
+pub struct Listener {
+    rx: mpsc::Receiver<Incoming>,
+    protocol: String,
+    generation: u64,
+    connections: Connections,
+}
+
+impl Listener {
+    /// The next open request (verified, allowed); `None` once the peer shut down.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        tokio::select! {
+            incoming = self.rx.recv() => incoming,
+            _ = self.connections.shared.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Accepts the next connection; `None` once the peer shut down.
+    pub async fn accept(&mut self) -> Option<Result<Stream, AcceptError>> {
+        Some(self.next().await?.accept().await)
+    }
+
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let mut listeners = lock(&self.connections.shared.listeners);
+        if listeners
+            .get(&self.protocol)
+            .is_some_and(|l| l.generation == self.generation)
+        {
+            listeners.remove(&self.protocol);
+        }
+    }
+}
+
+/// An open request waiting for the application's decision. Dropping it refuses it.
+pub struct Incoming {
+    connections: Connections,
+    /// The open request's uid and deadline, until answered.
+    request: Option<(String, u64)>,
+    source: Address,
+    open: Open,
+}
+
+impl Incoming {
+    /// Who opens (twin, and session for a direct client).
+    pub fn remote(&self) -> &Address {
+        &self.source
+    }
+
+    pub fn protocol(&self) -> &str {
+        &self.open.protocol
+    }
+
+    /// Accepts: answers with our signed ephemeral key and returns the stream.
+    pub async fn accept(mut self) -> Result<Stream, AcceptError> {
+        let (uid, deadline) = self.request.take().expect("an Incoming is answered once");
+        let connections = self.connections.clone();
+        let shared = &connections.shared;
+        let cfg = shared.config.stream.clamped();
+        let me = shared.peer.twin_id();
+        let key = (self.source.twin, self.open.id);
+        let (accept, keys) = match crypto::respond(
+            shared.peer.identity(),
+            &self.open,
+            self.source.twin,
+            me,
+            cfg.window,
+        ) {
+            Ok(done) => done,
+            Err(e) => {
+                connections.unreserve(key);
+                return Err(e.into());
+            }
+        };
+        let now = tokio::time::Instant::now().into_std();
+        let state = state::State::new(cfg, now, self.open.window);
+        let conn = Conn::new(
+            self.open.id,
+            self.source.clone(),
+            self.open.protocol.clone(),
+            keys,
+            state,
+        );
+        connections.start(self.source.twin, conn.clone());
+        let stream = Stream::new(conn);
+        connections
+            .reply(uid, self.source.clone(), deadline, Ok(accept.encode()))
+            .await?;
+        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(stream)
+    }
+
+    /// Refuses with a reason the opener sees.
+    pub async fn refuse(mut self, reason: &str) {
+        if let Some((uid, deadline)) = self.request.take() {
+            self.connections.unreserve((self.source.twin, self.open.id));
+            let shared = &self.connections.shared;
+            shared
+                .counters
+                .refused_by_handler
+                .fetch_add(1, Ordering::Relaxed);
+            let error = RemoteError::new(codes::REFUSED, reason);
+            let _ = self
+                .connections
+                .reply(uid, self.source.clone(), deadline, Err(error))
+                .await;
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        let Some((uid, deadline)) = self.request.take() else {
+            return;
+        };
+        let connections = self.connections.clone();
+        connections.unreserve((self.source.twin, self.open.id));
+        let to = self.source.clone();
+        let tasks = connections.shared.tasks.clone();
+        connections
+            .shared
+            .counters
+            .refused_by_handler
+            .fetch_add(1, Ordering::Relaxed);
+        tasks.spawn(async move {
+            let error = RemoteError::new(codes::REFUSED, "the connection was not accepted");
+            let _ = connections.reply(uid, to, deadline, Err(error)).await;
+        });
+    }
+}

@@ -1,0 +1,399 @@
+//! An open connection as the application sees it ([`Stream`]: `AsyncRead + AsyncWrite`
+//! plus length-prefixed messages), and the task that drives its [`State`]: it sends what
+//! the state machine wants sent, encrypted under the connection's keys, and runs its
+//! timers.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use rmb_proto::Address;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::crypto::Keys;
+use super::state::{self, Read, State, Stats, StreamError};
+use super::wire::{self, ConnId, Frame};
+use crate::core::{OutgoingRequest, Peer, SendError};
+
+/// Expiration of a data envelope: a frame older than this is useless (it was resent).
+const FRAME_EXPIRATION: u64 = 60;
+/// Longest wait for a relay link to take a frame. Past it the frame counts as lost
+/// (retransmission sends it again), so timers keep running while no relay is up.
+const SEND_WAIT: Duration = Duration::from_secs(2);
+/// Default bound of one message read by [`Stream::recv_message`].
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// What the stream handle and the driver share.
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    pub(crate) remote: Address,
+    pub(crate) protocol: String,
+    pub(crate) keys: Keys,
+    locked: Mutex<Locked>,
+    /// Wakes the driver (something to send, or the handle went away).
+    driver: Notify,
+    /// Wakes tasks waiting for a change (close).
+    changed: Notify,
+}
+
+struct Locked {
+    state: State,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        id: ConnId,
+        remote: Address,
+        protocol: String,
+        keys: Keys,
+        state: State,
+    ) -> Arc<Conn> {
+        Arc::new(Conn {
+            id,
+            remote,
+            protocol,
+            keys,
+            locked: Mutex::new(Locked {
+                state,
+                read_waker: None,
+                write_waker: None,
+            }),
+            driver: Notify::new(),
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Locked> {
+        self.locked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens and applies a packet from the peer; false when it does not authenticate.
+    pub(crate) fn receive(&self, pn: u64, cipher: &[u8]) -> bool {
+        let Ok(plain) = self.keys.open(pn, cipher) else {
+            return false;
+        };
+        let Ok(frame) = Frame::decode(&plain) else {
+            return false;
+        };
+        let mut locked = self.lock();
+        locked.state.on_frame(Instant::now().into_std(), frame);
+        locked.wake();
+        drop(locked);
+        self.driver.notify_one();
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// Aborts the connection locally (peer shutdown).
+    pub(crate) fn abort(&self, code: u32, error: StreamError) {
+        let mut locked = self.lock();
+        locked.state.reset(code, error);
+        locked.wake();
+        drop(locked);
+        self.driver.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.lock().state.stats()
+    }
+}
+
+impl Locked {
+    fn wake(&mut self) {
+        if let Some(w) = self.read_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = self.write_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Runs one connection until it is done: sends frames, runs timers. `forget` removes
+/// it from the peer's table at the end.
+pub(crate) async fn drive(
+    peer: Peer,
+    conn: Arc<Conn>,
+    shutdown: CancellationToken,
+    forget: impl FnOnce(),
+) {
+    let mut pn: u64 = 0;
+    loop {
+        let now = Instant::now().into_std();
+        let (frames, next, done) = {
+            let mut locked = conn.lock();
+            locked.state.on_timeout(now);
+            let mut frames = Vec::new();
+            while let Some(frame) = locked.state.poll_transmit(now) {
+                frames.push(frame);
+            }
+            locked.wake();
+            let next = locked.state.poll_timeout();
+            (frames, next, locked.state.is_done(now))
+        };
+        conn.changed.notify_waiters();
+        for frame in frames {
+            pn += 1;
+            if !send(&peer, &conn, pn, &frame).await {
+                conn.abort(state::CODE_SHUTDOWN, StreamError::Shutdown);
+                forget();
+                return;
+            }
+        }
+        if done {
+            forget();
+            return;
+        }
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = conn.driver.notified() => {}
+            _ = sleep => {}
+            _ = shutdown.cancelled() => {
+                conn.abort(state::CODE_SHUTDOWN, StreamError::Shutdown);
+                // Best effort: tell the peer at once rather than by its idle timeout.
+                let reset = conn.lock().state.poll_transmit(Instant::now().into_std());
+                if let Some(frame) = reset {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send(&peer, &conn, pn + 1, &frame)).await;
+                }
+                forget();
+                return;
+            }
+        }
+    }
+}
+
+/// Encrypts and sends one frame; false only when the peer is closed.
+async fn send(peer: &Peer, conn: &Conn, pn: u64, frame: &Frame) -> bool {
+    let payload = conn.keys.seal(pn, &frame.encode());
+    let request = OutgoingRequest {
+        uid: uuid::Uuid::new_v4().to_string(),
+        destination: conn.remote.clone(),
+        command: wire::DATA_COMMAND.to_string(),
+        payload,
+        schema: None,
+        tags: None,
+        timestamp: 0,
+        expiration: FRAME_EXPIRATION,
+    };
+    let Ok(sent) = tokio::time::timeout(SEND_WAIT, peer.send_unsolicited(request)).await else {
+        return true;
+    };
+    match sent {
+        Ok(_) => true,
+        Err(SendError::Closed) => false,
+        // Retransmission sends it again; a registry hiccup is not fatal.
+        Err(e) => {
+            tracing::debug!(remote = %conn.remote, error = %e, "a connection frame was not sent");
+            true
+        }
+    }
+}
+
+/// Why reading a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("the stream ended inside a message")]
+    Truncated,
+    #[error("stream I/O: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for MessageError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return MessageError::Truncated;
+        }
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<StreamError>())
+        {
+            Some(stream) => MessageError::Stream(stream.clone()),
+            None => MessageError::Io(e),
+        }
+    }
+}
+
+/// One open connection: an ordered, reliable byte stream both ways, end-to-end
+/// encrypted under keys of this connection only.
+///
+/// Use it as `AsyncRead + AsyncWrite` (`shutdown` half-closes: the peer reads EOF), or
+/// exchange length-prefixed messages ([`send_message`](Stream::send_message) /
+/// [`recv_message`](Stream::recv_message)). Dropping it closes the connection: cleanly
+/// once the peer finished too, otherwise by aborting (the peer sees
+/// [`StreamError::Reset`]).
+pub struct Stream {
+    conn: Arc<Conn>,
+    max_message: usize,
+}
+
+impl Stream {
+    pub(crate) fn new(conn: Arc<Conn>) -> Stream {
+        Stream {
+            conn,
+            max_message: MAX_MESSAGE,
+        }
+    }
+
+    /// The other side (twin, and session for a direct client).
+    pub fn remote(&self) -> &Address {
+        &self.conn.remote
+    }
+
+    /// The protocol name the connection was opened with.
+    pub fn protocol(&self) -> &str {
+        &self.conn.protocol
+    }
+
+    /// Counters (frames, retransmissions, bytes).
+    pub fn stats(&self) -> Stats {
+        self.conn.stats()
+    }
+
+    /// Largest message [`recv_message`](Stream::recv_message) accepts (16 MiB by default).
+    pub fn set_max_message(&mut self, limit: usize) {
+        self.max_message = limit;
+    }
+
+    /// Writes one message (a 4-byte big-endian length, then the bytes).
+    pub async fn send_message(&mut self, message: &[u8]) -> Result<(), MessageError> {
+        let len = u32::try_from(message.len())
+            .ok()
+            .filter(|&l| l as usize <= self.max_message)
+            .ok_or(StreamError::MessageTooLarge {
+                size: message.len(),
+                limit: self.max_message,
+            })?;
+        self.write_all(&len.to_be_bytes()).await?;
+        self.write_all(message).await?;
+        Ok(())
+    }
+
+    /// Reads one message; `None` when the peer finished between messages.
+    pub async fn recv_message(&mut self) -> Result<Option<Vec<u8>>, MessageError> {
+        let mut len = [0u8; 4];
+        let first = self.read(&mut len).await?;
+        if first == 0 {
+            return Ok(None);
+        }
+        self.read_exact(&mut len[first..]).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > self.max_message {
+            return Err(StreamError::MessageTooLarge {
+                size: len,
+                limit: self.max_message,
+            }
+            .into());
+        }
+        let mut message = vec![0u8; len];
+        self.read_exact(&mut message).await?;
+        Ok(Some(message))
+    }
+
+    /// Half-closes (the peer reads EOF after everything written) and waits until the
+    /// peer acknowledged all of it.
+    pub async fn finish(&mut self) -> Result<(), StreamError> {
+        loop {
+            let changed = self.conn.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut locked = self.conn.lock();
+                if let Some(e) = locked.state.error() {
+                    return Err(e.clone());
+                }
+                locked.state.finish();
+                if locked.state.finish_acked() {
+                    return Ok(());
+                }
+            }
+            self.conn.driver.notify_one();
+            changed.await;
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.conn.lock().state.detach();
+        self.conn.driver.notify_one();
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut locked = self.conn.lock();
+        match locked.state.read(buf.initialize_unfilled()) {
+            Ok(Read::Data(n)) => {
+                buf.advance(n);
+                let notify = locked.state.wants_send();
+                drop(locked);
+                if notify {
+                    self.conn.driver.notify_one();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Ok(Read::End) => Poll::Ready(Ok(())),
+            Ok(Read::Blocked) => {
+                locked.read_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut locked = self.conn.lock();
+        match locked.state.write(data) {
+            Ok(0) if !data.is_empty() => {
+                locked.write_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(locked);
+                self.conn.driver.notify_one();
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Written bytes are the driver's to deliver (and resend); nothing to push.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut locked = self.conn.lock();
+        if let Some(e) = locked.state.error() {
+            return Poll::Ready(Err(e.clone().into()));
+        }
+        locked.state.finish();
+        drop(locked);
+        self.conn.driver.notify_one();
+        Poll::Ready(Ok(()))
+    }
+}

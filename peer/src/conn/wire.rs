@@ -1,0 +1,312 @@
+//! Byte layouts of a connection: the open request, the accept reply, and the frames
+//! carried (encrypted) in `rmb.conn.data` requests.
+//!
+//! Everything here parses hostile input: lengths are checked before slicing, and a
+//! malformed message is a [`WireError`], never a panic.
+
+use rmb_identity::SIGNATURE_LEN;
+
+/// Command of the request that opens a connection (answered with accept or an error).
+pub const OPEN_COMMAND: &str = "rmb.conn.open";
+/// Command of the requests that carry frames (never answered).
+pub const DATA_COMMAND: &str = "rmb.conn.data";
+/// Prefix of every command this layer reserves.
+pub const COMMAND_PREFIX: &str = "rmb.conn.";
+/// Version byte opening every open request and accept reply.
+pub const VERSION: u8 = 1;
+/// Longest protocol name, in bytes.
+pub const MAX_PROTOCOL_LEN: usize = 64;
+/// Connection id length: 16 random bytes chosen by the opener.
+pub const ID_LEN: usize = 16;
+/// Length of an x25519 public key.
+pub const KEY_LEN: usize = 32;
+/// Bytes of a frame header (flags, ack, max_data, offset, code).
+pub const FRAME_HEADER: usize = 1 + 8 + 8 + 8 + 4;
+/// Bytes before the ciphertext in a data request: connection id and packet number.
+pub const PACKET_HEADER: usize = ID_LEN + 8;
+
+/// A connection id.
+pub type ConnId = [u8; ID_LEN];
+
+/// Why a message of this layer could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message too short: {0} bytes")]
+    Short(usize),
+    #[error("unsupported connection protocol version {0}")]
+    Version(u8),
+    #[error("protocol name is empty, longer than {MAX_PROTOCOL_LEN} bytes or not UTF-8")]
+    ProtocolName,
+    #[error("{0} bytes left over after the message")]
+    Trailing(usize),
+}
+
+/// The open request: who we are (the envelope says), what we want, our ephemeral key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open {
+    pub id: ConnId,
+    pub ephemeral: [u8; KEY_LEN],
+    /// Bytes the opener lets the responder send before its first window update.
+    pub window: u32,
+    pub protocol: String,
+    /// The opener's identity signature over [`Open::transcript`].
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+/// The accept reply: the responder's ephemeral key and signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accept {
+    pub ephemeral: [u8; KEY_LEN],
+    pub window: u32,
+    /// The responder's identity signature over [`Accept::transcript`].
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+/// Checks a protocol name: 1 to [`MAX_PROTOCOL_LEN`] bytes.
+pub fn check_protocol(name: &str) -> Result<(), WireError> {
+    if name.is_empty() || name.len() > MAX_PROTOCOL_LEN {
+        return Err(WireError::ProtocolName);
+    }
+    Ok(())
+}
+
+struct Reader<'a>(&'a [u8], usize);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Short(self.1));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn end(&self) -> Result<(), WireError> {
+        match self.0.len() {
+            0 => Ok(()),
+            n => Err(WireError::Trailing(n)),
+        }
+    }
+}
+
+fn version(r: &mut Reader<'_>) -> Result<(), WireError> {
+    match r.u8()? {
+        VERSION => Ok(()),
+        v => Err(WireError::Version(v)),
+    }
+}
+
+impl Open {
+    /// What the opener signs: a domain tag, both twins, and every field but the signature.
+    pub fn transcript(&self, opener: u32, responder: u32) -> Vec<u8> {
+        let mut out = b"rmb.conn.open.v1".to_vec();
+        out.extend_from_slice(&opener.to_be_bytes());
+        out.extend_from_slice(&responder.to_be_bytes());
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.ephemeral);
+        out.extend_from_slice(&self.window.to_be_bytes());
+        out.push(self.protocol.len() as u8);
+        out.extend_from_slice(self.protocol.as_bytes());
+        out
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.ephemeral);
+        out.extend_from_slice(&self.window.to_be_bytes());
+        out.push(self.protocol.len() as u8);
+        out.extend_from_slice(self.protocol.as_bytes());
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Open, WireError> {
+        let mut r = Reader(bytes, bytes.len());
+        version(&mut r)?;
+        let id = r.array()?;
+        let ephemeral = r.array()?;
+        let window = r.u32()?;
+        let len = r.u8()? as usize;
+        let protocol = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| WireError::ProtocolName)?
+            .to_string();
+        check_protocol(&protocol)?;
+        let signature = r.array()?;
+        r.end()?;
+        Ok(Open {
+            id,
+            ephemeral,
+            window,
+            protocol,
+            signature,
+        })
+    }
+}
+
+impl Accept {
+    /// What the responder signs: a domain tag, the hash of the open transcript (binding
+    /// the opener's ephemeral key and both twins), its ephemeral key and window.
+    pub fn transcript(&self, open_hash: &[u8; 32]) -> Vec<u8> {
+        let mut out = b"rmb.conn.accept.v1".to_vec();
+        out.extend_from_slice(open_hash);
+        out.extend_from_slice(&self.ephemeral);
+        out.extend_from_slice(&self.window.to_be_bytes());
+        out
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        out.extend_from_slice(&self.ephemeral);
+        out.extend_from_slice(&self.window.to_be_bytes());
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Accept, WireError> {
+        let mut r = Reader(bytes, bytes.len());
+        version(&mut r)?;
+        let ephemeral = r.array()?;
+        let window = r.u32()?;
+        let signature = r.array()?;
+        r.end()?;
+        Ok(Accept {
+            ephemeral,
+            window,
+            signature,
+        })
+    }
+}
+
+/// Frame flag: `offset + data.len()` is the end of the sender's stream (half-close).
+pub const FIN: u8 = 1;
+/// Frame flag: answer with a frame now (keep-alive probe, or a FIN that wants its ack).
+pub const PING: u8 = 2;
+/// Frame flag: the sender aborted the connection; `code` says why. No more frames.
+pub const RESET: u8 = 4;
+/// Frame flag: the frame carries stream data at `offset` (possibly empty with FIN).
+pub const DATA: u8 = 8;
+
+/// One frame (the plaintext inside a data request). Every frame carries the sender's
+/// cumulative acknowledgement and flow-control limit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Frame {
+    pub flags: u8,
+    /// Next stream offset the sender expects from us (+1 once our FIN arrived).
+    pub ack: u64,
+    /// We may send stream bytes below this offset.
+    pub max_data: u64,
+    /// Stream offset of `data` (meaningful with [`DATA`]).
+    pub offset: u64,
+    /// Reset code (meaningful with [`RESET`]).
+    pub code: u32,
+    pub data: Vec<u8>,
+}
+
+impl Frame {
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FRAME_HEADER + self.data.len() + 16);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the encoding to `out` (so a packet header can come first).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.flags);
+        out.extend_from_slice(&self.ack.to_be_bytes());
+        out.extend_from_slice(&self.max_data.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.code.to_be_bytes());
+        out.extend_from_slice(&self.data);
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
+        let mut r = Reader(bytes, bytes.len());
+        let flags = r.u8()?;
+        let ack = r.u64()?;
+        let max_data = r.u64()?;
+        let offset = r.u64()?;
+        let code = r.u32()?;
+        Ok(Frame {
+            flags,
+            ack,
+            max_data,
+            offset,
+            code,
+            data: r.0.to_vec(),
+        })
+    }
+}
+
+/// Splits a data request's payload into connection id, packet number and ciphertext.
+pub fn split_packet(payload: &[u8]) -> Result<(ConnId, u64, &[u8]), WireError> {
+    let mut r = Reader(payload, payload.len());
+    let id = r.array()?;
+    let pn = r.u64()?;
+    Ok((id, pn, r.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_truncations_are_errors() {
+        let open = Open {
+            id: [7; ID_LEN],
+            ephemeral: [9; KEY_LEN],
+            window: 1 << 20,
+            protocol: "ssh".into(),
+            signature: [3; SIGNATURE_LEN],
+        };
+        let bytes = open.encode();
+        assert_eq!(Open::decode(&bytes).unwrap(), open);
+        for cut in 0..bytes.len() {
+            assert!(Open::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(Open::decode(&long), Err(WireError::Trailing(1)));
+        let mut v2 = bytes;
+        v2[0] = 2;
+        assert_eq!(Open::decode(&v2), Err(WireError::Version(2)));
+
+        let accept = Accept {
+            ephemeral: [1; KEY_LEN],
+            window: 5,
+            signature: [2; SIGNATURE_LEN],
+        };
+        assert_eq!(Accept::decode(&accept.encode()).unwrap(), accept);
+
+        let frame = Frame {
+            flags: DATA | FIN,
+            ack: 1,
+            max_data: 2,
+            offset: 3,
+            code: 4,
+            data: b"abc".to_vec(),
+        };
+        assert_eq!(Frame::decode(&frame.encode()).unwrap(), frame);
+        assert!(Frame::decode(&frame.encode()[..FRAME_HEADER - 1]).is_err());
+        assert!(check_protocol("").is_err());
+        assert!(check_protocol(&"p".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,359 @@
+//! `conn-bench`: throughput and round-trip latency of connections (issue #15), beside a
+//! plain TCP loopback copy and a bare WebSocket forwarder measured in the same run.
+//!
+//! Rows: TCP loopback; the bare tokio-tungstenite forwarder of relay-bench (no login,
+//! no routing, no protobuf, no signatures); a connection through one real rmb-relay; a
+//! connection across two federated rmb-relays. Throughput: `--mib` MiB written in 64 KiB
+//! writes until the far side has read everything. Latency: `--rounds` round trips of a
+//! 64-byte message (p50/p99). Everything shares the same CPUs, so figures are relative.
+//! Run optimised: `cargo run --release -p rmb-tests --bin conn-bench` (binaries come
+//! from the same target directory).
+
+#[path = "../../../relay/src/bin/relay_bench/bare.rs"]
+mod bare;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use rmb_identity::registry::RegistryChoice;
+use rmb_identity::{Identity, KeyType};
+use rmb_peer::conn::{ListenOptions, Stream};
+use rmb_peer::{Client, ClientOptions};
+use rmb_testsupport::redis_server::free_port;
+use rmb_testsupport::relay_process::RelayProcess;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+const WRITE: usize = 64 << 10;
+const SMALL: usize = 64;
+
+/// Connections benchmark: MB/s and round trips, against TCP and a bare forwarder.
+#[derive(Parser, Debug)]
+struct Args {
+    /// MiB moved per throughput run.
+    #[arg(long, default_value_t = 64)]
+    mib: usize,
+    /// Round trips per latency run.
+    #[arg(long, default_value_t = 1000)]
+    rounds: usize,
+}
+
+struct Row {
+    name: &'static str,
+    mb_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if std::env::var_os("RMB_BIN_DIR").is_none() {
+        let dir = std::env::current_exe()?
+            .parent()
+            .context("the executable's directory")?
+            .to_path_buf();
+        // SAFETY: no other thread exists yet (the runtime is built below).
+        unsafe { std::env::set_var("RMB_BIN_DIR", dir) };
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bytes = args.mib << 20;
+    let mut rows = Vec::new();
+
+    eprintln!("tcp loopback…");
+    let (a, b) = tcp_pair().await?;
+    let mb_s = stream_throughput(a, b, bytes).await?;
+    let (a, b) = tcp_pair().await?;
+    let (p50, p99) = stream_latency(a, b, args.rounds).await?;
+    rows.push(Row {
+        name: "tcp loopback",
+        mb_s,
+        p50,
+        p99,
+    });
+
+    eprintln!("bare websocket forwarder…");
+    let forwarder = bare::Forwarder::start(false).await?;
+    let mb_s = ws_throughput(&forwarder, 0, bytes).await?;
+    let (p50, p99) = ws_latency(&forwarder, 1, args.rounds).await?;
+    rows.push(Row {
+        name: "bare ws forwarder",
+        mb_s,
+        p50,
+        p99,
+    });
+
+    eprintln!("connection through one relay…");
+    let relay = RelayProcess::start(&[]);
+    let (alice, bob) = clients(&relay, &relay, &relay.http_url()).await?;
+    let (mb_s, p50, p99) = connection_figures(&alice, &bob, bytes, args.rounds).await?;
+    rows.push(Row {
+        name: "connection, 1 relay",
+        mb_s,
+        p50,
+        p99,
+    });
+    drop((alice, bob, relay));
+
+    eprintln!("connection across two relays…");
+    let (p1, p2) = (free_port(), free_port());
+    let r1 = RelayProcess::start_on(p1, &["--federation-http"]);
+    let registry = r1.http_url();
+    let r2 = RelayProcess::start_on(p2, &["--federation-http", "--registry", &registry]);
+    let (alice, bob) = clients(&r1, &r2, &registry).await?;
+    let (mb_s, p50, p99) = connection_figures(&alice, &bob, bytes, args.rounds).await?;
+    rows.push(Row {
+        name: "connection, 2 relays",
+        mb_s,
+        p50,
+        p99,
+    });
+
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!(
+        "\nconnections benchmark ({build} build, {} MiB in 64 KiB writes, {} round trips of {SMALL} B)",
+        args.mib, args.rounds
+    );
+    println!(
+        "{:<24} {:>10} {:>12} {:>12}",
+        "path", "MB/s", "p50 rtt", "p99 rtt"
+    );
+    for row in &rows {
+        println!(
+            "{:<24} {:>10.1} {:>9.3} ms {:>9.3} ms",
+            row.name,
+            row.mb_s,
+            row.p50.as_secs_f64() * 1e3,
+            row.p99.as_secs_f64() * 1e3
+        );
+    }
+    let bare = rows[1].mb_s;
+    println!(
+        "connection / bare forwarder throughput: 1 relay {:.0}%, 2 relays {:.0}% (target ≥ 50%)",
+        rows[2].mb_s / bare * 100.0,
+        rows[3].mb_s / bare * 100.0
+    );
+    Ok(())
+}
+
+async fn tcp_pair() -> anyhow::Result<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let a = TcpStream::connect(listener.local_addr()?).await?;
+    let (b, _) = listener.accept().await?;
+    a.set_nodelay(true)?;
+    b.set_nodelay(true)?;
+    Ok((a, b))
+}
+
+/// `a` writes `bytes` and half-closes; `b` reads to the end and answers one byte.
+async fn stream_throughput<A, B>(mut a: A, mut b: B, bytes: usize) -> anyhow::Result<f64>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0;
+        loop {
+            let n = b.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        b.write_all(&[1]).await?;
+        b.shutdown().await?;
+        Ok::<_, std::io::Error>((total, b))
+    });
+    let chunk = vec![0x5au8; WRITE];
+    let started = Instant::now();
+    for _ in 0..bytes / WRITE {
+        a.write_all(&chunk).await?;
+    }
+    a.shutdown().await?;
+    let mut done = [0u8; 1];
+    a.read_exact(&mut done).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let (total, _b) = reader.await??;
+    anyhow::ensure!(total == bytes / WRITE * WRITE, "{total} bytes arrived");
+    Ok(total as f64 / secs / 1e6)
+}
+
+/// Round trips of a small message; `b` echoes.
+async fn stream_latency<A, B>(
+    mut a: A,
+    mut b: B,
+    rounds: usize,
+) -> anyhow::Result<(Duration, Duration)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; SMALL];
+        for _ in 0..rounds {
+            b.read_exact(&mut buf).await?;
+            b.write_all(&buf).await?;
+        }
+        Ok::<_, std::io::Error>(b)
+    });
+    let mut times = Vec::with_capacity(rounds);
+    let mut buf = [7u8; SMALL];
+    for _ in 0..rounds {
+        let t = Instant::now();
+        a.write_all(&buf).await?;
+        a.read_exact(&mut buf).await?;
+        times.push(t.elapsed());
+    }
+    let _b = echo.await??;
+    Ok(percentiles(times))
+}
+
+fn percentiles(mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    (at(0.5), at(0.99))
+}
+
+async fn ws_connect(
+    url: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>
+{
+    Ok(tokio_tungstenite::connect_async(url).await?.0)
+}
+
+async fn ws_throughput(
+    forwarder: &bare::Forwarder,
+    pair: usize,
+    bytes: usize,
+) -> anyhow::Result<f64> {
+    let mut a = ws_connect(&forwarder.url(pair, true)).await?;
+    let mut b = ws_connect(&forwarder.url(pair, false)).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let frames = bytes / WRITE;
+    let reader = tokio::spawn(async move {
+        let mut total = 0;
+        while total < frames * WRITE {
+            match b.next().await {
+                Some(Ok(Message::Binary(data))) => total += data.len(),
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        total
+    });
+    let chunk = Bytes::from(vec![0x5au8; WRITE]);
+    let started = Instant::now();
+    for _ in 0..frames {
+        a.send(Message::Binary(chunk.clone())).await?;
+    }
+    let total = reader.await?;
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(total == frames * WRITE, "{total} bytes arrived");
+    Ok(total as f64 / secs / 1e6)
+}
+
+async fn ws_latency(
+    forwarder: &bare::Forwarder,
+    pair: usize,
+    rounds: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut a = ws_connect(&forwarder.url(pair, true)).await?;
+    let mut b = ws_connect(&forwarder.url(pair, false)).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let echo = tokio::spawn(async move {
+        for _ in 0..rounds {
+            match b.next().await {
+                Some(Ok(Message::Binary(data))) => b.send(Message::Binary(data)).await?,
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    let mut times = Vec::with_capacity(rounds);
+    let small = Bytes::from(vec![7u8; SMALL]);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        a.send(Message::Binary(small.clone())).await?;
+        loop {
+            match a.next().await {
+                Some(Ok(Message::Binary(_))) => break,
+                Some(Ok(_)) => continue,
+                other => anyhow::bail!("forwarder ended: {other:?}"),
+            }
+        }
+        times.push(t.elapsed());
+    }
+    echo.await??;
+    Ok(percentiles(times))
+}
+
+/// Two direct clients of fresh twins, A on `ra`, B on `rb`.
+async fn clients(
+    ra: &RelayProcess,
+    rb: &RelayProcess,
+    registry: &str,
+) -> anyhow::Result<(Client, Client)> {
+    let mut out = Vec::new();
+    for (relay, sid) in [(ra, "bench-a"), (rb, "bench-b")] {
+        let mut entropy = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut entropy);
+        let secret = bip39::Mnemonic::from_entropy(&entropy)?.to_string();
+        let identity = Identity::from_secret(&secret, KeyType::Sr25519)?;
+        rmb_testsupport::registry::register(registry, &identity, &[relay.domain()]).await;
+        let choice = RegistryChoice::Embedded {
+            url: registry.to_string(),
+        };
+        out.push(
+            Client::connect(ClientOptions::new(
+                secret,
+                sid,
+                vec![relay.ws_url()],
+                choice,
+            ))
+            .await?,
+        );
+    }
+    let b = out.pop().context("two clients")?;
+    let a = out.pop().context("two clients")?;
+    Ok((a, b))
+}
+
+async fn open(alice: &Client, bob: &Client, protocol: &str) -> anyhow::Result<(Stream, Stream)> {
+    let mut listener = bob
+        .connections()
+        .listen(protocol, ListenOptions::default())?;
+    let (a, b) = tokio::join!(
+        alice
+            .connections()
+            .connect_address(bob.address().clone(), protocol),
+        listener.accept()
+    );
+    Ok((a?, b.context("listener closed")??))
+}
+
+async fn connection_figures(
+    alice: &Client,
+    bob: &Client,
+    bytes: usize,
+    rounds: usize,
+) -> anyhow::Result<(f64, Duration, Duration)> {
+    let (a, b) = open(alice, bob, "bench-throughput").await?;
+    let mb_s = stream_throughput(a, b, bytes).await?;
+    let (a, b) = open(alice, bob, "bench-latency").await?;
+    let (p50, p99) = stream_latency(a, b, rounds).await?;
+    Ok((mb_s, p50, p99))
+}
