@@ -182,7 +182,8 @@ pub async fn run_paste(args: PasteArgs) -> anyhow::Result<ExitCode> {
 #[derive(Args, Debug)]
 pub struct OpenArgs {
     /// An http:// or https:// URL.
-    pub url: String,
+    #[arg(value_name = "URL")]
+    pub link: String,
     /// Only this machine (twin id) of the group.
     #[arg(long, value_name = "TWIN")]
     pub to: Option<u32>,
@@ -195,10 +196,10 @@ pub struct OpenArgs {
 
 /// Runs `rmb open`.
 pub async fn run_open(args: OpenArgs) -> anyhow::Result<ExitCode> {
-    open::check(&args.url)?;
+    open::check(&args.link)?;
     let targets = Targets::resolve(&args.peer, args.to).await?;
     let outcome = targets
-        .call(cmds::OPEN, args.url.into_bytes(), args.timeout)
+        .call(cmds::OPEN, args.link.into_bytes(), args.timeout)
         .await?;
     Ok(report(
         &outcome,
