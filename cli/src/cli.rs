@@ -48,6 +48,8 @@ pub enum Command {
     Trigger(personal::TriggerArgs),
     /// Wait for a trigger, then run a command.
     Run(personal::RunArgs),
+    /// Follow a file (like tail -F) and publish each line to a topic.
+    Stream(personal::StreamArgs),
     /// Show the local rmb-peer's twin, relays, counters and queues.
     Status(status::StatusArgs),
     /// Start a complete network on this machine and make calls across it.
@@ -78,6 +80,7 @@ impl Cli {
             Command::Open(args) => personal::run_open(args).await,
             Command::Trigger(args) => personal::run_trigger(args).await,
             Command::Run(args) => personal::run_run(args).await,
+            Command::Stream(args) => personal::run_stream(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Topic(args) => topic::run(args).await,

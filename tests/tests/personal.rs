@@ -428,3 +428,77 @@ async fn personal_bus_end_to_end() {
     assert_eq!(removed.status.code(), Some(3));
     assert!(text(&removed.stderr).contains("not in this machine's personal group"));
 }
+
+/// The messages of `topic` as `rmb pull` prints them (`<id> <line>`), just the lines.
+fn pulled(node: &Node, topic: &str) -> Vec<String> {
+    let out = run(
+        &["pull", "--http", &node.http, topic, "--since", "0"].map(String::from),
+        "",
+    );
+    assert!(out.status.success());
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_stream_survives_rotation_without_losing_a_line() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &relay, &registry).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let write = |path: &std::path::Path, lines: std::ops::RangeInclusive<u32>| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for i in lines {
+            writeln!(f, "line {i}").unwrap();
+        }
+    };
+    write(&log, 1..=3);
+    let topic = format!("{}/logs", alice.twin);
+    let _streamer = alice.background(
+        &["stream"],
+        &[log.to_str().unwrap(), "--topic", "logs", "--from-start"],
+    );
+    let deadline = Instant::now() + WAIT;
+    while pulled_or_empty(&alice, &topic).len() < 3 {
+        assert!(Instant::now() < deadline, "the first lines never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Lines, then a rotation (renamed away, recreated) right after, then more lines.
+    write(&log, 4..=50);
+    std::fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+    write(&log, 51..=100);
+    let expected: Vec<String> = (1..=100).map(|i| format!("line {i}")).collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = pulled(&alice, &topic);
+        if got.len() >= expected.len() {
+            assert_eq!(got, expected);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} lines arrived",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Like [`pulled`], but a topic that does not exist yet is empty.
+fn pulled_or_empty(node: &Node, topic: &str) -> Vec<String> {
+    let out = run(
+        &["pull", "--http", &node.http, topic, "--since", "0"].map(String::from),
+        "",
+    );
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, line)| line.to_string()))
+        .collect()
+}

@@ -14,7 +14,7 @@ use crate::commands::call::{self, CallSpec, Outcome};
 use crate::commands::serve::exit_status_code;
 use crate::personal::api::Api;
 use crate::personal::group::{self, Group};
-use crate::personal::{PeerArgs, clipboard, cmds, open, trigger};
+use crate::personal::{PeerArgs, clipboard, cmds, open, stream, trigger};
 
 /// The local peer, its twin and group, and who a command goes to.
 pub struct Targets {
@@ -290,4 +290,56 @@ pub async fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot run {}", args.command[0]))?;
     Ok(ExitCode::from(exit_status_code(&status).min(255) as u8))
+}
+
+/// Follow a file like `tail -F` (surviving rotation) and publish each line to a topic.
+///
+/// Example: `rmb stream /var/log/syslog --topic syslog`, and elsewhere `rmb sub 7/syslog`.
+#[derive(Args, Debug)]
+pub struct StreamArgs {
+    /// The file to follow (it may not exist yet).
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+    /// `<owner>/<name>`, or `<name>` for an own topic, created when missing with the
+    /// personal group's machines as its subscribers.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// Publish what the file already holds first [default: only lines added from now].
+    #[arg(long)]
+    pub from_start: bool,
+    #[command(flatten)]
+    pub peer: PeerArgs,
+}
+
+/// Runs `rmb stream`.
+pub async fn run_stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
+    let bus = Bus::connect(&args.peer.redis.redis).await?;
+    let api = Api::new(&args.peer.http);
+    let me = api.twin().await?;
+    let topic = if args.topic.contains('/') {
+        args.topic.clone()
+    } else {
+        format!("{me}/{}", args.topic)
+    };
+    if topic.starts_with(&format!("{me}/")) && api.show(&topic).await?.is_none() {
+        let readers: Vec<u32> = match group::load(&mut bus.conn()).await? {
+            Some(g) => g.members.into_iter().collect(),
+            None => vec![me],
+        };
+        api.configure(
+            &topic,
+            &serde_json::json!({ "publish": "owner", "subscribe": readers }),
+        )
+        .await?;
+        eprintln!("created topic {topic} (subscribers: twins {readers:?})");
+    }
+    eprintln!(
+        "following {} into {topic} (Ctrl-C to stop)",
+        args.file.display()
+    );
+    tokio::select! {
+        result = stream::follow(&api, &topic, &args.file, args.from_start) => result?,
+        _ = crate::signals::stop_signal() => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }

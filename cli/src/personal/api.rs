@@ -111,6 +111,18 @@ impl Api {
         .await
     }
 
+    /// A topic's state (`GET /topics/<topic>`), `None` when it does not exist.
+    pub async fn show(&self, topic: &str) -> Result<Option<Value>, ApiError> {
+        match self
+            .json(self.http.get(self.url(&format!("/topics/{topic}"))))
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(ApiError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Publishes a JSON document to `topic` (as text: apps read it back as JSON); its id.
     pub async fn publish(&self, topic: &str, body: &Value) -> Result<u64, ApiError> {
         self.publish_text(topic, &body.to_string()).await
