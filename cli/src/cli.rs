@@ -50,6 +50,8 @@ pub enum Command {
     Run(personal::RunArgs),
     /// Follow a file (like tail -F) and publish each line to a topic.
     Stream(personal::StreamArgs),
+    /// Run a long-lived program whose output lines are published and whose input is a topic.
+    Plugin(personal::PluginArgs),
     /// Show the local rmb-peer's twin, relays, counters and queues.
     Status(status::StatusArgs),
     /// Start a complete network on this machine and make calls across it.
@@ -81,6 +83,7 @@ impl Cli {
             Command::Trigger(args) => personal::run_trigger(args).await,
             Command::Run(args) => personal::run_run(args).await,
             Command::Stream(args) => personal::run_stream(args).await,
+            Command::Plugin(args) => personal::run_plugin(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Topic(args) => topic::run(args).await,

@@ -491,6 +491,48 @@ async fn a_log_stream_survives_rotation_without_losing_a_line() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_publishes_its_output_and_reads_a_topic() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &relay, &registry).await;
+    let created = run(
+        &["topic", "create", "in", "--http", &alice.http].map(String::from),
+        "",
+    );
+    assert!(created.status.success());
+    let out = format!("{}/out", alice.twin);
+    let program = "echo ready; while read l; do echo \"got $l\"; done";
+    let _plugin = alice.background(
+        &["plugin"],
+        &["--topic", "out", "--input", "in", "--", "sh", "-c", program],
+    );
+    let deadline = Instant::now() + WAIT;
+    while pulled_or_empty(&alice, &out).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin's first line never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for text in ["a", "b c"] {
+        let sent = run(
+            &["pub", "--http", &alice.http, "in", text].map(String::from),
+            "",
+        );
+        assert!(sent.status.success());
+    }
+    let deadline = Instant::now() + WAIT;
+    while pulled(&alice, &out).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin's answers never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pulled(&alice, &out), ["ready", "got a", "got b c"]);
+}
+
 /// Like [`pulled`], but a topic that does not exist yet is empty.
 fn pulled_or_empty(node: &Node, topic: &str) -> Vec<String> {
     let out = run(

@@ -14,7 +14,7 @@ use crate::commands::call::{self, CallSpec, Outcome};
 use crate::commands::serve::exit_status_code;
 use crate::personal::api::Api;
 use crate::personal::group::{self, Group};
-use crate::personal::{PeerArgs, clipboard, cmds, open, stream, trigger};
+use crate::personal::{PeerArgs, clipboard, cmds, open, plugin, stream, trigger};
 
 /// The local peer, its twin and group, and who a command goes to.
 pub struct Targets {
@@ -313,15 +313,30 @@ pub struct StreamArgs {
 
 /// Runs `rmb stream`.
 pub async fn run_stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
-    let bus = Bus::connect(&args.peer.redis.redis).await?;
     let api = Api::new(&args.peer.http);
+    let topic = output_topic(&args.peer, &api, &args.topic).await?;
+    eprintln!(
+        "following {} into {topic} (Ctrl-C to stop)",
+        args.file.display()
+    );
+    tokio::select! {
+        result = stream::follow(&api, &topic, &args.file, args.from_start) => result?,
+        _ = crate::signals::stop_signal() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `<owner>/<name>` for a topic argument; a bare `<name>` is an own topic, created when
+/// missing with the personal group's machines (or only this one) as subscribers.
+async fn output_topic(peer: &PeerArgs, api: &Api, topic: &str) -> anyhow::Result<String> {
     let me = api.twin().await?;
-    let topic = if args.topic.contains('/') {
-        args.topic.clone()
+    let topic = if topic.contains('/') {
+        topic.to_string()
     } else {
-        format!("{me}/{}", args.topic)
+        format!("{me}/{topic}")
     };
     if topic.starts_with(&format!("{me}/")) && api.show(&topic).await?.is_none() {
+        let bus = Bus::connect(&peer.redis.redis).await?;
         let readers: Vec<u32> = match group::load(&mut bus.conn()).await? {
             Some(g) => g.members.into_iter().collect(),
             None => vec![me],
@@ -333,13 +348,50 @@ pub async fn run_stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
         .await?;
         eprintln!("created topic {topic} (subscribers: twins {readers:?})");
     }
+    Ok(topic)
+}
+
+/// Run a long-lived program: its output lines are published to a topic, and messages of
+/// another topic are fed to its input (one line each). Exits with its status.
+///
+/// Example: `rmb plugin --topic temps --input 7/commands -- ./sensor.py`
+#[derive(Args, Debug)]
+pub struct PluginArgs {
+    /// Where the program's output lines go: `<owner>/<name>`, or `<name>` for an own topic
+    /// (created when missing, readable by the personal group).
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// A topic whose new messages are written to the program's stdin, one line each
+    /// [default: none, stdin is empty].
+    #[arg(long, value_name = "TOPIC")]
+    pub input: Option<String>,
+    #[command(flatten)]
+    pub peer: PeerArgs,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub program: Vec<String>,
+}
+
+/// Runs `rmb plugin`.
+pub async fn run_plugin(args: PluginArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.peer.http);
+    let topic = output_topic(&args.peer, &api, &args.topic).await?;
+    let input = match &args.input {
+        Some(t) if t.contains('/') => Some(t.clone()),
+        Some(t) => Some(format!("{}/{t}", api.twin().await?)),
+        None => None,
+    };
     eprintln!(
-        "following {} into {topic} (Ctrl-C to stop)",
-        args.file.display()
+        "running {} with its output to {topic}{}",
+        args.program.join(" "),
+        input
+            .as_ref()
+            .map(|i| format!(" and {i} as its input"))
+            .unwrap_or_default()
     );
-    tokio::select! {
-        result = stream::follow(&api, &topic, &args.file, args.from_start) => result?,
-        _ = crate::signals::stop_signal() => {}
-    }
-    Ok(ExitCode::SUCCESS)
+    let status = tokio::select! {
+        status = plugin::run(&api, &topic, input.as_deref(), &args.program) => status?,
+        _ = crate::signals::stop_signal() => return Ok(ExitCode::from(130)),
+    };
+    Ok(ExitCode::from(exit_status_code(&status).min(255) as u8))
 }

@@ -12,6 +12,7 @@ pub mod group;
 pub mod listen;
 pub mod notify;
 pub mod open;
+pub mod plugin;
 pub mod stream;
 pub mod trigger;
 
