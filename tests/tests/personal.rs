@@ -544,3 +544,30 @@ fn pulled_or_empty(node: &Node, topic: &str) -> Vec<String> {
         .filter_map(|l| l.split_once(' ').map(|(_, line)| line.to_string()))
         .collect()
 }
+
+#[test]
+fn listen_install_writes_a_user_unit_with_the_peer_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(
+        &[
+            "listen",
+            "--install",
+            "--redis",
+            "redis://127.0.0.1:7000",
+            "--no-desktop",
+        ]
+        .map(String::from),
+    )
+    .env("XDG_CONFIG_HOME", dir.path())
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unit = std::fs::read_to_string(dir.path().join("systemd/user/rmb-listen.service")).unwrap();
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+    assert!(
+        exec.contains("\"listen\" \"--redis\" \"redis://127.0.0.1:7000\""),
+        "{exec}"
+    );
+    assert!(exec.contains("\"--no-desktop\""), "{exec}");
+    assert!(text(&out.stdout).contains("systemctl --user enable --now rmb-listen.service"));
+}

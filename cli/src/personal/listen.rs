@@ -42,6 +42,34 @@ pub struct ListenAllArgs {
     /// Requests handled at once.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub concurrency: usize,
+
+    /// Write a systemd user unit running `rmb listen` with these flags at login
+    /// ($XDG_CONFIG_HOME/systemd/user/rmb-listen.service), print how to enable it, exit.
+    #[arg(long)]
+    pub install: bool,
+}
+
+impl ListenAllArgs {
+    /// The flags `rmb listen` runs with in the installed unit.
+    fn unit_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "listen".to_string(),
+            "--redis".into(),
+            self.peer.redis.redis.clone(),
+            "--http".into(),
+            self.peer.http.url.clone(),
+            "--concurrency".into(),
+            self.concurrency.to_string(),
+        ];
+        if self.no_desktop {
+            args.push("--no-desktop".into());
+        }
+        if let Some(file) = &self.clipboard_file {
+            args.push("--clipboard-file".into());
+            args.push(file.display().to_string());
+        }
+        args
+    }
 }
 
 /// What the services need, shared by every request.
@@ -204,6 +232,15 @@ async fn follow_membership(api: Api, mut conn: MultiplexedConnection) {
 
 /// Runs `rmb listen` (all services).
 pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
+    if args.install {
+        let path = super::install::install(&args.unit_args())?;
+        println!("wrote {}", path.display());
+        println!(
+            "enable it with: systemctl --user daemon-reload && systemctl --user enable --now {}",
+            super::install::UNIT_NAME
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let bus = Bus::connect(&args.peer.redis.redis).await?;
     let api = Api::new(&args.peer.http);
     let me = api.twin().await.context("asking the peer for its twin")?;

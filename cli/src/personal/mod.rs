@@ -9,6 +9,7 @@
 pub mod api;
 pub mod clipboard;
 pub mod group;
+pub mod install;
 pub mod listen;
 pub mod notify;
 pub mod open;
