@@ -6,13 +6,15 @@
 //! machines (PMB's "redeliver to the phone").
 
 use std::fmt;
-use std::process::Stdio;
-use std::time::Duration;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, twin_of};
 use crate::commands::call::{self, CallSpec};
+use crate::commands::notify::{NOTIFY_CMD, Notification, NotifyArgs, run_teed, shell_words};
+use crate::commands::serve::exit_status_code;
 
 use super::cmds;
 
@@ -233,51 +235,9 @@ pub async fn send(
     Ok(delivery)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_drop_control_characters_and_say_the_level() {
-        let m = Message {
-            text: "disk\x1b[2J full".into(),
-            title: Some("Disk".into()),
-            level: Level::Urgent,
-            host: "box".into(),
-            escalated: true,
-        };
-        assert_eq!(
-            m.line(9),
-            "[urgent, escalated] twin 9 (box): Disk: disk [2J full"
-        );
-        assert!(Level::High.escalates() && !Level::Normal.escalates());
-    }
-
-    #[test]
-    fn oversized_or_malformed_notifications_are_refused() {
-        let long =
-            serde_json::json!({"text": "x".repeat(MAX_TEXT + 1), "level": "low", "host": "h"});
-        assert!(matches!(
-            Message::parse(long.to_string().as_bytes()),
-            Err(MessageError::TooLong)
-        ));
-        assert!(matches!(
-            Message::parse(b"{\"text\":1}"),
-            Err(MessageError::Malformed(_))
-        ));
-    }
-}
-
 /// Runs the personal-bus forms of `rmb notify`: `-m TEXT` (with levels and escalation),
 /// a command notified to the group (no `--to`), and `--send-trigger`.
-pub async fn run(
-    args: crate::commands::notify::NotifyArgs,
-) -> anyhow::Result<std::process::ExitCode> {
-    use crate::commands::notify::{NOTIFY_CMD, Notification, run_teed, shell_words};
-    use crate::commands::serve::exit_status_code;
-    use std::process::ExitCode;
-    use std::time::Instant;
-
+pub async fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(&args.redis.redis).await?;
     let api = super::api::Api::new(&args.http);
     let group = super::group::load(&mut bus.conn()).await?;
@@ -388,4 +348,39 @@ pub async fn run(
         }
     }
     Ok(ExitCode::from(exit_code.min(255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_drop_control_characters_and_say_the_level() {
+        let m = Message {
+            text: "disk\x1b[2J full".into(),
+            title: Some("Disk".into()),
+            level: Level::Urgent,
+            host: "box".into(),
+            escalated: true,
+        };
+        assert_eq!(
+            m.line(9),
+            "[urgent, escalated] twin 9 (box): Disk: disk [2J full"
+        );
+        assert!(Level::High.escalates() && !Level::Normal.escalates());
+    }
+
+    #[test]
+    fn oversized_or_malformed_notifications_are_refused() {
+        let long =
+            serde_json::json!({"text": "x".repeat(MAX_TEXT + 1), "level": "low", "host": "h"});
+        assert!(matches!(
+            Message::parse(long.to_string().as_bytes()),
+            Err(MessageError::TooLong)
+        ));
+        assert!(matches!(
+            Message::parse(b"{\"text\":1}"),
+            Err(MessageError::Malformed(_))
+        ));
+    }
 }
