@@ -421,6 +421,15 @@ async fn personal_bus_end_to_end() {
     assert_eq!(normal.status.code(), Some(3));
     assert!(!text(&normal.stderr).contains("escalated"));
 
+    // Back up, Bob's listener shows none of the requests that expired while it was down
+    // (the peer's queue expires with them; the listener also checks each request's
+    // expiry): the first thing it shows is what is sent now.
+    let bob_listener = listen(&bob, dir.path());
+    let fresh = alice.rmb(&["notify"], &["-m", "after restart", "--to", &b], "");
+    assert!(fresh.status.success());
+    let first = bob_listener.lines.recv_timeout(WAIT).unwrap();
+    assert!(first.contains("after restart"), "{first}");
+
     // Removal: Charlie is no longer served by the owner.
     assert!(alice.rmb(&["agent", "remove"], &[&c], "").status.success());
     assert_eq!(members(&alice), vec![alice.twin, bob.twin]);

@@ -20,7 +20,7 @@ use super::clipboard::Clipboard;
 use super::group::{self, GroupError};
 use super::notify::Message;
 use super::{PeerArgs, cmds};
-use crate::bus::{Bus, twin_of};
+use crate::bus::{Bus, twin_of, unix_now};
 use crate::commands::notify::{NOTIFY_CMD, Notification, summary, which};
 use crate::commands::serve::{self, Handler, HandlerResult};
 
@@ -72,6 +72,9 @@ impl ListenAllArgs {
     }
 }
 
+/// Seconds of clock difference tolerated when checking a request's expiry.
+const EXPIRY_GRACE: u64 = 5;
+
 /// What the services need, shared by every request.
 struct Services {
     me: u32,
@@ -116,6 +119,15 @@ struct JoinRequest {
 impl Services {
     async fn handle(&self, request: JsonIncomingRequest, body: Vec<u8>) -> HandlerResult {
         let src = twin_of(&request.src).ok_or_else(|| error(400, "no sender twin"))?;
+        // A request that waited past its expiry (this listener was down) is stale: a
+        // notification or a link from hours ago must not pop up now.
+        let deadline = request
+            .now
+            .saturating_add(request.exp)
+            .saturating_add(EXPIRY_GRACE);
+        if deadline < unix_now() {
+            return Err(error(408, "expired before this machine's listener read it"));
+        }
         let mut conn = self.conn.clone();
         if request.cmd == cmds::JOIN {
             let join: JoinRequest = serde_json::from_slice(&body)
