@@ -104,7 +104,7 @@ fn report(outcome: &Outcome, what: &str, describe: impl Fn(&[u8]) -> String) -> 
 pub struct CopyArgs {
     /// The text; read from stdin when absent.
     pub text: Option<String>,
-    /// Only this machine (twin id) of the group.
+    /// Only this machine (twin id) of the group [default: all its other machines].
     #[arg(long, value_name = "TWIN")]
     pub to: Option<u32>,
     /// Seconds to wait for the listeners' answers.
@@ -184,7 +184,7 @@ pub struct OpenArgs {
     /// An http:// or https:// URL.
     #[arg(value_name = "URL")]
     pub link: String,
-    /// Only this machine (twin id) of the group.
+    /// Only this machine (twin id) of the group [default: all its other machines].
     #[arg(long, value_name = "TWIN")]
     pub to: Option<u32>,
     /// Seconds to wait for the listeners' answers.
@@ -216,7 +216,7 @@ pub async fn run_open(args: OpenArgs) -> anyhow::Result<ExitCode> {
 pub struct TriggerArgs {
     /// The trigger's name (letters, digits, '.', '_', '-').
     pub name: String,
-    /// Only waiters on this machine (twin id) run.
+    /// Only waiters on this machine (twin id) run [default: waiters on every machine].
     #[arg(long, value_name = "TWIN")]
     pub to: Option<u32>,
     #[command(flatten)]

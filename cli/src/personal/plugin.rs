@@ -43,7 +43,14 @@ async fn feed(
                 continue;
             }
         };
-        while let Ok(m) = stream.next().await {
+        loop {
+            let m = match stream.next().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("following {input}: {e}; reopening");
+                    break;
+                }
+            };
             pause = Duration::from_millis(200);
             since = since.max(m["id"].as_u64().unwrap_or(0));
             let Some(text) = m["message"].as_str() else {
