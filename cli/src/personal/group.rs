@@ -240,14 +240,67 @@ pub async fn admit(
         return Err(GroupError::WrongCode);
     }
     if !group.members.contains(&twin) {
-        if group.members.len() >= MAX_MEMBERS {
-            return Err(GroupError::Full);
-        }
-        group.members.insert(twin);
-        save(conn, &group).await?;
+        group = change(conn, Change::Add, twin).await?;
         publish_membership(api, &group).await?;
     }
     Ok(group)
+}
+
+/// A change of the member list.
+#[derive(Clone, Copy)]
+enum Change {
+    Add,
+    Remove,
+}
+
+/// Adds or removes `twin` inside Redis, in one script: a join answered by the listener
+/// and an `rmb agent remove` run at the same moment cannot undo each other.
+async fn change(
+    conn: &mut MultiplexedConnection,
+    change: Change,
+    twin: u32,
+) -> Result<Group, GroupError> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'none' end
+local g = cjson.decode(raw)
+local twin = tonumber(ARGV[2])
+local kept = {}
+local found = false
+for _, t in ipairs(g.members) do
+  if t == twin then found = true end
+  if not (ARGV[1] == 'remove' and t == twin) then table.insert(kept, t) end
+end
+if ARGV[1] == 'add' and not found then
+  if #kept >= tonumber(ARGV[3]) then return 'full' end
+  table.insert(kept, twin)
+end
+if ARGV[1] == 'remove' and (not found or twin == g.owner) then return 'absent' end
+local text = cjson.encode({owner = g.owner, members = kept})
+redis.call('SET', KEYS[1], text)
+return text
+",
+        )
+    });
+    let op = match change {
+        Change::Add => "add",
+        Change::Remove => "remove",
+    };
+    let answer: String = SCRIPT
+        .key(GROUP_KEY)
+        .arg(op)
+        .arg(twin)
+        .arg(MAX_MEMBERS)
+        .invoke_async(conn)
+        .await?;
+    match answer.as_str() {
+        "none" => Err(GroupError::NoGroup),
+        "full" => Err(GroupError::Full),
+        "absent" => Err(GroupError::NotRemovable(twin)),
+        text => serde_json::from_str(text).map_err(|e| GroupError::Corrupt(e.to_string())),
+    }
 }
 
 /// `rmb agent remove TWIN` (owner only): the twin leaves the access lists and members.
@@ -256,15 +309,15 @@ pub async fn remove(
     conn: &mut MultiplexedConnection,
     twin: u32,
 ) -> Result<Group, GroupError> {
-    let mut group = require(conn).await?;
+    let group = require(conn).await?;
     let me = api.twin().await?;
     if group.owner != me {
         return Err(GroupError::NotOwner(group.owner));
     }
-    if twin == group.owner || !group.members.remove(&twin) {
+    if twin == group.owner || !group.members.contains(&twin) {
         return Err(GroupError::NotRemovable(twin));
     }
-    save(conn, &group).await?;
+    let group = change(conn, Change::Remove, twin).await?;
     publish_membership(api, &group).await?;
     Ok(group)
 }

@@ -83,8 +83,6 @@ struct Services {
     desktop: bool,
     browser: bool,
     clipboard: Clipboard,
-    /// Joins change the member list one at a time (read, add, write back).
-    joining: tokio::sync::Mutex<()>,
 }
 
 fn error(code: u32, message: impl ToString) -> JsonError {
@@ -138,7 +136,6 @@ impl Services {
             if owner != self.me {
                 return Err(error(400, format!("this code is for twin {owner}")));
             }
-            let _one_at_a_time = self.joining.lock().await;
             let group = group::admit(&self.api, &mut conn, self.me, src, &secret)
                 .await
                 .map_err(group_error)?;
@@ -270,7 +267,6 @@ pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
         desktop: display && which("notify-send"),
         browser: display && which("xdg-open"),
         clipboard,
-        joining: tokio::sync::Mutex::new(()),
     });
     eprintln!(
         "twin {me} listening for the personal group of twin {} ({} members): notifications{}, \
