@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{call, key, notify, pipe, serve, status, topic, twin};
+use crate::commands::{agent, call, key, notify, personal, pipe, serve, status, topic, twin};
 use crate::demo;
 
 /// rmb: talk to twins on the Reliable Message Bus.
@@ -32,10 +32,26 @@ pub enum Command {
     Call(call::CallArgs),
     /// Answer requests by running a program for each (or echoing them).
     Serve(serve::ServeArgs),
-    /// Run a command, then notify a twin how it went.
+    /// Run a command, then notify a twin or the group how it went; or send a notification.
     Notify(notify::NotifyArgs),
-    /// Receive what other twins send (notifications).
+    /// Receive what other twins send: without argument, every personal-bus service.
     Listen(notify::ListenArgs),
+    /// Manage the personal group of this person's machines.
+    Agent(agent::AgentArgs),
+    /// Put text into the clipboard of the group's other machines.
+    Copy(personal::CopyArgs),
+    /// Print the clipboard of a machine of the group.
+    Paste(personal::PasteArgs),
+    /// Open a web link in the browser of the group's other machines.
+    Open(personal::OpenArgs),
+    /// Fire a trigger on the personal group.
+    Trigger(personal::TriggerArgs),
+    /// Wait for a trigger, then run a command.
+    Run(personal::RunArgs),
+    /// Follow a file (like tail -F) and publish each line to a topic.
+    Stream(personal::StreamArgs),
+    /// Run a long-lived program whose output lines are published and whose input is a topic.
+    Plugin(personal::PluginArgs),
     /// Show the local rmb-peer's twin, relays, counters and queues.
     Status(status::StatusArgs),
     /// Pipe stdin/stdout through a connection to another twin (listen or connect).
@@ -64,6 +80,14 @@ impl Cli {
             Command::Serve(args) => serve::run(args).await,
             Command::Notify(args) => notify::run_notify(args).await,
             Command::Listen(args) => notify::run_listen(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Copy(args) => personal::run_copy(args).await,
+            Command::Paste(args) => personal::run_paste(args).await,
+            Command::Open(args) => personal::run_open(args).await,
+            Command::Trigger(args) => personal::run_trigger(args).await,
+            Command::Run(args) => personal::run_run(args).await,
+            Command::Stream(args) => personal::run_stream(args).await,
+            Command::Plugin(args) => personal::run_plugin(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Pipe(args) => pipe::run(args).await,
             Command::Forward(args) => pipe::forward(args).await,

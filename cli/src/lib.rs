@@ -9,4 +9,5 @@ pub mod bus;
 pub mod cli;
 pub mod commands;
 pub mod demo;
+pub mod personal;
 pub mod signals;

@@ -1,8 +1,10 @@
 //! One module per `rmb` subcommand; each has its clap `Args` and a `run` function.
 
+pub mod agent;
 pub mod call;
 pub mod key;
 pub mod notify;
+pub mod personal;
 pub mod pipe;
 pub mod serve;
 pub mod status;

@@ -18,26 +18,65 @@ use crate::args::RedisArgs;
 use crate::bus::Bus;
 use crate::commands::call::{self, CallSpec};
 use crate::commands::serve::{self, Handler, exit_status_code};
+use crate::commands::topic::HttpArgs;
+use crate::personal::notify::Level;
 
 /// The command notifications are sent with (and `rmb listen notifications` serves).
 pub const NOTIFY_CMD: &str = "notify";
 /// Schema of the notification body.
 pub const SCHEMA: &str = "application/json";
 
-/// Run a command; when it ends, notify a twin (exit code, duration, last lines of output).
+/// Run a command and notify when it ends (exit code, duration, last lines of output), or
+/// send a notification (`-m TEXT`); optionally fire a trigger when the command ends.
 ///
-/// Exits with the command's own exit status, so it can wrap anything in scripts. A
-/// notification that cannot be delivered is reported on stderr.
+/// With a command, exits with the command's own exit status, so it can wrap anything in
+/// scripts; a notification that cannot be delivered is reported on stderr. Without
+/// `--to`, it goes to the other machines of the personal group (`rmb agent`).
 ///
-/// Example: `rmb notify --to 7 -- make release`
+/// Examples: `rmb notify --to 7 -- make release`,
+/// `rmb notify -m "backup failed" --level urgent --to 9`,
+/// `rmb notify --send-trigger build-done -- make`
 #[derive(Args, Debug)]
 pub struct NotifyArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
 
-    /// Twin to notify (set RMB_NOTIFY_TO once in your shell profile).
+    /// The local peer's HTTP API (for the group topic, with --send-trigger).
+    #[command(flatten)]
+    pub http: HttpArgs,
+
+    /// Twin to notify (set RMB_NOTIFY_TO once in your shell profile) [default: the
+    /// personal group's other machines].
     #[arg(long, env = "RMB_NOTIFY_TO", value_name = "TWIN")]
-    pub to: u32,
+    pub to: Option<u32>,
+
+    /// Send this text as a notification instead of running a command.
+    #[arg(
+        short = 'm',
+        long = "message",
+        value_name = "TEXT",
+        conflicts_with = "command"
+    )]
+    pub message: Option<String>,
+
+    /// A title for the -m notification.
+    #[arg(long, value_name = "TEXT", requires = "message")]
+    pub title: Option<String>,
+
+    /// Level of the -m notification; high and urgent are escalated to the group's other
+    /// machines when --to does not acknowledge within --escalate-after.
+    #[arg(long, value_enum, default_value_t = Level::Normal, requires = "message")]
+    pub level: Level,
+
+    /// Seconds a high or urgent notification waits for an acknowledgement before it is
+    /// escalated.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub escalate_after: u64,
+
+    /// When the command ends, fire this trigger on the personal group (whatever its
+    /// exit status; see `rmb run --wait-trigger`).
+    #[arg(long, value_name = "NAME", conflicts_with = "message")]
+    pub send_trigger: Option<String>,
 
     /// Lines of output (stdout and stderr, interleaved) included in the notification.
     #[arg(long, default_value_t = 10, value_name = "N")]
@@ -52,15 +91,23 @@ pub struct NotifyArgs {
     pub cmd: String,
 
     /// The command to run and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    #[arg(
+        last = true,
+        required_unless_present = "message",
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
 }
 
-/// `rmb listen …`: receive things other twins send.
+/// `rmb listen …`: receive things other twins send. Without a subcommand, every service
+/// of the personal bus (notifications, clipboard, links, joins on the group's owner).
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ListenArgs {
     #[command(subcommand)]
-    pub what: ListenWhat,
+    pub what: Option<ListenWhat>,
+    #[command(flatten)]
+    pub all: crate::personal::listen::ListenAllArgs,
 }
 
 /// What to listen for.
@@ -108,6 +155,10 @@ pub struct Notification {
 
 /// Runs `rmb notify`.
 pub async fn run_notify(args: NotifyArgs) -> anyhow::Result<ExitCode> {
+    if args.message.is_some() || args.to.is_none() || args.send_trigger.is_some() {
+        return crate::personal::notify::run(args).await;
+    }
+    let to = args.to.expect("checked above");
     // Connect first: better to learn Redis is down before a long command than after it.
     let bus = Bus::connect(&args.redis.redis).await?;
     let started = Instant::now();
@@ -122,7 +173,7 @@ pub async fn run_notify(args: NotifyArgs) -> anyhow::Result<ExitCode> {
         output,
     };
     let spec = CallSpec {
-        dst: vec![args.to],
+        dst: vec![to],
         cmd: args.cmd.clone(),
         body: serde_json::to_vec(&notification)?,
         schema: Some(SCHEMA.to_string()),
@@ -131,24 +182,24 @@ pub async fn run_notify(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     };
     match call::call(&bus, &spec).await {
         Ok(outcome) if outcome.success() => {
-            eprintln!("rmb: notified twin {} (exit code {exit_code})", args.to)
+            eprintln!("rmb: notified twin {to} (exit code {exit_code})")
         }
         Ok(outcome) => match outcome.replies.first().and_then(|r| r.error.as_ref()) {
-            Some(e) => eprintln!("rmb: notifying twin {} failed: {}", args.to, e.message),
+            Some(e) => eprintln!("rmb: notifying twin {to} failed: {}", e.message),
             None => eprintln!(
-                "rmb: twin {} did not acknowledge the notification within {} s \
+                "rmb: twin {to} did not acknowledge the notification within {} s \
                  (is `rmb listen notifications` running there?)",
-                args.to, args.timeout
+                args.timeout
             ),
         },
-        Err(e) => eprintln!("rmb: notifying twin {} failed: {e:#}", args.to),
+        Err(e) => eprintln!("rmb: notifying twin {to} failed: {e:#}"),
     }
     Ok(ExitCode::from(exit_code.min(255) as u8))
 }
 
 /// Runs `command`, copying its stdout and stderr through while keeping the last `keep`
 /// lines of both.
-async fn run_teed(
+pub async fn run_teed(
     command: &[String],
     keep: usize,
 ) -> anyhow::Result<(std::process::ExitStatus, Vec<String>)> {
@@ -206,7 +257,7 @@ async fn tee(
 }
 
 /// The command line as a person would type it (arguments with spaces quoted).
-fn shell_words(command: &[String]) -> String {
+pub fn shell_words(command: &[String]) -> String {
     command
         .iter()
         .map(|a| {
@@ -220,13 +271,7 @@ fn shell_words(command: &[String]) -> String {
         .join(" ")
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown host".into())
-}
+use crate::personal::hostname;
 
 /// One line for people: `twin 7 (host): 'make' failed with exit code 2 after 3.2 s`.
 pub fn summary(src: &str, n: &Notification) -> String {
@@ -243,9 +288,11 @@ pub fn summary(src: &str, n: &Notification) -> String {
     )
 }
 
-/// Runs `rmb listen notifications`.
+/// Runs `rmb listen notifications`, or every personal service without a subcommand.
 pub async fn run_listen(args: ListenArgs) -> anyhow::Result<ExitCode> {
-    let ListenWhat::Notifications(args) = args.what;
+    let Some(ListenWhat::Notifications(args)) = args.what else {
+        return crate::personal::listen::run(args.all).await;
+    };
     let bus = Bus::connect(&args.redis.redis).await?;
     let desktop = !args.no_desktop && which("notify-send");
     if !args.json {

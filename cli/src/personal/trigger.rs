@@ -1,0 +1,172 @@
+//! Triggers: `rmb trigger NAME` publishes `{"kind":"trigger","name":NAME}` on the group
+//! topic; `rmb run --wait-trigger NAME -- cmd` follows the topic from its newest message
+//! and runs the command when a member fires that trigger. Riding on the topic gives
+//! triggers what topics have: any machine of the group, behind any relay, gets them,
+//! and the owner refuses publishes from twins outside the group (its access list).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::api::{Api, ApiError};
+use super::group::Group;
+
+/// Longest trigger name (bytes).
+pub const MAX_NAME: usize = 64;
+
+/// Why a trigger could not be fired or waited for.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// A name outside `[A-Za-z0-9._-]{1,64}`.
+    #[error("a trigger name is 1 to {MAX_NAME} letters, digits, '.', '_' or '-', not {0:?}")]
+    BadName(String),
+    /// The peer's HTTP API failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// Nothing fired the trigger in time.
+    #[error("trigger {0:?} was not fired within {1} s")]
+    TimedOut(String, u64),
+}
+
+/// Checks a trigger name.
+pub fn check_name(name: &str) -> Result<(), TriggerError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(TriggerError::BadName(name.chars().take(80).collect()))
+    }
+}
+
+/// The event that fires `name` (for one twin when `to` is given); also sent by
+/// `rmb notify --send-trigger`.
+pub fn event(name: &str, to: Option<u32>, host: &str) -> Value {
+    json!({ "kind": "trigger", "name": name, "to": to, "host": host })
+}
+
+/// Fires `name` on the group topic; the message id.
+pub async fn fire(
+    api: &Api,
+    group: &Group,
+    name: &str,
+    to: Option<u32>,
+) -> Result<u64, TriggerError> {
+    check_name(name)?;
+    Ok(api
+        .publish(&group.topic(), &event(name, to, &super::hostname()))
+        .await?)
+}
+
+/// Who fired a trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// The member that published it.
+    pub by: u32,
+    /// Its message id on the group topic.
+    pub id: u64,
+}
+
+/// Whether the topic message `m` fires `name` for twin `me` of `group`.
+pub fn fires(m: &Value, group: &Group, me: u32, name: &str) -> Option<Fired> {
+    let by = m["publisher"]
+        .as_u64()
+        .and_then(|t| u32::try_from(t).ok())?;
+    if !group.admits(by) {
+        return None;
+    }
+    let event: Value = serde_json::from_str(m["message"].as_str()?).ok()?;
+    let for_me = event["to"].is_null() || event["to"].as_u64() == Some(u64::from(me));
+    (event["kind"] == "trigger" && event["name"] == name && for_me).then(|| Fired {
+        by,
+        id: m["id"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Waits until a member fires `name` after now (at most `limit`, if given). A broken
+/// stream is reopened after the last id seen, with a growing pause.
+pub async fn wait(
+    api: &Api,
+    group: &Group,
+    me: u32,
+    name: &str,
+    limit: Option<Duration>,
+) -> Result<Fired, TriggerError> {
+    check_name(name)?;
+    let waiting = async {
+        let topic = group.topic();
+        let mut last = api.newest(&topic).await?;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let mut stream = match api.follow(&topic, last).await {
+                Ok(s) => s,
+                Err(e @ ApiError::Refused { .. }) => return Err(TriggerError::Api(e)),
+                Err(e) => {
+                    tracing::warn!("following {topic}: {e}; retrying in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            loop {
+                match stream.next().await {
+                    Ok(m) => {
+                        pause = Duration::from_millis(200);
+                        if let Some(id) = m["id"].as_u64() {
+                            last = last.max(id);
+                        }
+                        if let Some(fired) = fires(&m, group, me, name) {
+                            return Ok(fired);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("following {topic}: {e}; reopening");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    match limit {
+        None => waiting.await,
+        Some(limit) => tokio::time::timeout(limit, waiting)
+            .await
+            .map_err(|_| TriggerError::TimedOut(name.to_string(), limit.as_secs()))?,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("build.done-1_x").is_ok());
+        for bad in ["", "a b", "a/b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_members_fire_and_targeted_triggers_reach_their_twin() {
+        let group = Group {
+            owner: 7,
+            members: BTreeSet::from([7, 9]),
+        };
+        let msg = |by: u32, to: Option<u32>| json!({"id": 3, "publisher": by, "message": event("deploy", to, "h").to_string()});
+        assert_eq!(
+            fires(&msg(9, None), &group, 7, "deploy"),
+            Some(Fired { by: 9, id: 3 })
+        );
+        assert_eq!(fires(&msg(8, None), &group, 7, "deploy"), None);
+        assert_eq!(fires(&msg(9, Some(12)), &group, 7, "deploy"), None);
+        assert!(fires(&msg(9, Some(7)), &group, 7, "deploy").is_some());
+        assert_eq!(fires(&msg(9, None), &group, 7, "other"), None);
+    }
+}
