@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
 use rmb_identity::registry::RegistryChoice;
-use rmb_identity::{Identity, KeyType};
 use rmb_peer::conn::{ConnectError, ListenOptions, Stream, StreamError};
 use rmb_peer::{Client, ClientOptions};
+use rmb_testsupport::direct::{connect_client, fresh_mnemonic, register_secret};
 use rmb_testsupport::redis_server::free_port;
 use rmb_testsupport::relay_process::RelayProcess;
 use sha2::{Digest, Sha256};
@@ -18,35 +18,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CALL: Duration = Duration::from_secs(15);
 
-fn mnemonic() -> String {
-    let mut entropy = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut entropy);
-    bip39::Mnemonic::from_entropy(&entropy).unwrap().to_string()
-}
-
-async fn register(registry_url: &str, secret: &str, relays: &[String]) -> u32 {
-    let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
-    rmb_testsupport::registry::register(registry_url, &identity, relays).await
-}
-
-async fn connect(secret: &str, sid: &str, relays: &[&RelayProcess], registry: &str) -> Client {
-    let urls = relays.iter().map(|r| r.ws_url()).collect();
-    let choice = RegistryChoice::Embedded {
-        url: registry.to_string(),
-    };
-    Client::connect(ClientOptions::new(secret, sid, urls, choice))
-        .await
-        .expect("client connects")
-}
-
 /// Two clients of fresh twins on one relay.
 async fn pair(relay: &RelayProcess) -> (Client, Client) {
     let registry = relay.http_url();
-    let (sa, sb) = (mnemonic(), mnemonic());
-    register(&registry, &sa, &[relay.domain()]).await;
-    register(&registry, &sb, &[relay.domain()]).await;
-    let alice = connect(&sa, "alice", &[relay], &registry).await;
-    let bob = connect(&sb, "bob", &[relay], &registry).await;
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
+    register_secret(&registry, &sa, &[relay.domain()]).await;
+    register_secret(&registry, &sb, &[relay.domain()]).await;
+    let alice = connect_client(&sa, "alice", &[relay], &registry).await;
+    let bob = connect_client(&sb, "bob", &[relay], &registry).await;
     (alice, bob)
 }
 
@@ -145,11 +124,11 @@ async fn a_pipe_across_two_federated_relays_carries_bytes_intact() {
     let r1 = RelayProcess::start_on(p1, &["--federation-http"]);
     let registry = r1.http_url();
     let r2 = RelayProcess::start_on(p2, &["--federation-http", "--registry", &registry]);
-    let (sa, sb) = (mnemonic(), mnemonic());
-    register(&registry, &sa, &[r1.domain()]).await;
-    register(&registry, &sb, &[r2.domain()]).await;
-    let alice = connect(&sa, "a", &[&r1], &registry).await;
-    let bob = connect(&sb, "b", &[&r2], &registry).await;
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
+    register_secret(&registry, &sa, &[r1.domain()]).await;
+    register_secret(&registry, &sb, &[r2.domain()]).await;
+    let alice = connect_client(&sa, "a", &[&r1], &registry).await;
+    let bob = connect_client(&sb, "b", &[&r2], &registry).await;
     let server = serve_digest(&bob);
     let bytes = data(big_mib() << 20, 2);
     let mut stream = alice
@@ -244,14 +223,14 @@ async fn unknown_refused_and_not_allowed_protocols_are_distinct_errors() {
         other => panic!("expected unknown twin, got {:?}", other.err()),
     }
     let mut short = ClientOptions::new(
-        mnemonic(),
+        fresh_mnemonic(),
         "short",
         vec![relay.ws_url()],
         RegistryChoice::Embedded {
             url: relay.http_url(),
         },
     );
-    register(&relay.http_url(), &short.secret, &[relay.domain()]).await;
+    register_secret(&relay.http_url(), &short.secret, &[relay.domain()]).await;
     short.connections.open_timeout = Duration::from_secs(2);
     let short = Client::connect(short).await.unwrap();
     match short
@@ -400,9 +379,9 @@ impl Drop for PipeListener {
 async fn a_killed_far_side_is_an_error_within_the_keepalive_bound() {
     let relay = RelayProcess::start(&[]);
     let registry = relay.http_url();
-    let (sa, sb) = (mnemonic(), mnemonic());
-    register(&registry, &sa, &[relay.domain()]).await;
-    let b = register(&registry, &sb, &[relay.domain()]).await;
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
+    register_secret(&registry, &sa, &[relay.domain()]).await;
+    let b = register_secret(&registry, &sb, &[relay.domain()]).await;
     let alice = connect_quick_keepalive(&sa, "alice", &[&relay], &registry).await;
     let mut far = PipeListener::start(&sb, &relay, "netcat");
     let to = rmb_proto::Address::session(b, "pipe");
@@ -452,12 +431,12 @@ async fn a_relay_killed_mid_transfer_loses_nothing_with_a_second_relay() {
     let registry = r0.http_url();
     let mut r1 = RelayProcess::start(&["--federation-http", "--registry", &registry]);
     let r2 = RelayProcess::start(&["--federation-http", "--registry", &registry]);
-    let (sa, sb) = (mnemonic(), mnemonic());
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
     let both = [r1.domain(), r2.domain()];
-    register(&registry, &sa, &both).await;
-    register(&registry, &sb, &both).await;
-    let alice = connect(&sa, "a", &[&r1, &r2], &registry).await;
-    let bob = connect(&sb, "b", &[&r1, &r2], &registry).await;
+    register_secret(&registry, &sa, &both).await;
+    register_secret(&registry, &sb, &both).await;
+    let alice = connect_client(&sa, "a", &[&r1, &r2], &registry).await;
+    let bob = connect_client(&sb, "b", &[&r1, &r2], &registry).await;
     for _ in 0..200 {
         let up = |c: &Client| c.status().relays.iter().all(|l| l.connected);
         if up(&alice) && up(&bob) {

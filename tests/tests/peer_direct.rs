@@ -7,38 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rand::RngCore;
+use rmb_identity::registry::Registry;
 use rmb_identity::registry::http::HttpRegistry;
-use rmb_identity::registry::{Registry, RegistryChoice};
 use rmb_identity::{E2eScheme, Identity, KeyType};
-use rmb_peer::{CallError, Client, ClientOptions, RemoteError};
+use rmb_peer::{CallError, Client, RemoteError};
+use rmb_testsupport::direct::{connect_client, fresh_mnemonic, register_secret};
 use rmb_testsupport::redis_server::free_port;
 use rmb_testsupport::relay_process::RelayProcess;
 
 const CALL: Duration = Duration::from_secs(15);
-
-/// A fresh 12-word mnemonic, so each test has its own twins.
-fn mnemonic() -> String {
-    let mut entropy = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut entropy);
-    bip39::Mnemonic::from_entropy(&entropy).unwrap().to_string()
-}
-
-/// Registers the twin of `secret` on the embedded registry at `registry_url`.
-async fn register(registry_url: &str, secret: &str, relays: &[String]) -> u32 {
-    let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
-    rmb_testsupport::registry::register(registry_url, &identity, relays).await
-}
-
-async fn connect(secret: &str, sid: &str, relays: &[&RelayProcess], registry: &str) -> Client {
-    let urls = relays.iter().map(|r| r.ws_url()).collect();
-    let choice = RegistryChoice::Embedded {
-        url: registry.to_string(),
-    };
-    Client::connect(ClientOptions::new(secret, sid, urls, choice))
-        .await
-        .expect("client connects")
-}
 
 /// Serves `echo` (payload back, prefixed with the server's name) and `fail` (error 42).
 fn serve_echo(client: &Client, name: &'static str) -> Arc<AtomicUsize> {
@@ -62,11 +39,11 @@ fn serve_echo(client: &Client, name: &'static str) -> Arc<AtomicUsize> {
 async fn two_clients_call_each_other_through_one_relay() {
     let relay = RelayProcess::start(&[]);
     let registry = relay.http_url();
-    let (sa, sb) = (mnemonic(), mnemonic());
-    let a = register(&registry, &sa, &[relay.domain()]).await;
-    let b = register(&registry, &sb, &[relay.domain()]).await;
-    let alice = connect(&sa, "alice-app", &[&relay], &registry).await;
-    let bob = connect(&sb, "bob-app", &[&relay], &registry).await;
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
+    let a = register_secret(&registry, &sa, &[relay.domain()]).await;
+    let b = register_secret(&registry, &sb, &[relay.domain()]).await;
+    let alice = connect_client(&sa, "alice-app", &[&relay], &registry).await;
+    let bob = connect_client(&sb, "bob-app", &[&relay], &registry).await;
     assert_eq!((alice.twin_id(), bob.twin_id()), (a, b));
     serve_echo(&alice, "alice");
     let bob_calls = serve_echo(&bob, "bob");
@@ -170,12 +147,12 @@ async fn two_clients_call_each_other_through_one_relay() {
 async fn a_relay_error_reaches_the_caller_as_such() {
     let relay = RelayProcess::start(&[]);
     let registry = relay.http_url();
-    let (sa, sb) = (mnemonic(), mnemonic());
-    register(&registry, &sa, &[relay.domain()]).await;
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
+    register_secret(&registry, &sa, &[relay.domain()]).await;
     // Bob's twin lists no relay this network serves: the relay cannot deliver to it.
     let dead = format!("127.0.0.1:{}", free_port());
-    let b = register(&registry, &sb, &[dead]).await;
-    let alice = connect(&sa, "alice-app", &[&relay], &registry).await;
+    let b = register_secret(&registry, &sb, &[dead]).await;
+    let alice = connect_client(&sa, "alice-app", &[&relay], &registry).await;
     match alice.call(b, "echo", b"x".to_vec(), CALL).await {
         Err(CallError::Relay(message)) => assert!(!message.is_empty()),
         other => panic!("expected a relay error, got {other:?}"),
@@ -188,11 +165,11 @@ async fn calls_cross_two_federating_relays() {
     let r1 = RelayProcess::start_on(p1, &["--federation-http"]);
     let registry = r1.http_url();
     let r2 = RelayProcess::start_on(p2, &["--federation-http", "--registry", &registry]);
-    let (sa, sb) = (mnemonic(), mnemonic());
-    register(&registry, &sa, &[r1.domain()]).await;
-    register(&registry, &sb, &[r2.domain()]).await;
-    let alice = connect(&sa, "a", &[&r1], &registry).await;
-    let bob = connect(&sb, "b", &[&r2], &registry).await;
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
+    register_secret(&registry, &sa, &[r1.domain()]).await;
+    register_secret(&registry, &sb, &[r2.domain()]).await;
+    let alice = connect_client(&sa, "a", &[&r1], &registry).await;
+    let bob = connect_client(&sb, "b", &[&r2], &registry).await;
     serve_echo(&alice, "alice");
     serve_echo(&bob, "bob");
 
@@ -229,12 +206,12 @@ async fn clients_with_two_relays_survive_one_being_killed() {
     let registry = r0.http_url();
     let mut r1 = RelayProcess::start(&["--federation-http", "--registry", &registry]);
     let r2 = RelayProcess::start(&["--federation-http", "--registry", &registry]);
-    let (sa, sb) = (mnemonic(), mnemonic());
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
     let both = [r1.domain(), r2.domain()];
-    register(&registry, &sa, &both).await;
-    register(&registry, &sb, &both).await;
-    let alice = connect(&sa, "a", &[&r1, &r2], &registry).await;
-    let bob = connect(&sb, "b", &[&r1, &r2], &registry).await;
+    register_secret(&registry, &sa, &both).await;
+    register_secret(&registry, &sb, &both).await;
+    let alice = connect_client(&sa, "a", &[&r1, &r2], &registry).await;
+    let bob = connect_client(&sb, "b", &[&r1, &r2], &registry).await;
     serve_echo(&bob, "bob");
     eventually("all four links up", || {
         alice.status().relays.iter().all(|l| l.connected)

@@ -8,12 +8,12 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rand::RngCore;
 use rmb_identity::registry::http::HttpRegistry;
 use rmb_identity::registry::{Registry, RegistryChoice, TwinUpdate};
 use rmb_identity::{Identity, KeyType, verify_envelope};
 use rmb_peer::{Client, ClientOptions};
 use rmb_proto::{Address, Envelope, Message, MessageKind, Payload, Request};
+use rmb_testsupport::direct::fresh_mnemonic;
 use rmb_testsupport::relay_client::{TestClient, now};
 use rmb_testsupport::relay_process::RelayProcess;
 use tokio::sync::mpsc;
@@ -22,12 +22,6 @@ const WAIT: Duration = Duration::from_secs(15);
 const QUIET: Duration = Duration::from_millis(1500);
 const SID: &str = "svc";
 const CHILD_ENV: &str = "RMB_SECURITY_SERVER";
-
-fn mnemonic() -> String {
-    let mut entropy = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut entropy);
-    bip39::Mnemonic::from_entropy(&entropy).unwrap().to_string()
-}
 
 /// Child side: a direct client serving `count`, printing `ran <uid>` per handler run.
 async fn serve_in_child(config: &str) -> ! {
@@ -179,16 +173,16 @@ async fn hostile_envelopes_are_refused() {
         pk: None,
         create: true,
     };
-    let server_secret = mnemonic();
+    let server_secret = fresh_mnemonic();
     let server_identity = Identity::from_secret(&server_secret, KeyType::Sr25519).unwrap();
     let s = registry
         .publish(server_identity.signer(), &create)
         .await
         .unwrap()
         .id;
-    let raw = Identity::from_secret(&mnemonic(), KeyType::Ed25519).unwrap();
+    let raw = Identity::from_secret(&fresh_mnemonic(), KeyType::Ed25519).unwrap();
     let r = registry.publish(raw.signer(), &create).await.unwrap().id;
-    let mallory = Identity::from_secret(&mnemonic(), KeyType::Sr25519).unwrap();
+    let mallory = Identity::from_secret(&fresh_mnemonic(), KeyType::Sr25519).unwrap();
 
     let mut server = Server::start(format!(
         "{}\n{registry_url}\n{server_secret}",

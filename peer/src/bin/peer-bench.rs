@@ -6,6 +6,8 @@
 //! latency for several concurrency levels and payload sizes, and a burst of requests
 //! pushed at once. Run: `cargo run -p rmb-peer --release --bin peer-bench`.
 
+#[path = "bench_common/mod.rs"]
+mod bench_common;
 mod peer_bench;
 
 use clap::Parser;

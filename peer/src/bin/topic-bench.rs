@@ -10,6 +10,8 @@
 //!
 //! Run: `cargo run -p rmb-peer --release --bin topic-bench`.
 
+#[path = "bench_common/mod.rs"]
+mod bench_common;
 mod topic_bench;
 
 use clap::Parser;

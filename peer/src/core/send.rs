@@ -30,20 +30,7 @@ impl Peer {
     /// request's validity is used up, [`SendError::Link`] when no relay took it in time.
     pub async fn send_request(&self, req: OutgoingRequest) -> Result<(), SendError> {
         let uid = req.uid.clone();
-        let env = Envelope {
-            uid: req.uid,
-            tags: req.tags,
-            timestamp: req.timestamp,
-            expiration: clamp_expiration(req.expiration),
-            source: Some(self.inner.source.clone()),
-            destination: Some(req.destination),
-            message: Some(Message::Request(Request {
-                command: req.command,
-            })),
-            schema: req.schema,
-            payload: Some(Payload::Plain(req.payload)),
-            ..Default::default()
-        };
+        let env = request_envelope(&self.inner, req);
         let sealed = self.inner.seal(env, true).await?;
         let inner = &self.inner;
         let tracked = inner.reliable
@@ -126,6 +113,24 @@ impl Sealed {
             bytes: self.bytes.clone(),
             deadline: self.deadline,
         }
+    }
+}
+
+/// The envelope of a request, payload still plain.
+pub(super) fn request_envelope(inner: &Inner, req: OutgoingRequest) -> Envelope {
+    Envelope {
+        uid: req.uid,
+        tags: req.tags,
+        timestamp: req.timestamp,
+        expiration: clamp_expiration(req.expiration),
+        source: Some(inner.source.clone()),
+        destination: Some(req.destination),
+        message: Some(Message::Request(Request {
+            command: req.command,
+        })),
+        schema: req.schema,
+        payload: Some(Payload::Plain(req.payload)),
+        ..Default::default()
     }
 }
 

@@ -5,13 +5,12 @@
 //! nobody answers: each frame has its own sequence numbers, acks and retransmission, so
 //! the core's resend table (which waits for an answer) must not track them.
 
-use rmb_identity::registry::Twin;
-use rmb_proto::{Envelope, Message, Payload, Request};
-
 use super::Peer;
 use super::errors::SendError;
+use super::send::request_envelope;
 use super::status::Counters;
-use super::types::{OutgoingRequest, clamp_expiration};
+use super::types::OutgoingRequest;
+use rmb_identity::registry::Twin;
 
 impl Peer {
     /// Seals and sends a request like [`send_request`](Peer::send_request), but never
@@ -19,20 +18,7 @@ impl Peer {
     /// it). `Ok(false)`: no relay took it in time; the caller's own retransmission sends
     /// it again later.
     pub async fn send_unsolicited(&self, req: OutgoingRequest) -> Result<bool, SendError> {
-        let env = Envelope {
-            uid: req.uid,
-            tags: req.tags,
-            timestamp: req.timestamp,
-            expiration: clamp_expiration(req.expiration),
-            source: Some(self.inner.source.clone()),
-            destination: Some(req.destination),
-            message: Some(Message::Request(Request {
-                command: req.command,
-            })),
-            schema: req.schema,
-            payload: Some(Payload::Plain(req.payload)),
-            ..Default::default()
-        };
+        let env = request_envelope(&self.inner, req);
         // Not encrypted again to the twin's published key: the payload is ciphertext
         // under the connection's own keys already.
         let sealed = self.inner.seal(env, false).await?;

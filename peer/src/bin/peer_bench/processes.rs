@@ -1,17 +1,14 @@
 //! The processes under test: two redis-servers, one rmb-relay, two rmb-peers, all on
 //! free loopback ports, killed when [`Network`] is dropped.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rmb_identity::registry::http::HttpRegistry;
-use rmb_identity::registry::{Registry, TwinUpdate};
-use rmb_identity::{Identity, KeyType};
 
 use super::{Args, Delivery};
+use crate::bench_common::{free_port, register, wait_for_port};
 
 /// Child processes, killed on drop.
 struct Children(Vec<Child>);
@@ -61,21 +58,6 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("{what} did not start listening on port {port}")
-}
-
 /// `name` next to this executable, else built with cargo (release).
 fn binary(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
@@ -115,19 +97,6 @@ fn redis_server(dir: &Path, port: u16) -> anyhow::Result<Child> {
         .context("starting redis-server (is it installed?)")?;
     wait_for_port(port, "redis-server")?;
     Ok(child)
-}
-
-async fn register(registry: &str, secret: &str, relay: &str) -> anyhow::Result<u32> {
-    let identity = Identity::from_secret(secret, KeyType::Sr25519)?;
-    let update = TwinUpdate {
-        relays: [relay.to_string()].into_iter().collect(),
-        pk: None,
-        create: true,
-    };
-    Ok(HttpRegistry::new(registry)?
-        .publish(identity.signer(), &update)
-        .await?
-        .id)
 }
 
 /// Waits until the peer on `redis_url` reports a connected relay in its status key.

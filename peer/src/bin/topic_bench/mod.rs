@@ -17,8 +17,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use futures_util::{StreamExt, stream};
 use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
-use rmb_identity::registry::http::HttpRegistry;
-use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, TwinUpdate, connect};
+use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, connect};
 use rmb_identity::{E2eScheme, Identity, KeyType};
 use rmb_peer::core::{Peer, PeerConfig};
 use rmb_peer::topics::config::TopicConfig;
@@ -27,6 +26,7 @@ use rmb_peer::topics::{Topics, TopicsOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::bench_common::register;
 use processes::{Children, Scratch, relay_binary};
 use stats::{Figures, percentile};
 
@@ -183,19 +183,6 @@ async fn start_node(
         bail!("a peer did not connect to {relay_url}");
     }
     Ok(Node { peer, topics })
-}
-
-async fn register(registry: &str, secret: &str, relay: &str) -> anyhow::Result<u32> {
-    let identity = Identity::from_secret(secret, KeyType::Sr25519)?;
-    let update = TwinUpdate {
-        relays: [relay.to_string()].into_iter().collect(),
-        pk: None,
-        create: true,
-    };
-    Ok(HttpRegistry::new(registry)?
-        .publish(identity.signer(), &update)
-        .await?
-        .id)
 }
 
 /// Measures topics for `plan`: the owner (publisher) on relay 1, subscribers on relay 1

@@ -1,12 +1,12 @@
 //! The servers the bench runs against: rmb-relays (the first hosts the registry),
 //! redis-servers and a nats-server, on free loopback ports, killed on drop.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::bench_common::{free_port, wait_for_port};
 
 /// Child processes, killed on drop.
 #[derive(Default)]
@@ -44,21 +44,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("{what} did not start listening on port {port}")
 }
 
 /// `rmb-relay` next to this executable (or given).
