@@ -138,6 +138,31 @@ impl Identity {
         self.finish(env, now)
     }
 
+    /// Prepares `env` for sending *without a signature*: encrypts its plain payload to
+    /// `recipient_key` and stamps it at `now`.
+    ///
+    /// Only for envelopes whose receiver authenticates them by the decryption
+    /// ([`E2eKeys::open_from`](crate::E2eKeys::open_from)): a payload only we and the
+    /// recipient can seal. It costs no signature and no digest of the payload; rmb-rs
+    /// relays route it (they never verify), rmb-rs peers would refuse it.
+    pub fn encrypt_envelope(
+        &self,
+        env: &mut Envelope,
+        recipient_key: &[u8],
+        now: u64,
+    ) -> Result<(), EnvelopeError> {
+        let cipher = match env.payload.take() {
+            Some(Payload::Plain(bytes)) => self.e2e().seal(recipient_key, &bytes)?,
+            // Already sealed by the caller; keep it.
+            Some(Payload::Cipher(bytes)) => bytes,
+            None => self.e2e().seal(recipient_key, &[])?,
+        };
+        env.payload = Some(Payload::Cipher(cipher));
+        env.signature = None;
+        env.stamp_at(now);
+        Ok(())
+    }
+
     fn finish(&self, env: &mut Envelope, now: u64) -> Result<(), EnvelopeError> {
         env.stamp_at(now);
         sign_envelope(self.signer(), env);

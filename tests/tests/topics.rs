@@ -8,7 +8,8 @@
 //!   its Redis delivery list), and messages retention dropped are reported as a gap;
 //! - the owner SIGKILLed mid-stream loses no acknowledged publish and reuses no id;
 //! - malformed HTTP requests get 4xx JSON errors;
-//! - relays see only ciphertext of topic messages.
+//! - relays see only ciphertext of topic messages, and pushes go unsigned, authenticated
+//!   by their encryption; forged unsigned envelopes are refused by subscribers.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -719,6 +720,163 @@ async fn relays_see_only_ciphertext_of_topic_messages() {
         "the plaintext is visible on the wire"
     );
     assert!(!pushed.to_bytes().windows(6).any(|w| w == b"launch"));
+
+    // Both publish x25519 keys, so the push goes without a signature: its encryption
+    // proves it is Alice's (the key her published key derives), which Eve checks.
+    assert_eq!(
+        pushed.signature, None,
+        "pushes between rmb peers go unsigned"
+    );
+    let alice_pk = HttpRegistry::new(&registry)
+        .unwrap()
+        .get_twin(alice.twin)
+        .await
+        .unwrap()
+        .unwrap()
+        .pk
+        .unwrap();
+    let plain = eve
+        .e2e()
+        .open_from(E2eScheme::X25519, &alice_pk, cipher)
+        .expect("the push authenticates as Alice's");
+    assert!(String::from_utf8_lossy(&plain).contains(secret));
+}
+
+/// Pushes go unsigned ([`rmb_peer::core::unsigned`]), so the subscriber must not take an
+/// unsigned envelope on its word: Mallory, a twin with a relay session, forges each kind
+/// a subscriber could be fooled by, and Bob's peer refuses every one, counted by reason,
+/// and still gets Alice's real message as id 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_forgeries_are_refused_by_subscribers() {
+    use rmb_identity::E2eScheme;
+    use rmb_identity::registry::http::HttpRegistry;
+    use rmb_identity::registry::{Registry, TwinUpdate};
+    use rmb_proto::{Address, Envelope, Message, Payload, Request, Response};
+    use rmb_testsupport::relay_client::{TestClient, now};
+
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &[&relay], &registry).await;
+    let bob = Node::start("//Bob", &[&relay], &registry).await;
+    create(&alice, "news", json!({})).await;
+    let topic = format!("{}/news", alice.twin);
+    subscribe(&bob, &topic, json!({ "since": 0 })).await;
+
+    let mallory = Identity::from_secret("//Mallory", KeyType::Sr25519).unwrap();
+    let directory = HttpRegistry::new(&registry).unwrap();
+    let update = TwinUpdate {
+        relays: [relay.domain()].into(),
+        pk: Some(mallory.e2e_public_key(E2eScheme::X25519)),
+        create: true,
+    };
+    let mallory_twin = directory
+        .publish(mallory.signer(), &update)
+        .await
+        .unwrap()
+        .id;
+    let bob_pk = directory
+        .get_twin(bob.twin)
+        .await
+        .unwrap()
+        .unwrap()
+        .pk
+        .unwrap();
+    let mut session = TestClient::connect(&relay.ws_url(), &mallory, mallory_twin, None).await;
+    let batch = |text: &str| {
+        json!({"messages": [{
+            "id": 1, "event": "message", "topic": topic, "time": now(),
+            "publisher": alice.twin, "message": text,
+        }]})
+        .to_string()
+        .into_bytes()
+    };
+    let unsigned = |uid: &str, source: u32, message: Message, body: Vec<u8>| {
+        let mut env = Envelope {
+            uid: uid.into(),
+            expiration: 60,
+            source: Some(Address::twin(source)),
+            destination: Some(Address::twin(bob.twin)),
+            message: Some(message),
+            payload: Some(Payload::Plain(body)),
+            ..Default::default()
+        };
+        mallory.encrypt_envelope(&mut env, &bob_pk, now()).unwrap();
+        assert_eq!(env.signature, None);
+        env
+    };
+    let push = || {
+        Message::Request(Request {
+            command: "rmb.topic.message".into(),
+        })
+    };
+
+    // 1. A push claiming to be Alice's, encrypted with Mallory's own key. The relay
+    // refuses a session's envelope with another source, so Mallory posts it as a
+    // relay would forward it (federation does not verify unsigned envelopes either).
+    let forged = unsigned("forged-1", alice.twin, push(), batch("forged"));
+    let posted = client()
+        .post(relay.http_url())
+        .body(forged.to_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202, "{}", posted.text().await.unwrap());
+    // 2. A push in her own name for Alice's topic: authentic, but not from the owner.
+    session
+        .send(&unsigned(
+            "forged-2",
+            mallory_twin,
+            push(),
+            batch("not the owner"),
+        ))
+        .await;
+    // 3. Another command unsigned, and 4. an answer to nothing Bob sent unsigned.
+    let call = Message::Request(Request {
+        command: "calc.add".into(),
+    });
+    session
+        .send(&unsigned("forged-3", mallory_twin, call, b"[1,2]".to_vec()))
+        .await;
+    session
+        .send(&unsigned(
+            "forged-4",
+            mallory_twin,
+            Message::Response(Response {}),
+            b"{}".to_vec(),
+        ))
+        .await;
+
+    // Mallory's own requests are answered with errors: 403 (not the owner), 104.
+    let mut codes = BTreeMap::new();
+    while codes.len() < 2 {
+        let answer = session.recv(WAIT).await.expect("error replies to Mallory");
+        if let Some(Message::Error(e)) = answer.message {
+            codes.insert(answer.uid, e.code);
+        }
+    }
+    assert_eq!(codes["forged-2"], 403, "{codes:?}");
+    assert_eq!(codes["forged-3"], 104, "{codes:?}");
+
+    let status = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = bob.peer.status().expect("status key");
+            let by = &status["rejected_by"];
+            let done = by["crypto"].as_u64().unwrap_or(0) >= 1
+                && by["bad_signature"].as_u64().unwrap_or(0) >= 2;
+            if done || Instant::now() > deadline {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    assert_eq!(status["rejected_by"]["crypto"], 1, "{status}");
+    assert_eq!(status["rejected_by"]["bad_signature"], 2, "{status}");
+
+    // Nothing forged reached Bob's apps; Alice's real message is id 1.
+    assert_eq!(publish(&alice, &topic, "real").await.0, 200);
+    let got = poll_until(&bob, &topic, 1).await;
+    assert_eq!(ids_and_texts(&got), [(1, "real".to_string())]);
 }
 
 /// Runs `rmb` with `args` against `node`'s HTTP API; stdout, or a panic with stderr.

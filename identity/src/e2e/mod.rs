@@ -100,6 +100,8 @@ pub enum E2eError {
     MissingSenderKey,
     #[error("decryption failed: the ciphertext was altered or is not meant for this key")]
     Decrypt,
+    #[error("the ciphertext was not made with the sender twin's published key")]
+    NotFromSender,
 }
 
 /// A cached cipher, keyed by what it was derived from.
@@ -197,6 +199,28 @@ impl E2eKeys {
                 secp256k1::open(&aead, cipher)
             }
         }
+    }
+
+    /// Decrypts a payload sent to our `scheme` key and proves it came from the holder of
+    /// `sender_key` (the source twin's *published* key), so the decryption authenticates
+    /// the sender as a signature would (used for envelopes sent without one).
+    ///
+    /// secp256k1 derives the key from `sender_key` already. x25519 carries the sender's
+    /// key in the ciphertext, so it must equal `sender_key`: otherwise anyone could
+    /// encrypt to us with a key of their own and claim any source.
+    pub fn open_from(
+        &self,
+        scheme: E2eScheme,
+        sender_key: &[u8],
+        cipher: &[u8],
+    ) -> Result<Vec<u8>, E2eError> {
+        if E2eScheme::of_public_key(sender_key)? != scheme {
+            return Err(E2eError::NotFromSender);
+        }
+        if scheme == E2eScheme::X25519 && x25519::sender_of(cipher)?[..] != *sender_key {
+            return Err(E2eError::NotFromSender);
+        }
+        self.open(scheme, Some(sender_key), cipher)
     }
 
     fn chacha(

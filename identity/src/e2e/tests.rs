@@ -134,3 +134,41 @@ fn bad_inputs_get_clear_errors() {
     assert_eq!("X25519".parse::<E2eScheme>().unwrap(), E2eScheme::X25519);
     assert!("rsa".parse::<E2eScheme>().is_err());
 }
+
+#[test]
+fn open_from_authenticates_the_sender_and_refuses_a_third_party_posing_as_it() {
+    let (a, b) = (keys(SK1), keys(SK2));
+    let mallory = keys("//Mallory");
+    for scheme in [E2eScheme::X25519, E2eScheme::Secp256k1] {
+        let (a_pk, b_pk) = (a.public_key(scheme), b.public_key(scheme));
+        let to_b = a.seal(&b_pk, b"from a").unwrap();
+        assert_eq!(b.open_from(scheme, &a_pk, &to_b).unwrap(), b"from a");
+        // Mallory encrypts to b with her own key and claims to be a.
+        let forged = mallory.seal(&b_pk, b"from a, says mallory").unwrap();
+        assert!(
+            matches!(
+                b.open_from(scheme, &a_pk, &forged),
+                Err(E2eError::NotFromSender | E2eError::Decrypt)
+            ),
+            "{scheme}: a third party's ciphertext must not pass as the sender's"
+        );
+        // A ciphertext b made for a, reflected back to b as if from a.
+        let reflected = b.seal(&a_pk, b"to a").unwrap();
+        if scheme == E2eScheme::X25519 {
+            assert_eq!(
+                b.open_from(scheme, &a_pk, &reflected),
+                Err(E2eError::NotFromSender)
+            );
+        }
+    }
+    // A sender publishing the other scheme cannot be authenticated by decryption.
+    let to_b = a.seal(&b.public_key(E2eScheme::X25519), b"x").unwrap();
+    assert_eq!(
+        b.open_from(
+            E2eScheme::X25519,
+            &a.public_key(E2eScheme::Secp256k1),
+            &to_b
+        ),
+        Err(E2eError::NotFromSender)
+    );
+}

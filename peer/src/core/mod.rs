@@ -8,7 +8,8 @@
 //!   they differ, connects to every relay ([`links`](crate::links)) and starts the receive
 //!   pipeline ([`receive`]).
 //! - [`Peer::send_request`] / [`Peer::send_response`] ([`send`]): encrypt to the
-//!   destination's published key, stamp, sign, hand to a relay.
+//!   destination's published key, stamp, sign, hand to a relay. Bulk traffic between rmb
+//!   peers may go without a signature, authenticated by its encryption ([`unsigned`]).
 //! - Everything received is checked ([`checks`], [`receive`], [`replay`]) before it
 //!   reaches the application as a plain [`Inbound`].
 //! - Delivery guarantees ([`resend`]): requests are sent again until answered, a repeated
@@ -25,6 +26,7 @@ pub mod rtt;
 pub mod send;
 pub mod status;
 pub mod types;
+pub mod unsigned;
 pub mod unsolicited;
 
 use std::collections::BTreeSet;
@@ -103,6 +105,8 @@ pub(crate) struct Inner {
     replay: Arc<dyn ReplayStore>,
     /// Requests waiting for an answer (empty unless `reliable`).
     resends: Mutex<Resends>,
+    /// Unsigned requests whose unsigned answers we accept ([`unsigned`]).
+    awaited_unsigned: unsigned::Awaited,
     reliable: bool,
     app_dedupes: bool,
     max_lifetime: u64,
@@ -183,6 +187,7 @@ impl Peer {
             links,
             replay,
             resends: Mutex::new(Resends::default()),
+            awaited_unsigned: unsigned::Awaited::default(),
             reliable: config.reliable,
             app_dedupes: config.app_dedupes,
             max_lifetime: config.max_lifetime,

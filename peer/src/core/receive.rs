@@ -26,7 +26,9 @@ use std::sync::Arc;
 
 use rmb_identity::envelope::check_shape;
 use rmb_identity::registry::Twin;
-use rmb_identity::{EnvelopeError, SIGNATURE_LEN, SignatureError, verify, verify_ed25519_batch};
+use rmb_identity::{
+    E2eError, EnvelopeError, SIGNATURE_LEN, SignatureError, verify, verify_ed25519_batch,
+};
 use rmb_proto::time::unix_now;
 use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Message, MessageKind, Payload};
 use tokio::sync::mpsc;
@@ -40,6 +42,7 @@ use super::status::Counters;
 use super::types::{
     DEFAULT_EXPIRATION, Inbound, InboundRequest, InboundResponse, OutgoingResponse, RemoteError,
 };
+use super::unsigned::UNSIGNED_COMMANDS;
 use super::{Inner, VERSION_COMMAND};
 use crate::links::Frame;
 
@@ -63,7 +66,11 @@ enum Staged {
     Done(Outcome),
 }
 
-type Checking = JoinHandle<Vec<Outcome>>;
+/// A batch on its way to the deliverer: checked already, or being checked on its own task.
+enum Checking {
+    Done(Vec<Outcome>),
+    Running(JoinHandle<Vec<Outcome>>),
+}
 
 /// Starts the dispatcher and the deliverer; they end when `incoming` closes.
 pub(super) fn spawn(
@@ -118,7 +125,18 @@ async fn dispatch(
         if staged.is_empty() {
             continue;
         }
-        let task = tokio::spawn(check(Arc::clone(&inner), staged));
+        // Without a signature to verify (unsigned bulk traffic, refusals) a batch costs a
+        // few µs: checked here, not worth a task of its own.
+        let cheap = staged.iter().all(|step| match step {
+            Staged::Verify(env, _) => env.signature.is_none(),
+            Staged::Done(_) => true,
+        });
+        let task = if cheap {
+            Checking::Done(check(&inner, staged))
+        } else {
+            let inner = Arc::clone(&inner);
+            Checking::Running(tokio::spawn(async move { check(&inner, staged) }))
+        };
         if checking.send(task).await.is_err() {
             return;
         }
@@ -150,7 +168,7 @@ async fn lookup(inner: &Inner, env: Envelope) -> Staged {
 }
 
 /// The CPU part, run as its own task: signatures (batched), then decryption.
-async fn check(inner: Arc<Inner>, staged: Vec<Staged>) -> Vec<Outcome> {
+fn check(inner: &Inner, staged: Vec<Staged>) -> Vec<Outcome> {
     let mut signed = Vec::new();
     let mut slots = Vec::with_capacity(staged.len());
     for step in staged {
@@ -162,19 +180,28 @@ async fn check(inner: Arc<Inner>, staged: Vec<Staged>) -> Vec<Outcome> {
             Staged::Done(outcome) => slots.push(Some(outcome)),
         }
     }
-    let verdicts = verify_all(&signed);
-    let mut checked = signed
-        .into_iter()
-        .zip(verdicts)
-        .map(|((mut env, twin), verdict)| {
-            match verdict.and_then(|()| open(&inner, &mut env, &twin)) {
+    let now = unix_now();
+    let unsigned: Vec<bool> = signed
+        .iter()
+        .map(|(env, twin)| may_be_unsigned(inner, env, twin.id, now))
+        .collect();
+    let verdicts = verify_all(&signed, &unsigned);
+    let mut checked = signed.into_iter().zip(verdicts).zip(unsigned).map(
+        |(((mut env, twin), verdict), unsigned)| {
+            let opened = if unsigned {
+                open_unsigned(inner, &mut env, &twin, now)
+            } else {
+                verdict.and_then(|()| open(inner, &mut env, &twin))
+            };
+            match opened {
                 Ok(()) => Outcome::Accepted(env, twin.id),
                 Err(e) => {
                     let refusal = Refusal::of_envelope_error(&e);
                     Outcome::Refused(env, refusal)
                 }
             }
-        });
+        },
+    );
     slots
         .into_iter()
         .filter_map(|slot| slot.or_else(|| checked.next()))
@@ -193,6 +220,46 @@ fn open(inner: &Inner, env: &mut Envelope, sender: &Twin) -> Result<(), Envelope
     Ok(())
 }
 
+/// True for an envelope without a signature that its encryption may authenticate
+/// instead ([`unsigned`](super::unsigned)): a request of an
+/// [`UNSIGNED_COMMANDS`](super::unsigned::UNSIGNED_COMMANDS) command, or an answer to an
+/// unsigned request of ours awaited from this twin. Anything else unsigned goes on to
+/// the signature check and is refused there (104).
+fn may_be_unsigned(inner: &Inner, env: &Envelope, twin: u32, now: u64) -> bool {
+    env.signature.is_none()
+        && matches!(env.payload, Some(Payload::Cipher(_)))
+        && match &env.message {
+            Some(Message::Request(r)) => UNSIGNED_COMMANDS.contains(&r.command.as_str()),
+            Some(Message::Response(_)) => inner.awaited_unsigned.is_awaited(&env.uid, twin, now),
+            _ => false,
+        }
+}
+
+/// Authenticates an unsigned envelope by decrypting it with the key the sender's
+/// *published* key derives (a third party's or a reflected ciphertext fails), in place.
+/// An answer then settles its awaited request.
+fn open_unsigned(
+    inner: &Inner,
+    env: &mut Envelope,
+    sender: &Twin,
+    now: u64,
+) -> Result<(), EnvelopeError> {
+    check_shape(env)?;
+    let key = sender.pk.as_deref().ok_or(E2eError::MissingSenderKey)?;
+    let Some(Payload::Cipher(cipher)) = &env.payload else {
+        return Err(SignatureError::Missing.into());
+    };
+    let plain = inner.identity.e2e().open_from(inner.e2e, key, cipher)?;
+    env.payload = Some(Payload::Plain(plain));
+    if matches!(env.message, Some(Message::Response(_)))
+        && !inner.awaited_unsigned.take(&env.uid, sender.id, now)
+    {
+        // Another copy settled it first; unsigned answers count once.
+        return Err(SignatureError::Missing.into());
+    }
+    Ok(())
+}
+
 /// Takes checked batches in arrival order: replay check, then to the application.
 struct Deliverer {
     inner: Arc<Inner>,
@@ -202,12 +269,15 @@ struct Deliverer {
 impl Deliverer {
     async fn run(self, mut checking: mpsc::Receiver<Checking>) {
         while let Some(task) = checking.recv().await {
-            let outcomes = match task.await {
-                Ok(outcomes) => outcomes,
-                Err(e) => {
-                    tracing::error!(error = %e, "an envelope check task failed");
-                    continue;
-                }
+            let outcomes = match task {
+                Checking::Done(outcomes) => outcomes,
+                Checking::Running(task) => match task.await {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => {
+                        tracing::error!(error = %e, "an envelope check task failed");
+                        continue;
+                    }
+                },
             };
             let now = unix_now();
             for outcome in outcomes {
@@ -270,6 +340,7 @@ impl Deliverer {
 
     async fn deliver(&self, env: Envelope) {
         let source = env.source.clone().unwrap_or_default();
+        let signed = env.signature.is_some();
         let payload = match env.payload {
             Some(Payload::Plain(bytes)) => bytes,
             _ => Vec::new(),
@@ -288,6 +359,7 @@ impl Deliverer {
                 tags: env.tags,
                 timestamp: env.timestamp,
                 expiration: env.expiration,
+                signed,
             }),
             Some(Message::Response(_)) => Inbound::Response(InboundResponse {
                 uid: env.uid,
@@ -389,14 +461,26 @@ impl Deliverer {
 ///
 /// ed25519 signatures of a batch are verified together (about half the cost each);
 /// if the batch fails, each is checked alone to find the culprits.
-fn verify_all(items: &[(Envelope, Twin)]) -> Vec<Result<(), EnvelopeError>> {
+/// Those marked in `skip` (unsigned, [`open_unsigned`]) get no verdict of their own.
+fn verify_all(items: &[(Envelope, Twin)], skip: &[bool]) -> Vec<Result<(), EnvelopeError>> {
     let digests: Vec<[u8; 16]> = items
         .iter()
-        .map(|(env, _)| env.challenge_digest())
+        .zip(skip)
+        .map(|((env, _), &skip)| {
+            if skip {
+                [0; 16]
+            } else {
+                env.challenge_digest()
+            }
+        })
         .collect();
     let mut verdicts: Vec<Option<Result<(), EnvelopeError>>> = vec![None; items.len()];
     let mut ed25519 = Vec::new();
     for (i, (env, twin)) in items.iter().enumerate() {
+        if skip[i] {
+            verdicts[i] = Some(Ok(()));
+            continue;
+        }
         if let Err(e) = check_shape(env) {
             verdicts[i] = Some(Err(e));
             continue;
@@ -475,12 +559,16 @@ mod tests {
             .map(|i| (signed(&ed, &format!("e{i}")), twin(&ed)))
             .collect();
         items.push((signed(&sr, "s"), twin(&sr)));
-        assert!(verify_all(&items).iter().all(Result::is_ok));
+        assert!(
+            verify_all(&items, &vec![false; items.len()])
+                .iter()
+                .all(Result::is_ok)
+        );
 
         // One forged (signed by Bob, claiming Alice's account) and one unsigned.
         items[2].1 = twin(&sr);
         items[4].0.signature = None;
-        let verdicts = verify_all(&items);
+        let verdicts = verify_all(&items, &vec![false; items.len()]);
         let failed: Vec<usize> = (0..verdicts.len())
             .filter(|&i| verdicts[i].is_err())
             .collect();
@@ -498,7 +586,7 @@ mod tests {
         let mut env = signed(&ed, "u");
         env.federation = Some("f".into());
         assert_eq!(
-            verify_all(&[(env, twin(&ed))]),
+            verify_all(&[(env, twin(&ed))], &[false]),
             [Err(EnvelopeError::DeprecatedField("federation"))]
         );
     }

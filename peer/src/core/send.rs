@@ -29,33 +29,31 @@ impl Peer {
     /// Errors: [`SendError::UnknownTwin`] (103), [`SendError::Expired`] (500) when the
     /// request's validity is used up, [`SendError::Link`] when no relay took it in time.
     pub async fn send_request(&self, req: OutgoingRequest) -> Result<(), SendError> {
-        let uid = req.uid.clone();
-        let env = request_envelope(&self.inner, req);
-        let sealed = self.inner.seal(env, true).await?;
-        let inner = &self.inner;
-        let tracked = inner.reliable
-            && inner.resends().track(
-                sealed.due(),
-                Instant::now().into_std(),
-                sealed.drops_repeats,
-            );
-        match inner.links.send(sealed.bytes, sealed.deadline).await {
-            Ok(_) => {
-                Counters::bump(&inner.counters.sent);
-                if tracked {
-                    inner
-                        .resends()
-                        .sent(&uid, sealed.twin, Instant::now().into_std());
-                }
-                Ok(())
-            }
-            // Kept for resending: it goes out when a relay is back, or expires.
-            Err(LinkError::NoRelay { .. }) if tracked => Ok(()),
-            Err(e) => {
-                inner.resends().forget(&uid, sealed.twin);
-                Err(e.into())
-            }
-        }
+        self.inner.send_request(req, Sealing::Signed).await
+    }
+
+    /// [`send_request`](Peer::send_request) without a signature when the destination
+    /// publishes a key of our e2e scheme: its encryption authenticates it
+    /// ([`unsigned`](super::unsigned)). Only for commands in
+    /// [`UNSIGNED_COMMANDS`](super::unsigned::UNSIGNED_COMMANDS), which receivers accept
+    /// so; signed otherwise, so it always reaches the destination.
+    pub async fn send_unsigned_request(&self, req: OutgoingRequest) -> Result<(), SendError> {
+        let how = if super::unsigned::UNSIGNED_COMMANDS.contains(&req.command.as_str()) {
+            Sealing::Unsigned
+        } else {
+            Sealing::Signed
+        };
+        self.inner.send_request(req, how).await
+    }
+
+    /// The answer to a request that came unsigned ([`InboundRequest::signed`] false):
+    /// unsigned too when it can be (a response with a body, to a twin of our scheme),
+    /// signed otherwise.
+    ///
+    /// [`InboundRequest::signed`]: super::InboundRequest::signed
+    pub async fn send_unsigned_response(&self, resp: OutgoingResponse) -> Result<(), SendError> {
+        let sealed = self.inner.seal_reply(resp, Sealing::Unsigned).await?;
+        self.inner.send_sealed_reply(&sealed).await
     }
 
     /// Sends a reply (a response, or an error envelope) to a request received earlier.
@@ -70,7 +68,7 @@ impl Peer {
     /// A reply too large for an envelope is replaced by an error reply saying so (code
     /// 101, counted as `oversize`): the requester learns why instead of timing out.
     pub async fn seal_response(&self, resp: OutgoingResponse) -> Result<Sealed, SendError> {
-        self.inner.seal_reply(resp).await
+        self.inner.seal_reply(resp, Sealing::Signed).await
     }
 
     /// Sends a reply sealed by [`seal_response`](Peer::seal_response): remembered with
@@ -102,6 +100,20 @@ pub struct Sealed {
     /// The destination is surely an rmb peer, which drops repeated requests (it publishes
     /// an x25519 key; rmb-rs peers cannot), so timed resends are safe.
     pub drops_repeats: bool,
+    /// False when it goes without a signature ([`unsigned`](super::unsigned)).
+    pub signed: bool,
+}
+
+/// How [`Inner::seal`] protects an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sealing {
+    /// Encrypted to the destination's published key (when it has one) and signed.
+    Signed,
+    /// Signed with the payload left plain: an error reply to a twin we cannot encrypt to.
+    SignedPlain,
+    /// Encrypted and not signed when the destination publishes a key of our scheme and
+    /// it is a request or a response ([`unsigned`](super::unsigned)); `Signed` otherwise.
+    Unsigned,
 }
 
 impl Sealed {
@@ -160,8 +172,39 @@ fn response_envelope(inner: &Inner, resp: OutgoingResponse) -> Envelope {
 }
 
 impl Inner {
+    async fn send_request(&self, req: OutgoingRequest, how: Sealing) -> Result<(), SendError> {
+        let uid = req.uid.clone();
+        let env = request_envelope(self, req);
+        let sealed = self.seal(env, how).await?;
+        let tracked = self.reliable
+            && self.resends().track(
+                sealed.due(),
+                Instant::now().into_std(),
+                sealed.drops_repeats,
+            );
+        match self.links.send(sealed.bytes, sealed.deadline).await {
+            Ok(_) => {
+                Counters::bump(&self.counters.sent);
+                if tracked {
+                    self.resends()
+                        .sent(&uid, sealed.twin, Instant::now().into_std());
+                }
+                Ok(())
+            }
+            // Kept for resending: it goes out when a relay is back, or expires.
+            Err(LinkError::NoRelay { .. }) if tracked => Ok(()),
+            Err(e) => {
+                self.resends().forget(&uid, sealed.twin);
+                if !sealed.signed {
+                    self.awaited_unsigned.forget(&uid, sealed.twin);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     pub(super) async fn send_response(&self, resp: OutgoingResponse) -> Result<(), SendError> {
-        let sealed = self.seal_reply(resp).await?;
+        let sealed = self.seal_reply(resp, Sealing::Signed).await?;
         self.send_sealed_reply(&sealed).await
     }
 
@@ -169,7 +212,7 @@ impl Inner {
     /// the requester learns it at once instead of waiting for its timeout (as rmb-rs
     /// does): too large (101), or not encryptable to the requester's key (106; that
     /// error carries no payload, so it needs no encryption).
-    async fn seal_reply(&self, resp: OutgoingResponse) -> Result<Sealed, SendError> {
+    async fn seal_reply(&self, resp: OutgoingResponse, how: Sealing) -> Result<Sealed, SendError> {
         let (uid, destination) = (resp.uid.clone(), resp.destination.clone());
         let (timestamp, expiration) = (resp.timestamp, resp.expiration);
         let error = |code, message: String| OutgoingResponse {
@@ -181,14 +224,15 @@ impl Inner {
             expiration,
         };
         let log = u64::from(destination.twin);
-        match self.seal(response_envelope(self, resp), true).await {
+        match self.seal(response_envelope(self, resp), how).await {
             Err(SendError::TooLarge { size, limit }) => {
                 self.count_refusal(Reason::Oversize);
                 tracing::warn!(%uid, %destination, size, limit, "reply too large for an envelope; sending an error reply instead");
                 let message =
                     format!("the reply is too large: {size} bytes encoded, the limit is {limit}");
                 let reply = error(codes::INVALID_PAYLOAD, message);
-                self.seal(response_envelope(self, reply), true).await
+                self.seal(response_envelope(self, reply), Sealing::Signed)
+                    .await
             }
             Err(e @ (SendError::SchemeMismatch(_) | SendError::Seal(_))) => {
                 self.count_refusal(Reason::ReplyNotEncrypted);
@@ -203,7 +247,8 @@ impl Inner {
                     other => other.to_string(),
                 };
                 let reply = error(codes::CRYPTO, message);
-                self.seal(response_envelope(self, reply), false).await
+                self.seal(response_envelope(self, reply), Sealing::SignedPlain)
+                    .await
             }
             other => other,
         }
@@ -277,9 +322,10 @@ impl Inner {
         }
     }
 
-    /// Looks up the destination, then encrypt (unless `encrypt` is off: an error reply
-    /// to a twin we cannot encrypt to) → stamp → sign → encode.
-    pub(super) async fn seal(&self, mut env: Envelope, encrypt: bool) -> Result<Sealed, SendError> {
+    /// Looks up the destination, then encrypt (unless [`Sealing::SignedPlain`]: an error
+    /// reply to a twin we cannot encrypt to) → stamp → sign (unless it may go unsigned,
+    /// [`Sealing::Unsigned`]) → encode.
+    pub(super) async fn seal(&self, mut env: Envelope, how: Sealing) -> Result<Sealed, SendError> {
         if self.shutdown.is_cancelled() {
             return Err(SendError::Closed);
         }
@@ -300,18 +346,41 @@ impl Inner {
         }
         // rmb-rs's secp256k1 scheme: the receiver derives the key from the *sender's
         // published* key, so only a twin publishing secp256k1 itself can write to one.
-        let recipient_key = twin.pk.as_deref().filter(|_| encrypt);
+        let recipient_key = twin.pk.as_deref().filter(|_| how != Sealing::SignedPlain);
         if let Some(pk) = recipient_key
             && E2eScheme::of_public_key(pk) == Ok(E2eScheme::Secp256k1)
             && self.e2e != E2eScheme::Secp256k1
         {
             return Err(SendError::SchemeMismatch(twin.id));
         }
-        self.identity
-            .seal_envelope(&mut env, recipient_key, now)
-            .map_err(SendError::Seal)?;
+        let is_request = matches!(env.message, Some(Message::Request(_)));
+        let unsigned_key = recipient_key.filter(|pk| {
+            how == Sealing::Unsigned
+                && E2eScheme::of_public_key(pk) == Ok(self.e2e)
+                && (is_request || matches!(env.message, Some(Message::Response(_))))
+                // A request's answer is accepted unsigned only while it is awaited.
+                && (!is_request
+                    || self
+                        .awaited_unsigned
+                        .insert(&env.uid, destination, env.deadline(), now))
+        });
+        let sealed = match unsigned_key {
+            Some(pk) => self.identity.encrypt_envelope(&mut env, pk, now),
+            None => self.identity.seal_envelope(&mut env, recipient_key, now),
+        };
+        let signed = unsigned_key.is_none();
+        let forget = |env: &Envelope| {
+            if !signed && is_request {
+                self.awaited_unsigned.forget(&env.uid, destination);
+            }
+        };
+        if let Err(e) = sealed {
+            forget(&env);
+            return Err(SendError::Seal(e));
+        }
         let bytes = env.to_bytes();
         if bytes.len() > DEFAULT_MAX_ENVELOPE_SIZE {
+            forget(&env);
             return Err(SendError::TooLarge {
                 size: bytes.len(),
                 limit: DEFAULT_MAX_ENVELOPE_SIZE,
@@ -323,6 +392,7 @@ impl Inner {
             .is_some_and(|pk| E2eScheme::of_public_key(pk) == Ok(E2eScheme::X25519));
         Ok(Sealed {
             drops_repeats,
+            signed,
             uid: env.uid.clone(),
             twin: destination,
             deadline: env.deadline(),

@@ -84,6 +84,9 @@ pub struct InboundRequest {
     pub tags: Option<String>,
     pub timestamp: u64,
     pub expiration: u64,
+    /// False when it came without a signature, authenticated by its encryption
+    /// ([`unsigned`](super::unsigned)); its answer may then go unsigned too.
+    pub signed: bool,
 }
 
 impl InboundRequest {

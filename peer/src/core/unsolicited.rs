@@ -7,7 +7,7 @@
 
 use super::Peer;
 use super::errors::SendError;
-use super::send::request_envelope;
+use super::send::{Sealing, request_envelope};
 use super::status::Counters;
 use super::types::OutgoingRequest;
 use rmb_identity::registry::Twin;
@@ -21,7 +21,7 @@ impl Peer {
         let env = request_envelope(&self.inner, req);
         // Not encrypted again to the twin's published key: the payload is ciphertext
         // under the connection's own keys already.
-        let sealed = self.inner.seal(env, false).await?;
+        let sealed = self.inner.seal(env, Sealing::SignedPlain).await?;
         match self.inner.links.send(sealed.bytes, sealed.deadline).await {
             Ok(_) => {
                 Counters::bump(&self.inner.counters.sent);

@@ -1,6 +1,7 @@
 //! The owner's side of topics: answers `rmb.topic.publish|subscribe|unsubscribe|pull`
 //! from other twins (access lists checked first), gives ids, and sends each new message
-//! to every subscriber as its own signed request, encrypted for that subscriber.
+//! to every subscriber as its own request, encrypted for that subscriber (and signed
+//! unless the encryption authenticates it, [`core::unsigned`](crate::core::unsigned)).
 //!
 //! A publish is answered only once the message is in Redis ([`Store::append`]); the
 //! publisher's peer resends an unanswered publish (same uid), and the uid is
@@ -490,7 +491,9 @@ async fn push(shared: &Shared, topic: &TopicName, twin: u32, payload: Vec<u8>, c
         timestamp: 0,
         expiration: REQUEST_EXPIRATION,
     };
-    match shared.peer.send_request(request).await {
+    // One envelope per subscriber per batch: unsigned when the subscriber publishes our
+    // scheme (its encryption authenticates it; `core::unsigned`), signed otherwise.
+    match shared.peer.send_unsigned_request(request).await {
         Ok(()) => Counters::add(&shared.counters.pushed, count),
         Err(e) => {
             shared.pending.take(&uid);

@@ -149,7 +149,13 @@ pub(crate) async fn reply(
         timestamp: 0,
         expiration: DEFAULT_EXPIRATION,
     };
-    if let Err(e) = shared.peer.send_response(response).await {
+    // A push that came unsigned is answered unsigned (when the answer has a body).
+    let sent = if request.signed {
+        shared.peer.send_response(response).await
+    } else {
+        shared.peer.send_unsigned_response(response).await
+    };
+    if let Err(e) = sent {
         tracing::debug!(error = %e, "could not send a topic reply");
     }
 }

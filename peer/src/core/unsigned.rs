@@ -1,0 +1,126 @@
+//! Envelopes sent without a signature, authenticated by their encryption instead.
+//!
+//! Signing an envelope (an MD5 digest of it, then sr25519 or ed25519) and verifying it
+//! costs tens of µs each. Where one event becomes hundreds of envelopes — a topic message
+//! pushed to every subscriber, and every subscriber's acknowledgement — that is most of
+//! the CPU both sides spend. Between two rmb peers that publish keys of the same e2e
+//! scheme the signature adds nothing the payload's AEAD does not already prove: only the
+//! two twins can make a ciphertext that opens with the key their published keys derive
+//! ([`E2eKeys::open_from`](rmb_identity::E2eKeys::open_from)).
+//!
+//! The envelope's other fields (uid, command, times) are outside the encryption, so a
+//! relay could change them. The receiver therefore accepts only what such a change
+//! cannot turn into something else:
+//!
+//! - requests whose command is in [`UNSIGNED_COMMANDS`]: their handlers take the body as
+//!   the whole message (a topic batch carries its topic and ids, and repeats are
+//!   dropped by id), and any other command still needs a signature;
+//! - responses from the twin we sent an unsigned request to, with that request's uid
+//!   ([`Awaited`]): a relay can at most swap the answers of two such requests.
+//!
+//! Error envelopes have no payload to authenticate and are always signed; so is
+//! everything to a twin publishing the other scheme, or when [`Awaited`] is full.
+//! rmb-rs relays route unsigned envelopes (they never verify); rmb-rs peers would refuse
+//! them, and never get any: only rmb's own topic traffic goes this way.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Requests accepted without a signature when their payload authenticates them.
+pub const UNSIGNED_COMMANDS: &[&str] = &["rmb.topic.message"];
+
+/// Most unsigned requests waiting for their answer at once; past it requests are signed
+/// (their answers then need no entry here).
+pub const MAX_AWAITED: usize = 65_536;
+
+/// Unsigned requests we sent and whose (unsigned) answers we accept: uid and
+/// destination twin → deadline (unix seconds).
+#[derive(Debug, Default)]
+pub struct Awaited {
+    map: Mutex<HashMap<(String, u32), u64>>,
+}
+
+impl Awaited {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), u64>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a request about to go unsigned; `false` when the table is full even after
+    /// dropping what expired by `now` (the request must then be signed).
+    pub fn insert(&self, uid: &str, twin: u32, deadline: u64, now: u64) -> bool {
+        let mut map = self.lock();
+        if map.len() >= MAX_AWAITED {
+            map.retain(|_, d| *d > now);
+            if map.len() >= MAX_AWAITED {
+                return false;
+            }
+        }
+        map.insert((uid.to_string(), twin), deadline);
+        true
+    }
+
+    /// True when `uid` from `twin` would answer an awaited request (nothing is taken:
+    /// only an answer that also decrypts does that, [`take`](Awaited::take)).
+    pub fn is_awaited(&self, uid: &str, twin: u32, now: u64) -> bool {
+        self.lock()
+            .get(&(uid.to_string(), twin))
+            .is_some_and(|deadline| *deadline > now)
+    }
+
+    /// True (once) when `uid` from `twin` answers an unsigned request of ours that has
+    /// not expired by `now`.
+    pub fn take(&self, uid: &str, twin: u32, now: u64) -> bool {
+        self.lock()
+            .remove(&(uid.to_string(), twin))
+            .is_some_and(|deadline| deadline > now)
+    }
+
+    /// Forgets a request that could not be sent after all.
+    pub fn forget(&self, uid: &str, twin: u32) {
+        self.lock().remove(&(uid.to_string(), twin));
+    }
+
+    /// How many answers are awaited.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when none is.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_taken_once_from_its_twin_before_its_deadline() {
+        let awaited = Awaited::default();
+        assert!(awaited.insert("u1", 7, 100, 10));
+        assert!(
+            !awaited.take("u1", 8, 10),
+            "another twin's answer is not ours"
+        );
+        assert!(awaited.take("u1", 7, 10));
+        assert!(!awaited.take("u1", 7, 10), "only once");
+        assert!(awaited.insert("u2", 7, 100, 10));
+        assert!(!awaited.take("u2", 7, 100), "expired");
+        assert!(awaited.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_refuses_until_entries_expire() {
+        let awaited = Awaited::default();
+        for i in 0..MAX_AWAITED {
+            assert!(awaited.insert(&i.to_string(), 1, 50, 10));
+        }
+        assert!(!awaited.insert("more", 1, 100, 10), "full: sign instead");
+        assert!(
+            awaited.insert("more", 1, 100, 50),
+            "the expired ones made room"
+        );
+        assert_eq!(awaited.len(), 1);
+    }
+}
