@@ -75,11 +75,18 @@ impl Clipboard {
                 why: "--no-desktop".into(),
             };
         }
+        // arboard reaches X11 only (a Wayland session through XWayland, which sets DISPLAY).
+        if std::env::var_os("DISPLAY").is_none_or(|d| d.is_empty()) {
+            return Clipboard::File {
+                path: file,
+                why: "no X display: DISPLAY is not set".into(),
+            };
+        }
         match Desktop::open() {
             Ok(desktop) => Clipboard::Desktop(desktop),
             Err(e) => Clipboard::File {
                 path: file,
-                why: format!("no display: {e}"),
+                why: format!("the X display did not answer: {e}"),
             },
         }
     }

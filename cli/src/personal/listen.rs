@@ -283,6 +283,8 @@ pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
         group.members.len(),
         if services.desktop {
             " printed and sent to the desktop (D-Bus)"
+        } else if args.no_desktop {
+            " printed (--no-desktop)"
         } else {
             " printed (no D-Bus session bus)"
         },
