@@ -659,8 +659,9 @@ async fn the_desktop_clipboard_and_notifications_go_through_x11_and_dbus() {
         &["listen"],
         &["--clipboard-file", clipboard_file.to_str().unwrap()],
     );
+    let display = xvfb.display().to_string();
     let env = [
-        ("DISPLAY", xvfb.display()),
+        ("DISPLAY", display.as_str()),
         ("DBUS_SESSION_BUS_ADDRESS", bus.address()),
     ];
     let bob_listener = Background::start(&listen_args, &env);
@@ -670,7 +671,7 @@ async fn the_desktop_clipboard_and_notifications_go_through_x11_and_dbus() {
     let copied = alice.rmb(&["copy"], &["--to", &b], "from the bus ✓\n");
     assert!(copied.status.success());
     assert!(text(&copied.stderr).contains("copied to the desktop clipboard"));
-    let read = xclip_out(xvfb.display());
+    let read = xclip_out(&display);
     assert!(read.status.success(), "{}", text(&read.stderr));
     assert_eq!(text(&read.stdout), "from the bus ✓\n");
     assert!(!clipboard_file.exists(), "the file fallback was used");
@@ -681,7 +682,7 @@ async fn the_desktop_clipboard_and_notifications_go_through_x11_and_dbus() {
     // Text another X client put into the clipboard is what `rmb paste` gets.
     let mut xclip = Command::new("xclip")
         .args(["-quiet", "-selection", "clipboard", "-i"])
-        .env("DISPLAY", xvfb.display())
+        .env("DISPLAY", &display)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -7,6 +7,9 @@
 //! On X11 the clipboard's owner must stay alive to hand the text to whoever pastes, and
 //! arboard asks that one thread use it: [`Desktop`] keeps one `arboard::Clipboard` on a
 //! thread of its own for the listener's lifetime and takes requests over a channel.
+//! It is connected once: after its X server goes away (a logout) it fails until the
+//! listener restarts (arboard then hands out its dead connection to every new
+//! `Clipboard`, so reconnecting here would not help).
 
 use std::path::PathBuf;
 use std::sync::mpsc;
