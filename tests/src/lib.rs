@@ -9,6 +9,7 @@ use std::path::PathBuf;
 pub mod chain;
 pub mod chaos;
 pub mod child;
+pub mod desktop;
 pub mod direct;
 pub mod peer_node;
 pub mod peer_process;

@@ -84,6 +84,28 @@ impl RedisServer {
         }
     }
 
+    /// Sends one inline command (words without spaces, e.g. `["TTL", "key"]`) and returns
+    /// the raw reply line (`:42`, `+OK`, `-ERR …`): lets a test look at or change what a
+    /// program keeps in its Redis without a client library.
+    pub fn inline(&self, words: &[&str]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        stream
+            .write_all(format!("{}\r\n", words.join(" ")).as_bytes())
+            .expect("send to redis");
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => reply.push(byte[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_string()
+    }
+
     /// Kills the server (SIGKILL: nothing is flushed) and starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();

@@ -10,7 +10,13 @@
 //!   `rmb notify --send-trigger`, starting `rmb run --wait-trigger`;
 //! - clipboard through the file fallback (no display here), `rmb paste --from`;
 //! - links printed by the listener, a non-web URL refused;
-//! - a twin outside the group refused by every service and by the group topic.
+//! - a twin outside the group refused by every service and by the group topic;
+//! - the desktop for real (when Xvfb, xclip and dbus-daemon are there or can be
+//!   installed; skipped with the reason otherwise): text copied into the X clipboard and
+//!   read by xclip, text put there by xclip pasted, notifications shown through a D-Bus
+//!   notification server with their title, text and urgency;
+//! - the owner's lockout after 20 wrong invite codes, a right code refused during it and
+//!   accepted once it ends.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,6 +24,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rmb_identity::{Identity, KeyType};
+use rmb_testsupport::desktop::{NotificationServer, SessionBus, Xvfb, ensure_tools};
 use rmb_testsupport::peer_process::PeerProcess;
 use rmb_testsupport::redis_server::{RedisServer, free_port};
 use rmb_testsupport::relay_process::{RelayProcess, binaries};
@@ -84,7 +91,7 @@ impl Node {
 
     /// Starts a background `rmb` (stdout read line by line).
     fn background(&self, sub: &[&str], rest: &[&str]) -> Background {
-        Background::start(&self.args(sub, rest))
+        Background::start(&self.args(sub, rest), &[])
     }
 }
 
@@ -95,7 +102,10 @@ fn command(args: &[String]) -> Command {
         .env_remove("RMB_HTTP")
         .env_remove("RMB_NOTIFY_TO")
         .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY");
+        .env_remove("WAYLAND_DISPLAY")
+        // No session bus either (zbus would also try $XDG_RUNTIME_DIR/bus): headless.
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .env_remove("XDG_RUNTIME_DIR");
     cmd
 }
 
@@ -138,8 +148,10 @@ struct Background {
 }
 
 impl Background {
-    fn start(args: &[String]) -> Background {
+    /// Starts `rmb args…` with `env` added to the headless environment.
+    fn start(args: &[String], env: &[(&str, &str)]) -> Background {
         let mut child = command(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -316,7 +328,9 @@ async fn personal_bus_end_to_end() {
         "",
     );
     assert!(sent.status.success());
-    assert!(text(&sent.stderr).contains(&format!("twin {b} acknowledged")));
+    assert!(
+        text(&sent.stderr).contains(&format!("twin {b} acknowledged (printed in its terminal)"))
+    );
     let line = bob_listener.expect_line("backup done");
     assert!(line.starts_with(&format!("[high] twin {a} (")), "{line}");
     assert!(line.ends_with("): Backup: backup done"), "{line}");
@@ -324,7 +338,7 @@ async fn personal_bus_end_to_end() {
     // Clipboard through the file fallback; paste reads it back from another machine.
     let copied = alice.rmb(&["copy"], &["--to", &b], "secret-free text\n");
     assert!(copied.status.success());
-    assert!(text(&copied.stderr).contains("no display there"));
+    assert!(text(&copied.stderr).contains("no desktop clipboard there"));
     let on_disk = std::fs::read(dir.path().join(format!("clipboard-{b}"))).unwrap();
     assert_eq!(on_disk, b"secret-free text\n");
     let pasted = charlie.rmb(&["paste"], &["--from", &b], "");
@@ -579,4 +593,234 @@ fn listen_install_writes_a_user_unit_with_the_peer_flags() {
     );
     assert!(exec.contains("\"--no-desktop\""), "{exec}");
     assert!(text(&out.stdout).contains("systemctl --user enable --now rmb-listen.service"));
+}
+
+/// `owner` creates the group and starts its listener (which answers joins); each of
+/// `members` joins with a fresh invite. The owner's listener.
+fn form_group(owner: &Node, members: &[&Node], dir: &std::path::Path) -> Background {
+    assert!(owner.rmb(&["agent", "init"], &[], "").status.success());
+    let listener = listen(owner, dir);
+    for member in members {
+        let invite = owner.rmb(&["agent", "invite"], &[], "");
+        let code = text(&invite.stdout).trim().to_string();
+        let joined = member.rmb(&["agent", "join", &code], &[], "");
+        assert!(joined.status.success(), "{}", text(&joined.stderr));
+    }
+    listener
+}
+
+/// A process killed (and reaped) on drop.
+struct Guard(Option<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        rmb_testsupport::child::kill(&mut self.0);
+    }
+}
+
+/// The X clipboard of `display` as `xclip` reads it (bounded by `timeout`).
+fn xclip_out(display: &str) -> Output {
+    Command::new("timeout")
+        .args(["10", "xclip", "-o", "-selection", "clipboard"])
+        .env("DISPLAY", display)
+        .output()
+        .expect("run xclip")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktop_clipboard_and_notifications_go_through_x11_and_dbus() {
+    let tools = [
+        ("Xvfb", "xvfb"),
+        ("xclip", "xclip"),
+        ("dbus-daemon", "dbus-daemon"),
+    ];
+    let desktop = ensure_tools(&tools).and_then(|()| Ok((Xvfb::start()?, SessionBus::start()?)));
+    let (xvfb, bus) = match desktop {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED the desktop test (clipboard through X11, D-Bus notifications): {why}"
+            );
+            return;
+        }
+    };
+    let mut notifications = NotificationServer::start(bus.address())
+        .await
+        .expect("serve org.freedesktop.Notifications on the private bus");
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &relay, &registry).await;
+    let bob = Node::start("//Bob", &relay, &registry).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (alice.twin.to_string(), bob.twin.to_string());
+    let _owner = form_group(&alice, &[&bob], dir.path());
+    let clipboard_file = dir.path().join("bob-clipboard");
+    let listen_args = bob.args(
+        &["listen"],
+        &["--clipboard-file", clipboard_file.to_str().unwrap()],
+    );
+    let display = xvfb.display().to_string();
+    let env = [
+        ("DISPLAY", display.as_str()),
+        ("DBUS_SESSION_BUS_ADDRESS", bus.address()),
+    ];
+    let bob_listener = Background::start(&listen_args, &env);
+
+    // Copied into Bob's X clipboard: another X client (xclip) reads it there, and
+    // `rmb paste` from Alice reads it back through Bob's listener.
+    let copied = alice.rmb(&["copy"], &["--to", &b], "from the bus ✓\n");
+    assert!(copied.status.success());
+    assert!(text(&copied.stderr).contains("copied to the desktop clipboard"));
+    let read = xclip_out(&display);
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    assert_eq!(text(&read.stdout), "from the bus ✓\n");
+    assert!(!clipboard_file.exists(), "the file fallback was used");
+    let pasted = alice.rmb(&["paste"], &["--from", &b], "");
+    assert!(pasted.status.success());
+    assert_eq!(text(&pasted.stdout), "from the bus ✓\n");
+
+    // Text another X client put into the clipboard is what `rmb paste` gets.
+    let mut xclip = Command::new("xclip")
+        .args(["-quiet", "-selection", "clipboard", "-i"])
+        .env("DISPLAY", &display)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run xclip");
+    let mut input = xclip.stdin.take().unwrap();
+    let _xclip = Guard(Some(xclip));
+    input.write_all(b"set by xclip").unwrap();
+    drop(input);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pasted = alice.rmb(&["paste"], &["--from", &b], "");
+        if pasted.stdout == b"set by xclip" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "xclip's text never pasted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Notifications go to the session bus's notification server (and the terminal),
+    // and the acknowledgement says the desktop showed them.
+    let sent = alice.rmb(
+        &["notify"],
+        &[
+            "-m",
+            "build done",
+            "--title",
+            "Build",
+            "--level",
+            "urgent",
+            "--to",
+            &b,
+        ],
+        "",
+    );
+    assert!(sent.status.success());
+    assert!(
+        text(&sent.stderr).contains(&format!("twin {b} acknowledged (shown on its desktop)")),
+        "{}",
+        text(&sent.stderr)
+    );
+    let shown = notifications
+        .next(WAIT)
+        .await
+        .expect("no desktop notification");
+    assert_eq!(
+        (
+            shown.app.as_str(),
+            shown.summary.as_str(),
+            shown.body.as_str()
+        ),
+        ("rmb", "Build", "build done")
+    );
+    assert_eq!(shown.urgency, Some(2), "urgent is critical");
+    bob_listener.expect_line("build done");
+    let sent = alice.rmb(
+        &["notify"],
+        &["-m", "fyi", "--level", "low", "--to", &b],
+        "",
+    );
+    assert!(sent.status.success());
+    let shown = notifications
+        .next(WAIT)
+        .await
+        .expect("no desktop notification");
+    assert!(
+        shown.summary.starts_with(&format!("twin {a} (")),
+        "{shown:?}"
+    );
+    assert_eq!((shown.body.as_str(), shown.urgency), ("fyi", Some(0)));
+    drop(bob_listener);
+
+    // --no-desktop with the same display and bus: the terminal and the file only.
+    let mut quiet_args = listen_args.clone();
+    quiet_args.push("--no-desktop".into());
+    let _quiet = Background::start(&quiet_args, &env);
+    let sent = alice.rmb(&["notify"], &["-m", "quiet", "--to", &b], "");
+    assert!(
+        text(&sent.stderr).contains(&format!("twin {b} acknowledged (printed in its terminal)")),
+        "{}",
+        text(&sent.stderr)
+    );
+    assert_eq!(notifications.next(Duration::from_secs(1)).await, None);
+    let copied = alice.rmb(&["copy"], &["--to", &b], "to the file");
+    assert!(text(&copied.stderr).contains("no desktop clipboard there"));
+    assert_eq!(std::fs::read(&clipboard_file).unwrap(), b"to the file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_are_locked_out_after_twenty_wrong_codes() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &relay, &registry).await;
+    let bob = Node::start("//Bob", &relay, &registry).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = alice.twin.to_string();
+    let _owner = form_group(&alice, &[], dir.path());
+    let invite = alice.rmb(&["agent", "invite"], &[], "");
+    let code = text(&invite.stdout).trim().to_string();
+
+    // Twenty well-formed wrong codes for this owner: each refused as wrong (403).
+    for c in "ABCDEFGHJKLMNPQRSTUV".chars() {
+        let wrong = format!("{a}-{c}{c}{c}{c}{c}-{c}{c}{c}{c}{c}");
+        assert_ne!(wrong, code);
+        let refused = bob.rmb(&["agent", "join", &wrong], &[], "");
+        assert!(!refused.status.success());
+        assert!(
+            text(&refused.stderr).contains("wrong or expired invite code (403)"),
+            "{}",
+            text(&refused.stderr)
+        );
+    }
+    // Then every join is refused (429), the right code too, and it is not used up.
+    let locked = bob.rmb(&["agent", "join", &code], &[], "");
+    assert!(!locked.status.success());
+    assert!(
+        text(&locked.stderr).contains("too many wrong invite codes lately"),
+        "{}",
+        text(&locked.stderr)
+    );
+    assert!(text(&locked.stderr).contains("(429)"));
+    assert!(!bob.rmb(&["agent", "list"], &[], "").status.success());
+    // The lockout lasts 15 minutes from the first wrong code: the counter's expiry in
+    // the owner's Redis.
+    let ttl = alice.redis.inline(&["TTL", "rmb.pmb.join.failures"]);
+    let ttl: u64 = ttl.trim_start_matches(':').parse().unwrap();
+    assert!((800..=900).contains(&ttl), "{ttl}");
+    // Its end, brought forward by expiring the counter now: the right code joins.
+    assert_eq!(
+        alice
+            .redis
+            .inline(&["PEXPIRE", "rmb.pmb.join.failures", "1"]),
+        ":1"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let joined = bob.rmb(&["agent", "join", &code], &[], "");
+    assert!(joined.status.success(), "{}", text(&joined.stderr));
+    let mut both = vec![alice.twin, bob.twin];
+    both.sort();
+    assert_eq!(members(&alice), both);
 }

@@ -140,7 +140,7 @@ pub async fn run_copy(args: CopyArgs) -> anyhow::Result<ExitCode> {
         "copy",
         |body| match serde_json::from_slice::<clipboard::Stored>(body) {
             Ok(s) if s.into == "file" => format!(
-                "copied, kept in {} (no display there)",
+                "copied, kept in {} (no desktop clipboard there)",
                 s.path.unwrap_or_default()
             ),
             Ok(_) => "copied to the desktop clipboard".into(),

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::api::{Api, ApiError};
 use super::clipboard::Clipboard;
 use super::group::{self, GroupError};
-use super::notify::Message;
+use super::notify::{Ack, Message};
 use super::{PeerArgs, cmds};
 use crate::bus::{Bus, twin_of, unix_now};
 use crate::commands::notify::{NOTIFY_CMD, Notification, summary, which};
@@ -30,11 +30,13 @@ pub struct ListenAllArgs {
     #[command(flatten)]
     pub peer: PeerArgs,
 
-    /// Do not call notify-send or xdg-open even when a display exists; only print.
+    /// Do not use the desktop even when one is reachable: notifications only printed (no
+    /// D-Bus), copied text kept in the clipboard file, links printed (no xdg-open).
     #[arg(long)]
     pub no_desktop: bool,
 
-    /// Where copied text is kept when there is no desktop clipboard
+    /// Where copied text is kept when there is no desktop clipboard (no display, or
+    /// --no-desktop)
     /// [default: $XDG_STATE_HOME/rmb/clipboard, else ~/.local/state/rmb/clipboard].
     #[arg(long, value_name = "PATH")]
     pub clipboard_file: Option<PathBuf>,
@@ -152,8 +154,11 @@ impl Services {
         match request.cmd.as_str() {
             cmds::NOTIFY => {
                 let message = Message::parse(&body).map_err(|e| error(400, e))?;
-                super::notify::show(src, &message, self.desktop).await;
-                json_reply(&serde_json::json!({ "acknowledged": true }))
+                let shown = super::notify::show(src, &message, self.desktop).await;
+                json_reply(&Ack {
+                    acknowledged: true,
+                    shown,
+                })
             }
             NOTIFY_CMD => {
                 let n: Notification = serde_json::from_slice(&body)
@@ -259,12 +264,15 @@ pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
     let mut conn = bus.conn();
     let group = group::require(&mut conn).await?;
     let display = super::has_display() && !args.no_desktop;
-    let clipboard = Clipboard::detect(args.clipboard_file.unwrap_or_else(Clipboard::default_file));
+    let clipboard = Clipboard::open(
+        args.clipboard_file.unwrap_or_else(Clipboard::default_file),
+        !args.no_desktop,
+    );
     let services = Arc::new(Services {
         me,
         api: api.clone(),
         conn: conn.clone(),
-        desktop: display && which("notify-send"),
+        desktop: !args.no_desktop && super::notify::has_session_bus(),
         browser: display && which("xdg-open"),
         clipboard,
     });
@@ -274,9 +282,11 @@ pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
         group.owner,
         group.members.len(),
         if services.desktop {
-            " on the desktop"
+            " printed and sent to the desktop (D-Bus)"
+        } else if args.no_desktop {
+            " printed (--no-desktop)"
         } else {
-            " printed"
+            " printed (no D-Bus session bus)"
         },
         services.clipboard.describe(),
         if services.browser {

@@ -1,12 +1,13 @@
 //! Notifications with a level (`rmb notify -m TEXT --level high`): sent as `pmb.notify`
-//! requests to one machine or the whole group; a listener shows each (desktop
-//! notification through `notify-send` when a display exists, a terminal line always)
-//! and acknowledges it with its reply. A `high` or `urgent` notification that no target
+//! requests to one machine or the whole group; a listener shows each (a D-Bus desktop
+//! notification through the `notify-rust` crate when a notification server answers on
+//! the session bus, a terminal line always) and acknowledges it with its reply, which
+//! says whether the desktop showed it. A `high` or `urgent` notification that no target
 //! acknowledged in time is *escalated*: sent again, marked so, to the group's other
 //! machines (PMB's "redeliver to the phone").
 
 use std::fmt;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -45,11 +46,12 @@ impl Level {
         self >= Level::High
     }
 
-    fn urgency(self) -> &'static str {
+    /// The desktop urgency: high and urgent are both critical (they stay on screen).
+    fn urgency(self) -> notify_rust::Urgency {
         match self {
-            Level::Low => "low",
-            Level::Normal => "normal",
-            Level::High | Level::Urgent => "critical",
+            Level::Low => notify_rust::Urgency::Low,
+            Level::Normal => notify_rust::Urgency::Normal,
+            Level::High | Level::Urgent => notify_rust::Urgency::Critical,
         }
     }
 }
@@ -132,28 +134,76 @@ pub fn clean(text: &str) -> String {
         .collect()
 }
 
-/// Shows a notification: a line on stdout, and `notify-send` when `desktop`.
-pub async fn show(src: u32, message: &Message, desktop: bool) {
+/// Longest a notification server may take to answer.
+const DESKTOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a notification was shown; a listener's acknowledgement carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shown {
+    /// A notification server on the session bus took it (and gave it an id), and a
+    /// terminal line was printed.
+    Desktop,
+    /// Only the terminal line (no desktop, `--no-desktop`, or the server failed).
+    Terminal,
+}
+
+/// A listener's answer to `pmb.notify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Always true: answering is acknowledging.
+    pub acknowledged: bool,
+    /// Where it was shown (absent from listeners older than this field: terminal).
+    #[serde(default = "terminal")]
+    pub shown: Shown,
+}
+
+fn terminal() -> Shown {
+    Shown::Terminal
+}
+
+/// True when a D-Bus session bus may be reachable (as zbus looks for it:
+/// `DBUS_SESSION_BUS_ADDRESS`, else `$XDG_RUNTIME_DIR/bus`).
+pub fn has_session_bus() -> bool {
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some_and(|a| !a.is_empty()) {
+        return true;
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .is_some_and(|dir| std::path::Path::new(&dir).join("bus").exists())
+}
+
+/// Shows a notification: a line on stdout, and a D-Bus desktop notification when
+/// `desktop`; where it was shown.
+pub async fn show(src: u32, message: &Message, desktop: bool) -> Shown {
     println!("{}", message.line(src));
-    if desktop {
-        let summary = message
-            .title
-            .clone()
-            .unwrap_or_else(|| format!("twin {src} ({})", message.host));
-        let shown = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::process::Command::new("notify-send")
-                .args(["--urgency", message.level.urgency(), "--app-name", "rmb"])
-                .arg(summary)
-                .arg(&message.text)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status(),
-        )
-        .await;
-        if !matches!(shown, Ok(Ok(s)) if s.success()) {
-            tracing::warn!("notify-send did not show the notification");
+    if !desktop {
+        return Shown::Terminal;
+    }
+    let summary = message
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("twin {src} ({})", message.host));
+    let mut notification = notify_rust::Notification::new();
+    notification
+        .appname("rmb")
+        .summary(&summary)
+        .body(&message.text)
+        .urgency(message.level.urgency());
+    match tokio::time::timeout(DESKTOP_TIMEOUT, notification.show_async()).await {
+        Ok(Ok(handle)) => {
+            tracing::debug!("desktop notification {} shown", handle.id());
+            Shown::Desktop
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("no desktop notification: {e}");
+            Shown::Terminal
+        }
+        Err(_) => {
+            tracing::warn!(
+                "no desktop notification: the notification server did not answer in {} s",
+                DESKTOP_TIMEOUT.as_secs()
+            );
+            Shown::Terminal
         }
     }
 }
@@ -163,6 +213,8 @@ pub async fn show(src: u32, message: &Message, desktop: bool) {
 pub struct Delivery {
     /// Twins whose listener acknowledged it.
     pub acknowledged: Vec<u32>,
+    /// Those of them whose desktop showed it (the others printed it only).
+    pub on_desktop: Vec<u32>,
     /// Twins that did not acknowledge in time (or answered with an error).
     pub unacknowledged: Vec<u32>,
     /// Twins it was escalated to, with those of them that acknowledged.
@@ -174,7 +226,7 @@ async fn deliver(
     targets: &[u32],
     message: &Message,
     wait: Duration,
-) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
+) -> anyhow::Result<Answers> {
     let spec = CallSpec {
         dst: targets.to_vec(),
         cmd: cmds::NOTIFY.to_string(),
@@ -185,9 +237,16 @@ async fn deliver(
     };
     let outcome = call::call(bus, &spec).await?;
     let mut acked = Vec::new();
+    let mut on_desktop = Vec::new();
     for reply in &outcome.replies {
         match (twin_of(&reply.src), &reply.error) {
-            (Some(t), None) => acked.push(t),
+            (Some(t), None) => {
+                acked.push(t);
+                let ack = serde_json::from_slice::<Ack>(&reply.body);
+                if ack.is_ok_and(|a| a.shown == Shown::Desktop) {
+                    on_desktop.push(t);
+                }
+            }
             (Some(t), Some(e)) => {
                 eprintln!("rmb: twin {t} refused the notification: {}", e.message)
             }
@@ -199,7 +258,18 @@ async fn deliver(
         .copied()
         .filter(|t| !acked.contains(t))
         .collect();
-    Ok((acked, missed))
+    Ok(Answers {
+        acked,
+        on_desktop,
+        missed,
+    })
+}
+
+/// What one round of delivery got back.
+struct Answers {
+    acked: Vec<u32>,
+    on_desktop: Vec<u32>,
+    missed: Vec<u32>,
 }
 
 /// Sends `message` to `targets`; when none acknowledges within `wait` and the level
@@ -211,10 +281,11 @@ pub async fn send(
     message: &Message,
     wait: Duration,
 ) -> anyhow::Result<Delivery> {
-    let (acknowledged, unacknowledged) = deliver(bus, targets, message, wait).await?;
+    let first = deliver(bus, targets, message, wait).await?;
     let mut delivery = Delivery {
-        acknowledged,
-        unacknowledged,
+        acknowledged: first.acked,
+        on_desktop: first.on_desktop,
+        unacknowledged: first.missed,
         escalated_to: Vec::new(),
     };
     let rest: Vec<u32> = fallback
@@ -227,10 +298,11 @@ pub async fn send(
             escalated: true,
             ..message.clone()
         };
-        let (acked, missed) = deliver(bus, &rest, &escalated, wait).await?;
+        let again = deliver(bus, &rest, &escalated, wait).await?;
         delivery.escalated_to = rest;
-        delivery.acknowledged.extend(acked);
-        delivery.unacknowledged.extend(missed);
+        delivery.acknowledged.extend(again.acked);
+        delivery.on_desktop.extend(again.on_desktop);
+        delivery.unacknowledged.extend(again.missed);
     }
     Ok(delivery)
 }
@@ -272,7 +344,12 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
         });
         let delivery = send(&bus, &targets, &others, &message, wait).await?;
         for t in &delivery.acknowledged {
-            eprintln!("rmb: twin {t} acknowledged");
+            let how = if delivery.on_desktop.contains(t) {
+                "shown on its desktop"
+            } else {
+                "printed in its terminal"
+            };
+            eprintln!("rmb: twin {t} acknowledged ({how})");
         }
         if !delivery.escalated_to.is_empty() {
             eprintln!(
@@ -368,6 +445,25 @@ mod tests {
             "[urgent, escalated] twin 9 (box): Disk: disk [2J full"
         );
         assert!(Level::High.escalates() && !Level::Normal.escalates());
+    }
+
+    #[test]
+    fn acks_say_where_it_was_shown_and_old_ones_mean_the_terminal() {
+        let old: Ack = serde_json::from_str(r#"{"acknowledged":true}"#).unwrap();
+        assert_eq!(old.shown, Shown::Terminal);
+        let ack = Ack {
+            acknowledged: true,
+            shown: Shown::Desktop,
+        };
+        assert_eq!(
+            serde_json::to_value(&ack).unwrap(),
+            serde_json::json!({"acknowledged": true, "shown": "desktop"})
+        );
+        assert_eq!(
+            Level::High.urgency(),
+            notify_rust::Urgency::Critical,
+            "high stays on screen"
+        );
     }
 
     #[test]
