@@ -41,6 +41,13 @@ const INPUT_BATCH: usize = 64;
 const PULL_BACKOFF: Duration = Duration::from_secs(2);
 /// How often subscriptions that are behind are looked at.
 const TICK: Duration = Duration::from_millis(500);
+/// Acknowledgements of recorded pushes wait this long (or until [`ACK_BATCH`] are due)
+/// and go together: a message fanned out to many subscribers then reaches them all
+/// before their acknowledgements compete with it for the CPU and the relay. Owners
+/// resend only after a second or more ([`rtt`](crate::core::rtt)), so this costs nothing.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+/// Most acknowledgements held back at once.
+const ACK_BATCH: usize = 256;
 
 /// What the subscriber task handles.
 #[derive(Debug)]
@@ -113,9 +120,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew_tick = tokio::time::interval(shared.options.renew);
     renew_tick.reset();
+    let mut acks: Vec<InboundRequest> = Vec::new();
+    let mut ack_at = Instant::now();
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => break,
+            _ = tokio::time::sleep_until(ack_at), if !acks.is_empty() => {
+                send_acks(&shared, &mut acks).await;
+            }
             next = input.recv() => {
                 let Some(first) = next else { break };
                 // What else is queued goes with it: a burst costs one Redis call per
@@ -127,7 +139,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                         Err(_) => break,
                     }
                 }
-                let mut acks = Vec::new();
+                let mut recorded = Vec::new();
                 let mut touched: Vec<TopicName> = Vec::new();
                 for item in inputs {
                     match item {
@@ -140,7 +152,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                                 {
                                     touched.push(topic);
                                 }
-                                acks.push(request);
+                                recorded.push(request);
                             }
                         }
                         Input::Added { topic, last, list, owner_last } => {
@@ -167,8 +179,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                         }
                     }
                 }
-                for request in acks {
-                    reply(&shared, &request, Ok(b"{}".to_vec())).await;
+                if acks.is_empty() && !recorded.is_empty() {
+                    ack_at = Instant::now() + ACK_DELAY;
+                }
+                acks.append(&mut recorded);
+                if acks.len() >= ACK_BATCH {
+                    send_acks(&shared, &mut acks).await;
                 }
             }
             Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
@@ -195,6 +211,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
         }
     }
     jobs.shutdown().await;
+}
+
+/// Answers the pushes whose messages are recorded (an owner resends what stays
+/// unanswered).
+async fn send_acks(shared: &Shared, acks: &mut Vec<InboundRequest>) {
+    for request in acks.drain(..) {
+        reply(shared, &request, Ok(b"{}".to_vec())).await;
+    }
 }
 
 /// The subscriptions kept in Redis (retried until Redis answers or shutdown).
