@@ -124,9 +124,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| system | path | subscribers | p50 ms | p99 ms | burst deliveries/s | burst p50 ms | burst p99 ms |"
+        "| system | path | subscribers | p50 ms | p99 ms | CPU µs/delivery | burst deliveries/s | burst p50 ms | burst p99 ms |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let f = &r.figures;
         let missing = if f.missing > 0 {
@@ -134,8 +134,13 @@ fn print_table(rows: &[Row]) {
         } else {
             String::new()
         };
+        let cpu = if f.cpu_us > 0.0 {
+            format!("{:.0}", f.cpu_us)
+        } else {
+            "–".into()
+        };
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.0}{missing} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {cpu} | {:.0}{missing} | {:.1} | {:.1} |",
             r.system, r.path, r.subscribers, f.p50, f.p99, f.rate, f.burst_p50, f.burst_p99
         );
     }
@@ -143,7 +148,9 @@ fn print_table(rows: &[Row]) {
     println!(
         "p50/p99: one {PAYLOAD}-byte message at a time, publish call → each subscriber's app sees it. \
          Burst: messages published back to back ({PUBLISH_WINDOW} publishes in flight for rmb, \
-         NATS writes them in a row); deliveries/s counts every subscriber's copy."
+         NATS writes them in a row); deliveries/s counts every subscriber's copy. \
+         CPU µs/delivery: user + system time of the bench (all peers), relays and Redis \
+         during the one-at-a-time run, per delivery (10 ms clock ticks: a rough figure)."
     );
 }
 
@@ -264,6 +271,7 @@ async fn measure_rmb(
 
     let mut figures = Figures::default();
     let mut lat = Vec::new();
+    let cpu_before = children.cpu_seconds() + processes::own_cpu_seconds();
     for _ in 0..plan.closed_loop {
         let t0 = Instant::now();
         let id = owner.topics.publish(&topic, draft()).await?.id;
@@ -279,6 +287,8 @@ async fn measure_rmb(
             }
         }
     }
+    let cpu = children.cpu_seconds() + processes::own_cpu_seconds() - cpu_before;
+    figures.cpu_us = cpu * 1e6 / lat.len().max(1) as f64;
     figures.p50 = percentile(&mut lat, 0.5);
     figures.p99 = percentile(&mut lat, 0.99);
 

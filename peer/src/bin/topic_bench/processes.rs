@@ -65,6 +65,12 @@ pub fn relay_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 impl Children {
+    /// CPU seconds (user + system) used so far by these processes, from `/proc` (0 where
+    /// it cannot be read): with [`own_cpu_seconds`], what a measurement cost in all.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.0.iter().map(|c| proc_cpu_seconds(c.id())).sum()
+    }
+
     /// Starts a redis-server; its URL.
     pub fn redis(&mut self, dir: &Path) -> anyhow::Result<String> {
         let port = free_port()?;
@@ -125,4 +131,30 @@ impl Children {
         wait_for_port(port, "nats-server")?;
         Ok(port)
     }
+}
+
+/// CPU seconds this process used so far (all its threads).
+pub fn own_cpu_seconds() -> f64 {
+    proc_cpu_seconds(std::process::id())
+}
+
+/// utime + stime of process `pid` (fields 14 and 15 of `/proc/PID/stat`, in clock ticks
+/// of 1/100 s on Linux), in seconds.
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After ")" come field 3 (state) onwards: utime is field 14, stime field 15.
+    (ticks(11) + ticks(12)) / 100.0
 }

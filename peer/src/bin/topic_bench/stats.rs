@@ -15,6 +15,9 @@ pub struct Figures {
     pub burst_p99: f64,
     /// Deliveries missing when the burst's deadline passed (0 when complete).
     pub missing: usize,
+    /// One message at a time: CPU µs per delivery, of every process involved (the bench
+    /// with all peers, relays, Redis) — what a delivery costs the machine in all.
+    pub cpu_us: f64,
 }
 
 /// The `q` quantile (0..=1) of `samples`, in ms.
