@@ -6,6 +6,12 @@ use crate::types::envelope::{Message, Payload};
 /// The tag token that asks a relay to fail at once instead of queueing for an offline twin.
 pub const FAIL_FAST_TAG: &str = "fail-fast";
 
+/// Command of connection data frames: the one request that travels unsigned, because
+/// the connection's own AEAD authenticates it (docs/protocol.md §10). Peers hand such
+/// envelopes to their connection layer only; our relays charge them to the posting
+/// address, never to the twin they claim (they cannot prove it).
+pub const CONN_DATA_COMMAND: &str = "rmb.conn.data";
+
 /// What an envelope carries, without its contents (for logs, metrics and dispatch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
@@ -60,6 +66,15 @@ impl Envelope {
             tags.split(|c: char| c == ',' || c.is_whitespace())
                 .any(|token| token == FAIL_FAST_TAG)
         })
+    }
+
+    /// True for an unsigned (no or empty signature) `rmb.conn.data` request with a plain
+    /// payload: the only envelope rmb lets through without a signature. Anything else
+    /// unsigned is refused as before.
+    pub fn is_unsigned_conn_frame(&self) -> bool {
+        self.signature.as_deref().is_none_or(<[u8]>::is_empty)
+            && matches!(&self.message, Some(Message::Request(r)) if r.command == CONN_DATA_COMMAND)
+            && matches!(self.payload, Some(Payload::Plain(_)))
     }
 
     /// The source twin id; `0` (relay-generated) when the source is missing.

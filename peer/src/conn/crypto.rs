@@ -7,7 +7,7 @@
 //! direction. The ephemeral secrets are dropped once the keys exist, so recorded traffic
 //! stays unreadable even if both identity keys leak later (forward secrecy).
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
 use rmb_identity::registry::Twin;
@@ -15,7 +15,10 @@ use rmb_identity::{Identity, SignatureError, verify};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{EphemeralSecret, PublicKey};
 
-use super::wire::{self, Accept, ConnId, Open};
+use super::wire::{self, Accept, ConnId, FRAME_HEADER, Frame, Open};
+
+/// Bytes of the Poly1305 tag after each packet's ciphertext.
+const TAG_LEN: usize = 16;
 
 /// Why a handshake did not produce keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,24 +154,32 @@ fn nonce(pn: u64) -> Nonce {
 }
 
 impl Keys {
-    /// Encrypts an encoded frame as packet `pn` (unique per direction): the data
-    /// request's payload (`id ‖ pn ‖ ciphertext`).
-    pub fn seal(&self, pn: u64, frame: &[u8]) -> Vec<u8> {
-        let mut header = Vec::with_capacity(wire::PACKET_HEADER);
-        header.extend_from_slice(&self.id);
-        header.extend_from_slice(&pn.to_be_bytes());
-        let cipher = self
+    /// Encrypts `plain` as packet `pn` (unique per direction): the data request's
+    /// payload (`id ‖ pn ‖ ciphertext`).
+    pub fn seal(&self, pn: u64, plain: &[u8]) -> Vec<u8> {
+        self.seal_with(pn, plain.len(), |out| out.extend_from_slice(plain))
+    }
+
+    /// [`seal`](Keys::seal) of an encoded frame, encoded straight into the packet and
+    /// encrypted in place (the data is copied once).
+    pub fn seal_frame(&self, pn: u64, frame: &Frame) -> Vec<u8> {
+        self.seal_with(pn, FRAME_HEADER + frame.data.len(), |out| {
+            frame.encode_into(out)
+        })
+    }
+
+    fn seal_with(&self, pn: u64, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::with_capacity(wire::PACKET_HEADER + len + TAG_LEN);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&pn.to_be_bytes());
+        write(&mut out);
+        let (header, body) = out.split_at_mut(wire::PACKET_HEADER);
+        let tag = self
             .seal
-            .encrypt(
-                &nonce(pn),
-                Payload {
-                    msg: frame,
-                    aad: &header,
-                },
-            )
+            .encrypt_in_place_detached(&nonce(pn), header, body)
             .expect("ChaCha20-Poly1305 encrypts any frame below 256 GiB");
-        header.extend_from_slice(&cipher);
-        header
+        out.extend_from_slice(&tag);
+        out
     }
 
     /// Decrypts a packet's ciphertext (after [`wire::split_packet`]).
@@ -235,6 +246,13 @@ mod tests {
         let mut flipped = cipher.to_vec();
         flipped[0] ^= 1;
         assert!(bob_keys.open(pn, &flipped).is_err());
+        let frame = Frame {
+            flags: wire::DATA,
+            data: b"framed".to_vec(),
+            ..Default::default()
+        };
+        let sealed = alice_keys.seal_frame(8, &frame);
+        assert_eq!(sealed, alice_keys.seal(8, &frame.encode()));
         let back = bob_keys.seal(1, b"hi");
         let (_, pn, cipher) = wire::split_packet(&back).unwrap();
         assert_eq!(alice_keys.open(pn, cipher).unwrap(), b"hi");

@@ -3,13 +3,20 @@
 //!
 //! Connections ([`conn`](crate::conn)) carry their data and acknowledgements as requests
 //! nobody answers: each frame has its own sequence numbers, acks and retransmission, so
-//! the core's resend table (which waits for an answer) must not track them.
+//! the core's resend table (which waits for an answer) must not track them. Their data
+//! frames also go unsigned ([`Peer::send_conn_frame`]): the connection's AEAD
+//! authenticates them, and the receiving core lets exactly this command through
+//! unsigned ([`checks::precheck`](super::checks::precheck)).
 
-use super::Peer;
+use rmb_proto::time::unix_now;
+use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Message, Payload, Request};
+use tokio_tungstenite::tungstenite::Bytes;
+
 use super::errors::SendError;
 use super::send::request_envelope;
 use super::status::Counters;
-use super::types::OutgoingRequest;
+use super::types::{OutgoingRequest, clamp_expiration};
+use super::{CONN_DATA_COMMAND, Peer};
 use rmb_identity::registry::Twin;
 
 impl Peer {
@@ -23,6 +30,55 @@ impl Peer {
         // under the connection's own keys already.
         let sealed = self.inner.seal(env, false).await?;
         match self.inner.links.send(sealed.bytes, sealed.deadline).await {
+            Ok(_) => {
+                Counters::bump(&self.inner.counters.sent);
+                Ok(true)
+            }
+            Err(crate::links::LinkError::Closed) => Err(SendError::Closed),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Sends a connection data frame (`payload` = `id ‖ packet number ‖ ciphertext`) to
+    /// `destination` as an *unsigned* `rmb.conn.data` request, valid `expiration`
+    /// seconds, never tracked for resending. No registry lookup, no MD5 challenge, no
+    /// signature: the connection's keys authenticate the frame, and relays (ours and
+    /// rmb-rs's) route it as any request. `Ok(false)`: no relay took it in time (the
+    /// connection retransmits).
+    pub async fn send_conn_frame(
+        &self,
+        destination: Address,
+        payload: Vec<u8>,
+        expiration: u64,
+    ) -> Result<bool, SendError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(SendError::Closed);
+        }
+        let mut env = Envelope {
+            uid: uuid::Uuid::new_v4().to_string(),
+            expiration: clamp_expiration(expiration),
+            source: Some(self.inner.source.clone()),
+            destination: Some(destination),
+            message: Some(Message::Request(Request {
+                command: CONN_DATA_COMMAND.to_string(),
+            })),
+            payload: Some(Payload::Plain(payload)),
+            ..Default::default()
+        };
+        env.stamp_at(unix_now());
+        let bytes = env.to_bytes();
+        if bytes.len() > DEFAULT_MAX_ENVELOPE_SIZE {
+            return Err(SendError::TooLarge {
+                size: bytes.len(),
+                limit: DEFAULT_MAX_ENVELOPE_SIZE,
+            });
+        }
+        match self
+            .inner
+            .links
+            .send(Bytes::from(bytes), env.deadline())
+            .await
+        {
             Ok(_) => {
                 Counters::bump(&self.inner.counters.sent);
                 Ok(true)
