@@ -7,18 +7,14 @@
 //! direction. The ephemeral secrets are dropped once the keys exist, so recorded traffic
 //! stays unreadable even if both identity keys leak later (forward secrecy).
 
-use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
+use rmb_aead::{NONCE_LEN, PacketKey, TAG_LEN};
 use rmb_identity::registry::Twin;
 use rmb_identity::{Identity, SignatureError, verify};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{EphemeralSecret, PublicKey};
 
 use super::wire::{self, Accept, ConnId, FRAME_HEADER, Frame, Open};
-
-/// Bytes of the Poly1305 tag after each packet's ciphertext.
-const TAG_LEN: usize = 16;
 
 /// Why a handshake did not produce keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,8 +48,8 @@ impl Ephemeral {
 
 /// Both directions' keys of one connection, from one side's point of view.
 pub struct Keys {
-    seal: ChaCha20Poly1305,
-    open: ChaCha20Poly1305,
+    seal: PacketKey,
+    open: PacketKey,
     id: ConnId,
 }
 
@@ -133,8 +129,9 @@ fn derive(
     let mut okm = zeroize::Zeroizing::new([0u8; 64]);
     hk.expand(&info, okm.as_mut())
         .expect("64 bytes is a valid HKDF-SHA256 length");
-    let to_responder = ChaCha20Poly1305::new(Key::from_slice(&okm[..32]));
-    let to_opener = ChaCha20Poly1305::new(Key::from_slice(&okm[32..]));
+    let (first, second) = okm.split_at(32);
+    let to_responder = PacketKey::new(first.try_into().expect("32 bytes"));
+    let to_opener = PacketKey::new(second.try_into().expect("32 bytes"));
     let (seal, open_key) = if opener {
         (to_responder, to_opener)
     } else {
@@ -147,10 +144,10 @@ fn derive(
     })
 }
 
-fn nonce(pn: u64) -> Nonce {
-    let mut n = [0u8; 12];
+fn nonce(pn: u64) -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
     n[4..].copy_from_slice(&pn.to_be_bytes());
-    *Nonce::from_slice(&n)
+    n
 }
 
 impl Keys {
@@ -174,10 +171,7 @@ impl Keys {
         out.extend_from_slice(&pn.to_be_bytes());
         write(&mut out);
         let (header, body) = out.split_at_mut(wire::PACKET_HEADER);
-        let tag = self
-            .seal
-            .encrypt_in_place_detached(&nonce(pn), header, body)
-            .expect("ChaCha20-Poly1305 encrypts any frame below 256 GiB");
+        let tag = self.seal.seal_in_place(&nonce(pn), header, body);
         out.extend_from_slice(&tag);
         out
     }
@@ -187,15 +181,16 @@ impl Keys {
         let mut header = [0u8; wire::PACKET_HEADER];
         header[..wire::ID_LEN].copy_from_slice(&self.id);
         header[wire::ID_LEN..].copy_from_slice(&pn.to_be_bytes());
+        let Some(split) = cipher.len().checked_sub(TAG_LEN) else {
+            return Err(PacketError::Authentication);
+        };
+        let (body, tag) = cipher.split_at(split);
+        let mut plain = body.to_vec();
+        let tag: &[u8; TAG_LEN] = tag.try_into().expect("TAG_LEN bytes");
         self.open
-            .decrypt(
-                &nonce(pn),
-                Payload {
-                    msg: cipher,
-                    aad: &header,
-                },
-            )
-            .map_err(|_| PacketError::Authentication)
+            .open_in_place(&nonce(pn), &header, &mut plain, tag)
+            .map_err(|_| PacketError::Authentication)?;
+        Ok(plain)
     }
 }
 
