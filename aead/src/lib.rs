@@ -1,15 +1,20 @@
-//! ChaCha20-Poly1305 in place, behind functions that are not generic.
+//! ChaCha20-Poly1305 (RFC 8439) in place, for connections' packets.
 //!
-//! Why a crate: RustCrypto's AEAD is generic, so its code is compiled in the crate that
-//! names the concrete cipher, at that crate's optimisation level. Debug builds
-//! (`cargo test`, CI) keep rmb-peer at `-O0`, where a connection's packet encryption
-//! ran at a few MB/s and was most of a bulk transfer's time. Here the cipher is
-//! instantiated once, in a crate the root `Cargo.toml` builds optimised in every
-//! profile, so connections move bulk data quickly in tests too without optimising all
-//! of rmb-peer (which would lengthen every clean build).
+//! Why a crate of its own, with ring's implementation rather than RustCrypto's (which
+//! the rest of rmb uses for small e2e payloads):
+//!
+//! - speed on bulk data: ring's assembly runs ChaCha20 and Poly1305 with vector units.
+//!   RustCrypto's Poly1305 is forced to its portable backend workspace-wide
+//!   (`.cargo/config.toml`: its AVX2 set-up dominates small RPC payloads), and was the
+//!   largest single cost of a connection's bulk transfer (a fifth of all CPU);
+//! - debug builds: RustCrypto's AEAD is generic, so it was compiled at rmb-peer's `-O0`
+//!   in `cargo test` and moved a few MB/s. Assembly does not care, and this crate is
+//!   built optimised in the dev profile too (root `Cargo.toml`), so the tests can move
+//!   the 100 MiB without optimising all of rmb-peer.
+//!
+//! The wire format is the standard AEAD, whichever implementation seals or opens.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 
 /// Bytes of a key.
 pub const KEY_LEN: usize = 32;
@@ -24,13 +29,13 @@ pub const TAG_LEN: usize = 16;
 pub struct Unauthentic;
 
 /// One ChaCha20-Poly1305 key (one direction of a connection).
-#[derive(Clone)]
-pub struct PacketKey(ChaCha20Poly1305);
+pub struct PacketKey(LessSafeKey);
 
 impl PacketKey {
     /// The cipher under `key`.
     pub fn new(key: &[u8; KEY_LEN]) -> PacketKey {
-        PacketKey(ChaCha20Poly1305::new(Key::from_slice(key)))
+        let key = UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key");
+        PacketKey(LessSafeKey::new(key))
     }
 
     /// Encrypts `buf` in place, authenticating it with `aad`; returns the tag.
@@ -42,14 +47,15 @@ impl PacketKey {
         aad: &[u8],
         buf: &mut [u8],
     ) -> [u8; TAG_LEN] {
-        self.0
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf)
-            .expect("ChaCha20-Poly1305 encrypts anything below 256 GiB")
-            .into()
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
+            .expect("ChaCha20-Poly1305 encrypts anything below 256 GiB");
+        tag.as_ref().try_into().expect("a 16-byte tag")
     }
 
     /// Checks `tag` over `buf` and `aad`, then decrypts `buf` in place. On failure
-    /// `buf` is left encrypted.
+    /// the contents of `buf` are unspecified (ring zeroes them).
     pub fn open_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -58,7 +64,14 @@ impl PacketKey {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), Unauthentic> {
         self.0
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                Tag::from(*tag),
+                buf,
+                0..,
+            )
+            .map(|_| ())
             .map_err(|_| Unauthentic)
     }
 }
@@ -78,27 +91,38 @@ mod tests {
         key.open_in_place(&nonce, b"aad", &mut buf, &tag).unwrap();
         assert_eq!(&buf[..], b"attack at dawn");
 
-        let mut wrong = sealed.clone();
+        let fresh = || sealed.clone();
         assert_eq!(
-            key.open_in_place(&nonce, b"aaD", &mut wrong, &tag),
+            key.open_in_place(&nonce, b"aaD", &mut fresh(), &tag),
             Err(Unauthentic)
         );
-        assert_eq!(wrong, sealed, "left encrypted");
+        let other_nonce = [2; NONCE_LEN];
         assert!(
-            key.open_in_place(&[2; NONCE_LEN], b"aad", &mut wrong, &tag)
+            key.open_in_place(&other_nonce, b"aad", &mut fresh(), &tag)
                 .is_err()
         );
         let other = PacketKey::new(&[8; KEY_LEN]);
         assert!(
             other
-                .open_in_place(&nonce, b"aad", &mut wrong, &tag)
+                .open_in_place(&nonce, b"aad", &mut fresh(), &tag)
                 .is_err()
         );
-        wrong[0] ^= 1;
-        assert!(key.open_in_place(&nonce, b"aad", &mut wrong, &tag).is_err());
+        let mut flipped = fresh();
+        flipped[0] ^= 1;
+        assert!(
+            key.open_in_place(&nonce, b"aad", &mut flipped, &tag)
+                .is_err()
+        );
+        let mut bad_tag = tag;
+        bad_tag[15] ^= 1;
+        assert!(
+            key.open_in_place(&nonce, b"aad", &mut fresh(), &bad_tag)
+                .is_err()
+        );
     }
 
-    /// The RFC 8439 §2.8.2 AEAD test vector.
+    /// The RFC 8439 §2.8.2 AEAD test vector (and RustCrypto agrees: same wire format
+    /// whichever implementation a peer uses).
     #[test]
     fn rfc_8439_vector() {
         let key: [u8; 32] = std::array::from_fn(|i| 0x80 + i as u8);
@@ -111,6 +135,12 @@ mod tests {
         let mut buf = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".to_vec();
         let tag = PacketKey::new(&key).seal_in_place(&nonce, &aad, &mut buf);
         assert_eq!(&buf[..4], &[0xd3, 0x1a, 0x8d, 0x34]);
+        use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+        let mut other = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".to_vec();
+        let rc = chacha20poly1305::ChaCha20Poly1305::new(&key.into())
+            .encrypt_in_place_detached(&nonce.into(), &aad, &mut other)
+            .unwrap();
+        assert_eq!((other, <[u8; 16]>::from(rc)), (buf.clone(), tag));
         assert_eq!(
             tag,
             [

@@ -144,6 +144,16 @@ fn derive(
     })
 }
 
+/// Bytes of the packet of a `plain_len`-byte plaintext.
+pub fn packet_len(plain_len: usize) -> usize {
+    wire::PACKET_HEADER + plain_len + TAG_LEN
+}
+
+/// Bytes of the packet of `frame` ([`Keys::seal_frame_into`]).
+pub fn frame_packet_len(frame: &Frame) -> usize {
+    packet_len(FRAME_HEADER + frame.data.len())
+}
+
 fn nonce(pn: u64) -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
     n[4..].copy_from_slice(&pn.to_be_bytes());
@@ -154,43 +164,62 @@ impl Keys {
     /// Encrypts `plain` as packet `pn` (unique per direction): the data request's
     /// payload (`id ‖ pn ‖ ciphertext`).
     pub fn seal(&self, pn: u64, plain: &[u8]) -> Vec<u8> {
-        self.seal_with(pn, plain.len(), |out| out.extend_from_slice(plain))
-    }
-
-    /// [`seal`](Keys::seal) of an encoded frame, encoded straight into the packet and
-    /// encrypted in place (the data is copied once).
-    pub fn seal_frame(&self, pn: u64, frame: &Frame) -> Vec<u8> {
-        self.seal_with(pn, FRAME_HEADER + frame.data.len(), |out| {
-            frame.encode_into(out)
-        })
-    }
-
-    fn seal_with(&self, pn: u64, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-        let mut out = Vec::with_capacity(wire::PACKET_HEADER + len + TAG_LEN);
-        out.extend_from_slice(&self.id);
-        out.extend_from_slice(&pn.to_be_bytes());
-        write(&mut out);
-        let (header, body) = out.split_at_mut(wire::PACKET_HEADER);
-        let tag = self.seal.seal_in_place(&nonce(pn), header, body);
-        out.extend_from_slice(&tag);
+        let mut out = Vec::with_capacity(packet_len(plain.len()));
+        self.seal_with(pn, &mut out, |out| out.extend_from_slice(plain));
         out
     }
 
-    /// Decrypts a packet's ciphertext (after [`wire::split_packet`]).
+    /// [`seal`](Keys::seal) of an encoded frame.
+    pub fn seal_frame(&self, pn: u64, frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::with_capacity(frame_packet_len(frame));
+        self.seal_frame_into(pn, frame, &mut out);
+        out
+    }
+
+    /// Appends the packet of `frame` (exactly [`frame_packet_len`] bytes) to `out`: the
+    /// frame is encoded straight into it and encrypted in place, so its data is copied
+    /// once.
+    pub fn seal_frame_into(&self, pn: u64, frame: &Frame, out: &mut Vec<u8>) {
+        self.seal_with(pn, out, |out| frame.encode_into(out));
+    }
+
+    fn seal_with(&self, pn: u64, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = out.len();
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&pn.to_be_bytes());
+        write(out);
+        let (header, body) = out[start..].split_at_mut(wire::PACKET_HEADER);
+        let tag = self.seal.seal_in_place(&nonce(pn), header, body);
+        out.extend_from_slice(&tag);
+    }
+
+    /// Decrypts a packet's ciphertext (after [`wire::split_packet`]) into a new buffer.
     pub fn open(&self, pn: u64, cipher: &[u8]) -> Result<Vec<u8>, PacketError> {
+        let mut buf = cipher.to_vec();
+        let len = self.open_in_place(pn, &mut buf)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Decrypts a packet's ciphertext in place; the plaintext is the front of `cipher`
+    /// (the tag is cut off). On failure `cipher` is garbage.
+    pub fn open_in_place<'a>(
+        &self,
+        pn: u64,
+        cipher: &'a mut [u8],
+    ) -> Result<&'a [u8], PacketError> {
         let mut header = [0u8; wire::PACKET_HEADER];
         header[..wire::ID_LEN].copy_from_slice(&self.id);
         header[wire::ID_LEN..].copy_from_slice(&pn.to_be_bytes());
         let Some(split) = cipher.len().checked_sub(TAG_LEN) else {
             return Err(PacketError::Authentication);
         };
-        let (body, tag) = cipher.split_at(split);
-        let mut plain = body.to_vec();
-        let tag: &[u8; TAG_LEN] = tag.try_into().expect("TAG_LEN bytes");
+        let (body, tag) = cipher.split_at_mut(split);
+        let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("TAG_LEN bytes");
         self.open
-            .open_in_place(&nonce(pn), &header, &mut plain, tag)
+            .open_in_place(&nonce(pn), &header, body, tag)
             .map_err(|_| PacketError::Authentication)?;
-        Ok(plain)
+        Ok(body)
     }
 }
 

@@ -369,8 +369,8 @@ impl Connections {
                 _ => Vec::new(),
             }
         };
-        for (pn, cipher) in early {
-            let received = conn.receive(pn, &cipher);
+        for (pn, mut cipher) in early {
+            let received = conn.receive(pn, &mut cipher);
             self.count(&conn.remote, received);
         }
         let shared = Arc::clone(&self.shared);
@@ -423,7 +423,8 @@ impl Connections {
         match request.command.as_str() {
             // A signed frame (rmb peers before unsigned frames): same checks.
             wire::DATA_COMMAND => {
-                self.on_packet(&request.source, &request.payload);
+                let mut request = request;
+                self.on_packet(&request.source, &mut request.payload);
                 None
             }
             wire::OPEN_COMMAND => {
@@ -445,8 +446,8 @@ impl Connections {
     /// is applied only if it authenticates under the keys of the connection its claimed
     /// source and id name, and its packet number is new; otherwise it is dropped and
     /// counted by reason ([`ConnCounters`]). Never waits.
-    pub fn handle_frame(&self, frame: ConnFrame) {
-        self.on_packet(&frame.source, &frame.payload);
+    pub fn handle_frame(&self, mut frame: ConnFrame) {
+        self.on_packet(&frame.source, &mut frame.payload);
     }
 
     /// Takes the reply to one of our open requests; gives back any other reply.
@@ -461,9 +462,10 @@ impl Connections {
         }
     }
 
-    fn on_packet(&self, source: &Address, payload: &[u8]) {
+    /// Applies a packet to its connection, decrypting `payload` in place.
+    fn on_packet(&self, source: &Address, payload: &mut [u8]) {
         let counters = &self.shared.counters;
-        let Ok((id, pn, cipher)) = wire::split_packet(payload) else {
+        let Ok((id, pn, cipher)) = wire::split_packet_mut(payload) else {
             counters.unknown_frames.fetch_add(1, Ordering::Relaxed);
             return;
         };

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::crypto::Keys;
+use super::crypto::{self, Keys};
 use super::replay::PacketWindow;
 use super::state::{self, Read, State, Stats, StreamError};
 use super::wire::{ConnId, Frame};
@@ -88,13 +88,14 @@ impl Conn {
         self.locked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens and applies a packet from the peer, unless it does not authenticate under
-    /// this connection's key or its packet number came before.
-    pub(crate) fn receive(&self, pn: u64, cipher: &[u8]) -> Received {
-        let Ok(plain) = self.keys.open(pn, cipher) else {
+    /// Opens (in place: `cipher` is used up) and applies a packet from the peer, unless
+    /// it does not authenticate under this connection's key or its packet number came
+    /// before.
+    pub(crate) fn receive(&self, pn: u64, cipher: &mut [u8]) -> Received {
+        let Ok(plain) = self.keys.open_in_place(pn, cipher) else {
             return Received::Forged;
         };
-        let Ok(frame) = Frame::decode(&plain) else {
+        let Ok(frame) = Frame::decode(plain) else {
             return Received::Forged;
         };
         let mut locked = self.lock();
@@ -196,8 +197,9 @@ pub(crate) async fn drive(
 /// Encrypts and sends one frame (unsigned: the connection's key authenticates it);
 /// false only when the peer is closed.
 async fn send(peer: &Peer, conn: &Conn, pn: u64, frame: &Frame) -> bool {
-    let payload = conn.keys.seal_frame(pn, frame);
-    let sending = peer.send_conn_frame(conn.remote.clone(), payload, FRAME_EXPIRATION);
+    let len = crypto::frame_packet_len(frame);
+    let fill = |out: &mut Vec<u8>| conn.keys.seal_frame_into(pn, frame, out);
+    let sending = peer.send_conn_frame(conn.remote.clone(), FRAME_EXPIRATION, len, fill);
     let Ok(sent) = tokio::time::timeout(SEND_WAIT, sending).await else {
         return true;
     };
@@ -464,25 +466,30 @@ mod tests {
             ..Default::default()
         };
         let at_bob = conn(bob);
+        // What a packet's receiver gets: its number and (a copy of) its ciphertext.
+        let parts = |packet: &[u8]| {
+            let (_, pn, cipher) = wire::split_packet(packet).unwrap();
+            (pn, cipher.to_vec())
+        };
         let packet = alice.seal_frame(1, &frame);
-        let (_, pn, cipher) = wire::split_packet(&packet).unwrap();
-        assert_eq!(at_bob.receive(pn, cipher), Received::Applied);
+        let (pn, cipher) = parts(&packet);
+        assert_eq!(at_bob.receive(pn, &mut cipher.clone()), Received::Applied);
         // The same packet again (a relay or anyone replaying it unsigned): dropped.
-        assert_eq!(at_bob.receive(pn, cipher), Received::Replayed);
+        assert_eq!(at_bob.receive(pn, &mut cipher.clone()), Received::Replayed);
         // Claimed under another packet number: does not authenticate.
-        assert_eq!(at_bob.receive(pn + 1, cipher), Received::Forged);
+        assert_eq!(
+            at_bob.receive(pn + 1, &mut cipher.clone()),
+            Received::Forged
+        );
         // Bob's own direction's key (a frame reflected back to him): does not either.
         let (_, other_bob) = keys();
-        let reflected = other_bob.seal_frame(2, &frame);
-        let (_, pn, cipher) = wire::split_packet(&reflected).unwrap();
-        assert_eq!(at_bob.receive(pn, cipher), Received::Forged);
-        let mut flipped = alice.seal_frame(3, &frame);
+        let (pn, mut reflected) = parts(&other_bob.seal_frame(2, &frame));
+        assert_eq!(at_bob.receive(pn, &mut reflected), Received::Forged);
+        let (pn, mut flipped) = parts(&alice.seal_frame(3, &frame));
         *flipped.last_mut().unwrap() ^= 1;
-        let (_, pn, cipher) = wire::split_packet(&flipped).unwrap();
-        assert_eq!(at_bob.receive(pn, cipher), Received::Forged);
+        assert_eq!(at_bob.receive(pn, &mut flipped), Received::Forged);
         // A forgery does not use up its packet number: the real packet 3 still counts.
-        let real = alice.seal_frame(3, &frame);
-        let (_, pn, cipher) = wire::split_packet(&real).unwrap();
-        assert_eq!(at_bob.receive(pn, cipher), Received::Applied);
+        let (pn, mut real) = parts(&alice.seal_frame(3, &frame));
+        assert_eq!(at_bob.receive(pn, &mut real), Received::Applied);
     }
 }

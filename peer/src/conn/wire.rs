@@ -264,6 +264,12 @@ pub fn split_packet(payload: &[u8]) -> Result<(ConnId, u64, &[u8]), WireError> {
     Ok((id, pn, r.0))
 }
 
+/// [`split_packet`] with the ciphertext mutable (to decrypt it in place).
+pub fn split_packet_mut(payload: &mut [u8]) -> Result<(ConnId, u64, &mut [u8]), WireError> {
+    let (id, pn, _) = split_packet(payload)?;
+    Ok((id, pn, &mut payload[PACKET_HEADER..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

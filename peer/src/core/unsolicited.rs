@@ -9,7 +9,7 @@
 //! unsigned ([`checks::precheck`](super::checks::precheck)).
 
 use rmb_proto::time::unix_now;
-use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Message, Payload, Request};
+use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Message, Request};
 use tokio_tungstenite::tungstenite::Bytes;
 
 use super::errors::SendError;
@@ -39,17 +39,19 @@ impl Peer {
         }
     }
 
-    /// Sends a connection data frame (`payload` = `id ‖ packet number ‖ ciphertext`) to
-    /// `destination` as an *unsigned* `rmb.conn.data` request, valid `expiration`
-    /// seconds, never tracked for resending. No registry lookup, no MD5 challenge, no
-    /// signature: the connection's keys authenticate the frame, and relays (ours and
-    /// rmb-rs's) route it as any request. `Ok(false)`: no relay took it in time (the
-    /// connection retransmits).
+    /// Sends a connection data frame to `destination` as an *unsigned* `rmb.conn.data`
+    /// request, valid `expiration` seconds, never tracked for resending. `fill` appends
+    /// the payload (`id ‖ packet number ‖ ciphertext`, exactly `payload_len` bytes)
+    /// straight into the encoded envelope, so it is written (and encrypted) once, in
+    /// place. No registry lookup, no MD5 challenge, no signature: the connection's keys
+    /// authenticate the frame, and relays (ours and rmb-rs's) route it as any request.
+    /// `Ok(false)`: no relay took it in time (the connection retransmits).
     pub async fn send_conn_frame(
         &self,
         destination: Address,
-        payload: Vec<u8>,
         expiration: u64,
+        payload_len: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
     ) -> Result<bool, SendError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(SendError::Closed);
@@ -62,11 +64,10 @@ impl Peer {
             message: Some(Message::Request(Request {
                 command: CONN_DATA_COMMAND.to_string(),
             })),
-            payload: Some(Payload::Plain(payload)),
             ..Default::default()
         };
         env.stamp_at(unix_now());
-        let bytes = env.to_bytes();
+        let bytes = encode_with_plain_payload(&env, payload_len, fill);
         if bytes.len() > DEFAULT_MAX_ENVELOPE_SIZE {
             return Err(SendError::TooLarge {
                 size: bytes.len(),
@@ -105,5 +106,61 @@ impl Peer {
     /// A token cancelled when the peer stops (layers above stop their tasks with it).
     pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
         self.inner.shutdown.clone()
+    }
+}
+
+/// Protobuf field number of `Envelope.plain` (the plain payload).
+const PLAIN_FIELD: u32 = 13;
+
+/// Encodes `env` (which has no payload) followed by a plain payload of `len` bytes that
+/// `fill` appends. `plain` is the highest field an unsigned frame has, so this is the
+/// same byte string prost would make with the payload set.
+fn encode_with_plain_payload(
+    env: &Envelope,
+    len: usize,
+    fill: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    use prost::Message as _;
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+    let head = env.encoded_len();
+    let mut out = Vec::with_capacity(head + 1 + encoded_len_varint(len as u64) + len);
+    env.encode_raw(&mut out);
+    encode_key(PLAIN_FIELD, WireType::LengthDelimited, &mut out);
+    encode_varint(len as u64, &mut out);
+    let start = out.len();
+    fill(&mut out);
+    assert_eq!(
+        out.len() - start,
+        len,
+        "the payload has the announced length"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmb_proto::Payload;
+
+    #[test]
+    fn a_payload_written_in_place_encodes_as_prost_would() {
+        let mut env = Envelope {
+            uid: "u".into(),
+            timestamp: 5,
+            expiration: 60,
+            source: Some(Address::session(1, "s")),
+            destination: Some(Address::twin(2)),
+            message: Some(Message::Request(Request {
+                command: CONN_DATA_COMMAND.into(),
+            })),
+            ..Default::default()
+        };
+        for len in [0, 1, 127, 128, 300_000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let bytes = encode_with_plain_payload(&env, len, |out| out.extend_from_slice(&payload));
+            env.payload = Some(Payload::Plain(payload));
+            assert_eq!(bytes, env.to_bytes(), "{len}");
+            env.payload = None;
+        }
     }
 }
