@@ -42,6 +42,10 @@ struct Args {
     /// Data bytes per frame (KiB); the peers' default when not given.
     #[arg(long)]
     frame_kib: Option<usize>,
+    /// Receive window and send buffer per connection (KiB); the peers' default when not
+    /// given.
+    #[arg(long)]
+    window_kib: Option<usize>,
 }
 
 struct Row {
@@ -96,7 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("connection through one relay…");
     let relay = RelayProcess::start(&[]);
-    let (alice, bob) = clients(&relay, &relay, &relay.http_url(), args.frame_kib).await?;
+    let (alice, bob) = clients(&relay, &relay, &relay.http_url(), &args).await?;
     let (mb_s, p50, p99) = connection_figures(&alice, &bob, bytes, args.rounds).await?;
     rows.push(Row {
         name: "connection, 1 relay",
@@ -111,7 +115,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let r1 = RelayProcess::start_on(p1, &["--federation-http"]);
     let registry = r1.http_url();
     let r2 = RelayProcess::start_on(p2, &["--federation-http", "--registry", &registry]);
-    let (alice, bob) = clients(&r1, &r2, &registry, args.frame_kib).await?;
+    let (alice, bob) = clients(&r1, &r2, &registry, &args).await?;
     let (mb_s, p50, p99) = connection_figures(&alice, &bob, bytes, args.rounds).await?;
     rows.push(Row {
         name: "connection, 2 relays",
@@ -309,7 +313,7 @@ async fn clients(
     ra: &RelayProcess,
     rb: &RelayProcess,
     registry: &str,
-    frame_kib: Option<usize>,
+    args: &Args,
 ) -> anyhow::Result<(Client, Client)> {
     let mut out = Vec::new();
     for (relay, sid) in [(ra, "bench-a"), (rb, "bench-b")] {
@@ -322,8 +326,12 @@ async fn clients(
             url: registry.to_string(),
         };
         let mut options = ClientOptions::new(secret, sid, vec![relay.ws_url()], choice);
-        if let Some(kib) = frame_kib {
+        if let Some(kib) = args.frame_kib {
             options.connections.stream.max_frame = kib << 10;
+        }
+        if let Some(kib) = args.window_kib {
+            options.connections.stream.window = (kib << 10) as u32;
+            options.connections.stream.send_buffer = kib << 10;
         }
         out.push(Client::connect(options).await?);
     }
