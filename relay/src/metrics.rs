@@ -19,8 +19,9 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     pub federated_out: IntCounter,
     pub federated_in: IntCounter,
-    /// Unsigned connection data frames accepted from other relays (charged to the
-    /// posting address, not to the twin they claim).
+    /// Unsigned connection data frames received from other relays, counted before
+    /// their rate limit (charged to claimed twin and posting address, never to the
+    /// twin alone).
     pub unsigned_frames_in: IntCounter,
     /// Bytes waiting in the offline queues (as counted against their limits).
     pub queue_bytes: IntGauge,
@@ -100,7 +101,7 @@ impl Metrics {
             ),
             unsigned_frames_in: counter(
                 "relay_unsigned_frames_in_total",
-                "Unsigned connection data frames accepted from other relays",
+                "Unsigned connection data frames received from other relays (before their rate limit)",
             ),
             queue_bytes: gauge(
                 "relay_queue_bytes",

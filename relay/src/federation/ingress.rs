@@ -13,7 +13,8 @@
 //! (claimed twin, posting address) instead, in a limiter of its own: frames forged in a
 //! twin's name from elsewhere spend only their poster's budget, never the twin's own
 //! (signed traffic) nor another relay's. They are counted in
-//! `relay_unsigned_frames_in_total`; the destination peer drops forgeries.
+//! `relay_unsigned_frames_in_total` as they arrive; the destination peer drops
+//! forgeries.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
