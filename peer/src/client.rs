@@ -418,6 +418,7 @@ async fn dispatch(
                     deliver_reply(&tables, response)
                 }
             }
+            Inbound::ConnFrame(frame) => connections.handle_frame(frame),
             Inbound::Request(request) => {
                 let Some(request) = connections.handle_request(request) else {
                     continue;

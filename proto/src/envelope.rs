@@ -6,6 +6,12 @@ use crate::types::envelope::{Message, Payload};
 /// The tag token that asks a relay to fail at once instead of queueing for an offline twin.
 pub const FAIL_FAST_TAG: &str = "fail-fast";
 
+/// Command of connection data frames: the one request that travels unsigned, because
+/// the connection's own AEAD authenticates it (docs/protocol.md §10). Peers hand such
+/// envelopes to their connection layer only; our relays charge them to the posting
+/// address, never to the twin they claim (they cannot prove it).
+pub const CONN_DATA_COMMAND: &str = "rmb.conn.data";
+
 /// What an envelope carries, without its contents (for logs, metrics and dispatch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
@@ -60,6 +66,39 @@ impl Envelope {
             tags.split(|c: char| c == ',' || c.is_whitespace())
                 .any(|token| token == FAIL_FAST_TAG)
         })
+    }
+
+    /// True when it carries no signature (none, or an empty one).
+    pub fn is_unsigned(&self) -> bool {
+        self.signature.as_deref().is_none_or(<[u8]>::is_empty)
+    }
+
+    /// True for an unsigned `rmb.conn.data` request with a plain payload: the
+    /// connection's own AEAD authenticates it (docs/protocol.md §10).
+    pub fn is_unsigned_conn_frame(&self) -> bool {
+        self.is_unsigned()
+            && matches!(&self.message, Some(Message::Request(r)) if r.command == CONN_DATA_COMMAND)
+            && matches!(self.payload, Some(Payload::Plain(_)))
+    }
+
+    /// True for an unsigned request or response with an encrypted payload: one the
+    /// receiving peer may authenticate by decrypting it (topic pushes and their answers,
+    /// docs/protocol.md §3.4; the peer decides which it accepts).
+    pub fn is_unsigned_sealed(&self) -> bool {
+        self.is_unsigned()
+            && matches!(
+                self.message,
+                Some(Message::Request(_) | Message::Response(_))
+            )
+            && matches!(self.payload, Some(Payload::Cipher(_)))
+    }
+
+    /// True for the unsigned envelopes rmb peers send (and relays therefore pass on
+    /// without a signature check): [`is_unsigned_conn_frame`](Self::is_unsigned_conn_frame)
+    /// or [`is_unsigned_sealed`](Self::is_unsigned_sealed). Anything else unsigned is
+    /// refused as before.
+    pub fn is_unsigned_by_design(&self) -> bool {
+        self.is_unsigned_conn_frame() || self.is_unsigned_sealed()
     }
 
     /// The source twin id; `0` (relay-generated) when the source is missing.

@@ -15,6 +15,7 @@
 //! relay keeps one instance behind a mutex shared by every session, so all sessions of a
 //! twin share one budget; [`Limiter::check`] is O(1) to keep that lock short.
 
+use std::hash::Hash;
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
@@ -90,18 +91,20 @@ struct Window {
     bytes: u64,
 }
 
-/// The relay-wide rate limiter: one fixed window per twin, in a bounded LRU map.
+/// The relay-wide rate limiter: one fixed window per key (a twin; for unsigned
+/// federated frames a claimed twin and the address that posted them), in a bounded LRU
+/// map.
 ///
-/// Memory is capped at `capacity` twins; a twin pushed out of the cache simply starts a
+/// Memory is capped at `capacity` keys; a key pushed out of the cache simply starts a
 /// fresh window when it comes back, which can only make the limiter more lenient, never
 /// block an innocent twin.
 #[derive(Debug)]
-pub struct Limiter {
+pub struct Limiter<K: Hash + Eq = u32> {
     limits: Option<Limits>,
-    windows: LruCache<u32, Window>,
+    windows: LruCache<K, Window>,
 }
 
-impl Limiter {
+impl<K: Hash + Eq> Limiter<K> {
     /// Builds a limiter; `None` limits means "no `--limit` given": every message passes.
     ///
     /// `capacity` bounds how many twins are tracked (rmb-rs uses twice the expected user
@@ -125,7 +128,7 @@ impl Limiter {
     /// An oversize message is refused without being counted (nothing could ever let it
     /// through, as in rmb-rs); any other message is counted first, so a refused message
     /// still uses up budget.
-    pub fn check(&mut self, twin: u32, bytes: u64, now_secs: u64) -> Result<(), Limited> {
+    pub fn check(&mut self, twin: K, bytes: u64, now_secs: u64) -> Result<(), Limited> {
         let Some(limits) = self.limits else {
             return Ok(());
         };

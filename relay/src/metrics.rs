@@ -19,6 +19,10 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     pub federated_out: IntCounter,
     pub federated_in: IntCounter,
+    /// Unsigned connection data frames received from other relays, counted before
+    /// their rate limit (charged to claimed twin and posting address, never to the
+    /// twin alone).
+    pub unsigned_frames_in: IntCounter,
     /// Bytes waiting in the offline queues (as counted against their limits).
     pub queue_bytes: IntGauge,
     /// `relay_errors_total{kind="rate_limited"}` itself (one counter, not a second one
@@ -94,6 +98,10 @@ impl Metrics {
             federated_in: counter(
                 "relay_federated_in_total",
                 "Envelopes accepted from other relays",
+            ),
+            unsigned_frames_in: counter(
+                "relay_unsigned_frames_in_total",
+                "Unsigned envelopes (connection data frames, topic pushes and answers) received from other relays (before their rate limit)",
             ),
             queue_bytes: gauge(
                 "relay_queue_bytes",

@@ -1,6 +1,7 @@
 //! [`RelayState`]: what every connection and request handler of one relay shares,
 //! including the supervisor of its background tasks ([`RelayState::tasks`]).
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use rmb_identity::registry::Registry;
@@ -30,6 +31,10 @@ pub struct RelayState {
     pub queue: Arc<dyn Queues>,
     pub metrics: Metrics,
     pub limiter: Mutex<Limiter>,
+    /// `--limit` for unsigned envelopes from other relays (connection frames, topic
+    /// pushes), per (claimed twin, posting address): nobody here can prove they are the twin's, so they must not
+    /// spend its own budget ([`RelayState::rate_limit_unsigned`]).
+    pub unsigned_limiter: Mutex<Limiter<(u32, IpAddr)>>,
     pub federator: Federator,
     /// Cancelled on shutdown; every connection holds a child token.
     pub shutdown: CancellationToken,
@@ -65,6 +70,7 @@ impl RelayState {
             queue,
             metrics: Metrics::new(),
             limiter: Mutex::new(Limiter::new(config.limits, LIMITER_CAPACITY)),
+            unsigned_limiter: Mutex::new(Limiter::new(config.limits, LIMITER_CAPACITY)),
             federator: Federator::new(&config),
             shutdown,
             sessions: TaskTracker::new(),
@@ -83,6 +89,26 @@ impl RelayState {
         }
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         limiter.check(twin, bytes as u64, now)
+    }
+
+    /// Checks `--limit` for an unsigned envelope claiming `twin`, posted by
+    /// `from`: charged to that pair, so envelopes forged elsewhere in a twin's name spend
+    /// only their poster's budget, never the twin's (or another poster's).
+    pub fn rate_limit_unsigned(
+        &self,
+        twin: u32,
+        from: IpAddr,
+        bytes: usize,
+        now: u64,
+    ) -> Result<(), Limited> {
+        if self.config.limits.is_none() {
+            return Ok(());
+        }
+        let mut limiter = self
+            .unsigned_limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        limiter.check((twin, from), bytes as u64, now)
     }
 
     /// Updates the gauges of queued envelopes and bytes (for `/metrics` and the sweeper).

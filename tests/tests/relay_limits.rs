@@ -1,7 +1,8 @@
 //! Attacks on the relay's connection handling and federation (issue #12, items 2, 5, 6, 9):
 //! the real `rmb-relay` binary over real sockets.
 //!
-//! - forged federation POSTs must not spend the claimed twin's `--limit` budget;
+//! - forged federation POSTs must not spend the claimed twin's `--limit` budget, and
+//!   unsigned connection frames (which cannot be told from forged ones) neither;
 //! - a registry entry must not aim the relay at internal addresses, nor learn their answers;
 //! - silent, slowly sent, stalled-TLS and too many connections are cut off, `/health`
 //!   still answers;
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rmb_identity::{Identity, KeyType};
-use rmb_proto::Address;
+use rmb_proto::{Address, CONN_DATA_COMMAND, Envelope, Message, Payload, Request};
 use rmb_testsupport::registry::register;
 use rmb_testsupport::relay_client::{TestClient, error_text, request};
 use rmb_testsupport::relay_process::RelayProcess;
@@ -76,6 +77,103 @@ async fn forged_federation_posts_do_not_spend_the_claimed_twins_rate_limit() {
         .status();
     assert_eq!(status.as_u16(), 202);
     assert_eq!(cb.recv(WAIT).await, Some(posted));
+}
+
+/// An unsigned envelope claiming `source`, with command `command` (only
+/// `rmb.conn.data` may travel so).
+fn unsigned(source: u32, dst: u32, uid: &str, command: &str) -> Envelope {
+    let mut env = Envelope {
+        uid: uid.into(),
+        expiration: 60,
+        source: Some(Address::twin(source)),
+        destination: Some(Address::twin(dst)),
+        message: Some(Message::Request(Request {
+            command: command.into(),
+        })),
+        payload: Some(Payload::Plain(vec![7; 64])),
+        ..Default::default()
+    };
+    env.stamp_at(rmb_proto::time::unix_now());
+    env
+}
+
+/// Unsigned connection frames pass federation (their connection authenticates them end
+/// to end), but are charged to (claimed twin, posting address): a forger elsewhere
+/// spends its own budget, never the twin's nor that of another relay posting for it.
+/// Other unsigned envelopes are refused as before.
+#[tokio::test]
+async fn unsigned_conn_frames_are_charged_to_their_poster_not_the_claimed_twin() {
+    let relay = RelayProcess::start(&["--limit", "10", "1000000"]);
+    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let a = register(&relay.http_url(), &alice, &[relay.domain()]).await;
+    let b = register(&relay.http_url(), &bob, &[relay.domain()]).await;
+    let mut cb = TestClient::connect(&relay.ws_url(), &bob, b, None).await;
+    let post = |client: reqwest::Client, env: Envelope| {
+        let url = format!("{}/", relay.http_url());
+        async move {
+            let response = client.post(url).body(env.to_bytes()).send().await.unwrap();
+            response.status().as_u16()
+        }
+    };
+
+    // An unsigned envelope with any other command and a plain payload is refused, and
+    // charges nothing; so is an unsigned error (it has no payload to authenticate).
+    let other = unsigned(a, b, "unsigned-echo", "test.echo");
+    assert_eq!(post(reqwest::Client::new(), other).await, 401);
+    let mut error = unsigned(a, b, "unsigned-error", "test.echo");
+    error.message = Some(Message::Error(rmb_proto::Error {
+        code: 1,
+        message: "no".into(),
+    }));
+    error.payload = None;
+    assert_eq!(post(reqwest::Client::new(), error).await, 401);
+    // Unsigned with an encrypted payload (a topic push, or its answer, protocol.md
+    // §3.4) is passed on for the receiving peer to authenticate, charged as frames are.
+    let mut push = unsigned(a, b, "unsigned-push", "rmb.topic.message");
+    push.payload = Some(Payload::Cipher(vec![7; 64]));
+    assert_eq!(post(reqwest::Client::new(), push).await, 202);
+    assert_eq!(
+        cb.recv(WAIT).await.map(|e| e.uid),
+        Some("unsigned-push".into())
+    );
+
+    // Mallory, posting from 127.0.0.2, sends unsigned frames in Alice's name: the first
+    // ten (the budget) are routed (Bob's peer drops them: they do not authenticate),
+    // then Mallory's own budget is spent.
+    let mallory = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let frame = unsigned(a, b, &format!("forged-frame-{i}"), CONN_DATA_COMMAND);
+        statuses.push(post(mallory.clone(), frame).await);
+    }
+    assert_eq!(statuses[..10], [202; 10], "{statuses:?}");
+    assert_eq!(statuses[10..], [429; 20], "{statuses:?}");
+    for i in 0..10 {
+        let got = cb.recv(WAIT).await.expect("a routed unsigned frame");
+        assert_eq!(got.uid, format!("forged-frame-{i}"));
+        assert!(got.signature.is_none());
+    }
+    assert_eq!(relay.metric("relay_unsigned_frames_in_total").await, 31.0);
+
+    // Alice's own budget is untouched: her session and her signed federation POSTs pass,
+    // and unsigned frames posted from another address (her relay) have their own budget.
+    let mut ca = TestClient::connect(&relay.ws_url(), &alice, a, None).await;
+    let genuine = request(&alice, Address::twin(a), b, "genuine-1", b"hi", 60);
+    ca.send(&genuine).await;
+    assert_eq!(cb.recv(WAIT).await, Some(genuine));
+    assert_eq!(ca.recv(QUIET).await, None, "no rate-limit error for Alice");
+    let posted = request(&alice, Address::twin(a), b, "genuine-2", b"hi", 60);
+    assert_eq!(post(reqwest::Client::new(), posted.clone()).await, 202);
+    assert_eq!(cb.recv(WAIT).await, Some(posted));
+    let frame = unsigned(a, b, "relayed-frame", CONN_DATA_COMMAND);
+    assert_eq!(post(reqwest::Client::new(), frame).await, 202);
+    assert_eq!(
+        cb.recv(WAIT).await.map(|e| e.uid),
+        Some("relayed-frame".into())
+    );
 }
 
 /// A TCP listener standing for an internal service: records what it receives and answers

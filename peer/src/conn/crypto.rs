@@ -7,15 +7,14 @@
 //! direction. The ephemeral secrets are dropped once the keys exist, so recorded traffic
 //! stays unreadable even if both identity keys leak later (forward secrecy).
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
+use rmb_aead::{NONCE_LEN, PacketKey, TAG_LEN};
 use rmb_identity::registry::Twin;
 use rmb_identity::{Identity, SignatureError, verify};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{EphemeralSecret, PublicKey};
 
-use super::wire::{self, Accept, ConnId, Open};
+use super::wire::{self, Accept, ConnId, FRAME_HEADER, Frame, Open};
 
 /// Why a handshake did not produce keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,8 +48,8 @@ impl Ephemeral {
 
 /// Both directions' keys of one connection, from one side's point of view.
 pub struct Keys {
-    seal: ChaCha20Poly1305,
-    open: ChaCha20Poly1305,
+    seal: PacketKey,
+    open: PacketKey,
     id: ConnId,
 }
 
@@ -130,8 +129,9 @@ fn derive(
     let mut okm = zeroize::Zeroizing::new([0u8; 64]);
     hk.expand(&info, okm.as_mut())
         .expect("64 bytes is a valid HKDF-SHA256 length");
-    let to_responder = ChaCha20Poly1305::new(Key::from_slice(&okm[..32]));
-    let to_opener = ChaCha20Poly1305::new(Key::from_slice(&okm[32..]));
+    let (first, second) = okm.split_at(32);
+    let to_responder = PacketKey::new(first.try_into().expect("32 bytes"));
+    let to_opener = PacketKey::new(second.try_into().expect("32 bytes"));
     let (seal, open_key) = if opener {
         (to_responder, to_opener)
     } else {
@@ -144,47 +144,82 @@ fn derive(
     })
 }
 
-fn nonce(pn: u64) -> Nonce {
-    let mut n = [0u8; 12];
+/// Bytes of the packet of a `plain_len`-byte plaintext.
+pub fn packet_len(plain_len: usize) -> usize {
+    wire::PACKET_HEADER + plain_len + TAG_LEN
+}
+
+/// Bytes of the packet of `frame` ([`Keys::seal_frame_into`]).
+pub fn frame_packet_len(frame: &Frame) -> usize {
+    packet_len(FRAME_HEADER + frame.data.len())
+}
+
+fn nonce(pn: u64) -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
     n[4..].copy_from_slice(&pn.to_be_bytes());
-    *Nonce::from_slice(&n)
+    n
 }
 
 impl Keys {
-    /// Encrypts an encoded frame as packet `pn` (unique per direction): the data
-    /// request's payload (`id ‖ pn ‖ ciphertext`).
-    pub fn seal(&self, pn: u64, frame: &[u8]) -> Vec<u8> {
-        let mut header = Vec::with_capacity(wire::PACKET_HEADER);
-        header.extend_from_slice(&self.id);
-        header.extend_from_slice(&pn.to_be_bytes());
-        let cipher = self
-            .seal
-            .encrypt(
-                &nonce(pn),
-                Payload {
-                    msg: frame,
-                    aad: &header,
-                },
-            )
-            .expect("ChaCha20-Poly1305 encrypts any frame below 256 GiB");
-        header.extend_from_slice(&cipher);
-        header
+    /// Encrypts `plain` as packet `pn` (unique per direction): the data request's
+    /// payload (`id ‖ pn ‖ ciphertext`).
+    pub fn seal(&self, pn: u64, plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(packet_len(plain.len()));
+        self.seal_with(pn, &mut out, |out| out.extend_from_slice(plain));
+        out
     }
 
-    /// Decrypts a packet's ciphertext (after [`wire::split_packet`]).
+    /// [`seal`](Keys::seal) of an encoded frame.
+    pub fn seal_frame(&self, pn: u64, frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::with_capacity(frame_packet_len(frame));
+        self.seal_frame_into(pn, frame, &mut out);
+        out
+    }
+
+    /// Appends the packet of `frame` (exactly [`frame_packet_len`] bytes) to `out`: the
+    /// frame is encoded straight into it and encrypted in place, so its data is copied
+    /// once.
+    pub fn seal_frame_into(&self, pn: u64, frame: &Frame, out: &mut Vec<u8>) {
+        self.seal_with(pn, out, |out| frame.encode_into(out));
+    }
+
+    fn seal_with(&self, pn: u64, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = out.len();
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&pn.to_be_bytes());
+        write(out);
+        let (header, body) = out[start..].split_at_mut(wire::PACKET_HEADER);
+        let tag = self.seal.seal_in_place(&nonce(pn), header, body);
+        out.extend_from_slice(&tag);
+    }
+
+    /// Decrypts a packet's ciphertext (after [`wire::split_packet`]) into a new buffer.
     pub fn open(&self, pn: u64, cipher: &[u8]) -> Result<Vec<u8>, PacketError> {
+        let mut buf = cipher.to_vec();
+        let len = self.open_in_place(pn, &mut buf)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Decrypts a packet's ciphertext in place; the plaintext is the front of `cipher`
+    /// (the tag is cut off). On failure `cipher` is garbage.
+    pub fn open_in_place<'a>(
+        &self,
+        pn: u64,
+        cipher: &'a mut [u8],
+    ) -> Result<&'a [u8], PacketError> {
         let mut header = [0u8; wire::PACKET_HEADER];
         header[..wire::ID_LEN].copy_from_slice(&self.id);
         header[wire::ID_LEN..].copy_from_slice(&pn.to_be_bytes());
+        let Some(split) = cipher.len().checked_sub(TAG_LEN) else {
+            return Err(PacketError::Authentication);
+        };
+        let (body, tag) = cipher.split_at_mut(split);
+        let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("TAG_LEN bytes");
         self.open
-            .decrypt(
-                &nonce(pn),
-                Payload {
-                    msg: cipher,
-                    aad: &header,
-                },
-            )
-            .map_err(|_| PacketError::Authentication)
+            .open_in_place(&nonce(pn), &header, body, tag)
+            .map_err(|_| PacketError::Authentication)?;
+        Ok(body)
     }
 }
 
@@ -235,6 +270,13 @@ mod tests {
         let mut flipped = cipher.to_vec();
         flipped[0] ^= 1;
         assert!(bob_keys.open(pn, &flipped).is_err());
+        let frame = Frame {
+            flags: wire::DATA,
+            data: b"framed".to_vec(),
+            ..Default::default()
+        };
+        let sealed = alice_keys.seal_frame(8, &frame);
+        assert_eq!(sealed, alice_keys.seal(8, &frame.encode()));
         let back = bob_keys.seal(1, b"hi");
         let (_, pn, cipher) = wire::split_packet(&back).unwrap();
         assert_eq!(alice_keys.open(pn, cipher).unwrap(), b"hi");

@@ -160,6 +160,10 @@ pub fn filter_inbound(
             let rest = match message {
                 Inbound::Request(r) => connections.handle_request(r).map(Inbound::Request),
                 Inbound::Response(r) => connections.handle_response(r).map(Inbound::Response),
+                Inbound::ConnFrame(frame) => {
+                    connections.handle_frame(frame);
+                    None
+                }
             };
             if let Some(rest) = rest
                 && tx.send(rest).await.is_err()

@@ -4,18 +4,21 @@
 //!
 //! - [`wire`]: the open request, accept reply and frame layouts;
 //! - [`crypto`]: the signed ephemeral x25519 handshake and per-connection keys;
+//! - [`replay`]: the receiver's window of packet numbers seen (replays are dropped);
 //! - [`state`]: the per-connection state machine (acks, retransmission, flow control,
 //!   half-close, keep-alive), with time as an input;
 //! - [`stream`]: the application's [`Stream`] and the task driving each connection.
 //!
 //! [`Connections`] ties them to a [`Peer`]: `connect(twin, protocol)` on one side,
 //! [`Connections::listen`] per protocol on the other. The layer that reads the peer's
-//! inbound messages hands it every `rmb.conn.*` request and the replies to its open
-//! requests ([`Connections::handle_request`], [`Connections::handle_response`]); the
-//! direct client and the rmb-peer binary do. See docs/connections.md.
+//! inbound messages hands it every `rmb.conn.*` request, every unsigned data frame and
+//! the replies to its open requests ([`Connections::handle_request`],
+//! [`Connections::handle_frame`], [`Connections::handle_response`]); the direct client
+//! and the rmb-peer binary do. See docs/connections.md.
 
 pub mod crypto;
 pub mod expose;
+pub mod replay;
 pub mod state;
 pub mod stream;
 pub mod wire;
@@ -33,12 +36,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::{
-    InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, Reason, RemoteError,
-    SendError,
+    ConnFrame, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, Reason,
+    RemoteError, SendError,
 };
 use crypto::{Ephemeral, HandshakeError};
 pub use state::{Config as StreamConfig, Stats, StreamError};
-use stream::{Conn, drive};
+use stream::{Conn, Received, drive};
 pub use stream::{MAX_MESSAGE, MessageError, Stream};
 use wire::{Accept, ConnId, Open, WireError};
 
@@ -158,8 +161,13 @@ pub struct ConnCounters {
     pub refused_busy: AtomicU64,
     pub refused_bad_open: AtomicU64,
     pub refused_by_handler: AtomicU64,
-    /// Frames for no known connection, or that did not authenticate.
-    pub stray_frames: AtomicU64,
+    /// Frames for no known connection (or too short to name one).
+    pub unknown_frames: AtomicU64,
+    /// Frames that do not authenticate under their connection's key, or come from
+    /// another address than the connection's: forged, altered or re-sourced.
+    pub forged_frames: AtomicU64,
+    /// Authentic frames whose packet number arrived before: replays.
+    pub replayed_frames: AtomicU64,
 }
 
 /// A table entry: a connection being opened (frames that beat the accept reply wait
@@ -361,8 +369,9 @@ impl Connections {
                 _ => Vec::new(),
             }
         };
-        for (pn, cipher) in early {
-            conn.receive(pn, &cipher);
+        for (pn, mut cipher) in early {
+            let received = conn.receive(pn, &mut cipher);
+            self.count(&conn.remote, received);
         }
         let shared = Arc::clone(&self.shared);
         let key = (twin, conn.id);
@@ -412,8 +421,10 @@ impl Connections {
     /// its own task.
     pub fn handle_request(&self, request: InboundRequest) -> Option<InboundRequest> {
         match request.command.as_str() {
+            // A signed frame (rmb peers before unsigned frames): same checks.
             wire::DATA_COMMAND => {
-                self.on_packet(&request);
+                let mut request = request;
+                self.on_packet(&request.source, &mut request.payload);
                 None
             }
             wire::OPEN_COMMAND => {
@@ -431,6 +442,14 @@ impl Connections {
         }
     }
 
+    /// Takes an unsigned data frame ([`Inbound::ConnFrame`](crate::core::Inbound)): it
+    /// is applied only if it authenticates under the keys of the connection its claimed
+    /// source and id name, and its packet number is new; otherwise it is dropped and
+    /// counted by reason ([`ConnCounters`]). Never waits.
+    pub fn handle_frame(&self, mut frame: ConnFrame) {
+        self.on_packet(&frame.source, &mut frame.payload);
+    }
+
     /// Takes the reply to one of our open requests; gives back any other reply.
     pub fn handle_response(&self, response: InboundResponse) -> Option<InboundResponse> {
         let waiting = lock(&self.shared.opening).remove(&response.uid);
@@ -443,17 +462,14 @@ impl Connections {
         }
     }
 
-    fn on_packet(&self, request: &InboundRequest) {
-        let stray = || {
-            self.shared
-                .counters
-                .stray_frames
-                .fetch_add(1, Ordering::Relaxed);
+    /// Applies a packet to its connection, decrypting `payload` in place.
+    fn on_packet(&self, source: &Address, payload: &mut [u8]) {
+        let counters = &self.shared.counters;
+        let Ok((id, pn, cipher)) = wire::split_packet_mut(payload) else {
+            counters.unknown_frames.fetch_add(1, Ordering::Relaxed);
+            return;
         };
-        let Ok((id, pn, cipher)) = wire::split_packet(&request.payload) else {
-            return stray();
-        };
-        let key = (request.source.twin, id);
+        let key = (source.twin, id);
         let conn = {
             let mut conns = lock(&self.shared.conns);
             match conns.get_mut(&key) {
@@ -465,17 +481,38 @@ impl Connections {
                     }
                     return;
                 }
-                None => return stray(),
+                None => {
+                    counters.unknown_frames.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
         };
-        if conn.remote != request.source || !conn.receive(pn, cipher) {
-            stray();
-            if self
-                .shared
-                .peer
-                .log_allowed(u64::from(request.source.twin), Reason::Crypto)
-            {
-                tracing::warn!(source = %request.source, "dropping a connection frame that does not authenticate (logged once per 10 s per twin)");
+        let received = if conn.remote == *source {
+            conn.receive(pn, cipher)
+        } else {
+            Received::Forged
+        };
+        self.count(source, received);
+    }
+
+    /// Counts a dropped frame by reason (forgeries are logged at most once per 10 s per
+    /// claimed twin).
+    fn count(&self, source: &Address, received: Received) {
+        let counters = &self.shared.counters;
+        match received {
+            Received::Applied => {}
+            Received::Replayed => {
+                counters.replayed_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            Received::Forged => {
+                counters.forged_frames.fetch_add(1, Ordering::Relaxed);
+                if self
+                    .shared
+                    .peer
+                    .log_allowed(u64::from(source.twin), Reason::Crypto)
+                {
+                    tracing::warn!(%source, "dropping a connection frame that does not authenticate (logged once per 10 s per twin)");
+                }
             }
         }
     }

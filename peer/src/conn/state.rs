@@ -517,8 +517,7 @@ impl State {
             let fin = self.fin_queued && end == written;
             let mut frame = self.frame(now, wire::DATA | if fin { wire::FIN } else { 0 }, 0);
             frame.offset = offset;
-            frame.data = vec![0; len];
-            copy_out(&self.send_buf, start, &mut frame.data);
+            frame.data = copy_range(&self.send_buf, start, len);
             self.next_send = end;
             self.fin_sent |= fin;
             self.stats.bytes_sent += len as u64;
@@ -618,6 +617,17 @@ impl State {
 }
 
 /// Copies `out.len()` bytes of `deque` from `start` (slice copies, not byte by byte).
+/// `len` bytes of `deque` from `start`, in a new buffer (not zero-filled first).
+fn copy_range(deque: &VecDeque<u8>, start: usize, len: usize) -> Vec<u8> {
+    let (front, back) = deque.as_slices();
+    let mut out = Vec::with_capacity(len);
+    let from_front = front.len().saturating_sub(start).min(len);
+    out.extend_from_slice(&front[start.min(front.len())..][..from_front]);
+    let from = (start + from_front).saturating_sub(front.len());
+    out.extend_from_slice(&back[from..from + (len - from_front)]);
+    out
+}
+
 fn copy_out(deque: &VecDeque<u8>, start: usize, out: &mut [u8]) {
     let (front, back) = deque.as_slices();
     let mut done = 0;
@@ -636,6 +646,24 @@ fn copy_out(deque: &VecDeque<u8>, start: usize, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_of_a_wrapped_buffer_copy_out_whole() {
+        let mut deque: VecDeque<u8> = VecDeque::with_capacity(8);
+        deque.extend(0..8u8);
+        deque.drain(..5);
+        deque.extend(8..13u8); // wraps: front [5, 6, 7], back [8..13]
+        let all: Vec<u8> = deque.iter().copied().collect();
+        for start in 0..=all.len() {
+            for len in 0..=all.len() - start {
+                assert_eq!(
+                    copy_range(&deque, start, len),
+                    all[start..start + len],
+                    "{start}+{len}"
+                );
+            }
+        }
+    }
 
     fn cfg() -> Config {
         Config {

@@ -14,10 +14,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::crypto::Keys;
+use super::crypto::{self, Keys};
+use super::replay::PacketWindow;
 use super::state::{self, Read, State, Stats, StreamError};
-use super::wire::{self, ConnId, Frame};
-use crate::core::{OutgoingRequest, Peer, SendError};
+use super::wire::{ConnId, Frame};
+use crate::core::{Peer, SendError};
 
 /// Expiration of a data envelope: a frame older than this is useless (it was resent).
 const FRAME_EXPIRATION: u64 = 60;
@@ -40,8 +41,21 @@ pub(crate) struct Conn {
     changed: Notify,
 }
 
+/// What became of a received packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Received {
+    Applied,
+    /// It does not authenticate under the connection's key (forged, altered, re-sourced
+    /// or meant for another connection), or its frame is malformed.
+    Forged,
+    /// Authentic, but its packet number arrived before (or is too old to tell).
+    Replayed,
+}
+
 struct Locked {
     state: State,
+    /// Packet numbers received (replays are dropped).
+    seen: PacketWindow,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
 }
@@ -61,6 +75,7 @@ impl Conn {
             keys,
             locked: Mutex::new(Locked {
                 state,
+                seen: PacketWindow::default(),
                 read_waker: None,
                 write_waker: None,
             }),
@@ -73,21 +88,26 @@ impl Conn {
         self.locked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens and applies a packet from the peer; false when it does not authenticate.
-    pub(crate) fn receive(&self, pn: u64, cipher: &[u8]) -> bool {
-        let Ok(plain) = self.keys.open(pn, cipher) else {
-            return false;
+    /// Opens (in place: `cipher` is used up) and applies a packet from the peer, unless
+    /// it does not authenticate under this connection's key or its packet number came
+    /// before.
+    pub(crate) fn receive(&self, pn: u64, cipher: &mut [u8]) -> Received {
+        let Ok(plain) = self.keys.open_in_place(pn, cipher) else {
+            return Received::Forged;
         };
-        let Ok(frame) = Frame::decode(&plain) else {
-            return false;
+        let Ok(frame) = Frame::decode(plain) else {
+            return Received::Forged;
         };
         let mut locked = self.lock();
+        if locked.seen.admit(pn).is_err() {
+            return Received::Replayed;
+        }
         locked.state.on_frame(Instant::now().into_std(), frame);
         locked.wake();
         drop(locked);
         self.driver.notify_one();
         self.changed.notify_waiters();
-        true
+        Received::Applied
     }
 
     /// Aborts the connection locally (peer shutdown).
@@ -174,20 +194,13 @@ pub(crate) async fn drive(
     }
 }
 
-/// Encrypts and sends one frame; false only when the peer is closed.
+/// Encrypts and sends one frame (unsigned: the connection's key authenticates it);
+/// false only when the peer is closed.
 async fn send(peer: &Peer, conn: &Conn, pn: u64, frame: &Frame) -> bool {
-    let payload = conn.keys.seal(pn, &frame.encode());
-    let request = OutgoingRequest {
-        uid: uuid::Uuid::new_v4().to_string(),
-        destination: conn.remote.clone(),
-        command: wire::DATA_COMMAND.to_string(),
-        payload,
-        schema: None,
-        tags: None,
-        timestamp: 0,
-        expiration: FRAME_EXPIRATION,
-    };
-    let Ok(sent) = tokio::time::timeout(SEND_WAIT, peer.send_unsolicited(request)).await else {
+    let len = crypto::frame_packet_len(frame);
+    let fill = |out: &mut Vec<u8>| conn.keys.seal_frame_into(pn, frame, out);
+    let sending = peer.send_conn_frame(conn.remote.clone(), FRAME_EXPIRATION, len, fill);
+    let Ok(sent) = tokio::time::timeout(SEND_WAIT, sending).await else {
         return true;
     };
     match sent {
@@ -251,6 +264,12 @@ impl Stream {
     /// The other side (twin, and session for a direct client).
     pub fn remote(&self) -> &Address {
         &self.conn.remote
+    }
+
+    /// The connection id (it travels in the clear in every frame; for logs, and for
+    /// tests that forge frames).
+    pub fn id(&self) -> ConnId {
+        self.conn.id
     }
 
     /// The protocol name the connection was opened with.
@@ -395,5 +414,82 @@ impl AsyncWrite for Stream {
         drop(locked);
         self.conn.driver.notify_one();
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::crypto::{Ephemeral, complete, respond, sign_open};
+    use crate::conn::wire::{self, Open};
+    use rmb_identity::registry::Twin;
+    use rmb_identity::{Identity, KeyType};
+
+    /// Both ends' keys of one handshake between twins 1 (opener) and 2.
+    fn keys() -> (Keys, Keys) {
+        let alice = Identity::from_secret("//Alice", KeyType::Ed25519).unwrap();
+        let bob = Identity::from_secret("//Bob", KeyType::Ed25519).unwrap();
+        let eph = Ephemeral::generate();
+        let mut open = Open {
+            id: [9; wire::ID_LEN],
+            ephemeral: eph.public,
+            window: 1 << 20,
+            protocol: "p".into(),
+            signature: [0; rmb_identity::SIGNATURE_LEN],
+        };
+        sign_open(&alice, &mut open, 1, 2);
+        let (accept, bob_keys) = respond(&bob, &open, 1, 2, 1 << 20).unwrap();
+        let responder = Twin {
+            id: 2,
+            account: bob.signer().account(),
+            relays: Default::default(),
+            pk: None,
+        };
+        (
+            complete(eph, &open, &accept, 1, &responder).unwrap(),
+            bob_keys,
+        )
+    }
+
+    fn conn(keys: Keys) -> Arc<Conn> {
+        let now = Instant::now().into_std();
+        let state = State::new(state::Config::default(), now, 1 << 20);
+        Conn::new([9; wire::ID_LEN], Address::twin(1), "p".into(), keys, state)
+    }
+
+    #[tokio::test]
+    async fn only_new_authentic_packets_are_applied() {
+        let (alice, bob) = keys();
+        let frame = Frame {
+            flags: wire::DATA,
+            data: b"hello".to_vec(),
+            ..Default::default()
+        };
+        let at_bob = conn(bob);
+        // What a packet's receiver gets: its number and (a copy of) its ciphertext.
+        let parts = |packet: &[u8]| {
+            let (_, pn, cipher) = wire::split_packet(packet).unwrap();
+            (pn, cipher.to_vec())
+        };
+        let packet = alice.seal_frame(1, &frame);
+        let (pn, cipher) = parts(&packet);
+        assert_eq!(at_bob.receive(pn, &mut cipher.clone()), Received::Applied);
+        // The same packet again (a relay or anyone replaying it unsigned): dropped.
+        assert_eq!(at_bob.receive(pn, &mut cipher.clone()), Received::Replayed);
+        // Claimed under another packet number: does not authenticate.
+        assert_eq!(
+            at_bob.receive(pn + 1, &mut cipher.clone()),
+            Received::Forged
+        );
+        // Bob's own direction's key (a frame reflected back to him): does not either.
+        let (_, other_bob) = keys();
+        let (pn, mut reflected) = parts(&other_bob.seal_frame(2, &frame));
+        assert_eq!(at_bob.receive(pn, &mut reflected), Received::Forged);
+        let (pn, mut flipped) = parts(&alice.seal_frame(3, &frame));
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(at_bob.receive(pn, &mut flipped), Received::Forged);
+        // A forgery does not use up its packet number: the real packet 3 still counts.
+        let (pn, mut real) = parts(&alice.seal_frame(3, &frame));
+        assert_eq!(at_bob.receive(pn, &mut real), Received::Applied);
     }
 }

@@ -8,8 +8,8 @@ use rmb_identity::SIGNATURE_LEN;
 
 /// Command of the request that opens a connection (answered with accept or an error).
 pub const OPEN_COMMAND: &str = "rmb.conn.open";
-/// Command of the requests that carry frames (never answered).
-pub const DATA_COMMAND: &str = "rmb.conn.data";
+/// Command of the requests that carry frames (never answered, sent unsigned).
+pub const DATA_COMMAND: &str = crate::core::CONN_DATA_COMMAND;
 /// Prefix of every command this layer reserves.
 pub const COMMAND_PREFIX: &str = "rmb.conn.";
 /// Version byte opening every open request and accept reply.
@@ -262,6 +262,12 @@ pub fn split_packet(payload: &[u8]) -> Result<(ConnId, u64, &[u8]), WireError> {
     let id = r.array()?;
     let pn = r.u64()?;
     Ok((id, pn, r.0))
+}
+
+/// [`split_packet`] with the ciphertext mutable (to decrypt it in place).
+pub fn split_packet_mut(payload: &mut [u8]) -> Result<(ConnId, u64, &mut [u8]), WireError> {
+    let (id, pn, _) = split_packet(payload)?;
+    Ok((id, pn, &mut payload[PACKET_HEADER..]))
 }
 
 #[cfg(test)]

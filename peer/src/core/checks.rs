@@ -19,6 +19,10 @@ pub enum Precheck {
     RelayError,
     /// A signed request, response or error: verify it against its source twin.
     Verify,
+    /// An unsigned connection data frame (`rmb.conn.data` request, plain payload, no
+    /// signature): handed to the connection layer, which authenticates it with the
+    /// connection's keys. No signature, decryption or replay work here.
+    ConnFrame,
 }
 
 /// Cheap checks of a received envelope, in rmb-rs order (expiry first).
@@ -86,13 +90,19 @@ pub fn precheck(
             ),
         ));
     }
+    // Anything else unsigned goes on to verification, refused there with 104.
+    if env.is_unsigned_conn_frame() {
+        return Ok(Precheck::ConnFrame);
+    }
     Ok(Precheck::Verify)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rmb_proto::{Address, Error, Message, Ping, Pong, Request, Response};
+    use rmb_proto::{
+        Address, CONN_DATA_COMMAND, Error, Message, Payload, Ping, Pong, Request, Response,
+    };
 
     const NOW: u64 = 1_700_000_000;
     const ME: u32 = 9;
@@ -200,5 +210,42 @@ mod tests {
             "{refusal}"
         );
         assert_eq!(precheck(&env(None), ME, NOW, MAX).unwrap_err().code, 100);
+    }
+
+    #[test]
+    fn only_unsigned_plain_conn_data_requests_skip_verification() {
+        let mut e = env(Some(Message::Request(Request {
+            command: CONN_DATA_COMMAND.into(),
+        })));
+        e.payload = Some(Payload::Plain(vec![1; 40]));
+        // Signed: verified as always (an older rmb peer signs its frames).
+        assert_eq!(precheck(&e, ME, NOW, MAX), Ok(Precheck::Verify));
+        e.signature = None;
+        assert_eq!(precheck(&e, ME, NOW, MAX), Ok(Precheck::ConnFrame));
+        e.signature = Some(Vec::new());
+        assert_eq!(precheck(&e, ME, NOW, MAX), Ok(Precheck::ConnFrame));
+        // Still addressed, still expiring.
+        assert_eq!(precheck(&e, ME, NOW + 60, MAX).unwrap_err().code, 102);
+        let mut other = e.clone();
+        other.destination = Some(Address::twin(ME + 1));
+        assert_eq!(precheck(&other, ME, NOW, MAX).unwrap_err().code, 102);
+        // Anything else unsigned goes to verification (refused there with 104).
+        let mut cipher = e.clone();
+        cipher.payload = Some(Payload::Cipher(vec![1; 40]));
+        assert_eq!(precheck(&cipher, ME, NOW, MAX), Ok(Precheck::Verify));
+        for command in ["rmb.conn.open", "rmb.conn.datax", "echo"] {
+            let mut other = e.clone();
+            other.message = Some(Message::Request(Request {
+                command: command.into(),
+            }));
+            assert_eq!(
+                precheck(&other, ME, NOW, MAX),
+                Ok(Precheck::Verify),
+                "{command}"
+            );
+        }
+        let mut response = e.clone();
+        response.message = Some(Message::Response(Response {}));
+        assert_eq!(precheck(&response, ME, NOW, MAX), Ok(Precheck::Verify));
     }
 }

@@ -48,8 +48,8 @@ pub use refusals::Reason;
 pub use replay::{Admission, MemoryReplayStore, ReplayError, ReplayKey, ReplayKind, ReplayStore};
 pub use status::{LinkStatus, PeerStatus};
 pub use types::{
-    Inbound, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, RemoteError,
-    clamp_expiration,
+    ConnFrame, Inbound, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse,
+    RemoteError, clamp_expiration,
 };
 
 use refusals::{LogLimiter, RefusalCounters};
@@ -58,6 +58,11 @@ use status::Counters;
 
 /// The command the core answers itself with its version (rmb-rs tooling asks it).
 pub const VERSION_COMMAND: &str = "rmb.version";
+/// The one command whose requests may arrive unsigned: connection data frames, which
+/// the connection's AEAD authenticates (signing each frame again would cost an MD5 of
+/// the payload and an ed25519 signature per frame at both ends). See
+/// [`checks::precheck`] and docs/protocol.md §10.
+pub use rmb_proto::CONN_DATA_COMMAND;
 /// Most relays a peer connects to (as rmb-rs).
 pub const MAX_RELAYS: usize = 4;
 /// Inbound messages queued for the application before the pipeline waits.

@@ -6,6 +6,11 @@
 //!   → decrypt with our published scheme (105/106) → replay check → application
 //! ```
 //!
+//! Unsigned connection data frames ([`Precheck::ConnFrame`]) stop after the precheck:
+//! they go to the connection layer as [`Inbound::ConnFrame`], which authenticates them
+//! under the connection's keys and keeps its own replay window, so they cost no
+//! lookup, MD5, signature, decryption or replay-store entry here.
+//!
 //! A refused *request* gets a signed error envelope back (same uid); refused replies
 //! are logged and counted. `rmb.version` is answered here and never reaches the
 //! application; pings and pongs are dropped.
@@ -40,7 +45,8 @@ use super::refusals::Reason;
 use super::replay::{Admission, ReplayKey, ReplayKind};
 use super::status::Counters;
 use super::types::{
-    DEFAULT_EXPIRATION, Inbound, InboundRequest, InboundResponse, OutgoingResponse, RemoteError,
+    ConnFrame, DEFAULT_EXPIRATION, Inbound, InboundRequest, InboundResponse, OutgoingResponse,
+    RemoteError,
 };
 use super::unsigned::UNSIGNED_COMMANDS;
 use super::{Inner, VERSION_COMMAND};
@@ -57,6 +63,8 @@ enum Outcome {
     Accepted(Envelope, u32),
     /// A relay's error report.
     RelayError(Envelope),
+    /// An unsigned connection data frame, for the connection layer to authenticate.
+    ConnFrame(Envelope),
     Refused(Envelope, Refusal),
 }
 
@@ -117,6 +125,7 @@ async fn dispatch(
             let step = match precheck(&env, inner.twin, now, inner.max_lifetime) {
                 Ok(Precheck::Keepalive) => continue,
                 Ok(Precheck::RelayError) => Staged::Done(Outcome::RelayError(env)),
+                Ok(Precheck::ConnFrame) => Staged::Done(Outcome::ConnFrame(env)),
                 Ok(Precheck::Verify) => lookup(&inner, env).await,
                 Err(refusal) => Staged::Done(Outcome::Refused(env, refusal)),
             };
@@ -226,8 +235,7 @@ fn open(inner: &Inner, env: &mut Envelope, sender: &Twin) -> Result<(), Envelope
 /// unsigned request of ours awaited from this twin. Anything else unsigned goes on to
 /// the signature check and is refused there (104).
 fn may_be_unsigned(inner: &Inner, env: &Envelope, twin: u32, now: u64) -> bool {
-    env.signature.is_none()
-        && matches!(env.payload, Some(Payload::Cipher(_)))
+    env.is_unsigned_sealed()
         && match &env.message {
             Some(Message::Request(r)) => UNSIGNED_COMMANDS.contains(&r.command.as_str()),
             Some(Message::Response(_)) => inner.awaited_unsigned.is_awaited(&env.uid, twin, now),
@@ -284,6 +292,7 @@ impl Deliverer {
                 match outcome {
                     Outcome::Accepted(env, source) => self.admit(env, source, now).await,
                     Outcome::RelayError(env) => self.deliver_relay_error(env).await,
+                    Outcome::ConnFrame(env) => self.deliver_conn_frame(env).await,
                     Outcome::Refused(env, refusal) => self.refuse(&env, refusal),
                 }
             }
@@ -340,7 +349,7 @@ impl Deliverer {
 
     async fn deliver(&self, env: Envelope) {
         let source = env.source.clone().unwrap_or_default();
-        let signed = env.signature.is_some();
+        let signed = !env.is_unsigned();
         let payload = match env.payload {
             Some(Payload::Plain(bytes)) => bytes,
             _ => Vec::new(),
@@ -380,6 +389,20 @@ impl Deliverer {
         };
         if self.inbound.send(inbound).await.is_err() {
             tracing::debug!("application stopped reading; dropping an inbound message");
+        }
+    }
+
+    async fn deliver_conn_frame(&self, env: Envelope) {
+        Counters::bump(&self.inner.counters.received);
+        let frame = ConnFrame {
+            source: env.source.unwrap_or_default(),
+            payload: match env.payload {
+                Some(Payload::Plain(bytes)) => bytes,
+                _ => Vec::new(),
+            },
+        };
+        if self.inbound.send(Inbound::ConnFrame(frame)).await.is_err() {
+            tracing::debug!("application stopped reading; dropping a connection frame");
         }
     }
 

@@ -64,11 +64,28 @@ pub struct OutgoingResponse {
     pub expiration: u64,
 }
 
-/// A verified, decrypted message for the application.
+/// A message for the layers above the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
+    /// Signature checked, payload decrypted.
     Request(InboundRequest),
+    /// Signature checked, payload decrypted.
     Response(InboundResponse),
+    /// An *unsigned* connection data frame (`rmb.conn.data`): the core checked only its
+    /// addressing and expiry, so it is for [`Connections`](crate::conn::Connections)
+    /// alone, which authenticates it under the connection's keys. Any other layer must
+    /// drop it.
+    ConnFrame(ConnFrame),
+}
+
+/// An unsigned connection data frame as the relay delivered it. Nothing in it is
+/// authenticated yet: `source` is only what the envelope claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnFrame {
+    /// The claimed sender (connections are looked up by its twin).
+    pub source: Address,
+    /// `id ‖ packet number ‖ ciphertext` (see [`conn::wire`](crate::conn::wire)).
+    pub payload: Vec<u8>,
 }
 
 /// A request from another twin, signature checked and payload decrypted.

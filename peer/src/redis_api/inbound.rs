@@ -83,7 +83,7 @@ async fn resolve(
             .iter()
             .map(|m| match m {
                 Inbound::Response(r) => pending.answered(&r.uid, r.source.twin),
-                Inbound::Request(_) => None,
+                Inbound::Request(_) | Inbound::ConnFrame(_) => None,
             })
             .collect()
     };
@@ -100,7 +100,9 @@ async fn resolve(
         .iter()
         .map(|&i| match &batch[i] {
             Inbound::Response(r) => backlog(&r.uid),
-            Inbound::Request(_) => unreachable!("only responses are looked up"),
+            Inbound::Request(_) | Inbound::ConnFrame(_) => {
+                unreachable!("only responses are looked up")
+            }
         })
         .collect();
     let mut mget = redis::pipe();
@@ -154,6 +156,8 @@ enum Document {
 fn document(shared: &Shared, inbound: Inbound, route: Option<Route>) -> Option<Document> {
     match inbound {
         Inbound::Request(req) => Some(request_document(req)),
+        // Only connections authenticate these (none are open without them).
+        Inbound::ConnFrame(_) => None,
         Inbound::Response(resp) => {
             let Some(route) = route else {
                 Counter::bump(&shared.counters.responses_expired, 1);

@@ -6,11 +6,23 @@
 //! within that twin's rate limit — charged only once the signature is checked, so nobody
 //! can spend another twin's budget — and is for a twin that lives here. Every refusal is
 //! counted in `relay_errors_total{kind}`.
+//!
+//! The exception to the signature: connection data frames (their connection's AEAD
+//! authenticates them end to end; docs/protocol.md §10) and topic pushes and their
+//! answers (their e2e encryption does, §3.4) travel unsigned
+//! ([`Envelope::is_unsigned_by_design`]). Nothing here can tell a forged one from a
+//! real one, so an unsigned envelope is charged to the pair
+//! (claimed twin, posting address) instead, in a limiter of its own: frames forged in a
+//! twin's name from elsewhere spend only their poster's budget, never the twin's own
+//! (signed traffic) nor another relay's. They are counted in
+//! `relay_unsigned_frames_in_total` as they arrive; the destination peer drops
+//! forgeries.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -85,6 +97,7 @@ async fn read_body(
 /// `POST /`: an envelope from another relay.
 pub async fn ingress(
     State(state): State<Arc<RelayState>>,
+    poster: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -145,21 +158,22 @@ pub async fn ingress(
             );
         }
     };
-    // Unsigned requests and responses with an encrypted payload: the receiving peer
-    // authenticates them by decrypting (rmb-peer's `core::unsigned`); nothing to verify.
-    let unsigned = env.signature.is_none()
-        && matches!(env.payload, Some(rmb_proto::Payload::Cipher(_)))
-        && matches!(
-            env.kind(),
-            rmb_proto::MessageKind::Request | rmb_proto::MessageKind::Response
-        );
-    if !unsigned && let Err(e) = verify_envelope(&env, &account) {
-        state.metrics.error("bad_signature");
-        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
-    }
-    // Only now, with the signature checked, is this the source's own traffic: charging its
-    // budget before would let anyone lock a twin out with forged POSTs in its name.
-    if let Err(reason) = state.rate_limit(source, body.len(), now) {
+    let charged = if env.is_unsigned_by_design() {
+        // Unprovable as the twin's: charged to (twin, poster), never to the twin.
+        let from = poster.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.0.ip());
+        state.metrics.unsigned_frames_in.inc();
+        state.rate_limit_unsigned(source, from, body.len(), now)
+    } else {
+        if let Err(e) = verify_envelope(&env, &account) {
+            state.metrics.error("bad_signature");
+            return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+        }
+        // Only now, with the signature checked, is this the source's own traffic:
+        // charging its budget before would let anyone lock a twin out with forged POSTs
+        // in its name.
+        state.rate_limit(source, body.len(), now)
+    };
+    if let Err(reason) = charged {
         // Counted as the session path counts it: `relay_errors_total{kind="rate_limited"}`.
         state.metrics.rate_limited.inc();
         return refuse(

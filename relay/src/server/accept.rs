@@ -99,7 +99,15 @@ impl Acceptor {
         // No Nagle: the session writer batches frames itself and flushes once per batch.
         let _ = tcp.set_nodelay(true);
         let (slot, app, health_only) = match self.limits.admit(peer.ip()) {
-            Admission::Full(slot) => (slot, self.app.clone(), false),
+            // The peer's address for handlers (federation ingress charges unsigned
+            // frames to it).
+            Admission::Full(slot) => (
+                slot,
+                self.app
+                    .clone()
+                    .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+                false,
+            ),
             Admission::HealthOnly(slot, limit) => {
                 self.refused(limit, peer);
                 (slot, self.health_app.clone(), true)

@@ -39,6 +39,13 @@ struct Args {
     /// Round trips per latency run.
     #[arg(long, default_value_t = 1000)]
     rounds: usize,
+    /// Data bytes per frame (KiB); the peers' default when not given.
+    #[arg(long)]
+    frame_kib: Option<usize>,
+    /// Receive window and send buffer per connection (KiB); the peers' default when not
+    /// given.
+    #[arg(long)]
+    window_kib: Option<usize>,
 }
 
 struct Row {
@@ -93,7 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("connection through one relay…");
     let relay = RelayProcess::start(&[]);
-    let (alice, bob) = clients(&relay, &relay, &relay.http_url()).await?;
+    let (alice, bob) = clients(&relay, &relay, &relay.http_url(), &args).await?;
     let (mb_s, p50, p99) = connection_figures(&alice, &bob, bytes, args.rounds).await?;
     rows.push(Row {
         name: "connection, 1 relay",
@@ -108,7 +115,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let r1 = RelayProcess::start_on(p1, &["--federation-http"]);
     let registry = r1.http_url();
     let r2 = RelayProcess::start_on(p2, &["--federation-http", "--registry", &registry]);
-    let (alice, bob) = clients(&r1, &r2, &registry).await?;
+    let (alice, bob) = clients(&r1, &r2, &registry, &args).await?;
     let (mb_s, p50, p99) = connection_figures(&alice, &bob, bytes, args.rounds).await?;
     rows.push(Row {
         name: "connection, 2 relays",
@@ -306,6 +313,7 @@ async fn clients(
     ra: &RelayProcess,
     rb: &RelayProcess,
     registry: &str,
+    args: &Args,
 ) -> anyhow::Result<(Client, Client)> {
     let mut out = Vec::new();
     for (relay, sid) in [(ra, "bench-a"), (rb, "bench-b")] {
@@ -317,15 +325,15 @@ async fn clients(
         let choice = RegistryChoice::Embedded {
             url: registry.to_string(),
         };
-        out.push(
-            Client::connect(ClientOptions::new(
-                secret,
-                sid,
-                vec![relay.ws_url()],
-                choice,
-            ))
-            .await?,
-        );
+        let mut options = ClientOptions::new(secret, sid, vec![relay.ws_url()], choice);
+        if let Some(kib) = args.frame_kib {
+            options.connections.stream.max_frame = kib << 10;
+        }
+        if let Some(kib) = args.window_kib {
+            options.connections.stream.window = (kib << 10) as u32;
+            options.connections.stream.send_buffer = kib << 10;
+        }
+        out.push(Client::connect(options).await?);
     }
     let b = out.pop().context("two clients")?;
     let a = out.pop().context("two clients")?;
