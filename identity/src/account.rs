@@ -73,7 +73,7 @@ impl FromStr for AccountId {
 
 /// Decodes hex digits (either case); `None` on odd length or a non-hex character.
 pub(crate) fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

@@ -295,10 +295,10 @@ fn wait_closed(
     let mut buf = [0u8; 1024];
     while started.elapsed() < limit {
         if Instant::now() >= next_drip {
-            if let Some(byte) = drip.next() {
-                if stream.write_all(&[*byte]).is_err() {
-                    return (got, Some(started.elapsed()));
-                }
+            if let Some(byte) = drip.next()
+                && stream.write_all(&[*byte]).is_err()
+            {
+                return (got, Some(started.elapsed()));
             }
             next_drip += Duration::from_secs(1);
         }

@@ -129,13 +129,12 @@ pub fn check_relay(relay: &str) -> Result<(), String> {
     if relay.contains('_') || relay.chars().any(char::is_whitespace) {
         return bad("must not contain '_' or spaces");
     }
-    if let Some((_, port)) = relay.rsplit_once(':') {
-        if !relay.starts_with('[')
-            && relay.matches(':').count() == 1
-            && port.parse::<u16>().is_err()
-        {
-            return bad("has an invalid port");
-        }
+    if let Some((_, port)) = relay.rsplit_once(':')
+        && !relay.starts_with('[')
+        && relay.matches(':').count() == 1
+        && port.parse::<u16>().is_err()
+    {
+        return bad("has an invalid port");
     }
     Ok(())
 }

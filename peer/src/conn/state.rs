@@ -765,7 +765,7 @@ mod tests {
             let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             x ^= x >> 31;
             x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            (x >> 29) % 7 == 0
+            (x >> 29).is_multiple_of(7)
         };
         let stats = transfer(&lose, true);
         assert!(stats.timeouts > 0);

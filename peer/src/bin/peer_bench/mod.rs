@@ -147,7 +147,7 @@ async fn run_mode(args: &Args, delivery: Delivery) -> anyhow::Result<Option<Burs
 }
 
 fn human(size: usize) -> String {
-    if size >= 1024 && size % 1024 == 0 {
+    if size >= 1024 && size.is_multiple_of(1024) {
         format!("{} KiB", size / 1024)
     } else {
         format!("{size} B")
