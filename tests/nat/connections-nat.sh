@@ -104,8 +104,21 @@ tcp_open() { # tcp_open NS HOST PORT
 }
 
 RELAY=10.77.1.1:18080
-# Ports in the root namespace, shared with other tests: derived from our pid.
-OUT_REDIS=$((20000 + $$ % 20000)) FWD_PORT=$((40001 + $$ % 20000))
+# Ports in the root namespace, shared with other tests running at the same time. They are
+# taken below the kernel's ephemeral range (outgoing connections of other tests never get
+# them; ports derived from the pid used to collide with those) among ports nothing listens on.
+free_port() { # free_port [EXCEPT]
+    local low high port
+    read -r low high < /proc/sys/net/ipv4/ip_local_port_range
+    [ "$low" -gt 12000 ] || low=32768
+    for _ in $(seq 200); do
+        port=$((10000 + RANDOM % (low - 10000)))
+        [ "$port" != "${1:-}" ] || continue
+        tcp_open "" 127.0.0.1 "$port" || { echo "$port"; return 0; }
+    done
+    fail "no free port below $low"
+}
+OUT_REDIS=$(free_port) FWD_PORT=$(free_port "$OUT_REDIS")
 export RUST_LOG=${RMB_TEST_LOG:-warn}
 mkdir -p "$WORK/relay"
 start relay "$PUB" "$BIN/rmb-relay" --listen 0.0.0.0:18080 --domain "$RELAY" --data-dir "$WORK/relay"
