@@ -32,11 +32,21 @@ pub async fn connect_client(
     relays: &[&RelayProcess],
     registry: &str,
 ) -> Client {
+    Client::connect(client_options(secret, sid, relays, registry))
+        .await
+        .expect("client connects")
+}
+
+/// The options [`connect_client`] uses, for a test that changes some before connecting.
+pub fn client_options(
+    secret: &str,
+    sid: &str,
+    relays: &[&RelayProcess],
+    registry: &str,
+) -> ClientOptions {
     let urls = relays.iter().map(|r| r.ws_url()).collect();
     let choice = RegistryChoice::Embedded {
         url: registry.to_string(),
     };
-    Client::connect(ClientOptions::new(secret, sid, urls, choice))
-        .await
-        .expect("client connects")
+    ClientOptions::new(secret, sid, urls, choice)
 }

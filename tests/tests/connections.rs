@@ -8,12 +8,11 @@
 
 use std::time::Duration;
 
-use rmb_identity::registry::RegistryChoice;
 use rmb_identity::{Identity, KeyType};
+use rmb_peer::Client;
 use rmb_peer::conn::{ConnectError, ListenOptions, Stream, StreamError};
-use rmb_peer::{Client, ClientOptions};
 use rmb_proto::{Address, CONN_DATA_COMMAND, Envelope, Message, Payload, Request};
-use rmb_testsupport::direct::{connect_client, fresh_mnemonic, register_secret};
+use rmb_testsupport::direct::{client_options, connect_client, fresh_mnemonic, register_secret};
 use rmb_testsupport::redis_server::free_port;
 use rmb_testsupport::registry::register;
 use rmb_testsupport::relay_client::TestClient;
@@ -237,14 +236,7 @@ async fn unknown_refused_and_not_allowed_protocols_are_distinct_errors() {
         Err(ConnectError::UnknownTwin(999_999)) => {}
         other => panic!("expected unknown twin, got {:?}", other.err()),
     }
-    let mut short = ClientOptions::new(
-        fresh_mnemonic(),
-        "short",
-        vec![relay.ws_url()],
-        RegistryChoice::Embedded {
-            url: relay.http_url(),
-        },
-    );
+    let mut short = client_options(&fresh_mnemonic(), "short", &[&relay], &relay.http_url());
     register_secret(&relay.http_url(), &short.secret, &[relay.domain()]).await;
     short.connections.open_timeout = Duration::from_secs(2);
     let short = Client::connect(short).await.unwrap();
@@ -329,11 +321,7 @@ async fn connect_quick_keepalive(
     relays: &[&RelayProcess],
     registry: &str,
 ) -> Client {
-    let urls = relays.iter().map(|r| r.ws_url()).collect();
-    let choice = RegistryChoice::Embedded {
-        url: registry.to_string(),
-    };
-    let mut options = ClientOptions::new(secret, sid, urls, choice);
+    let mut options = client_options(secret, sid, relays, registry);
     options.connections.stream.keepalive = KEEPALIVE;
     options.connections.stream.idle_timeout = IDLE;
     Client::connect(options).await.expect("client connects")

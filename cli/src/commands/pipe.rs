@@ -119,6 +119,14 @@ pub struct ListenArgs {
 /// `rmb pipe connect`.
 #[derive(Args, Debug)]
 pub struct ConnectArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Which twin and protocol a connection goes to, and as which client: what `rmb pipe
+/// connect` and `rmb forward` share.
+#[derive(Args, Debug)]
+pub struct TargetArgs {
     /// The twin to connect to: TWIN for an rmb-peer (`--expose`), TWIN:SID for a direct
     /// client (`rmb pipe listen` listens as TWIN:pipe).
     #[arg(long, value_name = "TWIN[:SID]", value_parser = parse_target)]
@@ -140,16 +148,8 @@ pub struct ForwardArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: String,
 
-    /// The twin to connect to (TWIN or TWIN:SID).
-    #[arg(long, value_name = "TWIN[:SID]", value_parser = parse_target)]
-    pub to: Address,
-
-    /// Protocol name the other side listens for.
-    #[arg(long, value_name = "NAME")]
-    pub protocol: String,
-
     #[command(flatten)]
-    pub client: DirectArgs,
+    pub target: TargetArgs,
 }
 
 /// Runs `rmb pipe …`.
@@ -184,6 +184,7 @@ async fn listen(args: ListenArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let args = args.target;
     let sid = format!("pipe-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let client = args.client.client(&sid).await?;
     let stream = client
@@ -239,11 +240,13 @@ async fn pipe_stdio(stream: Stream) -> anyhow::Result<ExitCode> {
 
 /// Runs `rmb forward`.
 pub async fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
+    let listen = args.listen;
+    let args = args.target;
     let sid = format!("fwd-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let client = args.client.client(&sid).await?;
-    let tcp = TcpListener::bind(&args.listen)
+    let tcp = TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+        .with_context(|| format!("listening on {}", listen))?;
     eprintln!(
         "forwarding {} to {} ('{}')",
         tcp.local_addr()?,
@@ -318,7 +321,7 @@ mod tests {
             panic!("not pipe connect")
         };
         assert_eq!(
-            (args.to, args.protocol.as_str()),
+            (args.target.to, args.target.protocol.as_str()),
             (Address::twin(42), "ssh")
         );
         // A relay is required: a pipe is its own client.

@@ -7,7 +7,9 @@
 //! - [`replay`]: the receiver's window of packet numbers seen (replays are dropped);
 //! - [`state`]: the per-connection state machine (acks, retransmission, flow control,
 //!   half-close, keep-alive), with time as an input;
-//! - [`stream`]: the application's [`Stream`] and the task driving each connection.
+//! - [`stream`]: the application's [`Stream`] and the task driving each connection;
+//! - [`listener`]: the accepting side ([`Listener`], [`Incoming`]);
+//! - [`errors`]: the refusal codes on the wire and the error of each operation.
 //!
 //! [`Connections`] ties them to a [`Peer`]: `connect(twin, protocol)` on one side,
 //! [`Connections::listen`] per protocol on the other. The layer that reads the peer's
@@ -17,7 +19,9 @@
 //! and the rmb-peer binary do. See docs/connections.md.
 
 pub mod crypto;
+pub mod errors;
 pub mod expose;
+pub mod listener;
 pub mod replay;
 pub mod state;
 pub mod stream;
@@ -39,25 +43,14 @@ use crate::core::{
     ConnFrame, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, Reason,
     RemoteError, SendError,
 };
-use crypto::{Ephemeral, HandshakeError};
+use crypto::Ephemeral;
+use errors::refusal;
+pub use errors::{AcceptError, ConnectError, ListenError, codes};
+pub use listener::{Incoming, ListenOptions, Listener};
 pub use state::{Config as StreamConfig, Stats, StreamError};
 use stream::{Conn, Received, drive};
 pub use stream::{MAX_MESSAGE, MessageError, Stream};
-use wire::{Accept, ConnId, Open, WireError};
-
-/// Error codes of refused opens (in the error reply to `rmb.conn.open`).
-pub mod codes {
-    /// The open request could not be parsed or its signature did not verify.
-    pub const BAD_OPEN: u32 = 4000;
-    /// The protocol's access list does not name the opener's twin.
-    pub const NOT_ALLOWED: u32 = 4001;
-    /// The protocol's handler refused the connection.
-    pub const REFUSED: u32 = 4003;
-    /// No handler listens for the protocol.
-    pub const UNKNOWN_PROTOCOL: u32 = 4004;
-    /// Too many connections, or too many waiting to be accepted.
-    pub const BUSY: u32 = 4029;
-}
+use wire::{Accept, ConnId, Open};
 
 /// Limits and timers of a peer's connections.
 #[derive(Debug, Clone)]
@@ -82,71 +75,6 @@ impl Default for ConnConfig {
             max_connections: 1024,
             max_per_twin: 256,
             backlog: 64,
-        }
-    }
-}
-
-/// Why `connect` did not give a stream. Each outcome the issue names is its own variant.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error(transparent)]
-    InvalidProtocol(#[from] WireError),
-    #[error("unknown twin id '{0}'")]
-    UnknownTwin(u32),
-    #[error("twin {twin} has no handler for protocol '{protocol}'")]
-    UnknownProtocol { twin: u32, protocol: String },
-    #[error("twin {twin} refused the connection: {reason}")]
-    Refused { twin: u32, reason: String },
-    #[error("twin {twin} does not allow us to open '{protocol}'")]
-    NotAllowed { twin: u32, protocol: String },
-    #[error("twin {twin} is busy: {reason}")]
-    Busy { twin: u32, reason: String },
-    #[error("twin {twin} could not be reached: {detail}")]
-    Unreachable { twin: u32, detail: String },
-    #[error("no answer from twin {twin} within {waited:?}")]
-    Timeout { twin: u32, waited: Duration },
-    #[error("the handshake failed: {0}")]
-    Handshake(#[from] HandshakeError),
-    #[error("the accept reply is malformed: {0}")]
-    BadReply(WireError),
-    #[error("twin {twin} answered with an error: {error}")]
-    Remote { twin: u32, error: RemoteError },
-    #[error("too many open connections ({0})")]
-    TooMany(usize),
-    #[error("the peer is closed")]
-    Closed,
-}
-
-/// Why `listen` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    #[error(transparent)]
-    InvalidProtocol(#[from] WireError),
-    #[error("protocol '{0}' already has a listener")]
-    AlreadyListening(String),
-}
-
-/// Why accepting an incoming connection failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AcceptError {
-    #[error("the handshake failed: {0}")]
-    Handshake(#[from] HandshakeError),
-    #[error("sending the accept failed: {0}")]
-    Send(#[from] SendError),
-}
-
-/// Who may open a protocol.
-#[derive(Debug, Clone, Default)]
-pub struct ListenOptions {
-    /// Twins allowed to open it; `None` allows every twin.
-    pub allow: Option<HashSet<u32>>,
-}
-
-impl ListenOptions {
-    /// Only these twins may open the protocol.
-    pub fn allow(twins: impl IntoIterator<Item = u32>) -> ListenOptions {
-        ListenOptions {
-            allow: Some(twins.into_iter().collect()),
         }
     }
 }
@@ -676,35 +604,6 @@ impl Connections {
     }
 }
 
-/// The error an opener gets for an error reply.
-fn refusal(twin: u32, protocol: &str, source: &Address, error: RemoteError) -> ConnectError {
-    if source.twin == 0 {
-        return ConnectError::Unreachable {
-            twin,
-            detail: error.message,
-        };
-    }
-    match error.code {
-        codes::UNKNOWN_PROTOCOL => ConnectError::UnknownProtocol {
-            twin,
-            protocol: protocol.to_string(),
-        },
-        codes::NOT_ALLOWED => ConnectError::NotAllowed {
-            twin,
-            protocol: protocol.to_string(),
-        },
-        codes::REFUSED => ConnectError::Refused {
-            twin,
-            reason: error.message,
-        },
-        codes::BUSY => ConnectError::Busy {
-            twin,
-            reason: error.message,
-        },
-        _ => ConnectError::Remote { twin, error },
-    }
-}
-
 /// Forgets an open attempt's table entries however `connect` ends.
 struct Cleanup<'a> {
     shared: &'a Shared,
@@ -721,141 +620,5 @@ impl Drop for Cleanup<'_> {
                 conns.remove(&key);
             }
         }
-    }
-}
-
-/// Incoming connections for one protocol.
-pub struct Listener {
-    rx: mpsc::Receiver<Incoming>,
-    protocol: String,
-    generation: u64,
-    connections: Connections,
-}
-
-impl Listener {
-    /// The next open request (verified, allowed); `None` once the peer shut down.
-    pub async fn next(&mut self) -> Option<Incoming> {
-        tokio::select! {
-            incoming = self.rx.recv() => incoming,
-            _ = self.connections.shared.shutdown.cancelled() => None,
-        }
-    }
-
-    /// Accepts the next connection; `None` once the peer shut down.
-    pub async fn accept(&mut self) -> Option<Result<Stream, AcceptError>> {
-        Some(self.next().await?.accept().await)
-    }
-
-    pub fn protocol(&self) -> &str {
-        &self.protocol
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let mut listeners = lock(&self.connections.shared.listeners);
-        if listeners
-            .get(&self.protocol)
-            .is_some_and(|l| l.generation == self.generation)
-        {
-            listeners.remove(&self.protocol);
-        }
-    }
-}
-
-/// An open request waiting for the application's decision. Dropping it refuses it.
-pub struct Incoming {
-    connections: Connections,
-    /// The open request's uid and deadline, until answered.
-    request: Option<(String, u64)>,
-    source: Address,
-    open: Open,
-}
-
-impl Incoming {
-    /// Who opens (twin, and session for a direct client).
-    pub fn remote(&self) -> &Address {
-        &self.source
-    }
-
-    pub fn protocol(&self) -> &str {
-        &self.open.protocol
-    }
-
-    /// Accepts: answers with our signed ephemeral key and returns the stream.
-    pub async fn accept(mut self) -> Result<Stream, AcceptError> {
-        let (uid, deadline) = self.request.take().expect("an Incoming is answered once");
-        let connections = self.connections.clone();
-        let shared = &connections.shared;
-        let cfg = shared.config.stream.clamped();
-        let me = shared.peer.twin_id();
-        let key = (self.source.twin, self.open.id);
-        let (accept, keys) = match crypto::respond(
-            shared.peer.identity(),
-            &self.open,
-            self.source.twin,
-            me,
-            cfg.window,
-        ) {
-            Ok(done) => done,
-            Err(e) => {
-                connections.unreserve(key);
-                return Err(e.into());
-            }
-        };
-        let now = tokio::time::Instant::now().into_std();
-        let state = state::State::new(cfg, now, self.open.window);
-        let conn = Conn::new(
-            self.open.id,
-            self.source.clone(),
-            self.open.protocol.clone(),
-            keys,
-            state,
-        );
-        connections.start(self.source.twin, conn.clone());
-        let stream = Stream::new(conn);
-        connections
-            .reply(uid, self.source.clone(), deadline, Ok(accept.encode()))
-            .await?;
-        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        Ok(stream)
-    }
-
-    /// Refuses with a reason the opener sees.
-    pub async fn refuse(mut self, reason: &str) {
-        if let Some((uid, deadline)) = self.request.take() {
-            self.connections.unreserve((self.source.twin, self.open.id));
-            let shared = &self.connections.shared;
-            shared
-                .counters
-                .refused_by_handler
-                .fetch_add(1, Ordering::Relaxed);
-            let error = RemoteError::new(codes::REFUSED, reason);
-            let _ = self
-                .connections
-                .reply(uid, self.source.clone(), deadline, Err(error))
-                .await;
-        }
-    }
-}
-
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        let Some((uid, deadline)) = self.request.take() else {
-            return;
-        };
-        let connections = self.connections.clone();
-        connections.unreserve((self.source.twin, self.open.id));
-        let to = self.source.clone();
-        let tasks = connections.shared.tasks.clone();
-        connections
-            .shared
-            .counters
-            .refused_by_handler
-            .fetch_add(1, Ordering::Relaxed);
-        tasks.spawn(async move {
-            let error = RemoteError::new(codes::REFUSED, "the connection was not accepted");
-            let _ = connections.reply(uid, to, deadline, Err(error)).await;
-        });
     }
 }
