@@ -9,7 +9,9 @@
 //! - the owner SIGKILLed mid-stream loses no acknowledged publish and reuses no id;
 //! - malformed HTTP requests get 4xx JSON errors;
 //! - relays see only ciphertext of topic messages, and pushes go unsigned, authenticated
-//!   by their encryption; forged unsigned envelopes are refused by subscribers.
+//!   by their encryption; forged unsigned envelopes are refused by subscribers;
+//! - pushes to a subscriber that acknowledges cumulatively are sent again until it
+//!   acknowledges them; one that does not say so answers each push.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -877,6 +879,215 @@ async fn unsigned_forgeries_are_refused_by_subscribers() {
     assert_eq!(publish(&alice, &topic, "real").await.0, 200);
     let got = poll_until(&bob, &topic, 1).await;
     assert_eq!(ids_and_texts(&got), [(1, "real".to_string())]);
+}
+
+/// The owner's side of cumulative acknowledgements, seen by a subscriber written here
+/// from docs/protocol.md §9: it subscribes saying it acknowledges cumulatively, gets
+/// pushes it need not answer, and gets them again while it does not acknowledge them;
+/// once it does, nothing comes again. A subscriber that does not say so gets pushes to
+/// answer, as from the first version of the protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_pushes_are_sent_again_until_acknowledged() {
+    use rmb_identity::E2eScheme;
+    use rmb_identity::registry::http::HttpRegistry;
+    use rmb_identity::registry::{Registry, TwinUpdate};
+    use rmb_proto::{Address, Envelope, Message, Payload, Request};
+    use rmb_testsupport::relay_client::{TestClient, now};
+
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &[&relay], &registry).await;
+    create(&alice, "news", json!({})).await;
+    let topic = format!("{}/news", alice.twin);
+
+    let directory = HttpRegistry::new(&registry).unwrap();
+    let alice_pk = directory
+        .get_twin(alice.twin)
+        .await
+        .unwrap()
+        .unwrap()
+        .pk
+        .unwrap();
+    // Two subscribers of our own: Carol acknowledges cumulatively, Dave answers pushes.
+    let join = async |secret: &str| {
+        let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
+        let update = TwinUpdate {
+            relays: [relay.domain()].into(),
+            pk: Some(identity.e2e_public_key(E2eScheme::X25519)),
+            create: true,
+        };
+        let twin = directory
+            .publish(identity.signer(), &update)
+            .await
+            .unwrap()
+            .id;
+        let session = TestClient::connect(&relay.ws_url(), &identity, twin, None).await;
+        (identity, twin, session)
+    };
+    let (carol, carol_twin, mut carol_session) = join("//AckCarol").await;
+    let (dave, dave_twin, mut dave_session) = join("//AckDave").await;
+
+    let request = |identity: &Identity, twin: u32, uid: &str, command: &str, body: Value| {
+        let mut env = Envelope {
+            uid: uid.into(),
+            expiration: 60,
+            source: Some(Address::twin(twin)),
+            destination: Some(Address::twin(alice.twin)),
+            message: Some(Message::Request(Request {
+                command: command.into(),
+            })),
+            payload: Some(Payload::Plain(body.to_string().into_bytes())),
+            ..Default::default()
+        };
+        identity
+            .seal_envelope(&mut env, Some(&alice_pk), now())
+            .unwrap();
+        env
+    };
+    let open = |identity: &Identity, env: &Envelope| -> Value {
+        let Some(Payload::Cipher(cipher)) = &env.payload else {
+            panic!("not encrypted: {env:?}");
+        };
+        let plain = identity
+            .e2e()
+            .open(E2eScheme::X25519, Some(&alice_pk), cipher)
+            .unwrap();
+        serde_json::from_slice(&plain).unwrap()
+    };
+    // The next envelope with `command` (answers to our subscribe are skipped).
+    async fn next_push(session: &mut TestClient) -> Envelope {
+        loop {
+            let env = session.recv(WAIT).await.expect("a push");
+            if matches!(&env.message, Some(Message::Request(r)) if r.command == "rmb.topic.message")
+            {
+                return env;
+            }
+        }
+    }
+
+    carol_session
+        .send(&request(
+            &carol,
+            carol_twin,
+            "sub-carol",
+            "rmb.topic.subscribe",
+            json!({"topic": "news", "acks": "cumulative"}),
+        ))
+        .await;
+    dave_session
+        .send(&request(
+            &dave,
+            dave_twin,
+            "sub-dave",
+            "rmb.topic.subscribe",
+            json!({"topic": "news"}),
+        ))
+        .await;
+    // Both subscriptions are recorded before the first publish.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info: Value = client()
+            .get(alice.url(&format!("/topics/{topic}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if info["subscribers"].as_array().is_some_and(|s| s.len() == 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscriptions not recorded: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(publish(&alice, &topic, "m1").await.0, 200);
+    // Dave's push asks for an answer (no "acks"), Carol's does not.
+    let dave_push = next_push(&mut dave_session).await;
+    let body = open(&dave, &dave_push);
+    assert_eq!(body.get("acks"), None, "{body}");
+    let first = next_push(&mut carol_session).await;
+    let first_at = Instant::now();
+    assert_eq!(first.signature, None, "pushes go unsigned");
+    let body = open(&carol, &first);
+    assert_eq!(body["acks"], "cumulative", "{body}");
+    assert_eq!(body["messages"][0]["id"], 1);
+    assert_eq!(body["messages"][0]["message"], "m1");
+
+    // Carol says nothing: the owner sends id 1 again (after a second), saying how far
+    // the topic got.
+    let again = next_push(&mut carol_session).await;
+    let waited = first_at.elapsed();
+    let body = open(&carol, &again);
+    assert_eq!(body["messages"][0]["id"], 1, "{body}");
+    assert_eq!(body["last"], 1, "{body}");
+    assert_ne!(again.uid, first.uid, "a new push, not a copy of the first");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "sent again only after a wait ({waited:?})"
+    );
+
+    // Carol acknowledges (unsigned, authenticated by its encryption) and gets id 2 once.
+    let ack = |uid: &str, topic: &str, last: u64| {
+        let mut env = Envelope {
+            uid: uid.into(),
+            expiration: 60,
+            source: Some(Address::twin(carol_twin)),
+            destination: Some(Address::twin(alice.twin)),
+            message: Some(Message::Request(Request {
+                command: "rmb.topic.ack".into(),
+            })),
+            payload: Some(Payload::Plain(
+                json!({"topic": topic, "last": last})
+                    .to_string()
+                    .into_bytes(),
+            )),
+            ..Default::default()
+        };
+        carol.encrypt_envelope(&mut env, &alice_pk, now()).unwrap();
+        env
+    };
+    carol_session.send(&ack("ack-1", "news", 1)).await;
+    // And one for a topic she does not subscribe to, which is dropped and counted.
+    carol_session.send(&ack("ack-x", "other", 5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(publish(&alice, &topic, "m2").await.0, 200);
+    let push = next_push(&mut carol_session).await;
+    let body = open(&carol, &push);
+    assert_eq!(body["messages"][0]["id"], 2, "{body}");
+    assert_eq!(body.get("last"), None, "{body}");
+    carol_session.send(&ack("ack-2", "news", 2)).await;
+    // Nothing more comes to Carol: every push is acknowledged.
+    let quiet_until = Instant::now() + Duration::from_secs(3);
+    while let Some(env) = carol_session
+        .recv(quiet_until.saturating_duration_since(Instant::now()))
+        .await
+    {
+        assert!(
+            !matches!(&env.message, Some(Message::Request(r)) if r.command == "rmb.topic.message"),
+            "an acknowledged push came again: {}",
+            open(&carol, &env)
+        );
+    }
+
+    let listing: Value = client()
+        .get(alice.url("/topics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let counters = &listing["counters"];
+    assert!(counters["resent"].as_u64().unwrap() >= 1, "{counters}");
+    assert_eq!(counters["acks_received"], 2, "{counters}");
+    assert_eq!(
+        counters["refused_by"]["ack_not_subscribed"], 1,
+        "{counters}"
+    );
 }
 
 /// Runs `rmb` with `args` against `node`'s HTTP API; stdout, or a panic with stderr.

@@ -6,6 +6,10 @@
 //! latency for several concurrency levels and payload sizes, and a burst of requests
 //! pushed at once. Run: `cargo run -p rmb-peer --release --bin peer-bench`.
 
+/// mimalloc: glibc malloc cost a busy peer or relay about a tenth of its CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "bench_common/mod.rs"]
 mod bench_common;
 mod peer_bench;

@@ -10,6 +10,10 @@
 //!
 //! Run: `cargo run -p rmb-peer --release --bin topic-bench`.
 
+/// mimalloc: glibc malloc cost a busy peer or relay about a tenth of its CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "bench_common/mod.rs"]
 mod bench_common;
 mod topic_bench;

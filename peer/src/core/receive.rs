@@ -24,7 +24,8 @@
 //! hands messages to the application: arrival order is kept.
 //!
 //! Decryption comes before the replay check so that only an envelope that is accepted
-//! in full uses up its uid. A repeated request that was answered already gets the cached
+//! in full uses up its uid. Unsigned requests skip it: their uid is not authenticated,
+//! and their handlers drop repeats themselves. A repeated request that was answered already gets the cached
 //! answer again; an answer settles the request's resends ([`resend`](super::resend)).
 
 use std::sync::Arc;
@@ -300,6 +301,13 @@ impl Deliverer {
     }
 
     async fn admit(&self, env: Envelope, source: u32, now: u64) {
+        // An unsigned request's uid is not authenticated (a relay could change it), so
+        // the replay store cannot know its repeats: its handler drops them itself
+        // (topic batches by message id; acknowledgements are cumulative).
+        if env.is_unsigned() && env.kind() == MessageKind::Request {
+            Counters::bump(&self.inner.counters.received);
+            return self.deliver(env).await;
+        }
         let key = ReplayKey {
             source,
             uid: env.uid.clone(),

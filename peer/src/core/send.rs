@@ -46,6 +46,22 @@ impl Peer {
         self.inner.send_request(req, how).await
     }
 
+    /// A request that expects no answer (a topic subscriber's cumulative
+    /// acknowledgement, a push acknowledged so): encrypted, unsigned when
+    /// [`send_unsigned_request`](Peer::send_unsigned_request) would send it unsigned,
+    /// and never resent: whoever sends it makes up for a lost one.
+    ///
+    /// Errors: as [`send_request`](Peer::send_request), [`SendError::Link`] also when
+    /// no relay is connected.
+    pub async fn send_one_way(&self, req: OutgoingRequest) -> Result<(), SendError> {
+        let how = if super::unsigned::UNSIGNED_COMMANDS.contains(&req.command.as_str()) {
+            Sealing::UnsignedOneWay
+        } else {
+            Sealing::SignedOneWay
+        };
+        self.inner.send_request(req, how).await
+    }
+
     /// The answer to a request that came unsigned ([`InboundRequest::signed`] false):
     /// unsigned too when it can be (a response with a body, to a twin of our scheme),
     /// signed otherwise.
@@ -114,6 +130,17 @@ pub(super) enum Sealing {
     /// Encrypted and not signed when the destination publishes a key of our scheme and
     /// it is a request or a response ([`unsigned`](super::unsigned)); `Signed` otherwise.
     Unsigned,
+    /// `Unsigned` for a request whose answer is not awaited, nor the request resent.
+    UnsignedOneWay,
+    /// `Signed` for such a request.
+    SignedOneWay,
+}
+
+impl Sealing {
+    /// The request expects no answer: not resent, no answer awaited.
+    fn is_one_way(self) -> bool {
+        matches!(self, Sealing::UnsignedOneWay | Sealing::SignedOneWay)
+    }
 }
 
 impl Sealed {
@@ -177,6 +204,7 @@ impl Inner {
         let env = request_envelope(self, req);
         let sealed = self.seal(env, how).await?;
         let tracked = self.reliable
+            && !how.is_one_way()
             && self.resends().track(
                 sealed.due(),
                 Instant::now().into_std(),
@@ -195,7 +223,7 @@ impl Inner {
             Err(LinkError::NoRelay { .. }) if tracked => Ok(()),
             Err(e) => {
                 self.resends().forget(&uid, sealed.twin);
-                if !sealed.signed {
+                if !sealed.signed && how == Sealing::Unsigned {
                     self.awaited_unsigned.forget(&uid, sealed.twin);
                 }
                 Err(e.into())
@@ -255,7 +283,10 @@ impl Inner {
     }
 
     async fn send_sealed_reply(&self, reply: &Sealed) -> Result<(), SendError> {
-        if self.reliable {
+        // An unsigned reply answers an unsigned request, which skips the replay store
+        // (its uid is not authenticated; its handler drops repeats itself): nothing to
+        // answer a repeat from.
+        if self.reliable && reply.signed {
             let key = ReplayKey {
                 source: reply.twin,
                 uid: reply.uid.clone(),
@@ -355,11 +386,12 @@ impl Inner {
         }
         let is_request = matches!(env.message, Some(Message::Request(_)));
         let unsigned_key = recipient_key.filter(|pk| {
-            how == Sealing::Unsigned
+            matches!(how, Sealing::Unsigned | Sealing::UnsignedOneWay)
                 && E2eScheme::of_public_key(pk) == Ok(self.e2e)
                 && (is_request || matches!(env.message, Some(Message::Response(_))))
                 // A request's answer is accepted unsigned only while it is awaited.
                 && (!is_request
+                    || how == Sealing::UnsignedOneWay
                     || self
                         .awaited_unsigned
                         .insert(&env.uid, destination, env.deadline(), now))
@@ -370,7 +402,7 @@ impl Inner {
         };
         let signed = unsigned_key.is_none();
         let forget = |env: &Envelope| {
-            if !signed && is_request {
+            if !signed && is_request && how == Sealing::Unsigned {
                 self.awaited_unsigned.forget(&env.uid, destination);
             }
         };

@@ -14,7 +14,8 @@
 //!
 //! - requests whose command is in [`UNSIGNED_COMMANDS`]: their handlers take the body as
 //!   the whole message (a topic batch carries its topic and ids, and repeats are
-//!   dropped by id), and any other command still needs a signature;
+//!   dropped by id; an acknowledgement names its topic and last id, and an old one
+//!   changes nothing), and any other command still needs a signature;
 //! - responses from the twin we sent an unsigned request to, with that request's uid
 //!   ([`Awaited`]): a relay can at most swap the answers of two such requests.
 //!
@@ -27,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Requests accepted without a signature when their payload authenticates them.
-pub const UNSIGNED_COMMANDS: &[&str] = &["rmb.topic.message"];
+pub const UNSIGNED_COMMANDS: &[&str] = &["rmb.topic.message", "rmb.topic.ack"];
 
 /// Most unsigned requests waiting for their answer at once; past it requests are signed
 /// (their answers then need no entry here).

@@ -9,6 +9,8 @@
 //!   message to every subscriber as a signed request encrypted for it;
 //! - [`subscriber`]: the subscriber's side: hands messages to apps exactly once and in
 //!   order, buffers what comes early, pulls gaps, reports what retention lost;
+//! - [`progress`]: how far each subscriber that acknowledges cumulatively has got, and
+//!   what to push to it again;
 //! - [`pending`]: requests waiting for an answer; [`router`]: splits the peer's inbound
 //!   messages between topics and the Redis API.
 //!
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod owner;
 pub mod pending;
+pub mod progress;
 pub mod router;
 pub mod store;
 pub mod subscriber;
@@ -37,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::{Inbound, InboundResponse, OutgoingRequest, Peer, RemoteError, SendError};
 use config::{ConfigError, TopicConfig};
 use pending::{Pending, Waiter};
+use progress::Progress;
 use store::{Store, StoreError};
 use wire::{Draft, DraftError, MessageJson, NameError, TopicName};
 
@@ -152,6 +156,10 @@ pub struct Counters {
     pub gaps: AtomicU64,
     /// Pulls asked of owners.
     pub pulls: AtomicU64,
+    /// Pushes sent again to cumulative subscribers that did not acknowledge them.
+    pub resent: AtomicU64,
+    /// Cumulative acknowledgements received from subscribers.
+    pub acks_received: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -188,6 +196,8 @@ impl Counters {
             duplicates: r(&self.duplicates),
             gaps: r(&self.gaps),
             pulls: r(&self.pulls),
+            resent: r(&self.resent),
+            acks_received: r(&self.acks_received),
             refused_by: self
                 .refused
                 .lock()
@@ -218,6 +228,12 @@ pub struct CountersSnapshot {
     pub gaps: u64,
     /// Pulls asked of owners.
     pub pulls: u64,
+    /// Pushes sent again to cumulative subscribers that did not acknowledge them.
+    #[serde(default)]
+    pub resent: u64,
+    /// Cumulative acknowledgements received from subscribers.
+    #[serde(default)]
+    pub acks_received: u64,
     /// Refused remote requests, by reason.
     pub refused_by: BTreeMap<String, u64>,
 }
@@ -274,6 +290,8 @@ pub(crate) struct Shared {
     pub(crate) configs: Mutex<HashMap<String, TopicConfig>>,
     /// Own topics' subscribers, filled from Redis.
     pub(crate) subscribers: Mutex<HashMap<String, BTreeSet<u32>>>,
+    /// Own topics' cumulative subscribers: what they acknowledged.
+    pub(crate) progress: Mutex<Progress>,
     pub(crate) fanout: mpsc::Sender<MessageJson>,
     pub(crate) sub_events: mpsc::Sender<subscriber::Input>,
     /// Topics being subscribed to right now: a message for one of them that comes
@@ -377,6 +395,10 @@ impl Shared {
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(crate) fn lock_progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Tells local live subscribers.
     pub(crate) fn announce(&self, topic: &TopicName, id: u64, json: String) {
         // No receiver is not an error: nobody listens live right now.
@@ -424,6 +446,7 @@ impl Topics {
             options,
             configs: Mutex::new(HashMap::new()),
             subscribers: Mutex::new(HashMap::new()),
+            progress: Mutex::new(Progress::default()),
             fanout: fanout_tx,
             sub_events: sub_tx,
             subscribing: Mutex::new(HashSet::new()),

@@ -11,9 +11,9 @@
 //! [`Store::append`]: super::store::Store::append
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::future::{Either, join_all};
 use rmb_proto::Address;
 use rmb_proto::time::unix_now;
 use serde::de::DeserializeOwned;
@@ -21,10 +21,11 @@ use tokio::sync::mpsc;
 
 use super::config::TopicConfig;
 use super::pending::Waiter;
+use super::progress::Resend;
 use super::router::{reply, reply_error};
-use super::wire::{self, Draft, MessageJson, TopicName, codes};
+use super::wire::{self, AckMode, Draft, MessageJson, TopicName, codes};
 use super::{Counters, REQUEST_EXPIRATION, Shared, TopicError, TopicInfo};
-use crate::core::{InboundRequest, OutgoingRequest, Reason};
+use crate::core::{InboundRequest, OutgoingRequest, Reason, SendError};
 
 /// Most subscribers of one topic.
 pub const MAX_SUBSCRIBERS: usize = 10_000;
@@ -61,6 +62,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>)
                 if let Some(subs) = shared.lock_subscribers().get_mut(&topic) {
                     subs.remove(&twin);
                 }
+                shared.lock_progress().forget(&topic, twin);
                 if let Err(e) = shared.store.remove_subscriber(&topic, twin).await {
                     tracing::warn!(%topic, twin, error = %e, "cannot remove a subscriber");
                 }
@@ -129,7 +131,7 @@ async fn handle(shared: &Shared, request: InboundRequest) {
         },
         wire::SUBSCRIBE | wire::UNSUBSCRIBE => match body::<wire::SubscribeRequest>(&request) {
             Ok(b) => {
-                let r = subscription(shared, &request, &b.topic).await;
+                let r = subscription(shared, &request, &b).await;
                 (b.topic, r)
             }
             Err(e) => {
@@ -250,14 +252,16 @@ async fn remote_publish(
 async fn subscription(
     shared: &Shared,
     request: &InboundRequest,
-    name: &str,
+    body: &wire::SubscribeRequest,
 ) -> Result<Vec<u8>, Refusal> {
+    let name = body.topic.as_str();
     let (topic, config) = topic_config(shared, name).await?;
     let twin = request.source.twin;
     if request.command == wire::UNSUBSCRIBE {
         if let Some(subs) = shared.lock_subscribers().get_mut(name) {
             subs.remove(&twin);
         }
+        shared.lock_progress().forget(name, twin);
         shared
             .store
             .remove_subscriber(name, twin)
@@ -285,6 +289,7 @@ async fn subscription(
         .entry(name.to_string())
         .or_default()
         .insert(twin);
+    shared.lock_progress().learn(name, twin, body.acks);
     let slice = shared
         .store
         .pull(name, &config, 0, 0, unix_now())
@@ -397,14 +402,25 @@ pub(crate) async fn info(shared: &Shared, name: &str) -> Result<TopicInfo, Topic
     })
 }
 
+/// How often the fan-out task looks for unacknowledged pushes to send again.
+const RESEND_TICK: Duration = Duration::from_millis(250);
+
 /// The fan-out task: new messages to every subscriber allowed by the topic's access
 /// list, all subscribers at once. What queued up while the previous sends ran goes
-/// together, one envelope per subscriber per topic ([`wire::Batch`]).
+/// together, one envelope per subscriber per topic ([`wire::Batch`]). Its tick sends
+/// again what cumulative subscribers left unacknowledged ([`progress`](super::progress)).
 pub(crate) async fn fanout(shared: Arc<Shared>, mut messages: mpsc::Receiver<MessageJson>) {
     let mut queued = Vec::with_capacity(wire::MAX_BATCH);
+    let mut tick = tokio::time::interval(RESEND_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let n = tokio::select! {
             n = messages.recv_many(&mut queued, wire::MAX_BATCH) => n,
+            _ = tick.tick() => {
+                let due = shared.lock_progress().due(Instant::now());
+                join_all(due.into_iter().map(|r| resend(&shared, r))).await;
+                continue;
+            }
             _ = shared.stop.cancelled() => return,
         };
         if n == 0 {
@@ -439,6 +455,16 @@ fn batches(messages: Vec<MessageJson>) -> Vec<Vec<MessageJson>> {
     out
 }
 
+/// One batch, encoded for each way of acknowledging it.
+struct Encoded {
+    /// For subscribers that answer each push.
+    each: Vec<u8>,
+    /// For subscribers that acknowledge cumulatively (encoded when one is there).
+    cumulative: Option<Vec<u8>>,
+    count: u64,
+    last: u64,
+}
+
 async fn send_batch(shared: &Shared, batch: Vec<MessageJson>) {
     let Ok(topic) = batch[0].topic.parse::<TopicName>() else {
         return;
@@ -455,20 +481,151 @@ async fn send_batch(shared: &Shared, batch: Vec<MessageJson>) {
         }
         (_, Ok(None)) => return,
     };
-    let count = batch.len() as u64;
-    let payload = serde_json::to_vec(&wire::Batch { messages: batch }).expect("a batch serialises");
     let me = shared.peer.twin_id();
-    let sends = subs
-        .into_iter()
-        .filter(|&twin| twin != me && config.subscribe.allows(twin, me))
-        .map(|twin| push(shared, &topic, twin, payload.clone(), count));
+    let targets: Vec<(u32, AckMode)> = {
+        let progress = shared.lock_progress();
+        subs.into_iter()
+            .filter(|&twin| twin != me && config.subscribe.allows(twin, me))
+            .map(|twin| (twin, progress.mode(&topic.name, twin)))
+            .collect()
+    };
+    let count = batch.len() as u64;
+    let last = batch.last().map_or(0, |m| m.id);
+    let mut body = wire::Batch {
+        messages: batch,
+        acks: AckMode::Each,
+        last: None,
+    };
+    let each = serde_json::to_vec(&body).expect("a batch serialises");
+    let cumulative = targets
+        .iter()
+        .any(|(_, mode)| *mode == AckMode::Cumulative)
+        .then(|| {
+            body.acks = AckMode::Cumulative;
+            serde_json::to_vec(&body).expect("a batch serialises")
+        });
+    let encoded = Encoded {
+        each,
+        cumulative,
+        count,
+        last,
+    };
+    let sends = targets.into_iter().map(|(twin, mode)| match mode {
+        AckMode::Each => Either::Left(push(shared, &topic, twin, encoded.each.clone(), count)),
+        AckMode::Cumulative => Either::Right(push_one_way(shared, &topic, twin, &encoded)),
+    });
     join_all(sends).await;
 }
 
-/// Sends one batch (of `count` messages) to one subscriber.
+/// Sends a batch to a subscriber that acknowledges cumulatively: no answer is waited
+/// for; [`progress`](super::progress) notes what it should acknowledge.
+async fn push_one_way(shared: &Shared, topic: &TopicName, twin: u32, encoded: &Encoded) {
+    let payload = encoded
+        .cumulative
+        .clone()
+        .unwrap_or_else(|| encoded.each.clone());
+    let sent = send_push(shared, twin, payload).await;
+    // A push no relay took is sent again like a lost one.
+    shared
+        .lock_progress()
+        .pushed(&topic.name, twin, encoded.last, Instant::now());
+    match sent {
+        Ok(()) => Counters::add(&shared.counters.pushed, encoded.count),
+        Err(e) => push_failed(shared, topic, twin, &e),
+    }
+}
+
+/// Sends again, from the store, what `due` left unacknowledged (at most one batch; the
+/// batch says how far the topic got, so the subscriber pulls the rest).
+async fn resend(shared: &Shared, due: Resend) {
+    let Ok(topic) = TopicName::new(shared.peer.twin_id(), &due.topic) else {
+        return;
+    };
+    let Ok(Some(config)) = shared.config(&due.topic).await else {
+        return;
+    };
+    let slice = match shared
+        .store
+        .pull(
+            &due.topic,
+            &config,
+            due.after,
+            wire::MAX_BATCH as u32,
+            unix_now(),
+        )
+        .await
+    {
+        Ok(slice) => slice,
+        Err(e) => {
+            tracing::debug!(%topic, error = %e, "cannot read messages to send again");
+            return;
+        }
+    };
+    let mut bytes = 0;
+    let messages: Vec<MessageJson> = slice
+        .messages
+        .into_iter()
+        .filter(|m| m.id <= due.last)
+        .take_while(|m| {
+            bytes += m.size();
+            bytes <= wire::BATCH_BYTES
+        })
+        .collect();
+    if messages.is_empty() {
+        // Retention dropped them: the subscriber learns of the gap when it renews.
+        return;
+    }
+    Counters::bump(&shared.counters.resent);
+    let count = messages.len() as u64;
+    let body = wire::Batch {
+        messages,
+        acks: AckMode::Cumulative,
+        last: Some(due.last),
+    };
+    let payload = serde_json::to_vec(&body).expect("a batch serialises");
+    match send_push(shared, due.twin, payload).await {
+        Ok(()) => Counters::add(&shared.counters.pushed, count),
+        Err(e) => push_failed(shared, &topic, due.twin, &e),
+    }
+}
+
+/// Sends a push that expects no answer.
+async fn send_push(shared: &Shared, twin: u32, payload: Vec<u8>) -> Result<(), SendError> {
+    let request = push_request(twin, payload);
+    shared.peer.send_one_way(request).await
+}
+
+/// A push request to `twin` (uid fresh).
+fn push_request(twin: u32, payload: Vec<u8>) -> OutgoingRequest {
+    OutgoingRequest {
+        uid: uuid::Uuid::new_v4().to_string(),
+        destination: Address::twin(twin),
+        command: wire::MESSAGE.into(),
+        payload,
+        schema: Some("application/json".into()),
+        tags: None,
+        timestamp: 0,
+        expiration: REQUEST_EXPIRATION,
+    }
+}
+
+/// Counts and (rate-limited) logs a push that did not go out.
+fn push_failed(shared: &Shared, topic: &TopicName, twin: u32, e: &SendError) {
+    Counters::bump(&shared.counters.push_failures);
+    if shared
+        .peer
+        .log_allowed(u64::from(twin), Reason::InvalidMessage)
+    {
+        tracing::debug!(twin, %topic, error = %e, "could not push a message (the subscriber pulls it later)");
+    }
+}
+
+/// Sends one batch (of `count` messages) to a subscriber that answers each push; the
+/// core resends it until the answer comes.
 async fn push(shared: &Shared, topic: &TopicName, twin: u32, payload: Vec<u8>, count: u64) {
-    let uid = uuid::Uuid::new_v4().to_string();
-    let deadline = Instant::now() + std::time::Duration::from_secs(REQUEST_EXPIRATION);
+    let request = push_request(twin, payload);
+    let uid = request.uid.clone();
+    let deadline = Instant::now() + Duration::from_secs(REQUEST_EXPIRATION);
     let waiter = Waiter::Push {
         topic: topic.name.clone(),
         twin,
@@ -481,29 +638,13 @@ async fn push(shared: &Shared, topic: &TopicName, twin: u32, payload: Vec<u8>, c
         Counters::bump(&shared.counters.push_failures);
         return;
     }
-    let request = OutgoingRequest {
-        uid: uid.clone(),
-        destination: Address::twin(twin),
-        command: wire::MESSAGE.into(),
-        payload,
-        schema: Some("application/json".into()),
-        tags: None,
-        timestamp: 0,
-        expiration: REQUEST_EXPIRATION,
-    };
-    // One envelope per subscriber per batch: unsigned when the subscriber publishes our
-    // scheme (its encryption authenticates it; `core::unsigned`), signed otherwise.
+    // Unsigned when the subscriber publishes our scheme (its encryption authenticates
+    // it; `core::unsigned`), signed otherwise.
     match shared.peer.send_unsigned_request(request).await {
         Ok(()) => Counters::add(&shared.counters.pushed, count),
         Err(e) => {
             shared.pending.take(&uid);
-            Counters::bump(&shared.counters.push_failures);
-            if shared
-                .peer
-                .log_allowed(u64::from(twin), Reason::InvalidMessage)
-            {
-                tracing::debug!(twin, %topic, error = %e, "could not push a message (the subscriber pulls it later)");
-            }
+            push_failed(shared, topic, twin, &e);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! "busy" error reply (code 503) and the sender tries again later.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -13,7 +14,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use super::owner;
 use super::pending::Waiter;
 use super::subscriber::Input;
-use super::wire::{self, codes};
+use super::wire::{self, AckMode, codes};
 use super::{Counters, Shared};
 use crate::core::types::DEFAULT_EXPIRATION;
 use crate::core::{
@@ -57,6 +58,7 @@ async fn dispatch(
             ) => r,
             Err(_) => return,
         },
+        wire::ACK => return acknowledged(shared, &request).await,
         wire::PUBLISH | wire::SUBSCRIBE | wire::UNSUBSCRIBE | wire::PULL => {
             match owner_tx.try_send(owner::Input::Request(request)) {
                 Ok(()) => return,
@@ -97,7 +99,19 @@ fn answer(shared: &Shared, owner_tx: &mpsc::Sender<owner::Input>, response: Inbo
             let _ = tx.send(response);
         }
         Some(Waiter::Push { topic, twin }) => match response.reply {
-            Ok(_) => {}
+            Ok(body) => {
+                // A subscriber that can acknowledge cumulatively says so in its answer.
+                if let Ok(answer) = serde_json::from_slice::<wire::PushAnswer>(&body)
+                    && answer.acks == AckMode::Cumulative
+                    && response.source.twin == twin
+                    && shared
+                        .lock_subscribers()
+                        .get(&topic)
+                        .is_some_and(|subs| subs.contains(&twin))
+                {
+                    shared.lock_progress().learn(&topic, twin, answer.acks);
+                }
+            }
             Err(e) if e.code == codes::NOT_FOUND && response.source.twin == twin => {
                 tracing::debug!(twin, %topic, "subscriber says it is not subscribed; dropping it");
                 owner::drop_subscriber(owner_tx, &topic, twin);
@@ -114,6 +128,38 @@ fn answer(shared: &Shared, owner_tx: &mpsc::Sender<owner::Input>, response: Inbo
         },
         None => {}
     }
+}
+
+/// A subscriber's cumulative acknowledgement ([`wire::ACK`]): noted, never answered.
+/// One that cannot be read is refused with an error reply; one from a twin that is no
+/// subscriber of the topic is dropped (counted as `ack_not_subscribed`).
+async fn acknowledged(shared: &Shared, request: &InboundRequest) {
+    let ack: wire::AckRequest = match serde_json::from_slice(&request.payload) {
+        Ok(ack) => ack,
+        Err(e) => {
+            let message = format!("{} body is not valid: {e}", wire::ACK);
+            return reply_error(shared, request, "bad_request", codes::BAD_REQUEST, message).await;
+        }
+    };
+    let twin = request.source.twin;
+    // Only own topics' subscribers (looked up only for topics that exist: a name made
+    // up adds nothing to the caches).
+    let subscribed = wire::check_name(&ack.topic).is_ok()
+        && matches!(shared.config(&ack.topic).await, Ok(Some(_)))
+        && shared
+            .subscribers(&ack.topic)
+            .await
+            .is_ok_and(|subs| subs.contains(&twin));
+    if !subscribed {
+        shared.counters.refuse("ack_not_subscribed");
+        return;
+    }
+    let mut progress = shared.lock_progress();
+    // After a restart of ours, its acknowledgement is how we learn it acknowledges so.
+    progress.learn(&ack.topic, twin, AckMode::Cumulative);
+    progress.acked(&ack.topic, twin, ack.last, Instant::now());
+    drop(progress);
+    Counters::bump(&shared.counters.acks_received);
 }
 
 /// Refuses a topic request with an error reply (counted by reason, logged at most once

@@ -13,7 +13,7 @@
 //! Pulls and renewals are requests to other twins; they run in a `JoinSet` the task owns,
 //! so the task never waits on the network.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +23,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::router::{reply, reply_error};
-use super::wire::{self, GapJson, MessageJson, TopicName, codes};
-use super::{Counters, Shared, TopicError};
-use crate::core::{InboundRequest, Reason};
+use super::wire::{self, AckMode, GapJson, MessageJson, TopicName, codes};
+use super::{Counters, REQUEST_EXPIRATION, Shared, TopicError};
+use crate::core::{InboundRequest, OutgoingRequest, Reason};
+use rmb_proto::Address;
 
 /// Most messages buffered per subscription while a hole is pulled.
 pub const MAX_BUFFERED: usize = 1024;
@@ -48,6 +49,12 @@ const TICK: Duration = Duration::from_millis(500);
 const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Most acknowledgements held back at once.
 const ACK_BATCH: usize = 256;
+/// Pushes an owner sent with [`AckMode::Cumulative`] are acknowledged together, one
+/// [`wire::ACK`] per topic at most this long after the first of them: the owner sends
+/// again only what stays unacknowledged for a second
+/// ([`progress`](super::progress)), and a fan-out to many subscribers then costs one
+/// acknowledgement per subscriber per tenth of a second, not one per push.
+const CUMULATIVE_ACK_DELAY: Duration = Duration::from_millis(100);
 
 /// What the subscriber task handles.
 #[derive(Debug)]
@@ -106,6 +113,8 @@ enum Job {
         topic: TopicName,
         result: Result<wire::Subscribed, TopicError>,
     },
+    /// The owner of a topic we do not subscribe to was asked to stop pushing it.
+    ToldUnsubscribed(TopicName),
 }
 
 /// The subscriber task.
@@ -120,13 +129,21 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew_tick = tokio::time::interval(shared.options.renew);
     renew_tick.reset();
+    // Answers due to pushes that want one each, and topics due a cumulative ack.
     let mut acks: Vec<InboundRequest> = Vec::new();
     let mut ack_at = Instant::now();
+    let mut ack_due: HashSet<TopicName> = HashSet::new();
+    let mut cumulative_at = Instant::now();
+    // Owners being told we do not subscribe to a topic they push (one call at a time).
+    let mut telling: HashSet<TopicName> = HashSet::new();
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => break,
             _ = tokio::time::sleep_until(ack_at), if !acks.is_empty() => {
                 send_acks(&shared, &mut acks).await;
+            }
+            _ = tokio::time::sleep_until(cumulative_at), if !ack_due.is_empty() => {
+                send_cumulative_acks(&shared, &subs, &mut ack_due).await;
             }
             next = input.recv() => {
                 let Some(first) = next else { break };
@@ -144,15 +161,33 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                 for item in inputs {
                     match item {
                         Input::Message(request) => {
-                            if let Some((request, topic)) =
-                                accept(&shared, &mut subs, &mut early, request).await
-                            {
-                                if let Some(topic) = topic
-                                    && !touched.contains(&topic)
-                                {
-                                    touched.push(topic);
+                            match accept(&shared, &mut subs, &mut early, &request).await {
+                                Taken::Recorded { filled, topic, acks } => {
+                                    if filled && !touched.contains(&topic) {
+                                        touched.push(topic.clone());
+                                    }
+                                    match acks {
+                                        AckMode::Each => recorded.push(request),
+                                        AckMode::Cumulative => {
+                                            if ack_due.is_empty() {
+                                                cumulative_at = Instant::now() + CUMULATIVE_ACK_DELAY;
+                                            }
+                                            ack_due.insert(topic);
+                                        }
+                                    }
                                 }
-                                recorded.push(request);
+                                Taken::NotSubscribed(topic) => {
+                                    if telling.insert(topic.clone()) {
+                                        let shared = Arc::clone(&shared);
+                                        jobs.spawn(async move {
+                                            if let Err(e) = tell_owner_unsubscribed(&shared, &topic).await {
+                                                tracing::debug!(%topic, error = %e, "could not tell an owner we do not subscribe");
+                                            }
+                                            Job::ToldUnsubscribed(topic)
+                                        });
+                                    }
+                                }
+                                Taken::Refused => {}
                             }
                         }
                         Input::Added { topic, last, list, owner_last } => {
@@ -188,6 +223,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                 }
             }
             Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
+                Ok(Job::ToldUnsubscribed(topic)) => {
+                    telling.remove(&topic);
+                }
                 Ok(job) => on_job(&shared, &mut subs, &mut jobs, job).await,
                 Err(e) => tracing::error!(error = %e, "a topic pull task failed"),
             },
@@ -214,10 +252,50 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
 }
 
 /// Answers the pushes whose messages are recorded (an owner resends what stays
-/// unanswered).
+/// unanswered), saying that we can acknowledge cumulatively.
 async fn send_acks(shared: &Shared, acks: &mut Vec<InboundRequest>) {
+    let answer = wire::PushAnswer {
+        acks: AckMode::Cumulative,
+    };
+    let body = serde_json::to_vec(&answer).expect("an answer serialises");
     for request in acks.drain(..) {
-        reply(shared, &request, Ok(b"{}".to_vec())).await;
+        reply(shared, &request, Ok(body.clone())).await;
+    }
+}
+
+/// Tells the owner of each topic in `due` the last id handed to apps ([`wire::ACK`];
+/// not answered, and a lost one is made up for by the next).
+async fn send_cumulative_acks(
+    shared: &Shared,
+    subs: &HashMap<TopicName, Sub>,
+    due: &mut HashSet<TopicName>,
+) {
+    for topic in due.drain() {
+        // One still being subscribed to is acknowledged with its next push.
+        let Some(sub) = subs.get(&topic) else {
+            continue;
+        };
+        let body = wire::AckRequest {
+            topic: topic.name.clone(),
+            last: sub.last,
+        };
+        let request = OutgoingRequest {
+            uid: uuid::Uuid::new_v4().to_string(),
+            destination: Address::twin(topic.owner),
+            command: wire::ACK.into(),
+            payload: serde_json::to_vec(&body).expect("an ack serialises"),
+            schema: Some("application/json".into()),
+            tags: None,
+            timestamp: 0,
+            expiration: REQUEST_EXPIRATION,
+        };
+        if let Err(e) = shared.peer.send_one_way(request).await
+            && shared
+                .peer
+                .log_allowed(u64::from(topic.owner), Reason::InvalidMessage)
+        {
+            tracing::debug!(%topic, error = %e, "could not acknowledge (the owner sends again)");
+        }
     }
 }
 
@@ -242,28 +320,41 @@ async fn load(shared: &Shared) -> HashMap<TopicName, Sub> {
     }
 }
 
-/// A message request taken in: to be answered once what it carried is recorded; the
-/// topic whose buffer it filled, if any.
-type Accepted = (InboundRequest, Option<TopicName>);
+/// What became of a `rmb.topic.message` request.
+enum Taken {
+    /// Its messages are buffered (or were seen already): once they are recorded it is
+    /// answered ([`AckMode::Each`]) or its topic acknowledged ([`AckMode::Cumulative`]).
+    Recorded {
+        /// It filled the subscription's buffer (false: one being made kept it).
+        filled: bool,
+        topic: TopicName,
+        acks: AckMode,
+    },
+    /// A push wanting no answer, for a topic we do not subscribe to: its owner is to be
+    /// told, or it keeps pushing.
+    NotSubscribed(TopicName),
+    /// Refused with an error reply.
+    Refused,
+}
 
 /// Checks a `rmb.topic.message` request and buffers its messages; a refused one is
-/// answered with an error at once (`None`).
+/// answered with an error at once.
 async fn accept(
     shared: &Arc<Shared>,
     subs: &mut HashMap<TopicName, Sub>,
     early: &mut HashMap<TopicName, Vec<MessageJson>>,
-    request: InboundRequest,
-) -> Option<Accepted> {
+    request: &InboundRequest,
+) -> Taken {
     let batch: wire::Batch = match serde_json::from_slice(&request.payload) {
         Ok(b) => b,
         Err(e) => {
             let text = format!("{} body is not valid: {e}", wire::MESSAGE);
-            return refuse(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+            return refuse(shared, request, "bad_message", codes::BAD_REQUEST, text).await;
         }
     };
     let Some(first) = batch.messages.first() else {
         let text = "a message batch is empty".to_string();
-        return refuse(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+        return refuse(shared, request, "bad_message", codes::BAD_REQUEST, text).await;
     };
     if batch.messages.len() > wire::MAX_BATCH
         || batch.messages.iter().any(|m| m.topic != first.topic)
@@ -272,14 +363,14 @@ async fn accept(
             "a message batch holds 1 to {} messages of one topic",
             wire::MAX_BATCH
         );
-        return refuse(shared, &request, "bad_message", codes::BAD_REQUEST, text).await;
+        return refuse(shared, request, "bad_message", codes::BAD_REQUEST, text).await;
     }
     let topic = match first.topic.parse::<TopicName>() {
         Ok(t) => t,
         Err(e) => {
             return refuse(
                 shared,
-                &request,
+                request,
                 "bad_message",
                 codes::BAD_REQUEST,
                 e.to_string(),
@@ -289,27 +380,44 @@ async fn accept(
     };
     if topic.owner != request.source.twin {
         let text = format!("only twin {} sends messages of {topic}", topic.owner);
-        return refuse(shared, &request, "not_owner", codes::REFUSED, text).await;
+        return refuse(shared, request, "not_owner", codes::REFUSED, text).await;
     }
+    let acks = batch.acks;
     let Some(sub) = subs.get_mut(&topic) else {
         if shared.lock_subscribing().contains(&topic) {
             // Pushed between the owner's answer and the subscription being recorded.
-            let kept = early.entry(topic).or_default();
+            let kept = early.entry(topic.clone()).or_default();
             let room = MAX_EARLY.saturating_sub(kept.len());
             kept.extend(batch.messages.into_iter().take(room));
-            return Some((request, None));
+            return Taken::Recorded {
+                filled: false,
+                topic,
+                acks,
+            };
+        }
+        if acks == AckMode::Cumulative {
+            shared.counters.refuse("not_subscribed");
+            return Taken::NotSubscribed(topic);
         }
         let text = format!(
             "twin {} is not subscribed to {topic}",
             shared.peer.twin_id()
         );
-        return refuse(shared, &request, "not_subscribed", codes::NOT_FOUND, text).await;
+        return refuse(shared, request, "not_subscribed", codes::NOT_FOUND, text).await;
     };
     Counters::add(&shared.counters.received, batch.messages.len() as u64);
     for message in batch.messages {
         offer(shared, sub, message);
     }
-    Some((request, Some(topic)))
+    if let Some(last) = batch.last {
+        // A resend of what we left unacknowledged: the topic got this far.
+        sub.known_last = sub.known_last.max(last);
+    }
+    Taken::Recorded {
+        filled: true,
+        topic,
+        acks,
+    }
 }
 
 /// Answers a refused message request with an error.
@@ -319,9 +427,9 @@ async fn refuse(
     reason: &'static str,
     code: u32,
     text: String,
-) -> Option<Accepted> {
+) -> Taken {
     reply_error(shared, request, reason, code, text).await;
-    None
+    Taken::Refused
 }
 
 /// Takes one message into the buffer (dropped when seen already); [`drain`] then hands
@@ -448,6 +556,7 @@ fn start_pull(shared: &Arc<Shared>, topic: &TopicName, sub: &mut Sub, jobs: &mut
 async fn renew(shared: Arc<Shared>, topic: TopicName) -> Job {
     let body = wire::SubscribeRequest {
         topic: topic.name.clone(),
+        acks: AckMode::Cumulative,
     };
     let result = shared
         .call(
@@ -468,6 +577,8 @@ async fn on_job(
     job: Job,
 ) {
     match job {
+        // The task's loop clears its `telling` entry.
+        Job::ToldUnsubscribed(_) => {}
         Job::Renewed { topic, result } => {
             let Some(sub) = subs.get_mut(&topic) else {
                 return;
@@ -606,6 +717,7 @@ async fn record_subscription(
 ) -> Result<u64, TopicError> {
     let body = wire::SubscribeRequest {
         topic: topic.name.clone(),
+        acks: AckMode::Cumulative,
     };
     let bytes = shared
         .call(
@@ -647,18 +759,7 @@ async fn record_subscription(
 
 /// Ends a subscription: the owner is told (when reachable), the local state goes.
 pub(crate) async fn unsubscribe(shared: &Shared, topic: &TopicName) -> Result<(), TopicError> {
-    let body = wire::SubscribeRequest {
-        topic: topic.name.clone(),
-    };
-    if let Err(e) = shared
-        .call(
-            topic.owner,
-            wire::UNSUBSCRIBE,
-            serde_json::to_vec(&body).expect("a request serialises"),
-            shared.options.timeout,
-        )
-        .await
-    {
+    if let Err(e) = tell_owner_unsubscribed(shared, topic).await {
         // Its next push gets "not subscribed" and the owner drops us then.
         tracing::info!(%topic, error = %e, "the owner was not told of the unsubscription");
     }
@@ -668,4 +769,21 @@ pub(crate) async fn unsubscribe(shared: &Shared, topic: &TopicName) -> Result<()
         .send(Input::Removed(topic.clone()))
         .await
         .map_err(|_| TopicError::Closed)
+}
+
+/// Asks `topic`'s owner to stop pushing to us.
+async fn tell_owner_unsubscribed(shared: &Shared, topic: &TopicName) -> Result<(), TopicError> {
+    let body = wire::SubscribeRequest {
+        topic: topic.name.clone(),
+        acks: AckMode::Each,
+    };
+    shared
+        .call(
+            topic.owner,
+            wire::UNSUBSCRIBE,
+            serde_json::to_vec(&body).expect("a request serialises"),
+            shared.options.timeout,
+        )
+        .await
+        .map(drop)
 }

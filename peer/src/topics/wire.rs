@@ -23,6 +23,9 @@ pub const UNSUBSCRIBE: &str = "rmb.topic.unsubscribe";
 pub const PULL: &str = "rmb.topic.pull";
 /// Owner → subscriber: new messages of one topic ([`Batch`]); answered with `{}`.
 pub const MESSAGE: &str = "rmb.topic.message";
+/// Subscriber → owner: every message of a topic up to an id is handed to apps (answers
+/// [`MESSAGE`]s sent with [`AckMode::Cumulative`]; never answered itself).
+pub const ACK: &str = "rmb.topic.ack";
 /// Every topic command starts with this.
 pub const PREFIX: &str = "rmb.topic.";
 
@@ -353,11 +356,56 @@ pub struct Published {
     pub time: u64,
 }
 
+/// How a subscriber acknowledges pushes ([`MESSAGE`]).
+///
+/// `Each`: every push is a request answered with a response, which the owner's core
+/// resends until it comes (as the first version of this protocol did). `Cumulative`: a
+/// push is not answered; the subscriber sends one [`ACK`] per topic now and then with
+/// the last id it handed to its apps, and the owner sends again what stays
+/// unacknowledged ([`progress`](super::progress)). Half the envelopes of a fan-out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// Answer every push (what a subscriber that does not say otherwise gets).
+    #[default]
+    Each,
+    /// Acknowledge with [`ACK`] instead.
+    Cumulative,
+}
+
+impl AckMode {
+    /// For `skip_serializing_if`: `Each` is what an absent field means.
+    pub fn is_each(&self) -> bool {
+        *self == AckMode::Each
+    }
+}
+
 /// Body of [`SUBSCRIBE`] and [`UNSUBSCRIBE`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscribeRequest {
     /// The topic name (after `owner/`).
     pub topic: String,
+    /// How this subscriber acknowledges pushes (absent: [`AckMode::Each`]).
+    #[serde(default, skip_serializing_if = "AckMode::is_each")]
+    pub acks: AckMode,
+}
+
+/// Body of [`ACK`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRequest {
+    /// The topic name (after `owner/`; the owner is the addressee).
+    pub topic: String,
+    /// Every message up to this id is handed to the subscriber's apps (or reported lost).
+    pub last: u64,
+}
+
+/// A subscriber's answer to a push sent with [`AckMode::Each`]: `{}` from the first
+/// version; `{"acks": "cumulative"}` tells the owner it may stop waiting for answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushAnswer {
+    /// How the subscriber can acknowledge.
+    #[serde(default, skip_serializing_if = "AckMode::is_each")]
+    pub acks: AckMode,
 }
 
 /// Answer to [`SUBSCRIBE`]: where the topic stands, so the subscriber pulls what it
@@ -399,6 +447,13 @@ pub struct Pulled {
 pub struct Batch {
     /// The messages, in id order.
     pub messages: Vec<MessageJson>,
+    /// How to acknowledge this push (absent: answer it, [`AckMode::Each`]).
+    #[serde(default, skip_serializing_if = "AckMode::is_each")]
+    pub acks: AckMode,
+    /// The newest id the owner has given, when it is beyond this batch (a resend of
+    /// unacknowledged messages): the subscriber pulls the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<u64>,
 }
 
 /// Most messages in one [`Batch`].

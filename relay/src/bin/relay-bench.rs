@@ -43,6 +43,10 @@
 //! relay's own cost. This phase runs first, on a fresh relay, so the allocator has no
 //! freed load-test memory to reuse. The child's own growth is shown for comparison.
 
+/// mimalloc: glibc malloc cost a busy peer or relay about a tenth of its CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "relay_bench/bare.rs"]
 mod bare;
 #[path = "relay_bench/idle.rs"]

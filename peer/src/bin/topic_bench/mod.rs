@@ -51,6 +51,10 @@ pub struct Args {
     /// The rmb-relay binary (default: next to this one).
     #[arg(long, value_name = "PATH")]
     pub relay_bin: Option<PathBuf>,
+    /// Relay paths to measure: 1 (owner and subscribers on one relay), 2 (across two
+    /// federated relays).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub relays: Vec<u8>,
     /// Skip NATS.
     #[arg(long)]
     pub no_nats: bool,
@@ -96,6 +100,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             burst: (args.burst_deliveries / n.max(1)).max(200),
         };
         for two_relays in [false, true] {
+            if !args.relays.contains(&(1 + u8::from(two_relays))) {
+                continue;
+            }
             let path = if two_relays { "2 relays" } else { "1 relay" };
             eprintln!("rmb topics, {n} subscriber(s), {path}...");
             let figures = measure_rmb(&relay_bin, scratch.path(), plan, two_relays).await?;
