@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::limits::{Admission, ConnLimits, Counted};
+use super::read_ahead::ReadAhead;
 use crate::state::RelayState;
 use crate::throttle::LogThrottle;
 
@@ -117,7 +118,8 @@ impl Acceptor {
                 return;
             }
         };
-        let io = Counted::new(tcp, slot);
+        // Busy connections read 64 KiB per call, idle ones hold no read buffer.
+        let io = Counted::new(ReadAhead::new(tcp), slot);
         let serve = async {
             match &self.tls {
                 None => self.http(io, app, health_only).await,

@@ -10,10 +10,12 @@
 //! | anything else | 404 `page not found` |
 //!
 //! Connections are accepted by [`accept`] (deadlines, TLS, connection limits in
-//! [`limits`]); a connection over the limits gets only `/health` and `/metrics`.
+//! [`limits`], large reads for busy connections in [`read_ahead`]); a connection over
+//! the limits gets only `/health` and `/metrics`.
 
 pub mod accept;
 pub mod limits;
+pub mod read_ahead;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,7 +5,8 @@
 //! no routing, no protobuf, no signatures); a connection through one real rmb-relay; a
 //! connection across two federated rmb-relays. Throughput: `--mib` MiB written in 64 KiB
 //! writes until the far side has read everything. Latency: `--rounds` round trips of a
-//! 64-byte message (p50/p99). Everything shares the same CPUs, so figures are relative.
+//! 64-byte message (p50/p99). Everything shares the same CPUs, so figures are relative;
+//! throughput is the median of `--repeat` runs per path, the paths taking turns.
 //! Run optimised: `cargo run --release -p rmb-tests --bin conn-bench` (binaries come
 //! from the same target directory).
 
@@ -43,6 +44,9 @@ struct Args {
     /// Round trips per latency run.
     #[arg(long, default_value_t = 1000)]
     rounds: usize,
+    /// Throughput runs per path, taken in turns; the table shows each path's median.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
     /// Data bytes per frame (KiB); the peers' default when not given.
     #[arg(long)]
     frame_kib: Option<usize>,
@@ -91,42 +95,51 @@ async fn run(args: Args) -> anyhow::Result<()> {
         p99,
     });
 
-    eprintln!("bare websocket forwarder…");
+    // Every path stays up while throughput is measured in turns (forwarder, one relay,
+    // two relays, again…): the machine's speed drifts between runs, and the median of
+    // interleaved runs compares the paths under the same conditions.
+    eprintln!("setting up: bare websocket forwarder, one relay, two relays…");
     let forwarder = bare::Forwarder::start(false).await?;
-    let mb_s = ws_throughput(&forwarder, 0, bytes).await?;
-    let (p50, p99) = ws_latency(&forwarder, 1, args.rounds).await?;
-    rows.push(Row {
-        name: "bare ws forwarder",
-        mb_s,
-        p50,
-        p99,
-    });
-
-    eprintln!("connection through one relay…");
     let relay = RelayProcess::start(&[]);
-    let (alice, bob) = clients(&relay, &relay, &relay.http_url(), &args).await?;
-    let (mb_s, p50, p99) = connection_figures(&alice, &bob, bytes, args.rounds).await?;
-    rows.push(Row {
-        name: "connection, 1 relay",
-        mb_s,
-        p50,
-        p99,
-    });
-    drop((alice, bob, relay));
-
-    eprintln!("connection across two relays…");
+    let (alice1, bob1) = clients(&relay, &relay, &relay.http_url(), &args).await?;
     let (p1, p2) = (free_port(), free_port());
     let r1 = RelayProcess::start_on(p1, &["--federation-http"]);
     let registry = r1.http_url();
     let r2 = RelayProcess::start_on(p2, &["--federation-http", "--registry", &registry]);
-    let (alice, bob) = clients(&r1, &r2, &registry, &args).await?;
-    let (mb_s, p50, p99) = connection_figures(&alice, &bob, bytes, args.rounds).await?;
+    let (alice2, bob2) = clients(&r1, &r2, &registry, &args).await?;
+
+    let mut runs: [Vec<f64>; 3] = Default::default();
+    for round in 0..args.repeat.max(1) {
+        eprintln!("throughput, round {} of {}…", round + 1, args.repeat.max(1));
+        runs[0].push(ws_throughput(&forwarder, 0, bytes).await?);
+        runs[1].push(connection_throughput(&alice1, &bob1, bytes).await?);
+        runs[2].push(connection_throughput(&alice2, &bob2, bytes).await?);
+    }
+    let [forwarder_mb_s, one_mb_s, two_mb_s] = runs.map(median);
+
+    eprintln!("round trips…");
+    let (p50, p99) = ws_latency(&forwarder, 1, args.rounds).await?;
     rows.push(Row {
-        name: "connection, 2 relays",
-        mb_s,
+        name: "bare ws forwarder",
+        mb_s: forwarder_mb_s,
         p50,
         p99,
     });
+    let (p50, p99) = connection_latency(&alice1, &bob1, args.rounds).await?;
+    rows.push(Row {
+        name: "connection, 1 relay",
+        mb_s: one_mb_s,
+        p50,
+        p99,
+    });
+    let (p50, p99) = connection_latency(&alice2, &bob2, args.rounds).await?;
+    rows.push(Row {
+        name: "connection, 2 relays",
+        mb_s: two_mb_s,
+        p50,
+        p99,
+    });
+    drop((alice1, bob1, relay, alice2, bob2, r1, r2));
 
     let build = if cfg!(debug_assertions) {
         "debug"
@@ -134,8 +147,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "release"
     };
     println!(
-        "\nconnections benchmark ({build} build, {} MiB in 64 KiB writes, {} round trips of {SMALL} B)",
-        args.mib, args.rounds
+        "\nconnections benchmark ({build} build, {} MiB in 64 KiB writes, median of {} runs per path taken in turns; {} round trips of {SMALL} B)",
+        args.mib,
+        args.repeat.max(1),
+        args.rounds
     );
     println!(
         "{:<24} {:>10} {:>12} {:>12}",
@@ -357,15 +372,32 @@ async fn open(alice: &Client, bob: &Client, protocol: &str) -> anyhow::Result<(S
     Ok((a?, b.context("listener closed")??))
 }
 
-async fn connection_figures(
+/// MB/s of one connection opened for the purpose.
+async fn connection_throughput(alice: &Client, bob: &Client, bytes: usize) -> anyhow::Result<f64> {
+    let (a, b) = open(alice, bob, "bench-throughput").await?;
+    stream_throughput(a, b, bytes).await
+}
+
+/// Round trips of small messages over one connection opened for the purpose.
+async fn connection_latency(
     alice: &Client,
     bob: &Client,
-    bytes: usize,
     rounds: usize,
-) -> anyhow::Result<(f64, Duration, Duration)> {
-    let (a, b) = open(alice, bob, "bench-throughput").await?;
-    let mb_s = stream_throughput(a, b, bytes).await?;
+) -> anyhow::Result<(Duration, Duration)> {
     let (a, b) = open(alice, bob, "bench-latency").await?;
-    let (p50, p99) = stream_latency(a, b, rounds).await?;
-    Ok((mb_s, p50, p99))
+    stream_latency(a, b, rounds).await
+}
+
+/// The middle value (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
