@@ -48,6 +48,8 @@ use counters::*;
 use net::*;
 pub use report::Report;
 
+/// How long a sender behind its schedule may go on after the sending time is up.
+const SENDER_GRACE: Duration = Duration::from_secs(10);
 /// The command the echo bot serves.
 pub const COMMAND: &str = "chaos.echo";
 /// The list the client reads its responses from (its `ret`).
@@ -333,6 +335,12 @@ pub fn run(config: &Config) -> Report {
         net.watch_recovery(crash.target, relaunched);
     }
     net.sample_until(start + config.duration);
+    // A sender behind its schedule (a slow or busy machine, a Redis restart) may still
+    // send what the schedule holds for a while; only then is it cut off.
+    let grace = Instant::now() + SENDER_GRACE;
+    while !sender.is_finished() && Instant::now() < grace {
+        net.sample_until(Instant::now() + Duration::from_millis(100));
+    }
     stop_sending.store(true, Ordering::SeqCst);
     sender.join().expect("the client's sender panicked");
     let send_secs = start.elapsed().as_secs_f64();
