@@ -168,6 +168,50 @@ fn ids_and_texts(messages: &[Value]) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// A twin of the test's own, registered on `relay` with an x25519 key, and a bare
+/// session of it on that relay: it gets exactly what relays carry, and sends what the
+/// test builds.
+async fn bare_twin(
+    relay: &RelayProcess,
+    secret: &str,
+) -> (Identity, u32, rmb_testsupport::relay_client::TestClient) {
+    use rmb_identity::E2eScheme;
+    use rmb_identity::registry::http::HttpRegistry;
+    use rmb_identity::registry::{Registry, TwinUpdate};
+
+    let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
+    let update = TwinUpdate {
+        relays: [relay.domain()].into(),
+        pk: Some(identity.e2e_public_key(E2eScheme::X25519)),
+        create: true,
+    };
+    let twin = HttpRegistry::new(&relay.http_url())
+        .unwrap()
+        .publish(identity.signer(), &update)
+        .await
+        .unwrap()
+        .id;
+    let session =
+        rmb_testsupport::relay_client::TestClient::connect(&relay.ws_url(), &identity, twin, None)
+            .await;
+    (identity, twin, session)
+}
+
+/// The e2e key `twin` publishes in the registry at `registry`.
+async fn published_key(registry: &str, twin: u32) -> Vec<u8> {
+    use rmb_identity::registry::Registry;
+    use rmb_identity::registry::http::HttpRegistry;
+
+    HttpRegistry::new(registry)
+        .unwrap()
+        .get_twin(twin)
+        .await
+        .unwrap()
+        .unwrap()
+        .pk
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_subscribers_on_two_federated_relays_get_every_message_in_order() {
     let r1 = RelayProcess::start(&["--federation-http"]);
@@ -656,10 +700,10 @@ async fn the_http_api_answers_bad_requests_with_json_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_see_only_ciphertext_of_topic_messages() {
     use rmb_identity::E2eScheme;
+    use rmb_identity::registry::Registry;
     use rmb_identity::registry::http::HttpRegistry;
-    use rmb_identity::registry::{Registry, TwinUpdate};
     use rmb_proto::{Address, Envelope, Message, Payload, Request};
-    use rmb_testsupport::relay_client::{TestClient, now};
+    use rmb_testsupport::relay_client::now;
 
     let relay = RelayProcess::start(&[]);
     let registry = relay.http_url();
@@ -667,19 +711,7 @@ async fn relays_see_only_ciphertext_of_topic_messages() {
     create(&alice, "secret", json!({})).await;
 
     // Eve is a bare relay session: what she receives is exactly what relays carry.
-    let eve = Identity::from_secret("//Eve", KeyType::Sr25519).unwrap();
-    let update = TwinUpdate {
-        relays: [relay.domain()].into(),
-        pk: Some(eve.e2e_public_key(E2eScheme::X25519)),
-        create: true,
-    };
-    let eve_twin = HttpRegistry::new(&registry)
-        .unwrap()
-        .publish(eve.signer(), &update)
-        .await
-        .unwrap()
-        .id;
-    let mut session = TestClient::connect(&relay.ws_url(), &eve, eve_twin, None).await;
+    let (eve, eve_twin, mut session) = bare_twin(&relay, "//Eve").await;
     let mut subscribe = Envelope {
         uid: "eve-subscribes".into(),
         expiration: 60,
@@ -750,11 +782,8 @@ async fn relays_see_only_ciphertext_of_topic_messages() {
 /// and still gets Alice's real message as id 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_forgeries_are_refused_by_subscribers() {
-    use rmb_identity::E2eScheme;
-    use rmb_identity::registry::http::HttpRegistry;
-    use rmb_identity::registry::{Registry, TwinUpdate};
     use rmb_proto::{Address, Envelope, Message, Payload, Request, Response};
-    use rmb_testsupport::relay_client::{TestClient, now};
+    use rmb_testsupport::relay_client::now;
 
     let relay = RelayProcess::start(&[]);
     let registry = relay.http_url();
@@ -764,26 +793,8 @@ async fn unsigned_forgeries_are_refused_by_subscribers() {
     let topic = format!("{}/news", alice.twin);
     subscribe(&bob, &topic, json!({ "since": 0 })).await;
 
-    let mallory = Identity::from_secret("//Mallory", KeyType::Sr25519).unwrap();
-    let directory = HttpRegistry::new(&registry).unwrap();
-    let update = TwinUpdate {
-        relays: [relay.domain()].into(),
-        pk: Some(mallory.e2e_public_key(E2eScheme::X25519)),
-        create: true,
-    };
-    let mallory_twin = directory
-        .publish(mallory.signer(), &update)
-        .await
-        .unwrap()
-        .id;
-    let bob_pk = directory
-        .get_twin(bob.twin)
-        .await
-        .unwrap()
-        .unwrap()
-        .pk
-        .unwrap();
-    let mut session = TestClient::connect(&relay.ws_url(), &mallory, mallory_twin, None).await;
+    let (mallory, mallory_twin, mut session) = bare_twin(&relay, "//Mallory").await;
+    let bob_pk = published_key(&registry, bob.twin).await;
     let batch = |text: &str| {
         json!({"messages": [{
             "id": 1, "event": "message", "topic": topic, "time": now(),
@@ -889,8 +900,6 @@ async fn unsigned_forgeries_are_refused_by_subscribers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_pushes_are_sent_again_until_acknowledged() {
     use rmb_identity::E2eScheme;
-    use rmb_identity::registry::http::HttpRegistry;
-    use rmb_identity::registry::{Registry, TwinUpdate};
     use rmb_proto::{Address, Envelope, Message, Payload, Request};
     use rmb_testsupport::relay_client::{TestClient, now};
 
@@ -900,32 +909,10 @@ async fn unacknowledged_pushes_are_sent_again_until_acknowledged() {
     create(&alice, "news", json!({})).await;
     let topic = format!("{}/news", alice.twin);
 
-    let directory = HttpRegistry::new(&registry).unwrap();
-    let alice_pk = directory
-        .get_twin(alice.twin)
-        .await
-        .unwrap()
-        .unwrap()
-        .pk
-        .unwrap();
+    let alice_pk = published_key(&registry, alice.twin).await;
     // Two subscribers of our own: Carol acknowledges cumulatively, Dave answers pushes.
-    let join = async |secret: &str| {
-        let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
-        let update = TwinUpdate {
-            relays: [relay.domain()].into(),
-            pk: Some(identity.e2e_public_key(E2eScheme::X25519)),
-            create: true,
-        };
-        let twin = directory
-            .publish(identity.signer(), &update)
-            .await
-            .unwrap()
-            .id;
-        let session = TestClient::connect(&relay.ws_url(), &identity, twin, None).await;
-        (identity, twin, session)
-    };
-    let (carol, carol_twin, mut carol_session) = join("//AckCarol").await;
-    let (dave, dave_twin, mut dave_session) = join("//AckDave").await;
+    let (carol, carol_twin, mut carol_session) = bare_twin(&relay, "//AckCarol").await;
+    let (dave, dave_twin, mut dave_session) = bare_twin(&relay, "//AckDave").await;
 
     let request = |identity: &Identity, twin: u32, uid: &str, command: &str, body: Value| {
         let mut env = Envelope {

@@ -38,11 +38,7 @@ impl Peer {
     /// [`UNSIGNED_COMMANDS`](super::unsigned::UNSIGNED_COMMANDS), which receivers accept
     /// so; signed otherwise, so it always reaches the destination.
     pub async fn send_unsigned_request(&self, req: OutgoingRequest) -> Result<(), SendError> {
-        let how = if super::unsigned::UNSIGNED_COMMANDS.contains(&req.command.as_str()) {
-            Sealing::Unsigned
-        } else {
-            Sealing::Signed
-        };
+        let how = Sealing::for_request(&req.command, false);
         self.inner.send_request(req, how).await
     }
 
@@ -54,11 +50,7 @@ impl Peer {
     /// Errors: as [`send_request`](Peer::send_request), [`SendError::Link`] also when
     /// no relay is connected.
     pub async fn send_one_way(&self, req: OutgoingRequest) -> Result<(), SendError> {
-        let how = if super::unsigned::UNSIGNED_COMMANDS.contains(&req.command.as_str()) {
-            Sealing::UnsignedOneWay
-        } else {
-            Sealing::SignedOneWay
-        };
+        let how = Sealing::for_request(&req.command, true);
         self.inner.send_request(req, how).await
     }
 
@@ -137,6 +129,19 @@ pub(super) enum Sealing {
 }
 
 impl Sealing {
+    /// How a request with `command` goes when it may go unsigned: unsigned only for an
+    /// [`UNSIGNED_COMMANDS`](super::unsigned::UNSIGNED_COMMANDS) command (receivers
+    /// refuse anything else unsigned); `one_way` when it expects no answer.
+    fn for_request(command: &str, one_way: bool) -> Sealing {
+        let unsigned = super::unsigned::UNSIGNED_COMMANDS.contains(&command);
+        match (unsigned, one_way) {
+            (true, false) => Sealing::Unsigned,
+            (true, true) => Sealing::UnsignedOneWay,
+            (false, false) => Sealing::Signed,
+            (false, true) => Sealing::SignedOneWay,
+        }
+    }
+
     /// The request expects no answer: not resent, no answer awaited.
     fn is_one_way(self) -> bool {
         matches!(self, Sealing::UnsignedOneWay | Sealing::SignedOneWay)
