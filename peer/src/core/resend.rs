@@ -9,9 +9,12 @@
 //!
 //! - its resend time comes: the timeout of the measured round trips ([`Rtt`], at least
 //!   1 s, [`RESEND_AFTER`] before any was measured), doubling up to [`RESEND_MAX`], and
-//!   the destination made no progress: while it answers other requests sent after this
-//!   one's last copy, this one is most likely queued behind them, and a copy would only
-//!   add to the queue (under a burst, fixed 2 s resends added 63–72% extra requests).
+//!   the destination made no progress: while it keeps answering other requests sent
+//!   after this one's last copy (one answer at least within the interval just waited),
+//!   this one is most likely queued behind them, and a copy would only add to the
+//!   queue (under a burst, fixed 2 s resends added 63–72% extra requests). A
+//!   destination that answered some and then went quiet (it restarted and lost the
+//!   rest) is not working through a queue: its unanswered requests go at their time.
 //!   But once the destination has answered a request sent [`REORDER_MARGIN`] after
 //!   this one, this one was overtaken, most likely lost (queues are first in, first
 //!   out), and goes at its time. Such a request is only postponed (its interval still doubling) until it has waited
@@ -315,8 +318,14 @@ impl Resends {
                 if e.next.is_none_or(|next| next > now) {
                     return true;
                 }
+                // Busy: it answered others since this one's last copy, and lately (within
+                // the interval just waited). One that went quiet is not working through
+                // a queue: what it did not answer is lost.
                 let (busy, overtaken) = match progress.get(&e.twin) {
-                    Some(&(at, latest)) => (at > e.sent_at, latest > e.sent_at + REORDER_MARGIN),
+                    Some(&(at, latest)) => (
+                        at > e.sent_at && now.saturating_duration_since(at) < e.interval,
+                        latest > e.sent_at + REORDER_MARGIN,
+                    ),
                     None => (false, false),
                 };
                 if busy
@@ -560,20 +569,49 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Resends::default();
         r.track(due("queued", 1, "env", 1000), t0, true);
-        r.track(due("other", 1, "env", 1000), t0, true);
-        // The destination answers another request sent at the same time: progress.
-        assert!(r.answered("other", 1, t0 + Duration::from_millis(1500)));
+        // The destination keeps answering other requests sent at the same time (one
+        // every 500 ms): progress.
         let mut at = t0;
         let mut sent = Vec::new();
+        let mut n = 0;
         while at < t0 + STALL_BOUND + Duration::from_secs(10) {
+            at += Duration::from_millis(250);
+            if (at - t0).as_millis().is_multiple_of(500) {
+                let uid = format!("other-{n}");
+                n += 1;
+                r.track(due(&uid, 1, "env", 1000), t0, true);
+                assert!(r.answered(&uid, 1, at));
+            }
+            if uids(&r.take_due(at, 0)).contains(&("queued", 1)) {
+                sent.push(at - t0);
+            }
+        }
+        assert!(r.postponed() >= 1);
+        assert!(sent.first() >= Some(&STALL_BOUND), "{sent:?}");
+    }
+
+    #[test]
+    fn a_destination_that_went_quiet_gets_the_resend_at_its_time() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("lost", 1, "env", 1000), t0, true);
+        r.track(due("other", 1, "env", 1000), t0, true);
+        // It answered a request sent at the same time, then nothing (it restarted and
+        // lost "lost"): postponed once, then sent, long before the stall bound.
+        assert_eq!(RESEND_AFTER, Duration::from_secs(2));
+        assert!(r.answered("other", 1, t0 + Duration::from_millis(900)));
+        let mut at = t0;
+        let mut sent = Vec::new();
+        while at < t0 + Duration::from_secs(10) {
             at += Duration::from_millis(250);
             if !r.take_due(at, 0).is_empty() {
                 sent.push(at - t0);
             }
         }
-        assert!(r.postponed() >= 1);
-        assert_eq!(sent.len(), 1, "{sent:?}");
-        assert!(sent[0] >= STALL_BOUND, "{sent:?}");
+        // Due at 2 s (the first timeout): it answered 1.1 s before, so postponed (next
+        // in 4 s); at 6 s it has been quiet for longer than that: sent.
+        assert_eq!(r.postponed(), 1);
+        assert_eq!(sent.first(), Some(&(RESEND_AFTER * 3)), "{sent:?}");
     }
 
     #[test]
@@ -607,7 +645,7 @@ mod tests {
         let mut r = Resends::default();
         r.track(due("queued", 1, "env", 1000), t0, true);
         r.track(due("other", 1, "env", 1000), t0, true);
-        assert!(r.answered("other", 1, t0 + Duration::from_millis(100)));
+        assert!(r.answered("other", 1, t0 + Duration::from_millis(2500)));
         let at = t0 + Duration::from_secs(3);
         assert!(r.take_due(at, 0).is_empty(), "postponed");
         r.all_due(at);
