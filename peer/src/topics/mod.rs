@@ -9,6 +9,8 @@
 //!   message to every subscriber as a signed request encrypted for it;
 //! - [`subscriber`]: the subscriber's side: hands messages to apps exactly once and in
 //!   order, buffers what comes early, pulls gaps, reports what retention lost;
+//!   [`subscription`]: making and ending a subscription with the owner;
+//! - [`counters`]: what the layer did, by kind and refusal reason;
 //! - [`progress`]: how far each subscriber that acknowledges cumulatively has got, and
 //!   what to push to it again;
 //! - [`pending`]: requests waiting for an answer; [`router`]: splits the peer's inbound
@@ -17,16 +19,17 @@
 //! [`Topics`] is the handle the HTTP API and the benchmark use.
 
 pub mod config;
+pub mod counters;
 pub mod owner;
 pub mod pending;
 pub mod progress;
 pub mod router;
 pub mod store;
 pub mod subscriber;
+pub mod subscription;
 pub mod wire;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Inbound, InboundResponse, OutgoingRequest, Peer, RemoteError, SendError};
 use config::{ConfigError, TopicConfig};
+pub use counters::{Counters, CountersSnapshot};
 use pending::{Pending, Waiter};
 use progress::Progress;
 use store::{Store, StoreError};
@@ -135,107 +139,6 @@ pub struct Event {
     pub id: u64,
     /// `MessageJson` or `GapJson`.
     pub json: Arc<str>,
-}
-
-/// Counters of the topics layer, shown by `GET /topics` and `rmb topic list`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Messages stored in own topics.
-    pub published: AtomicU64,
-    /// Messages sent to subscribers (each subscriber counts).
-    pub pushed: AtomicU64,
-    /// Pushes no relay took, or that a subscriber refused.
-    pub push_failures: AtomicU64,
-    /// Messages received from owners.
-    pub received: AtomicU64,
-    /// Messages handed to apps.
-    pub delivered: AtomicU64,
-    /// Messages received again (dropped).
-    pub duplicates: AtomicU64,
-    /// Gaps reported to apps.
-    pub gaps: AtomicU64,
-    /// Pulls asked of owners.
-    pub pulls: AtomicU64,
-    /// Pushes sent again to cumulative subscribers that did not acknowledge them.
-    pub resent: AtomicU64,
-    /// Cumulative acknowledgements received from subscribers.
-    pub acks_received: AtomicU64,
-    refused: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl Counters {
-    /// Adds one to a counter.
-    pub fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds `n` to a counter.
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts a refusal of a remote request by reason.
-    pub fn refuse(&self, reason: &'static str) {
-        *self
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(reason)
-            .or_default() += 1;
-    }
-
-    /// Current values.
-    pub fn snapshot(&self) -> CountersSnapshot {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        CountersSnapshot {
-            published: r(&self.published),
-            pushed: r(&self.pushed),
-            push_failures: r(&self.push_failures),
-            received: r(&self.received),
-            delivered: r(&self.delivered),
-            duplicates: r(&self.duplicates),
-            gaps: r(&self.gaps),
-            pulls: r(&self.pulls),
-            resent: r(&self.resent),
-            acks_received: r(&self.acks_received),
-            refused_by: self
-                .refused
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect(),
-        }
-    }
-}
-
-/// A snapshot of [`Counters`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CountersSnapshot {
-    /// Messages stored in own topics.
-    pub published: u64,
-    /// Messages sent to subscribers (each subscriber counts).
-    pub pushed: u64,
-    /// Pushes no relay took (the subscriber catches up by pulling).
-    pub push_failures: u64,
-    /// Messages received from owners.
-    pub received: u64,
-    /// Messages handed to apps.
-    pub delivered: u64,
-    /// Messages received again (dropped).
-    pub duplicates: u64,
-    /// Gaps reported to apps.
-    pub gaps: u64,
-    /// Pulls asked of owners.
-    pub pulls: u64,
-    /// Pushes sent again to cumulative subscribers that did not acknowledge them.
-    #[serde(default)]
-    pub resent: u64,
-    /// Cumulative acknowledgements received from subscribers.
-    #[serde(default)]
-    pub acks_received: u64,
-    /// Refused remote requests, by reason.
-    pub refused_by: BTreeMap<String, u64>,
 }
 
 /// One own topic, as listed and shown.
@@ -635,7 +538,7 @@ impl Topics {
                 redis_list: None,
             });
         }
-        let state = subscriber::subscribe(&self.shared, topic, since, redis_list)
+        let state = subscription::subscribe(&self.shared, topic, since, redis_list)
             .await
             .map_err(|e| refused(e, topic))?;
         Ok(SubscriptionInfo {
@@ -650,7 +553,7 @@ impl Topics {
         if self.subscription(topic).await?.is_none() {
             return Err(TopicError::NotSubscribed(topic.to_string()));
         }
-        subscriber::unsubscribe(&self.shared, topic).await
+        subscription::unsubscribe(&self.shared, topic).await
     }
 
     /// A plain request/response call to any twin (the Redis API's, for `POST /call`).
