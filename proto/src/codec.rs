@@ -32,6 +32,22 @@ impl Envelope {
         Ok(Envelope::decode(bytes)?)
     }
 
+    /// [`decode_limited`](Envelope::decode_limited) of bytes already shared: the payload
+    /// and signature are copied out once (from a `&[u8]` prost copies them twice: into a
+    /// `Bytes`, then into the `Vec`), which counts on bulk connection frames.
+    pub fn decode_limited_shared(
+        bytes: &prost::bytes::Bytes,
+        limit: usize,
+    ) -> Result<Self, DecodeError> {
+        if bytes.len() > limit {
+            return Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        Ok(Envelope::decode(bytes.clone())?)
+    }
+
     /// Decodes only what routing needs (at most `limit` bytes): the result has no
     /// signature, schema or payload, which are skipped without being copied. For relays,
     /// which forward the original bytes and never check signatures of session traffic.
@@ -85,6 +101,12 @@ mod tests {
         };
         let bytes = env.to_bytes();
         assert_eq!(Envelope::decode_limited(&bytes, bytes.len()).unwrap(), env);
+        let shared = prost::bytes::Bytes::from(bytes.clone());
+        assert_eq!(
+            Envelope::decode_limited_shared(&shared, bytes.len()).unwrap(),
+            env
+        );
+        assert!(Envelope::decode_limited_shared(&shared, 50).is_err());
         let err = Envelope::decode_limited(&bytes, 50).unwrap_err();
         assert_eq!(
             err,

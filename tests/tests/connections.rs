@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rmb_identity::{Identity, KeyType};
 use rmb_peer::Client;
-use rmb_peer::conn::{ConnectError, ListenOptions, Stream, StreamError};
+use rmb_peer::conn::{Cipher, ConnectError, ListenOptions, Stream, StreamError};
 use rmb_proto::{Address, CONN_DATA_COMMAND, Envelope, Message, Payload, Request};
 use rmb_testsupport::direct::{client_options, connect_client, fresh_mnemonic, register_secret};
 use rmb_testsupport::redis_server::free_port;
@@ -130,6 +130,94 @@ async fn a_pipe_through_one_relay_carries_bytes_intact() {
         stream.stats()
     );
     server.abort();
+}
+
+/// Two clients whose connections offer and allow `alice_ciphers` and `bob_ciphers`
+/// (empty: behave as a peer from before the cipher choice, version 1 only).
+async fn pair_with_ciphers(
+    relay: &RelayProcess,
+    alice_ciphers: Vec<Cipher>,
+    bob_ciphers: Vec<Cipher>,
+) -> (Client, Client) {
+    let registry = relay.http_url();
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
+    register_secret(&registry, &sa, &[relay.domain()]).await;
+    register_secret(&registry, &sb, &[relay.domain()]).await;
+    let mut options = client_options(&sa, "alice", &[relay], &registry);
+    options.connections.ciphers = alice_ciphers;
+    let alice = Client::connect(options).await.expect("alice connects");
+    let mut options = client_options(&sb, "bob", &[relay], &registry);
+    options.connections.ciphers = bob_ciphers;
+    let bob = Client::connect(options).await.expect("bob connects");
+    (alice, bob)
+}
+
+/// The handshake's cipher choice between real peers: the opener's first offer the
+/// responder allows wins; a responder that allows none of the offer refuses it; and a
+/// peer from before the choice (version 1 only, which refuses a version 2 open as
+/// malformed) is opened again with version 1, in both directions, every pair moving
+/// bytes intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_agree_on_a_cipher_and_fall_back_for_version_1_peers() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let relay = RelayProcess::start(&[]);
+    let (aes, chacha) = (Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305);
+    let cases: [(Vec<Cipher>, Vec<Cipher>, Cipher, u64); 5] = [
+        (vec![aes, chacha], vec![aes, chacha], aes, 0),
+        (vec![chacha, aes], vec![aes, chacha], chacha, 0),
+        (vec![aes, chacha], vec![chacha], chacha, 0),
+        // Opener of today, responder from before: refused once, then version 1.
+        (vec![aes, chacha], vec![], chacha, 1),
+        // Opener from before, responder of today: a version 1 accept.
+        (vec![], vec![aes, chacha], chacha, 0),
+    ];
+    for (alice_ciphers, bob_ciphers, expected, fallbacks) in cases {
+        let label = format!("{alice_ciphers:?} -> {bob_ciphers:?}");
+        let (alice, bob) = pair_with_ciphers(&relay, alice_ciphers, bob_ciphers).await;
+        let server = serve_digest(&bob);
+        let mut stream = alice
+            .connections()
+            .connect_address(bob.address().clone(), "sha256")
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(stream.cipher(), expected, "{label}");
+        assert_eq!(
+            alice
+                .connections()
+                .counters()
+                .opened_version_1
+                .load(Relaxed),
+            fallbacks,
+            "{label}"
+        );
+        pipe_digest(&mut stream, &data(1 << 20, 7)).await;
+        server.abort();
+    }
+
+    // Only AES-256-GCM offered, only ChaCha20-Poly1305 allowed: a clear refusal, and no
+    // version 1 retry (that would mean ChaCha20-Poly1305, which the opener does not
+    // allow).
+    let (alice, bob) = pair_with_ciphers(&relay, vec![aes], vec![chacha]).await;
+    let _server = serve_digest(&bob);
+    let refused = alice
+        .connections()
+        .connect_address(bob.address().clone(), "sha256")
+        .await;
+    match refused {
+        Err(ConnectError::Remote { error, .. }) => {
+            assert!(error.message.contains("no cipher"), "{error:?}");
+            assert_eq!(error.code, rmb_peer::conn::codes::BAD_OPEN);
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|s| s.cipher())),
+    }
+    assert_eq!(
+        alice
+            .connections()
+            .counters()
+            .opened_version_1
+            .load(Relaxed),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,14 @@
 //!
 //! Each side makes a fresh x25519 key pair for the connection and signs the handshake
 //! transcript with its twin's identity key (see [`wire::Open::transcript`] and
-//! [`wire::Accept::transcript`]). The shared secret goes through HKDF-SHA256 (salt: the
-//! connection id; info: the hash of both transcripts) into one ChaCha20-Poly1305 key per
-//! direction. The ephemeral secrets are dropped once the keys exist, so recorded traffic
+//! [`wire::Accept::transcript`]). The opener offers ciphers, the responder picks the first
+//! of the offer it allows ([`pick`]); both are signed. The shared secret goes through
+//! HKDF-SHA256 (salt: the connection id; info: the hash of both transcripts) into one key
+//! of that cipher per direction. The ephemeral secrets are dropped once the keys exist, so recorded traffic
 //! stays unreadable even if both identity keys leak later (forward secrecy).
 
 use hkdf::Hkdf;
-use rmb_aead::{NONCE_LEN, PacketKey, TAG_LEN};
+use rmb_aead::{Cipher, NONCE_LEN, PacketKey, TAG_LEN};
 use rmb_identity::registry::Twin;
 use rmb_identity::{Identity, SignatureError, verify};
 use sha2::{Digest, Sha256};
@@ -23,6 +24,10 @@ pub enum HandshakeError {
     Signature(#[from] SignatureError),
     #[error("the ephemeral key exchange gave a non-contributory (low-order) result")]
     WeakKey,
+    #[error("no cipher of the offer ({offered:?}) is allowed here")]
+    NoCommonCipher { offered: Vec<u8> },
+    #[error("the accept picks {0}, which the open did not offer")]
+    CipherNotOffered(Cipher),
 }
 
 /// Why a packet could not be opened.
@@ -51,6 +56,7 @@ pub struct Keys {
     seal: PacketKey,
     open: PacketKey,
     id: ConnId,
+    cipher: Cipher,
 }
 
 /// Signs an open request (fills its signature).
@@ -69,19 +75,39 @@ fn open_hash(open: &Open, opener: u32, responder: u32) -> [u8; 32] {
     Sha256::digest(open.transcript(opener, responder)).into()
 }
 
-/// Responder side: signs the accept for `open` and derives the keys.
+/// The responder's choice for `open`: `None` answers a version 1 open (ChaCha20-Poly1305
+/// without a choice), else the first cipher of the offer that `allowed` holds: the
+/// opener knows best which one its CPU runs fastest.
+pub fn pick(open: &Open, allowed: &[Cipher]) -> Result<Option<Cipher>, HandshakeError> {
+    if open.offer.is_empty() {
+        return Ok(None);
+    }
+    open.ciphers()
+        .into_iter()
+        .find(|c| allowed.contains(c))
+        .map(Some)
+        .ok_or_else(|| HandshakeError::NoCommonCipher {
+            offered: open.offer.clone(),
+        })
+}
+
+/// Responder side: picks the cipher ([`pick`]), signs the accept for `open` and derives
+/// the keys.
 pub fn respond(
     identity: &Identity,
     open: &Open,
     opener: u32,
     responder: u32,
     window: u32,
+    allowed: &[Cipher],
 ) -> Result<(Accept, Keys), HandshakeError> {
+    let cipher = pick(open, allowed)?;
     let eph = Ephemeral::generate();
     let hash = open_hash(open, opener, responder);
     let mut accept = Accept {
         ephemeral: eph.public,
         window,
+        cipher,
         signature: [0; rmb_identity::SIGNATURE_LEN],
     };
     accept.signature = identity.signer().sign(&accept.transcript(&hash));
@@ -103,6 +129,10 @@ pub fn complete(
         &accept.transcript(&hash),
         &accept.signature,
     )?;
+    let cipher = accept.cipher_in_use();
+    if !open.ciphers().contains(&cipher) {
+        return Err(HandshakeError::CipherNotOffered(cipher));
+    }
     derive(eph.secret, open, accept, &hash, true)
 }
 
@@ -130,8 +160,9 @@ fn derive(
     hk.expand(&info, okm.as_mut())
         .expect("64 bytes is a valid HKDF-SHA256 length");
     let (first, second) = okm.split_at(32);
-    let to_responder = PacketKey::new(first.try_into().expect("32 bytes"));
-    let to_opener = PacketKey::new(second.try_into().expect("32 bytes"));
+    let cipher = accept.cipher_in_use();
+    let to_responder = PacketKey::new(cipher, first.try_into().expect("32 bytes"));
+    let to_opener = PacketKey::new(cipher, second.try_into().expect("32 bytes"));
     let (seal, open_key) = if opener {
         (to_responder, to_opener)
     } else {
@@ -141,6 +172,7 @@ fn derive(
         seal,
         open: open_key,
         id: open.id,
+        cipher,
     })
 }
 
@@ -161,6 +193,11 @@ fn nonce(pn: u64) -> [u8; NONCE_LEN] {
 }
 
 impl Keys {
+    /// The cipher the two sides agreed on.
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
+    }
+
     /// Encrypts `plain` as packet `pn` (unique per direction): the data request's
     /// payload (`id ‖ pn ‖ ciphertext`).
     pub fn seal(&self, pn: u64, plain: &[u8]) -> Vec<u8> {
@@ -239,6 +276,20 @@ mod tests {
 
     #[test]
     fn both_sides_derive_matching_keys_and_forgeries_fail() {
+        // Version 1 (no offer: ChaCha20-Poly1305), and version 2 offers.
+        let aes = Cipher::Aes256Gcm.id();
+        let chacha = Cipher::ChaCha20Poly1305.id();
+        for (offer, expected) in [
+            (vec![], Cipher::ChaCha20Poly1305),
+            (vec![aes, chacha], Cipher::Aes256Gcm),
+            (vec![chacha, aes], Cipher::ChaCha20Poly1305),
+            (vec![99, aes], Cipher::Aes256Gcm),
+        ] {
+            handshake_and_packets(offer, expected);
+        }
+    }
+
+    fn handshake_and_packets(offer: Vec<u8>, expected: Cipher) {
         let alice = Identity::from_secret("//Alice", KeyType::Sr25519).unwrap();
         let bob = Identity::from_secret("//Bob", KeyType::Ed25519).unwrap();
         let eph = Ephemeral::generate();
@@ -247,6 +298,7 @@ mod tests {
             ephemeral: eph.public,
             window: 1000,
             protocol: "echo".into(),
+            offer,
             signature: [0; rmb_identity::SIGNATURE_LEN],
         };
         sign_open(&alice, &mut open, 1, 2);
@@ -254,11 +306,20 @@ mod tests {
         // Bound to both twins: a replay to another twin or claimed by another fails.
         assert!(verify_open(&open, &twin(1, &alice), 3).is_err());
         assert!(verify_open(&open, &twin(1, &bob), 2).is_err());
+        // The offer is signed: changing it on the way is noticed.
+        let mut altered = open.clone();
+        altered.offer = vec![Cipher::ChaCha20Poly1305.id()];
+        if altered.offer != open.offer {
+            assert!(verify_open(&altered, &twin(1, &alice), 2).is_err());
+        }
 
-        let (accept, bob_keys) = respond(&bob, &open, 1, 2, 2000).unwrap();
+        let (accept, bob_keys) = respond(&bob, &open, 1, 2, 2000, &Cipher::ALL).unwrap();
+        assert_eq!(bob_keys.cipher(), expected);
+        assert_eq!(accept.cipher.is_some(), !open.offer.is_empty());
         // Signed by someone else than the twin we opened to: refused.
         assert!(complete(Ephemeral::generate(), &open, &accept, 1, &twin(2, &alice)).is_err());
         let alice_keys = complete(eph, &open, &accept, 1, &twin(2, &bob)).unwrap();
+        assert_eq!(alice_keys.cipher(), expected);
 
         let packet = alice_keys.seal(7, b"hello");
         let (id, pn, cipher) = wire::split_packet(&packet).unwrap();
@@ -282,6 +343,42 @@ mod tests {
         assert_eq!(alice_keys.open(pn, cipher).unwrap(), b"hi");
     }
 
+    /// A responder allowing none of the offer refuses it; an accept (validly signed)
+    /// that picks a cipher the open did not offer is refused by the opener.
+    #[test]
+    fn ciphers_outside_the_offer_are_refused() {
+        let alice = Identity::from_secret("//Alice", KeyType::Sr25519).unwrap();
+        let bob = Identity::from_secret("//Bob", KeyType::Ed25519).unwrap();
+        let eph = Ephemeral::generate();
+        let mut open = Open {
+            id: [6; 16],
+            ephemeral: eph.public,
+            window: 1000,
+            protocol: "echo".into(),
+            offer: vec![Cipher::Aes256Gcm.id()],
+            signature: [0; rmb_identity::SIGNATURE_LEN],
+        };
+        sign_open(&alice, &mut open, 1, 2);
+        assert!(matches!(
+            respond(&bob, &open, 1, 2, 1, &[Cipher::ChaCha20Poly1305]),
+            Err(HandshakeError::NoCommonCipher { .. })
+        ));
+        let bob_eph = Ephemeral::generate();
+        let mut accept = Accept {
+            ephemeral: bob_eph.public,
+            window: 1,
+            cipher: Some(Cipher::ChaCha20Poly1305),
+            signature: [0; rmb_identity::SIGNATURE_LEN],
+        };
+        accept.signature = bob
+            .signer()
+            .sign(&accept.transcript(&open_hash(&open, 1, 2)));
+        assert!(matches!(
+            complete(eph, &open, &accept, 1, &twin(2, &bob)),
+            Err(HandshakeError::CipherNotOffered(Cipher::ChaCha20Poly1305))
+        ));
+    }
+
     #[test]
     fn low_order_ephemeral_keys_are_refused() {
         let alice = Identity::from_secret("//Alice", KeyType::Sr25519).unwrap();
@@ -290,11 +387,12 @@ mod tests {
             ephemeral: [0; 32],
             window: 1,
             protocol: "p".into(),
+            offer: Vec::new(),
             signature: [0; rmb_identity::SIGNATURE_LEN],
         };
         sign_open(&alice, &mut open, 1, 2);
         assert!(matches!(
-            respond(&alice, &open, 1, 2, 1),
+            respond(&alice, &open, 1, 2, 1, &Cipher::ALL),
             Err(HandshakeError::WeakKey)
         ));
     }

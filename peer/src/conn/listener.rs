@@ -101,6 +101,7 @@ impl Incoming {
             self.source.twin,
             me,
             cfg.window,
+            &shared.config.ciphers,
         ) {
             Ok(done) => done,
             Err(e) => {

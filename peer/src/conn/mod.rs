@@ -39,6 +39,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use rmb_aead::Cipher;
+
 use crate::core::{
     ConnFrame, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, Reason,
     RemoteError, SendError,
@@ -65,6 +67,12 @@ pub struct ConnConfig {
     pub max_per_twin: usize,
     /// Opens waiting for a listener's decision, per protocol; more are refused as busy.
     pub backlog: usize,
+    /// Ciphers this peer offers when opening (in this order) and allows when accepting.
+    /// Default: [`Cipher::preferred`] (AES-256-GCM first where the CPU runs it in
+    /// hardware). Empty: behave as a peer from before the choice: open with version 1
+    /// (ChaCha20-Poly1305) and refuse opens that offer ciphers as such a peer does (the
+    /// opener then opens again with version 1).
+    pub ciphers: Vec<Cipher>,
 }
 
 impl Default for ConnConfig {
@@ -75,6 +83,7 @@ impl Default for ConnConfig {
             max_connections: 1024,
             max_per_twin: 256,
             backlog: 64,
+            ciphers: Cipher::preferred(),
         }
     }
 }
@@ -83,6 +92,9 @@ impl Default for ConnConfig {
 #[derive(Debug, Default)]
 pub struct ConnCounters {
     pub opened: AtomicU64,
+    /// Opens sent again as version 1 after a version 2 open was refused as malformed
+    /// (the other peer predates the cipher choice).
+    pub opened_version_1: AtomicU64,
     pub accepted: AtomicU64,
     pub refused_unknown_protocol: AtomicU64,
     pub refused_not_allowed: AtomicU64,
@@ -183,6 +195,41 @@ impl Connections {
         protocol: &str,
     ) -> Result<Stream, ConnectError> {
         wire::check_protocol(protocol)?;
+        let offer: Vec<u8> = self.shared.config.ciphers.iter().map(|c| c.id()).collect();
+        if offer.is_empty() {
+            return self.open(to, protocol, offer).await;
+        }
+        match self.open(to.clone(), protocol, offer).await {
+            // A peer from before the cipher choice refuses a version 2 open as malformed:
+            // open again as it expects (ChaCha20-Poly1305). A refusal for another
+            // reason comes back the same way the second time.
+            // Only when ChaCha20-Poly1305 is allowed here: version 1 means it.
+            Err(ConnectError::Remote { error, .. })
+                if error.code == codes::BAD_OPEN
+                    && self
+                        .shared
+                        .config
+                        .ciphers
+                        .contains(&Cipher::ChaCha20Poly1305) =>
+            {
+                tracing::debug!(twin = to.twin, reason = %error.message, "open with a cipher offer refused; opening with version 1");
+                self.shared
+                    .counters
+                    .opened_version_1
+                    .fetch_add(1, Ordering::Relaxed);
+                self.open(to, protocol, Vec::new()).await
+            }
+            done => done,
+        }
+    }
+
+    /// One open request offering `offer` (cipher ids; empty: a version 1 open).
+    async fn open(
+        &self,
+        to: Address,
+        protocol: &str,
+        offer: Vec<u8>,
+    ) -> Result<Stream, ConnectError> {
         let shared = &self.shared;
         let twin = to.twin;
         let cfg = shared.config.stream.clamped();
@@ -194,6 +241,7 @@ impl Connections {
             ephemeral: eph.public,
             window: cfg.window,
             protocol: protocol.to_string(),
+            offer,
             signature: [0; rmb_identity::SIGNATURE_LEN],
         };
         let me = shared.peer.twin_id();
@@ -488,6 +536,28 @@ impl Connections {
                 .refused_bad_open
                 .fetch_add(1, Ordering::Relaxed);
             return refuse(codes::BAD_OPEN, e.to_string()).await;
+        }
+        let allowed = &shared.config.ciphers;
+        let choice = if allowed.is_empty() && !open.offer.is_empty() {
+            // Configured to behave as a peer from before the cipher choice: refuse as
+            // it did, in its words.
+            Err(format!(
+                "bad open request: {}",
+                wire::WireError::Version(wire::VERSION_CIPHERS)
+            ))
+        } else if allowed.is_empty() {
+            Ok(())
+        } else {
+            crypto::pick(&open, allowed)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        if let Err(message) = choice {
+            shared
+                .counters
+                .refused_bad_open
+                .fetch_add(1, Ordering::Relaxed);
+            return refuse(codes::BAD_OPEN, message).await;
         }
         let slot = {
             let listeners = lock(&shared.listeners);

@@ -277,6 +277,11 @@ impl Stream {
         &self.conn.protocol
     }
 
+    /// The cipher the two sides agreed on in the handshake.
+    pub fn cipher(&self) -> rmb_aead::Cipher {
+        self.conn.keys.cipher()
+    }
+
     /// Counters (frames, retransmissions, bytes).
     pub fn stats(&self) -> Stats {
         self.conn.stats()
@@ -435,10 +440,15 @@ mod tests {
             ephemeral: eph.public,
             window: 1 << 20,
             protocol: "p".into(),
+            offer: rmb_aead::Cipher::preferred()
+                .iter()
+                .map(|c| c.id())
+                .collect(),
             signature: [0; rmb_identity::SIGNATURE_LEN],
         };
         sign_open(&alice, &mut open, 1, 2);
-        let (accept, bob_keys) = respond(&bob, &open, 1, 2, 1 << 20).unwrap();
+        let (accept, bob_keys) =
+            respond(&bob, &open, 1, 2, 1 << 20, &rmb_aead::Cipher::ALL).unwrap();
         let responder = Twin {
             id: 2,
             account: bob.signer().account(),

@@ -4,6 +4,7 @@
 //! Everything here parses hostile input: lengths are checked before slicing, and a
 //! malformed message is a [`WireError`], never a panic.
 
+use rmb_aead::Cipher;
 use rmb_identity::SIGNATURE_LEN;
 
 /// Command of the request that opens a connection (answered with accept or an error).
@@ -12,8 +13,14 @@ pub const OPEN_COMMAND: &str = "rmb.conn.open";
 pub const DATA_COMMAND: &str = crate::core::CONN_DATA_COMMAND;
 /// Prefix of every command this layer reserves.
 pub const COMMAND_PREFIX: &str = "rmb.conn.";
-/// Version byte opening every open request and accept reply.
+/// Version byte of an open request or accept reply without a cipher choice (the
+/// connection uses ChaCha20-Poly1305): what every peer sent before ciphers were
+/// negotiated, and still understands.
 pub const VERSION: u8 = 1;
+/// Version byte of an open request that offers ciphers, and of the accept that picks one.
+pub const VERSION_CIPHERS: u8 = 2;
+/// Most ciphers an open request may offer.
+pub const MAX_OFFERED: usize = 8;
 /// Longest protocol name, in bytes.
 pub const MAX_PROTOCOL_LEN: usize = 64;
 /// Connection id length: 16 random bytes chosen by the opener.
@@ -39,6 +46,10 @@ pub enum WireError {
     ProtocolName,
     #[error("{0} bytes left over after the message")]
     Trailing(usize),
+    #[error("the open offers no cipher, or more than {MAX_OFFERED}")]
+    Offer,
+    #[error("the accept picks cipher {0}, which is not one we know")]
+    UnknownCipher(u8),
 }
 
 /// The open request: who we are (the envelope says), what we want, our ephemeral key.
@@ -49,6 +60,11 @@ pub struct Open {
     /// Bytes the opener lets the responder send before its first window update.
     pub window: u32,
     pub protocol: String,
+    /// Ids of the ciphers the opener can use, its preferred first ([`VERSION_CIPHERS`];
+    /// [`Cipher::id`]). Empty: a [`VERSION`] 1 open, which means ChaCha20-Poly1305 (from
+    /// a peer that predates the choice, or an opener trying again for one). Kept as sent,
+    /// ids this build does not know included, since the signature covers them.
+    pub offer: Vec<u8>,
     /// The opener's identity signature over [`Open::transcript`].
     pub signature: [u8; SIGNATURE_LEN],
 }
@@ -58,6 +74,9 @@ pub struct Open {
 pub struct Accept {
     pub ephemeral: [u8; KEY_LEN],
     pub window: u32,
+    /// The cipher the responder picked from the offer ([`VERSION_CIPHERS`]); `None` for
+    /// a [`VERSION`] 1 accept, the answer to an open without an offer (ChaCha20-Poly1305).
+    pub cipher: Option<Cipher>,
     /// The responder's identity signature over [`Accept::transcript`].
     pub signature: [u8; SIGNATURE_LEN],
 }
@@ -103,41 +122,59 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn version(r: &mut Reader<'_>) -> Result<(), WireError> {
+/// Reads the version byte: whether the message carries a cipher choice.
+fn version(r: &mut Reader<'_>) -> Result<bool, WireError> {
     match r.u8()? {
-        VERSION => Ok(()),
+        VERSION => Ok(false),
+        VERSION_CIPHERS => Ok(true),
         v => Err(WireError::Version(v)),
     }
 }
 
 impl Open {
-    /// What the opener signs: a domain tag, both twins, and every field but the signature.
+    /// What the opener signs: a domain tag, both twins, and every field but the signature
+    /// (the offer too, in version 2, so nobody on the way can change it unnoticed).
     pub fn transcript(&self, opener: u32, responder: u32) -> Vec<u8> {
-        let mut out = b"rmb.conn.open.v1".to_vec();
+        let tag: &[u8] = if self.offer.is_empty() {
+            b"rmb.conn.open.v1"
+        } else {
+            b"rmb.conn.open.v2"
+        };
+        let mut out = tag.to_vec();
         out.extend_from_slice(&opener.to_be_bytes());
         out.extend_from_slice(&responder.to_be_bytes());
-        out.extend_from_slice(&self.id);
-        out.extend_from_slice(&self.ephemeral);
-        out.extend_from_slice(&self.window.to_be_bytes());
-        out.push(self.protocol.len() as u8);
-        out.extend_from_slice(self.protocol.as_bytes());
+        self.encode_fields(&mut out);
         out
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+    /// Every field after the version byte and before the signature.
+    fn encode_fields(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id);
         out.extend_from_slice(&self.ephemeral);
         out.extend_from_slice(&self.window.to_be_bytes());
         out.push(self.protocol.len() as u8);
         out.extend_from_slice(self.protocol.as_bytes());
+        if !self.offer.is_empty() {
+            out.push(self.offer.len() as u8);
+            out.extend_from_slice(&self.offer);
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let version = if self.offer.is_empty() {
+            VERSION
+        } else {
+            VERSION_CIPHERS
+        };
+        let mut out = vec![version];
+        self.encode_fields(&mut out);
         out.extend_from_slice(&self.signature);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Open, WireError> {
         let mut r = Reader(bytes, bytes.len());
-        version(&mut r)?;
+        let offers = version(&mut r)?;
         let id = r.array()?;
         let ephemeral = r.array()?;
         let window = r.u32()?;
@@ -146,6 +183,14 @@ impl Open {
             .map_err(|_| WireError::ProtocolName)?
             .to_string();
         check_protocol(&protocol)?;
+        let mut offer = Vec::new();
+        if offers {
+            let n = r.u8()? as usize;
+            if n == 0 || n > MAX_OFFERED {
+                return Err(WireError::Offer);
+            }
+            offer = r.take(n)?.to_vec();
+        }
         let signature = r.array()?;
         r.end()?;
         Ok(Open {
@@ -153,42 +198,83 @@ impl Open {
             ephemeral,
             window,
             protocol,
+            offer,
             signature,
         })
+    }
+
+    /// The offer as ciphers this build knows, in the opener's order; a version 1 open
+    /// offers ChaCha20-Poly1305 alone.
+    pub fn ciphers(&self) -> Vec<Cipher> {
+        if self.offer.is_empty() {
+            return vec![Cipher::ChaCha20Poly1305];
+        }
+        self.offer
+            .iter()
+            .filter_map(|&id| Cipher::from_id(id))
+            .collect()
     }
 }
 
 impl Accept {
     /// What the responder signs: a domain tag, the hash of the open transcript (binding
-    /// the opener's ephemeral key and both twins), its ephemeral key and window.
+    /// the opener's ephemeral key, its offer and both twins), its ephemeral key, window
+    /// and (version 2) the cipher it picked.
     pub fn transcript(&self, open_hash: &[u8; 32]) -> Vec<u8> {
-        let mut out = b"rmb.conn.accept.v1".to_vec();
+        let tag: &[u8] = match self.cipher {
+            None => b"rmb.conn.accept.v1",
+            Some(_) => b"rmb.conn.accept.v2",
+        };
+        let mut out = tag.to_vec();
         out.extend_from_slice(open_hash);
-        out.extend_from_slice(&self.ephemeral);
-        out.extend_from_slice(&self.window.to_be_bytes());
+        self.encode_fields(&mut out);
         out
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+    fn encode_fields(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.ephemeral);
         out.extend_from_slice(&self.window.to_be_bytes());
+        if let Some(cipher) = self.cipher {
+            out.push(cipher.id());
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let version = match self.cipher {
+            None => VERSION,
+            Some(_) => VERSION_CIPHERS,
+        };
+        let mut out = vec![version];
+        self.encode_fields(&mut out);
         out.extend_from_slice(&self.signature);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Accept, WireError> {
         let mut r = Reader(bytes, bytes.len());
-        version(&mut r)?;
+        let picks = version(&mut r)?;
         let ephemeral = r.array()?;
         let window = r.u32()?;
+        let cipher = if picks {
+            let id = r.u8()?;
+            Some(Cipher::from_id(id).ok_or(WireError::UnknownCipher(id))?)
+        } else {
+            None
+        };
         let signature = r.array()?;
         r.end()?;
         Ok(Accept {
             ephemeral,
             window,
+            cipher,
             signature,
         })
+    }
+
+    /// The cipher the connection uses: the one picked, or ChaCha20-Poly1305 for a
+    /// version 1 accept.
+    pub fn cipher_in_use(&self) -> Cipher {
+        self.cipher.unwrap_or(Cipher::ChaCha20Poly1305)
     }
 }
 
@@ -281,6 +367,7 @@ mod tests {
             ephemeral: [9; KEY_LEN],
             window: 1 << 20,
             protocol: "ssh".into(),
+            offer: Vec::new(),
             signature: [3; SIGNATURE_LEN],
         };
         let bytes = open.encode();
@@ -291,13 +378,14 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert_eq!(Open::decode(&long), Err(WireError::Trailing(1)));
-        let mut v2 = bytes;
-        v2[0] = 2;
-        assert_eq!(Open::decode(&v2), Err(WireError::Version(2)));
+        let mut v3 = bytes;
+        v3[0] = 3;
+        assert_eq!(Open::decode(&v3), Err(WireError::Version(3)));
 
         let accept = Accept {
             ephemeral: [1; KEY_LEN],
             window: 5,
+            cipher: None,
             signature: [2; SIGNATURE_LEN],
         };
         assert_eq!(Accept::decode(&accept.encode()).unwrap(), accept);
@@ -314,5 +402,100 @@ mod tests {
         assert!(Frame::decode(&frame.encode()[..FRAME_HEADER - 1]).is_err());
         assert!(check_protocol("").is_err());
         assert!(check_protocol(&"p".repeat(65)).is_err());
+    }
+
+    /// The version 1 layouts are what peers from before the cipher choice send and
+    /// expect, byte for byte (recorded from that build): an open without an offer and
+    /// an accept without a pick keep them.
+    #[test]
+    fn version_1_layouts_are_unchanged() {
+        let open = Open {
+            id: [0x11; ID_LEN],
+            ephemeral: [0x22; KEY_LEN],
+            window: 0x0102_0304,
+            protocol: "p".into(),
+            offer: Vec::new(),
+            signature: [0x33; SIGNATURE_LEN],
+        };
+        let mut expected = vec![1];
+        expected.extend([0x11; ID_LEN]);
+        expected.extend([0x22; KEY_LEN]);
+        expected.extend([1, 2, 3, 4, 1, b'p']);
+        expected.extend([0x33; SIGNATURE_LEN]);
+        assert_eq!(open.encode(), expected);
+        let mut transcript = b"rmb.conn.open.v1".to_vec();
+        transcript.extend([0, 0, 0, 7, 0, 0, 0, 9]);
+        transcript.extend_from_slice(&expected[1..expected.len() - SIGNATURE_LEN]);
+        assert_eq!(open.transcript(7, 9), transcript);
+        assert_eq!(open.ciphers(), [Cipher::ChaCha20Poly1305]);
+
+        let accept = Accept {
+            ephemeral: [0x44; KEY_LEN],
+            window: 9,
+            cipher: None,
+            signature: [0x55; SIGNATURE_LEN],
+        };
+        let mut expected = vec![1];
+        expected.extend([0x44; KEY_LEN]);
+        expected.extend([0, 0, 0, 9]);
+        expected.extend([0x55; SIGNATURE_LEN]);
+        assert_eq!(accept.encode(), expected);
+        assert_eq!(accept.cipher_in_use(), Cipher::ChaCha20Poly1305);
+    }
+
+    #[test]
+    fn offers_and_picks_round_trip_and_bad_ones_are_errors() {
+        let open = Open {
+            id: [7; ID_LEN],
+            ephemeral: [9; KEY_LEN],
+            window: 1 << 20,
+            protocol: "ssh".into(),
+            // 200: a cipher of a newer build, kept (it is signed) and skipped.
+            offer: vec![200, Cipher::Aes256Gcm.id(), Cipher::ChaCha20Poly1305.id()],
+            signature: [3; SIGNATURE_LEN],
+        };
+        let bytes = open.encode();
+        assert_eq!(bytes[0], VERSION_CIPHERS);
+        let back = Open::decode(&bytes).unwrap();
+        assert_eq!(back, open);
+        assert_eq!(
+            back.ciphers(),
+            [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305]
+        );
+        assert!(open.transcript(1, 2).starts_with(b"rmb.conn.open.v2"));
+        for cut in 0..bytes.len() {
+            assert!(Open::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let offer_at = 1 + ID_LEN + KEY_LEN + 4 + 1 + 3;
+        let mut empty = bytes.clone();
+        empty[offer_at] = 0;
+        assert_eq!(Open::decode(&empty), Err(WireError::Offer));
+        let mut many = bytes.clone();
+        many[offer_at] = MAX_OFFERED as u8 + 1;
+        assert_eq!(Open::decode(&many), Err(WireError::Offer));
+
+        let accept = Accept {
+            ephemeral: [1; KEY_LEN],
+            window: 5,
+            cipher: Some(Cipher::Aes256Gcm),
+            signature: [2; SIGNATURE_LEN],
+        };
+        let bytes = accept.encode();
+        assert_eq!(bytes[0], VERSION_CIPHERS);
+        assert_eq!(Accept::decode(&bytes).unwrap(), accept);
+        assert_ne!(
+            accept.transcript(&[0; 32]),
+            Accept {
+                cipher: None,
+                ..accept.clone()
+            }
+            .transcript(&[0; 32])
+        );
+        let mut unknown = bytes.clone();
+        unknown[1 + KEY_LEN + 4] = 200;
+        assert_eq!(Accept::decode(&unknown), Err(WireError::UnknownCipher(200)));
+        for cut in 0..bytes.len() {
+            assert!(Accept::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

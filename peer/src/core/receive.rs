@@ -109,7 +109,8 @@ async fn dispatch(
         let now = unix_now();
         let mut staged = Vec::with_capacity(frames.len());
         for frame in frames.drain(..) {
-            let env = match Envelope::decode_limited(&frame.bytes, DEFAULT_MAX_ENVELOPE_SIZE) {
+            let env = match Envelope::decode_limited_shared(&frame.bytes, DEFAULT_MAX_ENVELOPE_SIZE)
+            {
                 Ok(env) => env,
                 Err(e) => {
                     inner.count_refusal(Reason::Undecodable);

@@ -76,15 +76,32 @@ async fn read_body(
         return Err(BodyError::TooLarge { limit });
     }
     let read = async {
-        let capacity = declared.map_or(0, |n| n as usize).min(limit);
-        let mut buf = Vec::with_capacity(capacity);
+        // A body that arrives in one chunk is passed on as it is; from the second chunk
+        // on they are joined in one buffer (never a list of chunks: a poster sending
+        // byte-sized chunks would make that list cost many times the body).
+        let mut first: Option<Bytes> = None;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut total = 0usize;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(BodyError::Read)?;
-            if buf.len().saturating_add(chunk.len()) > limit {
+            total = total.saturating_add(chunk.len());
+            if total > limit {
                 return Err(BodyError::TooLarge { limit });
             }
+            if first.is_none() && buf.is_empty() {
+                first = Some(chunk);
+                continue;
+            }
+            if let Some(first) = first.take() {
+                let capacity = declared.map_or(0, |n| n as usize).clamp(total, limit);
+                buf.reserve_exact(capacity);
+                buf.extend_from_slice(&first);
+            }
             buf.extend_from_slice(&chunk);
+        }
+        if let Some(only) = first {
+            return Ok(only);
         }
         Ok(Bytes::from(buf))
     };
@@ -119,7 +136,7 @@ pub async fn ingress(
     let now = rmb_proto::time::unix_now();
     state.metrics.messages_in.inc();
     state.metrics.bytes_in.inc_by(body.len() as u64);
-    let env = match Envelope::decode_limited(&body, state.config.max_envelope_size) {
+    let env = match Envelope::decode_limited_shared(&body, state.config.max_envelope_size) {
         Ok(env) => env,
         Err(rmb_proto::DecodeError::TooLarge { size, limit }) => {
             state.metrics.error("oversize");
