@@ -15,7 +15,7 @@ use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, connect};
 use rmb_identity::{E2eScheme, Identity, KeyType};
 use rmb_peer::conn::expose::{Bridges, Expose, filter_inbound};
-use rmb_peer::conn::{ConnConfig, Connections};
+use rmb_peer::conn::{Cipher, ConnConfig, Connections};
 use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, replay};
 use rmb_peer::http_api::HttpApi;
 use rmb_peer::redis_api::{Limits, RedisApi};
@@ -84,6 +84,13 @@ struct Args {
     /// machine's sshd with `rmb pipe connect --to <this twin> --protocol ssh`.
     #[arg(long = "expose", value_name = "PROTOCOL=HOST:PORT[,allow=TWINS]")]
     expose: Vec<Expose>,
+
+    /// Ciphers of connections (issue #15), offered in this order when opening and the
+    /// only ones allowed when accepting: comma-separated, of aes-256-gcm and
+    /// chacha20-poly1305. Default: aes-256-gcm first where the CPU has AES
+    /// instructions, else chacha20-poly1305 first.
+    #[arg(long = "conn-ciphers", value_name = "CIPHERS", value_delimiter = ',', value_parser = parse_cipher)]
+    conn_ciphers: Vec<Cipher>,
 
     /// tfchain RPC URL(s) to look twins up, tried in turn (repeatable). Defaults to
     /// wss://tfchain.grid.tf:443 unless --registry is given.
@@ -212,7 +219,11 @@ async fn main() -> anyhow::Result<()> {
     let (peer, inbound) = Peer::start_with_replay_store(config, Arc::new(replay)).await?;
     // Connection traffic goes to the connections layer; topics take their requests (and
     // answers to their own) from what is left; the Redis API sees the rest.
-    let connections = Connections::new(peer.clone(), ConnConfig::default());
+    let mut conn_config = ConnConfig::default();
+    if !args.conn_ciphers.is_empty() {
+        conn_config.ciphers = args.conn_ciphers.clone();
+    }
+    let connections = Connections::new(peer.clone(), conn_config);
     let (inbound, filter) = filter_inbound(connections.clone(), inbound);
     let bridges = match Bridges::start(&connections, &args.expose) {
         Ok(bridges) => bridges,
@@ -322,4 +333,40 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Parses one `--conn-ciphers` name.
+fn parse_cipher(name: &str) -> Result<Cipher, String> {
+    Cipher::from_name(name.trim()).ok_or_else(|| {
+        let known: Vec<&str> = Cipher::ALL.iter().map(|c| c.name()).collect();
+        format!("unknown cipher {name:?} (known: {})", known.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_ciphers_parse_in_order_and_unknown_names_are_errors() {
+        let args = Args::try_parse_from([
+            "rmb-peer",
+            "-m",
+            "x",
+            "--conn-ciphers",
+            "chacha20-poly1305,aes-256-gcm",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.conn_ciphers,
+            [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm]
+        );
+        let err = Args::try_parse_from(["rmb-peer", "-m", "x", "--conn-ciphers", "aes"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("known: aes-256-gcm, chacha20-poly1305"),
+            "{err}"
+        );
+    }
 }
