@@ -1,0 +1,16 @@
+//! Connections (issue #15) between direct clients over real `rmb-relay` processes:
+//! bytes arrive intact (sha256) through one relay and across two federated relays,
+//! many connections at once, refused / unknown / not-allowed protocols, half-close and
+//! close seen by both sides, a relay killed mid-transfer with a second one configured,
+//! and a reader that stops reading while an RPC between the same two twins goes on;
+//! forged, re-sourced and unknown unsigned data frames are dropped and counted by
+//! reason, other unsigned requests refused with 104; the cipher the handshake agrees
+//! on, and version 1 peers opened again as such.
+//!
+//! One test binary in four files: `common` (shared set-up), `transfer`, `lifecycle`
+//! and `security`.
+
+mod common;
+mod lifecycle;
+mod security;
+mod transfer;

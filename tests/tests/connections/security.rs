@@ -1,0 +1,194 @@
+//! The handshake's cipher choice (and version 1 peers), and forged, re-sourced and
+//! unknown unsigned data frames.
+
+use std::time::Duration;
+
+use rmb_identity::{Identity, KeyType};
+use rmb_peer::conn::{Cipher, ConnectError, ListenOptions};
+use rmb_proto::{Address, Envelope, Message, Request};
+use rmb_testsupport::direct::fresh_mnemonic;
+use rmb_testsupport::registry::register;
+use rmb_testsupport::relay_client::TestClient;
+use rmb_testsupport::relay_process::RelayProcess;
+
+use super::common::*;
+
+/// The handshake's cipher choice between real peers: the opener's first offer the
+/// responder allows wins; a responder that allows none of the offer refuses it; and a
+/// peer from before the choice (version 1 only, which refuses a version 2 open as
+/// malformed) is opened again with version 1, in both directions, every pair moving
+/// bytes intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_agree_on_a_cipher_and_fall_back_for_version_1_peers() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let relay = RelayProcess::start(&[]);
+    let (aes, chacha) = (Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305);
+    let cases: [(Vec<Cipher>, Vec<Cipher>, Cipher, u64); 5] = [
+        (vec![aes, chacha], vec![aes, chacha], aes, 0),
+        (vec![chacha, aes], vec![aes, chacha], chacha, 0),
+        (vec![aes, chacha], vec![chacha], chacha, 0),
+        // Opener of today, responder from before: refused once, then version 1.
+        (vec![aes, chacha], vec![], chacha, 1),
+        // Opener from before, responder of today: a version 1 accept.
+        (vec![], vec![aes, chacha], chacha, 0),
+    ];
+    for (alice_ciphers, bob_ciphers, expected, fallbacks) in cases {
+        let label = format!("{alice_ciphers:?} -> {bob_ciphers:?}");
+        let (alice, bob) = pair_with_ciphers(&relay, alice_ciphers, bob_ciphers).await;
+        let server = serve_digest(&bob);
+        let mut stream = alice
+            .connections()
+            .connect_address(bob.address().clone(), "sha256")
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(stream.cipher(), expected, "{label}");
+        assert_eq!(
+            alice
+                .connections()
+                .counters()
+                .opened_version_1
+                .load(Relaxed),
+            fallbacks,
+            "{label}"
+        );
+        pipe_digest(&mut stream, &data(1 << 20, 7)).await;
+        server.abort();
+    }
+
+    // Only AES-256-GCM offered, only ChaCha20-Poly1305 allowed: a clear refusal, and no
+    // version 1 retry (that would mean ChaCha20-Poly1305, which the opener does not
+    // allow).
+    let (alice, bob) = pair_with_ciphers(&relay, vec![aes], vec![chacha]).await;
+    let _server = serve_digest(&bob);
+    let refused = alice
+        .connections()
+        .connect_address(bob.address().clone(), "sha256")
+        .await;
+    match refused {
+        Err(ConnectError::Remote { error, .. }) => {
+            assert!(error.message.contains("no cipher"), "{error:?}");
+            assert_eq!(error.code, rmb_peer::conn::codes::BAD_OPEN);
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|s| s.cipher())),
+    }
+    assert_eq!(
+        alice
+            .connections()
+            .counters()
+            .opened_version_1
+            .load(Relaxed),
+        0
+    );
+}
+
+/// Data frames travel unsigned; the connection layer must refuse whatever its keys do
+/// not authenticate. Frames are POSTed to the relay's federation endpoint (which lets
+/// unsigned frames through, charged to the poster) in Alice's name: a wrong ciphertext
+/// for her connection, a frame re-sourced to another session of hers, and one claiming
+/// another twin with her connection's id. Each is dropped and counted by reason, and
+/// the connection goes on. Any other request arriving unsigned is refused with 104.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_resourced_unsigned_frames_are_refused_and_counted() {
+    let relay = RelayProcess::start(&[]);
+    let (alice, bob) = pair(&relay).await;
+    let mut echo = bob
+        .connections()
+        .listen("echo", ListenOptions::default())
+        .unwrap();
+    let (stream, served) = tokio::join!(
+        alice
+            .connections()
+            .connect_address(bob.address().clone(), "echo"),
+        async { echo.accept().await.unwrap().unwrap() }
+    );
+    let mut stream = stream.unwrap();
+    let mut served = served;
+    let id = stream.id();
+    let counters = bob.connections().counters();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+
+    let post = |env: Envelope| {
+        let url = format!("{}/", relay.http_url());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .body(env.to_bytes())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 202, "routed to Bob");
+        }
+    };
+    let packet = |pn: u64| {
+        let mut p = id.to_vec();
+        p.extend_from_slice(&pn.to_be_bytes());
+        p.extend_from_slice(&[0x5a; 64]);
+        p
+    };
+    let to = bob.address().clone();
+    // Does not authenticate under the connection's key.
+    post(unsigned_frame(
+        alice.address().clone(),
+        to.clone(),
+        packet(2),
+    ))
+    .await;
+    // Re-sourced: Alice's twin, another session than the connection's.
+    let other_session = Address::session(alice.twin_id(), "not-the-connection");
+    post(unsigned_frame(other_session, to.clone(), packet(3))).await;
+    // Another twin claiming Alice's connection id: no such connection.
+    post(unsigned_frame(
+        Address::twin(bob.twin_id()),
+        to.clone(),
+        packet(4),
+    ))
+    .await;
+    // Too short to name a connection.
+    post(unsigned_frame(
+        alice.address().clone(),
+        to.clone(),
+        vec![1; 5],
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + CALL;
+    while (
+        count(&counters.forged_frames),
+        count(&counters.unknown_frames),
+    ) != (2, 2)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "forged {} unknown {}",
+            count(&counters.forged_frames),
+            count(&counters.unknown_frames)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&counters.replayed_frames), 0);
+
+    // The connection is unharmed.
+    stream.send_message(b"still here").await.unwrap();
+    let got = tokio::time::timeout(CALL, served.recv_message())
+        .await
+        .unwrap();
+    assert_eq!(got.unwrap().as_deref(), Some(&b"still here"[..]));
+
+    // Any other request arriving unsigned is refused with 104 (here from Mallory's own
+    // session, which the relay lets send only as Mallory).
+    let mallory = Identity::from_secret(&fresh_mnemonic(), KeyType::Sr25519).unwrap();
+    let m = register(&relay.http_url(), &mallory, &[relay.domain()]).await;
+    let mut cm = TestClient::connect(&relay.ws_url(), &mallory, m, None).await;
+    for command in ["echo", "rmb.conn.open"] {
+        let mut env = unsigned_frame(Address::twin(m), to.clone(), vec![1; 40]);
+        env.message = Some(Message::Request(Request {
+            command: command.into(),
+        }));
+        cm.send(&env).await;
+        let reply = cm.recv(CALL).await.expect("an error reply");
+        assert_eq!(reply.uid, env.uid);
+        match reply.message {
+            Some(Message::Error(e)) => assert_eq!(e.code, 104, "{command}: {}", e.message),
+            other => panic!("{command}: expected error 104, got {other:?}"),
+        }
+    }
+}
