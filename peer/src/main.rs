@@ -168,6 +168,14 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     topic_renew: u64,
 
+    /// How long after handing topic messages to local apps (subscriptions without a
+    /// Redis list) their records (position, local copy) are written to Redis, many at
+    /// a time, in milliseconds. After a crash what was not recorded is pulled from the
+    /// owner again. Subscriptions with a Redis list record before handing over.
+    #[arg(long, value_name = "MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    topic_record_delay: u64,
+
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
     debug: u8,
@@ -237,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut topic_options = TopicsOptions::new(&args.redis);
     topic_options.renew = Duration::from_secs(args.topic_renew);
+    topic_options.record_delay = Duration::from_millis(args.topic_record_delay);
     let (topics, inbound) = match Topics::start(peer.clone(), inbound, topic_options).await {
         Ok(started) => started,
         Err(e) => {

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::router::{reply, reply_error};
+use super::store::StoreError;
 use super::wire::{self, AckMode, GapJson, MessageJson, TopicName, codes};
 use super::{Counters, REQUEST_EXPIRATION, Shared, TopicError};
 use crate::core::{InboundRequest, OutgoingRequest, Reason};
@@ -38,6 +39,11 @@ pub const PULL_PAGE: u32 = 256;
 pub const MAX_EARLY: usize = 1024;
 /// Most queued inputs the task takes at once.
 const INPUT_BATCH: usize = 64;
+/// Wait before writing records again after Redis refused.
+const RECORD_RETRY: Duration = Duration::from_millis(500);
+/// Most messages of a subscription handed over and not yet recorded; the next wait for
+/// the record.
+const MAX_UNRECORDED: u64 = 4096;
 /// Wait before pulling again after a pull failed or brought nothing new.
 const PULL_BACKOFF: Duration = Duration::from_secs(2);
 /// How often subscriptions that are behind are looked at.
@@ -74,8 +80,11 @@ pub(crate) enum Input {
 
 /// One subscription's state in the task.
 struct Sub {
-    /// Last id handed to apps (as in Redis).
+    /// Last id handed to apps.
     last: u64,
+    /// Last id recorded in Redis (the position there): `last` once the records of what
+    /// was handed over since are written ([`record`]).
+    recorded: u64,
     list: bool,
     /// Newest id the owner told of.
     known_last: u64,
@@ -89,6 +98,7 @@ impl Sub {
     fn new(last: u64, list: bool) -> Self {
         Sub {
             last,
+            recorded: last,
             list,
             known_last: last,
             buffer: BTreeMap::new(),
@@ -100,6 +110,10 @@ impl Sub {
 
     fn behind(&self) -> bool {
         self.known_last > self.last || !self.buffer.is_empty()
+    }
+
+    fn unrecorded(&self) -> bool {
+        self.recorded < self.last
     }
 }
 
@@ -136,10 +150,30 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
     let mut cumulative_at = Instant::now();
     // Owners being told we do not subscribe to a topic they push (one call at a time).
     let mut telling: HashSet<TopicName> = HashSet::new();
+    // When the records of handed-over messages are written next.
+    let mut record_at: Option<Instant> = None;
     loop {
+        if record_at.is_none() && subs.values().any(Sub::unrecorded) {
+            // Handed-over messages of subscriptions without a Redis list are recorded
+            // at most this long after the first of them, together.
+            record_at = Some(Instant::now() + shared.options.record_delay);
+        }
         tokio::select! {
-            _ = shared.stop.cancelled() => break,
+            _ = shared.stop.cancelled() => {
+                // What was handed over is recorded if Redis answers in time; otherwise
+                // it is pulled and handed over again after the restart.
+                let _ = tokio::time::timeout(Duration::from_secs(2), record_all(&shared, &mut subs)).await;
+                break;
+            }
+            _ = tokio::time::sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {
+                record_at = None;
+                if !record_all(&shared, &mut subs).await {
+                    record_at = Some(Instant::now() + RECORD_RETRY);
+                }
+            }
             _ = tokio::time::sleep_until(ack_at), if !acks.is_empty() => {
+                // Answered means recorded.
+                record_all(&shared, &mut subs).await;
                 send_acks(&shared, &mut acks).await;
             }
             _ = tokio::time::sleep_until(cumulative_at), if !ack_due.is_empty() => {
@@ -203,6 +237,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                         }
                         Input::Removed(topic) => {
                             subs.remove(&topic);
+                            shared.unrecorded.forget(&topic);
                         }
                     }
                 }
@@ -219,6 +254,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                 }
                 acks.append(&mut recorded);
                 if acks.len() >= ACK_BATCH {
+                    record_all(&shared, &mut subs).await;
                     send_acks(&shared, &mut acks).await;
                 }
             }
@@ -251,6 +287,16 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
     jobs.shutdown().await;
 }
 
+/// Writes the records of every subscription's handed-over messages; false when Redis
+/// refused some (they are written again later).
+async fn record_all(shared: &Shared, subs: &mut HashMap<TopicName, Sub>) -> bool {
+    let mut done = true;
+    for (topic, sub) in subs.iter_mut().filter(|(_, sub)| sub.unrecorded()) {
+        done &= record(shared, topic, sub).await;
+    }
+    done
+}
+
 /// Answers the pushes whose messages are recorded (an owner resends what stays
 /// unanswered), saying that we can acknowledge cumulatively.
 async fn send_acks(shared: &Shared, acks: &mut Vec<InboundRequest>) {
@@ -275,9 +321,11 @@ async fn send_cumulative_acks(
         let Some(sub) = subs.get(&topic) else {
             continue;
         };
+        // What is recorded: what is only handed over would be pulled again after a
+        // crash, so the owner may as well send it again.
         let body = wire::AckRequest {
             topic: topic.name.clone(),
-            last: sub.last,
+            last: sub.recorded,
         };
         let request = OutgoingRequest {
             uid: uuid::Uuid::new_v4().to_string(),
@@ -453,9 +501,10 @@ fn offer(shared: &Shared, sub: &mut Sub, message: MessageJson) {
 /// Most messages recorded in Redis by one script call.
 const DELIVER_RUN: usize = 256;
 
-/// Hands over buffered messages while the next one is there: each run of consecutive
-/// ones is recorded in Redis (position moved, exactly once) by one script call, then
-/// told to local apps.
+/// Hands over buffered messages while the next one is there. A subscription with a
+/// Redis list records each run of consecutive ones first (position moved and list
+/// filled, exactly once, by one script call); one without hands them over at once and
+/// keeps them in [`unrecorded`](super::unrecorded) until [`record`] writes them.
 async fn drain(shared: &Shared, topic: &TopicName, sub: &mut Sub) {
     loop {
         while let Some(entry) = sub.buffer.first_entry() {
@@ -465,9 +514,29 @@ async fn drain(shared: &Shared, topic: &TopicName, sub: &mut Sub) {
             let m = entry.remove();
             sub.buffer_bytes = sub.buffer_bytes.saturating_sub(m.size());
         }
+        if sub.list && sub.unrecorded() {
+            // A subscription that just gained its list may hold unrecorded messages:
+            // the list's script moves the position from `last`.
+            if record(shared, topic, sub).await {
+                continue;
+            }
+            return;
+        }
+        let room = if sub.list {
+            DELIVER_RUN
+        } else {
+            let held = sub.last - sub.recorded;
+            (MAX_UNRECORDED.saturating_sub(held) as usize).min(DELIVER_RUN)
+        };
+        if room == 0 {
+            if record(shared, topic, sub).await {
+                continue;
+            }
+            return;
+        }
         let mut run: Vec<(u64, String)> = Vec::new();
         for (&id, message) in sub.buffer.range(sub.last + 1..) {
-            if id != sub.last + 1 + run.len() as u64 || run.len() >= DELIVER_RUN {
+            if id != sub.last + 1 + run.len() as u64 || run.len() >= room {
                 break;
             }
             run.push((
@@ -477,6 +546,16 @@ async fn drain(shared: &Shared, topic: &TopicName, sub: &mut Sub) {
         }
         if run.is_empty() {
             return;
+        }
+        if !sub.list {
+            for (id, json) in run {
+                let json: Arc<str> = json.into();
+                shared.unrecorded.add(topic, id, Arc::clone(&json));
+                Counters::bump(&shared.counters.delivered);
+                shared.announce(topic, id, json);
+                sub.last = id;
+            }
+            continue;
         }
         let refs: Vec<(u64, &str)> = run.iter().map(|(id, json)| (*id, json.as_str())).collect();
         let before = sub.last;
@@ -497,17 +576,13 @@ async fn drain(shared: &Shared, topic: &TopicName, sub: &mut Sub) {
                 }
                 let stalled = now == before;
                 sub.last = now;
+                sub.recorded = now;
                 if stalled {
                     return;
                 }
             }
             Err(e) => {
-                if shared
-                    .peer
-                    .log_allowed(u64::from(topic.owner), Reason::RedisError)
-                {
-                    tracing::warn!(%topic, error = %e, "cannot record a delivery; retrying (logged once per 10 s)");
-                }
+                log_record_failure(shared, topic, &e);
                 sub.next_pull = Instant::now() + PULL_BACKOFF;
                 return;
             }
@@ -515,8 +590,62 @@ async fn drain(shared: &Shared, topic: &TopicName, sub: &mut Sub) {
     }
 }
 
+/// Writes the records (position and local copy) of what `sub` handed over unrecorded;
+/// true when all are written.
+async fn record(shared: &Shared, topic: &TopicName, sub: &mut Sub) -> bool {
+    while sub.unrecorded() {
+        let held = shared.unrecorded.after(topic, sub.recorded, DELIVER_RUN);
+        let Some(&(first, _)) = held.first() else {
+            // Nothing kept to write (cannot happen: the task keeps what it hands over
+            // until written); follow what was handed over rather than stall.
+            tracing::warn!(%topic, recorded = sub.recorded, last = sub.last, "handed-over messages missing their records");
+            sub.recorded = sub.last;
+            return true;
+        };
+        let refs: Vec<(u64, &str)> = held.iter().map(|(id, json)| (*id, &**json)).collect();
+        let expected = sub.recorded;
+        match shared
+            .store
+            .deliver_many(topic, expected, &refs, false)
+            .await
+        {
+            Ok(now) if now > expected && first == expected + 1 => {
+                shared.unrecorded.recorded(topic, now);
+                sub.recorded = now;
+            }
+            Ok(now) => {
+                // Redis holds another position (it lost its data, or another process
+                // moved it): follow it, as a recorded delivery does, and pull from there.
+                tracing::warn!(%topic, expected, now, "subscription position moved elsewhere");
+                shared.unrecorded.forget(topic);
+                sub.recorded = now;
+                sub.last = now;
+                return true;
+            }
+            Err(e) => {
+                log_record_failure(shared, topic, &e);
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn log_record_failure(shared: &Shared, topic: &TopicName, e: &StoreError) {
+    if shared
+        .peer
+        .log_allowed(u64::from(topic.owner), Reason::RedisError)
+    {
+        tracing::warn!(%topic, error = %e, "cannot record a delivery; retrying (logged once per 10 s)");
+    }
+}
+
 /// Reports ids `last+1..=to` as lost (retention dropped them before we got them).
 async fn gap(shared: &Shared, topic: &TopicName, sub: &mut Sub, to: u64) -> Result<(), ()> {
+    // The gap moves the recorded position from `last`: what came before is written first.
+    if !record(shared, topic, sub).await {
+        return Err(());
+    }
     let gap = GapJson {
         event: "gap".into(),
         topic: topic.to_string(),
@@ -534,6 +663,7 @@ async fn gap(shared: &Shared, topic: &TopicName, sub: &mut Sub, to: u64) -> Resu
                 shared.announce(topic, to, json);
             }
             sub.last = now;
+            sub.recorded = now;
             Ok(())
         }
         Err(_) => Err(()),

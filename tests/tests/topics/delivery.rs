@@ -300,3 +300,70 @@ async fn the_owner_killed_mid_stream_loses_no_acknowledged_publish_and_reuses_no
     assert_eq!(status, 200);
     assert_eq!(answer["id"], 41);
 }
+
+/// The position of `node`'s subscription to `topic` as recorded in its Redis.
+fn recorded_position(node: &Node, topic: &str) -> u64 {
+    use rmb_testsupport::peer_process::resp::{Reply, Resp};
+    let mut redis = Resp::connect(node.peer.redis_url());
+    let key = format!("rmb.sub.{topic}.last");
+    match redis.cmd(&[b"GET", key.as_bytes()]) {
+        Reply::Bulk(bytes) => String::from_utf8(bytes).unwrap().parse().unwrap(),
+        Reply::Nil => 0,
+        other => panic!("GET answered {other:?}"),
+    }
+}
+
+/// Waits until `node`'s recorded position of `topic` is `want` (or fails after [`WAIT`]).
+async fn recorded_reaches(node: &Node, topic: &str, want: u64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = tokio::task::block_in_place(|| recorded_position(node, topic));
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recorded position {now}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A subscription without a Redis list hands messages over at once and writes their
+/// records (position and local copy) later, many at a time (`--topic-record-delay`,
+/// 10 s here so that the crash surely comes first): a pull already sees what is
+/// handed over but not recorded; a subscriber SIGKILLed before the records were written
+/// pulls those messages again after its restart, and its local copy ends up whole, in
+/// order, once each, with the records caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_without_a_list_records_after_handing_over() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &[&relay], &registry).await;
+    let delay = ["--topic-record-delay", "10000"];
+    let mut bob = Node::start_with("//Bob", &[&relay], &registry, &delay).await;
+    create(&alice, "feed", json!({})).await;
+    let feed = format!("{}/feed", alice.twin);
+    subscribe(&bob, &feed, json!({ "since": 0 })).await;
+
+    for i in 1..=10 {
+        assert_eq!(publish(&alice, &feed, &format!("f{i}")).await.0, 200);
+    }
+    assert_eq!(poll_until(&bob, &feed, 10).await.len(), 10);
+    assert_eq!(
+        tokio::task::block_in_place(|| recorded_position(&bob, &feed)),
+        0,
+        "handed over, not recorded yet"
+    );
+    bob.kill().await;
+    for i in 11..=15 {
+        assert_eq!(publish(&alice, &feed, &format!("f{i}")).await.0, 200);
+    }
+    bob.relaunch().await;
+
+    let got = poll_until(&bob, &feed, 15).await;
+    let expected: Vec<(u64, String)> = (1..=15).map(|i| (i, format!("f{i}"))).collect();
+    assert_eq!(ids_and_texts(&got), expected);
+    recorded_reaches(&bob, &feed, 15).await;
+    assert_eq!(ids_and_texts(&poll(&bob, &feed).await), expected);
+}

@@ -25,13 +25,24 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) async fn start(secret: &str, relays: &[&RelayProcess], registry: &str) -> Node {
+        Node::start_with(secret, relays, registry, &[]).await
+    }
+
+    /// [`Node::start`] with more `rmb-peer` flags.
+    pub(crate) async fn start_with(
+        secret: &str,
+        relays: &[&RelayProcess],
+        registry: &str,
+        flags: &[&str],
+    ) -> Node {
         let domains: Vec<String> = relays.iter().map(|r| r.domain()).collect();
         let urls: Vec<String> = relays.iter().map(|r| r.ws_url()).collect();
         let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
         let twin = rmb_testsupport::registry::register(registry, &identity, &domains).await;
         let redis = RedisServer::start();
         let addr = format!("127.0.0.1:{}", free_port());
-        let extra = ["--http", addr.as_str(), "--topic-renew", "2"];
+        let mut extra = vec!["--http", addr.as_str(), "--topic-renew", "2"];
+        extra.extend_from_slice(flags);
         let peer = tokio::task::block_in_place(|| {
             PeerProcess::start(secret, &redis.url(), &urls, registry, &extra)
         });
