@@ -437,11 +437,7 @@ impl Topics {
             .subscriptions()
             .await?
             .into_iter()
-            .map(|s| SubscriptionInfo {
-                redis_list: s.list.then(|| self.shared.store.list_key(&s.topic)),
-                topic: s.topic.to_string(),
-                last_id: s.last,
-            })
+            .map(|s| self.subscription_info(s))
             .collect();
         Ok(Listing {
             twin: self.twin(),
@@ -460,11 +456,20 @@ impl Topics {
         Ok(all
             .into_iter()
             .find(|s| &s.topic == topic)
-            .map(|s| SubscriptionInfo {
-                redis_list: s.list.then(|| self.shared.store.list_key(&s.topic)),
-                topic: s.topic.to_string(),
-                last_id: s.last,
-            }))
+            .map(|s| self.subscription_info(s)))
+    }
+
+    /// A subscription as shown: its position is the last id handed over, which may be
+    /// ahead of the recorded one for a moment ([`unrecorded`]).
+    fn subscription_info(&self, record: store::SubRecord) -> SubscriptionInfo {
+        let handed = self.shared.unrecorded.last(&record.topic).unwrap_or(0);
+        SubscriptionInfo {
+            redis_list: record
+                .list
+                .then(|| self.shared.store.list_key(&record.topic)),
+            topic: record.topic.to_string(),
+            last_id: record.last.max(handed),
+        }
     }
 
     /// Publishes to `topic`: stored here when it is ours, else sent to its owner.

@@ -52,7 +52,8 @@ async fn record_subscription(
         .find(|s| &s.topic == topic);
     let last = match existing {
         // A subscription keeps its position: moving it would hand messages over twice.
-        Some(s) => s.last,
+        // (What is handed over may be ahead of the record for a moment.)
+        Some(s) => s.last.max(shared.unrecorded.last(topic).unwrap_or(0)),
         None => {
             let start = since.unwrap_or(answer.last_id).min(answer.last_id);
             shared.store.deliver(topic, 0, start, None, None).await?

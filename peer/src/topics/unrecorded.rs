@@ -55,6 +55,14 @@ impl Unrecorded {
             .collect()
     }
 
+    /// The newest kept id of `topic`: the last one handed over, when its record is not
+    /// written yet.
+    pub(crate) fn last(&self, topic: &TopicName) -> Option<u64> {
+        self.lock()
+            .get(topic)
+            .and_then(|kept| kept.keys().next_back().copied())
+    }
+
     /// Forgets the messages of `topic` up to `last`: their records are written.
     pub(crate) fn recorded(&self, topic: &TopicName, last: u64) {
         let mut topics = self.lock();
@@ -88,10 +96,12 @@ mod tests {
         let ids = |v: Vec<(u64, Arc<str>)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
         assert_eq!(ids(unrecorded.after(&topic, 0, 10)), [1, 2, 3]);
         assert_eq!(ids(unrecorded.after(&topic, 1, 1)), [2]);
+        assert_eq!(unrecorded.last(&topic), Some(3));
         unrecorded.recorded(&topic, 2);
         assert_eq!(ids(unrecorded.after(&topic, 0, 10)), [3]);
         unrecorded.recorded(&topic, 3);
         assert!(unrecorded.after(&topic, 0, 10).is_empty());
+        assert_eq!(unrecorded.last(&topic), None);
         assert_eq!(ids(unrecorded.after(&other, 0, 10)), [9]);
         unrecorded.forget(&other);
         assert!(unrecorded.after(&other, 0, 10).is_empty());
