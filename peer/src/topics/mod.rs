@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod counters;
+mod handover;
 pub mod owner;
 pub mod pending;
 pub mod progress;

@@ -13,26 +13,21 @@
 //! Pulls and renewals are requests to other twins; they run in a `JoinSet` the task owns,
 //! so the task never waits on the network.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rmb_proto::Address;
-use rmb_proto::time::unix_now;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::handover::{PULL_BACKOFF, Sub, drain, gap, offer, record_all};
 use super::router::{reply, reply_error};
-use super::store::StoreError;
-use super::wire::{self, AckMode, GapJson, MessageJson, TopicName, codes};
+use super::wire::{self, AckMode, MessageJson, TopicName, codes};
 use super::{Counters, REQUEST_EXPIRATION, Shared, TopicError};
 use crate::core::{InboundRequest, OutgoingRequest, Reason};
 
-/// Most messages buffered per subscription while a hole is pulled.
-pub const MAX_BUFFERED: usize = 1024;
-/// Most bytes buffered per subscription.
-pub const MAX_BUFFERED_BYTES: usize = 4 << 20;
 /// Messages asked for per pull.
 pub const PULL_PAGE: u32 = 256;
 /// Most messages kept for a subscription that is being made.
@@ -41,11 +36,6 @@ pub const MAX_EARLY: usize = 1024;
 const INPUT_BATCH: usize = 64;
 /// Wait before writing records again after Redis refused.
 const RECORD_RETRY: Duration = Duration::from_millis(500);
-/// Most messages of a subscription handed over and not yet recorded; the next wait for
-/// the record.
-const MAX_UNRECORDED: u64 = 4096;
-/// Wait before pulling again after a pull failed or brought nothing new.
-const PULL_BACKOFF: Duration = Duration::from_secs(2);
 /// How often subscriptions that are behind are looked at.
 const TICK: Duration = Duration::from_millis(500);
 /// Acknowledgements of recorded pushes wait this long (or until [`ACK_BATCH`] are due)
@@ -76,45 +66,6 @@ pub(crate) enum Input {
     },
     /// A subscription ended.
     Removed(TopicName),
-}
-
-/// One subscription's state in the task.
-struct Sub {
-    /// Last id handed to apps.
-    last: u64,
-    /// Last id recorded in Redis (the position there): `last` once the records of what
-    /// was handed over since are written ([`record`]).
-    recorded: u64,
-    list: bool,
-    /// Newest id the owner told of.
-    known_last: u64,
-    buffer: BTreeMap<u64, MessageJson>,
-    buffer_bytes: usize,
-    pulling: bool,
-    next_pull: Instant,
-}
-
-impl Sub {
-    fn new(last: u64, list: bool) -> Self {
-        Sub {
-            last,
-            recorded: last,
-            list,
-            known_last: last,
-            buffer: BTreeMap::new(),
-            buffer_bytes: 0,
-            pulling: false,
-            next_pull: Instant::now(),
-        }
-    }
-
-    fn behind(&self) -> bool {
-        self.known_last > self.last || !self.buffer.is_empty()
-    }
-
-    fn unrecorded(&self) -> bool {
-        self.recorded < self.last
-    }
 }
 
 /// A finished network job.
@@ -285,16 +236,6 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
         }
     }
     jobs.shutdown().await;
-}
-
-/// Writes the records of every subscription's handed-over messages; false when Redis
-/// refused some (they are written again later).
-async fn record_all(shared: &Shared, subs: &mut HashMap<TopicName, Sub>) -> bool {
-    let mut done = true;
-    for (topic, sub) in subs.iter_mut().filter(|(_, sub)| sub.unrecorded()) {
-        done &= record(shared, topic, sub).await;
-    }
-    done
 }
 
 /// Answers the pushes whose messages are recorded (an owner resends what stays
@@ -478,196 +419,6 @@ async fn refuse(
 ) -> Taken {
     reply_error(shared, request, reason, code, text).await;
     Taken::Refused
-}
-
-/// Takes one message into the buffer (dropped when seen already); [`drain`] then hands
-/// over what is next.
-fn offer(shared: &Shared, sub: &mut Sub, message: MessageJson) {
-    if message.id <= sub.last || sub.buffer.contains_key(&message.id) {
-        Counters::bump(&shared.counters.duplicates);
-        return;
-    }
-    sub.known_last = sub.known_last.max(message.id);
-    let size = message.size();
-    // When full, only the next one still gets in; the others are pulled again once the
-    // hole before them is filled.
-    let room = sub.buffer.len() < MAX_BUFFERED && sub.buffer_bytes + size <= MAX_BUFFERED_BYTES;
-    if room || message.id == sub.last + 1 {
-        sub.buffer_bytes += size;
-        sub.buffer.insert(message.id, message);
-    }
-}
-
-/// Most messages recorded in Redis by one script call.
-const DELIVER_RUN: usize = 256;
-
-/// Hands over buffered messages while the next one is there. A subscription with a
-/// Redis list records each run of consecutive ones first (position moved and list
-/// filled, exactly once, by one script call); one without hands them over at once and
-/// keeps them in [`unrecorded`](super::unrecorded) until [`record`] writes them.
-async fn drain(shared: &Shared, topic: &TopicName, sub: &mut Sub) {
-    loop {
-        while let Some(entry) = sub.buffer.first_entry() {
-            if *entry.key() > sub.last {
-                break;
-            }
-            let m = entry.remove();
-            sub.buffer_bytes = sub.buffer_bytes.saturating_sub(m.size());
-        }
-        if sub.list && sub.unrecorded() {
-            // A subscription that just gained its list may hold unrecorded messages:
-            // the list's script moves the position from `last`.
-            if record(shared, topic, sub).await {
-                continue;
-            }
-            return;
-        }
-        let room = if sub.list {
-            DELIVER_RUN
-        } else {
-            let held = sub.last - sub.recorded;
-            (MAX_UNRECORDED.saturating_sub(held) as usize).min(DELIVER_RUN)
-        };
-        if room == 0 {
-            if record(shared, topic, sub).await {
-                continue;
-            }
-            return;
-        }
-        let mut run: Vec<(u64, String)> = Vec::new();
-        for (&id, message) in sub.buffer.range(sub.last + 1..) {
-            if id != sub.last + 1 + run.len() as u64 || run.len() >= room {
-                break;
-            }
-            run.push((
-                id,
-                serde_json::to_string(message).expect("a message serialises"),
-            ));
-        }
-        if run.is_empty() {
-            return;
-        }
-        if !sub.list {
-            for (id, json) in run {
-                let json: Arc<str> = json.into();
-                shared.unrecorded.add(topic, id, Arc::clone(&json));
-                Counters::bump(&shared.counters.delivered);
-                shared.announce(topic, id, json);
-                sub.last = id;
-            }
-            continue;
-        }
-        let refs: Vec<(u64, &str)> = run.iter().map(|(id, json)| (*id, json.as_str())).collect();
-        let before = sub.last;
-        match shared
-            .store
-            .deliver_many(topic, before, &refs, sub.list)
-            .await
-        {
-            Ok(now) => {
-                if now < before + 1 && now != before {
-                    tracing::warn!(%topic, expected = before, now, "subscription position moved elsewhere");
-                }
-                for (id, json) in run {
-                    if id > before && id <= now {
-                        Counters::bump(&shared.counters.delivered);
-                        shared.announce(topic, id, json);
-                    }
-                }
-                let stalled = now == before;
-                sub.last = now;
-                sub.recorded = now;
-                if stalled {
-                    return;
-                }
-            }
-            Err(e) => {
-                log_record_failure(shared, topic, &e);
-                sub.next_pull = Instant::now() + PULL_BACKOFF;
-                return;
-            }
-        }
-    }
-}
-
-/// Writes the records (position and local copy) of what `sub` handed over unrecorded;
-/// true when all are written.
-async fn record(shared: &Shared, topic: &TopicName, sub: &mut Sub) -> bool {
-    while sub.unrecorded() {
-        let held = shared.unrecorded.after(topic, sub.recorded, DELIVER_RUN);
-        let Some(&(first, _)) = held.first() else {
-            // Nothing kept to write (cannot happen: the task keeps what it hands over
-            // until written); follow what was handed over rather than stall.
-            tracing::warn!(%topic, recorded = sub.recorded, last = sub.last, "handed-over messages missing their records");
-            sub.recorded = sub.last;
-            return true;
-        };
-        let refs: Vec<(u64, &str)> = held.iter().map(|(id, json)| (*id, &**json)).collect();
-        let expected = sub.recorded;
-        match shared
-            .store
-            .deliver_many(topic, expected, &refs, false)
-            .await
-        {
-            Ok(now) if now > expected && first == expected + 1 => {
-                shared.unrecorded.recorded(topic, now);
-                sub.recorded = now;
-            }
-            Ok(now) => {
-                // Redis holds another position (it lost its data, or another process
-                // moved it): follow it, as a recorded delivery does, and pull from there.
-                tracing::warn!(%topic, expected, now, "subscription position moved elsewhere");
-                shared.unrecorded.forget(topic);
-                sub.recorded = now;
-                sub.last = now;
-                return true;
-            }
-            Err(e) => {
-                log_record_failure(shared, topic, &e);
-                return false;
-            }
-        }
-    }
-    true
-}
-
-fn log_record_failure(shared: &Shared, topic: &TopicName, e: &StoreError) {
-    if shared
-        .peer
-        .log_allowed(u64::from(topic.owner), Reason::RedisError)
-    {
-        tracing::warn!(%topic, error = %e, "cannot record a delivery; retrying (logged once per 10 s)");
-    }
-}
-
-/// Reports ids `last+1..=to` as lost (retention dropped them before we got them).
-async fn gap(shared: &Shared, topic: &TopicName, sub: &mut Sub, to: u64) -> Result<(), ()> {
-    // The gap moves the recorded position from `last`: what came before is written first.
-    if !record(shared, topic, sub).await {
-        return Err(());
-    }
-    let gap = GapJson {
-        event: "gap".into(),
-        topic: topic.to_string(),
-        from: sub.last + 1,
-        to,
-        time: unix_now(),
-    };
-    let json = serde_json::to_string(&gap).expect("a gap serialises");
-    let list = sub.list.then_some(json.as_str());
-    match shared.store.deliver(topic, sub.last, to, None, list).await {
-        Ok(now) => {
-            if now == to {
-                Counters::bump(&shared.counters.gaps);
-                tracing::info!(%topic, from = gap.from, to, "messages lost to the owner's retention");
-                shared.announce(topic, to, json);
-            }
-            sub.last = now;
-            sub.recorded = now;
-            Ok(())
-        }
-        Err(_) => Err(()),
-    }
 }
 
 fn start_pull(shared: &Arc<Shared>, topic: &TopicName, sub: &mut Sub, jobs: &mut JoinSet<Job>) {
