@@ -2,18 +2,20 @@
 //!
 //! - `processes`: relays, redis-servers and nats-server;
 //! - `nats`: NATS core pub/sub measured the same way;
-//! - `stats`: percentiles.
+//! - `stats`: percentiles;
+//! - `tally`: where subscribers note deliveries.
 
 pub mod nats;
 pub mod processes;
 pub mod stats;
+pub mod tally;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use futures_util::{StreamExt, stream};
 use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
@@ -23,12 +25,12 @@ use rmb_peer::core::{Peer, PeerConfig};
 use rmb_peer::topics::config::TopicConfig;
 use rmb_peer::topics::wire::{Draft, TopicName};
 use rmb_peer::topics::{Topics, TopicsOptions};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::bench_common::register;
 use processes::{Children, Scratch, relay_binary};
 use stats::{Figures, percentile};
+use tally::Tally;
 
 /// Bytes per message.
 pub const PAYLOAD: usize = 256;
@@ -66,13 +68,6 @@ pub struct Plan {
     pub subscribers: usize,
     pub closed_loop: usize,
     pub burst: usize,
-}
-
-/// A message seen by a subscriber.
-#[derive(Debug, Clone, Copy)]
-pub struct Delivered {
-    pub id: u64,
-    pub at: Instant,
 }
 
 /// One row of the table.
@@ -260,39 +255,38 @@ async fn measure_rmb(
     }
 
     // Every subscriber's deliveries, as its apps see them.
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tally = Arc::new(Tally::default());
     let mut listeners = JoinSet::new();
     for s in &subs {
         let mut events = s.topics.events();
-        let tx = tx.clone();
+        let tally = Arc::clone(&tally);
         listeners.spawn(async move {
             while let Ok(event) = events.recv().await {
-                let _ = tx.send(Delivered {
-                    id: event.id,
-                    at: Instant::now(),
-                });
+                tally.note(event.id);
             }
         });
     }
     let draft = || Draft::from_bytes(vec![b'x'; PAYLOAD]);
 
     let mut figures = Figures::default();
-    let mut lat = Vec::new();
+    let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(plan.closed_loop);
+    let mut last_id = 0;
+    let mut lat = Vec::with_capacity(plan.closed_loop * plan.subscribers);
     let cpu_before = children.cpu_seconds() + processes::own_cpu_seconds();
     for _ in 0..plan.closed_loop {
+        // Closed loop: only the message just published is above the floor.
+        tally.start(last_id);
         let t0 = Instant::now();
-        let id = owner.topics.publish(&topic, draft()).await?.id;
-        let mut got = 0;
-        while got < plan.subscribers {
-            let d = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .context("a subscriber did not get a message within 30 s")?
-                .context("listeners ended")?;
-            if d.id == id {
-                got += 1;
-                lat.push(d.at - t0);
-            }
+        last_id = owner.topics.publish(&topic, draft()).await?.id;
+        sent.insert(last_id, t0);
+        if !tally
+            .wait_for(plan.subscribers, Duration::from_secs(30))
+            .await
+        {
+            bail!("a subscriber did not get message {last_id} within 30 s");
         }
+        // Sorted out once the message is everywhere: no cost while it travels.
+        lat_closed_loop(&tally, &sent, &mut lat);
     }
     let cpu = children.cpu_seconds() + processes::own_cpu_seconds() - cpu_before;
     figures.cpu_us = cpu * 1e6 / lat.len().max(1) as f64;
@@ -301,6 +295,8 @@ async fn measure_rmb(
 
     // The burst: publishes with up to PUBLISH_WINDOW in flight, as an app with a few
     // HTTP connections would.
+    tally.start(last_id);
+    let expected = plan.burst * plan.subscribers;
     let t0 = Instant::now();
     let published: Vec<anyhow::Result<(u64, Instant)>> = stream::iter(0..plan.burst)
         .map(|_| {
@@ -318,22 +314,16 @@ async fn measure_rmb(
         let (id, at) = result?;
         sent.insert(id, at);
     }
-    let expected = plan.burst * plan.subscribers;
+    tally.wait_for(expected, Duration::from_secs(120)).await;
     let mut lat = Vec::with_capacity(expected);
     let mut last = t0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while lat.len() < expected {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(d)) => {
-                if let Some(at) = sent.get(&d.id) {
-                    last = d.at;
-                    lat.push(d.at - *at);
-                }
-            }
-            _ => break,
+    for d in tally.take() {
+        if let Some(at) = sent.get(&d.id) {
+            last = last.max(d.at);
+            lat.push(d.at - *at);
         }
     }
-    figures.missing = expected - lat.len();
+    figures.missing = expected.saturating_sub(lat.len());
     figures.rate = lat.len() as f64 / (last - t0).as_secs_f64().max(1e-9);
     figures.burst_p50 = percentile(&mut lat, 0.5);
     figures.burst_p99 = percentile(&mut lat, 0.99);
@@ -345,4 +335,13 @@ async fn measure_rmb(
     listeners.shutdown().await;
     drains.shutdown().await;
     Ok(figures)
+}
+
+/// Moves one closed-loop message's deliveries into `lat` (time from its publish call).
+fn lat_closed_loop(tally: &Tally, sent: &HashMap<u64, Instant>, lat: &mut Vec<Duration>) {
+    for d in tally.take() {
+        if let Some(t0) = sent.get(&d.id) {
+            lat.push(d.at - *t0);
+        }
+    }
 }

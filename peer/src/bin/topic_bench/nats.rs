@@ -12,7 +12,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::stats::{Figures, percentile};
-use super::{Delivered, PAYLOAD, Plan};
+use std::sync::Arc;
+
+use super::tally::Tally;
+use super::{PAYLOAD, Plan};
 
 const SUBJECT: &str = "bench.topic";
 
@@ -41,11 +44,7 @@ async fn connect(
 }
 
 /// One subscriber: reports each message's sequence number and arrival time.
-async fn subscriber(
-    port: u16,
-    out: mpsc::UnboundedSender<Delivered>,
-    ready: mpsc::Sender<()>,
-) -> anyhow::Result<()> {
+async fn subscriber(port: u16, tally: Arc<Tally>, ready: mpsc::Sender<()>) -> anyhow::Result<()> {
     let (mut read, mut write) = connect(port).await?;
     write
         .write_all(format!("SUB {SUBJECT} 1\r\nPING\r\n").as_bytes())
@@ -70,22 +69,19 @@ async fn subscriber(
             payload.resize(size + 2, 0);
             read.read_exact(&mut payload).await?;
             let seq = u64::from_le_bytes(payload[..8].try_into()?);
-            let _ = out.send(Delivered {
-                id: seq,
-                at: Instant::now(),
-            });
+            tally.note(seq);
         }
     }
 }
 
 /// Measures NATS for `plan`.
 pub async fn measure(port: u16, plan: &Plan) -> anyhow::Result<Figures> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tally = Arc::new(Tally::default());
     let (ready_tx, mut ready_rx) = mpsc::channel(plan.subscribers);
     let mut subs = JoinSet::new();
     for _ in 0..plan.subscribers {
-        let (tx, ready) = (tx.clone(), ready_tx.clone());
-        subs.spawn(async move { subscriber(port, tx, ready).await });
+        let (tally, ready) = (Arc::clone(&tally), ready_tx.clone());
+        subs.spawn(async move { subscriber(port, tally, ready).await });
     }
     for _ in 0..plan.subscribers {
         ready_rx.recv().await.context("a NATS subscriber failed")?;
@@ -103,27 +99,25 @@ pub async fn measure(port: u16, plan: &Plan) -> anyhow::Result<Figures> {
 
     let mut figures = Figures::default();
     // One at a time.
-    let mut lat = Vec::new();
+    let mut lat = Vec::with_capacity(plan.closed_loop * plan.subscribers);
     for _ in 0..plan.closed_loop {
+        tally.start(seq);
         seq += 1;
         let t0 = Instant::now();
         publisher.write_all(&publish(seq)).await?;
-        let mut got = 0;
-        while got < plan.subscribers {
-            let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-                .await
-                .context("NATS lost a message")?
-                .context("NATS subscribers ended")?;
-            if d.id == seq {
-                got += 1;
-                lat.push(d.at - t0);
-            }
+        if !tally
+            .wait_for(plan.subscribers, Duration::from_secs(10))
+            .await
+        {
+            bail!("NATS lost message {seq}");
         }
+        lat.extend(tally.take().iter().map(|d| d.at - t0));
     }
     figures.p50 = percentile(&mut lat, 0.5);
     figures.p99 = percentile(&mut lat, 0.99);
 
     // Burst: every message written at once (one write each), per-message latency.
+    tally.start(seq);
     let first = seq + 1;
     let mut sent = Vec::with_capacity(plan.burst);
     let t0 = Instant::now();
@@ -133,20 +127,16 @@ pub async fn measure(port: u16, plan: &Plan) -> anyhow::Result<Figures> {
         sent.push(Instant::now());
     }
     let expected = plan.burst * plan.subscribers;
+    tally.wait_for(expected, Duration::from_secs(60)).await;
     let mut lat = Vec::with_capacity(expected);
     let mut last = t0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while lat.len() < expected {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(d)) if d.id >= first => {
-                last = d.at;
-                lat.push(d.at - sent[(d.id - first) as usize]);
-            }
-            Ok(Some(_)) => {}
-            _ => break,
+    for d in tally.take() {
+        if let Some(at) = d.id.checked_sub(first).and_then(|i| sent.get(i as usize)) {
+            last = last.max(d.at);
+            lat.push(d.at - *at);
         }
     }
-    figures.missing = expected - lat.len();
+    figures.missing = expected.saturating_sub(lat.len());
     figures.rate = lat.len() as f64 / (last - t0).as_secs_f64().max(1e-9);
     figures.burst_p50 = percentile(&mut lat, 0.5);
     figures.burst_p99 = percentile(&mut lat, 0.99);
