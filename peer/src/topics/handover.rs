@@ -96,7 +96,8 @@ pub(super) fn offer(shared: &Shared, sub: &mut Sub, message: MessageJson) {
     }
 }
 
-/// Most messages recorded in Redis by one script call.
+/// Most messages recorded in Redis by one script call (the script unpacks a run into one
+/// `HSET`: Lua takes a few thousand arguments at most).
 pub(super) const DELIVER_RUN: usize = 256;
 
 /// Hands over buffered messages while the next one is there. A subscription with a

@@ -13,10 +13,14 @@
 //! - pushes to a subscriber that acknowledges cumulatively are sent again until it
 //!   acknowledges them; one that does not say so answers each push.
 //!
-//! One test binary in four files: `node` (the shared processes and HTTP helpers),
-//! `delivery`, `api` (HTTP API and CLI) and `wire`.
+//! - the subscriber's record script keeps position, local copies and list as before
+//!   when it writes a whole run per command.
+//!
+//! One test binary in five files: `node` (the shared processes and HTTP helpers),
+//! `delivery`, `api` (HTTP API and CLI), `wire` and `store`.
 
 mod api;
 mod delivery;
 mod node;
+mod store;
 mod wire;
