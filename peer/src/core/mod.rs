@@ -24,7 +24,9 @@ pub mod replay;
 pub mod resend;
 pub mod rtt;
 pub mod send;
+pub mod senders;
 pub mod status;
+pub mod tap;
 pub mod types;
 pub mod unsigned;
 pub mod unsolicited;
@@ -122,6 +124,8 @@ pub(crate) struct Inner {
     repeats: Mutex<repeats::RepeatLimiter>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Takes some requests before the inbound channel ([`tap`]).
+    tap: std::sync::OnceLock<Arc<dyn tap::InboundTap>>,
 }
 
 /// A running peer. Cheap to clone; the peer stops when the last clone is dropped or
@@ -203,6 +207,7 @@ impl Peer {
             repeats: Mutex::new(repeats::RepeatLimiter::default()),
             shutdown: shutdown.clone(),
             tasks: Mutex::new(Vec::new()),
+            tap: std::sync::OnceLock::new(),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let mut tasks = receive::spawn(&inner, incoming_rx, inbound_tx);
@@ -222,6 +227,12 @@ impl Peer {
             },
             inbound_rx,
         ))
+    }
+
+    /// Installs the one [`tap`] that takes some requests before the inbound channel;
+    /// false when one is installed already (it stays).
+    pub fn set_inbound_tap(&self, tap: Arc<dyn tap::InboundTap>) -> bool {
+        self.inner.tap.set(tap).is_ok()
     }
 
     /// Our twin id.

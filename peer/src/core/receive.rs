@@ -6,6 +6,10 @@
 //!   → decrypt with our published scheme (105/106) → replay check → application
 //! ```
 //!
+//! Senders looked up are remembered for a second ([`senders`](super::senders)). What
+//! the application side takes itself (topic pushes) leaves through its
+//! [`tap`](super::tap) instead of the inbound channel.
+//!
 //! Unsigned connection data frames ([`Precheck::ConnFrame`]) stop after the precheck:
 //! they go to the connection layer as [`Inbound::ConnFrame`], which authenticates them
 //! under the connection's keys and keeps its own replay window, so they cost no
@@ -21,7 +25,9 @@
 //! spawns the CPU work of each batch (ed25519 signatures verified together, then
 //! decryption) as its own task, so batches run in parallel on every core. A deliverer
 //! task awaits those tasks in the order they were spawned, applies the replay check and
-//! hands messages to the application: arrival order is kept.
+//! hands messages to the application: arrival order is kept. A batch without
+//! signatures, checked on the spot while nothing waits at the deliverer, is delivered
+//! by the dispatcher itself (one task hop less).
 //!
 //! Decryption comes before the replay check so that only an envelope that is accepted
 //! in full uses up its uid. Unsigned requests skip it: their uid is not authenticated,
@@ -29,6 +35,7 @@
 //! answer again; an answer settles the request's resends ([`resend`](super::resend)).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rmb_identity::envelope::check_shape;
 use rmb_identity::registry::Twin;
@@ -44,6 +51,7 @@ use super::checks::{Precheck, precheck};
 use super::errors::{Refusal, codes};
 use super::refusals::Reason;
 use super::replay::{Admission, ReplayKey, ReplayKind};
+use super::senders::Senders;
 use super::status::Counters;
 use super::types::{
     ConnFrame, DEFAULT_EXPIRATION, Inbound, InboundRequest, InboundResponse, OutgoingResponse,
@@ -71,7 +79,7 @@ enum Outcome {
 
 /// An envelope between the dispatcher and the checking task.
 enum Staged {
-    Verify(Envelope, Twin),
+    Verify(Envelope, Arc<Twin>),
     Done(Outcome),
 }
 
@@ -91,22 +99,59 @@ pub(super) fn spawn(
     let deliverer = Deliverer {
         inner: Arc::clone(inner),
         inbound,
+        queued: Arc::new(AtomicUsize::new(0)),
+    };
+    let to_deliverer = Queue {
+        checking: checking_tx,
+        deliverer: deliverer.clone(),
     };
     vec![
-        tokio::spawn(dispatch(Arc::clone(inner), incoming, checking_tx)),
+        tokio::spawn(dispatch(Arc::clone(inner), incoming, to_deliverer)),
         tokio::spawn(deliverer.run(checking_rx)),
     ]
 }
 
-/// Decodes and prechecks frames, looks up their senders, and starts checking each batch.
-async fn dispatch(
-    inner: Arc<Inner>,
-    mut incoming: mpsc::Receiver<Frame>,
+/// The dispatcher's way to the deliverer. A batch checked on the spot while the
+/// deliverer has nothing queued is delivered by the dispatcher itself (one task hop
+/// less per message: the common case of unsigned bulk traffic); otherwise it queues
+/// behind the others, so arrival order is kept either way.
+struct Queue {
     checking: mpsc::Sender<Checking>,
-) {
+    deliverer: Deliverer,
+}
+
+impl Queue {
+    /// False when the deliverer stopped.
+    async fn send(&self, task: Checking) -> bool {
+        if let Checking::Done(outcomes) = task {
+            // Only the dispatcher queues, so nothing can be queued between this check
+            // and the delivery: everything sent before was delivered already.
+            if self.deliverer.queued.load(Ordering::Acquire) == 0 {
+                self.deliverer.deliver_all(outcomes).await;
+                return true;
+            }
+            return self.queue(Checking::Done(outcomes)).await;
+        }
+        self.queue(task).await
+    }
+
+    async fn queue(&self, task: Checking) -> bool {
+        self.deliverer.queued.fetch_add(1, Ordering::AcqRel);
+        if self.checking.send(task).await.is_err() {
+            self.deliverer.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
+/// Decodes and prechecks frames, looks up their senders, and starts checking each batch.
+async fn dispatch(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Frame>, checking: Queue) {
     let mut frames = Vec::with_capacity(BATCH);
+    let mut senders = Senders::default();
     while incoming.recv_many(&mut frames, BATCH).await > 0 {
         let now = unix_now();
+        let looked_at = std::time::Instant::now();
         let mut staged = Vec::with_capacity(frames.len());
         for frame in frames.drain(..) {
             let env = match Envelope::decode_limited_shared(&frame.bytes, DEFAULT_MAX_ENVELOPE_SIZE)
@@ -128,7 +173,7 @@ async fn dispatch(
                 Ok(Precheck::Keepalive) => continue,
                 Ok(Precheck::RelayError) => Staged::Done(Outcome::RelayError(env)),
                 Ok(Precheck::ConnFrame) => Staged::Done(Outcome::ConnFrame(env)),
-                Ok(Precheck::Verify) => lookup(&inner, env).await,
+                Ok(Precheck::Verify) => lookup(&inner, &mut senders, env, looked_at).await,
                 Err(refusal) => Staged::Done(Outcome::Refused(env, refusal)),
             };
             staged.push(step);
@@ -148,16 +193,21 @@ async fn dispatch(
             let inner = Arc::clone(&inner);
             Checking::Running(tokio::spawn(async move { check(&inner, staged) }))
         };
-        if checking.send(task).await.is_err() {
+        if !checking.send(task).await {
             return;
         }
     }
 }
 
 /// Finds the sender's twin (its account verifies the signature, its key decrypts).
-async fn lookup(inner: &Inner, env: Envelope) -> Staged {
+async fn lookup(
+    inner: &Inner,
+    senders: &mut Senders,
+    env: Envelope,
+    now: std::time::Instant,
+) -> Staged {
     let source = env.source_twin();
-    match inner.registry.get_twin(source).await {
+    match senders.get(inner.registry.as_ref(), source, now).await {
         Ok(Some(twin)) => Staged::Verify(env, twin),
         Ok(None) => Staged::Done(Outcome::Refused(
             env,
@@ -271,32 +321,36 @@ fn open_unsigned(
 }
 
 /// Takes checked batches in arrival order: replay check, then to the application.
+#[derive(Clone)]
 struct Deliverer {
     inner: Arc<Inner>,
     inbound: mpsc::Sender<Inbound>,
+    /// Batches sent to [`Deliverer::run`] and not yet delivered.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Deliverer {
     async fn run(self, mut checking: mpsc::Receiver<Checking>) {
         while let Some(task) = checking.recv().await {
-            let outcomes = match task {
-                Checking::Done(outcomes) => outcomes,
+            match task {
+                Checking::Done(outcomes) => self.deliver_all(outcomes).await,
                 Checking::Running(task) => match task.await {
-                    Ok(outcomes) => outcomes,
-                    Err(e) => {
-                        tracing::error!(error = %e, "an envelope check task failed");
-                        continue;
-                    }
+                    Ok(outcomes) => self.deliver_all(outcomes).await,
+                    Err(e) => tracing::error!(error = %e, "an envelope check task failed"),
                 },
-            };
-            let now = unix_now();
-            for outcome in outcomes {
-                match outcome {
-                    Outcome::Accepted(env, source) => self.admit(env, source, now).await,
-                    Outcome::RelayError(env) => self.deliver_relay_error(env).await,
-                    Outcome::ConnFrame(env) => self.deliver_conn_frame(env).await,
-                    Outcome::Refused(env, refusal) => self.refuse(&env, refusal),
-                }
+            }
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    async fn deliver_all(&self, outcomes: Vec<Outcome>) {
+        let now = unix_now();
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Accepted(env, source) => self.admit(env, source, now).await,
+                Outcome::RelayError(env) => self.deliver_relay_error(env).await,
+                Outcome::ConnFrame(env) => self.deliver_conn_frame(env).await,
+                Outcome::Refused(env, refusal) => self.refuse(&env, refusal),
             }
         }
     }
@@ -396,6 +450,13 @@ impl Deliverer {
             // Prechecks let only requests, responses and errors through.
             _ => return,
         };
+        let inbound = match self.inner.tap.get() {
+            Some(tap) => match tap.take(inbound) {
+                Some(back) => back,
+                None => return,
+            },
+            None => inbound,
+        };
         if self.inbound.send(inbound).await.is_err() {
             tracing::debug!("application stopped reading; dropping an inbound message");
         }
@@ -494,7 +555,7 @@ impl Deliverer {
 /// ed25519 signatures of a batch are verified together (about half the cost each);
 /// if the batch fails, each is checked alone to find the culprits.
 /// Those marked in `skip` (unsigned, [`open_unsigned`]) get no verdict of their own.
-fn verify_all(items: &[(Envelope, Twin)], skip: &[bool]) -> Vec<Result<(), EnvelopeError>> {
+fn verify_all(items: &[(Envelope, Arc<Twin>)], skip: &[bool]) -> Vec<Result<(), EnvelopeError>> {
     let digests: Vec<[u8; 16]> = items
         .iter()
         .zip(skip)
@@ -574,20 +635,20 @@ mod tests {
         env
     }
 
-    fn twin(identity: &Identity) -> Twin {
-        Twin {
+    fn twin(identity: &Identity) -> Arc<Twin> {
+        Arc::new(Twin {
             id: 1,
             account: identity.signer().account(),
             relays: Default::default(),
             pk: None,
-        }
+        })
     }
 
     #[test]
     fn batches_verify_and_a_bad_one_is_singled_out() {
         let ed = Identity::from_secret("//Alice", KeyType::Ed25519).unwrap();
         let sr = Identity::from_secret("//Bob", KeyType::Sr25519).unwrap();
-        let mut items: Vec<(Envelope, Twin)> = (0..5)
+        let mut items: Vec<(Envelope, Arc<Twin>)> = (0..5)
             .map(|i| (signed(&ed, &format!("e{i}")), twin(&ed)))
             .collect();
         items.push((signed(&sr, "s"), twin(&sr)));

@@ -366,6 +366,11 @@ impl Topics {
             unrecorded: Default::default(),
             stop: stop.clone(),
         });
+        // Message pushes go straight to the subscriber task (a peer with another tap
+        // keeps it: its pushes then come through the router).
+        shared.peer.set_inbound_tap(Arc::new(router::MessageTap {
+            sub_events: shared.sub_events.clone(),
+        }));
         let tasks = vec![
             tokio::spawn(router::run(Arc::clone(&shared), inbound, owner_tx, app_tx)),
             tokio::spawn(owner::serve(Arc::clone(&shared), owner_rx)),

@@ -510,12 +510,24 @@ async fn send_batch(shared: &Shared, batch: Vec<MessageJson>) {
         count,
         last,
     };
-    let sends = targets.into_iter().map(|(twin, mode)| match mode {
-        AckMode::Each => Either::Left(push(shared, &topic, twin, encoded.each.clone(), count)),
-        AckMode::Cumulative => Either::Right(push_one_way(shared, &topic, twin, &encoded)),
-    });
-    join_all(sends).await;
+    // A few subscribers at a time, yielding in between: the link then writes each
+    // group while the next is encrypted, so the relay starts forwarding after the first
+    // group rather than after the last (at 100 subscribers the first copy reached the
+    // relay only after all 100 were sealed, about 0.4 ms on this machine).
+    for group in targets.chunks(FANOUT_GROUP) {
+        let sends = group.iter().map(|&(twin, mode)| match mode {
+            AckMode::Each => Either::Left(push(shared, &topic, twin, encoded.each.clone(), count)),
+            AckMode::Cumulative => Either::Right(push_one_way(shared, &topic, twin, &encoded)),
+        });
+        join_all(sends).await;
+        if group.len() == FANOUT_GROUP {
+            tokio::task::yield_now().await;
+        }
+    }
 }
+
+/// Subscribers a batch is sealed for between two writes of the link (see [`send_batch`]).
+const FANOUT_GROUP: usize = 8;
 
 /// Sends a batch to a subscriber that acknowledges cumulatively: no answer is waited
 /// for; [`progress`](super::progress) notes what it should acknowledge.

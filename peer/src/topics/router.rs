@@ -4,6 +4,10 @@
 //!
 //! The router never waits on a topic task: when one is full, the request gets a
 //! "busy" error reply (code 503) and the sender tries again later.
+//!
+//! Message pushes mostly skip the router: [`MessageTap`] hands them from the peer's
+//! receive pipeline straight to the subscriber task; only those that find it full come
+//! here (and get "busy" if it still is).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,10 +20,35 @@ use super::pending::Waiter;
 use super::subscriber::Input;
 use super::wire::{self, AckMode, codes};
 use super::{Counters, Shared};
+use crate::core::tap::InboundTap;
 use crate::core::types::DEFAULT_EXPIRATION;
 use crate::core::{
     Inbound, InboundRequest, InboundResponse, OutgoingResponse, Reason, RemoteError,
 };
+
+/// Takes message pushes ([`wire::MESSAGE`]) from the receive pipeline to the subscriber
+/// task while it has room ([`crate::core::tap`]).
+pub(crate) struct MessageTap {
+    pub(crate) sub_events: mpsc::Sender<Input>,
+}
+
+impl InboundTap for MessageTap {
+    fn take(&self, inbound: Inbound) -> Option<Inbound> {
+        match inbound {
+            Inbound::Request(request) if request.command == wire::MESSAGE => {
+                match self.sub_events.try_send(Input::Message(request)) {
+                    Ok(()) => None,
+                    Err(
+                        TrySendError::Full(Input::Message(r))
+                        | TrySendError::Closed(Input::Message(r)),
+                    ) => Some(Inbound::Request(r)),
+                    Err(_) => None,
+                }
+            }
+            other => Some(other),
+        }
+    }
+}
 
 /// Runs until the peer's inbound channel closes (the peer stopped).
 pub(crate) async fn run(
