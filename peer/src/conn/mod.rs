@@ -25,6 +25,7 @@ pub mod listener;
 pub mod replay;
 pub mod state;
 pub mod stream;
+pub mod version_1;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -95,6 +96,9 @@ pub struct ConnCounters {
     /// Opens sent again as version 1 after a version 2 open was refused as malformed
     /// (the other peer predates the cipher choice).
     pub opened_version_1: AtomicU64,
+    /// Opens sent as version 1 at once, to a peer remembered as version 1 only
+    /// ([`version_1`]).
+    pub opened_version_1_remembered: AtomicU64,
     pub accepted: AtomicU64,
     pub refused_unknown_protocol: AtomicU64,
     pub refused_not_allowed: AtomicU64,
@@ -134,6 +138,7 @@ struct Shared {
     conns: Mutex<HashMap<(u32, ConnId), Entry>>,
     listeners: Mutex<HashMap<String, ListenerSlot>>,
     opening: Mutex<HashMap<String, oneshot::Sender<InboundResponse>>>,
+    version_1: Mutex<version_1::Version1Peers>,
     generation: AtomicU64,
     counters: ConnCounters,
     tasks: TaskTracker,
@@ -162,6 +167,7 @@ impl Connections {
                 conns: Mutex::new(HashMap::new()),
                 listeners: Mutex::new(HashMap::new()),
                 opening: Mutex::new(HashMap::new()),
+                version_1: Mutex::new(version_1::Version1Peers::default()),
                 generation: AtomicU64::new(0),
                 counters: ConnCounters::default(),
                 tasks: TaskTracker::new(),
@@ -199,24 +205,23 @@ impl Connections {
         if offer.is_empty() {
             return self.open(to, protocol, offer).await;
         }
+        // Version 1 means ChaCha20-Poly1305: only when it is allowed here.
+        let (shared, counters) = (&self.shared, &self.shared.counters);
+        let chacha = shared.config.ciphers.contains(&Cipher::ChaCha20Poly1305);
+        if chacha && lock(&shared.version_1).remembers(&to, std::time::Instant::now()) {
+            counters
+                .opened_version_1_remembered
+                .fetch_add(1, Ordering::Relaxed);
+            return self.open(to, protocol, Vec::new()).await;
+        }
         match self.open(to.clone(), protocol, offer).await {
             // A peer from before the cipher choice refuses a version 2 open as malformed:
-            // open again as it expects (ChaCha20-Poly1305). A refusal for another
-            // reason comes back the same way the second time.
-            // Only when ChaCha20-Poly1305 is allowed here: version 1 means it.
-            Err(ConnectError::Remote { error, .. })
-                if error.code == codes::BAD_OPEN
-                    && self
-                        .shared
-                        .config
-                        .ciphers
-                        .contains(&Cipher::ChaCha20Poly1305) =>
-            {
+            // open again as it expects (ChaCha20-Poly1305), and remember it. A refusal
+            // for another reason comes back the same way the second time.
+            Err(ConnectError::Remote { error, .. }) if error.code == codes::BAD_OPEN && chacha => {
                 tracing::debug!(twin = to.twin, reason = %error.message, "open with a cipher offer refused; opening with version 1");
-                self.shared
-                    .counters
-                    .opened_version_1
-                    .fetch_add(1, Ordering::Relaxed);
+                counters.opened_version_1.fetch_add(1, Ordering::Relaxed);
+                lock(&shared.version_1).note(&to, std::time::Instant::now());
                 self.open(to, protocol, Vec::new()).await
             }
             done => done,

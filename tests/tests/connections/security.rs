@@ -17,7 +17,7 @@ use super::common::*;
 /// responder allows wins; a responder that allows none of the offer refuses it; and a
 /// peer from before the choice (version 1 only, which refuses a version 2 open as
 /// malformed) is opened again with version 1, in both directions, every pair moving
-/// bytes intact.
+/// bytes intact; the next open to such a peer is a version 1 open at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_agree_on_a_cipher_and_fall_back_for_version_1_peers() {
     let relay = RelayProcess::start(&[]);
@@ -43,6 +43,16 @@ async fn connections_agree_on_a_cipher_and_fall_back_for_version_1_peers() {
         assert_eq!(stream.cipher(), expected, "{label}");
         assert_eq!(version_1_reopens(&alice), fallbacks, "{label}");
         pipe_digest(&mut stream, &data(1 << 20, 7)).await;
+        // The next open to a peer found to be version 1 goes straight to version 1.
+        let mut again = alice
+            .connections()
+            .connect_address(bob.address().clone(), "sha256")
+            .await
+            .unwrap_or_else(|e| panic!("{label}, again: {e}"));
+        assert_eq!(again.cipher(), expected, "{label}, again");
+        assert_eq!(version_1_reopens(&alice), fallbacks, "{label}, again");
+        assert_eq!(version_1_remembered(&alice), fallbacks, "{label}, again");
+        pipe_digest(&mut again, &data(1 << 16, 8)).await;
         server.abort();
     }
 
@@ -72,6 +82,16 @@ fn version_1_reopens(client: &rmb_peer::Client) -> u64 {
         .connections()
         .counters()
         .opened_version_1
+        .load(Relaxed)
+}
+
+/// How often `client` opened with version 1 at once, remembering a version 1 peer.
+fn version_1_remembered(client: &rmb_peer::Client) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    client
+        .connections()
+        .counters()
+        .opened_version_1_remembered
         .load(Relaxed)
 }
 
