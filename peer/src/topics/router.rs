@@ -36,17 +36,25 @@ impl InboundTap for MessageTap {
     fn take(&self, inbound: Inbound) -> Option<Inbound> {
         match inbound {
             Inbound::Request(request) if request.command == wire::MESSAGE => {
-                match self.sub_events.try_send(Input::Message(request)) {
-                    Ok(()) => None,
-                    Err(
-                        TrySendError::Full(Input::Message(r))
-                        | TrySendError::Closed(Input::Message(r)),
-                    ) => Some(Inbound::Request(r)),
-                    Err(_) => None,
-                }
+                to_subscriber(&self.sub_events, request).map(Inbound::Request)
             }
             other => Some(other),
         }
+    }
+}
+
+/// Hands a message push to the subscriber task without waiting; gives it back (`Some`)
+/// when the task has no room (or stopped).
+fn to_subscriber(
+    sub_events: &mpsc::Sender<Input>,
+    request: InboundRequest,
+) -> Option<InboundRequest> {
+    match sub_events.try_send(Input::Message(request)) {
+        Err(TrySendError::Full(Input::Message(r)) | TrySendError::Closed(Input::Message(r))) => {
+            Some(r)
+        }
+        // Only messages are sent here.
+        Ok(()) | Err(_) => None,
     }
 }
 
@@ -80,12 +88,9 @@ async fn dispatch(
     request: InboundRequest,
 ) {
     let full = match request.command.as_str() {
-        wire::MESSAGE => match shared.sub_events.try_send(Input::Message(request)) {
-            Ok(()) => return,
-            Err(
-                TrySendError::Full(Input::Message(r)) | TrySendError::Closed(Input::Message(r)),
-            ) => r,
-            Err(_) => return,
+        wire::MESSAGE => match to_subscriber(&shared.sub_events, request) {
+            None => return,
+            Some(r) => r,
         },
         wire::ACK => return acknowledged(shared, &request).await,
         wire::PUBLISH | wire::SUBSCRIBE | wire::UNSUBSCRIBE | wire::PULL => {

@@ -129,10 +129,10 @@ for i = 4, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if id - keep > 0 then old[#old + 1] = id - keep end
-  items[#items + 1] = ARGV[i + 1]
+  if list ~= '' then items[#items + 1] = ARGV[i + 1] end
   last = id
 end
-if #items > 0 then
+if #fields > 0 then
   redis.call('HSET', log, unpack(fields))
   if #old > 0 then redis.call('HDEL', log, unpack(old)) end
   if list ~= '' then
