@@ -7,7 +7,7 @@ use std::time::Duration;
 use rmb_identity::JwtPolicy;
 use rmb_identity::registry::RelayResolver;
 
-use crate::federation::AllowEntry;
+use crate::federation::{AllowEntry, BatchSettings};
 use crate::limiter::Limits;
 use crate::queue::QueueLimits;
 
@@ -80,6 +80,9 @@ pub struct Config {
     pub health_connections: usize,
     /// `--federation-allow`: federation targets allowed beyond public domain names.
     pub federation_allow: Vec<AllowEntry>,
+    /// `--federation-batch`, `--federation-batch-bytes`, `--federation-posts-per-relay`:
+    /// how envelopes for one relay are sent together.
+    pub federation_batch: BatchSettings,
 }
 
 impl Default for Config {
@@ -113,6 +116,7 @@ impl Default for Config {
             max_connections_per_ip: 1_000,
             health_connections: 64,
             federation_allow: Vec::new(),
+            federation_batch: BatchSettings::default(),
         }
     }
 }

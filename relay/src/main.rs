@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::Parser;
 use rmb_identity::registry::resolve::ResolveRule;
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, RelayResolver, connect};
+use rmb_relay::federation::BatchSettings;
 use rmb_relay::limiter::Limits;
 use rmb_relay::queue::{MemoryQueues, Queues, RedisQueues};
 use rmb_relay::registry::{HostedRegistry, RedbStore, RedisStore, TwinStore};
@@ -201,6 +202,23 @@ struct Args {
     /// (repeatable; e.g. 127.0.0.1 for a test network on one machine).
     #[arg(long, value_name = "NAME_OR_ADDR")]
     federation_allow: Vec<rmb_relay::federation::AllowEntry>,
+
+    /// Most envelopes sent to one relay in one request (POST /federation/batch): what
+    /// queued for that relay while its previous requests were under way. 0 or 1: one
+    /// POST / per envelope, as rmb-rs. Relays that do not take batches (rmb-rs) are
+    /// found out by their 404 and get one POST / per envelope for 10 minutes.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    federation_batch: usize,
+
+    /// Most bytes of one batch; larger envelopes are posted alone. Relays of ours accept
+    /// batches of at least 1 MiB (or --max-envelope-size if larger).
+    #[arg(long, default_value_t = rmb_relay::federation::batch::MIN_BATCH_BODY, value_name = "BYTES")]
+    federation_batch_bytes: usize,
+
+    /// Batch requests under way to one relay at once; envelopes for it wait for one of
+    /// them to finish, and then go together.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    federation_posts_per_relay: u64,
 }
 
 /// File descriptors kept for everything but client connections (Redis, registry,
@@ -246,6 +264,11 @@ async fn main() -> anyhow::Result<()> {
         max_connections_per_ip: args.max_connections_per_ip,
         health_connections: args.health_connections,
         federation_allow: args.federation_allow.clone(),
+        federation_batch: BatchSettings {
+            max_envelopes: args.federation_batch,
+            max_bytes: args.federation_batch_bytes,
+            posts_per_relay: args.federation_posts_per_relay as usize,
+        },
         ..Config::default()
     };
     if config.domains.is_empty() {

@@ -7,6 +7,8 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
+use crate::federation::BatchCounters;
+
 /// Every counter the relay keeps.
 pub struct Metrics {
     registry: Registry,
@@ -19,6 +21,12 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     pub federated_out: IntCounter,
     pub federated_in: IntCounter,
+    /// Batches sent to other relays, the envelopes in them, relays found not to batch.
+    batches_out: IntCounter,
+    batched_envelopes_out: IntCounter,
+    unbatched_relays: IntCounter,
+    /// Batches received from other relays (`POST /federation/batch`) that were batches.
+    pub batches_in: IntCounter,
     /// Unsigned connection data frames received from other relays, counted before
     /// their rate limit (charged to claimed twin and posting address, never to the
     /// twin alone).
@@ -99,6 +107,22 @@ impl Metrics {
                 "relay_federated_in_total",
                 "Envelopes accepted from other relays",
             ),
+            batches_out: counter(
+                "relay_federation_batches_out_total",
+                "Batches of envelopes sent to other relays (POST /federation/batch)",
+            ),
+            batched_envelopes_out: counter(
+                "relay_federation_batched_envelopes_out_total",
+                "Envelopes sent to other relays in batches",
+            ),
+            unbatched_relays: counter(
+                "relay_federation_unbatched_relays_total",
+                "Times a relay was found not to take batches (then posted to one envelope at a time)",
+            ),
+            batches_in: counter(
+                "relay_federation_batches_in_total",
+                "Batches of envelopes received from other relays",
+            ),
             unsigned_frames_in: counter(
                 "relay_unsigned_frames_in_total",
                 "Unsigned envelopes (connection data frames, topic pushes and answers) received from other relays (before their rate limit)",
@@ -111,6 +135,15 @@ impl Metrics {
             errors,
             route_seconds,
             registry,
+        }
+    }
+
+    /// The counters federation's lanes keep.
+    pub fn batch_counters(&self) -> BatchCounters {
+        BatchCounters {
+            batches_out: self.batches_out.clone(),
+            envelopes_out: self.batched_envelopes_out.clone(),
+            relays_unbatched: self.unbatched_relays.clone(),
         }
     }
 

@@ -65,16 +65,24 @@ impl RelayState {
         queue: Arc<dyn Queues>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let metrics = Metrics::new();
+        let tasks = TaskTracker::new();
+        let federator = Federator::new(
+            &config,
+            metrics.batch_counters(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
         Arc::new(RelayState {
             switch: Switch::new(config.sessions_per_twin),
             queue,
-            metrics: Metrics::new(),
+            metrics,
             limiter: Mutex::new(Limiter::new(config.limits, LIMITER_CAPACITY)),
             unsigned_limiter: Mutex::new(Limiter::new(config.limits, LIMITER_CAPACITY)),
-            federator: Federator::new(&config),
+            federator,
             shutdown,
             sessions: TaskTracker::new(),
-            tasks: TaskTracker::new(),
+            tasks,
             registry,
             hosted,
             config,

@@ -1,4 +1,5 @@
-//! `POST /`: an envelope from another relay.
+//! `POST /`: an envelope from another relay; `POST /federation/batch`: many, each
+//! handled as `POST /` handles one ([`super::batch`]).
 //!
 //! Unlike rmb-rs, which accepts anything, an envelope is only accepted if its body
 //! arrives within `--body-timeout` and the size limit, it is signed by the twin it claims
@@ -24,11 +25,12 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Json, Response};
 use futures_util::StreamExt;
 use rmb_identity::verify_envelope;
 use rmb_proto::Envelope;
 
+use super::batch::{self, BatchError, Outcome};
 use super::outbound::LOG_EVERY;
 use crate::errors::RouteError;
 use crate::routing::{Origin, route};
@@ -111,6 +113,26 @@ async fn read_body(
         .unwrap_or(Err(BodyError::Timeout(timeout)))
 }
 
+/// Counts a body that was not read, and answers it (closing the connection).
+fn refuse_body(state: &RelayState, e: BodyError) -> Response {
+    let (kind, status) = match e {
+        BodyError::TooLarge { .. } => ("oversize", StatusCode::PAYLOAD_TOO_LARGE),
+        BodyError::Timeout(_) => ("body_timeout", StatusCode::REQUEST_TIMEOUT),
+        BodyError::Read(_) => ("body_read", StatusCode::BAD_REQUEST),
+    };
+    state.metrics.error(kind);
+    if let Some(held_back) = BODY_LOG.allow() {
+        tracing::info!(error = %e, held_back, "federation request refused");
+    }
+    refuse_and_close(status, e.to_string())
+}
+
+/// The address a federation request came from (unspecified when unknown, as in tests
+/// that call the router directly).
+fn poster_ip(poster: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> IpAddr {
+    poster.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.0.ip())
+}
+
 /// `POST /`: an envelope from another relay.
 pub async fn ingress(
     State(state): State<Arc<RelayState>>,
@@ -120,19 +142,72 @@ pub async fn ingress(
 ) -> Response {
     let body = match read_body(&state, &headers, body, state.config.max_envelope_size).await {
         Ok(body) => body,
+        Err(e) => return refuse_body(&state, e),
+    };
+    match accept(&state, poster_ip(poster), body).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(refusal) => refuse(refusal.status, refusal.text),
+    }
+}
+
+/// `POST /federation/batch`: envelopes from another relay, each checked and routed as
+/// `POST /` would, in order; answered with one outcome per envelope (§11 of
+/// docs/protocol.md). A body that is not a batch is refused as a whole.
+pub async fn batch_ingress(
+    State(state): State<Arc<RelayState>>,
+    poster: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let max_envelope = state.config.max_envelope_size;
+    let limit = max_envelope.max(batch::MIN_BATCH_BODY);
+    let body = match read_body(&state, &headers, body, limit).await {
+        Ok(body) => body,
+        Err(e) => return refuse_body(&state, e),
+    };
+    let envelopes = match batch::decode(&body, max_envelope, batch::MAX_BATCH_ENVELOPES) {
+        Ok(envelopes) => envelopes,
         Err(e) => {
             let (kind, status) = match e {
-                BodyError::TooLarge { .. } => ("oversize", StatusCode::PAYLOAD_TOO_LARGE),
-                BodyError::Timeout(_) => ("body_timeout", StatusCode::REQUEST_TIMEOUT),
-                BodyError::Read(_) => ("body_read", StatusCode::BAD_REQUEST),
+                BatchError::EnvelopeTooLarge { .. } | BatchError::TooMany { .. } => {
+                    ("oversize", StatusCode::PAYLOAD_TOO_LARGE)
+                }
+                _ => ("malformed_batch", StatusCode::BAD_REQUEST),
             };
             state.metrics.error(kind);
-            if let Some(held_back) = BODY_LOG.allow() {
-                tracing::info!(error = %e, held_back, "federation request refused");
-            }
-            return refuse_and_close(status, e.to_string());
+            return refuse(status, format!("bad batch: {e}"));
         }
     };
+    state.metrics.batches_in.inc();
+    let from = poster_ip(poster);
+    let mut outcomes = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        outcomes.push(match accept(&state, from, envelope).await {
+            Ok(()) => Outcome::accepted(),
+            Err(refusal) => Outcome::refused(refusal.status.as_u16(), &refusal.text),
+        });
+    }
+    Json(outcomes).into_response()
+}
+
+/// Why one envelope from another relay was not taken: the status and text a `POST /`
+/// of it answers.
+struct Refusal {
+    status: StatusCode,
+    text: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, text: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            text: text.into(),
+        }
+    }
+}
+
+/// Checks one envelope posted by `from` and routes it.
+async fn accept(state: &Arc<RelayState>, from: IpAddr, body: Bytes) -> Result<(), Refusal> {
     let now = rmb_proto::time::unix_now();
     state.metrics.messages_in.inc();
     state.metrics.bytes_in.inc_by(body.len() as u64);
@@ -140,50 +215,52 @@ pub async fn ingress(
         Ok(env) => env,
         Err(rmb_proto::DecodeError::TooLarge { size, limit }) => {
             state.metrics.error("oversize");
-            return refuse(
+            return Err(Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("envelope of {size} bytes exceeds the limit of {limit} bytes"),
-            );
+            ));
         }
         Err(e) => {
             state.metrics.error("malformed");
-            return refuse(StatusCode::BAD_REQUEST, format!("bad request: {e}"));
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("bad request: {e}"),
+            ));
         }
     };
     let source = env.source_twin();
     if source == 0 {
         state.metrics.error("unsigned_federation");
-        return refuse(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "federated envelopes must come from a twin (source twin 0 is refused)",
-        );
+        ));
     }
     let account = match state.registry.get_twin(source).await {
         Ok(Some(twin)) => twin.account,
         Ok(None) => {
             state.metrics.error("unknown_source");
-            return refuse(
+            return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 format!("unknown source twin {source}"),
-            );
+            ));
         }
         Err(e) => {
             state.metrics.error("registry");
-            return refuse(
+            return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("failed to get twin: {e}"),
-            );
+            ));
         }
     };
     let charged = if env.is_unsigned_by_design() {
         // Unprovable as the twin's: charged to (twin, poster), never to the twin.
-        let from = poster.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.0.ip());
         state.metrics.unsigned_frames_in.inc();
         state.rate_limit_unsigned(source, from, body.len(), now)
     } else {
         if let Err(e) = verify_envelope(&env, &account) {
             state.metrics.error("bad_signature");
-            return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, e.to_string()));
         }
         // Only now, with the signature checked, is this the source's own traffic:
         // charging its budget before would let anyone lock a twin out with forged POSTs
@@ -193,15 +270,15 @@ pub async fn ingress(
     if let Err(reason) = charged {
         // Counted as the session path counts it: `relay_errors_total{kind="rate_limited"}`.
         state.metrics.rate_limited.inc();
-        return refuse(
+        return Err(Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!("exceeded rate limits: {reason}"),
-        );
+        ));
     }
-    match route(&state, &Origin::Federation, body, env, now).await {
+    match route(state, &Origin::Federation, body, env, now).await {
         Ok(()) => {
             state.metrics.federated_in.inc();
-            StatusCode::ACCEPTED.into_response()
+            Ok(())
         }
         Err(e) => {
             let status = match e {
@@ -213,7 +290,7 @@ pub async fn ingress(
                 RouteError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             };
-            refuse(status, e.to_string())
+            Err(Refusal::new(status, e.to_string()))
         }
     }
 }

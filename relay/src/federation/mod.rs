@@ -1,17 +1,23 @@
-//! Federation: envelopes between relays, over `POST /` with the raw envelope bytes.
+//! Federation: envelopes between relays, over `POST /` with the raw envelope bytes (as
+//! rmb-rs), or many at once over `POST /federation/batch` between relays that take it.
 //!
 //! - [`outbound`]: [`Federator`] sends envelopes to the destination twin's relays; it
 //!   knows nothing of routing (so routing → … → state → federation does not loop back);
+//! - [`lane`]: one actor per destination relay, batching what queues for it;
+//! - [`batch`]: the batch body and answer (pure);
 //! - [`target`]: which relays it may connect to at all (domain names resolving to
 //!   public addresses, unless the operator allows more);
-//! - [`ingress`]: the `POST /` handler, which checks an envelope from another relay and
-//!   hands it to routing.
+//! - [`ingress`]: the `POST /` and `POST /federation/batch` handlers, which check each
+//!   envelope from another relay and hand it to routing.
 
+pub mod batch;
 pub mod ingress;
+pub mod lane;
 pub mod outbound;
 pub mod target;
 
-pub use ingress::ingress;
+pub use ingress::{batch_ingress, ingress};
+pub use lane::{BatchCounters, BatchSettings};
 pub use outbound::{Federator, RETRY_BUDGET_KIB};
 pub use target::{AllowEntry, TargetPolicy};
 

@@ -10,6 +10,9 @@
 //! delays messages, it does not fail them. Only `fail-fast` envelopes get the error at
 //! once, and the envelopes waiting this way are bounded in bytes ([`RETRY_BUDGET_KIB`]).
 //!
+//! Each relay is sent to through its [lane](super::lane), in batches, unless it does
+//! not take them; then, and for envelopes too large for a batch, one `POST /` each.
+//!
 //! What a remote relay answers is never passed on to the sender (see
 //! [`FederationError`]); it is logged, at most once per [`LOG_EVERY`].
 
@@ -21,8 +24,11 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use rmb_identity::registry::http::error_chain;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::FederationError;
+use super::lane::{BatchCounters, Lanes, Posted};
 use super::target::{GuardedResolver, TargetPolicy, refused_by_resolver};
 use crate::config::Config;
 use crate::ranker::Ranker;
@@ -56,27 +62,41 @@ pub struct Federator {
     ranker: Mutex<Ranker>,
     targets: Arc<TargetPolicy>,
     scheme: &'static str,
+    lanes: Lanes,
 }
 
 impl Federator {
     /// A federator for `config` (scheme, ranker period, `--resolve` overrides,
-    /// `--federation-allow`).
-    pub fn new(config: &Config) -> Self {
+    /// `--federation-allow`, batching), whose lanes run under `tasks` until `shutdown`.
+    pub fn new(
+        config: &Config,
+        counters: BatchCounters,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
         let targets = Arc::new(TargetPolicy::new(
             &config.federation_allow,
             config.resolver.clone(),
         ));
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(POST_TIMEOUT)
+            // A redirect could point anywhere (e.g. 127.0.0.1): relays answer, they
+            // do not redirect. Proxies would connect past the address check.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&targets))))
+            .build()
+            .expect("HTTP client with static settings");
         Federator {
-            client: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(POST_TIMEOUT)
-                // A redirect could point anywhere (e.g. 127.0.0.1): relays answer, they
-                // do not redirect. Proxies would connect past the address check.
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&targets))))
-                .build()
-                .expect("HTTP client with static settings"),
+            lanes: Lanes::new(
+                client.clone(),
+                config.federation_batch,
+                counters,
+                tasks,
+                shutdown,
+            ),
+            client,
             retry_budget: Arc::new(Semaphore::new(RETRY_BUDGET_KIB as usize)),
             ranker: Mutex::new(Ranker::new(config.ranker_period)),
             targets,
@@ -155,38 +175,26 @@ impl Federator {
                     }
                 };
                 tried += 1;
-                let url = format!("{}://{target}/", self.scheme);
-                let result = self
-                    .client
-                    .post(&url)
-                    .header("content-type", "application/x-protobuf")
-                    .body(bytes.clone())
-                    .send()
-                    .await;
-                match result {
-                    Ok(response) if response.status() == StatusCode::ACCEPTED => return Ok(relay),
-                    Ok(mut response) if response.status().is_client_error() => {
+                let base = format!("{}://{target}", self.scheme);
+                let posted = match self.lanes.post(&base, &bytes).await {
+                    Posted::Alone => self.post_alone(&base, &bytes).await,
+                    posted => posted,
+                };
+                match posted {
+                    Posted::Accepted => return Ok(relay),
+                    Posted::Refused { status, answer } => {
                         if let Some(held_back) = REFUSED_LOG.allow() {
-                            let status = response.status();
-                            // Only the start of the answer: it may be anything, of any size.
-                            let answer = match response.chunk().await {
-                                Ok(Some(chunk)) => String::from_utf8_lossy(
-                                    &chunk[..chunk.len().min(LOGGED_ANSWER)],
-                                )
-                                .into_owned(),
-                                _ => String::new(),
-                            };
                             tracing::info!(%relay, %status, ?answer, held_back, "destination relay refused a federated envelope");
                         }
                         return Err(FederationError::Refused);
                     }
-                    Ok(response) => log_failed(&relay, &response.status().to_string()),
-                    Err(e) if refused_by_resolver(&e) => {
+                    Posted::NotAllowed(reason) => {
                         tried -= 1;
-                        log_not_allowed(&error_chain(&e));
+                        log_not_allowed(&reason);
                         continue;
                     }
-                    Err(e) => log_failed(&relay, &error_chain(&e)),
+                    Posted::Failed(reason) => log_failed(&relay, &reason),
+                    Posted::Alone => log_failed(&relay, "not sent"),
                 }
                 self.downvote(&relay, rmb_proto::time::unix_now());
             }
@@ -196,6 +204,42 @@ impl Federator {
             tokio::time::sleep(Duration::from_millis(100 * u64::from(pass + 1))).await;
         }
         Err(FederationError::Unreachable)
+    }
+
+    /// `POST /` of one envelope to the relay at `base`, as rmb-rs federates.
+    async fn post_alone(&self, base: &str, bytes: &Bytes) -> Posted {
+        let result = self
+            .client
+            .post(format!("{base}/"))
+            .header("content-type", "application/x-protobuf")
+            .body(bytes.clone())
+            .send()
+            .await;
+        match result {
+            Ok(response) if response.status() == StatusCode::ACCEPTED => Posted::Accepted,
+            Ok(mut response) if response.status().is_client_error() => {
+                // Only the start of the answer (for the log): it may be anything, of any size.
+                let answer = match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        String::from_utf8_lossy(&chunk[..chunk.len().min(LOGGED_ANSWER)])
+                            .into_owned()
+                    }
+                    _ => String::new(),
+                };
+                Posted::Refused {
+                    status: response.status(),
+                    answer,
+                }
+            }
+            Ok(response) => Posted::Failed(response.status().to_string()),
+            Err(e) if refused_by_resolver(&e) => Posted::NotAllowed(error_chain(&e)),
+            Err(e) => Posted::Failed(error_chain(&e)),
+        }
+    }
+
+    /// Lanes open now, one per relay recently federated to in batches (tests).
+    pub fn open_lanes(&self) -> usize {
+        self.lanes.open_count()
     }
 }
 

@@ -15,6 +15,7 @@ use rmb_identity::{AccountId, SignatureError, Signer};
 use tokio::sync::mpsc;
 
 use super::changes::{ChangeLog, DEFAULT_CAPACITY};
+use super::recent::RecentTwins;
 use super::store::{StoreError, TwinStore, Upsert};
 
 /// Why a publish request was refused.
@@ -45,6 +46,8 @@ pub enum PublishError {
 pub struct HostedRegistry {
     store: Arc<dyn TwinStore>,
     changes: ChangeLog,
+    /// What `get_twin` read lately (the relay's own lookups; the HTTP API reads the store).
+    recent: RecentTwins,
 }
 
 /// Unix milliseconds now.
@@ -61,6 +64,7 @@ impl HostedRegistry {
         Arc::new(HostedRegistry {
             store,
             changes: ChangeLog::new(DEFAULT_CAPACITY),
+            recent: RecentTwins::default(),
         })
     }
 
@@ -106,6 +110,7 @@ impl HostedRegistry {
             }
         };
         tracing::info!(twin = twin.id, account = %twin.account, relays = ?twin.relays, created, "twin published");
+        self.recent.forget(twin.id);
         self.changes.record(twin.id);
         Ok(twin)
     }
@@ -139,7 +144,15 @@ fn unavailable(e: StoreError) -> RegistryError {
 #[async_trait]
 impl Registry for HostedRegistry {
     async fn get_twin(&self, id: u32) -> Result<Option<Twin>, RegistryError> {
-        self.store.get(id).await.map_err(unavailable)
+        let now = now_ms();
+        if let Some(twin) = self.recent.get(id, now) {
+            return Ok(Some(twin));
+        }
+        let twin = self.store.get(id).await.map_err(unavailable)?;
+        if let Some(twin) = &twin {
+            self.recent.remember(twin, now);
+        }
+        Ok(twin)
     }
 
     async fn twin_id_by_account(&self, account: &AccountId) -> Result<Option<u32>, RegistryError> {

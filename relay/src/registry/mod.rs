@@ -8,6 +8,8 @@
 //! - [`store`]: where twins are kept (an embedded redb file, or Redis), with the
 //!   create-or-update step done atomically;
 //! - [`changes`]: the change log behind the long-polling `/changes` feed;
+//! - [`recent`]: the twins read in the last second, so routing does not read the store
+//!   for every envelope;
 //! - [`hosted`]: [`HostedRegistry`], the rules (signed, fresh requests; ids 1, 2, 3, …),
 //!   usable in-process as an `rmb_identity::registry::Registry`;
 //! - [`http`]: the axum routes of the API described in `rmb_identity::registry::api`.
@@ -18,6 +20,7 @@
 pub mod changes;
 pub mod hosted;
 pub mod http;
+pub mod recent;
 pub mod store;
 
 pub use hosted::{HostedRegistry, PublishError};

@@ -149,6 +149,10 @@ impl RelayServer {
 pub fn app(state: Arc<RelayState>) -> Router {
     let mut router = Router::new()
         .route("/", get(upgrade).post(federation::ingress))
+        .route(
+            federation::batch::BATCH_PATH,
+            axum::routing::post(federation::batch_ingress),
+        )
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .fallback(upgrade)

@@ -60,6 +60,10 @@ pub struct Args {
     /// Skip NATS.
     #[arg(long)]
     pub no_nats: bool,
+    /// One more flag for every relay (repeatable), e.g. `--relay-arg=--federation-batch=0`
+    /// to compare with one federation POST per envelope.
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub relay_arg: Vec<String>,
 }
 
 /// How much one configuration sends.
@@ -100,7 +104,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             let path = if two_relays { "2 relays" } else { "1 relay" };
             eprintln!("rmb topics, {n} subscriber(s), {path}...");
-            let figures = measure_rmb(&relay_bin, scratch.path(), plan, two_relays).await?;
+            let figures = measure_rmb(
+                &relay_bin,
+                &args.relay_arg,
+                scratch.path(),
+                plan,
+                two_relays,
+            )
+            .await?;
             rows.push(Row {
                 system: "rmb topics (e2e encrypted)",
                 path,
@@ -198,15 +209,16 @@ async fn start_node(
 /// or, with `two_relays`, on relay 2.
 async fn measure_rmb(
     relay_bin: &std::path::Path,
+    relay_args: &[String],
     dir: &std::path::Path,
     plan: Plan,
     two_relays: bool,
 ) -> anyhow::Result<Figures> {
     let mut children = Children::default();
-    let r1 = children.relay(relay_bin, dir, None)?;
+    let r1 = children.relay(relay_bin, relay_args, dir, None)?;
     let registry_url = format!("http://{r1}");
     let r2 = if two_relays {
-        children.relay(relay_bin, dir, Some(&registry_url))?
+        children.relay(relay_bin, relay_args, dir, Some(&registry_url))?
     } else {
         r1.clone()
     };

@@ -90,10 +90,12 @@ impl Children {
         Ok(format!("redis://127.0.0.1:{port}/"))
     }
 
-    /// Starts a relay (hosting the registry, or using `registry`); its domain.
+    /// Starts a relay (hosting the registry, or using `registry`) with `extra` flags;
+    /// its domain.
     pub fn relay(
         &mut self,
         binary: &Path,
+        extra: &[String],
         dir: &Path,
         registry: Option<&str>,
     ) -> anyhow::Result<String> {
@@ -105,6 +107,7 @@ impl Children {
             .args(["--federation-http", "--federation-allow", "127.0.0.1"])
             .arg("--data-dir")
             .arg(dir.join(format!("relay-{port}")))
+            .args(extra)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null());
         if let Some(registry) = registry {

@@ -1,0 +1,446 @@
+//! Lanes: one actor per destination relay, which sends the envelopes for that relay as
+//! batches (`POST /federation/batch`, [`super::batch`]).
+//!
+//! An envelope for a relay whose lane has a request free is sent at once, alone in its
+//! batch, so batching adds no wait. While `--federation-posts-per-relay` batches are
+//! under way, envelopes for that relay queue in its lane, and the next free request
+//! takes what queued (up to `--federation-batch` envelopes and
+//! `--federation-batch-bytes`). Under load the batches grow by themselves; when idle
+//! every envelope travels on its own.
+//!
+//! A relay that answers the batch path with 404, 405 or 501 (rmb-rs, or a proxy in
+//! front of one, answers 404) does not batch: it is remembered as such for
+//! [`UNBATCHED_FOR`], and envelopes for it are posted one by one (`POST /`) by their
+//! own tasks, as before batching. Any other refusal of a batch as a whole (413, 400…)
+//! has its envelopes posted alone this once.
+//!
+//! Each lane is an actor under the relay's supervisor ([`RelayState::tasks`]), watching
+//! shutdown; it retires after [`IDLE`] without envelopes. At most [`MAX_LANES`] lanes are
+//! open at once; envelopes for further relays are posted alone.
+//!
+//! [`RelayState::tasks`]: crate::state::RelayState::tasks
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use lru::LruCache;
+use prometheus::IntCounter;
+use rmb_identity::registry::http::error_chain;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::batch::{self, BATCH_CONTENT_TYPE, BATCH_PATH, Outcome};
+use super::target::refused_by_resolver;
+
+/// Timeout of one batch request (a receiver handles its envelopes one after another).
+const BATCH_TIMEOUT: Duration = Duration::from_secs(6);
+/// Longest an envelope waits in its lane for its batch's answer.
+const LANE_WAIT: Duration = Duration::from_secs(15);
+/// How long a relay that does not batch is posted to one envelope at a time.
+pub const UNBATCHED_FOR: Duration = Duration::from_secs(600);
+/// Most relays remembered as not batching; the least recently refused is forgotten first.
+const MAX_UNBATCHED: usize = 1024;
+/// A lane without envelopes for this long retires.
+const IDLE: Duration = Duration::from_secs(30);
+/// Most lanes open at once.
+pub const MAX_LANES: usize = 1024;
+/// Most envelopes waiting in one lane; further senders wait for room.
+const MAX_WAITING: usize = 4096;
+
+/// What a request to a relay made of one envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    /// The relay took it (202).
+    Accepted,
+    /// The relay refused it for good (a 4xx): `answer` is the start of its text.
+    Refused { status: StatusCode, answer: String },
+    /// The relay could not be reached, or failed (5xx, timeout…): try another.
+    Failed(String),
+    /// The relay's address is not an allowed federation target.
+    NotAllowed(String),
+    /// Not sent: post it alone (`POST /`).
+    Alone,
+}
+
+impl Posted {
+    fn from_outcome(outcome: Outcome) -> Posted {
+        let answer = outcome.error.unwrap_or_default();
+        match StatusCode::from_u16(outcome.status) {
+            Ok(StatusCode::ACCEPTED) => Posted::Accepted,
+            Ok(status) if status.is_client_error() => Posted::Refused { status, answer },
+            _ => Posted::Failed(format!("{} {answer}", outcome.status)),
+        }
+    }
+}
+
+/// How envelopes are batched (`--federation-batch`, `--federation-batch-bytes`,
+/// `--federation-posts-per-relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Most envelopes in one batch; 0 or 1 turns batching off.
+    pub max_envelopes: usize,
+    /// Most bytes of one batch body; larger envelopes are posted alone.
+    pub max_bytes: usize,
+    /// Batch requests under way to one relay at once.
+    pub posts_per_relay: usize,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_envelopes: 256,
+            max_bytes: batch::MIN_BATCH_BODY,
+            posts_per_relay: 2,
+        }
+    }
+}
+
+impl BatchSettings {
+    fn enabled(&self) -> bool {
+        self.max_envelopes > 1 && self.posts_per_relay > 0
+    }
+}
+
+/// The counters of batching, kept in the relay's metrics.
+#[derive(Clone)]
+pub struct BatchCounters {
+    /// `relay_federation_batches_out_total`.
+    pub batches_out: IntCounter,
+    /// `relay_federation_batched_envelopes_out_total`.
+    pub envelopes_out: IntCounter,
+    /// `relay_federation_unbatched_relays_total`: relays found not to batch.
+    pub relays_unbatched: IntCounter,
+}
+
+/// One envelope waiting in a lane, and where its outcome goes.
+struct Job {
+    bytes: Bytes,
+    reply: oneshot::Sender<Posted>,
+}
+
+/// What every lane shares.
+struct Shared {
+    client: reqwest::Client,
+    settings: BatchSettings,
+    counters: BatchCounters,
+    /// Relays (by base URL) that do not batch, until when (unix seconds).
+    unbatched: Mutex<LruCache<String, u64>>,
+}
+
+impl Shared {
+    fn is_unbatched(&self, base: &str, now: u64) -> bool {
+        let mut unbatched = self.unbatched.lock().unwrap_or_else(|p| p.into_inner());
+        match unbatched.get(base) {
+            Some(&until) if now < until => true,
+            Some(_) => {
+                unbatched.pop(base);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_unbatched(&self, base: &str, now: u64) {
+        let until = now.saturating_add(UNBATCHED_FOR.as_secs());
+        let mut unbatched = self.unbatched.lock().unwrap_or_else(|p| p.into_inner());
+        if unbatched.put(base.to_string(), until).is_none() {
+            self.counters.relays_unbatched.inc();
+            tracing::debug!(relay = %base, "relay does not take batches; posting to it one envelope at a time");
+        }
+    }
+}
+
+/// A lane as the senders see it.
+struct LaneHandle {
+    /// Tells this lane from a later one for the same relay.
+    id: u64,
+    jobs: mpsc::Sender<Job>,
+}
+
+type OpenLanes = Arc<Mutex<HashMap<String, LaneHandle>>>;
+
+/// The open lanes, by relay base URL (`http://host:port`).
+pub struct Lanes {
+    shared: Arc<Shared>,
+    open: OpenLanes,
+    next_id: AtomicU64,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Lanes {
+    /// Lanes posting with `client`, run under `tasks` until `shutdown`.
+    pub fn new(
+        client: reqwest::Client,
+        settings: BatchSettings,
+        counters: BatchCounters,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Lanes {
+            shared: Arc::new(Shared {
+                client,
+                settings,
+                counters,
+                unbatched: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(MAX_UNBATCHED).expect("non-zero"),
+                )),
+            }),
+            open: Arc::default(),
+            next_id: AtomicU64::new(0),
+            tasks,
+            shutdown,
+        }
+    }
+
+    /// Sends `bytes` to the relay at `base` in a batch and waits for its outcome;
+    /// [`Posted::Alone`] when it is to be posted alone instead.
+    pub async fn post(&self, base: &str, bytes: &Bytes) -> Posted {
+        let settings = &self.shared.settings;
+        if !settings.enabled()
+            || bytes.len().saturating_add(batch::PREFIX) > settings.max_bytes
+            || self.shared.is_unbatched(base, rmb_proto::time::unix_now())
+        {
+            return Posted::Alone;
+        }
+        let Some(jobs) = self.lane(base) else {
+            return Posted::Alone;
+        };
+        let (reply, outcome) = oneshot::channel();
+        let job = Job {
+            bytes: bytes.clone(),
+            reply,
+        };
+        let wait = async {
+            if jobs.send(job).await.is_err() {
+                // The lane retired (or the relay is stopping) after we took it.
+                return Posted::Alone;
+            }
+            outcome
+                .await
+                .unwrap_or_else(|_| Posted::Failed("relay shutting down".into()))
+        };
+        tokio::time::timeout(LANE_WAIT, wait)
+            .await
+            .unwrap_or_else(|_| Posted::Failed("no answer to the batch in time".into()))
+    }
+
+    /// The lane to `base`, opened if need be; `None` when too many are open.
+    fn lane(&self, base: &str) -> Option<mpsc::Sender<Job>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lane) = open.get(base) {
+            return Some(lane.jobs.clone());
+        }
+        if open.len() >= MAX_LANES {
+            return None;
+        }
+        let settings = &self.shared.settings;
+        let room = settings
+            .max_envelopes
+            .saturating_mul(settings.posts_per_relay)
+            .clamp(1, MAX_WAITING);
+        let (jobs, waiting) = mpsc::channel(room);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let actor = Lane {
+            id,
+            base: base.to_string(),
+            waiting,
+            shared: Arc::clone(&self.shared),
+            open: Arc::clone(&self.open),
+            shutdown: self.shutdown.clone(),
+        };
+        self.tasks.spawn(actor.run());
+        open.insert(
+            base.to_string(),
+            LaneHandle {
+                id,
+                jobs: jobs.clone(),
+            },
+        );
+        Some(jobs)
+    }
+
+    /// Lanes open now (for tests and metrics).
+    pub fn open_count(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The actor of one lane.
+struct Lane {
+    id: u64,
+    base: String,
+    waiting: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    open: OpenLanes,
+    shutdown: CancellationToken,
+}
+
+impl Lane {
+    async fn run(mut self) {
+        let mut posts = JoinSet::new();
+        let mut carried: Option<Job> = None;
+        let limit = self.shared.settings.posts_per_relay.max(1);
+        loop {
+            while posts.try_join_next().is_some() {}
+            if posts.len() >= limit {
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => break,
+                    _ = posts.join_next() => continue,
+                }
+            }
+            let first = match carried.take() {
+                Some(job) => job,
+                None => tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => break,
+                    job = self.waiting.recv() => match job {
+                        Some(job) => job,
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(IDLE) => {
+                        while posts.try_join_next().is_some() {}
+                        if posts.is_empty() && self.retire() {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let (jobs, carry) = self.fill(first);
+            carried = carry;
+            if self
+                .shared
+                .is_unbatched(&self.base, rmb_proto::time::unix_now())
+            {
+                // Found out while these waited: no further batch to find it out again.
+                for job in jobs {
+                    let _ = job.reply.send(Posted::Alone);
+                }
+                continue;
+            }
+            posts.spawn(send_batch(
+                Arc::clone(&self.shared),
+                self.base.clone(),
+                jobs,
+            ));
+        }
+        // On shutdown, batches under way are dropped with `posts`: their senders hear
+        // "shutting down". Envelopes still waiting hear the same when `waiting` drops.
+        self.forget();
+    }
+
+    /// `first` and what waits behind it, within the batch limits; the envelope that
+    /// did not fit is carried to the next batch.
+    fn fill(&mut self, first: Job) -> (Vec<Job>, Option<Job>) {
+        let settings = &self.shared.settings;
+        let mut bytes = first.bytes.len() + batch::PREFIX;
+        let mut jobs = vec![first];
+        while jobs.len() < settings.max_envelopes {
+            let Ok(job) = self.waiting.try_recv() else {
+                break;
+            };
+            let size = job.bytes.len() + batch::PREFIX;
+            if bytes + size > settings.max_bytes {
+                return (jobs, Some(job));
+            }
+            bytes += size;
+            jobs.push(job);
+        }
+        (jobs, None)
+    }
+
+    /// Retires this lane if nothing waits in it: senders that took it before are told
+    /// to post alone.
+    fn retire(&mut self) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.waiting.is_empty() {
+            return false;
+        }
+        if open.get(&self.base).is_some_and(|lane| lane.id == self.id) {
+            open.remove(&self.base);
+        }
+        drop(open);
+        self.waiting.close();
+        while let Ok(job) = self.waiting.try_recv() {
+            let _ = job.reply.send(Posted::Alone);
+        }
+        true
+    }
+
+    fn forget(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.get(&self.base).is_some_and(|lane| lane.id == self.id) {
+            open.remove(&self.base);
+        }
+    }
+}
+
+/// Sends one batch to `base` and tells each envelope's sender its outcome.
+async fn send_batch(shared: Arc<Shared>, base: String, jobs: Vec<Job>) {
+    let count = jobs.len();
+    shared.counters.batches_out.inc();
+    shared.counters.envelopes_out.inc_by(count as u64);
+    let body = batch::encode(jobs.iter().map(|job| &job.bytes));
+    let sent = shared
+        .client
+        .post(format!("{base}{BATCH_PATH}"))
+        .header("content-type", BATCH_CONTENT_TYPE)
+        .timeout(BATCH_TIMEOUT)
+        .body(body)
+        .send()
+        .await;
+    let all = |posted: Posted| vec![posted; count];
+    let outcomes = match sent {
+        Err(e) if refused_by_resolver(&e) => all(Posted::NotAllowed(error_chain(&e))),
+        Err(e) => all(Posted::Failed(error_chain(&e))),
+        Ok(answer) if answer.status() == StatusCode::OK => {
+            match read_answer(answer, batch::max_answer_bytes(count))
+                .await
+                .and_then(|body| batch::decode_answer(&body, count))
+            {
+                Some(outcomes) => outcomes.into_iter().map(Posted::from_outcome).collect(),
+                None => all(Posted::Failed(
+                    "the answer to a batch is not a batch's".into(),
+                )),
+            }
+        }
+        Ok(answer)
+            if matches!(
+                answer.status(),
+                StatusCode::NOT_FOUND
+                    | StatusCode::METHOD_NOT_ALLOWED
+                    | StatusCode::NOT_IMPLEMENTED
+            ) =>
+        {
+            shared.remember_unbatched(&base, rmb_proto::time::unix_now());
+            all(Posted::Alone)
+        }
+        // Refused as a whole (too large, a limit of the receiver's…): each alone, this once.
+        Ok(answer) if answer.status().is_client_error() => all(Posted::Alone),
+        Ok(answer) => all(Posted::Failed(answer.status().to_string())),
+    };
+    for (job, posted) in jobs.into_iter().zip(outcomes) {
+        let _ = job.reply.send(posted);
+    }
+}
+
+/// The body of `answer`, if it has at most `limit` bytes.
+async fn read_answer(mut answer: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = answer.chunk().await.ok()? {
+        if body.len() + chunk.len() > limit {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
