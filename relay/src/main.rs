@@ -210,10 +210,16 @@ struct Args {
     #[arg(long, default_value_t = 256, value_name = "N")]
     federation_batch: usize,
 
-    /// Most bytes of one batch; larger envelopes are posted alone. Relays of ours accept
-    /// batches of at least 1 MiB (or --max-envelope-size if larger).
+    /// Most bytes of one batch. Relays of ours accept batches of at least 1 MiB (or
+    /// --max-envelope-size if larger).
     #[arg(long, default_value_t = rmb_relay::federation::batch::MIN_BATCH_BODY, value_name = "BYTES")]
     federation_batch_bytes: usize,
+
+    /// Envelopes larger than this are posted alone (POST /): they gain little from
+    /// sharing a request, and would hold up the small ones in it (a relay reads a whole
+    /// batch before routing any of it).
+    #[arg(long, default_value_t = rmb_relay::federation::lane::DEFAULT_MAX_ENVELOPE_BYTES, value_name = "BYTES")]
+    federation_batch_envelope_bytes: usize,
 
     /// Batch requests under way to one relay at once; envelopes for it wait for one of
     /// them to finish, and then go together.
@@ -267,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
         federation_batch: BatchSettings {
             max_envelopes: args.federation_batch,
             max_bytes: args.federation_batch_bytes,
+            max_envelope_bytes: args.federation_batch_envelope_bytes,
             posts_per_relay: args.federation_posts_per_relay as usize,
         },
         ..Config::default()

@@ -4,8 +4,9 @@
 //!   every envelope arrives once;
 //! - a relay that does not know the batch path — a stand-in built from rmb-rs's HTTP
 //!   surface as `../shared/reference/rmb-rs-protocol.md` §5.2 and §5.8 describe it
-//!   (`POST /` takes one envelope with 202, anything else is `404 page not found`) —
-//!   gets every envelope by `POST /`, and is asked for batches no more once found out;
+//!   (`POST /` takes one envelope with 202, anything else is `404 page not found`), and
+//!   one behind a web server answering other paths with a page — gets every envelope by
+//!   `POST /`, and is asked for batches no more once found out;
 //! - the batch endpoint judges each envelope on its own and refuses bodies that are not
 //!   batches, too large or too many, as a whole.
 
@@ -97,7 +98,7 @@ async fn a_burst_between_our_relays_travels_in_batches_and_arrives_once() {
     );
 }
 
-/// What the stand-in rmb-rs relay saw.
+/// What a stand-in relay saw.
 #[derive(Default)]
 struct StandIn {
     /// Uids of envelopes taken by `POST /`.
@@ -107,8 +108,9 @@ struct StandIn {
 }
 
 /// An HTTP server with rmb-rs's federation surface: `POST /` takes one envelope (202,
-/// or 400 if it does not decode); every other request is `404 page not found`.
-async fn rmb_rs_stand_in() -> (String, Arc<Mutex<StandIn>>) {
+/// or 400 if it does not decode); every other request gets `other` (rmb-rs answers
+/// `404 page not found`).
+async fn stand_in(other: (StatusCode, &'static str)) -> (String, Arc<Mutex<StandIn>>) {
     let seen = Arc::new(Mutex::new(StandIn::default()));
     let (on_post, on_other) = (Arc::clone(&seen), Arc::clone(&seen));
     let app = Router::new()
@@ -130,7 +132,7 @@ async fn rmb_rs_stand_in() -> (String, Arc<Mutex<StandIn>>) {
                 .unwrap()
                 .elsewhere
                 .push(uri.path().to_string());
-            (StatusCode::NOT_FOUND, "page not found")
+            other
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
@@ -140,62 +142,82 @@ async fn rmb_rs_stand_in() -> (String, Arc<Mutex<StandIn>>) {
 
 #[tokio::test]
 async fn a_relay_without_batches_gets_one_post_per_envelope_and_is_remembered() {
-    let (stand_in, seen) = rmb_rs_stand_in().await;
     let r1 = RelayProcess::start(&["--federation-http"]);
     let registry = r1.http_url();
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let alice = identity("Alice");
     let a = register(&registry, &alice, &[r1.domain()]).await;
-    let b = register(&registry, &bob, &[stand_in]).await;
     let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
 
-    let send = |range: std::ops::Range<usize>| {
-        range
-            .map(|i| request(&alice, Address::twin(a), b, &format!("rs-{i}"), b"x", 60))
-            .collect::<Vec<_>>()
-    };
-    let taken = |seen: &Mutex<StandIn>| seen.lock().unwrap().posted.len();
-    let wait_for = async |count: usize| {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while taken(&seen) < count {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the stand-in got {} of {count}",
-                taken(&seen)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // rmb-rs itself, and a web server in front of a relay that answers any other path
+    // with a page.
+    let kinds = [
+        ("Bob", (StatusCode::NOT_FOUND, "page not found")),
+        ("Carol", (StatusCode::OK, "<html>welcome</html>")),
+    ];
+    for (found_out, (name, other)) in kinds.into_iter().enumerate() {
+        let (address, seen) = stand_in(other).await;
+        let b = register(&registry, &identity(name), &[address]).await;
+        let send = |range: std::ops::Range<usize>| {
+            range
+                .map(|i| {
+                    request(
+                        &alice,
+                        Address::twin(a),
+                        b,
+                        &format!("{name}-{i}"),
+                        b"x",
+                        60,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let taken = |seen: &Mutex<StandIn>| seen.lock().unwrap().posted.len();
+        let wait_for = async |count: usize| {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while taken(&seen) < count {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name}'s relay got {} of {count}",
+                    taken(&seen)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        for env in send(0..200) {
+            ca.send(&env).await;
         }
-    };
-    for env in send(0..200) {
-        ca.send(&env).await;
-    }
-    wait_for(200).await;
-    let asked = seen.lock().unwrap().elsewhere.clone();
-    assert!(
-        !asked.is_empty() && asked.len() <= 2 && asked.iter().all(|p| p == BATCH_PATH),
-        "batch requests before it was found out (at most one per request under way): {asked:?}"
-    );
+        wait_for(200).await;
+        let asked = seen.lock().unwrap().elsewhere.clone();
+        assert!(
+            !asked.is_empty() && asked.len() <= 2 && asked.iter().all(|p| p == BATCH_PATH),
+            "batch requests before {name}'s relay was found out (at most one per request under way): {asked:?}"
+        );
 
-    // Found out: the next envelopes go straight to POST /.
-    for env in send(200..250) {
-        ca.send(&env).await;
-    }
-    wait_for(250).await;
-    tokio::time::sleep(QUIET).await;
-    {
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.elsewhere, asked, "no batch asked for again");
-        let uids: BTreeSet<&String> = seen.posted.iter().collect();
+        // Found out: the next envelopes go straight to POST /.
+        for env in send(200..250) {
+            ca.send(&env).await;
+        }
+        wait_for(250).await;
+        tokio::time::sleep(QUIET).await;
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(
+                seen.elsewhere, asked,
+                "no batch asked of {name}'s relay again"
+            );
+            let uids: BTreeSet<&String> = seen.posted.iter().collect();
+            assert_eq!(
+                (uids.len(), seen.posted.len()),
+                (250, 250),
+                "each envelope once to {name}'s relay"
+            );
+        }
+        assert_eq!(ca.recv(QUIET).await, None, "no error for the sender");
         assert_eq!(
-            (uids.len(), seen.posted.len()),
-            (250, 250),
-            "each envelope once"
+            r1.metric("relay_federation_unbatched_relays_total").await,
+            (found_out + 1) as f64
         );
     }
-    assert_eq!(ca.recv(QUIET).await, None, "no error for the sender");
-    assert_eq!(
-        r1.metric("relay_federation_unbatched_relays_total").await,
-        1.0
-    );
 }
 
 #[tokio::test]

@@ -8,10 +8,11 @@
 //! `--federation-batch-bytes`). Under load the batches grow by themselves; when idle
 //! every envelope travels on its own.
 //!
-//! A relay that answers the batch path with 404, 405 or 501 (rmb-rs, or a proxy in
-//! front of one, answers 404) does not batch: it is remembered as such for
+//! A relay that answers the batch path with 404, 405, 501 or 400, or with a success
+//! that is not a batch's answer, does not batch (rmb-rs answers 404; a web server in
+//! front of a relay may answer anything): it is remembered as such for
 //! [`UNBATCHED_FOR`], and envelopes for it are posted one by one (`POST /`) by their
-//! own tasks, as before batching. Any other refusal of a batch as a whole (413, 400…)
+//! own tasks, as before batching. Any other refusal of a batch as a whole (413, 429…)
 //! has its envelopes posted alone this once.
 //!
 //! Each lane is an actor under the relay's supervisor ([`RelayState::tasks`]), watching
@@ -80,14 +81,21 @@ impl Posted {
     }
 }
 
+/// Default of `--federation-batch-envelope-bytes`.
+pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 16 * 1024;
+
 /// How envelopes are batched (`--federation-batch`, `--federation-batch-bytes`,
-/// `--federation-posts-per-relay`).
+/// `--federation-batch-envelope-bytes`, `--federation-posts-per-relay`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchSettings {
     /// Most envelopes in one batch; 0 or 1 turns batching off.
     pub max_envelopes: usize,
-    /// Most bytes of one batch body; larger envelopes are posted alone.
+    /// Most bytes of one batch body.
     pub max_bytes: usize,
+    /// Envelopes larger than this are posted alone: they gain little from sharing a
+    /// request, and the receiver reads a whole batch before it routes any of it, so
+    /// they would hold up the small ones (and bulk connection frames each other).
+    pub max_envelope_bytes: usize,
     /// Batch requests under way to one relay at once.
     pub posts_per_relay: usize,
 }
@@ -97,6 +105,7 @@ impl Default for BatchSettings {
         BatchSettings {
             max_envelopes: 256,
             max_bytes: batch::MIN_BATCH_BODY,
+            max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
             posts_per_relay: 2,
         }
     }
@@ -205,6 +214,7 @@ impl Lanes {
     pub async fn post(&self, base: &str, bytes: &Bytes) -> Posted {
         let settings = &self.shared.settings;
         if !settings.enabled()
+            || bytes.len() > settings.max_envelope_bytes
             || bytes.len().saturating_add(batch::PREFIX) > settings.max_bytes
             || self.shared.is_unbatched(base, rmb_proto::time::unix_now())
         {
@@ -408,29 +418,40 @@ async fn send_batch(shared: Arc<Shared>, base: String, jobs: Vec<Job>) {
                 .and_then(|body| batch::decode_answer(&body, count))
             {
                 Some(outcomes) => outcomes.into_iter().map(Posted::from_outcome).collect(),
-                None => all(Posted::Failed(
-                    "the answer to a batch is not a batch's".into(),
-                )),
+                // Something that answers any path (a web server in front of a relay):
+                // not a relay of ours, which always answers a batch with its outcomes.
+                None => {
+                    shared.remember_unbatched(&base, rmb_proto::time::unix_now());
+                    all(Posted::Alone)
+                }
             }
         }
-        Ok(answer)
-            if matches!(
-                answer.status(),
-                StatusCode::NOT_FOUND
-                    | StatusCode::METHOD_NOT_ALLOWED
-                    | StatusCode::NOT_IMPLEMENTED
-            ) =>
-        {
+        Ok(answer) if does_not_batch(answer.status()) => {
             shared.remember_unbatched(&base, rmb_proto::time::unix_now());
             all(Posted::Alone)
         }
-        // Refused as a whole (too large, a limit of the receiver's…): each alone, this once.
+        // Refused as a whole for its size or a limit of the receiver's (413, 429…):
+        // each alone, this once.
         Ok(answer) if answer.status().is_client_error() => all(Posted::Alone),
         Ok(answer) => all(Posted::Failed(answer.status().to_string())),
     };
     for (job, posted) in jobs.into_iter().zip(outcomes) {
         let _ = job.reply.send(posted);
     }
+}
+
+/// True if a relay answering a batch with `status` does not take batches: it does not
+/// know the path (404, 405, 501: rmb-rs answers 404), it took the batch for something
+/// else (400: a relay of ours never refuses a well-formed batch so), or it answered
+/// with another success than a batch's (a 2xx other than 200).
+fn does_not_batch(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::NOT_IMPLEMENTED
+            | StatusCode::BAD_REQUEST
+    ) || (status.is_success() && status != StatusCode::OK)
 }
 
 /// The body of `answer`, if it has at most `limit` bytes.

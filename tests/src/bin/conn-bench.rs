@@ -54,6 +54,10 @@ struct Args {
     /// given.
     #[arg(long)]
     window_kib: Option<usize>,
+    /// One more flag for every relay (repeatable), e.g. `--relay-arg=--federation-batch=0`
+    /// to compare with one federation POST per frame.
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    relay_arg: Vec<String>,
 }
 
 struct Row {
@@ -100,12 +104,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // interleaved runs compares the paths under the same conditions.
     eprintln!("setting up: bare websocket forwarder, one relay, two relays…");
     let forwarder = bare::Forwarder::start(false).await?;
-    let relay = RelayProcess::start(&[]);
+    let extra: Vec<&str> = args.relay_arg.iter().map(String::as_str).collect();
+    let relay = RelayProcess::start(&extra);
     let (alice1, bob1) = clients(&relay, &relay, &relay.http_url(), &args).await?;
     let (p1, p2) = (free_port(), free_port());
-    let r1 = RelayProcess::start_on(p1, &["--federation-http"]);
+    let r1 = RelayProcess::start_on(p1, &[&["--federation-http"], &extra[..]].concat());
     let registry = r1.http_url();
-    let r2 = RelayProcess::start_on(p2, &["--federation-http", "--registry", &registry]);
+    let r2 = RelayProcess::start_on(
+        p2,
+        &[&["--federation-http", "--registry", &registry], &extra[..]].concat(),
+    );
     let (alice2, bob2) = clients(&r1, &r2, &registry, &args).await?;
 
     let mut runs: [Vec<f64>; 3] = Default::default();
