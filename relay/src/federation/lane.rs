@@ -276,11 +276,6 @@ impl Lanes {
         );
         Some(jobs)
     }
-
-    /// Lanes open now (for tests and metrics).
-    pub fn open_count(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
 
 /// The actor of one lane.
@@ -464,4 +459,47 @@ async fn read_answer(mut answer: reqwest::Response, limit: usize) -> Option<Vec<
         body.extend_from_slice(&chunk);
     }
     Some(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_mean_what_the_same_status_means_for_post_alone() {
+        assert_eq!(Posted::from_outcome(Outcome::accepted()), Posted::Accepted);
+        assert_eq!(
+            Posted::from_outcome(Outcome::refused(404, "destination offline")),
+            Posted::Refused {
+                status: StatusCode::NOT_FOUND,
+                answer: "destination offline".into()
+            }
+        );
+        // A failure of the relay (or a status that is no status): try another relay.
+        for status in [503, 500, 200, 0, 1000] {
+            assert!(
+                matches!(
+                    Posted::from_outcome(Outcome::refused(status, "x")),
+                    Posted::Failed(_)
+                ),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn relays_that_do_not_know_batches_are_told_apart_from_refused_batches() {
+        for status in [404, 405, 501, 400, 202, 204] {
+            assert!(
+                does_not_batch(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+        for status in [200, 413, 429, 500, 503] {
+            assert!(
+                !does_not_batch(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+    }
 }

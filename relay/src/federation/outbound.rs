@@ -236,11 +236,6 @@ impl Federator {
             Err(e) => Posted::Failed(error_chain(&e)),
         }
     }
-
-    /// Lanes open now, one per relay recently federated to in batches (tests).
-    pub fn open_lanes(&self) -> usize {
-        self.lanes.open_count()
-    }
 }
 
 fn log_not_allowed(reason: &dyn std::fmt::Display) {
