@@ -80,8 +80,9 @@ pub struct Config {
     pub health_connections: usize,
     /// `--federation-allow`: federation targets allowed beyond public domain names.
     pub federation_allow: Vec<AllowEntry>,
-    /// `--federation-batch`, `--federation-batch-bytes`, `--federation-posts-per-relay`:
-    /// how envelopes for one relay are sent together.
+    /// `--federation-batch`, `--federation-batch-bytes`,
+    /// `--federation-batch-envelope-bytes`, `--federation-lanes-per-relay`: how
+    /// envelopes for one relay are sent together.
     pub federation_batch: BatchSettings,
 }
 

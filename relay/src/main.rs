@@ -221,10 +221,11 @@ struct Args {
     #[arg(long, default_value_t = rmb_relay::federation::lane::DEFAULT_MAX_ENVELOPE_BYTES, value_name = "BYTES")]
     federation_batch_envelope_bytes: usize,
 
-    /// Batch requests under way to one relay at once; envelopes for it wait for one of
-    /// them to finish, and then go together.
-    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
-    federation_posts_per_relay: u64,
+    /// Lanes to one relay: destination twins are spread over them, and each has one
+    /// batch under way at a time (envelopes arriving meanwhile go in its next batch), so
+    /// a twin gets batched envelopes in the order they were routed.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    federation_lanes_per_relay: u64,
 }
 
 /// File descriptors kept for everything but client connections (Redis, registry,
@@ -274,7 +275,7 @@ async fn main() -> anyhow::Result<()> {
             max_envelopes: args.federation_batch,
             max_bytes: args.federation_batch_bytes,
             max_envelope_bytes: args.federation_batch_envelope_bytes,
-            posts_per_relay: args.federation_posts_per_relay as usize,
+            lanes_per_relay: args.federation_lanes_per_relay as usize,
         },
         ..Config::default()
     };

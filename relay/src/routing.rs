@@ -134,10 +134,12 @@ async fn route_inner(
     // Like an offline twin here, an unreachable relay there only delays the envelope,
     // unless the sender asked for fail-fast errors.
     let keep_trying = !env.is_fail_fast();
+    // Queued for its relay here, in routing order; the task only waits for the outcome.
+    let outgoing = state.federator.start(bytes, twin.id, &twin.relays);
     state.tasks.spawn(async move {
         let state = task_state;
         let sent = tokio::select! {
-            sent = state.federator.deliver(bytes, &twin.relays, deadline, keep_trying) => sent,
+            sent = state.federator.deliver(outgoing, &twin.relays, deadline, keep_trying) => sent,
             _ = state.shutdown.cancelled() => {
                 // Not sent yet, and this relay keeps nothing for other relays' twins: the
                 // sender is told to send it again (its error envelope is queued for it).

@@ -1,12 +1,16 @@
-//! Lanes: one actor per destination relay, which sends the envelopes for that relay as
-//! batches (`POST /federation/batch`, [`super::batch`]).
+//! Lanes: actors that send the envelopes for one relay as batches
+//! (`POST /federation/batch`, [`super::batch`]).
 //!
-//! An envelope for a relay whose lane has a request free is sent at once, alone in its
-//! batch, so batching adds no wait. While `--federation-posts-per-relay` batches are
-//! under way, envelopes for that relay queue in its lane, and the next free request
-//! takes what queued (up to `--federation-batch` envelopes and
-//! `--federation-batch-bytes`). Under load the batches grow by themselves; when idle
-//! every envelope travels on its own.
+//! Envelopes for one relay are spread over `--federation-lanes-per-relay` lanes by
+//! destination twin. A lane has one batch under way at a time: an envelope for an idle
+//! lane is sent at once, alone in its batch, so batching adds no wait; envelopes arriving
+//! while a batch is under way queue in the lane, and the next batch takes what queued (up
+//! to `--federation-batch` envelopes and `--federation-batch-bytes`). Under load the
+//! batches grow by themselves; when idle every envelope travels on its own. As one lane
+//! carries all batched envelopes for a twin, one batch after the other, and the receiver
+//! starts routing a batch's envelopes in their order, a twin gets them in the order they
+//! were routed here: a topic burst's pushes do not overtake each other (which would make
+//! the subscriber pull what it thinks is missing).
 //!
 //! A relay that answers the batch path with 404, 405, 501 or 400, or with a success
 //! that is not a batch's answer, does not batch (rmb-rs answers 404; a web server in
@@ -33,7 +37,6 @@ use lru::LruCache;
 use prometheus::IntCounter;
 use rmb_identity::registry::http::error_chain;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -82,10 +85,10 @@ impl Posted {
 }
 
 /// Default of `--federation-batch-envelope-bytes`.
-pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 16 * 1024;
+pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 64 * 1024;
 
 /// How envelopes are batched (`--federation-batch`, `--federation-batch-bytes`,
-/// `--federation-batch-envelope-bytes`, `--federation-posts-per-relay`).
+/// `--federation-batch-envelope-bytes`, `--federation-lanes-per-relay`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchSettings {
     /// Most envelopes in one batch; 0 or 1 turns batching off.
@@ -96,8 +99,9 @@ pub struct BatchSettings {
     /// request, and the receiver reads a whole batch before it routes any of it, so
     /// they would hold up the small ones (and bulk connection frames each other).
     pub max_envelope_bytes: usize,
-    /// Batch requests under way to one relay at once.
-    pub posts_per_relay: usize,
+    /// Lanes to one relay (destination twins are spread over them); each has one batch
+    /// under way at a time.
+    pub lanes_per_relay: usize,
 }
 
 impl Default for BatchSettings {
@@ -106,14 +110,14 @@ impl Default for BatchSettings {
             max_envelopes: 256,
             max_bytes: batch::MIN_BATCH_BODY,
             max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
-            posts_per_relay: 2,
+            lanes_per_relay: 4,
         }
     }
 }
 
 impl BatchSettings {
     fn enabled(&self) -> bool {
-        self.max_envelopes > 1 && self.posts_per_relay > 0
+        self.max_envelopes > 1 && self.lanes_per_relay > 0
     }
 }
 
@@ -126,6 +130,20 @@ pub struct BatchCounters {
     pub envelopes_out: IntCounter,
     /// `relay_federation_unbatched_relays_total`: relays found not to batch.
     pub relays_unbatched: IntCounter,
+}
+
+/// An envelope queued in a lane: its outcome, once its batch is answered.
+pub struct Queued(oneshot::Receiver<Posted>);
+
+impl Queued {
+    /// Waits for the outcome (at most [`LANE_WAIT`]).
+    pub async fn outcome(self) -> Posted {
+        match tokio::time::timeout(LANE_WAIT, self.0).await {
+            Ok(Ok(posted)) => posted,
+            Ok(Err(_)) => Posted::Failed("relay shutting down".into()),
+            Err(_) => Posted::Failed("no answer to the batch in time".into()),
+        }
+    }
 }
 
 /// One envelope waiting in a lane, and where its outcome goes.
@@ -173,9 +191,12 @@ struct LaneHandle {
     jobs: mpsc::Sender<Job>,
 }
 
-type OpenLanes = Arc<Mutex<HashMap<String, LaneHandle>>>;
+/// Which lane: the relay's base URL (`http://host:port`) and the destination's shard.
+type LaneKey = (String, usize);
 
-/// The open lanes, by relay base URL (`http://host:port`).
+type OpenLanes = Arc<Mutex<HashMap<LaneKey, LaneHandle>>>;
+
+/// The open lanes.
 pub struct Lanes {
     shared: Arc<Shared>,
     open: OpenLanes,
@@ -209,18 +230,25 @@ impl Lanes {
         }
     }
 
-    /// Sends `bytes` to the relay at `base` in a batch and waits for its outcome;
-    /// [`Posted::Alone`] when it is to be posted alone instead.
-    pub async fn post(&self, base: &str, bytes: &Bytes) -> Posted {
-        let settings = &self.shared.settings;
-        if !settings.enabled()
-            || bytes.len() > settings.max_envelope_bytes
-            || bytes.len().saturating_add(batch::PREFIX) > settings.max_bytes
-            || self.shared.is_unbatched(base, rmb_proto::time::unix_now())
-        {
-            return Posted::Alone;
-        }
-        let Some(jobs) = self.lane(base) else {
+    /// Queues `bytes`, for twin `destination`, in its lane to the relay at `base`, now,
+    /// without waiting: envelopes queued one after another for one twin are sent in
+    /// that order. `None` when it is to be posted alone, or its lane is full.
+    pub fn queue(&self, base: &str, destination: u32, bytes: &Bytes) -> Option<Queued> {
+        let jobs = self.lane_for(base, destination, bytes)?;
+        let (reply, outcome) = oneshot::channel();
+        let job = Job {
+            bytes: bytes.clone(),
+            reply,
+        };
+        jobs.try_send(job).ok()?;
+        Some(Queued(outcome))
+    }
+
+    /// Sends `bytes`, for twin `destination`, to the relay at `base` in a batch (waiting
+    /// for room in its lane) and waits for its outcome; [`Posted::Alone`] when it is to
+    /// be posted alone instead.
+    pub async fn post(&self, base: &str, destination: u32, bytes: &Bytes) -> Posted {
+        let Some(jobs) = self.lane_for(base, destination, bytes) else {
             return Posted::Alone;
         };
         let (reply, outcome) = oneshot::channel();
@@ -228,39 +256,49 @@ impl Lanes {
             bytes: bytes.clone(),
             reply,
         };
-        let wait = async {
-            if jobs.send(job).await.is_err() {
-                // The lane retired (or the relay is stopping) after we took it.
-                return Posted::Alone;
-            }
-            outcome
-                .await
-                .unwrap_or_else(|_| Posted::Failed("relay shutting down".into()))
-        };
-        tokio::time::timeout(LANE_WAIT, wait)
-            .await
-            .unwrap_or_else(|_| Posted::Failed("no answer to the batch in time".into()))
+        match tokio::time::timeout(LANE_WAIT, jobs.send(job)).await {
+            Ok(Ok(())) => Queued(outcome).outcome().await,
+            // The lane retired (or the relay is stopping) after we took it.
+            Ok(Err(_)) => Posted::Alone,
+            Err(_) => Posted::Failed("no room in the relay's lane in time".into()),
+        }
     }
 
-    /// The lane to `base`, opened if need be; `None` when too many are open.
-    fn lane(&self, base: &str) -> Option<mpsc::Sender<Job>> {
+    /// The lane for an envelope of `bytes` for `destination` to `base`, if it is to be
+    /// batched at all.
+    fn lane_for(&self, base: &str, destination: u32, bytes: &Bytes) -> Option<mpsc::Sender<Job>> {
+        let settings = &self.shared.settings;
+        if !settings.enabled()
+            || bytes.len() > settings.max_envelope_bytes
+            || bytes.len().saturating_add(batch::PREFIX) > settings.max_bytes
+            || self.shared.is_unbatched(base, rmb_proto::time::unix_now())
+        {
+            return None;
+        }
+        let shard = destination as usize % settings.lanes_per_relay;
+        self.lane((base.to_string(), shard))
+    }
+
+    /// The lane `key`, opened if need be; `None` when too many are open.
+    fn lane(&self, key: LaneKey) -> Option<mpsc::Sender<Job>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(lane) = open.get(base) {
+        if let Some(lane) = open.get(&key) {
             return Some(lane.jobs.clone());
         }
         if open.len() >= MAX_LANES {
             return None;
         }
-        let settings = &self.shared.settings;
-        let room = settings
+        let room = self
+            .shared
+            .settings
             .max_envelopes
-            .saturating_mul(settings.posts_per_relay)
+            .saturating_mul(2)
             .clamp(1, MAX_WAITING);
         let (jobs, waiting) = mpsc::channel(room);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let actor = Lane {
             id,
-            base: base.to_string(),
+            key: key.clone(),
             waiting,
             shared: Arc::clone(&self.shared),
             open: Arc::clone(&self.open),
@@ -268,7 +306,7 @@ impl Lanes {
         };
         self.tasks.spawn(actor.run());
         open.insert(
-            base.to_string(),
+            key,
             LaneHandle {
                 id,
                 jobs: jobs.clone(),
@@ -281,7 +319,7 @@ impl Lanes {
 /// The actor of one lane.
 struct Lane {
     id: u64,
-    base: String,
+    key: LaneKey,
     waiting: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     open: OpenLanes,
@@ -290,18 +328,8 @@ struct Lane {
 
 impl Lane {
     async fn run(mut self) {
-        let mut posts = JoinSet::new();
         let mut carried: Option<Job> = None;
-        let limit = self.shared.settings.posts_per_relay.max(1);
         loop {
-            while posts.try_join_next().is_some() {}
-            if posts.len() >= limit {
-                tokio::select! {
-                    biased;
-                    _ = self.shutdown.cancelled() => break,
-                    _ = posts.join_next() => continue,
-                }
-            }
             let first = match carried.take() {
                 Some(job) => job,
                 None => tokio::select! {
@@ -312,8 +340,7 @@ impl Lane {
                         None => break,
                     },
                     _ = tokio::time::sleep(IDLE) => {
-                        while posts.try_join_next().is_some() {}
-                        if posts.is_empty() && self.retire() {
+                        if self.retire() {
                             break;
                         }
                         continue;
@@ -322,24 +349,23 @@ impl Lane {
             };
             let (jobs, carry) = self.fill(first);
             carried = carry;
-            if self
-                .shared
-                .is_unbatched(&self.base, rmb_proto::time::unix_now())
-            {
+            let base = &self.key.0;
+            if self.shared.is_unbatched(base, rmb_proto::time::unix_now()) {
                 // Found out while these waited: no further batch to find it out again.
                 for job in jobs {
                     let _ = job.reply.send(Posted::Alone);
                 }
                 continue;
             }
-            posts.spawn(send_batch(
-                Arc::clone(&self.shared),
-                self.base.clone(),
-                jobs,
-            ));
+            // Envelopes arriving meanwhile wait in `waiting`, for the next batch.
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                () = send_batch(&self.shared, base, jobs) => {}
+            }
         }
-        // On shutdown, batches under way are dropped with `posts`: their senders hear
-        // "shutting down". Envelopes still waiting hear the same when `waiting` drops.
+        // On shutdown, a batch under way is dropped: its senders hear "shutting down".
+        // Envelopes still waiting hear the same when `waiting` drops.
         self.forget();
     }
 
@@ -370,8 +396,8 @@ impl Lane {
         if !self.waiting.is_empty() {
             return false;
         }
-        if open.get(&self.base).is_some_and(|lane| lane.id == self.id) {
-            open.remove(&self.base);
+        if open.get(&self.key).is_some_and(|lane| lane.id == self.id) {
+            open.remove(&self.key);
         }
         drop(open);
         self.waiting.close();
@@ -383,14 +409,14 @@ impl Lane {
 
     fn forget(&self) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.get(&self.base).is_some_and(|lane| lane.id == self.id) {
-            open.remove(&self.base);
+        if open.get(&self.key).is_some_and(|lane| lane.id == self.id) {
+            open.remove(&self.key);
         }
     }
 }
 
 /// Sends one batch to `base` and tells each envelope's sender its outcome.
-async fn send_batch(shared: Arc<Shared>, base: String, jobs: Vec<Job>) {
+async fn send_batch(shared: &Shared, base: &str, jobs: Vec<Job>) {
     let count = jobs.len();
     shared.counters.batches_out.inc();
     shared.counters.envelopes_out.inc_by(count as u64);
@@ -416,13 +442,13 @@ async fn send_batch(shared: Arc<Shared>, base: String, jobs: Vec<Job>) {
                 // Something that answers any path (a web server in front of a relay):
                 // not a relay of ours, which always answers a batch with its outcomes.
                 None => {
-                    shared.remember_unbatched(&base, rmb_proto::time::unix_now());
+                    shared.remember_unbatched(base, rmb_proto::time::unix_now());
                     all(Posted::Alone)
                 }
             }
         }
         Ok(answer) if does_not_batch(answer.status()) => {
-            shared.remember_unbatched(&base, rmb_proto::time::unix_now());
+            shared.remember_unbatched(base, rmb_proto::time::unix_now());
             all(Posted::Alone)
         }
         // Refused as a whole for its size or a limit of the receiver's (413, 429…):

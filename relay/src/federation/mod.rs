@@ -18,7 +18,7 @@ pub mod target;
 
 pub use ingress::{batch_ingress, ingress};
 pub use lane::{BatchCounters, BatchSettings};
-pub use outbound::{Federator, RETRY_BUDGET_KIB};
+pub use outbound::{Federator, Outgoing, RETRY_BUDGET_KIB};
 pub use target::{AllowEntry, TargetPolicy};
 
 /// Why an envelope could not be federated. The Display text is what the sender reads:

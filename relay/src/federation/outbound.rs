@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::FederationError;
-use super::lane::{BatchCounters, Lanes, Posted};
+use super::lane::{BatchCounters, Lanes, Posted, Queued};
 use super::target::{GuardedResolver, TargetPolicy, refused_by_resolver};
 use crate::config::Config;
 use crate::ranker::Ranker;
@@ -53,6 +53,32 @@ const LOGGED_ANSWER: usize = 200;
 static NOT_ALLOWED_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
 static REFUSED_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
 static FAILED_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
+
+/// An envelope being federated: [`Federator::start`] made it, [`Federator::deliver`]
+/// finishes it.
+pub struct Outgoing {
+    bytes: Bytes,
+    destination: u32,
+    /// Queued at once in the lane to this relay, if it takes batches.
+    first: Option<FirstTry>,
+}
+
+struct FirstTry {
+    relay: String,
+    base: String,
+    queued: Queued,
+}
+
+/// What one relay's answer means for an envelope.
+enum Judged {
+    Taken,
+    /// Refused for good: no other relay is tried.
+    Refused,
+    /// Not an allowed target: not counted as tried.
+    NotAllowed,
+    /// Try the next relay.
+    Failed,
+}
 
 /// Sends envelopes to other relays.
 pub struct Federator {
@@ -120,20 +146,67 @@ impl Federator {
         ranker.downvote(relay, now);
     }
 
-    /// Delivers `bytes` to one of `relays` before `deadline`; returns the relay used, or
-    /// why none took it. With `keep_trying`, relays that cannot be reached are tried
+    /// Starts federating `bytes`, an envelope for twin `destination`: queues it at once
+    /// in the lane to the best ranked of `relays` if that relay takes batches, so that
+    /// envelopes for one twin leave in the order they were routed (the tasks that finish
+    /// them with [`Federator::deliver`] may run in any order).
+    pub fn start(&self, bytes: Bytes, destination: u32, relays: &BTreeSet<String>) -> Outgoing {
+        // The best ranked allowed relay, as `forward` would try first.
+        let first = self
+            .ranked(relays, rmb_proto::time::unix_now())
+            .into_iter()
+            .find_map(|relay| Some((self.targets.target(&relay).ok()?, relay)))
+            .and_then(|(target, relay)| {
+                let base = format!("{}://{target}", self.scheme);
+                let queued = self.lanes.queue(&base, destination, &bytes)?;
+                Some(FirstTry {
+                    relay,
+                    base,
+                    queued,
+                })
+            });
+        Outgoing {
+            bytes,
+            destination,
+            first,
+        }
+    }
+
+    /// Delivers `outgoing` to one of `relays` before `deadline`; returns the relay used,
+    /// or why none took it. With `keep_trying`, relays that cannot be reached are tried
     /// again until the deadline (within the retry budget).
     pub async fn deliver(
         &self,
-        bytes: Bytes,
+        outgoing: Outgoing,
         relays: &BTreeSet<String>,
         deadline: u64,
         keep_trying: bool,
     ) -> Result<String, FederationError> {
+        let Outgoing {
+            bytes,
+            destination,
+            first,
+        } = outgoing;
+        if let Some(FirstTry {
+            relay,
+            base,
+            queued,
+        }) = first
+        {
+            let posted = match queued.outcome().await {
+                Posted::Alone => self.post_alone(&base, &bytes).await,
+                posted => posted,
+            };
+            match self.judge(&relay, posted) {
+                Judged::Taken => return Ok(relay),
+                Judged::Refused => return Err(FederationError::Refused),
+                Judged::Failed | Judged::NotAllowed => {}
+            }
+        }
         let mut pause = RETRY_FIRST;
         let mut held = None;
         loop {
-            let failure = match self.forward(bytes.clone(), relays, deadline).await {
+            let failure = match self.forward(&bytes, destination, relays, deadline).await {
                 Ok(relay) => return Ok(relay),
                 Err(failure) => failure,
             };
@@ -157,7 +230,8 @@ impl Federator {
     /// One attempt: up to [`PASSES`] passes over `relays`, best ranked first.
     async fn forward(
         &self,
-        bytes: Bytes,
+        bytes: &Bytes,
+        destination: u32,
         relays: &BTreeSet<String>,
         deadline: u64,
     ) -> Result<String, FederationError> {
@@ -176,27 +250,16 @@ impl Federator {
                 };
                 tried += 1;
                 let base = format!("{}://{target}", self.scheme);
-                let posted = match self.lanes.post(&base, &bytes).await {
-                    Posted::Alone => self.post_alone(&base, &bytes).await,
+                let posted = match self.lanes.post(&base, destination, bytes).await {
+                    Posted::Alone => self.post_alone(&base, bytes).await,
                     posted => posted,
                 };
-                match posted {
-                    Posted::Accepted => return Ok(relay),
-                    Posted::Refused { status, answer } => {
-                        if let Some(held_back) = REFUSED_LOG.allow() {
-                            tracing::info!(%relay, %status, ?answer, held_back, "destination relay refused a federated envelope");
-                        }
-                        return Err(FederationError::Refused);
-                    }
-                    Posted::NotAllowed(reason) => {
-                        tried -= 1;
-                        log_not_allowed(&reason);
-                        continue;
-                    }
-                    Posted::Failed(reason) => log_failed(&relay, &reason),
-                    Posted::Alone => log_failed(&relay, "not sent"),
+                match self.judge(&relay, posted) {
+                    Judged::Taken => return Ok(relay),
+                    Judged::Refused => return Err(FederationError::Refused),
+                    Judged::NotAllowed => tried -= 1,
+                    Judged::Failed => {}
                 }
-                self.downvote(&relay, rmb_proto::time::unix_now());
             }
             if tried == 0 {
                 return Err(FederationError::NotAllowed);
@@ -204,6 +267,34 @@ impl Federator {
             tokio::time::sleep(Duration::from_millis(100 * u64::from(pass + 1))).await;
         }
         Err(FederationError::Unreachable)
+    }
+
+    /// What `posted` by `relay` means for the envelope; logs it (throttled) and ranks a
+    /// failing relay lower.
+    fn judge(&self, relay: &str, posted: Posted) -> Judged {
+        match posted {
+            Posted::Accepted => Judged::Taken,
+            Posted::Refused { status, answer } => {
+                if let Some(held_back) = REFUSED_LOG.allow() {
+                    tracing::info!(%relay, %status, ?answer, held_back, "destination relay refused a federated envelope");
+                }
+                Judged::Refused
+            }
+            Posted::NotAllowed(reason) => {
+                log_not_allowed(&reason);
+                Judged::NotAllowed
+            }
+            Posted::Failed(reason) => {
+                log_failed(relay, &reason);
+                self.downvote(relay, rmb_proto::time::unix_now());
+                Judged::Failed
+            }
+            Posted::Alone => {
+                log_failed(relay, "not sent");
+                self.downvote(relay, rmb_proto::time::unix_now());
+                Judged::Failed
+            }
+        }
     }
 
     /// `POST /` of one envelope to the relay at `base`, as rmb-rs federates.
