@@ -21,7 +21,8 @@
 //!
 //! Each lane is an actor under the relay's supervisor ([`RelayState::tasks`]), watching
 //! shutdown; it retires after [`IDLE`] without envelopes. At most [`MAX_LANES`] lanes are
-//! open at once; envelopes for further relays are posted alone.
+//! open at once, each holding at most two batches' worth of envelopes, and all of them
+//! at most [`LANE_BUDGET_KIB`]; envelopes beyond any of these are posted alone.
 //!
 //! [`RelayState::tasks`]: crate::state::RelayState::tasks
 
@@ -36,17 +37,22 @@ use axum::http::StatusCode;
 use lru::LruCache;
 use prometheus::IntCounter;
 use rmb_identity::registry::http::error_chain;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::batch::{self, BATCH_CONTENT_TYPE, BATCH_PATH, Outcome};
 use super::target::refused_by_resolver;
 
-/// Timeout of one batch request (a receiver handles its envelopes one after another).
+/// Timeout of one batch request (a receiver handles up to 32 of its envelopes at once).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(6);
-/// Longest an envelope waits in its lane for its batch's answer.
-const LANE_WAIT: Duration = Duration::from_secs(15);
+/// Longest an envelope waits in its lane for its batch's answer: at most two full
+/// batches wait before it (see `lane`), and its own.
+const LANE_WAIT: Duration = Duration::from_secs(20);
+/// Most KiB of envelopes in all lanes at once (waiting, or in a batch under way). Past
+/// it, envelopes are posted alone, as before batching: a relay that answers slowly
+/// cannot make lanes hold more (the routing tasks waiting on them hold the envelopes).
+pub const LANE_BUDGET_KIB: usize = 64 * 1024;
 /// How long a relay that does not batch is posted to one envelope at a time.
 pub const UNBATCHED_FOR: Duration = Duration::from_secs(600);
 /// Most relays remembered as not batching; the least recently refused is forgotten first.
@@ -55,7 +61,7 @@ const MAX_UNBATCHED: usize = 1024;
 const IDLE: Duration = Duration::from_secs(30);
 /// Most lanes open at once.
 pub const MAX_LANES: usize = 1024;
-/// Most envelopes waiting in one lane; further senders wait for room.
+/// Most envelopes waiting in one lane; further ones are posted alone.
 const MAX_WAITING: usize = 4096;
 
 /// What a request to a relay made of one envelope.
@@ -150,6 +156,8 @@ impl Queued {
 struct Job {
     bytes: Bytes,
     reply: oneshot::Sender<Posted>,
+    /// Its share of [`LANE_BUDGET_KIB`], given back when the job is answered or dropped.
+    _budget: OwnedSemaphorePermit,
 }
 
 /// What every lane shares.
@@ -157,6 +165,8 @@ struct Shared {
     client: reqwest::Client,
     settings: BatchSettings,
     counters: BatchCounters,
+    /// KiB of envelopes in lanes (waiting, or in a batch under way).
+    budget: Arc<Semaphore>,
     /// Relays (by base URL) that do not batch, until when (unix seconds).
     unbatched: Mutex<LruCache<String, u64>>,
 }
@@ -219,6 +229,7 @@ impl Lanes {
                 client,
                 settings,
                 counters,
+                budget: Arc::new(Semaphore::new(LANE_BUDGET_KIB)),
                 unbatched: Mutex::new(LruCache::new(
                     NonZeroUsize::new(MAX_UNBATCHED).expect("non-zero"),
                 )),
@@ -232,35 +243,30 @@ impl Lanes {
 
     /// Queues `bytes`, for twin `destination`, in its lane to the relay at `base`, now,
     /// without waiting: envelopes queued one after another for one twin are sent in
-    /// that order. `None` when it is to be posted alone, or its lane is full.
+    /// that order. `None` when it is to be posted alone: it is too large, the relay
+    /// does not batch, or its lane (or all lanes' budget) is full.
     pub fn queue(&self, base: &str, destination: u32, bytes: &Bytes) -> Option<Queued> {
         let jobs = self.lane_for(base, destination, bytes)?;
+        let kib = u32::try_from(bytes.len() / 1024 + 1).unwrap_or(u32::MAX);
+        let budget = Arc::clone(&self.shared.budget)
+            .try_acquire_many_owned(kib)
+            .ok()?;
         let (reply, outcome) = oneshot::channel();
         let job = Job {
             bytes: bytes.clone(),
             reply,
+            _budget: budget,
         };
         jobs.try_send(job).ok()?;
         Some(Queued(outcome))
     }
 
-    /// Sends `bytes`, for twin `destination`, to the relay at `base` in a batch (waiting
-    /// for room in its lane) and waits for its outcome; [`Posted::Alone`] when it is to
-    /// be posted alone instead.
+    /// Sends `bytes`, for twin `destination`, to the relay at `base` in a batch and waits
+    /// for its outcome; [`Posted::Alone`] when it is to be posted alone instead.
     pub async fn post(&self, base: &str, destination: u32, bytes: &Bytes) -> Posted {
-        let Some(jobs) = self.lane_for(base, destination, bytes) else {
-            return Posted::Alone;
-        };
-        let (reply, outcome) = oneshot::channel();
-        let job = Job {
-            bytes: bytes.clone(),
-            reply,
-        };
-        match tokio::time::timeout(LANE_WAIT, jobs.send(job)).await {
-            Ok(Ok(())) => Queued(outcome).outcome().await,
-            // The lane retired (or the relay is stopping) after we took it.
-            Ok(Err(_)) => Posted::Alone,
-            Err(_) => Posted::Failed("no room in the relay's lane in time".into()),
+        match self.queue(base, destination, bytes) {
+            Some(queued) => queued.outcome().await,
+            None => Posted::Alone,
         }
     }
 
@@ -511,6 +517,93 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    fn counters() -> BatchCounters {
+        let counter = |name: &str| IntCounter::new(name, "test").unwrap();
+        BatchCounters {
+            batches_out: counter("b"),
+            envelopes_out: counter("e"),
+            relays_unbatched: counter("u"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_never_answers_makes_lanes_hold_a_bounded_number_of_envelopes() {
+        // Accepts connections and reads nothing: the first batch stays under way.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                kept.push(socket);
+            }
+        });
+        let settings = BatchSettings {
+            max_envelopes: 4,
+            lanes_per_relay: 2,
+            ..BatchSettings::default()
+        };
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let lanes = Lanes::new(
+            reqwest::Client::new(),
+            settings,
+            counters(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        let envelope = Bytes::from_static(b"envelope");
+        let mut queued = Vec::new();
+        for _ in 0..100 {
+            if let Some(q) = lanes.queue(&base, 7, &envelope) {
+                queued.push(q);
+            }
+            tokio::task::yield_now().await;
+        }
+        // The batch under way (taken out of the lane) and two batches' worth waiting.
+        assert!(
+            (2 * 4..=2 * 4 + 4).contains(&queued.len()),
+            "{} queued",
+            queued.len()
+        );
+        // Another twin's lane is not held up by this one's.
+        assert!(lanes.queue(&base, 8, &envelope).is_some());
+        assert_eq!(lanes.post(&base, 7, &envelope).await, Posted::Alone);
+        // Shutdown: the lanes end, and every queued envelope hears it.
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        for q in queued {
+            assert!(matches!(q.outcome().await, Posted::Failed(_)));
+        }
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn all_lanes_together_hold_at_most_their_budget() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let settings = BatchSettings {
+            max_envelope_bytes: 2 << 20,
+            max_bytes: 4 << 20,
+            ..BatchSettings::default()
+        };
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let lanes = Lanes::new(
+            reqwest::Client::new(),
+            settings,
+            counters(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        let envelope = Bytes::from(vec![0u8; 1 << 20]);
+        let queued: Vec<Queued> = (0..200)
+            .filter_map(|twin| lanes.queue(&base, twin, &envelope))
+            .collect();
+        // 1 MiB and 1 KiB each, within 64 MiB.
+        assert_eq!(queued.len(), LANE_BUDGET_KIB / 1025);
+        shutdown.cancel();
+        drop(listener);
     }
 
     #[test]
