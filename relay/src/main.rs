@@ -224,7 +224,7 @@ struct Args {
     /// Lanes to one relay: destination twins are spread over them, and each has one
     /// batch under way at a time (envelopes arriving meanwhile go in its next batch), so
     /// a twin gets batched envelopes in the order they were routed.
-    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     federation_lanes_per_relay: u64,
 }
 

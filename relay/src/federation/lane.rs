@@ -116,7 +116,7 @@ impl Default for BatchSettings {
             max_envelopes: 256,
             max_bytes: batch::MIN_BATCH_BODY,
             max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
-            lanes_per_relay: 4,
+            lanes_per_relay: 2,
         }
     }
 }
@@ -519,13 +519,23 @@ mod tests {
         }
     }
 
-    fn counters() -> BatchCounters {
+    /// Lanes with `settings`, their supervisor and their shutdown.
+    fn lanes(settings: BatchSettings) -> (Lanes, TaskTracker, CancellationToken) {
         let counter = |name: &str| IntCounter::new(name, "test").unwrap();
-        BatchCounters {
+        let counters = BatchCounters {
             batches_out: counter("b"),
             envelopes_out: counter("e"),
             relays_unbatched: counter("u"),
-        }
+        };
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let lanes = Lanes::new(
+            reqwest::Client::new(),
+            settings,
+            counters,
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        (lanes, tasks, shutdown)
     }
 
     #[tokio::test]
@@ -539,19 +549,11 @@ mod tests {
                 kept.push(socket);
             }
         });
-        let settings = BatchSettings {
+        let (lanes, tasks, shutdown) = lanes(BatchSettings {
             max_envelopes: 4,
             lanes_per_relay: 2,
             ..BatchSettings::default()
-        };
-        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        let lanes = Lanes::new(
-            reqwest::Client::new(),
-            settings,
-            counters(),
-            tasks.clone(),
-            shutdown.clone(),
-        );
+        });
         let envelope = Bytes::from_static(b"envelope");
         let mut queued = Vec::new();
         for _ in 0..100 {
@@ -583,19 +585,11 @@ mod tests {
     async fn all_lanes_together_hold_at_most_their_budget() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let settings = BatchSettings {
+        let (lanes, _tasks, shutdown) = lanes(BatchSettings {
             max_envelope_bytes: 2 << 20,
             max_bytes: 4 << 20,
             ..BatchSettings::default()
-        };
-        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        let lanes = Lanes::new(
-            reqwest::Client::new(),
-            settings,
-            counters(),
-            tasks.clone(),
-            shutdown.clone(),
-        );
+        });
         let envelope = Bytes::from(vec![0u8; 1 << 20]);
         let queued: Vec<Queued> = (0..200)
             .filter_map(|twin| lanes.queue(&base, twin, &envelope))
