@@ -21,8 +21,8 @@
 //!
 //! Each lane is an actor under the relay's supervisor ([`RelayState::tasks`]), watching
 //! shutdown; it retires after [`IDLE`] without envelopes. At most [`MAX_LANES`] lanes are
-//! open at once, each holding at most two batches' worth of envelopes, and all of them
-//! at most [`LANE_BUDGET_KIB`]; envelopes beyond any of these are posted alone.
+//! open at once, each holding at most [`MAX_WAITING`] envelopes, and all of them at most
+//! [`LANE_BUDGET_KIB`]; envelopes beyond any of these are posted alone.
 //!
 //! [`RelayState::tasks`]: crate::state::RelayState::tasks
 
@@ -46,8 +46,8 @@ use super::target::refused_by_resolver;
 
 /// Timeout of one batch request (a receiver handles up to 32 of its envelopes at once).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(6);
-/// Longest an envelope waits in its lane for its batch's answer: at most two full
-/// batches wait before it (see `lane`), and its own.
+/// Longest an envelope waits in its lane for its batch's answer. One whose sender gave
+/// up is left out of the batches that follow (see `Lane::fill`).
 const LANE_WAIT: Duration = Duration::from_secs(20);
 /// Most KiB of envelopes in all lanes at once (waiting, or in a batch under way). Past
 /// it, envelopes are posted alone, as before batching: a relay that answers slowly
@@ -61,7 +61,10 @@ const MAX_UNBATCHED: usize = 1024;
 const IDLE: Duration = Duration::from_secs(30);
 /// Most lanes open at once.
 pub const MAX_LANES: usize = 1024;
-/// Most envelopes waiting in one lane; further ones are posted alone.
+/// Most envelopes waiting in one lane; further ones are posted alone (and may then
+/// overtake those waiting). Generous: a topic burst to one subscriber queues hundreds
+/// of pushes while a batch is under way, and all lanes are bounded in bytes together
+/// ([`LANE_BUDGET_KIB`]).
 const MAX_WAITING: usize = 4096;
 
 /// What a request to a relay made of one envelope.
@@ -294,13 +297,7 @@ impl Lanes {
         if open.len() >= MAX_LANES {
             return None;
         }
-        let room = self
-            .shared
-            .settings
-            .max_envelopes
-            .saturating_mul(2)
-            .clamp(1, MAX_WAITING);
-        let (jobs, waiting) = mpsc::channel(room);
+        let (jobs, waiting) = mpsc::channel(MAX_WAITING);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let actor = Lane {
             id,
@@ -355,6 +352,9 @@ impl Lane {
             };
             let (jobs, carry) = self.fill(first);
             carried = carry;
+            if jobs.is_empty() {
+                continue;
+            }
             let base = &self.key.0;
             if self.shared.is_unbatched(base, rmb_proto::time::unix_now()) {
                 // Found out while these waited: no further batch to find it out again.
@@ -376,21 +376,26 @@ impl Lane {
     }
 
     /// `first` and what waits behind it, within the batch limits; the envelope that
-    /// did not fit is carried to the next batch.
+    /// did not fit is carried to the next batch. Envelopes whose sender stopped waiting
+    /// ([`LANE_WAIT`]) are left out: it tries again elsewhere, and sending them too would
+    /// deliver them twice.
     fn fill(&mut self, first: Job) -> (Vec<Job>, Option<Job>) {
         let settings = &self.shared.settings;
-        let mut bytes = first.bytes.len() + batch::PREFIX;
-        let mut jobs = vec![first];
-        while jobs.len() < settings.max_envelopes {
-            let Ok(job) = self.waiting.try_recv() else {
-                break;
-            };
-            let size = job.bytes.len() + batch::PREFIX;
-            if bytes + size > settings.max_bytes {
-                return (jobs, Some(job));
+        let mut bytes = 0;
+        let mut jobs = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            if !job.reply.is_closed() {
+                let size = job.bytes.len() + batch::PREFIX;
+                if !jobs.is_empty() && bytes + size > settings.max_bytes {
+                    return (jobs, Some(job));
+                }
+                bytes += size;
+                jobs.push(job);
             }
-            bytes += size;
-            jobs.push(job);
+            if jobs.len() < settings.max_envelopes {
+                next = self.waiting.try_recv().ok();
+            }
         }
         (jobs, None)
     }
@@ -556,15 +561,18 @@ mod tests {
         });
         let envelope = Bytes::from_static(b"envelope");
         let mut queued = Vec::new();
-        for _ in 0..100 {
+        for _ in 0..MAX_WAITING + 100 {
             if let Some(q) = lanes.queue(&base, 7, &envelope) {
                 queued.push(q);
             }
-            tokio::task::yield_now().await;
+            if queued.len() == 1 {
+                // Let the lane take the first into a batch, which stays under way.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        // The batch under way (taken out of the lane) and two batches' worth waiting.
+        // The batch under way (taken out of the lane) and the most that may wait.
         assert!(
-            (2 * 4..=2 * 4 + 4).contains(&queued.len()),
+            (MAX_WAITING..=MAX_WAITING + 4).contains(&queued.len()),
             "{} queued",
             queued.len()
         );
