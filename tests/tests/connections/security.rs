@@ -1,15 +1,20 @@
-//! The handshake's cipher choice (and version 1 peers), and forged, re-sourced and
-//! unknown unsigned data frames.
+//! The handshake's cipher choice (and version 1 peers, which a relay cannot fake), and
+//! forged, re-sourced and unknown unsigned data frames.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use rmb_identity::registry::RegistryChoice;
 use rmb_identity::{Identity, KeyType};
 use rmb_peer::conn::{Cipher, ConnectError, ListenOptions};
+use rmb_peer::{Client, ClientOptions};
 use rmb_proto::{Address, Envelope, Message, Request};
-use rmb_testsupport::direct::fresh_mnemonic;
+use rmb_testsupport::direct::{fresh_mnemonic, register_secret};
 use rmb_testsupport::registry::register;
 use rmb_testsupport::relay_client::TestClient;
 use rmb_testsupport::relay_process::RelayProcess;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::common::*;
 
@@ -68,6 +73,156 @@ async fn connections_agree_on_a_cipher_and_fall_back_for_version_1_peers() {
         other => panic!("expected a refusal, got {:?}", other.map(|s| s.cipher())),
     }
     assert_eq!(version_1_reopens(&alice), 0);
+}
+
+/// What the hostile relay answers an open with.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// A relay error (twin 0, unsigned) carrying the responder's code and words for
+    /// "I am a version 1 peer".
+    RelayError,
+    /// The same, unsigned, claiming to come from the responder.
+    ForgedFromResponder,
+}
+
+/// A relay that answers every `rmb.conn.open` itself with `answers` in turn (the last
+/// one repeated) and forwards nothing; it lets any login in. Returns its URL and the
+/// opens it saw.
+async fn hostile_relay(answers: Vec<Answer>) -> (String, Arc<Mutex<Vec<Envelope>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let opens = Arc::new(Mutex::new(Vec::<Envelope>::new()));
+    let seen = Arc::clone(&opens);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (opens, answers) = (Arc::clone(&seen), answers.clone());
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(frame)) = ws.next().await {
+                    let WsMessage::Binary(bytes) = frame else {
+                        continue;
+                    };
+                    let Ok(env) = Envelope::decode_limited(&bytes, usize::MAX) else {
+                        continue;
+                    };
+                    let is_open = matches!(&env.message,
+                        Some(Message::Request(Request { command })) if command == "rmb.conn.open");
+                    if !is_open {
+                        continue;
+                    }
+                    let answer = {
+                        let mut opens = opens.lock().unwrap();
+                        opens.push(env.clone());
+                        answers[(opens.len() - 1).min(answers.len() - 1)]
+                    };
+                    let source = match answer {
+                        Answer::RelayError => None,
+                        Answer::ForgedFromResponder => env.destination.clone(),
+                    };
+                    let refusal = Envelope {
+                        uid: env.uid.clone(),
+                        timestamp: rmb_proto::time::unix_now(),
+                        expiration: 300,
+                        source,
+                        destination: env.source.clone(),
+                        message: Some(Message::Error(rmb_proto::Error {
+                            code: rmb_peer::conn::codes::BAD_OPEN,
+                            message: "bad open request: unsupported wire version 2".into(),
+                        })),
+                        ..Default::default()
+                    };
+                    if ws
+                        .send(WsMessage::Binary(refusal.to_bytes().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, opens)
+}
+
+/// A relay cannot pin an opener to version 1 (and so to ChaCha20-Poly1305 without a
+/// choice): only the responder's own signed refusal of a version 2 open counts as "I
+/// am a version 1 peer". A hostile relay answering the open with that refusal as its
+/// own error (twin 0), or unsigned in the responder's name, makes the open fail, with
+/// no version 1 open after it and nothing remembered for the next one. Two safeguards
+/// stand behind this (the core hands relay errors on with its own code; the connection
+/// layer takes a twin 0 answer as "unreachable"): with both removed, this test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_cannot_pin_an_opener_to_version_1() {
+    let registry_relay = RelayProcess::start(&[]);
+    let registry = registry_relay.http_url();
+    let (url, opens) = hostile_relay(vec![
+        Answer::RelayError,
+        Answer::ForgedFromResponder,
+        Answer::RelayError,
+    ])
+    .await;
+    let hostile = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_string();
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
+    register_secret(&registry, &sa, std::slice::from_ref(&hostile)).await;
+    let b = register_secret(&registry, &sb, std::slice::from_ref(&hostile)).await;
+    let mut options = ClientOptions::new(
+        &sa,
+        "alice",
+        vec![url],
+        RegistryChoice::Embedded {
+            url: registry.clone(),
+        },
+    );
+    options.connections.open_timeout = Duration::from_secs(3);
+    let alice = Client::connect(options).await.expect("alice connects");
+    let opens_seen = || opens.lock().unwrap().len();
+
+    for (round, answer) in [
+        Answer::RelayError,
+        Answer::ForgedFromResponder,
+        Answer::RelayError,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let label = format!("open {}: {answer:?}", round + 1);
+        let opened = tokio::time::timeout(
+            Duration::from_secs(10),
+            alice
+                .connections()
+                .connect_address(Address::twin(b), "sha256"),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{label}: the open did not end"));
+        match opened {
+            // A relay's error reaches the opener as the relay's, not the responder's.
+            Err(ConnectError::Remote { error, .. }) => {
+                assert_ne!(
+                    error.code,
+                    rmb_peer::conn::codes::BAD_OPEN,
+                    "{label}: {error:?}"
+                )
+            }
+            // The forgery is refused (unsigned) and the open times out.
+            Err(_) => {}
+            Ok(_) => panic!("{label}: opened through a relay that forwards nothing"),
+        }
+        // Settle: a version 1 re-open would follow the refusal at once.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            opens_seen(),
+            round + 1,
+            "{label}: one open, no version 1 re-open"
+        );
+        assert_eq!(version_1_reopens(&alice), 0, "{label}");
+        assert_eq!(version_1_remembered(&alice), 0, "{label}");
+    }
 }
 
 /// How often `client` opened again with version 1 after a refused version 2 open.
