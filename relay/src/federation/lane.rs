@@ -83,6 +83,15 @@ pub enum Posted {
 }
 
 impl Posted {
+    /// What a request that got no answer (`error`) made of its envelopes.
+    pub fn unsent(error: &reqwest::Error) -> Posted {
+        if refused_by_resolver(error) {
+            Posted::NotAllowed(error_chain(error))
+        } else {
+            Posted::Failed(error_chain(error))
+        }
+    }
+
     fn from_outcome(outcome: Outcome) -> Posted {
         let answer = outcome.error.unwrap_or_default();
         match StatusCode::from_u16(outcome.status) {
@@ -442,8 +451,7 @@ async fn send_batch(shared: &Shared, base: &str, jobs: Vec<Job>) {
         .await;
     let all = |posted: Posted| vec![posted; count];
     let outcomes = match sent {
-        Err(e) if refused_by_resolver(&e) => all(Posted::NotAllowed(error_chain(&e))),
-        Err(e) => all(Posted::Failed(error_chain(&e))),
+        Err(e) => all(Posted::unsent(&e)),
         Ok(answer) if answer.status() == StatusCode::OK => {
             match read_answer(answer, batch::max_answer_bytes(count))
                 .await

@@ -22,14 +22,13 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use rmb_identity::registry::http::error_chain;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::FederationError;
 use super::lane::{BatchCounters, Lanes, Posted, Queued};
-use super::target::{GuardedResolver, TargetPolicy, refused_by_resolver};
+use super::target::{GuardedResolver, TargetError, TargetPolicy};
 use crate::config::Config;
 use crate::ranker::Ranker;
 use crate::throttle::LogThrottle;
@@ -155,9 +154,8 @@ impl Federator {
         let first = self
             .ranked(relays, rmb_proto::time::unix_now())
             .into_iter()
-            .find_map(|relay| Some((self.targets.target(&relay).ok()?, relay)))
-            .and_then(|(target, relay)| {
-                let base = format!("{}://{target}", self.scheme);
+            .find_map(|relay| Some((self.base_url(&relay).ok()?, relay)))
+            .and_then(|(base, relay)| {
                 let queued = self.lanes.queue(&base, destination, &bytes)?;
                 Some(FirstTry {
                     relay,
@@ -193,10 +191,7 @@ impl Federator {
             queued,
         }) = first
         {
-            let posted = match queued.outcome().await {
-                Posted::Alone => self.post_alone(&base, &bytes).await,
-                posted => posted,
-            };
+            let posted = self.post(&base, destination, &bytes, Some(queued)).await;
             match self.judge(&relay, posted) {
                 Judged::Taken => return Ok(relay),
                 Judged::Refused => return Err(FederationError::Refused),
@@ -241,19 +236,15 @@ impl Federator {
                 if rmb_proto::time::unix_now() >= deadline {
                     return Err(FederationError::Expired);
                 }
-                let target = match self.targets.target(&relay) {
-                    Ok(target) => target,
+                let base = match self.base_url(&relay) {
+                    Ok(base) => base,
                     Err(e) => {
                         log_not_allowed(&e);
                         continue;
                     }
                 };
                 tried += 1;
-                let base = format!("{}://{target}", self.scheme);
-                let posted = match self.lanes.post(&base, destination, bytes).await {
-                    Posted::Alone => self.post_alone(&base, bytes).await,
-                    posted => posted,
-                };
+                let posted = self.post(&base, destination, bytes, None).await;
                 match self.judge(&relay, posted) {
                     Judged::Taken => return Ok(relay),
                     Judged::Refused => return Err(FederationError::Refused),
@@ -297,6 +288,31 @@ impl Federator {
         }
     }
 
+    /// Where federation connects for `relay` (`scheme://host[:port]`), if it may.
+    fn base_url(&self, relay: &str) -> Result<String, TargetError> {
+        let target = self.targets.target(relay)?;
+        Ok(format!("{}://{target}", self.scheme))
+    }
+
+    /// Sends `bytes` (for twin `destination`) to the relay at `base`: in its lane
+    /// (`queued` there already, or now), else alone.
+    async fn post(
+        &self,
+        base: &str,
+        destination: u32,
+        bytes: &Bytes,
+        queued: Option<Queued>,
+    ) -> Posted {
+        let posted = match queued {
+            Some(queued) => queued.outcome().await,
+            None => self.lanes.post(base, destination, bytes).await,
+        };
+        match posted {
+            Posted::Alone => self.post_alone(base, bytes).await,
+            posted => posted,
+        }
+    }
+
     /// `POST /` of one envelope to the relay at `base`, as rmb-rs federates.
     async fn post_alone(&self, base: &str, bytes: &Bytes) -> Posted {
         let result = self
@@ -323,8 +339,7 @@ impl Federator {
                 }
             }
             Ok(response) => Posted::Failed(response.status().to_string()),
-            Err(e) if refused_by_resolver(&e) => Posted::NotAllowed(error_chain(&e)),
-            Err(e) => Posted::Failed(error_chain(&e)),
+            Err(e) => Posted::unsent(&e),
         }
     }
 }
