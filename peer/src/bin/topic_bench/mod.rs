@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 
 use crate::bench_common::register;
 use processes::{Children, Scratch, relay_binary};
-use stats::{Figures, percentile};
+use stats::{ClosedLoop, Figures, percentile};
 use tally::Tally;
 
 /// Bytes per message.
@@ -137,9 +137,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| system | path | subscribers | p50 ms | p99 ms | CPU µs/delivery | burst deliveries/s | burst p50 ms | burst p99 ms |"
+        "| system | path | subscribers | p50 ms | p99 ms | CPU µs/delivery | first / last p50 ms | burst deliveries/s | burst p50 ms | burst p99 ms |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let f = &r.figures;
         let missing = if f.missing > 0 {
@@ -153,8 +153,17 @@ fn print_table(rows: &[Row]) {
             "–".into()
         };
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {cpu} | {:.0}{missing} | {:.1} | {:.1} |",
-            r.system, r.path, r.subscribers, f.p50, f.p99, f.rate, f.burst_p50, f.burst_p99
+            "| {} | {} | {} | {:.2} | {:.2} | {cpu} | {:.2} / {:.2} | {:.0}{missing} | {:.1} | {:.1} |",
+            r.system,
+            r.path,
+            r.subscribers,
+            f.p50,
+            f.p99,
+            f.first_p50,
+            f.last_p50,
+            f.rate,
+            f.burst_p50,
+            f.burst_p99
         );
     }
     println!();
@@ -163,7 +172,8 @@ fn print_table(rows: &[Row]) {
          Burst: messages published back to back ({PUBLISH_WINDOW} publishes in flight for rmb, \
          NATS writes them in a row); deliveries/s counts every subscriber's copy. \
          CPU µs/delivery: user + system time of the bench (all peers), relays and Redis \
-         during the one-at-a-time run, per delivery (10 ms clock ticks: a rough figure)."
+         during the one-at-a-time run, per delivery (10 ms clock ticks: a rough figure). \
+         First / last: p50 over messages of each message's first and last delivery."
     );
 }
 
@@ -283,7 +293,7 @@ async fn measure_rmb(
     let mut figures = Figures::default();
     let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(plan.closed_loop);
     let mut last_id = 0;
-    let mut lat = Vec::with_capacity(plan.closed_loop * plan.subscribers);
+    let mut closed = ClosedLoop::default();
     let cpu_before = children.cpu_seconds() + processes::own_cpu_seconds();
     for _ in 0..plan.closed_loop {
         // Closed loop: only the message just published is above the floor.
@@ -298,12 +308,16 @@ async fn measure_rmb(
             bail!("a subscriber did not get message {last_id} within 30 s");
         }
         // Sorted out once the message is everywhere: no cost while it travels.
-        lat_closed_loop(&tally, &sent, &mut lat);
+        closed.message(
+            tally
+                .take()
+                .iter()
+                .filter_map(|d| sent.get(&d.id).map(|t0| d.at - *t0)),
+        );
     }
     let cpu = children.cpu_seconds() + processes::own_cpu_seconds() - cpu_before;
-    figures.cpu_us = cpu * 1e6 / lat.len().max(1) as f64;
-    figures.p50 = percentile(&mut lat, 0.5);
-    figures.p99 = percentile(&mut lat, 0.99);
+    figures.cpu_us = cpu * 1e6 / closed.deliveries().max(1) as f64;
+    closed.finish(&mut figures);
 
     // The burst: publishes with up to PUBLISH_WINDOW in flight, as an app with a few
     // HTTP connections would.
@@ -347,13 +361,4 @@ async fn measure_rmb(
     listeners.shutdown().await;
     drains.shutdown().await;
     Ok(figures)
-}
-
-/// Moves one closed-loop message's deliveries into `lat` (time from its publish call).
-fn lat_closed_loop(tally: &Tally, sent: &HashMap<u64, Instant>, lat: &mut Vec<Duration>) {
-    for d in tally.take() {
-        if let Some(t0) = sent.get(&d.id) {
-            lat.push(d.at - *t0);
-        }
-    }
 }

@@ -11,7 +11,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::stats::{Figures, percentile};
+use super::stats::{ClosedLoop, Figures, percentile};
 use std::sync::Arc;
 
 use super::tally::Tally;
@@ -99,7 +99,7 @@ pub async fn measure(port: u16, plan: &Plan) -> anyhow::Result<Figures> {
 
     let mut figures = Figures::default();
     // One at a time.
-    let mut lat = Vec::with_capacity(plan.closed_loop * plan.subscribers);
+    let mut closed = ClosedLoop::default();
     for _ in 0..plan.closed_loop {
         tally.start(seq);
         seq += 1;
@@ -111,10 +111,9 @@ pub async fn measure(port: u16, plan: &Plan) -> anyhow::Result<Figures> {
         {
             bail!("NATS lost message {seq}");
         }
-        lat.extend(tally.take().iter().map(|d| d.at - t0));
+        closed.message(tally.take().iter().map(|d| d.at - t0));
     }
-    figures.p50 = percentile(&mut lat, 0.5);
-    figures.p99 = percentile(&mut lat, 0.99);
+    closed.finish(&mut figures);
 
     // Burst: every message written at once (one write each), per-message latency.
     tally.start(seq);

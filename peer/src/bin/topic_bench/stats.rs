@@ -18,6 +18,45 @@ pub struct Figures {
     /// One message at a time: CPU µs per delivery, of every process involved (the bench
     /// with all peers, relays, Redis) — what a delivery costs the machine in all.
     pub cpu_us: f64,
+    /// One message at a time: p50 over messages of its first and of its last delivery,
+    /// in ms — where in the fan-out the time goes (a late first means the path is slow,
+    /// a late last that the fan-out's work is).
+    pub first_p50: f64,
+    pub last_p50: f64,
+}
+
+/// Every delivery of the one-at-a-time run, and each message's first and last.
+#[derive(Debug, Default)]
+pub struct ClosedLoop {
+    all: Vec<Duration>,
+    first: Vec<Duration>,
+    last: Vec<Duration>,
+}
+
+impl ClosedLoop {
+    /// Notes one message's deliveries (latency from its publish).
+    pub fn message(&mut self, deliveries: impl IntoIterator<Item = Duration>) {
+        let start = self.all.len();
+        self.all.extend(deliveries);
+        let of_this = &self.all[start..];
+        if let (Some(first), Some(last)) = (of_this.iter().min(), of_this.iter().max()) {
+            self.first.push(*first);
+            self.last.push(*last);
+        }
+    }
+
+    /// Deliveries noted so far.
+    pub fn deliveries(&self) -> usize {
+        self.all.len()
+    }
+
+    /// Fills the closed-loop fields of `figures`.
+    pub fn finish(mut self, figures: &mut Figures) {
+        figures.p50 = percentile(&mut self.all, 0.5);
+        figures.p99 = percentile(&mut self.all, 0.99);
+        figures.first_p50 = percentile(&mut self.first, 0.5);
+        figures.last_p50 = percentile(&mut self.last, 0.5);
+    }
 }
 
 /// The `q` quantile (0..=1) of `samples`, in ms.
