@@ -14,6 +14,7 @@
 //! otherwise, from federation                             → refused (never re-forwarded: no loops)
 //! ```
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ use rmb_proto::{Envelope, Message, MessageKind, Pong, TimeError};
 
 use crate::errors::{RouteError, error_envelope};
 use crate::federation::FederationError;
+use crate::federation::outbound::{FirstTry, Outgoing};
 use crate::queue::QueueError;
 use crate::queue::handoff::hand_over;
 use crate::state::RelayState;
@@ -123,48 +125,117 @@ async fn route_inner(
             destination.twin,
         )));
     };
-    // Forward in the background, under the supervisor; the sender hears about a failure
-    // (or a shutdown that came first) by error envelope.
-    let (task_state, sender, uid, kind) = (
-        Arc::clone(state),
-        sender.clone(),
-        env.uid.clone(),
-        env.kind(),
-    );
-    // Like an offline twin here, an unreachable relay there only delays the envelope,
-    // unless the sender asked for fail-fast errors.
-    let keep_trying = !env.is_fail_fast();
-    // Queued for its relay here, in routing order; the task only waits for the outcome.
-    let outgoing = state.federator.start(bytes, twin.id, &twin.relays);
-    state.tasks.spawn(async move {
-        let state = task_state;
+    // Forwarded without waiting here; the sender hears about a failure (or a shutdown
+    // that came first) by error envelope.
+    let forwarding = Arc::new(Forwarding {
+        state: Arc::clone(state),
+        sender: sender.clone(),
+        uid: env.uid.clone(),
+        kind: env.kind(),
+        destination: twin.id,
+        relays: twin.relays,
+        deadline,
+        // Like an offline twin here, an unreachable relay there only delays the
+        // envelope, unless the sender asked for fail-fast errors.
+        keep_trying: !env.is_fail_fast(),
+    });
+    // Queued for its relay here, in routing order. In the common case nothing waits for
+    // the answer: the lane hears it and only a failure starts a task (for retries).
+    let then = {
+        let (forwarding, bytes) = (Arc::clone(&forwarding), bytes.clone());
+        move |first: FirstTry| {
+            if first.taken() {
+                forwarding.state.metrics.federated_out.inc();
+            } else {
+                forwarding.spawn(FirstStep::Answered(bytes, first));
+            }
+        }
+    };
+    let relays = &forwarding.relays;
+    if let Err(outgoing) = state
+        .federator
+        .start_then(bytes, forwarding.destination, relays, then)
+    {
+        Arc::clone(&forwarding).spawn(FirstStep::NotQueued(outgoing));
+    }
+    Ok(())
+}
+
+/// An envelope being forwarded to another relay, for as long as something is left to do.
+struct Forwarding {
+    state: Arc<RelayState>,
+    sender: SessionId,
+    uid: String,
+    kind: MessageKind,
+    destination: u32,
+    relays: BTreeSet<String>,
+    deadline: u64,
+    keep_trying: bool,
+}
+
+/// Where a [`Forwarding`] task starts.
+enum FirstStep {
+    /// No lane took it: the whole delivery.
+    NotQueued(Outgoing),
+    /// Its first try was answered, not taken: the rest.
+    Answered(Bytes, FirstTry),
+}
+
+impl Forwarding {
+    /// Goes on from `step` in a task under the supervisor.
+    fn spawn(self: Arc<Self>, step: FirstStep) {
+        let tasks = self.state.tasks.clone();
+        tasks.spawn(async move { self.run(step).await });
+    }
+
+    async fn run(&self, step: FirstStep) {
+        let state = &self.state;
+        let federator = &state.federator;
+        let (relays, deadline, keep_trying) = (&self.relays, self.deadline, self.keep_trying);
+        let sending = async {
+            match step {
+                FirstStep::NotQueued(outgoing) => {
+                    federator
+                        .deliver(outgoing, relays, deadline, keep_trying)
+                        .await
+                }
+                FirstStep::Answered(bytes, first) => {
+                    let destination = self.destination;
+                    federator
+                        .finish(
+                            bytes,
+                            destination,
+                            Some(first),
+                            relays,
+                            deadline,
+                            keep_trying,
+                        )
+                        .await
+                }
+            }
+        };
         let sent = tokio::select! {
-            sent = state.federator.deliver(outgoing, &twin.relays, deadline, keep_trying) => sent,
+            biased;
             _ = state.shutdown.cancelled() => {
                 // Not sent yet, and this relay keeps nothing for other relays' twins: the
                 // sender is told to send it again (its error envelope is queued for it).
-                let error = RouteError::ShuttingDown;
-                state.metrics.error(error.kind());
-                let now = rmb_proto::time::unix_now();
-                reply_error(&state, &sender, &uid, kind, &error, now).await;
-                return;
+                Err(RouteError::ShuttingDown)
             }
+            sent = sending => sent.map_err(RouteError::Federation),
         };
         match sent {
             Ok(relay) => {
                 state.metrics.federated_out.inc();
-                tracing::debug!(%relay, twin = twin.id, "federated");
+                tracing::debug!(%relay, twin = self.destination, "federated");
             }
-            Err(reason) => {
-                let error = RouteError::Federation(reason);
+            Err(error) => {
                 state.metrics.error(error.kind());
-                tracing::debug!(%sender, twin = twin.id, %error, "federation failed");
+                tracing::debug!(sender = %self.sender, twin = self.destination, %error, "federation failed");
                 let now = rmb_proto::time::unix_now();
-                reply_error(&state, &sender, &uid, kind, &error, now).await;
+                reply_error(state, &self.sender, &self.uid, self.kind, &error, now).await;
             }
         }
-    });
-    Ok(())
+    }
 }
 
 /// Hands `bytes` to a session connected here without waiting on it: an outbox over its

@@ -19,6 +19,12 @@
 //! own tasks, as before batching. Any other refusal of a batch as a whole (413, 429…)
 //! has its envelopes posted alone this once.
 //!
+//! An envelope's outcome goes to a task waiting for it ([`Lanes::queue`]) or, on the
+//! routing path, to a callback run in the lane ([`Lanes::queue_then`]): a topic fan-out
+//! forwards hundreds of envelopes at once, and a task apiece, each waking a worker
+//! thread, cost the forwarding relay about a tenth of its CPU. Only an envelope its
+//! relay did not take then starts a task, for the retries.
+//!
 //! Each lane is an actor under the relay's supervisor ([`RelayState::tasks`]), watching
 //! shutdown; it retires after [`IDLE`] without envelopes. At most [`MAX_LANES`] lanes are
 //! open at once, each holding at most [`MAX_WAITING`] envelopes, and all of them at most
@@ -30,7 +36,7 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -51,7 +57,7 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(6);
 const LANE_WAIT: Duration = Duration::from_secs(20);
 /// Most KiB of envelopes in all lanes at once (waiting, or in a batch under way). Past
 /// it, envelopes are posted alone, as before batching: a relay that answers slowly
-/// cannot make lanes hold more (the routing tasks waiting on them hold the envelopes).
+/// cannot make lanes hold more.
 pub const LANE_BUDGET_KIB: usize = 64 * 1024;
 /// How long a relay that does not batch is posted to one envelope at a time.
 pub const UNBATCHED_FOR: Duration = Duration::from_secs(600);
@@ -158,8 +164,72 @@ impl Queued {
     pub async fn outcome(self) -> Posted {
         match tokio::time::timeout(LANE_WAIT, self.0).await {
             Ok(Ok(posted)) => posted,
-            Ok(Err(_)) => Posted::Failed("relay shutting down".into()),
-            Err(_) => Posted::Failed("no answer to the batch in time".into()),
+            Ok(Err(_)) => Posted::Failed(SHUTTING_DOWN.into()),
+            Err(_) => Posted::Failed(NO_ANSWER_IN_TIME.into()),
+        }
+    }
+}
+
+const SHUTTING_DOWN: &str = "relay shutting down";
+const NO_ANSWER_IN_TIME: &str = "no answer to the batch in time";
+
+/// Takes an envelope's outcome in its lane, so that nothing has to wait for it (see
+/// [`Lanes::queue_then`]). It runs in the lane's actor: it must not block.
+pub type Then = Box<dyn FnOnce(Posted) + Send>;
+
+/// Where a queued envelope's outcome goes.
+enum Reply {
+    /// To a task waiting on [`Queued::outcome`] (`None` once sent).
+    Waiting(Option<oneshot::Sender<Posted>>),
+    /// To a callback (`None` once called); if the envelope is dropped unanswered (the
+    /// lane shut down), the callback hears so, as a waiting task would.
+    Then {
+        then: Option<Then>,
+        queued_at: Instant,
+    },
+}
+
+impl Reply {
+    fn send(mut self, posted: Posted) {
+        match &mut self {
+            Reply::Waiting(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(posted);
+                }
+            }
+            Reply::Then { then, .. } => {
+                if let Some(then) = then.take() {
+                    then(posted);
+                }
+            }
+        }
+    }
+
+    /// True if the envelope is no longer to go in a batch: its waiting sender gave up
+    /// after [`LANE_WAIT`] (and sends it some other way), or a callback's envelope has
+    /// waited that long (it hears so from [`Lane::fill`]).
+    fn given_up(&self) -> bool {
+        match self {
+            Reply::Waiting(tx) => tx.as_ref().is_none_or(oneshot::Sender::is_closed),
+            Reply::Then { queued_at, .. } => queued_at.elapsed() >= LANE_WAIT,
+        }
+    }
+
+    /// The callback, not called (for a sender that takes its envelope back).
+    fn into_then(mut self) -> Option<Then> {
+        match &mut self {
+            Reply::Then { then, .. } => then.take(),
+            Reply::Waiting(_) => None,
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Reply::Then { then, .. } = self
+            && let Some(then) = then.take()
+        {
+            then(Posted::Failed(SHUTTING_DOWN.into()));
         }
     }
 }
@@ -167,7 +237,7 @@ impl Queued {
 /// One envelope waiting in a lane, and where its outcome goes.
 struct Job {
     bytes: Bytes,
-    reply: oneshot::Sender<Posted>,
+    reply: Reply,
     /// Its share of [`LANE_BUDGET_KIB`], given back when the job is answered or dropped.
     _budget: OwnedSemaphorePermit,
 }
@@ -258,19 +328,51 @@ impl Lanes {
     /// that order. `None` when it is to be posted alone: it is too large, the relay
     /// does not batch, or its lane (or all lanes' budget) is full.
     pub fn queue(&self, base: &str, destination: u32, bytes: &Bytes) -> Option<Queued> {
-        let jobs = self.lane_for(base, destination, bytes)?;
-        let kib = u32::try_from(bytes.len() / 1024 + 1).unwrap_or(u32::MAX);
-        let budget = Arc::clone(&self.shared.budget)
-            .try_acquire_many_owned(kib)
-            .ok()?;
         let (reply, outcome) = oneshot::channel();
+        self.enqueue(base, destination, bytes, Reply::Waiting(Some(reply)))
+            .ok()?;
+        Some(Queued(outcome))
+    }
+
+    /// As [`queue`](Lanes::queue), but the outcome goes to `then`, called in the lane
+    /// when the batch is answered: no task waits for it (a topic fan-out forwards
+    /// hundreds of envelopes at once). Gives `then` back, uncalled, when the envelope is
+    /// to be posted alone.
+    pub fn queue_then(
+        &self,
+        base: &str,
+        destination: u32,
+        bytes: &Bytes,
+        then: Then,
+    ) -> Result<(), Then> {
+        let reply = Reply::Then {
+            then: Some(then),
+            queued_at: Instant::now(),
+        };
+        self.enqueue(base, destination, bytes, reply)
+            .map_err(|reply| reply.into_then().expect("a callback not yet called"))
+    }
+
+    fn enqueue(
+        &self,
+        base: &str,
+        destination: u32,
+        bytes: &Bytes,
+        reply: Reply,
+    ) -> Result<(), Reply> {
+        let Some(jobs) = self.lane_for(base, destination, bytes) else {
+            return Err(reply);
+        };
+        let kib = u32::try_from(bytes.len() / 1024 + 1).unwrap_or(u32::MAX);
+        let Ok(budget) = Arc::clone(&self.shared.budget).try_acquire_many_owned(kib) else {
+            return Err(reply);
+        };
         let job = Job {
             bytes: bytes.clone(),
             reply,
             _budget: budget,
         };
-        jobs.try_send(job).ok()?;
-        Some(Queued(outcome))
+        jobs.try_send(job).map_err(|e| e.into_inner().reply)
     }
 
     /// Sends `bytes`, for twin `destination`, to the relay at `base` in a batch and waits
@@ -368,7 +470,7 @@ impl Lane {
             if self.shared.is_unbatched(base, rmb_proto::time::unix_now()) {
                 // Found out while these waited: no further batch to find it out again.
                 for job in jobs {
-                    let _ = job.reply.send(Posted::Alone);
+                    job.reply.send(Posted::Alone);
                 }
                 continue;
             }
@@ -394,7 +496,9 @@ impl Lane {
         let mut jobs = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            if !job.reply.is_closed() {
+            if job.reply.given_up() {
+                job.reply.send(Posted::Failed(NO_ANSWER_IN_TIME.into()));
+            } else {
                 let size = job.bytes.len() + batch::PREFIX;
                 if !jobs.is_empty() && bytes + size > settings.max_bytes {
                     return (jobs, Some(job));
@@ -422,7 +526,7 @@ impl Lane {
         drop(open);
         self.waiting.close();
         while let Ok(job) = self.waiting.try_recv() {
-            let _ = job.reply.send(Posted::Alone);
+            job.reply.send(Posted::Alone);
         }
         true
     }
@@ -476,7 +580,7 @@ async fn send_batch(shared: &Shared, base: &str, jobs: Vec<Job>) {
         Ok(answer) => all(Posted::Failed(answer.status().to_string())),
     };
     for (job, posted) in jobs.into_iter().zip(outcomes) {
-        let _ = job.reply.send(posted);
+        job.reply.send(posted);
     }
 }
 
@@ -614,6 +718,105 @@ mod tests {
         assert_eq!(queued.len(), LANE_BUDGET_KIB / 1025);
         shutdown.cancel();
         drop(listener);
+    }
+
+    /// A stand-in relay taking batches: envelopes reading `ok` are accepted, others
+    /// refused with 404.
+    async fn relay_taking_batches() -> String {
+        use axum::routing::post;
+        let answer = |body: Bytes| async move {
+            let envelopes = batch::decode(&body, 1 << 20, 1024).unwrap();
+            let outcomes: Vec<Outcome> = envelopes
+                .iter()
+                .map(|e| match &e[..] {
+                    b"ok" => Outcome::accepted(),
+                    _ => Outcome::refused(404, "not here"),
+                })
+                .collect();
+            serde_json::to_string(&outcomes).unwrap()
+        };
+        let app = axum::Router::new().route(BATCH_PATH, post(answer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    /// A callback sending what it is called with to the returned receiver.
+    fn collect() -> (impl Fn() -> Then, mpsc::UnboundedReceiver<Posted>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let make = move || -> Then {
+            let tx = tx.clone();
+            Box::new(move |posted| tx.send(posted).unwrap())
+        };
+        (make, rx)
+    }
+
+    async fn next(heard: &mut mpsc::UnboundedReceiver<Posted>) -> Posted {
+        tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("an outcome in time")
+            .expect("the sender lives")
+    }
+
+    #[tokio::test]
+    async fn callbacks_hear_their_envelopes_outcome_once_and_uncalled_ones_come_back() {
+        let base = relay_taking_batches().await;
+        let (lanes, tasks, shutdown) = lanes(BatchSettings::default());
+        let (then, mut heard) = collect();
+        for body in ["ok", "no", "ok"] {
+            assert!(
+                lanes
+                    .queue_then(&base, 7, &Bytes::from(body), then())
+                    .is_ok()
+            );
+        }
+        let mut outcomes = Vec::new();
+        for _ in 0..3 {
+            outcomes.push(next(&mut heard).await);
+        }
+        assert_eq!(outcomes[0], Posted::Accepted);
+        assert!(
+            matches!(&outcomes[1], Posted::Refused { status, .. } if *status == StatusCode::NOT_FOUND)
+        );
+        assert_eq!(outcomes[2], Posted::Accepted);
+        // Too large for a batch: given back uncalled, for the sender to post alone.
+        let large = Bytes::from(vec![0u8; DEFAULT_MAX_ENVELOPE_BYTES + 1]);
+        assert!(lanes.queue_then(&base, 7, &large, then()).is_err());
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        // Each was called once: nothing more comes.
+        assert!(heard.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn callbacks_of_envelopes_dropped_at_shutdown_hear_it() {
+        // Accepts connections and reads nothing: the first batch stays under way.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                kept.push(socket);
+            }
+        });
+        let (lanes, tasks, shutdown) = lanes(BatchSettings::default());
+        let (then, mut heard) = collect();
+        let envelope = Bytes::from_static(b"ok");
+        assert!(lanes.queue_then(&base, 7, &envelope, then()).is_ok());
+        // Let the lane take the first into a batch; the second waits behind it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(lanes.queue_then(&base, 7, &envelope, then()).is_ok());
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        for _ in 0..2 {
+            let posted = next(&mut heard).await;
+            assert_eq!(posted, Posted::Failed(SHUTTING_DOWN.into()));
+        }
+        assert!(heard.try_recv().is_err());
+        held.abort();
     }
 
     #[test]

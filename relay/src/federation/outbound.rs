@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::FederationError;
-use super::lane::{BatchCounters, Lanes, Posted, Queued};
+use super::lane::{BatchCounters, Lanes, Posted, Queued, Then};
 use super::target::{GuardedResolver, TargetError, TargetPolicy};
 use crate::config::Config;
 use crate::ranker::Ranker;
@@ -59,13 +59,28 @@ pub struct Outgoing {
     bytes: Bytes,
     destination: u32,
     /// Queued at once in the lane to this relay, if it takes batches.
-    first: Option<FirstTry>,
+    first: Option<InLane>,
 }
 
-struct FirstTry {
+/// An envelope's first try, waiting in the lane to the best ranked relay.
+struct InLane {
     relay: String,
     base: String,
     queued: Queued,
+}
+
+/// How an envelope's first try went (see [`Federator::start_then`]).
+pub struct FirstTry {
+    relay: String,
+    base: String,
+    posted: Posted,
+}
+
+impl FirstTry {
+    /// The relay took it: nothing is left to do.
+    pub fn taken(&self) -> bool {
+        self.posted == Posted::Accepted
+    }
 }
 
 /// What one relay's answer means for an envelope.
@@ -150,24 +165,65 @@ impl Federator {
     /// envelopes for one twin leave in the order they were routed (the tasks that finish
     /// them with [`Federator::deliver`] may run in any order).
     pub fn start(&self, bytes: Bytes, destination: u32, relays: &BTreeSet<String>) -> Outgoing {
-        // The best ranked allowed relay, as `forward` would try first.
-        let first = self
-            .ranked(relays, rmb_proto::time::unix_now())
-            .into_iter()
-            .find_map(|relay| Some((self.base_url(&relay).ok()?, relay)))
-            .and_then(|(base, relay)| {
-                let queued = self.lanes.queue(&base, destination, &bytes)?;
-                Some(FirstTry {
-                    relay,
-                    base,
-                    queued,
-                })
-            });
+        let first = self.first_choice(relays).and_then(|(relay, base)| {
+            let queued = self.lanes.queue(&base, destination, &bytes)?;
+            Some(InLane {
+                relay,
+                base,
+                queued,
+            })
+        });
         Outgoing {
             bytes,
             destination,
             first,
         }
+    }
+
+    /// As [`start`](Self::start) then [`deliver`](Self::deliver), without a task while
+    /// the envelope waits in its lane: `then` is called in the lane (it must not block)
+    /// with the first try's outcome; [`FirstTry::taken`] says whether that was the end
+    /// of it, else [`finish`](Self::finish) goes on from it. Gives the envelope back as
+    /// an [`Outgoing`] (for `deliver`) when no lane takes it.
+    pub fn start_then(
+        &self,
+        bytes: Bytes,
+        destination: u32,
+        relays: &BTreeSet<String>,
+        then: impl FnOnce(FirstTry) + Send + 'static,
+    ) -> Result<(), Outgoing> {
+        let not_queued = |bytes| Outgoing {
+            bytes,
+            destination,
+            first: None,
+        };
+        let Some((relay, base)) = self.first_choice(relays) else {
+            return Err(not_queued(bytes));
+        };
+        let lane_base = base.clone();
+        let callback: Then = Box::new(move |posted| {
+            then(FirstTry {
+                relay,
+                base,
+                posted,
+            })
+        });
+        match self
+            .lanes
+            .queue_then(&lane_base, destination, &bytes, callback)
+        {
+            Ok(()) => Ok(()),
+            Err(_uncalled) => Err(not_queued(bytes)),
+        }
+    }
+
+    /// The best ranked allowed relay of `relays` (as `forward` would try first), and
+    /// its base URL.
+    fn first_choice(&self, relays: &BTreeSet<String>) -> Option<(String, String)> {
+        self.ranked(relays, rmb_proto::time::unix_now())
+            .into_iter()
+            .find_map(|relay| Some((self.base_url(&relay).ok()?, relay)))
+            .map(|(base, relay)| (relay, base))
     }
 
     /// Delivers `outgoing` to one of `relays` before `deadline`; returns the relay used,
@@ -185,13 +241,42 @@ impl Federator {
             destination,
             first,
         } = outgoing;
+        let first = match first {
+            Some(InLane {
+                relay,
+                base,
+                queued,
+            }) => Some(FirstTry {
+                relay,
+                base,
+                posted: queued.outcome().await,
+            }),
+            None => None,
+        };
+        self.finish(bytes, destination, first, relays, deadline, keep_trying)
+            .await
+    }
+
+    /// Goes on from the first try (if one was made) as [`deliver`](Self::deliver) does.
+    pub async fn finish(
+        &self,
+        bytes: Bytes,
+        destination: u32,
+        first: Option<FirstTry>,
+        relays: &BTreeSet<String>,
+        deadline: u64,
+        keep_trying: bool,
+    ) -> Result<String, FederationError> {
         if let Some(FirstTry {
             relay,
             base,
-            queued,
+            posted,
         }) = first
         {
-            let posted = self.post(&base, destination, &bytes, Some(queued)).await;
+            let posted = match posted {
+                Posted::Alone => self.post_alone(&base, &bytes).await,
+                posted => posted,
+            };
             match self.judge(&relay, posted) {
                 Judged::Taken => return Ok(relay),
                 Judged::Refused => return Err(FederationError::Refused),
@@ -244,7 +329,7 @@ impl Federator {
                     }
                 };
                 tried += 1;
-                let posted = self.post(&base, destination, bytes, None).await;
+                let posted = self.post(&base, destination, bytes).await;
                 match self.judge(&relay, posted) {
                     Judged::Taken => return Ok(relay),
                     Judged::Refused => return Err(FederationError::Refused),
@@ -294,20 +379,10 @@ impl Federator {
         Ok(format!("{}://{target}", self.scheme))
     }
 
-    /// Sends `bytes` (for twin `destination`) to the relay at `base`: in its lane
-    /// (`queued` there already, or now), else alone.
-    async fn post(
-        &self,
-        base: &str,
-        destination: u32,
-        bytes: &Bytes,
-        queued: Option<Queued>,
-    ) -> Posted {
-        let posted = match queued {
-            Some(queued) => queued.outcome().await,
-            None => self.lanes.post(base, destination, bytes).await,
-        };
-        match posted {
+    /// Sends `bytes` (for twin `destination`) to the relay at `base`: in its lane, else
+    /// alone.
+    async fn post(&self, base: &str, destination: u32, bytes: &Bytes) -> Posted {
+        match self.lanes.post(base, destination, bytes).await {
             Posted::Alone => self.post_alone(base, bytes).await,
             posted => posted,
         }
