@@ -182,10 +182,24 @@ enum FirstStep {
 }
 
 impl Forwarding {
-    /// Goes on from `step` in a task under the supervisor.
+    /// Goes on from `step` in a task under the supervisor, within the forwarding budget;
+    /// past it the sender hears at once that nothing was sent.
     fn spawn(self: Arc<Self>, step: FirstStep) {
+        let bytes = match &step {
+            FirstStep::NotQueued(outgoing) => outgoing.len(),
+            FirstStep::Answered(bytes, _) => bytes.len(),
+        };
+        let permit = self.state.federator.forwarding_permit(bytes);
         let tasks = self.state.tasks.clone();
-        tasks.spawn(async move { self.run(step).await });
+        tasks.spawn(async move {
+            match permit {
+                Some(_held) => self.run(step).await,
+                None => {
+                    self.failed(RouteError::Federation(FederationError::Overloaded))
+                        .await
+                }
+            }
+        });
     }
 
     async fn run(&self, step: FirstStep) {
@@ -228,13 +242,17 @@ impl Forwarding {
                 state.metrics.federated_out.inc();
                 tracing::debug!(%relay, twin = self.destination, "federated");
             }
-            Err(error) => {
-                state.metrics.error(error.kind());
-                tracing::debug!(sender = %self.sender, twin = self.destination, %error, "federation failed");
-                let now = rmb_proto::time::unix_now();
-                reply_error(state, &self.sender, &self.uid, self.kind, &error, now).await;
-            }
+            Err(error) => self.failed(error).await,
         }
+    }
+
+    /// Tells the sender the envelope was not forwarded (counted by kind).
+    async fn failed(&self, error: RouteError) {
+        let state = &self.state;
+        state.metrics.error(error.kind());
+        tracing::debug!(sender = %self.sender, twin = self.destination, %error, "federation failed");
+        let now = rmb_proto::time::unix_now();
+        reply_error(state, &self.sender, &self.uid, self.kind, &error, now).await;
     }
 }
 

@@ -6,7 +6,8 @@
 //! - a registry entry must not aim the relay at internal addresses, nor learn their answers;
 //! - silent, slowly sent, stalled-TLS and too many connections are cut off, `/health`
 //!   still answers;
-//! - oversized federation bodies are counted as `oversize`.
+//! - oversized federation bodies are counted as `oversize`;
+//! - a relay that never answers cannot make forwarding hold more than its budget.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -574,5 +575,62 @@ async fn a_login_stuck_on_the_registry_is_answered_within_the_deadline() {
         started.elapsed() < Duration::from_secs(8),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// A relay that accepts connections and never answers cannot make this one hold more
+/// than its forwarding budget (128 MiB) of envelopes posted alone: past it, senders hear
+/// "not forwarded" at once, counted as `federation_overloaded`, and the relay serves on.
+#[tokio::test]
+async fn a_silent_relay_cannot_make_forwarding_hold_more_than_its_budget() {
+    // Takes connections, reads nothing, answers nothing.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_address = silent.local_addr().unwrap().to_string();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&held);
+    std::thread::spawn(move || {
+        for socket in silent.incoming().flatten() {
+            keep.lock().unwrap().push(socket);
+        }
+    });
+    let relay = RelayProcess::start(&["--federation-http", "--federation-allow", "127.0.0.1"]);
+    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let a = register(&relay.http_url(), &alice, &[relay.domain()]).await;
+    let b = register(&relay.http_url(), &bob, &[silent_address]).await;
+    let mut ca = TestClient::connect(&relay.ws_url(), &alice, a, None).await;
+
+    // 1 MiB each: over the batch size, so each is posted alone by its own task.
+    let body = vec![7u8; 1 << 20];
+    let sent = 200;
+    for i in 0..sent {
+        let env = request(&alice, Address::twin(a), b, &format!("big-{i}"), &body, 300);
+        ca.send(&env).await;
+    }
+    // 128 MiB hold about 127 of them; every one beyond is refused at once (long before
+    // the 3 s a post to the silent relay takes to time out).
+    let mut refused = 0;
+    while let Some(env) = ca.recv(Duration::from_secs(2)).await {
+        let text = error_text(&env).expect("only errors come back");
+        assert!(text.contains("not forwarded"), "{text}");
+        refused += 1;
+    }
+    assert!(
+        (sent - 130..=sent - 120).contains(&refused),
+        "{refused} of {sent} refused"
+    );
+    assert_eq!(
+        relay.error_count("federation_overloaded").await,
+        refused as u64
+    );
+    // Still serving: a twin here is reached.
+    let c = register(&relay.http_url(), &identity("Carol"), &[relay.domain()]).await;
+    let mut cc = TestClient::connect(&relay.ws_url(), &identity("Carol"), c, None).await;
+    ca.send(&request(&alice, Address::twin(a), c, "after", b"x", 60))
+        .await;
+    let got = cc.recv(WAIT).await.expect("delivered after the flood");
+    assert_eq!(got.uid, "after");
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the silent relay was asked"
     );
 }

@@ -44,6 +44,12 @@ pub enum FederationError {
     /// Unreachable, and too many envelopes already wait for relays to try it again.
     #[error("destination relay unreachable; not tried again: too many envelopes wait for relays")]
     Busy,
+    /// Not sent at all: envelopes already on their way to other relays outside the
+    /// batches hold all of their budget (a slow or silent relay holds them).
+    #[error(
+        "not forwarded: too many envelopes are on their way to other relays; send it again later"
+    )]
+    Overloaded,
 }
 
 impl FederationError {
@@ -56,6 +62,7 @@ impl FederationError {
             FederationError::Unreachable => "federation_unreachable",
             FederationError::Expired => "federation_expired",
             FederationError::Busy => "federation_busy",
+            FederationError::Overloaded => "federation_overloaded",
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +39,12 @@ const POST_TIMEOUT: Duration = Duration::from_secs(3);
 const PASSES: u32 = 3;
 /// Most bytes (in KiB) of envelopes kept waiting for an unreachable relay at once.
 pub const RETRY_BUDGET_KIB: u32 = 64 * 1024;
+/// Most bytes (in KiB) of envelopes being forwarded by their own tasks at once: posted
+/// alone (too large for a batch, a relay that does not batch, a full lane) or tried
+/// again after a first try that failed. Past it the sender gets an error at once: a
+/// relay that accepts connections and never answers cannot make this one hold, for its
+/// twins, more than this (the lanes have their own budget).
+pub const FORWARDING_BUDGET_KIB: u32 = 128 * 1024;
 /// First pause before trying an unreachable destination again; it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -76,6 +82,18 @@ pub struct FirstTry {
     posted: Posted,
 }
 
+impl Outgoing {
+    /// Bytes of the envelope.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True for an empty envelope (never routed; for completeness).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
 impl FirstTry {
     /// The relay took it: nothing is left to do.
     pub fn taken(&self) -> bool {
@@ -99,6 +117,8 @@ pub struct Federator {
     client: reqwest::Client,
     /// KiB of envelopes waiting to be tried again.
     retry_budget: Arc<Semaphore>,
+    /// KiB of envelopes forwarded by their own tasks ([`FORWARDING_BUDGET_KIB`]).
+    forwarding_budget: Arc<Semaphore>,
     ranker: Mutex<Ranker>,
     targets: Arc<TargetPolicy>,
     scheme: &'static str,
@@ -138,6 +158,7 @@ impl Federator {
             ),
             client,
             retry_budget: Arc::new(Semaphore::new(RETRY_BUDGET_KIB as usize)),
+            forwarding_budget: Arc::new(Semaphore::new(FORWARDING_BUDGET_KIB as usize)),
             ranker: Mutex::new(Ranker::new(config.ranker_period)),
             targets,
             scheme: if config.federation_http {
@@ -215,6 +236,15 @@ impl Federator {
             Ok(()) => Ok(()),
             Err(_uncalled) => Err(not_queued(bytes)),
         }
+    }
+
+    /// A share of [`FORWARDING_BUDGET_KIB`] for an envelope of `bytes` forwarded by its
+    /// own task, held until the task ends; `None` when the budget is spent.
+    pub fn forwarding_permit(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes / 1024 + 1).unwrap_or(u32::MAX);
+        Arc::clone(&self.forwarding_budget)
+            .try_acquire_many_owned(kib)
+            .ok()
     }
 
     /// The best ranked allowed relay of `relays` (as `forward` would try first), and
