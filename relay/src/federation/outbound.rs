@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::FederationError;
-use super::lane::{BatchCounters, Lanes, Posted, Queued, Then};
+use super::lane::{BatchCounters, Lanes, Posted, Then};
 use super::target::{GuardedResolver, TargetError, TargetPolicy};
 use crate::config::Config;
 use crate::ranker::Ranker;
@@ -59,20 +59,11 @@ static NOT_ALLOWED_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
 static REFUSED_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
 static FAILED_LOG: LogThrottle = LogThrottle::new(LOG_EVERY);
 
-/// An envelope being federated: [`Federator::start`] made it, [`Federator::deliver`]
-/// finishes it.
+/// An envelope no lane took ([`Federator::start_then`] gives it back):
+/// [`Federator::deliver`] delivers it.
 pub struct Outgoing {
     bytes: Bytes,
     destination: u32,
-    /// Queued at once in the lane to this relay, if it takes batches.
-    first: Option<InLane>,
-}
-
-/// An envelope's first try, waiting in the lane to the best ranked relay.
-struct InLane {
-    relay: String,
-    base: String,
-    queued: Queued,
 }
 
 /// How an envelope's first try went (see [`Federator::start_then`]).
@@ -183,29 +174,11 @@ impl Federator {
 
     /// Starts federating `bytes`, an envelope for twin `destination`: queues it at once
     /// in the lane to the best ranked of `relays` if that relay takes batches, so that
-    /// envelopes for one twin leave in the order they were routed (the tasks that finish
-    /// them with [`Federator::deliver`] may run in any order).
-    pub fn start(&self, bytes: Bytes, destination: u32, relays: &BTreeSet<String>) -> Outgoing {
-        let first = self.first_choice(relays).and_then(|(relay, base)| {
-            let queued = self.lanes.queue(&base, destination, &bytes)?;
-            Some(InLane {
-                relay,
-                base,
-                queued,
-            })
-        });
-        Outgoing {
-            bytes,
-            destination,
-            first,
-        }
-    }
-
-    /// As [`start`](Self::start) then [`deliver`](Self::deliver), without a task while
-    /// the envelope waits in its lane: `then` is called in the lane (it must not block)
-    /// with the first try's outcome; [`FirstTry::taken`] says whether that was the end
-    /// of it, else [`finish`](Self::finish) goes on from it. Gives the envelope back as
-    /// an [`Outgoing`] (for `deliver`) when no lane takes it.
+    /// envelopes for one twin leave in the order they were routed. Nothing waits while
+    /// it is there: `then` is called in the lane (it must not block) with the first
+    /// try's outcome; [`FirstTry::taken`] says whether that was the end of it, else
+    /// [`finish`](Self::finish) goes on from it. Gives the envelope back as an
+    /// [`Outgoing`] (for [`deliver`](Self::deliver)) when no lane takes it.
     pub fn start_then(
         &self,
         bytes: Bytes,
@@ -213,11 +186,7 @@ impl Federator {
         relays: &BTreeSet<String>,
         then: impl FnOnce(FirstTry) + Send + 'static,
     ) -> Result<(), Outgoing> {
-        let not_queued = |bytes| Outgoing {
-            bytes,
-            destination,
-            first: None,
-        };
+        let not_queued = |bytes| Outgoing { bytes, destination };
         let Some((relay, base)) = self.first_choice(relays) else {
             return Err(not_queued(bytes));
         };
@@ -266,24 +235,8 @@ impl Federator {
         deadline: u64,
         keep_trying: bool,
     ) -> Result<String, FederationError> {
-        let Outgoing {
-            bytes,
-            destination,
-            first,
-        } = outgoing;
-        let first = match first {
-            Some(InLane {
-                relay,
-                base,
-                queued,
-            }) => Some(FirstTry {
-                relay,
-                base,
-                posted: queued.outcome().await,
-            }),
-            None => None,
-        };
-        self.finish(bytes, destination, first, relays, deadline, keep_trying)
+        let Outgoing { bytes, destination } = outgoing;
+        self.finish(bytes, destination, None, relays, deadline, keep_trying)
             .await
     }
 
