@@ -655,9 +655,9 @@ mod tests {
         (lanes, tasks, shutdown)
     }
 
-    #[tokio::test]
-    async fn a_relay_that_never_answers_makes_lanes_hold_a_bounded_number_of_envelopes() {
-        // Accepts connections and reads nothing: the first batch stays under way.
+    /// A relay that accepts connections and reads nothing (a first batch stays under
+    /// way): its base URL, and the task holding its connections.
+    async fn silent_relay() -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let held = tokio::spawn(async move {
@@ -666,6 +666,12 @@ mod tests {
                 kept.push(socket);
             }
         });
+        (base, held)
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_never_answers_makes_lanes_hold_a_bounded_number_of_envelopes() {
+        let (base, held) = silent_relay().await;
         let (lanes, tasks, shutdown) = lanes(BatchSettings {
             max_envelopes: 4,
             lanes_per_relay: 2,
@@ -792,15 +798,7 @@ mod tests {
 
     #[tokio::test]
     async fn callbacks_of_envelopes_dropped_at_shutdown_hear_it() {
-        // Accepts connections and reads nothing: the first batch stays under way.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let held = tokio::spawn(async move {
-            let mut kept = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                kept.push(socket);
-            }
-        });
+        let (base, held) = silent_relay().await;
         let (lanes, tasks, shutdown) = lanes(BatchSettings::default());
         let (then, mut heard) = collect();
         let envelope = Bytes::from_static(b"ok");
