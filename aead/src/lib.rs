@@ -91,6 +91,27 @@ impl Cipher {
     }
 }
 
+/// A cipher name that is none of [`Cipher::ALL`]'s (as a flag's value, say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cipher {given:?} (known: {known})")]
+pub struct UnknownCipher {
+    given: String,
+    known: String,
+}
+
+impl std::str::FromStr for Cipher {
+    type Err = UnknownCipher;
+
+    /// A cipher by its [`name`](Cipher::name), surrounding blanks ignored (so that a
+    /// flag's `a, b` reads as it looks).
+    fn from_str(text: &str) -> Result<Cipher, UnknownCipher> {
+        Cipher::from_name(text.trim()).ok_or_else(|| UnknownCipher {
+            given: text.to_string(),
+            known: Cipher::ALL.map(Cipher::name).join(", "),
+        })
+    }
+}
+
 impl std::fmt::Display for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

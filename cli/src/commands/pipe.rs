@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use rmb_peer::conn::{ListenOptions, Stream};
+use rmb_peer::conn::{Cipher, ListenOptions, Stream};
 use rmb_peer::{Client, ClientOptions};
 use rmb_proto::Address;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -42,6 +42,13 @@ pub struct DirectArgs {
     /// when an rmb-peer of the same twin owns the twin's entry).
     #[arg(long)]
     pub no_update: bool,
+
+    /// Ciphers of the connection, as rmb-peer's flag of the same name: offered in this
+    /// order when connecting and the only ones allowed when listening; comma-separated,
+    /// of aes-256-gcm and chacha20-poly1305. Default: aes-256-gcm first where the CPU
+    /// has AES instructions, else chacha20-poly1305 first.
+    #[arg(long = "conn-ciphers", value_name = "CIPHERS", value_delimiter = ',')]
+    pub conn_ciphers: Vec<Cipher>,
 }
 
 impl DirectArgs {
@@ -55,6 +62,9 @@ impl DirectArgs {
             ClientOptions::new(self.secret.secret()?, sid, self.relays.clone(), choice);
         options.key_type = self.secret.key_type;
         options.update_twin = !self.no_update;
+        if !self.conn_ciphers.is_empty() {
+            options.connections.ciphers = self.conn_ciphers.clone();
+        }
         Ok(Client::connect(options).await?)
     }
 }
@@ -324,6 +334,45 @@ mod tests {
             (args.target.to, args.target.protocol.as_str()),
             (Address::twin(42), "ssh")
         );
+        assert!(
+            args.target.client.conn_ciphers.is_empty(),
+            "the default unless asked"
+        );
+        let cli = Cli::parse_from([
+            "rmb",
+            "forward",
+            "--listen",
+            "127.0.0.1:1",
+            "--to",
+            "1",
+            "--protocol",
+            "p",
+            "--relay",
+            "ws://r",
+            "--conn-ciphers",
+            "chacha20-poly1305, aes-256-gcm",
+        ]);
+        let Command::Forward(args) = cli.command else {
+            panic!("not forward")
+        };
+        assert_eq!(
+            args.target.client.conn_ciphers,
+            [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm]
+        );
+        let err = Cli::try_parse_from([
+            "rmb",
+            "pipe",
+            "listen",
+            "--protocol",
+            "p",
+            "--relay",
+            "ws://r",
+            "--conn-ciphers",
+            "des",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown cipher"), "{err}");
         // A relay is required: a pipe is its own client.
         assert!(
             Cli::try_parse_from([

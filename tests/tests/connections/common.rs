@@ -163,11 +163,22 @@ pub(crate) struct PipeListener(pub(crate) Option<std::process::Child>);
 
 impl PipeListener {
     pub(crate) fn start(secret: &str, relay: &RelayProcess, protocol: &str) -> PipeListener {
+        Self::start_with(secret, relay, protocol, &[])
+    }
+
+    /// As [`start`](Self::start), with `extra` flags.
+    pub(crate) fn start_with(
+        secret: &str,
+        relay: &RelayProcess,
+        protocol: &str,
+        extra: &[&str],
+    ) -> PipeListener {
         let rmb = rmb_testsupport::relay_process::binaries().join("rmb");
         let child = std::process::Command::new(rmb)
             .args(["pipe", "listen", "--protocol", protocol, "--relay"])
             .arg(relay.ws_url())
             .args(["--registry", &relay.http_url(), "--sid", "pipe"])
+            .args(extra)
             .env("RMB_MNEMONIC", secret)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rmb_peer::Client;
-use rmb_peer::conn::{ConnectError, ListenOptions, StreamError};
+use rmb_peer::conn::{Cipher, ConnectError, ListenOptions, StreamError};
 use rmb_testsupport::direct::{client_options, fresh_mnemonic, register_secret};
 use rmb_testsupport::relay_process::RelayProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -237,4 +237,29 @@ async fn a_reader_that_stops_reading_does_not_delay_rpc() {
         .await
         .expect("the writer resumes")
         .unwrap();
+}
+
+/// `rmb pipe listen --conn-ciphers` is what the listener allows: an opener offering
+/// AES-256-GCM first (which any listener allowing both would take) gets
+/// ChaCha20-Poly1305 from a pipe allowing only that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmb_pipe_takes_the_ciphers_it_is_given() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let (sa, sb) = (fresh_mnemonic(), fresh_mnemonic());
+    register_secret(&registry, &sa, &[relay.domain()]).await;
+    let b = register_secret(&registry, &sb, &[relay.domain()]).await;
+    let mut options = client_options(&sa, "alice", &[&relay], &registry);
+    options.connections.ciphers = vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305];
+    let alice = Client::connect(options).await.expect("alice connects");
+    let _far = PipeListener::start_with(
+        &sb,
+        &relay,
+        "netcat",
+        &["--conn-ciphers", "chacha20-poly1305"],
+    );
+    let to = rmb_proto::Address::session(b, "pipe");
+    let mut stream = connect_when_listening(&alice, &to, "netcat").await;
+    assert_eq!(stream.cipher(), Cipher::ChaCha20Poly1305);
+    stream.write_all(b"over chacha\n").await.unwrap();
 }
