@@ -309,6 +309,18 @@ mod tests {
         assert!(parse_twins("7,x").is_err());
     }
 
+    /// `rmb forward` with what it needs but a relay.
+    const FORWARD: [&str; 8] = [
+        "rmb",
+        "forward",
+        "--listen",
+        "127.0.0.1:1",
+        "--to",
+        "1",
+        "--protocol",
+        "p",
+    ];
+
     #[test]
     fn pipe_and_forward_parse() {
         let cli = Cli::parse_from([
@@ -338,20 +350,12 @@ mod tests {
             args.target.client.conn_ciphers.is_empty(),
             "the default unless asked"
         );
-        let cli = Cli::parse_from([
-            "rmb",
-            "forward",
-            "--listen",
-            "127.0.0.1:1",
-            "--to",
-            "1",
-            "--protocol",
-            "p",
-            "--relay",
-            "ws://r",
-            "--conn-ciphers",
-            "chacha20-poly1305, aes-256-gcm",
-        ]);
+        let cli = Cli::parse_from(
+            FORWARD
+                .iter()
+                .chain(&["--relay", "ws://r"])
+                .chain(&["--conn-ciphers", "chacha20-poly1305, aes-256-gcm"]),
+        );
         let Command::Forward(args) = cli.command else {
             panic!("not forward")
         };
@@ -374,18 +378,6 @@ mod tests {
         .to_string();
         assert!(err.contains("unknown cipher"), "{err}");
         // A relay is required: a pipe is its own client.
-        assert!(
-            Cli::try_parse_from([
-                "rmb",
-                "forward",
-                "--listen",
-                "127.0.0.1:1",
-                "--to",
-                "1",
-                "--protocol",
-                "p"
-            ])
-            .is_err()
-        );
+        assert!(Cli::try_parse_from(FORWARD).is_err());
     }
 }
