@@ -186,7 +186,7 @@ impl Forwarding {
     /// past it the sender hears at once that nothing was sent.
     fn spawn(self: Arc<Self>, step: FirstStep) {
         let bytes = match &step {
-            FirstStep::NotQueued(outgoing) => outgoing.len(),
+            FirstStep::NotQueued(outgoing) => outgoing.size(),
             FirstStep::Answered(bytes, _) => bytes.len(),
         };
         let permit = self.state.federator.forwarding_permit(bytes);

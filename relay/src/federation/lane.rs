@@ -42,19 +42,15 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use lru::LruCache;
 use prometheus::IntCounter;
-use rmb_identity::registry::http::error_chain;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::batch::{self, BATCH_CONTENT_TYPE, BATCH_PATH, Outcome};
-use super::target::refused_by_resolver;
+use super::batch::{self, BATCH_CONTENT_TYPE, BATCH_PATH};
+use super::outcome::{NO_ANSWER_IN_TIME, Posted, Queued, Reply, Then};
 
 /// Timeout of one batch request (a receiver handles up to 32 of its envelopes at once).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(6);
-/// Longest an envelope waits in its lane for its batch's answer. One whose sender gave
-/// up is left out of the batches that follow (see `Lane::fill`).
-const LANE_WAIT: Duration = Duration::from_secs(20);
 /// Most KiB of envelopes in all lanes at once (waiting, or in a batch under way). Past
 /// it, envelopes are posted alone, as before batching: a relay that answers slowly
 /// cannot make lanes hold more.
@@ -72,41 +68,6 @@ pub const MAX_LANES: usize = 1024;
 /// of pushes while a batch is under way, and all lanes are bounded in bytes together
 /// ([`LANE_BUDGET_KIB`]).
 const MAX_WAITING: usize = 4096;
-
-/// What a request to a relay made of one envelope.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Posted {
-    /// The relay took it (202).
-    Accepted,
-    /// The relay refused it for good (a 4xx): `answer` is the start of its text.
-    Refused { status: StatusCode, answer: String },
-    /// The relay could not be reached, or failed (5xx, timeout…): try another.
-    Failed(String),
-    /// The relay's address is not an allowed federation target.
-    NotAllowed(String),
-    /// Not sent: post it alone (`POST /`).
-    Alone,
-}
-
-impl Posted {
-    /// What a request that got no answer (`error`) made of its envelopes.
-    pub fn unsent(error: &reqwest::Error) -> Posted {
-        if refused_by_resolver(error) {
-            Posted::NotAllowed(error_chain(error))
-        } else {
-            Posted::Failed(error_chain(error))
-        }
-    }
-
-    fn from_outcome(outcome: Outcome) -> Posted {
-        let answer = outcome.error.unwrap_or_default();
-        match StatusCode::from_u16(outcome.status) {
-            Ok(StatusCode::ACCEPTED) => Posted::Accepted,
-            Ok(status) if status.is_client_error() => Posted::Refused { status, answer },
-            _ => Posted::Failed(format!("{} {answer}", outcome.status)),
-        }
-    }
-}
 
 /// Default of `--federation-batch-envelope-bytes`.
 pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 64 * 1024;
@@ -154,84 +115,6 @@ pub struct BatchCounters {
     pub envelopes_out: IntCounter,
     /// `relay_federation_unbatched_relays_total`: relays found not to batch.
     pub relays_unbatched: IntCounter,
-}
-
-/// An envelope queued in a lane: its outcome, once its batch is answered.
-pub struct Queued(oneshot::Receiver<Posted>);
-
-impl Queued {
-    /// Waits for the outcome (at most [`LANE_WAIT`]).
-    pub async fn outcome(self) -> Posted {
-        match tokio::time::timeout(LANE_WAIT, self.0).await {
-            Ok(Ok(posted)) => posted,
-            Ok(Err(_)) => Posted::Failed(SHUTTING_DOWN.into()),
-            Err(_) => Posted::Failed(NO_ANSWER_IN_TIME.into()),
-        }
-    }
-}
-
-const SHUTTING_DOWN: &str = "relay shutting down";
-const NO_ANSWER_IN_TIME: &str = "no answer to the batch in time";
-
-/// Takes an envelope's outcome in its lane, so that nothing has to wait for it (see
-/// [`Lanes::queue_then`]). It runs in the lane's actor: it must not block.
-pub type Then = Box<dyn FnOnce(Posted) + Send>;
-
-/// Where a queued envelope's outcome goes.
-enum Reply {
-    /// To a task waiting on [`Queued::outcome`] (`None` once sent).
-    Waiting(Option<oneshot::Sender<Posted>>),
-    /// To a callback (`None` once called); if the envelope is dropped unanswered (the
-    /// lane shut down), the callback hears so, as a waiting task would.
-    Then {
-        then: Option<Then>,
-        queued_at: Instant,
-    },
-}
-
-impl Reply {
-    fn send(mut self, posted: Posted) {
-        match &mut self {
-            Reply::Waiting(tx) => {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(posted);
-                }
-            }
-            Reply::Then { then, .. } => {
-                if let Some(then) = then.take() {
-                    then(posted);
-                }
-            }
-        }
-    }
-
-    /// True if the envelope is no longer to go in a batch: its waiting sender gave up
-    /// after [`LANE_WAIT`] (and sends it some other way), or a callback's envelope has
-    /// waited that long (it hears so from [`Lane::fill`]).
-    fn given_up(&self) -> bool {
-        match self {
-            Reply::Waiting(tx) => tx.as_ref().is_none_or(oneshot::Sender::is_closed),
-            Reply::Then { queued_at, .. } => queued_at.elapsed() >= LANE_WAIT,
-        }
-    }
-
-    /// The callback, not called (for a sender that takes its envelope back).
-    fn into_then(mut self) -> Option<Then> {
-        match &mut self {
-            Reply::Then { then, .. } => then.take(),
-            Reply::Waiting(_) => None,
-        }
-    }
-}
-
-impl Drop for Reply {
-    fn drop(&mut self) {
-        if let Reply::Then { then, .. } = self
-            && let Some(then) = then.take()
-        {
-            then(Posted::Failed(SHUTTING_DOWN.into()));
-        }
-    }
 }
 
 /// One envelope waiting in a lane, and where its outcome goes.
@@ -488,7 +371,7 @@ impl Lane {
 
     /// `first` and what waits behind it, within the batch limits; the envelope that
     /// did not fit is carried to the next batch. Envelopes whose sender stopped waiting
-    /// ([`LANE_WAIT`]) are left out: it tries again elsewhere, and sending them too would
+    /// ([`LANE_WAIT`](super::outcome::LANE_WAIT)) are left out: it tries again elsewhere, and sending them too would
     /// deliver them twice.
     fn fill(&mut self, first: Job) -> (Vec<Job>, Option<Job>) {
         let settings = &self.shared.settings;
@@ -613,28 +496,8 @@ async fn read_answer(mut answer: reqwest::Response, limit: usize) -> Option<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outcomes_mean_what_the_same_status_means_for_post_alone() {
-        assert_eq!(Posted::from_outcome(Outcome::accepted()), Posted::Accepted);
-        assert_eq!(
-            Posted::from_outcome(Outcome::refused(404, "destination offline")),
-            Posted::Refused {
-                status: StatusCode::NOT_FOUND,
-                answer: "destination offline".into()
-            }
-        );
-        // A failure of the relay (or a status that is no status): try another relay.
-        for status in [503, 500, 200, 0, 1000] {
-            assert!(
-                matches!(
-                    Posted::from_outcome(Outcome::refused(status, "x")),
-                    Posted::Failed(_)
-                ),
-                "{status}"
-            );
-        }
-    }
+    use crate::federation::batch::Outcome;
+    use crate::federation::outcome::SHUTTING_DOWN;
 
     /// Lanes with `settings`, their supervisor and their shutdown.
     fn lanes(settings: BatchSettings) -> (Lanes, TaskTracker, CancellationToken) {

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod ingress;
 pub mod lane;
 pub mod outbound;
+pub mod outcome;
 pub mod target;
 
 pub use ingress::{batch_ingress, ingress};

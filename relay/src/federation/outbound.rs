@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::FederationError;
-use super::lane::{BatchCounters, Lanes, Posted, Then};
+use super::lane::{BatchCounters, Lanes};
+use super::outcome::{Posted, Then};
 use super::target::{GuardedResolver, TargetError, TargetPolicy};
 use crate::config::Config;
 use crate::ranker::Ranker;
@@ -75,13 +76,8 @@ pub struct FirstTry {
 
 impl Outgoing {
     /// Bytes of the envelope.
-    pub fn len(&self) -> usize {
+    pub fn size(&self) -> usize {
         self.bytes.len()
-    }
-
-    /// True for an empty envelope (never routed; for completeness).
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
     }
 }
 
