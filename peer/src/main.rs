@@ -172,7 +172,7 @@ struct Args {
     /// Redis list) their records (position, local copy) are written to Redis, many at
     /// a time, in milliseconds. After a crash what was not recorded is pulled from the
     /// owner again. Subscriptions with a Redis list record before handing over.
-    #[arg(long, value_name = "MS", default_value_t = 50,
+    #[arg(long, value_name = "MS", default_value_t = rmb_peer::topics::DEFAULT_RECORD_DELAY_MS,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     topic_record_delay: u64,
 
