@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     replay: Arc<dyn ReplayStore>,
     /// Requests waiting for an answer (empty unless `reliable`).
     resends: Mutex<Resends>,
+    /// Destinations looked up in the last second (see [`senders`]).
+    destinations: Mutex<senders::Senders>,
     /// Unsigned requests whose unsigned answers we accept ([`unsigned`]).
     awaited_unsigned: unsigned::Awaited,
     reliable: bool,
@@ -196,6 +198,7 @@ impl Peer {
             links,
             replay,
             resends: Mutex::new(Resends::default()),
+            destinations: Mutex::new(senders::Senders::default()),
             awaited_unsigned: unsigned::Awaited::default(),
             reliable: config.reliable,
             app_dedupes: config.app_dedupes,

@@ -2,7 +2,10 @@
 //! reply, encrypt it to the destination's published key, stamp, sign, and hand it to a
 //! relay link; reliable peers keep what they sent for resending ([`resend`](super::resend)).
 
+use std::sync::Arc;
+
 use rmb_identity::E2eScheme;
+use rmb_identity::registry::Twin;
 use rmb_proto::time::unix_now;
 use rmb_proto::{DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Error, Message, Payload, Request, Response};
 use tokio_tungstenite::tungstenite::Bytes;
@@ -358,6 +361,30 @@ impl Inner {
         }
     }
 
+    /// The destination's twin, from the last second's lookups or the registry.
+    async fn destination(&self, id: u32) -> Result<Arc<Twin>, SendError> {
+        let now = std::time::Instant::now();
+        if let Some(twin) = self.lock_destinations().fresh(id, now) {
+            return Ok(twin);
+        }
+        let twin = self
+            .registry
+            .get_twin(id)
+            .await
+            .map_err(SendError::Registry)?
+            .ok_or(SendError::UnknownTwin(id))?;
+        let twin = Arc::new(twin);
+        self.lock_destinations().remember(Arc::clone(&twin), now);
+        Ok(twin)
+    }
+
+    fn lock_destinations(&self) -> std::sync::MutexGuard<'_, super::senders::Senders> {
+        // Only whole inserts happen under the lock: a panic cannot leave it half done.
+        self.destinations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Looks up the destination, then encrypt (unless [`Sealing::SignedPlain`]: an error
     /// reply to a twin we cannot encrypt to) → stamp → sign (unless it may go unsigned,
     /// [`Sealing::Unsigned`]) → encode.
@@ -369,12 +396,7 @@ impl Inner {
         if destination == 0 {
             return Err(SendError::UnknownTwin(0));
         }
-        let twin = self
-            .registry
-            .get_twin(destination)
-            .await
-            .map_err(SendError::Registry)?
-            .ok_or(SendError::UnknownTwin(destination))?;
+        let twin = self.destination(destination).await?;
         let now = unix_now();
         env.stamp_at(now);
         if env.expiration == 0 {

@@ -1,12 +1,15 @@
-//! The receiving dispatcher's short memory of the senders it looked up.
+//! A short memory of the twins looked up: the receiving dispatcher's of its senders,
+//! and the sending side's of its destinations.
 //!
 //! Every envelope needs its sender's twin (account for the signature, key for the
-//! decryption). The registry cache answers that, but each answer is a clone of the twin
-//! (its relay set and key: several allocations) plus a concurrent map's lookup, which
-//! at tens of thousands of envelopes a second from a few senders was a few percent of a
-//! subscriber's CPU. The dispatcher keeps the twins it looked up in the last
-//! [`SENDER_FRESH`] shared behind an `Arc`, so a change the registry learns (a new key,
-//! new relays) is seen here at most that much later.
+//! decryption), and every sealed one its destination's (key, scheme). The registry
+//! cache answers that, but each answer is a clone of the twin (its relay set and key:
+//! several allocations) plus a concurrent map's lookup, which at tens of thousands of
+//! envelopes a second from a few senders was a few percent of a subscriber's CPU, and
+//! as much again of a topic owner's, which seals one copy per subscriber. Both keep the
+//! twins they looked up in the last [`SENDER_FRESH`] shared behind an `Arc`, so a
+//! change the registry learns (a new key, new relays) is seen here at most that much
+//! later.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,21 +39,34 @@ impl Senders {
         id: u32,
         now: Instant,
     ) -> Result<Option<Arc<Twin>>, RegistryError> {
-        if let Some((twin, at)) = self.twins.get(&id)
-            && now.saturating_duration_since(*at) < SENDER_FRESH
-        {
-            return Ok(Some(Arc::clone(twin)));
+        if let Some(twin) = self.fresh(id, now) {
+            return Ok(Some(twin));
         }
         let Some(twin) = registry.get_twin(id).await? else {
             self.twins.remove(&id);
             return Ok(None);
         };
         let twin = Arc::new(twin);
-        if self.twins.len() >= SENDERS_MAX && !self.twins.contains_key(&id) {
+        self.remember(Arc::clone(&twin), now);
+        Ok(Some(twin))
+    }
+
+    /// Twin `id` when looked up less than [`SENDER_FRESH`] before `now`. For callers
+    /// that share one memory behind a lock and must not hold it while they ask the
+    /// registry.
+    pub fn fresh(&self, id: u32, now: Instant) -> Option<Arc<Twin>> {
+        self.twins
+            .get(&id)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < SENDER_FRESH)
+            .map(|(twin, _)| Arc::clone(twin))
+    }
+
+    /// Remembers `twin`, as found in the registry at `now`.
+    pub fn remember(&mut self, twin: Arc<Twin>, now: Instant) {
+        if self.twins.len() >= SENDERS_MAX && !self.twins.contains_key(&twin.id) {
             self.twins.clear();
         }
-        self.twins.insert(id, (Arc::clone(&twin), now));
-        Ok(Some(twin))
+        self.twins.insert(twin.id, (twin, now));
     }
 }
 
