@@ -36,7 +36,7 @@ for t in $(seq 1 "$turns"); do
     wait
     read -r _ pa ca <"$out.A"
     read -r _ pb cb <"$out.B"
-    echo "turn $t: A p50 $pa ms, $ca µs/delivery; B p50 $pb ms, $cb µs/delivery" | tee -a /dev/stderr >/dev/null
+    echo "turn $t: A p50 $pa ms, $ca µs/delivery; B p50 $pb ms, $cb µs/delivery"
     echo "$pa $ca $pb $cb" >>"$out"
 done
 rm -f "$out.A" "$out.B"
