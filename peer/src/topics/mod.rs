@@ -62,8 +62,9 @@ pub const REQUEST_EXPIRATION: u64 = 120;
 /// Default wait, in milliseconds, before handed-over messages are recorded
 /// (`--topic-record-delay`). Each subscription's records cost one script call per wait,
 /// and every subscription that got the same fan-out waits the same time, so their calls
-/// land together: at 50 ms, 100 subscriptions in one process spent about a tenth of
-/// topic-bench's CPU on them. After a crash, at most this much is pulled again.
+/// land together: at 50 ms they were about a tenth of topic-bench's CPU at 100
+/// subscribers (two runs sharing the machine; about half that share in a run alone).
+/// After a crash, at most this much is pulled again.
 pub const DEFAULT_RECORD_DELAY_MS: u64 = 250;
 
 /// How to start [`Topics`].

@@ -51,7 +51,7 @@ const ACK_BATCH: usize = 256;
 /// ([`progress`](super::progress)), and a fan-out to many subscribers then costs one
 /// acknowledgement per subscriber per quarter of a second, not one per push. (At a
 /// tenth of a second the acknowledgements of 100 subscribers, all due at once after the
-/// same fan-out, took about a tenth of topic-bench's CPU; a quarter still leaves the
+/// same fan-out, took a few percent of topic-bench's CPU; a quarter still leaves the
 /// owner three quarters of a second before it sends anything again.)
 const CUMULATIVE_ACK_DELAY: Duration = Duration::from_millis(250);
 
