@@ -176,14 +176,32 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     topic_record_delay: u64,
 
+    /// Threads that run the peer's links, APIs and topics. 0: one per CPU core (or
+    /// TOKIO_WORKER_THREADS when set). Fewer suits a machine shared with other busy
+    /// services (threads waking each other for every message cost CPU there).
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
+    threads: u16,
+
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
     debug: u8,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        runtime.worker_threads(usize::from(args.threads));
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(args))
+}
+
+/// Everything the peer does, on the runtime [`main`] built for `--threads`.
+async fn serve(args: Args) -> anyhow::Result<()> {
     init_logging(args.debug);
     if args.uploads.is_some() {
         tracing::warn!("--uploads is accepted for rmb-rs compatibility but unused");

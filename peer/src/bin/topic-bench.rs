@@ -20,9 +20,13 @@ mod topic_bench;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = topic_bench::Args::parse();
+    // The subscribers' runtime (the owner's is made per measurement).
+    topic_bench::Runtime::new(args.threads)?.block_on(bench(args))
+}
+
+async fn bench(args: topic_bench::Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -64,6 +64,29 @@ pub struct Args {
     /// to compare with one federation POST per envelope.
     #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
     pub relay_arg: Vec<String>,
+    /// Threads of each of this process's two runtimes: one runs the topic owner's peer
+    /// and its app (the publisher), the other every subscriber's peer and app, as
+    /// separate programs would (0: one per CPU core, as `rmb-peer` by default).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: u16,
+    /// Threads of each relay (`rmb-relay --threads`; 0: one per CPU core, its default).
+    ///
+    /// Both default to 1 because everything shares this machine: with one thread per
+    /// core in each runtime, 2 cores ran 8 runtime threads besides Redis, and their
+    /// waking each other cost a sixth of the CPU per delivery. Deployed, each relay and
+    /// peer has a machine of its own; `--threads 0 --relay-threads 0` measures the
+    /// binaries' defaults here.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub relay_threads: u16,
+}
+
+impl Args {
+    /// Flags every relay gets: `--threads`, then `--relay-arg`s.
+    fn relay_flags(&self) -> Vec<String> {
+        let mut flags = vec!["--threads".to_string(), self.relay_threads.to_string()];
+        flags.extend(self.relay_arg.iter().cloned());
+        flags
+    }
 }
 
 /// How much one configuration sends.
@@ -85,6 +108,7 @@ struct Row {
 /// Runs every configuration and prints the table.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let relay_bin = relay_binary(&args.relay_bin)?;
+    let relay_flags = args.relay_flags();
     let scratch = Scratch::new()?;
     let mut rows = Vec::new();
     let mut nats_port = None;
@@ -106,10 +130,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("rmb topics, {n} subscriber(s), {path}...");
             let figures = measure_rmb(
                 &relay_bin,
-                &args.relay_arg,
+                &relay_flags,
                 scratch.path(),
                 plan,
                 two_relays,
+                args.threads,
             )
             .await?;
             rows.push(Row {
@@ -130,11 +155,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             });
         }
     }
-    print_table(&rows);
+    print_table(&rows, &args);
     Ok(())
 }
 
-fn print_table(rows: &[Row]) {
+/// "1" or "one per core" for a `--threads` value.
+fn threads(n: u16) -> String {
+    if n == 0 {
+        "one per core".into()
+    } else {
+        n.to_string()
+    }
+}
+
+fn print_table(rows: &[Row], args: &Args) {
     println!();
     println!(
         "| system | path | subscribers | p50 ms | p99 ms | CPU µs/delivery | first / last p50 ms | burst deliveries/s | burst p50 ms | burst p99 ms |"
@@ -173,7 +207,11 @@ fn print_table(rows: &[Row]) {
          NATS writes them in a row); deliveries/s counts every subscriber's copy. \
          CPU µs/delivery: user + system time of the bench (all peers), relays and Redis \
          during the one-at-a-time run, per delivery (10 ms clock ticks: a rough figure). \
-         First / last: p50 over messages of each message's first and last delivery."
+         First / last: p50 over messages of each message's first and last delivery. \
+         Threads: {} for the owner's peer and {0} for all subscribers' peers (`--threads`), \
+         {} per relay (`--relay-threads`).",
+        threads(args.threads),
+        threads(args.relay_threads)
     );
 }
 
@@ -215,6 +253,106 @@ async fn start_node(
     Ok(Node { peer, topics })
 }
 
+/// A runtime of `threads` threads (0: one per CPU core) that can be dropped in async
+/// code: the owner's peer runs on one of its own, as a program of its own would, rather
+/// than taking turns with the subscribers' peers.
+pub struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Runtime {
+    pub fn new(threads: u16) -> anyhow::Result<Self> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 0 {
+            builder.worker_threads(usize::from(threads));
+        }
+        Ok(Runtime(Some(builder.enable_all().build()?)))
+    }
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("dropped only once")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The owner's app: publishes on the owner's runtime, as a program of its own would.
+#[derive(Clone)]
+struct Publisher {
+    topics: Topics,
+    topic: TopicName,
+    tally: Arc<Tally>,
+    plan: Plan,
+}
+
+impl Publisher {
+    /// One message at a time, each waiting for every subscriber: their latencies, and
+    /// the last id.
+    async fn closed_loop(self) -> anyhow::Result<(ClosedLoop, u64)> {
+        let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(self.plan.closed_loop);
+        let mut last_id = 0;
+        let mut closed = ClosedLoop::default();
+        for _ in 0..self.plan.closed_loop {
+            // Closed loop: only the message just published is above the floor.
+            self.tally.start(last_id);
+            let t0 = Instant::now();
+            last_id = self.topics.publish(&self.topic, draft()).await?.id;
+            sent.insert(last_id, t0);
+            if !self
+                .tally
+                .wait_for(self.plan.subscribers, Duration::from_secs(30))
+                .await
+            {
+                bail!("a subscriber did not get message {last_id} within 30 s");
+            }
+            // Sorted out once the message is everywhere: no cost while it travels.
+            closed.message(
+                self.tally
+                    .take()
+                    .iter()
+                    .filter_map(|d| sent.get(&d.id).map(|t0| d.at - *t0)),
+            );
+        }
+        Ok((closed, last_id))
+    }
+
+    /// Publishes with up to [`PUBLISH_WINDOW`] in flight, as an app with a few HTTP
+    /// connections would: when each id was published, and when the burst started.
+    async fn burst(self) -> anyhow::Result<(HashMap<u64, Instant>, Instant)> {
+        let t0 = Instant::now();
+        let published: Vec<anyhow::Result<(u64, Instant)>> = stream::iter(0..self.plan.burst)
+            .map(|_| {
+                let (topics, topic) = (&self.topics, &self.topic);
+                async move {
+                    let at = Instant::now();
+                    Ok((topics.publish(topic, draft()).await?.id, at))
+                }
+            })
+            .buffer_unordered(PUBLISH_WINDOW)
+            .collect()
+            .await;
+        let mut sent = HashMap::with_capacity(self.plan.burst);
+        for result in published {
+            let (id, at) = result?;
+            sent.insert(id, at);
+        }
+        Ok((sent, t0))
+    }
+}
+
+/// A message of [`PAYLOAD`] bytes.
+fn draft() -> Draft {
+    Draft::from_bytes(vec![b'x'; PAYLOAD])
+}
+
 /// Measures topics for `plan`: the owner (publisher) on relay 1, subscribers on relay 1
 /// or, with `two_relays`, on relay 2.
 async fn measure_rmb(
@@ -223,6 +361,7 @@ async fn measure_rmb(
     dir: &std::path::Path,
     plan: Plan,
     two_relays: bool,
+    threads: u16,
 ) -> anyhow::Result<Figures> {
     let mut children = Children::default();
     let r1 = children.relay(relay_bin, relay_args, dir, None)?;
@@ -242,15 +381,26 @@ async fn measure_rmb(
 
     let mut drains = JoinSet::new();
     register(&registry_url, "//TopicBenchOwner", &r1).await?;
-    let owner = start_node(
-        "//TopicBenchOwner",
-        &format!("ws://{r1}/"),
-        Arc::clone(&registry),
-        &owner_redis,
-        "owner.",
-        &mut drains,
-    )
-    .await?;
+    let owner_rt = Runtime::new(threads)?;
+    let owner = {
+        let (registry, owner_redis, r1) = (Arc::clone(&registry), owner_redis.clone(), r1.clone());
+        owner_rt
+            .spawn(async move {
+                let mut drains = JoinSet::new();
+                let node = start_node(
+                    "//TopicBenchOwner",
+                    &format!("ws://{r1}/"),
+                    registry,
+                    &owner_redis,
+                    "owner.",
+                    &mut drains,
+                )
+                .await?;
+                drains.detach_all();
+                anyhow::Ok(node)
+            })
+            .await??
+    };
     let mut subs = Vec::with_capacity(plan.subscribers);
     for i in 0..plan.subscribers {
         let secret = format!("//TopicBenchSub{i}");
@@ -288,58 +438,22 @@ async fn measure_rmb(
             }
         });
     }
-    let draft = || Draft::from_bytes(vec![b'x'; PAYLOAD]);
-
     let mut figures = Figures::default();
-    let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(plan.closed_loop);
-    let mut last_id = 0;
-    let mut closed = ClosedLoop::default();
+    let publisher = Publisher {
+        topics: owner.topics.clone(),
+        topic,
+        tally: Arc::clone(&tally),
+        plan,
+    };
     let cpu_before = children.cpu_seconds() + processes::own_cpu_seconds();
-    for _ in 0..plan.closed_loop {
-        // Closed loop: only the message just published is above the floor.
-        tally.start(last_id);
-        let t0 = Instant::now();
-        last_id = owner.topics.publish(&topic, draft()).await?.id;
-        sent.insert(last_id, t0);
-        if !tally
-            .wait_for(plan.subscribers, Duration::from_secs(30))
-            .await
-        {
-            bail!("a subscriber did not get message {last_id} within 30 s");
-        }
-        // Sorted out once the message is everywhere: no cost while it travels.
-        closed.message(
-            tally
-                .take()
-                .iter()
-                .filter_map(|d| sent.get(&d.id).map(|t0| d.at - *t0)),
-        );
-    }
+    let (closed, last_id) = owner_rt.spawn(publisher.clone().closed_loop()).await??;
     let cpu = children.cpu_seconds() + processes::own_cpu_seconds() - cpu_before;
     figures.cpu_us = cpu * 1e6 / closed.deliveries().max(1) as f64;
     closed.finish(&mut figures);
 
-    // The burst: publishes with up to PUBLISH_WINDOW in flight, as an app with a few
-    // HTTP connections would.
     tally.start(last_id);
     let expected = plan.burst * plan.subscribers;
-    let t0 = Instant::now();
-    let published: Vec<anyhow::Result<(u64, Instant)>> = stream::iter(0..plan.burst)
-        .map(|_| {
-            let (topics, topic) = (&owner.topics, &topic);
-            async move {
-                let at = Instant::now();
-                Ok((topics.publish(topic, draft()).await?.id, at))
-            }
-        })
-        .buffer_unordered(PUBLISH_WINDOW)
-        .collect()
-        .await;
-    let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(plan.burst);
-    for result in published {
-        let (id, at) = result?;
-        sent.insert(id, at);
-    }
+    let (sent, t0) = owner_rt.spawn(publisher.burst()).await??;
     tally.wait_for(expected, Duration::from_secs(120)).await;
     let mut lat = Vec::with_capacity(expected);
     let mut last = t0;
