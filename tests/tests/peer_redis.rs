@@ -521,3 +521,45 @@ fn a_repeat_the_memory_cannot_answer_is_answered_from_the_redis_record() {
     let status = bob.peer.status().unwrap();
     assert_eq!(status["replayed"], 1, "{status}");
 }
+
+/// `--threads 1` (one runtime thread, for machines shared with other busy services)
+/// still relays, federates and answers: relays and peers each on one thread, calls
+/// across two relays. An out-of-range count is refused at start.
+#[test]
+fn relays_and_peers_on_one_thread_each_answer_calls_across_federation() {
+    let home = RelayProcess::start(&["--threads", "1", "--federation-http"]);
+    let registry = home.http_url();
+    let other = RelayProcess::start(&[
+        "--threads",
+        "1",
+        "--federation-http",
+        "--registry",
+        &registry,
+    ]);
+    let alice = Node::start("//Alice", &[&home], &registry, &["--threads", "1"]);
+    let bob = Node::start("//Bob", &[&other], &registry, &["--threads", "1"]);
+    let _bot = Bot::start(bob.peer.redis_url(), "echo", "bob");
+    let mut app = alice.peer.redis();
+    for i in 0..3 {
+        let resp = call(
+            &mut app,
+            &request(&format!("t-{i}"), "echo", b"one", &[bob.twin], "ret", 15),
+        );
+        assert_eq!(
+            (dat(&resp), &resp["err"]),
+            (b"bob:one".to_vec(), &Value::Null),
+            "{resp}"
+        );
+    }
+
+    for binary in ["rmb-relay", "rmb-peer"] {
+        let out =
+            std::process::Command::new(rmb_testsupport::relay_process::binaries().join(binary))
+                .args(["--threads", "5000"])
+                .output()
+                .unwrap();
+        assert!(!out.status.success(), "{binary} took --threads 5000");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--threads"), "{binary}: {stderr}");
+    }
+}

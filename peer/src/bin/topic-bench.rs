@@ -33,5 +33,12 @@ async fn bench(args: topic_bench::Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
         )
         .init();
-    topic_bench::run(args).await
+    // Ctrl-C or SIGTERM drops the run, and with it the relays and Redis servers it
+    // started: left running, they would weigh on the next measurement.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = topic_bench::run(args) => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        _ = term.recv() => anyhow::bail!("terminated"),
+    }
 }
