@@ -198,7 +198,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                 for topic in touched {
                     if let Some(sub) = subs.get_mut(&topic) {
                         drain(&shared, &topic, sub).await;
-                        if sub.behind() && !sub.pulling && sub.next_pull <= Instant::now() {
+                        if sub.pull_due(Instant::now()) {
                             start_pull(&shared, &topic, sub, &mut jobs);
                         }
                     }
@@ -226,7 +226,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                     early.retain(|topic, _| subscribing.contains(topic));
                 }
                 for (topic, sub) in subs.iter_mut() {
-                    if sub.behind() && !sub.pulling && sub.next_pull <= now {
+                    if sub.pull_due(now) {
                         start_pull(&shared, topic, sub, &mut jobs);
                     }
                 }
@@ -490,11 +490,20 @@ async fn on_job(
             match result {
                 Ok(pulled) => {
                     let before = sub.last;
+                    let page = pulled.messages.len() as u64;
                     if apply_pull(shared, &topic, sub, pulled).await.is_err() || sub.last == before
                     {
                         sub.next_pull = Instant::now() + PULL_BACKOFF;
-                    } else {
+                    } else if page >= u64::from(PULL_PAGE) && sub.last - before >= page {
+                        // A full page, all of it handed over: the owner has more of
+                        // what we missed.
                         start_pull(shared, &topic, sub, jobs);
+                    } else {
+                        // We reached the owner's newest id (what came since is being
+                        // pushed), or could hand over only part of the page (apps or
+                        // records are behind): pulling again at once would fetch the
+                        // same messages again. Pushes get their grace first.
+                        sub.behind_since = None;
                     }
                 }
                 Err(e) => {
