@@ -22,6 +22,7 @@ pub mod core;
 pub mod http_api;
 pub mod links;
 pub mod redis_api;
+pub mod runtime;
 pub mod topics;
 
 pub use crate::client::{CallError, Client, ClientError, ClientOptions, RegistrySource, Response};

@@ -189,13 +189,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if args.threads > 0 {
-        runtime.worker_threads(usize::from(args.threads));
-    }
-    runtime
-        .enable_all()
-        .build()
+    rmb_peer::runtime::build(args.threads)
         .context("starting the async runtime")?
         .block_on(serve(args))
 }

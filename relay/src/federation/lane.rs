@@ -15,7 +15,7 @@
 //! A relay that answers the batch path with 404, 405, 501 or 400, or with a success
 //! that is not a batch's answer, does not batch (rmb-rs answers 404; a web server in
 //! front of a relay may answer anything): it is remembered as such for
-//! [`UNBATCHED_FOR`], and envelopes for it are posted one by one (`POST /`) by their
+//! [`UNBATCHED_FOR`](super::unbatched::UNBATCHED_FOR), and envelopes for it are posted one by one (`POST /`) by their
 //! own tasks, as before batching. Any other refusal of a batch as a whole (413, 429…)
 //! has its envelopes posted alone this once.
 //!
@@ -33,14 +33,12 @@
 //! [`RelayState::tasks`]: crate::state::RelayState::tasks
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use lru::LruCache;
 use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +46,7 @@ use tokio_util::task::TaskTracker;
 
 use super::batch::{self, BATCH_CONTENT_TYPE, BATCH_PATH};
 use super::outcome::{NO_ANSWER_IN_TIME, Posted, Queued, Reply, Then};
+use super::unbatched::{Unbatched, does_not_batch};
 
 /// Timeout of one batch request (a receiver handles up to 32 of its envelopes at once).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(6);
@@ -55,10 +54,6 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(6);
 /// it, envelopes are posted alone, as before batching: a relay that answers slowly
 /// cannot make lanes hold more.
 pub const LANE_BUDGET_KIB: usize = 64 * 1024;
-/// How long a relay that does not batch is posted to one envelope at a time.
-pub const UNBATCHED_FOR: Duration = Duration::from_secs(600);
-/// Most relays remembered as not batching; the least recently refused is forgotten first.
-const MAX_UNBATCHED: usize = 1024;
 /// A lane without envelopes for this long retires.
 const IDLE: Duration = Duration::from_secs(30);
 /// Most lanes open at once.
@@ -132,31 +127,8 @@ struct Shared {
     counters: BatchCounters,
     /// KiB of envelopes in lanes (waiting, or in a batch under way).
     budget: Arc<Semaphore>,
-    /// Relays (by base URL) that do not batch, until when (unix seconds).
-    unbatched: Mutex<LruCache<String, u64>>,
-}
-
-impl Shared {
-    fn is_unbatched(&self, base: &str, now: u64) -> bool {
-        let mut unbatched = self.unbatched.lock().unwrap_or_else(|p| p.into_inner());
-        match unbatched.get(base) {
-            Some(&until) if now < until => true,
-            Some(_) => {
-                unbatched.pop(base);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn remember_unbatched(&self, base: &str, now: u64) {
-        let until = now.saturating_add(UNBATCHED_FOR.as_secs());
-        let mut unbatched = self.unbatched.lock().unwrap_or_else(|p| p.into_inner());
-        if unbatched.put(base.to_string(), until).is_none() {
-            self.counters.relays_unbatched.inc();
-            tracing::debug!(relay = %base, "relay does not take batches; posting to it one envelope at a time");
-        }
-    }
+    /// Relays that do not batch.
+    unbatched: Unbatched,
 }
 
 /// A lane as the senders see it.
@@ -193,11 +165,9 @@ impl Lanes {
             shared: Arc::new(Shared {
                 client,
                 settings,
+                unbatched: Unbatched::new(counters.relays_unbatched.clone()),
                 counters,
                 budget: Arc::new(Semaphore::new(LANE_BUDGET_KIB)),
-                unbatched: Mutex::new(LruCache::new(
-                    NonZeroUsize::new(MAX_UNBATCHED).expect("non-zero"),
-                )),
             }),
             open: Arc::default(),
             next_id: AtomicU64::new(0),
@@ -274,7 +244,10 @@ impl Lanes {
         if !settings.enabled()
             || bytes.len() > settings.max_envelope_bytes
             || bytes.len().saturating_add(batch::PREFIX) > settings.max_bytes
-            || self.shared.is_unbatched(base, rmb_proto::time::unix_now())
+            || self
+                .shared
+                .unbatched
+                .knows(base, rmb_proto::time::unix_now())
         {
             return None;
         }
@@ -361,7 +334,11 @@ impl Lane {
                 }
                 continue;
             };
-            if self.shared.is_unbatched(base, rmb_proto::time::unix_now()) {
+            if self
+                .shared
+                .unbatched
+                .knows(base, rmb_proto::time::unix_now())
+            {
                 // Found out while these waited: no further batch to find it out again.
                 for job in jobs {
                     job.reply.send(Posted::Alone);
@@ -460,13 +437,13 @@ async fn send_batch(shared: &Shared, base: &str, url: &reqwest::Url, jobs: Vec<J
                 // Something that answers any path (a web server in front of a relay):
                 // not a relay of ours, which always answers a batch with its outcomes.
                 None => {
-                    shared.remember_unbatched(base, rmb_proto::time::unix_now());
+                    shared.unbatched.remember(base, rmb_proto::time::unix_now());
                     all(Posted::Alone)
                 }
             }
         }
         Ok(answer) if does_not_batch(answer.status()) => {
-            shared.remember_unbatched(base, rmb_proto::time::unix_now());
+            shared.unbatched.remember(base, rmb_proto::time::unix_now());
             all(Posted::Alone)
         }
         // Refused as a whole for its size or a limit of the receiver's (413, 429…):
@@ -477,20 +454,6 @@ async fn send_batch(shared: &Shared, base: &str, url: &reqwest::Url, jobs: Vec<J
     for (job, posted) in jobs.into_iter().zip(outcomes) {
         job.reply.send(posted);
     }
-}
-
-/// True if a relay answering a batch with `status` does not take batches: it does not
-/// know the path (404, 405, 501: rmb-rs answers 404), it took the batch for something
-/// else (400: a relay of ours never refuses a well-formed batch so), or it answered
-/// with another success than a batch's (a 2xx other than 200).
-fn does_not_batch(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::NOT_FOUND
-            | StatusCode::METHOD_NOT_ALLOWED
-            | StatusCode::NOT_IMPLEMENTED
-            | StatusCode::BAD_REQUEST
-    ) || (status.is_success() && status != StatusCode::OK)
 }
 
 /// The body of `answer`, if it has at most `limit` bytes.
@@ -690,21 +653,5 @@ mod tests {
         }
         assert!(heard.try_recv().is_err());
         held.abort();
-    }
-
-    #[test]
-    fn relays_that_do_not_know_batches_are_told_apart_from_refused_batches() {
-        for status in [404, 405, 501, 400, 202, 204] {
-            assert!(
-                does_not_batch(StatusCode::from_u16(status).unwrap()),
-                "{status}"
-            );
-        }
-        for status in [200, 413, 429, 500, 503] {
-            assert!(
-                !does_not_batch(StatusCode::from_u16(status).unwrap()),
-                "{status}"
-            );
-        }
     }
 }

@@ -16,6 +16,7 @@ pub mod lane;
 pub mod outbound;
 pub mod outcome;
 pub mod target;
+pub mod unbatched;
 
 pub use ingress::{batch_ingress, ingress};
 pub use lane::{BatchCounters, BatchSettings};

@@ -260,11 +260,7 @@ pub struct Runtime(Option<tokio::runtime::Runtime>);
 
 impl Runtime {
     pub fn new(threads: u16) -> anyhow::Result<Self> {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if threads > 0 {
-            builder.worker_threads(usize::from(threads));
-        }
-        Ok(Runtime(Some(builder.enable_all().build()?)))
+        Ok(Runtime(Some(rmb_peer::runtime::build(threads)?)))
     }
 }
 
