@@ -26,6 +26,8 @@ pub struct Counters {
     pub gaps: AtomicU64,
     /// Pulls asked of owners.
     pub pulls: AtomicU64,
+    /// Messages a full buffer dropped (they are pulled again).
+    pub evicted: AtomicU64,
     /// Pushes sent again to cumulative subscribers that did not acknowledge them.
     pub resent: AtomicU64,
     /// Cumulative acknowledgements received from subscribers.
@@ -66,6 +68,7 @@ impl Counters {
             duplicates: r(&self.duplicates),
             gaps: r(&self.gaps),
             pulls: r(&self.pulls),
+            evicted: r(&self.evicted),
             resent: r(&self.resent),
             acks_received: r(&self.acks_received),
             refused_by: self
@@ -98,6 +101,10 @@ pub struct CountersSnapshot {
     pub gaps: u64,
     /// Pulls asked of owners.
     pub pulls: u64,
+    /// Messages a full buffer dropped (they are pulled again): a subscriber that falls
+    /// this far behind costs its owner pulls.
+    #[serde(default)]
+    pub evicted: u64,
     /// Pushes sent again to cumulative subscribers that did not acknowledge them.
     #[serde(default)]
     pub resent: u64,

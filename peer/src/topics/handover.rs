@@ -12,7 +12,7 @@ use rmb_proto::time::unix_now;
 use tokio::time::Instant;
 
 use super::store::StoreError;
-use super::wire::{GapJson, MessageJson, TopicName};
+use super::wire::{self, GapJson, MessageJson, TopicName};
 use super::{Counters, Shared};
 use crate::core::Reason;
 
@@ -84,21 +84,31 @@ impl Sub {
         !self.pulling && self.next_pull <= now && now.saturating_duration_since(since) >= PUSH_GRACE
     }
 
+    /// True when the next push (up to [`wire::MAX_BATCH`] messages of at most
+    /// [`wire::BATCH_BYTES`]) might not fit in the buffer: it is to be drained before
+    /// more is taken in.
+    pub(super) fn nearly_full(&self) -> bool {
+        self.buffer.len() + wire::MAX_BATCH > MAX_BUFFERED
+            || self.buffer_bytes + wire::BATCH_BYTES > MAX_BUFFERED_BYTES
+    }
+
     pub(super) fn unrecorded(&self) -> bool {
         self.recorded < self.last
     }
 
     /// Buffers a message not handed over yet (above `last`, not buffered), within
-    /// [`MAX_BUFFERED`] and [`MAX_BUFFERED_BYTES`]. When full it keeps the lowest ids,
-    /// which are handed over first: a message that fills the hole before them pushes
-    /// the highest out, and one above them all is dropped. Either is pulled again once
-    /// the hole is filled. The next one (`last + 1`) always gets in.
+    /// [`MAX_BUFFERED`] and [`MAX_BUFFERED_BYTES`]; how many messages it dropped. When
+    /// full it keeps the lowest ids, which are handed over first: a message that fills
+    /// the hole before them pushes the highest out, and one above them all is dropped.
+    /// Either is pulled again once the hole is filled. The next one (`last + 1`) always
+    /// gets in.
     ///
     /// Keeping what came first instead let a burst fill the buffer past a hole; the
     /// pulls that fill it then got in one message each (only `last + 1`), and a
     /// subscriber across two relays took 90 s for 20,000 messages, two per second.
-    pub(super) fn keep(&mut self, message: MessageJson) {
+    pub(super) fn keep(&mut self, message: MessageJson) -> u64 {
         let size = message.size();
+        let mut dropped = 0;
         if message.id != self.last + 1 {
             while self.buffer.len() >= MAX_BUFFERED || self.buffer_bytes + size > MAX_BUFFERED_BYTES
             {
@@ -106,13 +116,15 @@ impl Sub {
                     Some(highest) if *highest.key() > message.id => {
                         let evicted = highest.remove();
                         self.buffer_bytes = self.buffer_bytes.saturating_sub(evicted.size());
+                        dropped += 1;
                     }
-                    _ => return,
+                    _ => return dropped + 1,
                 }
             }
         }
         self.buffer_bytes += size;
         self.buffer.insert(message.id, message);
+        dropped
     }
 }
 
@@ -134,7 +146,10 @@ pub(super) fn offer(shared: &Shared, sub: &mut Sub, message: MessageJson) {
         return;
     }
     sub.known_last = sub.known_last.max(message.id);
-    sub.keep(message);
+    let dropped = sub.keep(message);
+    if dropped > 0 {
+        Counters::add(&shared.counters.evicted, dropped);
+    }
 }
 
 /// Most messages recorded in Redis by one script call (the script unpacks a run into one
@@ -344,9 +359,8 @@ mod tests {
         assert_eq!(sub.buffer.len(), MAX_BUFFERED);
         assert_eq!(sub.buffer.keys().next(), Some(&101));
         // A pull brings the hole: every one of it gets in, the highest make room.
-        for id in 11..=100 {
-            sub.keep(message(id));
-        }
+        let dropped: u64 = (11..=100).map(|id| sub.keep(message(id))).sum();
+        assert_eq!(dropped, 90, "each pushed the highest out");
         assert_eq!(sub.buffer.len(), MAX_BUFFERED);
         let ids: Vec<u64> = sub.buffer.keys().copied().collect();
         let expected: Vec<u64> = (11..11 + MAX_BUFFERED as u64).collect();
@@ -355,10 +369,41 @@ mod tests {
             "the lowest ids are kept, in one run from last + 1"
         );
         // One above them all is dropped while full.
-        sub.keep(message(5_000));
+        assert_eq!(sub.keep(message(5_000)), 1);
         assert!(!sub.buffer.contains_key(&5_000));
         let bytes: usize = sub.buffer.values().map(MessageJson::size).sum();
         assert_eq!(sub.buffer_bytes, bytes, "bytes follow what is kept");
+    }
+
+    #[test]
+    fn a_buffer_not_nearly_full_takes_a_whole_push_without_dropping_any() {
+        // The subscriber task drains a subscription as soon as it is nearly full, while
+        // taking in its queued pushes: up to then, every push fits whole, even when
+        // nothing was handed over (64 queued pushes of 64 messages overflowed it).
+        let mut sub = Sub::new(0, false);
+        let mut next = 1;
+        while !sub.nearly_full() {
+            let mut dropped = 0;
+            for _ in 0..wire::MAX_BATCH {
+                dropped += sub.keep(message(next));
+                next += 1;
+            }
+            assert_eq!(dropped, 0, "a whole push fits until nearly full");
+            // Messages arrive past `last` (nothing handed over yet): keep `last` at 0.
+            assert_eq!(sub.last, 0);
+        }
+        assert!(sub.buffer.len() <= MAX_BUFFERED);
+        // Once nearly full, a further push may not fit: 64 more would drop some.
+        let dropped: u64 = (0..wire::MAX_BATCH as u64)
+            .map(|i| sub.keep(message(next + i)))
+            .sum();
+        assert!(dropped > 0);
+        // Large messages: the byte bound triggers it too.
+        let mut sub = Sub::new(0, false);
+        let mut big = message(2);
+        big.message = "b".repeat(MAX_BUFFERED_BYTES - wire::BATCH_BYTES / 2);
+        assert_eq!(sub.keep(big), 0);
+        assert!(sub.nearly_full());
     }
 
     #[test]

@@ -154,6 +154,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                                     if filled && !touched.contains(&topic) {
                                         touched.push(topic.clone());
                                     }
+                                    // Handed over now rather than after the whole batch
+                                    // of inputs when the next push might not fit: 64
+                                    // pushes of up to 64 messages overflowed the buffer,
+                                    // and what it dropped was pulled again.
+                                    if let Some(sub) = subs.get_mut(&topic)
+                                        && sub.nearly_full()
+                                    {
+                                        drain(&shared, &topic, sub).await;
+                                    }
                                     match acks {
                                         AckMode::Each => recorded.push(request),
                                         AckMode::Cumulative => {

@@ -148,6 +148,11 @@ impl PeerProcess {
             .map(|s| serde_json::from_slice(&s).expect("status key holds JSON"))
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILLs the peer.
     pub fn kill(&mut self) {
         crate::child::kill(&mut self.child);

@@ -367,3 +367,87 @@ async fn a_subscription_without_a_list_records_after_handing_over() {
     recorded_reaches(&bob, &feed, 15).await;
     assert_eq!(ids_and_texts(&poll(&bob, &feed).await), expected);
 }
+
+/// A subscriber whose peer stood still while thousands of messages were published (and
+/// the owner's relay too, so that pushes pile up on the way) gets them all, in order,
+/// once, without its buffer dropping any. (The overflow fixed with this test needs
+/// pushes of many messages, which an owner makes under an in-process burst, not here:
+/// `Sub::nearly_full`'s unit test covers it; topic-bench showed it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_far_behind_hands_over_queued_pushes_without_dropping_any() {
+    const MESSAGES: u64 = 4000;
+    let r1 = RelayProcess::start(&["--federation-http"]);
+    let registry = r1.http_url();
+    let r2 = RelayProcess::start(&["--federation-http", "--registry", &registry]);
+    let alice = Node::start("//Alice", &[&r1], &registry).await;
+    // No renewal during the test (a renewal pulls at once); one thread, as a busy
+    // subscriber's task then finds many pushes queued.
+    let bob = Node::start_with(
+        "//Bob",
+        &[&r2],
+        &registry,
+        &["--topic-renew", "600", "--threads", "1"],
+    )
+    .await;
+    create(&alice, "burst", json!({ "retention_count": 10_000 })).await;
+    let topic = format!("{}/burst", alice.twin);
+    subscribe(&bob, &topic, json!({})).await;
+    assert_eq!(publish(&alice, &topic, "m1").await.0, 200);
+    assert_eq!(poll_until(&bob, &topic, 1).await.len(), 1);
+
+    // Bob's peer and the owner's relay stand still while the owner stores the rest:
+    // its pushes wait, and leave in batches of 64 messages once the relay is back.
+    bob.signal("STOP");
+    send_signal(r1.pid().unwrap(), "STOP");
+    let statuses: Vec<u16> = futures_util::stream::iter(2..=MESSAGES)
+        .map(|i| {
+            let (alice, topic) = (&alice, &topic);
+            async move { publish(alice, topic, &format!("m{i}")).await.0 }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|&s| s == 200), "every publish stored");
+    send_signal(r1.pid().unwrap(), "CONT");
+    // The pushes cross to Bob's relay, which holds them for Bob.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bob.signal("CONT");
+
+    // Every message, once, in order; none dropped by a full buffer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut counters = bob.counters().await;
+    while counters["delivered"].as_u64() < Some(MESSAGES) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        counters = bob.counters().await;
+    }
+    assert_eq!(counters["delivered"], MESSAGES, "{counters}");
+    // Read back a page at a time (a poll answers at most 1000). Publishes ran 64 at a
+    // time, so ids follow the order the owner stored them in, not the texts' numbers.
+    let mut texts = std::collections::BTreeSet::new();
+    let mut next = 1;
+    while next <= MESSAGES {
+        let r = client()
+            .get(bob.url(&format!("/topics/{topic}/json?poll=1&since={}", next - 1)))
+            .send()
+            .await
+            .unwrap();
+        let page: Vec<Value> = r
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(!page.is_empty(), "messages from {next} on are missing");
+        for m in page {
+            assert_eq!(m["id"], next, "in order, each once");
+            texts.insert(m["message"].as_str().unwrap().to_string());
+            next += 1;
+        }
+    }
+    assert_eq!(texts.len() as u64, MESSAGES, "every text once");
+    assert_eq!(
+        counters["evicted"], 0,
+        "no message was dropped to be pulled again: {counters}"
+    );
+}

@@ -41,7 +41,10 @@ impl Node {
         let twin = rmb_testsupport::registry::register(registry, &identity, &domains).await;
         let redis = RedisServer::start();
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut extra = vec!["--http", addr.as_str(), "--topic-renew", "2"];
+        let mut extra = vec!["--http", addr.as_str()];
+        if !flags.contains(&"--topic-renew") {
+            extra.extend(["--topic-renew", "2"]);
+        }
         extra.extend_from_slice(flags);
         let peer = tokio::task::block_in_place(|| {
             PeerProcess::start(secret, &redis.url(), &urls, registry, &extra)
@@ -71,6 +74,24 @@ impl Node {
         panic!("the HTTP API at {} did not come up", self.http);
     }
 
+    /// Sends the peer a signal (`STOP`, `CONT`): a peer that stands still.
+    pub(crate) fn signal(&self, signal: &str) {
+        send_signal(self.peer.pid().expect("the peer runs"), signal);
+    }
+
+    /// The topics layer's counters (`GET /topics`).
+    pub(crate) async fn counters(&self) -> Value {
+        let listing: Value = client()
+            .get(self.url("/topics"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listing["counters"].clone()
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.http)
     }
@@ -83,6 +104,16 @@ impl Node {
         tokio::task::block_in_place(|| self.peer.relaunch());
         self.wait_http().await;
     }
+}
+
+/// Sends process `pid` a signal (`STOP`, `CONT`).
+pub(crate) fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 pub(crate) fn client() -> reqwest::Client {

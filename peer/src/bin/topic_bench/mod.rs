@@ -171,9 +171,9 @@ fn threads(n: u16) -> String {
 fn print_table(rows: &[Row], args: &Args) {
     println!();
     println!(
-        "| system | path | subscribers | p50 ms | p99 ms | CPU µs/delivery | first / last p50 ms | burst deliveries/s | burst p50 ms | burst p99 ms |"
+        "| system | path | subscribers | p50 ms | p99 ms | CPU µs/delivery | first / last p50 ms | steal % | burst deliveries/s | burst p50 ms | burst p99 ms | burst pulls / duplicates |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let f = &r.figures;
         let missing = if f.missing > 0 {
@@ -186,8 +186,13 @@ fn print_table(rows: &[Row], args: &Args) {
         } else {
             "–".into()
         };
+        let steal = f.steal.map_or_else(|| "–".into(), |s| format!("{s:.0}"));
+        let pulls = match (f.burst_pulls, f.burst_duplicates) {
+            (Some(p), Some(d)) => format!("{p} / {d}"),
+            _ => "–".into(),
+        };
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {cpu} | {:.2} / {:.2} | {:.0}{missing} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {cpu} | {:.2} / {:.2} | {steal} | {:.0}{missing} | {:.1} | {:.1} | {pulls} |",
             r.system,
             r.path,
             r.subscribers,
@@ -208,6 +213,10 @@ fn print_table(rows: &[Row], args: &Args) {
          CPU µs/delivery: user + system time of the bench (all peers), relays and Redis \
          during the one-at-a-time run, per delivery (10 ms clock ticks: a rough figure). \
          First / last: p50 over messages of each message's first and last delivery. \
+         Steal: the machine's CPU time the hypervisor took during the one-at-a-time run \
+         (this VM's slow spells; NATS runs in the same spell as the rmb rows above it). \
+         Pulls / duplicates: what the subscribers asked the owner for, and received twice, \
+         during the burst (0 / 0 when no push overtook another). \
          Threads: {} for the owner's peer and {0} for all subscribers' peers (`--threads`), \
          {} per relay (`--relay-threads`).",
         threads(args.threads),
@@ -344,6 +353,13 @@ impl Publisher {
     }
 }
 
+/// Pulls the subscribers asked of owners so far, and messages they received twice.
+fn pulls_and_duplicates(subs: &[Node]) -> (u64, u64) {
+    subs.iter()
+        .map(|s| s.topics.counters())
+        .fold((0, 0), |(p, d), c| (p + c.pulls, d + c.duplicates))
+}
+
 /// A message of [`PAYLOAD`] bytes.
 fn draft() -> Draft {
     Draft::from_bytes(vec![b'x'; PAYLOAD])
@@ -442,12 +458,18 @@ async fn measure_rmb(
         plan,
     };
     let cpu_before = children.cpu_seconds() + processes::own_cpu_seconds();
+    let machine_before = processes::machine_ticks();
     let (closed, last_id) = owner_rt.spawn(publisher.clone().closed_loop()).await??;
     let cpu = children.cpu_seconds() + processes::own_cpu_seconds() - cpu_before;
+    figures.steal = Some(processes::steal_percent(
+        machine_before,
+        processes::machine_ticks(),
+    ));
     figures.cpu_us = cpu * 1e6 / closed.deliveries().max(1) as f64;
     closed.finish(&mut figures);
 
     tally.start(last_id);
+    let (pulls_before, duplicates_before) = pulls_and_duplicates(&subs);
     let expected = plan.burst * plan.subscribers;
     let (sent, t0) = owner_rt.spawn(publisher.burst()).await??;
     tally.wait_for(expected, Duration::from_secs(120)).await;
@@ -463,6 +485,9 @@ async fn measure_rmb(
     figures.rate = lat.len() as f64 / (last - t0).as_secs_f64().max(1e-9);
     figures.burst_p50 = percentile(&mut lat, 0.5);
     figures.burst_p99 = percentile(&mut lat, 0.99);
+    let (pulls, duplicates) = pulls_and_duplicates(&subs);
+    figures.burst_pulls = Some(pulls - pulls_before);
+    figures.burst_duplicates = Some(duplicates - duplicates_before);
 
     for node in subs.iter().chain(std::iter::once(&owner)) {
         node.peer.shutdown().await;

@@ -136,6 +136,36 @@ impl Children {
     }
 }
 
+/// The machine's CPU time so far, in clock ticks: (stolen by the hypervisor, all).
+/// The `cpu` line of `/proc/stat`; `steal` is its eighth value. (0, 0) when unreadable.
+pub fn machine_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest times are within user).
+    let all = values.iter().take(8).sum();
+    (values.get(7).copied().unwrap_or(0), all)
+}
+
+/// Percent of the machine's CPU time the hypervisor took between two
+/// [`machine_ticks`] readings: on a shared VM, the figures of a run with much steal
+/// are slower for reasons outside the bench.
+pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let all = after.1.saturating_sub(before.1);
+    if all == 0 {
+        return 0.0;
+    }
+    100.0 * after.0.saturating_sub(before.0) as f64 / all as f64
+}
+
 /// CPU seconds this process used so far (all its threads).
 pub fn own_cpu_seconds() -> f64 {
     proc_cpu_seconds(std::process::id())

@@ -23,6 +23,13 @@ pub struct Figures {
     /// a late last that the fan-out's work is).
     pub first_p50: f64,
     pub last_p50: f64,
+    /// One message at a time: percent of the machine's CPU time taken by the hypervisor
+    /// (steal) meanwhile; `None` when not measured (NATS shares the rmb rows' machine).
+    pub steal: Option<f64>,
+    /// The burst: pulls the subscribers asked of the owner, and messages they received
+    /// twice (pushes overtaking each other make both).
+    pub burst_pulls: Option<u64>,
+    pub burst_duplicates: Option<u64>,
 }
 
 /// Every delivery of the one-at-a-time run, and each message's first and last.
