@@ -129,27 +129,13 @@ async fn two_subscribers_on_two_federated_relays_get_every_message_in_order() {
     assert_eq!(sse_ids, (1..=30).collect::<Vec<_>>());
 
     // The listing of each side.
-    let listing: Value = client()
-        .get(alice.url("/topics"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = alice.listing().await;
     let subscribers = listing["topics"][0]["subscribers"]
         .as_array()
         .unwrap()
         .clone();
     assert_eq!(subscribers, [json!(bob.twin), json!(charlie.twin)]);
-    let listing: Value = client()
-        .get(charlie.url("/topics"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = charlie.listing().await;
     assert_eq!(listing["subscriptions"][0]["topic"], topic);
     assert_eq!(listing["subscriptions"][0]["last_id"], 30);
     assert_eq!(listing["counters"]["delivered"], 30);

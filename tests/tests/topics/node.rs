@@ -79,17 +79,21 @@ impl Node {
         send_signal(self.peer.pid().expect("the peer runs"), signal);
     }
 
-    /// The topics layer's counters (`GET /topics`).
-    pub(crate) async fn counters(&self) -> Value {
-        let listing: Value = client()
+    /// `GET /topics`: own topics, subscriptions and counters.
+    pub(crate) async fn listing(&self) -> Value {
+        client()
             .get(self.url("/topics"))
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        listing["counters"].clone()
+            .unwrap()
+    }
+
+    /// The topics layer's counters (`GET /topics`).
+    pub(crate) async fn counters(&self) -> Value {
+        self.listing().await["counters"].clone()
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

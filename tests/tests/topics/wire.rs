@@ -373,14 +373,7 @@ async fn unacknowledged_pushes_are_sent_again_until_acknowledged() {
         );
     }
 
-    let listing: Value = client()
-        .get(alice.url("/topics"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = alice.listing().await;
     let counters = &listing["counters"];
     assert!(counters["resent"].as_u64().unwrap() >= 1, "{counters}");
     assert_eq!(counters["acks_received"], 2, "{counters}");
