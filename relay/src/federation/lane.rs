@@ -15,8 +15,8 @@
 //! A relay that answers the batch path with 404, 405, 501 or 400, or with a success
 //! that is not a batch's answer, does not batch (rmb-rs answers 404; a web server in
 //! front of a relay may answer anything): it is remembered as such for
-//! [`UNBATCHED_FOR`](super::unbatched::UNBATCHED_FOR), and envelopes for it are posted one by one (`POST /`) by their
-//! own tasks, as before batching. Any other refusal of a batch as a whole (413, 429…)
+//! [`UNBATCHED_FOR`](super::unbatched::UNBATCHED_FOR), and envelopes for it are posted
+//! one by one (`POST /`) by their own tasks, as before batching. Any other refusal of a batch as a whole (413, 429…)
 //! has its envelopes posted alone this once.
 //!
 //! An envelope's outcome goes to a task waiting for it ([`Lanes::queue`]) or, on the

@@ -163,8 +163,14 @@ pub(crate) async fn subscribe(node: &Node, topic: &str, body: Value) -> Value {
 
 /// `GET /topics/<topic>/json?poll=1&since=0`: the messages as JSON values.
 pub(crate) async fn poll(node: &Node, topic: &str) -> Vec<Value> {
+    poll_since(node, topic, 0).await
+}
+
+/// `GET /topics/<topic>/json?poll=1&since=<since>`: the messages after `since` (at
+/// most a page of 1000), as JSON values.
+pub(crate) async fn poll_since(node: &Node, topic: &str, since: u64) -> Vec<Value> {
     let r = client()
-        .get(node.url(&format!("/topics/{topic}/json?poll=1&since=0")))
+        .get(node.url(&format!("/topics/{topic}/json?poll=1&since={since}")))
         .send()
         .await
         .unwrap();

@@ -187,10 +187,9 @@ fn print_table(rows: &[Row], args: &Args) {
             "–".into()
         };
         let steal = f.steal.map_or_else(|| "–".into(), |s| format!("{s:.0}"));
-        let pulls = match (f.burst_pulls, f.burst_duplicates) {
-            (Some(p), Some(d)) => format!("{p} / {d}"),
-            _ => "–".into(),
-        };
+        let pulls = f
+            .burst_pulls_duplicates
+            .map_or_else(|| "–".into(), |(p, d)| format!("{p} / {d}"));
         println!(
             "| {} | {} | {} | {:.2} | {:.2} | {cpu} | {:.2} / {:.2} | {steal} | {:.0}{missing} | {:.1} | {:.1} | {pulls} |",
             r.system,
@@ -216,7 +215,7 @@ fn print_table(rows: &[Row], args: &Args) {
          Steal: the machine's CPU time the hypervisor took during the one-at-a-time run \
          (this VM's slow spells; NATS runs in the same spell as the rmb rows above it). \
          Pulls / duplicates: what the subscribers asked the owner for, and received twice, \
-         during the burst (0 / 0 when no push overtook another). \
+         during the burst (0 / 0 when no push was lost or dropped on the way). \
          Threads: {} for the owner's peer and {0} for all subscribers' peers (`--threads`), \
          {} per relay (`--relay-threads`).",
         threads(args.threads),
@@ -469,7 +468,7 @@ async fn measure_rmb(
     closed.finish(&mut figures);
 
     tally.start(last_id);
-    let (pulls_before, duplicates_before) = pulls_and_duplicates(&subs);
+    let before = pulls_and_duplicates(&subs);
     let expected = plan.burst * plan.subscribers;
     let (sent, t0) = owner_rt.spawn(publisher.burst()).await??;
     tally.wait_for(expected, Duration::from_secs(120)).await;
@@ -486,8 +485,7 @@ async fn measure_rmb(
     figures.burst_p50 = percentile(&mut lat, 0.5);
     figures.burst_p99 = percentile(&mut lat, 0.99);
     let (pulls, duplicates) = pulls_and_duplicates(&subs);
-    figures.burst_pulls = Some(pulls - pulls_before);
-    figures.burst_duplicates = Some(duplicates - duplicates_before);
+    figures.burst_pulls_duplicates = Some((pulls - before.0, duplicates - before.1));
 
     for node in subs.iter().chain(std::iter::once(&owner)) {
         node.peer.shutdown().await;

@@ -27,9 +27,8 @@ pub struct Figures {
     /// (steal) meanwhile; `None` when not measured (NATS shares the rmb rows' machine).
     pub steal: Option<f64>,
     /// The burst: pulls the subscribers asked of the owner, and messages they received
-    /// twice (pushes overtaking each other make both).
-    pub burst_pulls: Option<u64>,
-    pub burst_duplicates: Option<u64>,
+    /// twice (a push lost or dropped on the way makes both).
+    pub burst_pulls_duplicates: Option<(u64, u64)>,
 }
 
 /// Every delivery of the one-at-a-time run, and each message's first and last.
