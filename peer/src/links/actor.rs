@@ -46,11 +46,13 @@ const TICK: Duration = Duration::from_secs(5);
 /// Most envelopes written before one flush.
 const MAX_BATCH: usize = 256;
 /// tungstenite zero-fills this much of its read buffer before *every* read (128 KiB by
-/// default, a few µs each): with small envelopes that was 5% of a busy peer's CPU
-/// (topic-bench: 80 µs per delivery at 16 KiB, 106 at 64 KiB). Bigger frames still fit
-/// (the buffer grows while reading them); conn-bench showed no difference between 16,
-/// 64 and 128 KiB beyond its run-to-run noise.
-const READ_BUFFER: usize = 16 * 1024;
+/// default, a few µs each), and a read takes at most this much. With small envelopes
+/// the zeroing was 5% of a busy peer's CPU (topic-bench: 80 µs per delivery at 16 KiB,
+/// 106 at 64 KiB), and at 16 KiB it still pushed the rest out of the cache: 4 KiB took
+/// another 4% off the p50 at 100 subscribers (1.45–1.49 ms against 1.52–1.59, taking
+/// turns). Bigger frames still fit (the buffer grows while reading them), in more reads:
+/// conn-bench's throughput at 4 KiB was within its run-to-run noise of 16 KiB.
+const READ_BUFFER: usize = 4 * 1024;
 /// A connection that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
 
@@ -175,10 +177,13 @@ impl Actor {
         let mut last_ping = Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Made once per session rather than in every turn (one per frame).
+        let shutdown = self.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     let _ = sink.send(Message::Close(None)).await;
                     return None;
                 }

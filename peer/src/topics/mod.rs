@@ -18,6 +18,7 @@
 //!
 //! [`Topics`] is the handle the HTTP API and the benchmark use.
 
+mod alarm;
 pub mod config;
 pub mod counters;
 mod handover;

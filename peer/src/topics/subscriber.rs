@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::alarm::Alarm;
 use super::handover::{PULL_BACKOFF, Sub, drain, gap, offer, record_all};
 use super::router::{reply, reply_error};
 use super::wire::{self, AckMode, MessageJson, TopicName, codes};
@@ -99,38 +100,40 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
     renew_tick.reset();
     // Answers due to pushes that want one each, and topics due a cumulative ack.
     let mut acks: Vec<InboundRequest> = Vec::new();
-    let mut ack_at = Instant::now();
+    let mut ack_at = Alarm::default();
     let mut ack_due: HashSet<TopicName> = HashSet::new();
-    let mut cumulative_at = Instant::now();
+    let mut cumulative_at = Alarm::default();
     // Owners being told we do not subscribe to a topic they push (one call at a time).
     let mut telling: HashSet<TopicName> = HashSet::new();
     // When the records of handed-over messages are written next.
-    let mut record_at: Option<Instant> = None;
+    let mut record_at = Alarm::default();
+    // Made once: this loop turns once per push.
+    let stop = shared.stop.clone().cancelled_owned();
+    tokio::pin!(stop);
     loop {
-        if record_at.is_none() && subs.values().any(Sub::unrecorded) {
+        if !record_at.is_set() && subs.values().any(Sub::unrecorded) {
             // Handed-over messages of subscriptions without a Redis list are recorded
             // at most this long after the first of them, together.
-            record_at = Some(Instant::now() + shared.options.record_delay);
+            record_at.set(Instant::now() + shared.options.record_delay);
         }
         tokio::select! {
-            _ = shared.stop.cancelled() => {
+            _ = &mut stop => {
                 // What was handed over is recorded if Redis answers in time; otherwise
                 // it is pulled and handed over again after the restart.
                 let _ = tokio::time::timeout(Duration::from_secs(2), record_all(&shared, &mut subs)).await;
                 break;
             }
-            _ = tokio::time::sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {
-                record_at = None;
+            _ = record_at.ring(), if record_at.is_set() => {
                 if !record_all(&shared, &mut subs).await {
-                    record_at = Some(Instant::now() + RECORD_RETRY);
+                    record_at.set(Instant::now() + RECORD_RETRY);
                 }
             }
-            _ = tokio::time::sleep_until(ack_at), if !acks.is_empty() => {
+            _ = ack_at.ring(), if !acks.is_empty() => {
                 // Answered means recorded.
                 record_all(&shared, &mut subs).await;
                 send_acks(&shared, &mut acks).await;
             }
-            _ = tokio::time::sleep_until(cumulative_at), if !ack_due.is_empty() => {
+            _ = cumulative_at.ring(), if !ack_due.is_empty() => {
                 send_cumulative_acks(&shared, &subs, &mut ack_due).await;
             }
             next = input.recv() => {
@@ -167,7 +170,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                                         AckMode::Each => recorded.push(request),
                                         AckMode::Cumulative => {
                                             if ack_due.is_empty() {
-                                                cumulative_at = Instant::now() + CUMULATIVE_ACK_DELAY;
+                                                cumulative_at.set(Instant::now() + CUMULATIVE_ACK_DELAY);
                                             }
                                             ack_due.insert(topic);
                                         }
@@ -213,7 +216,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                     }
                 }
                 if acks.is_empty() && !recorded.is_empty() {
-                    ack_at = Instant::now() + ACK_DELAY;
+                    ack_at.set(Instant::now() + ACK_DELAY);
                 }
                 acks.append(&mut recorded);
                 if acks.len() >= ACK_BATCH {

@@ -32,10 +32,16 @@ impl Unrecorded {
 
     /// Keeps `json` (message `id` of `topic`) until [`recorded`](Unrecorded::recorded).
     pub(crate) fn add(&self, topic: &TopicName, id: u64, json: Arc<str>) {
-        self.lock()
-            .entry(topic.clone())
-            .or_default()
-            .insert(id, json);
+        let mut topics = self.lock();
+        // Looked up before `entry`, which would clone the name for every message.
+        match topics.get_mut(topic) {
+            Some(kept) => {
+                kept.insert(id, json);
+            }
+            None => {
+                topics.insert(topic.clone(), BTreeMap::from([(id, json)]));
+            }
+        }
     }
 
     /// Up to `limit` kept messages of `topic` after `since`, in id order.
