@@ -48,11 +48,12 @@ const MAX_BATCH: usize = 256;
 /// tungstenite zero-fills this much of its read buffer before *every* read (128 KiB by
 /// default, a few µs each), and a read takes at most this much. With small envelopes
 /// the zeroing was 5% of a busy peer's CPU (topic-bench: 80 µs per delivery at 16 KiB,
-/// 106 at 64 KiB), and at 16 KiB it still pushed the rest out of the cache: 4 KiB took
-/// another 4% off the p50 at 100 subscribers (1.45–1.49 ms against 1.52–1.59, taking
-/// turns). Bigger frames still fit (the buffer grows while reading them), in more reads:
-/// conn-bench's throughput at 4 KiB was within its run-to-run noise of 16 KiB.
-const READ_BUFFER: usize = 4 * 1024;
+/// 106 at 64 KiB). Smaller is not free: at 4 KiB topics at 100 subscribers got 3–4%
+/// faster (p50 1.43–1.49 ms against 1.51–1.59), but connections carrying big frames
+/// needed more reads and lost about 7% of their throughput through one relay
+/// (conn-bench medians 627 against 677 MB/s over six and five runs); 8 KiB was no better
+/// than 16 for topics.
+const READ_BUFFER: usize = 16 * 1024;
 /// A connection that lived this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
 
