@@ -144,6 +144,29 @@ end
 return last
 "#;
 
+/// Moves a subscription without a Redis list from `ARGV[1]` to `ARGV[4]` over messages
+/// `ARGV[3]..=ARGV[4]` that the same pipeline has just written to the log, and drops
+/// what leaves the replica. The messages go to `HSET` directly rather than through this
+/// script: passing ~110 messages of ~450 bytes through Lua cost Redis more than the
+/// `HSET` itself (264 µs per call against 120). Writing them first is harmless when the
+/// position moved elsewhere meanwhile: an id's message is the same wherever it is
+/// written, and what is older than the replica keeps is deleted again here.
+const ADVANCE_LUA: &str = r#"
+local last_key, log = KEYS[1], KEYS[2]
+local keep, first, upto = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local last = tonumber(redis.call('GET', last_key) or '0')
+local old = {}
+if last ~= tonumber(ARGV[1]) then
+  for id = first, math.min(upto, last - keep) do old[#old + 1] = id end
+  if #old > 0 then redis.call('HDEL', log, unpack(old)) end
+  return last
+end
+for id = math.max(first - keep, 1), upto - keep do old[#old + 1] = id end
+if #old > 0 then redis.call('HDEL', log, unpack(old)) end
+redis.call('SET', last_key, upto)
+return upto
+"#;
+
 /// Owner-side topic state answered by [`Store::pull`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slice {
@@ -175,6 +198,7 @@ pub struct Store {
     pull: Arc<Script>,
     deliver: Arc<Script>,
     deliver_many: Arc<Script>,
+    advance: Arc<Script>,
 }
 
 impl Store {
@@ -191,6 +215,7 @@ impl Store {
             pull: Arc::new(Script::new(PULL_LUA)),
             deliver: Arc::new(Script::new(DELIVER_LUA)),
             deliver_many: Arc::new(Script::new(DELIVER_MANY_LUA)),
+            advance: Arc::new(Script::new(ADVANCE_LUA)),
         })
     }
 
@@ -482,11 +507,10 @@ impl Store {
         messages: &[(u64, &str)],
         list: bool,
     ) -> Result<u64, StoreError> {
-        let list = if list {
-            self.list_key(topic)
-        } else {
-            String::new()
-        };
+        if !list {
+            return self.advance(topic, expected, messages).await;
+        }
+        let list = self.list_key(topic);
         let mut invocation = self.deliver_many.prepare_invoke();
         invocation
             .key(self.sub_key(topic, "last"))
@@ -501,6 +525,51 @@ impl Store {
         let mut c = self.conn().await?;
         let r = invocation.invoke_async(&mut c).await;
         self.failed(r).await
+    }
+
+    /// [`Store::deliver_many`] without a Redis list: the consecutive start of
+    /// `messages` written with one `HSET`, then [`ADVANCE_LUA`], in one pipeline.
+    async fn advance(
+        &self,
+        topic: &TopicName,
+        expected: u64,
+        messages: &[(u64, &str)],
+    ) -> Result<u64, StoreError> {
+        let run = messages
+            .iter()
+            .zip(expected.saturating_add(1)..)
+            .take_while(|((id, _), next)| id == next)
+            .count();
+        if run == 0 {
+            return self.last_delivered(topic).await;
+        }
+        let log = self.sub_key(topic, "log");
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&log);
+        for (id, json) in &messages[..run] {
+            hset.arg(*id).arg(*json);
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(hset).ignore();
+        pipe.cmd("EVALSHA")
+            .arg(self.advance.get_hash())
+            .arg(2)
+            .arg(self.sub_key(topic, "last"))
+            .arg(&log)
+            .arg(expected)
+            .arg(REPLICA_KEEP)
+            .arg(expected + 1)
+            .arg(expected + run as u64);
+        let mut c = self.conn().await?;
+        let mut r: redis::RedisResult<(u64,)> = pipe.query_async(&mut c).await;
+        if matches!(&r, Err(e) if e.kind() == redis::ErrorKind::NoScriptError) {
+            // A Redis that restarted or was flushed: load the script and run the whole
+            // pipeline again (writing the same messages twice changes nothing).
+            let loaded = self.advance.prepare_invoke().load_async(&mut c).await;
+            self.failed(loaded).await?;
+            r = pipe.query_async(&mut c).await;
+        }
+        Ok(self.failed(r).await?.0)
     }
 
     /// Messages of a subscription kept locally, after `since` up to `last` (at most

@@ -77,3 +77,101 @@ async fn records_runs_in_one_call_each_and_keeps_what_it_kept_before() {
         (REPLICA_KEEP + 291..=REPLICA_KEEP + 300).collect::<Vec<_>>()
     );
 }
+
+/// Without a Redis list the messages go to `HSET` directly and a small script moves the
+/// position: the same outcomes as the list path, and nothing left behind when the
+/// position had moved elsewhere.
+#[tokio::test]
+async fn records_without_a_list_write_the_log_and_move_the_position_once() {
+    let redis = RedisServer::start();
+    let mut raw = Resp::connect(&redis.url());
+    let store = Store::connect(&redis.url(), "s.").await.unwrap();
+    let topic: TopicName = "7/t".parse().unwrap();
+    let entries: Vec<(u64, String)> = (1..=REPLICA_KEEP + 300).map(|id| (id, entry(id))).collect();
+    let refs = |from: usize, to: usize| -> Vec<(u64, &str)> {
+        entries[from..to]
+            .iter()
+            .map(|(i, j)| (*i, j.as_str()))
+            .collect()
+    };
+
+    // The first call meets a Redis without the script loaded; it is loaded and run.
+    // From a position Redis does not hold: nothing moves, nothing is kept.
+    assert_eq!(
+        store
+            .deliver_many(&topic, 5, &refs(0, 3), false)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.last_delivered(&topic).await.unwrap(), 0);
+
+    // A run stops at the first message that is not next.
+    let mut holey = refs(0, 3);
+    holey[2].0 = 4;
+    assert_eq!(
+        store.deliver_many(&topic, 0, &holey, false).await.unwrap(),
+        2
+    );
+    assert_eq!(raw.cmd(&[b"HLEN", b"s.sub.7/t.log"]), Reply::Int(2));
+    assert_eq!(raw.llen("s.sub.7/t.list"), 0, "no list without the option");
+
+    // A run that does not start at the next id moves nothing.
+    assert_eq!(
+        store
+            .deliver_many(&topic, 2, &refs(3, 5), false)
+            .await
+            .unwrap(),
+        2
+    );
+
+    // Runs of 256 up to past what a subscription keeps: the oldest leave the log.
+    let mut last = 2;
+    for from in (2..entries.len()).step_by(256) {
+        let run = refs(from, (from + 256).min(entries.len()));
+        last = store.deliver_many(&topic, last, &run, false).await.unwrap();
+        assert_eq!(last, run.last().unwrap().0);
+    }
+    assert_eq!(
+        raw.cmd(&[b"HLEN", b"s.sub.7/t.log"]),
+        Reply::Int(REPLICA_KEEP as i64)
+    );
+    assert_eq!(raw.cmd(&[b"HGET", b"s.sub.7/t.log", b"300"]), Reply::Nil);
+    let kept_301 = raw.cmd(&[b"HGET", b"s.sub.7/t.log", b"301"]);
+    assert_eq!(kept_301.bytes(), Some(entry(301).as_bytes()));
+
+    // Another process moved the position on meanwhile: a late run of old messages is
+    // refused, and what it wrote that is older than the replica keeps is gone again.
+    let late = refs(5, 40);
+    assert_eq!(
+        store.deliver_many(&topic, 5, &late, false).await.unwrap(),
+        REPLICA_KEEP + 300
+    );
+    assert_eq!(
+        raw.cmd(&[b"HLEN", b"s.sub.7/t.log"]),
+        Reply::Int(REPLICA_KEEP as i64),
+        "nothing left behind"
+    );
+    assert_eq!(raw.cmd(&[b"HGET", b"s.sub.7/t.log", b"6"]), Reply::Nil);
+
+    // A Redis that lost its scripts (restart, SCRIPT FLUSH) gets it loaded again.
+    assert_eq!(raw.cmd(&[b"SCRIPT", b"FLUSH"]), Reply::Status("OK".into()));
+    let next = (REPLICA_KEEP + 301, entry(REPLICA_KEEP + 301));
+    let run = [(next.0, next.1.as_str())];
+    assert_eq!(
+        store
+            .deliver_many(&topic, REPLICA_KEEP + 300, &run, false)
+            .await
+            .unwrap(),
+        REPLICA_KEEP + 301
+    );
+    let back = store
+        .replica(&topic, REPLICA_KEEP + 295, REPLICA_KEEP + 301, 100)
+        .await
+        .unwrap();
+    let ids: Vec<u64> = back.iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids,
+        (REPLICA_KEEP + 296..=REPLICA_KEEP + 301).collect::<Vec<_>>()
+    );
+}
