@@ -13,6 +13,25 @@ fn entry(id: u64) -> String {
     )
 }
 
+/// Ids the local replica gives back after `since` up to `last`.
+async fn replica_ids(store: &Store, topic: &TopicName, since: u64, last: u64) -> Vec<u64> {
+    let back = store.replica(topic, since, last, 100).await.unwrap();
+    back.iter().map(|m| m.id).collect()
+}
+
+/// The log holds the newest `REPLICA_KEEP` of `REPLICA_KEEP + 300` messages.
+fn assert_log_keeps_the_newest(raw: &mut Resp) {
+    let kept = raw.cmd(&[b"HLEN", b"s.sub.7/t.log"]);
+    assert_eq!(
+        kept,
+        Reply::Int(REPLICA_KEEP as i64),
+        "the log keeps the newest"
+    );
+    assert_eq!(raw.cmd(&[b"HGET", b"s.sub.7/t.log", b"300"]), Reply::Nil);
+    let kept_301 = raw.cmd(&[b"HGET", b"s.sub.7/t.log", b"301"]);
+    assert_eq!(kept_301.bytes(), Some(entry(301).as_bytes()));
+}
+
 #[tokio::test]
 async fn records_runs_in_one_call_each_and_keeps_what_it_kept_before() {
     let redis = RedisServer::start();
@@ -50,15 +69,7 @@ async fn records_runs_in_one_call_each_and_keeps_what_it_kept_before() {
         store.last_delivered(&topic).await.unwrap(),
         REPLICA_KEEP + 300
     );
-    let kept = raw.cmd(&[b"HLEN", b"s.sub.7/t.log"]);
-    assert_eq!(
-        kept,
-        Reply::Int(REPLICA_KEEP as i64),
-        "the log keeps the newest"
-    );
-    assert_eq!(raw.cmd(&[b"HGET", b"s.sub.7/t.log", b"300"]), Reply::Nil);
-    let kept_301 = raw.cmd(&[b"HGET", b"s.sub.7/t.log", b"301"]);
-    assert_eq!(kept_301.bytes(), Some(entry(301).as_bytes()));
+    assert_log_keeps_the_newest(&mut raw);
     let listed = raw.llen("s.sub.7/t.list");
     assert_eq!(
         listed,
@@ -67,13 +78,8 @@ async fn records_runs_in_one_call_each_and_keeps_what_it_kept_before() {
     );
 
     // What the log holds reads back in order.
-    let back = store
-        .replica(&topic, REPLICA_KEEP + 290, REPLICA_KEEP + 300, 100)
-        .await
-        .unwrap();
-    let ids: Vec<u64> = back.iter().map(|m| m.id).collect();
     assert_eq!(
-        ids,
+        replica_ids(&store, &topic, REPLICA_KEEP + 290, REPLICA_KEEP + 300).await,
         (REPLICA_KEEP + 291..=REPLICA_KEEP + 300).collect::<Vec<_>>()
     );
 }
@@ -132,13 +138,7 @@ async fn records_without_a_list_write_the_log_and_move_the_position_once() {
         last = store.deliver_many(&topic, last, &run, false).await.unwrap();
         assert_eq!(last, run.last().unwrap().0);
     }
-    assert_eq!(
-        raw.cmd(&[b"HLEN", b"s.sub.7/t.log"]),
-        Reply::Int(REPLICA_KEEP as i64)
-    );
-    assert_eq!(raw.cmd(&[b"HGET", b"s.sub.7/t.log", b"300"]), Reply::Nil);
-    let kept_301 = raw.cmd(&[b"HGET", b"s.sub.7/t.log", b"301"]);
-    assert_eq!(kept_301.bytes(), Some(entry(301).as_bytes()));
+    assert_log_keeps_the_newest(&mut raw);
 
     // Another process moved the position on meanwhile: a late run of old messages is
     // refused, and what it wrote that is older than the replica keeps is gone again.
@@ -165,13 +165,8 @@ async fn records_without_a_list_write_the_log_and_move_the_position_once() {
             .unwrap(),
         REPLICA_KEEP + 301
     );
-    let back = store
-        .replica(&topic, REPLICA_KEEP + 295, REPLICA_KEEP + 301, 100)
-        .await
-        .unwrap();
-    let ids: Vec<u64> = back.iter().map(|m| m.id).collect();
     assert_eq!(
-        ids,
+        replica_ids(&store, &topic, REPLICA_KEEP + 295, REPLICA_KEEP + 301).await,
         (REPLICA_KEEP + 296..=REPLICA_KEEP + 301).collect::<Vec<_>>()
     );
 }
