@@ -565,7 +565,7 @@ impl Store {
         if matches!(&r, Err(e) if e.kind() == redis::ErrorKind::NoScriptError) {
             // A Redis that restarted or was flushed: load the script and run the whole
             // pipeline again (writing the same messages twice changes nothing).
-            let loaded = self.advance.prepare_invoke().load_async(&mut c).await;
+            let loaded = self.advance.load_async(&mut c).await;
             self.failed(loaded).await?;
             r = pipe.query_async(&mut c).await;
         }
