@@ -34,7 +34,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod switch;
-pub mod throttle;
+pub use rmb_proto::throttle;
 pub mod tls;
 
 pub use config::Config;

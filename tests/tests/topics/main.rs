@@ -16,11 +16,16 @@
 //! - the subscriber's record script keeps position, local copies and list as before
 //!   when it writes a whole run per command.
 //!
-//! One test binary in five files: `node` (the shared processes and HTTP helpers),
-//! `delivery`, `api` (HTTP API and CLI), `wire` and `store`.
+//! - the HTTP API refuses what a web page or a misbehaving local client tries (foreign
+//!   Host and Origin, simple POSTs, missing token; idle, drip-fed and oversized
+//!   requests, streams nobody reads).
+//!
+//! One test binary in six files: `node` (the shared processes and HTTP helpers),
+//! `delivery`, `api` (HTTP API and CLI), `http_attacks`, `wire` and `store`.
 
 mod api;
 mod delivery;
+mod http_attacks;
 mod node;
 mod store;
 mod wire;
