@@ -34,10 +34,16 @@ pub enum AuthError {
     Registry(String),
     #[error("max number of users reached")]
     Full,
+    /// The token was accepted before (here or, with Redis, on another replica): only a
+    /// copy of it can be shown again.
     #[error("invalid jwt: token already used; make a new one for each connection")]
     Replayed,
+    /// `--login-memory` tokens that may still be replayed are remembered: refused rather
+    /// than forgetting one.
     #[error("too many logins at once; try again shortly")]
     MemoryFull,
+    /// Redis did not answer whether the token was used (details in the relay's log, not
+    /// for the client).
     #[error("login check unavailable; try again shortly")]
     StoreUnavailable,
 }

@@ -152,8 +152,8 @@ impl UsedLogins {
         }
     }
 
-    /// Tokens remembered in this process (`None` when they are in Redis).
-    pub fn len(&self) -> Option<usize> {
+    /// Tokens remembered in this process (`None` when they are in Redis), for `/health`.
+    pub fn remembered(&self) -> Option<usize> {
         match &self.store {
             Store::Memory(memory) => {
                 Some(memory.lock().unwrap_or_else(|p| p.into_inner()).keys.len())
@@ -208,7 +208,7 @@ mod tests {
             used.first_use(&token(NOW, 299), &policy, NOW + 121).await,
             FirstUse::First
         );
-        assert_eq!(used.len(), Some(1));
+        assert_eq!(used.remembered(), Some(1));
     }
 
     #[tokio::test]

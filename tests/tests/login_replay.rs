@@ -19,7 +19,7 @@ use rmb_proto::Address;
 use rmb_testsupport::peer_process::PeerProcess;
 use rmb_testsupport::redis_server::RedisServer;
 use rmb_testsupport::registry::register;
-use rmb_testsupport::relay_client::{TestClient, now, request};
+use rmb_testsupport::relay_client::{TestClient, fresh_token, now, request};
 use rmb_testsupport::relay_process::RelayProcess;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -90,8 +90,8 @@ async fn a_replayed_token_is_refused_and_the_victim_keeps_its_session() {
     drop(victim);
     refused_as_used(TestClient::connect_with(&relay.ws_url(), a, &token).await);
     assert!(relay.error_count("login_replayed").await >= 4);
-    // A fresh token logs in as always.
-    TestClient::connect_with(&relay.ws_url(), a, &peer_token(&alice, a))
+    // A new token (other claims) logs in as always.
+    TestClient::connect_with(&relay.ws_url(), a, &fresh_token(&alice, a, None))
         .await
         .expect("a fresh token logs in");
 }
@@ -153,7 +153,7 @@ async fn a_token_used_on_one_replica_is_refused_on_the_others() {
     drop((victim, cb));
     r1.restart();
     refused_as_used(TestClient::connect_with(&r1.ws_url(), a, &token).await);
-    TestClient::connect_with(&r2.ws_url(), a, &peer_token(&alice, a))
+    TestClient::connect_with(&r2.ws_url(), a, &fresh_token(&alice, a, None))
         .await
         .expect("a fresh token logs in");
 }

@@ -238,6 +238,10 @@ async fn health(
         "queues": state.queue.describe(),
         "domains": state.config.domains,
         "registry": state.registry.describe(),
+        "used_logins": {
+            "store": state.used_logins.describe(),
+            "remembered": state.used_logins.remembered(),
+        },
     });
     axum::Json(body).into_response()
 }

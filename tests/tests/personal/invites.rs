@@ -35,6 +35,7 @@ async fn a_stranger_guessing_codes_blocks_only_itself() {
     let bob = Node::start("//Bob", &relay, &registry).await;
     let carol = Node::start("//Carol", &relay, &registry).await;
     let dave = Node::start("//Dave", &relay, &registry).await;
+    let eve = Node::start("//Eve", &relay, &registry).await;
     let dir = tempfile::tempdir().unwrap();
     let _owner = form_group(&alice, &[], dir.path());
     let invite = |who: &Node| {
@@ -87,8 +88,12 @@ async fn a_stranger_guessing_codes_blocks_only_itself() {
     let (_, secret) = second.split_once('-').unwrap();
     let pending = format!("rmb.pmb.invite.{}", secret.replace('-', ""));
     assert_eq!(alice.redis.inline(&["EXISTS", &pending]), ":1");
-    // A machine that types its code right is never refused: Bob, joining again with it.
-    join(&bob, &second).unwrap_or_else(|e| panic!("Bob refused under the ceiling: {e}"));
+    // A machine that types its code right is never refused: Eve, another of the
+    // owner's machines, joins with it.
+    join(&eve, &second).unwrap_or_else(|e| panic!("Eve refused under the ceiling: {e}"));
+    let mut three = vec![alice.twin, bob.twin, eve.twin];
+    three.sort();
+    assert_eq!(members(&alice), three);
     // Every wrong code was counted in all: the ceiling's 1000 and Dave's.
     assert_eq!(
         alice
