@@ -286,13 +286,14 @@ mod tests {
     fn time_rules() {
         let signer = alice(KeyType::Sr25519);
         let policy = JwtPolicy::default();
-        let token = Token::parse(&Token::create(&signer, 1, None, NOW, 300)).unwrap();
-        assert!(token.check_time(NOW + 300, &policy).is_ok());
+        // Expiry is checked as rmb-rs checks it (a token shorter than max_age).
+        let token = Token::parse(&Token::create(&signer, 1, None, NOW, 60)).unwrap();
+        assert!(token.check_time(NOW + 60, &policy).is_ok());
         assert_eq!(
-            token.check_time(NOW + 301, &policy),
+            token.check_time(NOW + 61, &policy),
             Err(JwtError::Expired {
-                exp: NOW + 300,
-                now: NOW + 301
+                exp: NOW + 60,
+                now: NOW + 61
             })
         );
         assert!(matches!(

@@ -182,19 +182,19 @@ struct Args {
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     login_timeout: u64,
 
-    /// Longest login token accepted (exp - iat, seconds). rmb-rs peers and ours sign for
-    /// 300 s, the TS client for 1000 s.
-    #[arg(long, default_value_t = rmb_identity::jwt::DEFAULT_MAX_LIFETIME, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Longest login token accepted (exp - iat, seconds, 1 to 86400). rmb-rs peers and
+    /// ours sign for 300 s, the TS client for 1000 s.
+    #[arg(long, default_value_t = rmb_identity::jwt::DEFAULT_MAX_LIFETIME, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     login_max_lifetime: u64,
 
-    /// Seconds after its issue time (iat) a login token is still accepted. Clients make a
-    /// fresh token for each connection, so only a kept (captured) token, or a client
-    /// whose clock runs this far behind, is older.
-    #[arg(long, default_value_t = rmb_identity::jwt::DEFAULT_MAX_AGE, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds after its issue time (iat) a login token is still accepted (1 to 86400).
+    /// Clients make a fresh token for each connection, so only a kept (captured) token,
+    /// or a client whose clock runs this far behind, is older.
+    #[arg(long, default_value_t = rmb_identity::jwt::DEFAULT_MAX_AGE, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     login_max_age: u64,
 
-    /// Seconds a login token's issue time may be ahead of this relay's clock.
-    #[arg(long, default_value_t = rmb_identity::jwt::DEFAULT_MAX_CLOCK_SKEW, value_name = "SECONDS")]
+    /// Seconds a login token's issue time may be ahead of this relay's clock (0 to 3600).
+    #[arg(long, default_value_t = rmb_identity::jwt::DEFAULT_MAX_CLOCK_SKEW, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3_600))]
     login_clock_skew: u64,
 
     /// Login tokens remembered at once, so none is accepted twice (each until it could
