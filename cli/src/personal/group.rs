@@ -248,8 +248,8 @@ enum CodeCheck {
     Right,
     /// Not a pending invite; counted.
     Wrong,
-    /// Not looked at: this twin presented too many wrong codes (the code, if right,
-    /// stays valid).
+    /// Not looked at: this twin presented too many wrong codes, or one while all twins
+    /// together are past the ceiling (the code, if right, stays valid).
     Refused,
 }
 

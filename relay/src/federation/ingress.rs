@@ -60,7 +60,7 @@ fn refuse_and_close(status: StatusCode, message: impl Into<String>) -> Response 
 /// are read the same way: `crate::server::registry_body`).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
-    #[error("envelope of more than {limit} bytes")]
+    #[error("request body of more than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("request body not received within {0:?}")]
     Timeout(std::time::Duration),
