@@ -9,6 +9,8 @@
 //!   lifetimes rmb-rs peers (300 s) and the TS client (1000 s) use are accepted;
 //! - with `--redis`, a token used on one replica is refused on another replica of the
 //!   same relay, and by a replica restarted since;
+//! - the memory of used tokens is bounded (`--login-memory`): when full, logins are
+//!   refused rather than a token forgotten while it could still be replayed;
 //! - our peer, dropped by the relay twice within one second, reconnects without ever
 //!   showing a token twice.
 
@@ -156,6 +158,40 @@ async fn a_token_used_on_one_replica_is_refused_on_the_others() {
     TestClient::connect_with(&r2.ws_url(), a, &fresh_token(&alice, a, None))
         .await
         .expect("a fresh token logs in");
+}
+
+#[tokio::test]
+async fn a_full_memory_of_used_tokens_refuses_logins_instead_of_forgetting() {
+    let relay = RelayProcess::start(&["--login-memory", "2"]);
+    let alice = identity("Alice");
+    let a = register(&relay.http_url(), &alice, &[relay.domain()]).await;
+    let first = fresh_token(&alice, a, None);
+    for token in [first.clone(), fresh_token(&alice, a, None)] {
+        TestClient::connect_with(&relay.ws_url(), a, &token)
+            .await
+            .expect("room for two tokens");
+    }
+    let refused = TestClient::connect_with(&relay.ws_url(), a, &fresh_token(&alice, a, None)).await;
+    assert_eq!(
+        refused.err(),
+        Some((
+            503,
+            "too many logins at once; try again shortly".to_string()
+        ))
+    );
+    assert_eq!(relay.error_count("login_memory_full").await, 1);
+    // The two it holds are still refused as used, not forgotten to make room.
+    refused_as_used(TestClient::connect_with(&relay.ws_url(), a, &first).await);
+    let health: serde_json::Value = reqwest::get(format!("{}/health", relay.http_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["used_logins"],
+        serde_json::json!({"store": "memory", "remembered": 2})
+    );
 }
 
 /// Sleeps until 20 ms into the next wall-clock second.
