@@ -36,8 +36,11 @@ pub struct Config {
     pub federation_http: bool,
     /// `--resolve` overrides for relay names.
     pub resolver: RelayResolver,
-    /// Login token rules.
+    /// Login token rules: `--login-max-lifetime`, `--login-max-age`, `--login-clock-skew`.
     pub jwt: JwtPolicy,
+    /// `--login-memory`: login tokens remembered at once (in memory; with Redis they are
+    /// kept there) so none is accepted twice; when full, logins are refused (503).
+    pub login_memory: usize,
 
     // --- sessions and bounded memory (issue #12: session actor, bounded relay memory) ---
     /// `--max-lifetime`: envelopes whose deadline is further ahead are refused.
@@ -100,6 +103,7 @@ impl Default for Config {
             federation_http: false,
             resolver: RelayResolver::default(),
             jwt: JwtPolicy::default(),
+            login_memory: crate::logins::DEFAULT_CAPACITY,
             max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
             ping_interval: Duration::from_secs(20),
             read_timeout: Duration::from_secs(60),
