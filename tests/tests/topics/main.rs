@@ -14,13 +14,16 @@
 //!   acknowledges them; one that does not say so answers each push.
 //!
 //! - the subscriber's record script keeps position, local copies and list as before
-//!   when it writes a whole run per command.
+//!   when it writes a whole run per command;
+//! - strangers cannot hold a public topic's subscriber slots: leases end, silent
+//!   subscribers are dropped, new subscriptions are capped per relay.
 //!
-//! One test binary in five files: `node` (the shared processes and HTTP helpers),
-//! `delivery`, `api` (HTTP API and CLI), `wire` and `store`.
+//! One test binary in six files: `node` (the shared processes and HTTP helpers),
+//! `delivery`, `api` (HTTP API and CLI), `wire`, `store` and `slots`.
 
 mod api;
 mod delivery;
 mod node;
+mod slots;
 mod store;
 mod wire;
