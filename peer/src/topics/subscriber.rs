@@ -654,3 +654,33 @@ pub(crate) async fn pull_remote(
         .await?;
     parse(topic.owner, &bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_leases_are_renewed_three_times_per_lease() {
+        let topic: TopicName = "7/a".parse().unwrap();
+        let renew = Duration::from_secs(30);
+        let s = Duration::from_secs(1);
+        let now = Instant::now();
+        let mut soon = RenewSoon::default();
+        soon.lease(&topic, Some(300), renew, now);
+        assert!(
+            soon.due(now + 1000 * s).is_empty(),
+            "a long lease: the usual renewals keep it"
+        );
+        soon.lease(&topic, Some(30), renew, now);
+        assert!(soon.due(now + 9 * s).is_empty());
+        assert_eq!(soon.due(now + 10 * s), vec![topic.clone()]);
+        assert!(soon.due(now + 19 * s).is_empty());
+        assert_eq!(soon.due(now + 20 * s), vec![topic.clone()]);
+        // An owner that gives no lease (an older peer) gets the usual renewals.
+        soon.lease(&topic, None, renew, now);
+        assert!(soon.due(now + 1000 * s).is_empty());
+        soon.lease(&topic, Some(3), renew, now);
+        soon.forget(&topic);
+        assert!(soon.due(now + 1000 * s).is_empty());
+    }
+}
