@@ -8,8 +8,8 @@
 //!
 //! A pure state machine with time (unix seconds) passed in: the owner task records
 //! subscribes and renewals ([`Leases::renew`], after [`Leases::admit`] for a twin that is
-//! new), the fan-out task records pushes ([`Leases::pushed`]), the router
-//! acknowledgements ([`Leases::answered`]), and the owner task's tick asks which
+//! new), the fan-out task records pushes ([`Leases::pushed`]), the router answers and
+//! acknowledgements ([`Leases::answered`], [`Leases::acked`]), and the owner task's tick asks which
 //! subscribers are gone ([`Leases::sweep`]). Entries exist only for current subscribers,
 //! so the table is bounded by the subscriber lists; the admission counters are bounded
 //! by [`MAX_RELAYS_TRACKED`].
@@ -127,7 +127,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct Leases {
     settings: LeaseSettings,
-    entries: HashMap<(String, u32), Entry>,
+    /// By topic name, then twin (the fan-out looks a topic up once per batch).
+    entries: HashMap<String, HashMap<u32, Entry>>,
     /// Start of the current admission window.
     window_start: u64,
     admitted: u32,
@@ -153,7 +154,13 @@ impl Leases {
 
     /// True when `twin` holds a lease on `topic`.
     pub fn contains(&self, topic: &str, twin: u32) -> bool {
-        self.entries.contains_key(&(topic.to_string(), twin))
+        self.entries
+            .get(topic)
+            .is_some_and(|subs| subs.contains_key(&twin))
+    }
+
+    fn entry(&mut self, topic: &str, twin: u32) -> Option<&mut Entry> {
+        self.entries.get_mut(topic)?.get_mut(&twin)
     }
 
     /// Admits a new subscription of a twin registered on `relays` at `now`, counting it;
@@ -220,31 +227,55 @@ impl Leases {
 
     /// `twin` subscribed to `topic`, or renewed, at `now`: its lease starts again.
     pub fn renew(&mut self, topic: &str, twin: u32, now: u64) {
-        self.entries
-            .entry((topic.to_string(), twin))
-            .and_modify(|e| e.renewed = now)
-            .or_insert(Entry {
-                renewed: now,
-                acked: 0,
-                unanswered: 0,
-                since: None,
-            });
-    }
-
-    /// A push of `topic` went to `twin` at `now`.
-    pub fn pushed(&mut self, topic: &str, twin: u32, now: u64) {
-        if let Some(e) = self.entries.get_mut(&(topic.to_string(), twin)) {
-            e.unanswered = e.unanswered.saturating_add(1);
-            e.since.get_or_insert(now);
+        if let Some(e) = self.entry(topic, twin) {
+            e.renewed = now;
+            return;
+        }
+        let fresh = Entry {
+            renewed: now,
+            acked: 0,
+            unanswered: 0,
+            since: None,
+        };
+        match self.entries.get_mut(topic) {
+            Some(subs) => {
+                subs.insert(twin, fresh);
+            }
+            None => {
+                self.entries
+                    .insert(topic.to_string(), HashMap::from([(twin, fresh)]));
+            }
         }
     }
 
-    /// `twin` acknowledged `topic` up to `last` (`u64::MAX`: it answered a push it was
-    /// to answer). Only progress counts: repeating an old acknowledgement does not keep
-    /// a subscriber that receives nothing.
-    pub fn answered(&mut self, topic: &str, twin: u32, last: u64) {
-        if let Some(e) = self.entries.get_mut(&(topic.to_string(), twin))
-            && (last > e.acked || last == u64::MAX)
+    /// A push of `topic` went to each of `twins` at `now`.
+    pub fn pushed(&mut self, topic: &str, twins: impl IntoIterator<Item = u32>, now: u64) {
+        let Some(subs) = self.entries.get_mut(topic) else {
+            return;
+        };
+        for twin in twins {
+            if let Some(e) = subs.get_mut(&twin) {
+                e.unanswered = e.unanswered.saturating_add(1);
+                e.since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// `twin` answered a push of `topic` it was to answer (a subscriber acknowledging
+    /// each push).
+    pub fn answered(&mut self, topic: &str, twin: u32) {
+        if let Some(e) = self.entry(topic, twin) {
+            e.unanswered = 0;
+            e.since = None;
+        }
+    }
+
+    /// `twin` acknowledged `topic` up to `last` (a cumulative subscriber). Only progress
+    /// counts: repeating an old acknowledgement does not keep a subscriber that receives
+    /// nothing.
+    pub fn acked(&mut self, topic: &str, twin: u32, last: u64) {
+        if let Some(e) = self.entry(topic, twin)
+            && last > e.acked
         {
             e.acked = last;
             e.unanswered = 0;
@@ -254,7 +285,12 @@ impl Leases {
 
     /// `twin` left `topic` (unsubscribed, or said it is not subscribed).
     pub fn forget(&mut self, topic: &str, twin: u32) {
-        self.entries.remove(&(topic.to_string(), twin));
+        if let Some(subs) = self.entries.get_mut(topic) {
+            subs.remove(&twin);
+            if subs.is_empty() {
+                self.entries.remove(topic);
+            }
+        }
     }
 
     /// Removes and returns the subscribers gone at `now`: whose lease ran out, or whose
@@ -263,33 +299,36 @@ impl Leases {
     pub fn sweep(&mut self, now: u64) -> Vec<(String, u32, Gone)> {
         let s = &self.settings;
         let mut gone = Vec::new();
-        self.entries.retain(|(topic, twin), e| {
-            let why = if now >= e.renewed.saturating_add(s.lease_secs) {
-                Some(Gone::Expired)
-            } else if s.unanswered_pushes > 0
-                && e.unanswered >= s.unanswered_pushes
-                && e.since
-                    .is_some_and(|t| now >= t.saturating_add(s.unanswered_secs))
-            {
-                Some(Gone::Silent)
-            } else {
-                None
-            };
-            match why {
-                Some(why) => {
-                    gone.push((topic.clone(), *twin, why));
-                    false
+        for (topic, subs) in &mut self.entries {
+            subs.retain(|twin, e| {
+                let why = if now >= e.renewed.saturating_add(s.lease_secs) {
+                    Some(Gone::Expired)
+                } else if s.unanswered_pushes > 0
+                    && e.unanswered >= s.unanswered_pushes
+                    && e.since
+                        .is_some_and(|t| now >= t.saturating_add(s.unanswered_secs))
+                {
+                    Some(Gone::Silent)
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => {
+                        gone.push((topic.clone(), *twin, why));
+                        false
+                    }
+                    None => true,
                 }
-                None => true,
-            }
-        });
+            });
+        }
+        self.entries.retain(|_, subs| !subs.is_empty());
         gone.sort();
         gone
     }
 
     /// Subscribers tracked.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(HashMap::len).sum()
     }
 
     /// True when none is.
@@ -355,10 +394,9 @@ mod tests {
         l.renew("t", 5, 100);
         l.renew("t", 6, 100);
         for at in [100, 101, 102, 103] {
-            l.pushed("t", 5, at);
-            l.pushed("t", 6, at);
+            l.pushed("t", [5, 6], at);
             // 6 acknowledges each push a moment later (ids 1, 2, 3, 4).
-            l.answered("t", 6, at - 99);
+            l.acked("t", 6, at - 99);
         }
         assert!(l.sweep(104).is_empty(), "4 pushes, but only 4 s");
         // Renewing keeps the lease, not a silent subscriber.
@@ -371,22 +409,29 @@ mod tests {
     fn only_acknowledged_progress_counts() {
         let mut l = Leases::new(settings());
         l.renew("t", 5, 100);
-        l.answered("t", 5, 7);
+        l.acked("t", 5, 7);
         for at in 100..104 {
-            l.pushed("t", 5, at);
+            l.pushed("t", [5], at);
             // The same old acknowledgement, again and again.
-            l.answered("t", 5, 7);
+            l.acked("t", 5, 7);
         }
         assert_eq!(l.sweep(105), vec![("t".into(), 5, Gone::Silent)]);
-        // An answer to a push it had to answer always counts.
+        // An answer to a push it had to answer always counts, and leaves what it
+        // acknowledged cumulatively as it was.
         l.renew("t", 5, 105);
+        l.acked("t", 5, 3);
         for at in 105..109 {
-            l.pushed("t", 5, at);
+            l.pushed("t", [5], at);
         }
-        l.answered("t", 5, u64::MAX);
+        l.answered("t", 5);
         assert!(l.sweep(114).is_empty());
+        for at in 109..113 {
+            l.pushed("t", [5], at);
+        }
+        l.acked("t", 5, 4);
+        assert!(l.sweep(114).is_empty(), "4 is progress after 3");
         // Few pushes never drop anyone, however old.
-        l.pushed("t", 5, 114);
+        l.pushed("t", [5], 114);
         l.renew("t", 5, 200);
         assert!(l.sweep(205).is_empty());
     }
@@ -394,12 +439,18 @@ mod tests {
     #[test]
     fn unknown_subscribers_are_not_tracked() {
         let mut l = Leases::new(settings());
-        l.pushed("t", 5, 100);
-        l.answered("t", 5, 3);
+        l.pushed("t", [5], 100);
+        l.acked("t", 5, 3);
+        l.answered("t", 5);
         assert!(l.is_empty());
         l.renew("t", 5, 100);
+        l.renew("u", 5, 100);
+        assert_eq!(l.len(), 2);
         l.forget("t", 5);
+        assert!(!l.contains("t", 5) && l.contains("u", 5));
+        l.forget("u", 5);
         assert!(l.is_empty() && l.sweep(1000).is_empty());
+        assert!(l.entries.is_empty(), "no empty topic is kept");
     }
 
     #[test]

@@ -565,13 +565,11 @@ async fn send_batch(shared: &Shared, batch: Vec<MessageJson>) {
             .map(|twin| (twin, progress.mode(&topic.name, twin)))
             .collect()
     };
-    {
-        let now = unix_now();
-        let mut leases = shared.lock_leases();
-        for &(twin, _) in &targets {
-            leases.pushed(&topic.name, twin, now);
-        }
-    }
+    shared.lock_leases().pushed(
+        &topic.name,
+        targets.iter().map(|&(twin, _)| twin),
+        unix_now(),
+    );
     let count = batch.len() as u64;
     let last = batch.last().map_or(0, |m| m.id);
     let mut body = wire::Batch {
@@ -673,7 +671,7 @@ async fn resend(shared: &Shared, due: Resend) {
     Counters::bump(&shared.counters.resent);
     shared
         .lock_leases()
-        .pushed(&due.topic, due.twin, unix_now());
+        .pushed(&due.topic, [due.twin], unix_now());
     let count = messages.len() as u64;
     let body = wire::Batch {
         messages,
