@@ -74,12 +74,20 @@ impl Default for LeaseSettings {
 pub enum Crowded {
     /// Twins on `relay` subscribed `limit` times this window.
     Relay {
+        /// The relay, as counted ([`relay_key`]).
         relay: String,
+        /// `--topic-new-per-relay`.
         limit: u32,
+        /// Seconds until the window ends.
         retry_secs: u64,
     },
     /// `limit` new subscriptions this window in all.
-    Total { limit: u32, retry_secs: u64 },
+    Total {
+        /// `--topic-new-total`.
+        limit: u32,
+        /// Seconds until the window ends.
+        retry_secs: u64,
+    },
 }
 
 impl std::fmt::Display for Crowded {
@@ -102,7 +110,7 @@ impl std::fmt::Display for Crowded {
 }
 
 /// Why a subscriber left the list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Gone {
     /// It did not renew within the lease.
     Expired,
@@ -334,18 +342,6 @@ impl Leases {
     /// True when none is.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-}
-
-impl PartialOrd for Gone {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Gone {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (*self as u8).cmp(&(*other as u8))
     }
 }
 
