@@ -164,7 +164,8 @@ struct Args {
     http: Option<std::net::SocketAddr>,
 
     /// How often subscriptions to other twins' topics are renewed with their owners, in
-    /// seconds; a renewal also finds messages whose push was lost.
+    /// seconds (more often for an owner whose lease is shorter than three of these); a
+    /// renewal also finds messages whose push was lost.
     #[arg(long, value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     topic_renew: u64,
