@@ -20,6 +20,7 @@ use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, replay};
 use rmb_peer::http_api::listener::ConnOptions;
 use rmb_peer::http_api::{HttpApi, HttpOptions};
 use rmb_peer::redis_api::{Limits, RedisApi};
+use rmb_peer::topics::leases::LeaseSettings;
 use rmb_peer::topics::{Topics, TopicsOptions};
 
 /// The chain rmb-rs's peer uses when no registry is given.
@@ -212,7 +213,8 @@ struct Args {
     http_stall_timeout: u64,
 
     /// How often subscriptions to other twins' topics are renewed with their owners, in
-    /// seconds; a renewal also finds messages whose push was lost.
+    /// seconds (more often for an owner whose lease is shorter than three of these); a
+    /// renewal also finds messages whose push was lost.
     #[arg(long, value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     topic_renew: u64,
@@ -224,6 +226,43 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = rmb_peer::topics::DEFAULT_RECORD_DELAY_MS,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     topic_record_delay: u64,
+
+    /// Most subscribers of one own topic; more are refused (503) until some leave.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::topics::owner::MAX_SUBSCRIBERS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    topic_max_subscribers: u64,
+
+    /// Seconds a subscription to an own topic lasts unless its subscriber renews it.
+    /// Subscribers are told, and renew at least three times per lease (rmb-peer every
+    /// --topic-renew seconds otherwise).
+    #[arg(long, value_name = "SECS", default_value_t = rmb_peer::topics::leases::DEFAULT_LEASE_SECS,
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    topic_lease: u64,
+
+    /// A subscriber of an own topic that left this many pushes unacknowledged, the
+    /// oldest for --topic-unanswered-secs, is dropped (it subscribes again when it
+    /// renews). 0: never.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::topics::leases::DEFAULT_UNANSWERED_PUSHES)]
+    topic_unanswered: u32,
+
+    /// See --topic-unanswered.
+    #[arg(long, value_name = "SECS", default_value_t = rmb_peer::topics::leases::DEFAULT_UNANSWERED_SECS)]
+    topic_unanswered_secs: u64,
+
+    /// New subscribers of own topics admitted per --topic-new-window from twins
+    /// registered on one relay (a twin listing several relays counts on each); more are
+    /// refused (429) until the window ends. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::topics::leases::DEFAULT_NEW_PER_RELAY)]
+    topic_new_per_relay: u32,
+
+    /// New subscribers of own topics admitted per --topic-new-window in all. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::topics::leases::DEFAULT_NEW_TOTAL)]
+    topic_new_total: u32,
+
+    /// Seconds of the window of --topic-new-per-relay and --topic-new-total.
+    #[arg(long, value_name = "SECS", default_value_t = rmb_peer::topics::leases::DEFAULT_NEW_WINDOW_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    topic_new_window: u64,
 
     /// Threads that run the peer's links, APIs and topics. 0: one per CPU core (or
     /// TOKIO_WORKER_THREADS when set). Fewer suits a machine shared with other busy
@@ -293,6 +332,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     registry.spawn_follower();
     tracing::info!(registry = %registry.describe(), "twin registry");
 
+    let registry_handle: Arc<dyn Registry> = registry.clone();
     let config = PeerConfig {
         identity,
         relays: args.relays.clone(),
@@ -329,6 +369,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut topic_options = TopicsOptions::new(&args.redis);
     topic_options.renew = Duration::from_secs(args.topic_renew);
     topic_options.record_delay = Duration::from_millis(args.topic_record_delay);
+    topic_options.max_subscribers = args.topic_max_subscribers as usize;
+    topic_options.leases = LeaseSettings {
+        lease_secs: args.topic_lease,
+        unanswered_pushes: args.topic_unanswered,
+        unanswered_secs: args.topic_unanswered_secs,
+        new_per_relay: args.topic_new_per_relay,
+        new_total: args.topic_new_total,
+        window_secs: args.topic_new_window,
+    };
+    topic_options.registry = Some(registry_handle);
     let (topics, inbound) = match Topics::start(peer.clone(), inbound, topic_options).await {
         Ok(started) => started,
         Err(e) => {

@@ -87,6 +87,9 @@ pub struct Config {
     /// `--federation-batch-envelope-bytes`, `--federation-lanes-per-relay`: how
     /// envelopes for one relay are sent together.
     pub federation_batch: BatchSettings,
+    /// `--registry-register-rate`: new twins the hosted registry registers per minute per
+    /// client address (IPv6: per /64); 0 for no limit (e.g. behind a reverse proxy).
+    pub registry_register_rate: u32,
 }
 
 impl Default for Config {
@@ -122,6 +125,7 @@ impl Default for Config {
             health_connections: 64,
             federation_allow: Vec::new(),
             federation_batch: BatchSettings::default(),
+            registry_register_rate: crate::registry::register_limit::DEFAULT_REGISTER_RATE,
         }
     }
 }

@@ -258,6 +258,13 @@ struct Args {
     /// each other for every envelope cost more than the second core gave.
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
     threads: u16,
+
+    /// New twins the hosted registry registers per minute per client address (IPv6:
+    /// per /64), in a burst or spread out; more get 429 until the address's allowance
+    /// refills. Updates of registered twins are not counted. 0: no limit (e.g. behind a
+    /// reverse proxy, where every request comes from the proxy).
+    #[arg(long, value_name = "N", default_value_t = rmb_relay::registry::register_limit::DEFAULT_REGISTER_RATE)]
+    registry_register_rate: u32,
 }
 
 /// File descriptors kept for everything but client connections (Redis, registry,
@@ -327,6 +334,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             max_envelope_bytes: args.federation_batch_envelope_bytes,
             lanes_per_relay: args.federation_lanes_per_relay as usize,
         },
+        registry_register_rate: args.registry_register_rate,
         ..Config::default()
     };
     if config.domains.is_empty() {

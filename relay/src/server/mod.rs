@@ -6,7 +6,7 @@
 //! | `POST /` | federation ingress ([`crate::federation::ingress`]) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /health` | `ok` plus a JSON summary |
-//! | `/twins…`, `/changes` | the embedded registry, when this relay hosts it |
+//! | `/twins…`, `/changes` | the embedded registry, when this relay hosts it (new twins limited per client address: `--registry-register-rate`) |
 //! | anything else | 404 `page not found` |
 //!
 //! Connections are accepted by [`accept`] (deadlines, TLS, connection limits in
@@ -160,10 +160,19 @@ pub fn app(state: Arc<RelayState>) -> Router {
         .fallback(upgrade)
         .with_state(Arc::clone(&state));
     if let Some(hosted) = &state.hosted {
+        let mut registry_routes = registry::http::router(Arc::clone(hosted));
+        let rate = state.config.registry_register_rate;
+        if rate > 0 {
+            let counted = Arc::clone(&state);
+            let limit = registry::register_limit::RegisterLimit::new(rate, move || {
+                counted.metrics.error("registry_register_rate")
+            });
+            registry_routes = registry_routes.layer(Extension(Arc::new(limit)));
+        }
         // Its bodies under --body-timeout, as federation's (registry_body).
         let bounded =
             axum::middleware::from_fn_with_state(Arc::clone(&state), registry_body::bounded);
-        router = router.merge(registry::http::router(Arc::clone(hosted)).layer(bounded));
+        router = router.merge(registry_routes.layer(bounded));
     }
     router
 }
