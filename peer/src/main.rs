@@ -275,6 +275,27 @@ struct Args {
     debug: u8,
 }
 
+/// How often freed memory is handed back to the operating system.
+const GIVE_BACK_EVERY: Duration = Duration::from_secs(5);
+
+/// Hands memory the peer freed back to the operating system, every [`GIVE_BACK_EVERY`].
+/// mimalloc keeps freed pages for reuse and returns them only when the thread that owns
+/// them allocates again, so after a burst (live streams of large messages dropped as
+/// slow consumers, a flood of requests) an otherwise idle peer kept its peak size; a
+/// forced collection (well under a millisecond here) returns them.
+async fn give_back_memory() {
+    let mut tick = tokio::time::interval(GIVE_BACK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: mi_collect takes no pointers; it only walks mimalloc's own heaps.
+        let collect = || unsafe { libmimalloc_sys::mi_collect(true) };
+        if tokio::task::spawn_blocking(collect).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The HTTP API's options from the flags (reading or creating the token file).
 fn http_options(args: &Args) -> Result<HttpOptions, rmb_peer::http_api::HttpApiError> {
     let token = args
@@ -414,9 +435,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         None
     };
     tracing::info!(twin = peer.twin_id(), "rmb-peer ready");
+    let give_back = tokio::spawn(give_back_memory());
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    give_back.abort();
     // Whatever happens inside, the process ends soon after a signal (or at a second one).
     let stop = async {
         if let Some(http) = http {

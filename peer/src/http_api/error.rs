@@ -65,6 +65,8 @@ impl From<TopicError> for ApiError {
             }
             TopicError::NotFound(_) | TopicError::NotSubscribed(_) => StatusCode::NOT_FOUND,
             TopicError::NotOwner { .. } | TopicError::Refused(_) => StatusCode::FORBIDDEN,
+            // An owner pacing new subscriptions: the client should come back later.
+            TopicError::Remote { error, .. } if error.code == 429 => StatusCode::TOO_MANY_REQUESTS,
             TopicError::Remote { .. } | TopicError::Send { .. } | TopicError::BadAnswer { .. } => {
                 StatusCode::BAD_GATEWAY
             }
