@@ -313,6 +313,7 @@ impl Peer {
             duplicates: Counters::read(&c.duplicates),
             replayed: Counters::read(&c.replayed),
             awaiting: self.inner.resends().len() as u64,
+            unanswered: Counters::read(&c.unanswered),
         }
     }
 
