@@ -24,8 +24,8 @@ use rand::RngCore;
 use rmb_identity::registry::http::HttpRegistry;
 use rmb_identity::registry::{Registry, RegistryChoice, TwinUpdate};
 use rmb_identity::{E2eScheme, Identity, KeyType};
-use rmb_peer::conn::ListenOptions;
 use rmb_peer::conn::ConnCounters;
+use rmb_peer::conn::ListenOptions;
 use rmb_peer::core::OutgoingRequest;
 use rmb_peer::{Client, ClientOptions};
 use rmb_proto::{Address, CONN_DATA_COMMAND, Envelope, Message, Payload, Request};
@@ -82,10 +82,10 @@ fn forged_unsigned_requests_neither_lock_a_peer_out_nor_reflect_errors() {
             let mut env = Envelope {
                 uid: format!("forged-{i}"),
                 expiration: 60,
-                source: Some(Address::twin(claimed[i % claimed.len()])),
+                source: Some(Address::twin(claimed[(i / commands.len()) % claimed.len()])),
                 destination: Some(Address::twin(bob.twin)),
                 message: Some(Message::Request(Request {
-                    command: commands[(i / claimed.len()) % commands.len()].into(),
+                    command: commands[i % commands.len()].into(),
                 })),
                 payload: Some(Payload::Cipher(body)),
                 ..Default::default()
@@ -105,7 +105,8 @@ fn forged_unsigned_requests_neither_lock_a_peer_out_nor_reflect_errors() {
     // Bob's count of unanswered refusals reaches what was routed to him (before the fix
     // there is no such count: then the time runs out and the rest tells).
     let status = wait_status(&bob, |s| {
-        s["unanswered"].as_u64() >= Some(routed as u64) && s["rejected"].as_u64() >= Some(routed as u64)
+        s["unanswered"].as_u64() >= Some(routed as u64)
+            && s["rejected"].as_u64() >= Some(routed as u64)
     });
     let reflected = runtime.block_on(async {
         let mut reflected = 0;
@@ -139,7 +140,11 @@ fn forged_unsigned_requests_neither_lock_a_peer_out_nor_reflect_errors() {
     // The relay lets unsigned requests through only where peers take them unsigned
     // (topic pushes and acknowledgements): the forged `echo`s stop there.
     assert_eq!(routed, FORGED * 2 / 3, "{statuses:?}");
-    assert_eq!(statuses.get(&401).copied(), Some(FORGED / 3), "{statuses:?}");
+    assert_eq!(
+        statuses.get(&401).copied(),
+        Some(FORGED / 3),
+        "{statuses:?}"
+    );
 }
 
 /// Bob calls `echo` on `twin` through his Redis, as an app does; the response JSON.
@@ -250,6 +255,8 @@ impl EvilRelay {
         evil
     }
 
+    // The handshake callback's error type is tungstenite's, large as it is.
+    #[allow(clippy::result_large_err)]
     async fn serve(
         tcp: tokio::net::TcpStream,
         upstream: &str,
@@ -467,7 +474,10 @@ async fn reflect_and_resource(scheme: E2eScheme) {
 
     ack(&alice, &bob, 1).await;
     let genuine = evil.captured(0).await;
-    assert_eq!(genuine.signature, None, "{scheme}: acknowledgements go unsigned");
+    assert_eq!(
+        genuine.signature, None,
+        "{scheme}: acknowledgements go unsigned"
+    );
     let got = tokio::time::timeout(WAIT, at_bob.recv()).await.unwrap();
     assert_eq!(
         got.map(|(twin, _, signed)| (twin, signed)),
@@ -490,11 +500,17 @@ async fn reflect_and_resource(scheme: E2eScheme) {
         unanswered(&alice),
         unanswered(&bob)
     );
-    assert_eq!(alice_took, None, "{scheme}: Alice took her own words as Bob's");
+    assert_eq!(
+        alice_took, None,
+        "{scheme}: Alice took her own words as Bob's"
+    );
     assert_eq!(alice_crypto, 1, "{scheme}: the reflection is counted");
     assert_eq!(unanswered(&alice), 1, "{scheme}: and not answered");
     assert_eq!(posted, 202, "{scheme}: relay 2 takes the re-sourced copy");
-    assert_eq!(bob_took, None, "{scheme}: Bob took Alice's words as Mallory's");
+    assert_eq!(
+        bob_took, None,
+        "{scheme}: Bob took Alice's words as Mallory's"
+    );
     assert_eq!(bob_crypto, 1, "{scheme}: the re-sourced copy is counted");
     assert_eq!(unanswered(&bob), 1, "{scheme}: and not answered");
 
@@ -505,7 +521,9 @@ async fn reflect_and_resource(scheme: E2eScheme) {
         got.map(|(twin, body, _)| (twin, body)),
         Some((
             alice.twin_id(),
-            json!({ "topic": "news", "last": 2 }).to_string().into_bytes()
+            json!({ "topic": "news", "last": 2 })
+                .to_string()
+                .into_bytes()
         )),
         "{scheme}: the next genuine acknowledgement"
     );
@@ -568,7 +586,7 @@ async fn a_relay_cannot_reflect_or_resource_connection_frames() {
             c.replayed_frames.load(Relaxed),
         )
     };
-    let before = (counts(&at_alice), counts(&at_bob));
+    let before = (counts(at_alice), counts(at_bob));
     // (a) back to Alice as Bob's: her connection to Bob, the wrong direction's key.
     evil.deliver(&reflected(&frame));
     // (b) to Bob as Mallory's: no connection of Mallory's with that id.
@@ -582,13 +600,10 @@ async fn a_relay_cannot_reflect_or_resource_connection_frames() {
 
     let deadline = Instant::now() + WAIT;
     let expected = |(a, b): ((u64, u64, u64), (u64, u64, u64))| {
-        (
-            (a.0 + 1, a.1, a.2),
-            (b.0 + 1, b.1 + 1, b.2 + 1),
-        )
+        ((a.0 + 1, a.1, a.2), (b.0 + 1, b.1 + 1, b.2 + 1))
     };
     let after = loop {
-        let now = (counts(&at_alice), counts(&at_bob));
+        let now = (counts(at_alice), counts(at_bob));
         if now == expected(before) || Instant::now() > deadline {
             break now;
         }

@@ -177,10 +177,7 @@ fn open_from_authenticates_the_sender_and_refuses_a_third_party_posing_as_it() {
         // binding tells the directions apart.
         let reflected = a.open_from(scheme, &b_pk, &to_b, b_to_a);
         assert!(
-            matches!(
-                reflected,
-                Err(E2eError::NotFromSender | E2eError::Decrypt)
-            ),
+            matches!(reflected, Err(E2eError::NotFromSender | E2eError::Decrypt)),
             "{scheme}: {reflected:?}"
         );
     }
