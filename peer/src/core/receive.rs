@@ -56,7 +56,7 @@ use tokio::task::JoinHandle;
 
 use super::checks::{Precheck, precheck};
 use super::errors::{Refusal, codes};
-use super::refusals::Reason;
+use super::refusals::{Reason, UNPROVEN_SOURCE};
 use super::replay::{Admission, ReplayKey, ReplayKind};
 use super::senders::Senders;
 use super::status::Counters;
@@ -67,10 +67,6 @@ use super::types::{
 use super::unsigned::UNSIGNED_COMMANDS;
 use super::{Inner, VERSION_COMMAND};
 use crate::links::Frame;
-
-/// The log limiter's key for refusals of unproven envelopes: one line per reason per
-/// interval, whatever source they claim.
-const UNPROVEN_LOG_KEY: u64 = u64::MAX - 1;
 
 /// Most envelopes checked by one task (bounds the time it holds a runtime thread).
 const BATCH: usize = 16;
@@ -584,7 +580,7 @@ impl Deliverer {
         // twin, a flood cycling through claimed twins would log a line for each.
         let log_key = match sender {
             Sender::Proven => u64::from(source.twin),
-            Sender::Unproven => UNPROVEN_LOG_KEY,
+            Sender::Unproven => UNPROVEN_SOURCE,
         };
         let loggable =
             self.inner
