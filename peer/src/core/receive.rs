@@ -764,4 +764,33 @@ mod tests {
             [Err(EnvelopeError::DeprecatedField("federation"))]
         );
     }
+
+    #[test]
+    fn only_signed_requests_refused_for_time_or_address_wait_for_their_signature() {
+        let ed = Identity::from_secret("//Alice", KeyType::Ed25519).unwrap();
+        let env = signed(&ed, "u");
+        let refusal = |reason| Refusal::new(codes::VALIDATION, reason, "x");
+        for reason in [Reason::Expired, Reason::TooFar, Reason::Misaddressed] {
+            assert!(
+                answerable_after_verifying(&env, &refusal(reason)),
+                "{reason:?}"
+            );
+        }
+        assert!(!answerable_after_verifying(
+            &env,
+            &refusal(Reason::InvalidMessage)
+        ));
+        let mut unsigned = env.clone();
+        unsigned.signature = None;
+        assert!(!answerable_after_verifying(
+            &unsigned,
+            &refusal(Reason::Expired)
+        ));
+        let mut response = env;
+        response.message = Some(Message::Response(Default::default()));
+        assert!(!answerable_after_verifying(
+            &response,
+            &refusal(Reason::Expired)
+        ));
+    }
 }
