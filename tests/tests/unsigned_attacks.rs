@@ -151,6 +151,48 @@ fn forged_unsigned_requests_neither_lock_a_peer_out_nor_reflect_errors() {
     );
 }
 
+/// A signed request refused before its signature is checked (here: a deadline too far
+/// ahead) is answered once the signature holds; but it is the same bytes whoever posts
+/// it again, so ten copies get as many answers as repeats of a request do (4 a minute),
+/// and the rest are counted as unanswered.
+#[test]
+fn a_refused_signed_request_posted_again_is_answered_a_few_times_only() {
+    // Our relay refuses such deadlines itself; let them through as an rmb-rs relay does.
+    let relay = RelayProcess::start(&["--max-lifetime", "18446744073709551615"]);
+    let bob = Node::start(&fresh_mnemonic(), &relay, &[]);
+    let runtime = runtime();
+    let (eve, eve_twin, mut session) =
+        runtime.block_on(async { bare_twin(&relay, &relay.http_url()).await });
+    let far = rmb_testsupport::relay_client::request(
+        &eve,
+        Address::twin(eve_twin),
+        bob.twin,
+        "far",
+        b"x",
+        1 << 40,
+    );
+    runtime.block_on(async {
+        for _ in 0..10 {
+            session.send(&far).await;
+        }
+    });
+    let status = wait_status(&bob, |s| {
+        s["rejected_by"]["too_far"].as_u64() >= Some(10) && s["unanswered"].as_u64() >= Some(6)
+    });
+    let answers = runtime.block_on(async {
+        let mut answers = 0;
+        while let Some(env) = session.recv(QUIET).await {
+            if env.uid == "far" && env.source_twin() == bob.twin {
+                answers += 1;
+            }
+        }
+        answers
+    });
+    assert_eq!(status["rejected_by"]["too_far"], 10, "{status}");
+    assert_eq!(answers, 4, "answers to ten copies: {status}");
+    assert_eq!(status["unanswered"], 6, "{status}");
+}
+
 /// Bob calls `echo` on `twin` through his Redis, as an app does; the response JSON.
 fn echo_call(bob: &Node, twin: u32) -> Value {
     let mut redis: Resp = bob.peer.redis();

@@ -596,6 +596,14 @@ impl Deliverer {
         if !request || sender == Sender::Unproven {
             return;
         }
+        // A signed request refused for its time or address is the same bytes whoever
+        // posts it again (an expired one stays expired): its answers are limited as
+        // those of repeated requests are ([`repeats`](super::repeats)).
+        if answerable_after_verifying(env, &refusal) && !self.repeat_allowed(source.twin, &env.uid)
+        {
+            Counters::bump(&self.inner.counters.unanswered);
+            return;
+        }
         let reply = OutgoingResponse {
             uid: env.uid.clone(),
             destination: source,
@@ -610,6 +618,15 @@ impl Deliverer {
                 tracing::debug!(error = %e, "could not send an error envelope back");
             }
         });
+    }
+
+    /// True while the request `uid` from `twin` may be answered again this window.
+    fn repeat_allowed(&self, twin: u32, uid: &str) -> bool {
+        self.inner
+            .repeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(twin, uid, std::time::Instant::now())
     }
 
     fn answer_version(&self, uid: String, source: Address) {

@@ -44,7 +44,9 @@ pub struct PeerStatus {
     pub awaiting: u64,
     /// Refused requests dropped without an error envelope, because nothing proved who
     /// sent them (unsigned and not authenticated, a bad signature, an unknown sender):
-    /// the answer would go to whichever twin they name. Also in `rejected_by`.
+    /// the answer would go to whichever twin they name; or because the same signed
+    /// request, refused for its time or address, came more often than repeats are
+    /// answered. Also in `rejected_by`.
     #[serde(default)]
     pub unanswered: u64,
 }
