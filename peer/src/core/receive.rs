@@ -23,7 +23,8 @@
 //! go to whichever twin the envelope names, charged to our own relay budget, so a
 //! stranger could lock us out and aim our errors at anyone. Expired, too-far and
 //! misaddressed requests are therefore verified first, and answered only when their
-//! signature holds. Refused replies are logged and counted. `rmb.version` is answered here and never reaches the
+//! signature holds (as often as repeats are: [`repeats`](super::repeats)). Refused
+//! replies are logged and counted. `rmb.version` is answered here and never reaches the
 //! application; pings and pongs are dropped.
 //!
 //! Signature checks cost tens of µs each, so they must not all run on one task, even
