@@ -109,12 +109,22 @@ pub fn seal_bound(
     out.extend_from_slice(plaintext);
     let (head, body) = out.split_at_mut(HEADER_LEN + NONCE_LEN);
     let nonce = Nonce::from_slice(&head[HEADER_LEN..]);
-    let aad = [&head[..HEADER_LEN], binding].concat();
+    let aad = aad(&head[..HEADER_LEN], binding);
     let tag = cipher
         .encrypt_in_place_detached(nonce, &aad, body)
         .expect("ChaCha20-Poly1305 accepts any message below 256 GiB");
     out.extend_from_slice(&tag);
     out
+}
+
+/// The associated data: the header, then the binding if any (signed envelopes, the
+/// common case, have none and copy nothing).
+fn aad<'a>(header: &'a [u8], binding: &[u8]) -> std::borrow::Cow<'a, [u8]> {
+    if binding.is_empty() {
+        std::borrow::Cow::Borrowed(header)
+    } else {
+        std::borrow::Cow::Owned([header, binding].concat())
+    }
 }
 
 /// The sender key a `cipher` claims, after checking version and length.
@@ -145,7 +155,7 @@ pub fn open_bound(
     let (head, rest) = cipher.split_at(HEADER_LEN + NONCE_LEN);
     let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
     let mut plain = body.to_vec();
-    let aad = [&head[..HEADER_LEN], binding].concat();
+    let aad = aad(&head[..HEADER_LEN], binding);
     aead.decrypt_in_place_detached(
         Nonce::from_slice(&head[HEADER_LEN..]),
         &aad,
