@@ -714,8 +714,8 @@ impl TopicPeer {
         node
     }
 
-    /// Sends `method path` with a body (JSON when it opens with `{`, text otherwise);
-    /// the status and body.
+    /// Sends `method path` with a body (JSON when it opens with `{`, text otherwise:
+    /// only the JSON API is used for what changes state); the status and body.
     async fn http(&self, method: reqwest::Method, path: &str, body: String) -> (u16, String) {
         let kind = if body.starts_with('{') {
             "application/json"
@@ -822,7 +822,7 @@ async fn topic_push_reflected_and_resourced(scheme: E2eScheme) {
         .http(
             reqwest::Method::POST,
             &format!("/topics/{topic}"),
-            "m1".into(),
+            json!({ "message": "m1" }).to_string(),
         )
         .await;
     assert_eq!(status, 200, "{text}");
@@ -856,7 +856,7 @@ async fn topic_push_reflected_and_resourced(scheme: E2eScheme) {
         .http(
             reqwest::Method::POST,
             &format!("/topics/{topic}"),
-            "m2".into(),
+            json!({ "message": "m2" }).to_string(),
         )
         .await;
     assert_eq!(status, 200, "{text}");
