@@ -10,7 +10,9 @@
 //! A relay checks a token in three steps so it can refuse cheaply before any registry
 //! lookup: [`Token::parse`], [`Token::check_time`], then [`Token::verify_signature`]
 //! with the account of `claims.sub`. Beyond rmb-rs, [`JwtPolicy`] refuses tokens issued
-//! in the future and tokens that live too long.
+//! in the future, tokens that live too long and tokens shown long after they were made;
+//! [`Token::last_valid_second`] says until when a token can pass, so a verifier that
+//! refuses tokens it saw before knows how long to remember each one.
 
 use base64::Engine;
 use base64::alphabet::URL_SAFE;
@@ -54,17 +56,30 @@ pub struct JwtPolicy {
     pub max_lifetime: u64,
     /// How far in the future `iat` may be (clock skew between peer and relay), in seconds.
     pub max_clock_skew: u64,
+    /// How long after `iat` a token may still be shown, in seconds: clients make a fresh
+    /// token for each connection and show it at once, so only a token captured and kept
+    /// is older (or one from a client whose clock runs this far behind).
+    pub max_age: u64,
 }
 
 impl Default for JwtPolicy {
-    /// One hour of lifetime (rmb-peer uses 5 minutes), one minute of skew.
+    /// Lifetimes up to 1000 s (the TS client's; rmb-peer and rmb-rs use 300), one minute
+    /// of skew ahead, and two minutes of age.
     fn default() -> Self {
         JwtPolicy {
-            max_lifetime: 3600,
-            max_clock_skew: 60,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            max_age: DEFAULT_MAX_AGE,
         }
     }
 }
+
+/// Default [`JwtPolicy::max_lifetime`]: the TS client signs tokens for 1000 s.
+pub const DEFAULT_MAX_LIFETIME: u64 = 1000;
+/// Default [`JwtPolicy::max_clock_skew`].
+pub const DEFAULT_MAX_CLOCK_SKEW: u64 = 60;
+/// Default [`JwtPolicy::max_age`].
+pub const DEFAULT_MAX_AGE: u64 = 120;
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +96,8 @@ pub enum JwtError {
     IssuedInFuture { iat: u64, now: u64, skew: u64 },
     #[error("jwt lifetime of {lifetime}s exceeds the maximum of {max}s")]
     LifetimeTooLong { lifetime: u64, max: u64 },
+    #[error("jwt issued too long ago (iat {iat}, now {now}, maximum age {max}s)")]
+    TooOld { iat: u64, now: u64, max: u64 },
     #[error("jwt signature invalid: {0}")]
     Signature(#[from] SignatureError),
 }
@@ -148,7 +165,22 @@ impl Token {
         &self.claims
     }
 
-    /// Checks expiry (as rmb-rs) and, beyond rmb-rs, issue time and lifetime.
+    /// The exact text the signature covers (`header.claims`): two tokens with the same
+    /// signed part are the same login, whatever their signature bytes, so this is what a
+    /// verifier remembers to refuse a token shown twice.
+    pub fn signed_part(&self) -> &str {
+        &self.signed_part
+    }
+
+    /// The last unix second at which [`check_time`](Self::check_time) can accept this
+    /// token under `policy`: its expiry, or the end of its accepted age if sooner.
+    pub fn last_valid_second(&self, policy: &JwtPolicy) -> u64 {
+        self.claims
+            .exp
+            .min(self.claims.iat.saturating_add(policy.max_age))
+    }
+
+    /// Checks expiry (as rmb-rs) and, beyond rmb-rs, issue time, lifetime and age.
     pub fn check_time(&self, now: u64, policy: &JwtPolicy) -> Result<(), JwtError> {
         let Claims { iat, exp, .. } = self.claims;
         if now > exp {
@@ -166,6 +198,13 @@ impl Token {
             return Err(JwtError::LifetimeTooLong {
                 lifetime,
                 max: policy.max_lifetime,
+            });
+        }
+        if now > iat.saturating_add(policy.max_age) {
+            return Err(JwtError::TooOld {
+                iat,
+                now,
+                max: policy.max_age,
             });
         }
         Ok(())
@@ -247,13 +286,14 @@ mod tests {
     fn time_rules() {
         let signer = alice(KeyType::Sr25519);
         let policy = JwtPolicy::default();
-        let token = Token::parse(&Token::create(&signer, 1, None, NOW, 300)).unwrap();
-        assert!(token.check_time(NOW + 300, &policy).is_ok());
+        // Expiry is checked as rmb-rs checks it (a token shorter than max_age).
+        let token = Token::parse(&Token::create(&signer, 1, None, NOW, 60)).unwrap();
+        assert!(token.check_time(NOW + 60, &policy).is_ok());
         assert_eq!(
-            token.check_time(NOW + 301, &policy),
+            token.check_time(NOW + 61, &policy),
             Err(JwtError::Expired {
-                exp: NOW + 300,
-                now: NOW + 301
+                exp: NOW + 60,
+                now: NOW + 61
             })
         );
         assert!(matches!(
@@ -261,11 +301,47 @@ mod tests {
             Err(JwtError::IssuedInFuture { .. })
         ));
         assert!(token.check_time(NOW - 60, &policy).is_ok());
-        let long = Token::parse(&Token::create(&signer, 1, None, NOW, 7200)).unwrap();
+        let long = Token::parse(&Token::create(&signer, 1, None, NOW, 1001)).unwrap();
         assert_eq!(
             long.check_time(NOW, &policy).unwrap_err().to_string(),
-            "jwt lifetime of 7200s exceeds the maximum of 3600s"
+            "jwt lifetime of 1001s exceeds the maximum of 1000s"
         );
+        let ts_client = Token::parse(&Token::create(&signer, 1, None, NOW, 1000)).unwrap();
+        assert!(ts_client.check_time(NOW, &policy).is_ok());
+    }
+
+    #[test]
+    fn an_old_token_is_refused_however_late_it_expires() {
+        let signer = alice(KeyType::Ed25519);
+        let policy = JwtPolicy::default();
+        let token = Token::parse(&Token::create(&signer, 1, None, NOW, 1000)).unwrap();
+        assert_eq!(token.last_valid_second(&policy), NOW + 120);
+        assert!(token.check_time(NOW + 120, &policy).is_ok());
+        assert_eq!(
+            token.check_time(NOW + 121, &policy),
+            Err(JwtError::TooOld {
+                iat: NOW,
+                now: NOW + 121,
+                max: 120
+            })
+        );
+        // A short token's expiry comes first.
+        let short = Token::parse(&Token::create(&signer, 1, None, NOW, 60)).unwrap();
+        assert_eq!(short.last_valid_second(&policy), NOW + 60);
+    }
+
+    #[test]
+    fn the_signed_part_names_the_login_whatever_the_signature() {
+        // sr25519 signs with a random nonce: two tokens of the same claims differ in
+        // their signature bytes but not in what they sign.
+        let signer = alice(KeyType::Sr25519);
+        let one = Token::create(&signer, 1, None, NOW, 300);
+        let two = Token::create(&signer, 1, None, NOW, 300);
+        assert_ne!(one, two);
+        let (one, two) = (Token::parse(&one).unwrap(), Token::parse(&two).unwrap());
+        assert_eq!(one.signed_part(), two.signed_part());
+        let other = Token::parse(&Token::create(&signer, 1, None, NOW, 299)).unwrap();
+        assert_ne!(one.signed_part(), other.signed_part());
     }
 
     #[test]

@@ -17,8 +17,10 @@ use rmb_identity::{E2eScheme, Identity, KeyType};
 use rmb_peer::conn::expose::{Bridges, Expose, filter_inbound};
 use rmb_peer::conn::{Cipher, ConnConfig, Connections};
 use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, replay};
-use rmb_peer::http_api::HttpApi;
+use rmb_peer::http_api::listener::ConnOptions;
+use rmb_peer::http_api::{HttpApi, HttpOptions};
 use rmb_peer::redis_api::{Limits, RedisApi};
+use rmb_peer::topics::leases::LeaseSettings;
 use rmb_peer::topics::{Topics, TopicsOptions};
 
 /// The chain rmb-rs's peer uses when no registry is given.
@@ -158,12 +160,61 @@ struct Args {
 
     /// Serve the local HTTP API (topics: publish, pull, live JSON/SSE/WebSocket
     /// streams, create/configure; `POST /call`) on this address, e.g. 127.0.0.1:8051.
-    /// Off by default. It has no authentication: keep it on loopback.
+    /// Off by default. It acts as this twin: keep it on loopback. Web pages in a
+    /// browser on this machine are refused by Host and Origin checks (docs/topics.md).
     #[arg(long, value_name = "ADDR:PORT")]
     http: Option<std::net::SocketAddr>,
 
+    /// Also serve the HTTP API on this Unix socket (mode 0600: only this user). No
+    /// browser can reach a socket, so requests on it skip the Host, Origin and token
+    /// checks.
+    #[arg(long, value_name = "PATH")]
+    http_socket: Option<PathBuf>,
+
+    /// Require `Authorization: Bearer <token>` on every TCP request of the HTTP API;
+    /// the token is read from this file, which is created with a random token (mode
+    /// 0600) when missing. `rmb` commands read it from the same file
+    /// (`--http-token-file` or RMB_HTTP_TOKEN_FILE).
+    #[arg(long, value_name = "PATH")]
+    http_token_file: Option<PathBuf>,
+
+    /// A host name the HTTP API answers to besides IP addresses and `localhost`
+    /// (repeatable). Requests naming any other host are refused: that is how a web
+    /// page rebinding its own name to this machine is kept out.
+    #[arg(long = "http-host", value_name = "NAME")]
+    http_hosts: Vec<String>,
+
+    /// A web origin (`https://app.example:8443`) allowed to use the HTTP API from a
+    /// browser (repeatable; answered with CORS headers). Every other origin is refused.
+    #[arg(long = "http-allow-origin", value_name = "ORIGIN")]
+    http_origins: Vec<String>,
+
+    /// Most connections the HTTP API holds open at once (TCP and socket together, live
+    /// streams included); past it new ones are closed at once.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::http_api::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    http_max_connections: u32,
+
+    /// Seconds a connection of the HTTP API may take to send a request's headers; also
+    /// how long an idle keep-alive connection stays open.
+    #[arg(long, value_name = "SECS", default_value_t = rmb_peer::http_api::DEFAULT_HEADER_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_header_timeout: u64,
+
+    /// Seconds a request body of the HTTP API may take to arrive (answered 408 after).
+    #[arg(long, value_name = "SECS", default_value_t = rmb_peer::http_api::DEFAULT_BODY_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_body_timeout: u64,
+
+    /// Seconds a client of the HTTP API may leave an answer or live stream unread before
+    /// it is disconnected (a live stream resumes with `?since=`).
+    #[arg(long, value_name = "SECS", default_value_t = rmb_peer::http_api::DEFAULT_STALL_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_stall_timeout: u64,
+
     /// How often subscriptions to other twins' topics are renewed with their owners, in
-    /// seconds; a renewal also finds messages whose push was lost.
+    /// seconds (more often for an owner whose lease is shorter than three of these); a
+    /// renewal also finds messages whose push was lost.
     #[arg(long, value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     topic_renew: u64,
@@ -176,6 +227,43 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     topic_record_delay: u64,
 
+    /// Most subscribers of one own topic; more are refused (503) until some leave.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::topics::owner::MAX_SUBSCRIBERS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    topic_max_subscribers: u64,
+
+    /// Seconds a subscription to an own topic lasts unless its subscriber renews it.
+    /// Subscribers are told, and renew at least three times per lease (rmb-peer every
+    /// --topic-renew seconds otherwise).
+    #[arg(long, value_name = "SECS", default_value_t = rmb_peer::topics::leases::DEFAULT_LEASE_SECS,
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    topic_lease: u64,
+
+    /// A subscriber of an own topic that left this many pushes unacknowledged, the
+    /// oldest for --topic-unanswered-secs, is dropped (it subscribes again when it
+    /// renews). 0: never.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::topics::leases::DEFAULT_UNANSWERED_PUSHES)]
+    topic_unanswered: u32,
+
+    /// See --topic-unanswered.
+    #[arg(long, value_name = "SECS", default_value_t = rmb_peer::topics::leases::DEFAULT_UNANSWERED_SECS)]
+    topic_unanswered_secs: u64,
+
+    /// New subscribers of own topics admitted per --topic-new-window from twins
+    /// registered on one relay (a twin listing several relays counts on each); more are
+    /// refused (429) until the window ends. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::topics::leases::DEFAULT_NEW_PER_RELAY)]
+    topic_new_per_relay: u32,
+
+    /// New subscribers of own topics admitted per --topic-new-window in all. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::topics::leases::DEFAULT_NEW_TOTAL)]
+    topic_new_total: u32,
+
+    /// Seconds of the window of --topic-new-per-relay and --topic-new-total.
+    #[arg(long, value_name = "SECS", default_value_t = rmb_peer::topics::leases::DEFAULT_NEW_WINDOW_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    topic_new_window: u64,
+
     /// Threads that run the peer's links, APIs and topics. 0: one per CPU core (or
     /// TOKIO_WORKER_THREADS when set). Fewer suits a machine shared with other busy
     /// services (threads waking each other for every message cost CPU there).
@@ -185,6 +273,28 @@ struct Args {
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
     debug: u8,
+}
+
+/// The HTTP API's options from the flags (reading or creating the token file).
+fn http_options(args: &Args) -> Result<HttpOptions, rmb_peer::http_api::HttpApiError> {
+    let token = args
+        .http_token_file
+        .as_deref()
+        .map(rmb_peer::http_api::load_or_create_token)
+        .transpose()?;
+    Ok(HttpOptions {
+        listen: args.http,
+        socket: args.http_socket.clone(),
+        hosts: args.http_hosts.clone(),
+        origins: args.http_origins.clone(),
+        token,
+        conn: ConnOptions {
+            max_connections: args.http_max_connections as usize,
+            header_timeout: Duration::from_secs(args.http_header_timeout),
+            stall_timeout: Duration::from_secs(args.http_stall_timeout),
+        },
+        body_timeout: Duration::from_secs(args.http_body_timeout),
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -222,6 +332,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     registry.spawn_follower();
     tracing::info!(registry = %registry.describe(), "twin registry");
 
+    let registry_handle: Arc<dyn Registry> = registry.clone();
     let config = PeerConfig {
         identity,
         relays: args.relays.clone(),
@@ -258,6 +369,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut topic_options = TopicsOptions::new(&args.redis);
     topic_options.renew = Duration::from_secs(args.topic_renew);
     topic_options.record_delay = Duration::from_millis(args.topic_record_delay);
+    topic_options.max_subscribers = args.topic_max_subscribers as usize;
+    topic_options.leases = LeaseSettings {
+        lease_secs: args.topic_lease,
+        unanswered_pushes: args.topic_unanswered,
+        unanswered_secs: args.topic_unanswered_secs,
+        new_per_relay: args.topic_new_per_relay,
+        new_total: args.topic_new_total,
+        window_secs: args.topic_new_window,
+    };
+    topic_options.registry = Some(registry_handle);
     let (topics, inbound) = match Topics::start(peer.clone(), inbound, topic_options).await {
         Ok(started) => started,
         Err(e) => {
@@ -276,16 +397,21 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    let http = match args.http {
-        Some(addr) => match HttpApi::start(addr, topics.clone()).await {
+    let http = if args.http.is_some() || args.http_socket.is_some() {
+        let started = match http_options(&args) {
+            Ok(options) => HttpApi::start(options, topics.clone()).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(http) => Some(http),
             Err(e) => {
                 api.shutdown(SHUTDOWN_GRACE).await;
                 topics.shutdown().await;
                 return Err(e.into());
             }
-        },
-        None => None,
+        }
+    } else {
+        None
     };
     tracing::info!(twin = peer.twin_id(), "rmb-peer ready");
 

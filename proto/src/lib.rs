@@ -9,11 +9,14 @@
 //! - [`address`]: the `"<twin>"` / `"<twin>:<sid>"` text form of an [`Address`].
 //! - [`codec`]: encoding, and decoding with a size limit.
 //! - [`envelope`]: small conveniences (kind, payload, tags) on [`Envelope`].
+//! - [`throttle`]: at most one log line per interval for what remote parties can cause
+//!   (relays and peers both log such events).
 
 pub mod address;
 pub mod challenge;
 pub mod codec;
 pub mod envelope;
+pub mod throttle;
 pub mod time;
 
 /// Types generated from `proto/types.proto`: the messages that travel between peers and relays.

@@ -36,8 +36,11 @@ pub struct Config {
     pub federation_http: bool,
     /// `--resolve` overrides for relay names.
     pub resolver: RelayResolver,
-    /// Login token rules.
+    /// Login token rules: `--login-max-lifetime`, `--login-max-age`, `--login-clock-skew`.
     pub jwt: JwtPolicy,
+    /// `--login-memory`: login tokens remembered at once (in memory; with Redis they are
+    /// kept there) so none is accepted twice; when full, logins are refused (503).
+    pub login_memory: usize,
 
     // --- sessions and bounded memory (issue #12: session actor, bounded relay memory) ---
     /// `--max-lifetime`: envelopes whose deadline is further ahead are refused.
@@ -84,6 +87,9 @@ pub struct Config {
     /// `--federation-batch-envelope-bytes`, `--federation-lanes-per-relay`: how
     /// envelopes for one relay are sent together.
     pub federation_batch: BatchSettings,
+    /// `--registry-register-rate`: new twins the hosted registry registers per minute per
+    /// client address (IPv6: per /64); 0 for no limit (e.g. behind a reverse proxy).
+    pub registry_register_rate: u32,
 }
 
 impl Default for Config {
@@ -100,6 +106,7 @@ impl Default for Config {
             federation_http: false,
             resolver: RelayResolver::default(),
             jwt: JwtPolicy::default(),
+            login_memory: crate::logins::DEFAULT_CAPACITY,
             max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
             ping_interval: Duration::from_secs(20),
             read_timeout: Duration::from_secs(60),
@@ -118,6 +125,7 @@ impl Default for Config {
             health_connections: 64,
             federation_allow: Vec::new(),
             federation_batch: BatchSettings::default(),
+            registry_register_rate: crate::registry::register_limit::DEFAULT_REGISTER_RATE,
         }
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! - [`server`]: the listener and its routes; [`config`]: settings; [`state`]: what all
 //!   handlers share;
-//! - [`auth`]: login by JWT; [`session`]: one connection as one actor (read, write, keep-alive);
+//! - [`auth`]: login by JWT, [`logins`]: tokens already used; [`session`]: one connection as one actor (read, write, keep-alive);
 //! - [`switch`]: connected sessions; [`queue`]: envelopes for offline sessions;
 //! - [`routing`]: where an envelope goes; [`errors`]: error envelopes for the sender;
 //! - [`federation`]: envelopes between relays; [`ranker`]: which relay to try first;
@@ -24,6 +24,7 @@ pub mod config;
 pub mod errors;
 pub mod federation;
 pub mod limiter;
+pub mod logins;
 pub mod metrics;
 pub mod open_files;
 pub mod queue;
@@ -34,7 +35,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod switch;
-pub mod throttle;
+pub use rmb_proto::throttle;
 pub mod tls;
 
 pub use config::Config;

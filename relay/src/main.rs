@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use rmb_identity::JwtPolicy;
 use rmb_identity::registry::resolve::ResolveRule;
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, RelayResolver, connect};
 use rmb_relay::federation::BatchSettings;
@@ -168,7 +169,8 @@ struct Args {
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout: u64,
 
-    /// Seconds a federation POST has to send its body.
+    /// Seconds a POST has to send its body: federation (POST /, POST /federation/batch)
+    /// and the hosted registry (POST /twins).
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout: u64,
 
@@ -179,6 +181,28 @@ struct Args {
     /// Seconds checking a login may take (token, registry lookup); then 503.
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     login_timeout: u64,
+
+    /// Longest login token accepted (exp - iat, seconds, 1 to 86400). rmb-rs peers and
+    /// ours sign for 300 s, the TS client for 1000 s.
+    #[arg(long, default_value_t = rmb_identity::jwt::DEFAULT_MAX_LIFETIME, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    login_max_lifetime: u64,
+
+    /// Seconds after its issue time (iat) a login token is still accepted (1 to 86400).
+    /// Clients make a fresh token for each connection, so only a kept (captured) token,
+    /// or a client whose clock runs this far behind, is older.
+    #[arg(long, default_value_t = rmb_identity::jwt::DEFAULT_MAX_AGE, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    login_max_age: u64,
+
+    /// Seconds a login token's issue time may be ahead of this relay's clock (0 to 3600).
+    #[arg(long, default_value_t = rmb_identity::jwt::DEFAULT_MAX_CLOCK_SKEW, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    login_clock_skew: u64,
+
+    /// Login tokens remembered at once, so none is accepted twice (each until it could
+    /// no longer pass the time rules: at most --login-max-age + --login-clock-skew
+    /// seconds). When full, logins are refused (503) until some are forgotten. With
+    /// --redis the tokens are kept in Redis instead, shared by all replicas.
+    #[arg(long, default_value_t = rmb_relay::logins::DEFAULT_CAPACITY, value_name = "N")]
+    login_memory: usize,
 
     /// Most connections open at once (sessions included). Lowered at start to the open
     /// file limit (raised to its hard limit) minus 256 for everything else, which is what
@@ -234,6 +258,13 @@ struct Args {
     /// each other for every envelope cost more than the second core gave.
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
     threads: u16,
+
+    /// New twins the hosted registry registers per minute per client address (IPv6:
+    /// per /64), in a burst or spread out; more get 429 until the address's allowance
+    /// refills. Updates of registered twins are not counted. 0: no limit (e.g. behind a
+    /// reverse proxy, where every request comes from the proxy).
+    #[arg(long, value_name = "N", default_value_t = rmb_relay::registry::register_limit::DEFAULT_REGISTER_RATE)]
+    registry_register_rate: u32,
 }
 
 /// File descriptors kept for everything but client connections (Redis, registry,
@@ -287,6 +318,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         body_timeout: Duration::from_secs(args.body_timeout),
         tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
         login_timeout: Duration::from_secs(args.login_timeout),
+        jwt: JwtPolicy {
+            max_lifetime: args.login_max_lifetime,
+            max_age: args.login_max_age,
+            max_clock_skew: args.login_clock_skew,
+        },
+        login_memory: args.login_memory.max(1),
         max_connections: max_connections(args.max_connections),
         max_connections_per_ip: args.max_connections_per_ip,
         health_connections: args.health_connections,
@@ -297,6 +334,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             max_envelope_bytes: args.federation_batch_envelope_bytes,
             lanes_per_relay: args.federation_lanes_per_relay as usize,
         },
+        registry_register_rate: args.registry_register_rate,
         ..Config::default()
     };
     if config.domains.is_empty() {

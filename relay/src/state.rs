@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::federation::Federator;
 use crate::limiter::{Limited, Limiter};
+use crate::logins::UsedLogins;
 use crate::metrics::Metrics;
 use crate::queue::{MemoryQueues, Queues};
 use crate::registry::HostedRegistry;
@@ -36,6 +37,10 @@ pub struct RelayState {
     /// spend its own budget ([`RelayState::rate_limit_unsigned`]).
     pub unsigned_limiter: Mutex<Limiter<(u32, IpAddr)>>,
     pub federator: Federator,
+    /// Login tokens accepted recently, so none is accepted twice: in Redis beside the
+    /// queues when they are there (every replica refuses a token any of them accepted),
+    /// else in memory.
+    pub used_logins: UsedLogins,
     /// Cancelled on shutdown; every connection holds a child token.
     pub shutdown: CancellationToken,
     /// Every session's task, so shutdown can wait for them to put back what they held.
@@ -73,7 +78,12 @@ impl RelayState {
             tasks.clone(),
             shutdown.clone(),
         );
+        let used_logins = match queue.shared_redis() {
+            Some((conn, prefix)) => UsedLogins::in_redis(conn, &prefix),
+            None => UsedLogins::in_memory(config.login_memory),
+        };
         Arc::new(RelayState {
+            used_logins,
             switch: Switch::new(config.sessions_per_twin),
             queue,
             metrics,

@@ -1,6 +1,7 @@
 //! [`TestClient`]: a bare direct client of a relay, for tests: log in with a JWT, send and
 //! receive raw envelopes. (The real client library is the peer crate's.)
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,29 +22,38 @@ pub fn now() -> u64 {
     rmb_proto::time::unix_now()
 }
 
+/// A fresh login token for `twin`/`sid`, never the same as one made before in this
+/// process (relays refuse a token shown twice, and tests log the same session in several
+/// times a second): lifetimes of 60 s and up, one second longer for each token made.
+pub fn fresh_token(identity: &Identity, twin: u32, sid: Option<&str>) -> String {
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let extra = MADE.fetch_add(1, Ordering::Relaxed) % 600;
+    Token::create(identity.signer(), twin, sid, now(), 60 + extra)
+}
+
 impl TestClient {
-    /// Logs in to `ws_url` as `twin` (session `sid`) with a fresh 60 s token.
+    /// Logs in to `ws_url` as `twin` (session `sid`) with a fresh token ([`fresh_token`]).
     pub async fn connect(ws_url: &str, identity: &Identity, twin: u32, sid: Option<&str>) -> Self {
-        let token = Token::create(identity.signer(), twin, sid, now(), 60);
-        let (ws, _) = tokio_tungstenite::connect_async(format!("{ws_url}?{token}"))
+        let token = fresh_token(identity, twin, sid);
+        Self::connect_with(ws_url, twin, &token)
             .await
-            .unwrap_or_else(|e| panic!("login of twin {twin} failed: {e}"));
-        TestClient { twin, ws }
+            .unwrap_or_else(|e| panic!("login of twin {twin} failed: {e:?}"))
+    }
+
+    /// Logs in to `ws_url` with `token` as it is (e.g. one captured from another
+    /// login); the HTTP status and body on refusal.
+    pub async fn connect_with(ws_url: &str, twin: u32, token: &str) -> Result<Self, (u16, String)> {
+        match tokio_tungstenite::connect_async(format!("{ws_url}?{token}")).await {
+            Ok((ws, _)) => Ok(TestClient { twin, ws }),
+            Err(e) => Err(refusal(e)),
+        }
     }
 
     /// Tries to log in with an arbitrary URL suffix; returns the HTTP status and body on refusal.
     pub async fn try_login(url: &str) -> Result<(), (u16, String)> {
         match tokio_tungstenite::connect_async(url).await {
             Ok(_) => Ok(()),
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                let body = response
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                Err((response.status().as_u16(), body))
-            }
-            Err(e) => Err((0, e.to_string())),
+            Err(e) => Err(refusal(e)),
         }
     }
 
@@ -89,6 +99,22 @@ impl TestClient {
                 Ok(Some(Ok(_))) => continue,
             }
         }
+    }
+}
+
+/// The HTTP status and body of a refused login (status 0 and the error when the
+/// connection itself failed).
+fn refusal(e: tokio_tungstenite::tungstenite::Error) -> (u16, String) {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (response.status().as_u16(), body)
+        }
+        e => (0, e.to_string()),
     }
 }
 

@@ -21,14 +21,53 @@ pub struct HttpArgs {
         value_name = "URL"
     )]
     pub url: String,
+
+    /// The peer's HTTP API token file (rmb-peer's `--http-token-file`), when the API
+    /// requires one.
+    #[arg(
+        long = "http-token-file",
+        env = "RMB_HTTP_TOKEN_FILE",
+        value_name = "PATH"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl HttpArgs {
     fn client(&self) -> Api {
         Api {
             base: self.url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http: self.http_client(),
         }
+    }
+
+    /// An HTTP client that sends the API token with every request, when a token file
+    /// is given (a file that cannot be read is reported, and the API's 401 follows).
+    pub fn http_client(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(path) = &self.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(token) => {
+                    match reqwest::header::HeaderValue::from_str(&format!(
+                        "Bearer {}",
+                        token.trim()
+                    )) {
+                        Ok(mut value) => {
+                            value.set_sensitive(true);
+                            headers.insert(reqwest::header::AUTHORIZATION, value);
+                        }
+                        Err(_) => eprintln!(
+                            "rmb: the token in {} is not valid header text",
+                            path.display()
+                        ),
+                    }
+                }
+                Err(e) => eprintln!("rmb: cannot read the token file {}: {e}", path.display()),
+            }
+        }
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap_or_default()
     }
 }
 
@@ -279,6 +318,9 @@ pub async fn run_pub(args: PubArgs) -> anyhow::Result<ExitCode> {
     let mut request = api
         .http
         .post(api.url(&format!("/topics/{topic}")))
+        // The raw body is the message; a type outside the form types is what the API
+        // asks of every POST (a web page cannot send it without asking first).
+        .header("content-type", "application/octet-stream")
         .body(body);
     if let Some(title) = &args.title {
         request = request.header("X-Title", title);

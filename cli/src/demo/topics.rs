@@ -48,6 +48,7 @@ pub async fn run(owner: &PeerInfo, subscriber: &PeerInfo) -> anyhow::Result<Stri
     for text in MESSAGES {
         let answer = json(
             http.post(format!("{}/topics/{topic}", owner.http))
+                .header("content-type", "application/octet-stream")
                 .body(text.to_string()),
         )
         .await?;

@@ -52,7 +52,7 @@ impl Api {
     pub fn new(args: &HttpArgs) -> Api {
         Api {
             base: args.url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http: args.http_client(),
         }
     }
 
@@ -134,7 +134,7 @@ impl Api {
             .json(
                 self.http
                     .post(self.url(&format!("/topics/{topic}")))
-                    .header("content-type", "text/plain")
+                    .header("content-type", "application/octet-stream")
                     .body(text.to_string()),
             )
             .await?;

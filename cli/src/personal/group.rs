@@ -25,12 +25,21 @@ use super::api::{Api, ApiError};
 pub const GROUP_KEY: &str = "rmb.pmb.group";
 /// Redis key prefix of pending invite codes (owner only).
 const INVITE_PREFIX: &str = "rmb.pmb.invite.";
-/// Redis key counting wrong codes presented recently (owner only).
+/// Redis key counting wrong codes presented recently by anyone (owner only).
 const FAILURES_KEY: &str = "rmb.pmb.join.failures";
-/// Wrong codes accepted in [`FAILURE_WINDOW`] before every join is refused until it ends:
-/// with 50-bit codes, guessing one takes far more tries than this allows.
-const MAX_FAILURES: i64 = 20;
-/// How long wrong codes are counted.
+/// Prefix of the Redis keys counting one twin's recent wrong codes (`<prefix><twin>`).
+const TWIN_FAILURES_PREFIX: &str = "rmb.pmb.join.failures.";
+/// Wrong codes one twin may present in its [`FAILURE_WINDOW`]; then its joins are refused
+/// until the window ends. Counted per sending twin (the bus authenticates it), so a
+/// stranger guessing codes blocks only itself: with 50-bit codes, guessing one takes far
+/// more tries than this allows.
+pub const MAX_FAILURES_PER_TWIN: i64 = 20;
+/// Wrong codes from all twins together in a [`FAILURE_WINDOW`] past which only twins
+/// that presented no wrong code in their own window are still heard (once each): a
+/// bound on guessing with many twins, which never refuses a machine that typed its code
+/// right, so strangers cannot keep the owner's machines out.
+pub const MAX_FAILURES_TOTAL: i64 = 1000;
+/// How long wrong codes are counted (from the first of each counter's window).
 const FAILURE_WINDOW: Duration = Duration::from_secs(900);
 /// Name of the group topic (`<owner>/pmb`).
 pub const TOPIC_NAME: &str = "pmb";
@@ -104,7 +113,8 @@ pub enum GroupError {
     /// The owner does not know the code (never issued, used, or expired).
     #[error("wrong or expired invite code")]
     WrongCode,
-    /// Too many wrong codes lately.
+    /// Too many wrong codes lately from this twin (or from everyone, and this twin among
+    /// them).
     #[error("too many wrong invite codes lately; joins are refused for up to {} minutes", FAILURE_WINDOW.as_secs() / 60)]
     TooManyAttempts,
     /// The group is full.
@@ -205,7 +215,9 @@ pub fn parse_code(code: &str) -> Result<(u32, String), GroupError> {
 }
 
 /// Owner side of a join: `twin` presents `secret`. The code is deleted by the first
-/// join presenting it; wrong codes are counted and, past a bound, refuse every join.
+/// join presenting it. Wrong codes are counted per twin and in all: a twin past
+/// [`MAX_FAILURES_PER_TWIN`] is refused, and past [`MAX_FAILURES_TOTAL`] so is every twin
+/// that presented a wrong code itself; a twin with none is always heard.
 pub async fn admit(
     api: &Api,
     conn: &mut MultiplexedConnection,
@@ -217,33 +229,76 @@ pub async fn admit(
     if group.owner != me {
         return Err(GroupError::NotOwner(group.owner));
     }
-    let failures: Option<i64> = conn.get(FAILURES_KEY).await?;
-    if failures.unwrap_or(0) >= MAX_FAILURES {
-        return Err(GroupError::TooManyAttempts);
-    }
-    let valid = CODE_LEN == secret.len() && secret.bytes().all(|b| CODE_ALPHABET.contains(&b));
-    let found: Option<String> = if valid {
-        redis::cmd("GETDEL")
-            .arg(format!("{INVITE_PREFIX}{secret}"))
-            .query_async(conn)
-            .await?
-    } else {
-        None
-    };
-    if found.is_none() {
-        let count: i64 = conn.incr(FAILURES_KEY, 1).await?;
-        if count == 1 {
-            let _: () = conn
-                .expire(FAILURES_KEY, FAILURE_WINDOW.as_secs() as i64)
-                .await?;
-        }
-        return Err(GroupError::WrongCode);
+    match check_code(conn, twin, secret).await? {
+        CodeCheck::Right => {}
+        CodeCheck::Wrong => return Err(GroupError::WrongCode),
+        CodeCheck::Refused => return Err(GroupError::TooManyAttempts),
     }
     if !group.members.contains(&twin) {
         group = change(conn, Change::Add, twin).await?;
         publish_membership(api, &group).await?;
     }
     Ok(group)
+}
+
+/// What the owner's Redis said of a presented code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CodeCheck {
+    /// It was a pending invite; now used up.
+    Right,
+    /// Not a pending invite; counted.
+    Wrong,
+    /// Not looked at: this twin presented too many wrong codes, or one while all twins
+    /// together are past the ceiling (the code, if right, stays valid).
+    Refused,
+}
+
+/// Checks `secret` for `twin` in one Redis script, so concurrent joins cannot slip past
+/// the counters between reading and counting.
+async fn check_code(
+    conn: &mut MultiplexedConnection,
+    twin: u32,
+    secret: &str,
+) -> Result<CodeCheck, GroupError> {
+    // KEYS: all failures, this twin's failures, the invite (may be absent).
+    // ARGV: per-twin bound, total bound, window seconds, 1 if the code is well formed.
+    static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r"
+local mine = tonumber(redis.call('GET', KEYS[2]) or '0')
+local all = tonumber(redis.call('GET', KEYS[1]) or '0')
+if mine >= tonumber(ARGV[1]) then return 'refused' end
+if mine > 0 and all >= tonumber(ARGV[2]) then return 'refused' end
+if ARGV[4] == '1' and redis.call('GETDEL', KEYS[3]) then return 'right' end
+for i = 1, 2 do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+end
+return 'wrong'
+",
+        )
+    });
+    let valid = CODE_LEN == secret.len() && secret.bytes().all(|b| CODE_ALPHABET.contains(&b));
+    // A malformed secret never names a key it could not have been given.
+    let invite = if valid {
+        format!("{INVITE_PREFIX}{secret}")
+    } else {
+        format!("{INVITE_PREFIX}-")
+    };
+    let answer: String = SCRIPT
+        .key(FAILURES_KEY)
+        .key(format!("{TWIN_FAILURES_PREFIX}{twin}"))
+        .key(invite)
+        .arg(MAX_FAILURES_PER_TWIN)
+        .arg(MAX_FAILURES_TOTAL)
+        .arg(FAILURE_WINDOW.as_secs())
+        .arg(u8::from(valid))
+        .invoke_async(conn)
+        .await?;
+    Ok(match answer.as_str() {
+        "right" => CodeCheck::Right,
+        "refused" => CodeCheck::Refused,
+        _ => CodeCheck::Wrong,
+    })
 }
 
 /// A change of the member list.

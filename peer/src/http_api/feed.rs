@@ -2,6 +2,10 @@
 //! first what is stored after `since`, then each new event as it comes, in id order
 //! and without repeats. A subscriber that falls behind the live channel replays from
 //! Redis again from where it was, so it loses nothing.
+//!
+//! What a feed holds is bounded in bytes ([`BACKLOG_BYTES`]): replay reads pages sized to
+//! fit, and the rest is read again when the client has taken those, so a client that
+//! reads slowly costs the peer a fixed amount of memory however much is stored.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +20,13 @@ use crate::topics::{Event, TopicError, Topics};
 
 /// How often an idle stream says it is alive.
 pub const KEEPALIVE: Duration = Duration::from_secs(25);
+
+/// Most bytes of replayed messages one feed holds before handing them out.
+pub const BACKLOG_BYTES: usize = 256 * 1024;
+
+/// Messages asked for by the first replay page (later pages are sized by what the last
+/// page's messages weighed).
+const FIRST_PAGE: u32 = 64;
 
 /// What a feed yields next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +47,8 @@ pub struct Feed {
     live: broadcast::Receiver<Event>,
     backlog: VecDeque<Arc<str>>,
     replay: bool,
+    /// Messages the next replay page asks for.
+    page: u32,
     stop: CancellationToken,
     done: bool,
 }
@@ -51,6 +64,7 @@ impl Feed {
             pos: since,
             backlog: VecDeque::new(),
             replay: true,
+            page: FIRST_PAGE,
             stop,
             done: false,
         }
@@ -91,16 +105,29 @@ impl Feed {
         }
     }
 
-    /// Reads one page of stored messages after the position.
+    /// Reads one page of stored messages after the position, keeping at most
+    /// [`BACKLOG_BYTES`] of them (the position moves only past what is kept).
     async fn fill(&mut self) -> Result<(), TopicError> {
-        let page = self.topics.pull(&self.topic, self.pos, MAX_PULL).await?;
-        self.replay = page.len() == MAX_PULL as usize;
+        let page = self.topics.pull(&self.topic, self.pos, self.page).await?;
+        let full = page.len() == self.page as usize;
+        let (mut kept, mut bytes, mut cut) = (0usize, 0usize, false);
         for message in page {
-            if message.id > self.pos {
-                self.pos = message.id;
-                let json = serde_json::to_string(&message).expect("a message serialises");
-                self.backlog.push_back(json.into());
+            if message.id <= self.pos {
+                continue;
             }
+            let json = serde_json::to_string(&message).expect("a message serialises");
+            if kept > 0 && bytes + json.len() > BACKLOG_BYTES {
+                cut = true;
+                break;
+            }
+            bytes += json.len();
+            kept += 1;
+            self.pos = message.id;
+            self.backlog.push_back(json.into());
+        }
+        self.replay = full || cut;
+        if let Some(each) = bytes.checked_div(kept) {
+            self.page = ((BACKLOG_BYTES / each.max(1)) as u32).clamp(1, MAX_PULL);
         }
         Ok(())
     }

@@ -17,6 +17,7 @@
 //! after it first; for another twin's topic they subscribe first.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::feed::{Feed, Item};
+use super::guard::{Guard, Refusals};
 use crate::topics::config::TopicConfig;
 use crate::topics::wire::{self, Draft, TopicName};
 use crate::topics::{TopicError, Topics};
@@ -52,10 +54,20 @@ pub const MAX_CALL_TIMEOUT: u64 = 600;
 pub struct Api {
     topics: Topics,
     stop: CancellationToken,
+    refusals: Arc<Refusals>,
+    /// Longest wait for a WebSocket client to take a frame.
+    stall: Duration,
 }
 
-/// The API's routes over `topics`; `stop` ends live streams.
-pub fn router(topics: Topics, stop: CancellationToken) -> Router {
+/// The API's routes over `topics`, behind `guard`; `stop` ends live streams, a WebSocket
+/// client that takes no frame for `stall` is dropped.
+pub fn router(
+    topics: Topics,
+    guard: Arc<Guard>,
+    stall: Duration,
+    stop: CancellationToken,
+) -> Router {
+    let refusals = Arc::clone(&guard.refusals);
     Router::new()
         .route("/", get(hello))
         .route("/topics", get(list))
@@ -74,7 +86,16 @@ pub fn router(topics: Topics, stop: CancellationToken) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Api { topics, stop })
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            super::guard::guard,
+        ))
+        .with_state(Api {
+            topics,
+            stop,
+            refusals,
+            stall,
+        })
 }
 
 async fn not_found() -> ApiError {
@@ -92,7 +113,11 @@ async fn not_allowed() -> ApiError {
 }
 
 async fn hello(State(api): State<Api>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "twin": api.topics.twin(), "api": "rmb-peer" }))
+    Json(serde_json::json!({
+        "twin": api.topics.twin(),
+        "api": "rmb-peer",
+        "refused": api.refusals.snapshot(),
+    }))
 }
 
 async fn list(State(api): State<Api>) -> Result<Response, ApiError> {
@@ -146,6 +171,8 @@ fn query(raw: Option<String>) -> Result<Query, ApiError> {
                 })
             }
             "poll" => q.poll = matches!(value.as_ref(), "1" | "true" | "yes" | ""),
+            // Checked by the access rules (for clients that cannot set headers).
+            "access_token" => {}
             "limit" => {
                 q.limit = value
                     .parse::<u32>()
@@ -412,17 +439,41 @@ async fn ws(
     ensure_subscribed(&api, &topic, q.since).await?;
     let since = start(&api, &topic, q.since).await?;
     let feed = Feed::new(api.topics.clone(), topic.clone(), since, api.stop.clone());
-    Ok(upgrade.on_upgrade(move |socket| serve_ws(socket, feed, topic)))
+    let (refusals, stall) = (Arc::clone(&api.refusals), api.stall);
+    Ok(upgrade
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| serve_ws(socket, feed, topic, refusals, stall)))
 }
 
-/// Sends the feed as text frames until the client leaves or the API stops; what the
-/// client sends is ignored (pings are answered by the WebSocket layer).
-async fn serve_ws(mut socket: WebSocket, mut feed: Feed, topic: TopicName) {
-    if socket
-        .send(Message::Text(open_line(&topic).into()))
-        .await
-        .is_err()
-    {
+/// Sends `message`, giving up (and counting a slow consumer) when the client has not
+/// taken it within `stall`.
+async fn send_ws(
+    socket: &mut WebSocket,
+    message: Message,
+    refusals: &Refusals,
+    stall: Duration,
+) -> bool {
+    match tokio::time::timeout(stall, socket.send(message)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            refusals.count("slow_consumer");
+            false
+        }
+    }
+}
+
+/// Sends the feed as text frames until the client leaves, stops reading for `stall`, or
+/// the API stops; what the client sends is ignored (pings are answered by the WebSocket
+/// layer).
+async fn serve_ws(
+    mut socket: WebSocket,
+    mut feed: Feed,
+    topic: TopicName,
+    refusals: Arc<Refusals>,
+    stall: Duration,
+) {
+    let open = Message::Text(open_line(&topic).into());
+    if !send_ws(&mut socket, open, &refusals, stall).await {
         return;
     }
     loop {
@@ -438,11 +489,11 @@ async fn serve_ws(mut socket: WebSocket, mut feed: Feed, topic: TopicName) {
                 Some(Ok(_)) => continue,
             },
         };
-        if socket.send(Message::Text(line.into())).await.is_err() {
+        if !send_ws(&mut socket, Message::Text(line.into()), &refusals, stall).await {
             return;
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = tokio::time::timeout(stall, socket.send(Message::Close(None))).await;
 }
 
 /// Body of `POST /{owner}/{name}/subscribe`.

@@ -30,10 +30,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::health::LinkHealth;
+use super::tokens::TokenTimes;
 use super::url::RelayUrl;
 use super::{Frame, Shared};
 
-/// Lifetime of the login token made for each connection (rmb-rs uses 5 minutes).
+/// Lifetime of the login token made for each connection (rmb-rs uses 5 minutes); a
+/// second less for each further token made in the same second ([`super::tokens`]).
 pub const TOKEN_TTL: u64 = 300;
 /// Longest wait for TCP + TLS + WebSocket handshake + login.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +82,8 @@ pub(super) struct Actor {
     pub index: usize,
     pub url: RelayUrl,
     pub login: Arc<Login>,
+    /// Issue and expiry times of login tokens, shared by the peer's links.
+    pub token_times: Arc<TokenTimes>,
     pub shared: Arc<Shared>,
     pub health: Arc<LinkHealth>,
     pub outbox: mpsc::Receiver<Outgoing>,
@@ -135,12 +139,14 @@ impl Actor {
 
     async fn connect(&self) -> Result<Ws, String> {
         ensure_crypto_provider();
+        // Relays refuse a token seen before: never make the same one twice.
+        let (iat, ttl) = self.token_times.next(unix_now());
         let token = Token::create(
             self.login.identity.signer(),
             self.login.twin,
             self.login.sid.as_deref(),
-            unix_now(),
-            TOKEN_TTL,
+            iat,
+            ttl,
         );
         let request = format!("{}?{}", self.url.as_str(), token);
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);

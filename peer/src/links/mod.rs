@@ -1,6 +1,7 @@
 //! Relay links: one WebSocket connection per relay, kept up by its own actor.
 //!
-//! [`Links::start`] spawns one [`actor`] per relay URL. Each logs in with a fresh token,
+//! [`Links::start`] spawns one [`actor`] per relay URL. Each logs in with a fresh token
+//! (never the same twice: [`tokens`]),
 //! keeps the connection alive (pings, read timeout) and reconnects with backoff and
 //! jitter when it drops. Frames received on any link arrive on one channel as [`Frame`]s
 //! tagged with the link index. [`Links::send`] hands an encoded envelope to a connected
@@ -12,6 +13,7 @@ pub mod actor;
 pub mod backoff;
 pub mod health;
 pub mod select;
+pub mod tokens;
 pub mod url;
 
 use std::sync::Arc;
@@ -149,6 +151,7 @@ impl Links {
     ) -> Links {
         let now = unix_now();
         let login = Arc::new(login);
+        let token_times = Arc::new(tokens::TokenTimes::default());
         let mut slots = Vec::with_capacity(relays.len());
         let mut receivers = Vec::with_capacity(relays.len());
         for relay in relays {
@@ -173,6 +176,7 @@ impl Links {
                     index,
                     url: relay.clone(),
                     login: Arc::clone(&login),
+                    token_times: Arc::clone(&token_times),
                     health: Arc::clone(&shared.slots[index].health),
                     shared: Arc::clone(&shared),
                     outbox,

@@ -1,5 +1,6 @@
 //! The topics layer's counters: what was published, pushed, received, handed over,
-//! resent and refused (by reason), shown by `GET /topics` and `rmb topic list`.
+//! resent, refused (by reason) and which subscribers were dropped, shown by
+//! `GET /topics` and `rmb topic list`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -32,6 +33,10 @@ pub struct Counters {
     pub resent: AtomicU64,
     /// Cumulative acknowledgements received from subscribers.
     pub acks_received: AtomicU64,
+    /// Subscribers of own topics dropped because they did not renew within the lease.
+    pub leases_expired: AtomicU64,
+    /// Subscribers of own topics dropped because their pushes went unacknowledged.
+    pub silent_dropped: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -71,6 +76,8 @@ impl Counters {
             evicted: r(&self.evicted),
             resent: r(&self.resent),
             acks_received: r(&self.acks_received),
+            leases_expired: r(&self.leases_expired),
+            silent_dropped: r(&self.silent_dropped),
             refused_by: self
                 .refused
                 .lock()
@@ -111,6 +118,12 @@ pub struct CountersSnapshot {
     /// Cumulative acknowledgements received from subscribers.
     #[serde(default)]
     pub acks_received: u64,
+    /// Subscribers of own topics dropped because they did not renew within the lease.
+    #[serde(default)]
+    pub leases_expired: u64,
+    /// Subscribers of own topics dropped because their pushes went unacknowledged.
+    #[serde(default)]
+    pub silent_dropped: u64,
     /// Refused remote requests, by reason.
     pub refused_by: BTreeMap<String, u64>,
 }

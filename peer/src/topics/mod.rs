@@ -13,6 +13,8 @@
 //! - [`counters`]: what the layer did, by kind and refusal reason;
 //! - [`progress`]: how far each subscriber that acknowledges cumulatively has got, and
 //!   what to push to it again;
+//! - [`leases`]: subscriptions as leases, subscribers dropped when their pushes go
+//!   unacknowledged, and the pace at which new subscriptions are admitted;
 //! - [`pending`]: requests waiting for an answer; [`router`]: splits the peer's inbound
 //!   messages between topics and the Redis API.
 //!
@@ -22,6 +24,7 @@ mod alarm;
 pub mod config;
 pub mod counters;
 mod handover;
+pub mod leases;
 pub mod owner;
 pub mod pending;
 pub mod progress;
@@ -36,6 +39,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rmb_identity::registry::Registry;
 use rmb_proto::Address;
 use rmb_proto::time::unix_now;
 use serde::{Deserialize, Serialize};
@@ -46,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::{Inbound, InboundResponse, OutgoingRequest, Peer, RemoteError, SendError};
 use config::{ConfigError, TopicConfig};
 pub use counters::{Counters, CountersSnapshot};
+use leases::{LeaseSettings, Leases};
 use pending::{Pending, Waiter};
 use progress::Progress;
 use store::{Store, StoreError};
@@ -69,7 +74,7 @@ pub const REQUEST_EXPIRATION: u64 = 120;
 pub const DEFAULT_RECORD_DELAY_MS: u64 = 250;
 
 /// How to start [`Topics`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TopicsOptions {
     /// The peer's Redis.
     pub redis_url: String,
@@ -86,11 +91,36 @@ pub struct TopicsOptions {
     /// their records are written, many at a time ([`unrecorded`]): longer costs less
     /// Redis work per message, and after a crash that much is pulled again.
     pub record_delay: Duration,
+    /// Most subscribers of one own topic (`--topic-max-subscribers`).
+    pub max_subscribers: usize,
+    /// Leases, silent subscribers and the pace of new subscriptions of own topics
+    /// (`--topic-lease`, `--topic-unanswered*`, `--topic-new-*`).
+    pub leases: LeaseSettings,
+    /// Where the relays of a twin that subscribes are looked up, to count new
+    /// subscriptions per relay (`None`: all count as one unknown relay).
+    pub registry: Option<Arc<dyn Registry>>,
+}
+
+impl std::fmt::Debug for TopicsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicsOptions")
+            .field("redis_url", &self.redis_url)
+            .field("prefix", &self.prefix)
+            .field("renew", &self.renew)
+            .field("timeout", &self.timeout)
+            .field("record_delay", &self.record_delay)
+            .field("max_subscribers", &self.max_subscribers)
+            .field("leases", &self.leases)
+            .field("registry", &self.registry.as_ref().map(|r| r.describe()))
+            .finish()
+    }
 }
 
 impl TopicsOptions {
     /// The defaults for `redis_url`: prefix `rmb.`, renewal every 30 s, 60 s timeout,
-    /// records written [`DEFAULT_RECORD_DELAY_MS`] after a hand-over.
+    /// records written [`DEFAULT_RECORD_DELAY_MS`] after a hand-over,
+    /// [`owner::MAX_SUBSCRIBERS`] subscribers per topic, the [`leases`] defaults, no
+    /// registry.
     pub fn new(redis_url: &str) -> Self {
         TopicsOptions {
             redis_url: redis_url.to_string(),
@@ -98,6 +128,9 @@ impl TopicsOptions {
             renew: Duration::from_secs(30),
             timeout: Duration::from_secs(60),
             record_delay: Duration::from_millis(DEFAULT_RECORD_DELAY_MS),
+            max_subscribers: owner::MAX_SUBSCRIBERS,
+            leases: LeaseSettings::default(),
+            registry: None,
         }
     }
 }
@@ -212,6 +245,8 @@ pub(crate) struct Shared {
     pub(crate) subscribers: Mutex<HashMap<String, BTreeSet<u32>>>,
     /// Own topics' cumulative subscribers: what they acknowledged.
     pub(crate) progress: Mutex<Progress>,
+    /// Own topics' subscribers' leases and silence, and admissions of new ones.
+    pub(crate) leases: Mutex<Leases>,
     pub(crate) fanout: mpsc::Sender<MessageJson>,
     pub(crate) sub_events: mpsc::Sender<subscriber::Input>,
     /// Topics being subscribed to right now: a message for one of them that comes
@@ -302,8 +337,19 @@ impl Shared {
             return Ok(s.clone());
         }
         let found: BTreeSet<u32> = self.store.subscribers(name).await?.into_iter().collect();
-        self.lock_subscribers()
-            .insert(name.to_string(), found.clone());
+        let mut cache = self.lock_subscribers();
+        if let Some(s) = cache.get(name) {
+            // Another task loaded them meanwhile (and may have changed them since).
+            return Ok(s.clone());
+        }
+        cache.insert(name.to_string(), found.clone());
+        // Subscribers read from Redis (after a restart) hold a lease from now: the
+        // owner's own downtime does not count against them.
+        let now = unix_now();
+        let mut leases = self.lock_leases();
+        for &twin in &found {
+            leases.renew(name, twin, now);
+        }
         Ok(found)
     }
 
@@ -319,6 +365,10 @@ impl Shared {
 
     pub(crate) fn lock_progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn lock_leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Tells local live subscribers.
@@ -359,6 +409,7 @@ impl Topics {
         let (owner_tx, owner_rx) = mpsc::channel(QUEUE);
         let (app_tx, app_rx) = mpsc::channel(crate::core::INBOUND_CAPACITY);
         let stop = CancellationToken::new();
+        let leases = Leases::new(options.leases.clone());
         let shared = Arc::new(Shared {
             peer,
             store,
@@ -369,6 +420,7 @@ impl Topics {
             configs: Mutex::new(HashMap::new()),
             subscribers: Mutex::new(HashMap::new()),
             progress: Mutex::new(Progress::default()),
+            leases: Mutex::new(leases),
             fanout: fanout_tx,
             sub_events: sub_tx,
             subscribing: Mutex::new(HashSet::new()),

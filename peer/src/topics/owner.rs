@@ -8,6 +8,10 @@
 //! remembered, so a crash anywhere loses no acknowledged message and gives no message
 //! two ids. Pushes are best effort: a subscriber that misses one pulls it.
 //!
+//! Subscriptions are leases ([`leases`](super::leases)): the owner task drops, every
+//! [`SWEEP_EVERY`], subscribers that did not renew in time or left too many pushes
+//! unacknowledged, and admits new subscribers at a bounded pace per relay.
+//!
 //! [`Store::append`]: super::store::Store::append
 
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::config::TopicConfig;
+use super::leases::Gone;
 use super::pending::Waiter;
 use super::progress::Resend;
 use super::router::{reply, reply_error};
@@ -27,8 +32,15 @@ use super::wire::{self, AckMode, Draft, MessageJson, TopicName, codes};
 use super::{Counters, REQUEST_EXPIRATION, Shared, TopicError, TopicInfo};
 use crate::core::{InboundRequest, OutgoingRequest, Reason, SendError};
 
-/// Most subscribers of one topic.
+/// Default of `--topic-max-subscribers`: most subscribers of one topic.
 pub const MAX_SUBSCRIBERS: usize = 10_000;
+
+/// How often the owner task drops subscribers whose lease ended or who stay silent.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest wait for the registry when admitting a new subscriber (the sender's twin is
+/// usually cached already: its envelope was checked against it).
+const RELAYS_LOOKUP: Duration = Duration::from_secs(2);
 
 /// What the owner task handles.
 #[derive(Debug)]
@@ -47,27 +59,62 @@ pub(crate) fn drop_subscriber(owner: &mpsc::Sender<Input>, topic: &str, twin: u3
     });
 }
 
-/// The owner task: one request at a time, in arrival order.
+/// The owner task: one request at a time, in arrival order; between them, drops the
+/// subscribers that are gone ([`sweep`]).
 pub(crate) async fn serve(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
     announce_tails(&shared).await;
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             next = input.recv() => next,
+            _ = tick.tick() => {
+                sweep(&shared).await;
+                continue;
+            }
             _ = shared.stop.cancelled() => return,
         };
         match next {
             None => return,
             Some(Input::Request(request)) => handle(&shared, request).await,
-            Some(Input::Drop { topic, twin }) => {
-                if let Some(subs) = shared.lock_subscribers().get_mut(&topic) {
-                    subs.remove(&twin);
-                }
-                shared.lock_progress().forget(&topic, twin);
-                if let Err(e) = shared.store.remove_subscriber(&topic, twin).await {
-                    tracing::warn!(%topic, twin, error = %e, "cannot remove a subscriber");
-                }
-            }
+            Some(Input::Drop { topic, twin }) => remove(&shared, &topic, twin).await,
         }
+    }
+}
+
+/// Takes `twin` off own topic `topic`'s subscribers, everywhere they are kept.
+async fn remove(shared: &Shared, topic: &str, twin: u32) {
+    if let Some(subs) = shared.lock_subscribers().get_mut(topic) {
+        subs.remove(&twin);
+    }
+    shared.lock_progress().forget(topic, twin);
+    shared.lock_leases().forget(topic, twin);
+    if let Err(e) = shared.store.remove_subscriber(topic, twin).await
+        && shared.peer.log_allowed(0, Reason::InvalidMessage)
+    {
+        // Many may fail at once (a sweep while Redis is down): one line per 10 s.
+        tracing::warn!(%topic, twin, error = %e, "cannot remove a subscriber (it comes back with the owner's next start)");
+    }
+}
+
+/// Drops the subscribers whose lease ended or whose pushes went unacknowledged, and
+/// counts them. A real subscriber dropped while unreachable subscribes again when it
+/// renews, and pulls what it missed.
+async fn sweep(shared: &Shared) {
+    let gone = shared.lock_leases().sweep(unix_now());
+    for (topic, twin, why) in gone {
+        let counter = match why {
+            Gone::Expired => &shared.counters.leases_expired,
+            Gone::Silent => &shared.counters.silent_dropped,
+        };
+        Counters::bump(counter);
+        if shared
+            .peer
+            .log_allowed(u64::from(twin), Reason::InvalidMessage)
+        {
+            tracing::debug!(%topic, twin, ?why, "dropped a subscriber (logged once per 10 s per twin)");
+        }
+        remove(shared, &topic, twin).await;
     }
 }
 
@@ -82,6 +129,10 @@ async fn announce_tails(shared: &Shared) {
         let Ok(Some(config)) = shared.config(&name).await else {
             continue;
         };
+        // Read now, so the subscribers kept in Redis hold leases that can end.
+        if let Err(e) = shared.subscribers(&name).await {
+            tracing::warn!(topic = %name, error = %e, "cannot read the subscribers");
+        }
         let last = match shared.store.pull(&name, &config, 0, 0, unix_now()).await {
             Ok(slice) => slice.last_id,
             Err(_) => continue,
@@ -168,7 +219,8 @@ enum Refusal {
     BadRequest(String),
     NoTopic,
     Access,
-    Full,
+    Full(usize),
+    Crowded(String),
     Unavailable(String),
 }
 
@@ -178,7 +230,8 @@ impl Refusal {
             Refusal::BadRequest(_) => codes::BAD_REQUEST,
             Refusal::NoTopic => codes::NOT_FOUND,
             Refusal::Access => codes::REFUSED,
-            Refusal::Full => codes::UNAVAILABLE,
+            Refusal::Full(_) => codes::UNAVAILABLE,
+            Refusal::Crowded(_) => codes::TOO_MANY,
             Refusal::Unavailable(_) => codes::UNAVAILABLE,
         }
     }
@@ -188,7 +241,8 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::NoTopic => "no_topic",
             Refusal::Access => "access",
-            Refusal::Full => "too_many_subscribers",
+            Refusal::Full(_) => "too_many_subscribers",
+            Refusal::Crowded(_) => "too_many_new_subscriptions",
             Refusal::Unavailable(_) => "unavailable",
         }
     }
@@ -204,7 +258,8 @@ impl Refusal {
                 };
                 format!("twin {twin} may not {verb} {topic}")
             }
-            Refusal::Full => format!("{topic} has {MAX_SUBSCRIBERS} subscribers already"),
+            Refusal::Full(max) => format!("{topic} has {max} subscribers already"),
+            Refusal::Crowded(why) => format!("{topic} takes no new subscriber now: {why}"),
             Refusal::Unavailable(e) => format!("the owner cannot serve {topic} now: {e}"),
         }
     }
@@ -262,6 +317,7 @@ async fn subscription(
             subs.remove(&twin);
         }
         shared.lock_progress().forget(name, twin);
+        shared.lock_leases().forget(name, twin);
         shared
             .store
             .remove_subscriber(name, twin)
@@ -276,14 +332,24 @@ async fn subscription(
         .subscribers(name)
         .await
         .map_err(|e| Refusal::Unavailable(e.to_string()))?;
-    if !subs.contains(&twin) && subs.len() >= MAX_SUBSCRIBERS {
-        return Err(Refusal::Full);
+    let max = shared.options.max_subscribers;
+    if !subs.contains(&twin) {
+        if subs.len() >= max {
+            return Err(Refusal::Full(max));
+        }
+        let relays = source_relays(shared, twin).await;
+        shared
+            .lock_leases()
+            .admit(&relays, unix_now())
+            .map_err(|why| Refusal::Crowded(why.to_string()))?;
     }
+    let now = unix_now();
     shared
         .store
-        .add_subscriber(name, twin, unix_now())
+        .add_subscriber(name, twin, now)
         .await
         .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    shared.lock_leases().renew(name, twin, now);
     shared
         .lock_subscribers()
         .entry(name.to_string())
@@ -298,8 +364,21 @@ async fn subscription(
     let answer = wire::Subscribed {
         first_id: slice.first_id,
         last_id: slice.last_id,
+        lease: Some(shared.options.leases.lease_secs),
     };
     Ok(serde_json::to_vec(&answer).expect("an answer serialises"))
+}
+
+/// The relays `twin` is registered on (none when the registry does not say: such twins
+/// share one count of new subscriptions).
+async fn source_relays(shared: &Shared, twin: u32) -> Vec<String> {
+    let Some(registry) = &shared.options.registry else {
+        return Vec::new();
+    };
+    match tokio::time::timeout(RELAYS_LOOKUP, registry.get_twin(twin)).await {
+        Ok(Ok(Some(found))) => found.relays.into_iter().collect(),
+        _ => Vec::new(),
+    }
 }
 
 async fn remote_pull(
@@ -489,6 +568,11 @@ async fn send_batch(shared: &Shared, batch: Vec<MessageJson>) {
             .map(|twin| (twin, progress.mode(&topic.name, twin)))
             .collect()
     };
+    shared.lock_leases().pushed(
+        &topic.name,
+        targets.iter().map(|&(twin, _)| twin),
+        unix_now(),
+    );
     let count = batch.len() as u64;
     let last = batch.last().map_or(0, |m| m.id);
     let mut body = wire::Batch {
@@ -588,6 +672,9 @@ async fn resend(shared: &Shared, due: Resend) {
         return;
     }
     Counters::bump(&shared.counters.resent);
+    shared
+        .lock_leases()
+        .pushed(&due.topic, [due.twin], unix_now());
     let count = messages.len() as u64;
     let body = wire::Batch {
         messages,

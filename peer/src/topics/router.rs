@@ -134,6 +134,9 @@ fn answer(shared: &Shared, owner_tx: &mpsc::Sender<owner::Input>, response: Inbo
         }
         Some(Waiter::Push { topic, twin }) => match response.reply {
             Ok(body) => {
+                if response.source.twin == twin {
+                    shared.lock_leases().answered(&topic, twin);
+                }
                 // A subscriber that can acknowledge cumulatively says so in its answer.
                 if let Ok(answer) = serde_json::from_slice::<wire::PushAnswer>(&body)
                     && answer.acks == AckMode::Cumulative
@@ -193,6 +196,7 @@ async fn acknowledged(shared: &Shared, request: &InboundRequest) {
     progress.learn(&ack.topic, twin, AckMode::Cumulative);
     progress.acked(&ack.topic, twin, ack.last, Instant::now());
     drop(progress);
+    shared.lock_leases().acked(&ack.topic, twin, ack.last);
     Counters::bump(&shared.counters.acks_received);
 }
 

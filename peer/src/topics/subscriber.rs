@@ -7,8 +7,10 @@
 //! early, and whether a pull is running. A message after a hole is buffered and the hole
 //! is pulled from the owner (`rmb.topic.pull`); ids the owner no longer keeps
 //! (retention) become a gap event for apps. Subscriptions are renewed with their owners
-//! at start and every [`TopicsOptions::renew`](super::TopicsOptions::renew), which also
-//! reveals messages whose push was lost (a subscriber that was offline catches up so).
+//! at start and every [`TopicsOptions::renew`](super::TopicsOptions::renew), or at
+//! least three times per lease when an owner gives shorter leases (it drops subscribers
+//! that do not renew, [`leases`](super::leases)); a renewal also reveals messages whose
+//! push was lost (a subscriber that was offline catches up so).
 //!
 //! Pulls and renewals are requests to other twins; they run in a `JoinSet` the task owns,
 //! so the task never waits on the network.
@@ -67,6 +69,8 @@ pub(crate) enum Input {
         last: u64,
         list: bool,
         owner_last: u64,
+        /// Seconds the owner's lease lasts, if it said.
+        lease: Option<u64>,
     },
     /// A subscription ended.
     Removed(TopicName),
@@ -98,6 +102,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew_tick = tokio::time::interval(shared.options.renew);
     renew_tick.reset();
+    // Topics whose owner's lease is too short for `renew`: when each is renewed next.
+    let mut soon = RenewSoon::default();
     // Answers due to pushes that want one each, and topics due a cumulative ack.
     let mut acks: Vec<InboundRequest> = Vec::new();
     let mut ack_at = Alarm::default();
@@ -190,7 +196,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                                 Taken::Refused => {}
                             }
                         }
-                        Input::Added { topic, last, list, owner_last } => {
+                        Input::Added { topic, last, list, owner_last, lease } => {
+                            soon.lease(&topic, lease, shared.options.renew, Instant::now());
                             let sub = subs.entry(topic.clone()).or_insert_with(|| Sub::new(last, list));
                             sub.list = list;
                             sub.known_last = sub.known_last.max(owner_last);
@@ -202,6 +209,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                             start_pull(&shared, &topic, sub, &mut jobs);
                         }
                         Input::Removed(topic) => {
+                            soon.forget(&topic);
                             subs.remove(&topic);
                             shared.unrecorded.forget(&topic);
                         }
@@ -228,7 +236,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                 Ok(Job::ToldUnsubscribed(topic)) => {
                     telling.remove(&topic);
                 }
-                Ok(job) => on_job(&shared, &mut subs, &mut jobs, job).await,
+                Ok(job) => {
+                    if let Job::Renewed { topic, result: Ok(answer) } = &job
+                        && subs.contains_key(topic)
+                    {
+                        soon.lease(topic, answer.lease, shared.options.renew, Instant::now());
+                    }
+                    on_job(&shared, &mut subs, &mut jobs, job).await
+                }
                 Err(e) => tracing::error!(error = %e, "a topic pull task failed"),
             },
             _ = tick.tick() => {
@@ -242,6 +257,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
                         start_pull(&shared, topic, sub, &mut jobs);
                     }
                 }
+                for topic in soon.due(now) {
+                    jobs.spawn(renew(Arc::clone(&shared), topic));
+                }
             }
             _ = renew_tick.tick() => {
                 for topic in subs.keys() {
@@ -251,6 +269,44 @@ pub(crate) async fn run(shared: Arc<Shared>, mut input: mpsc::Receiver<Input>) {
         }
     }
     jobs.shutdown().await;
+}
+
+/// Subscriptions renewed more often than every `renew` because their owner's lease
+/// is shorter than three of those: by topic, the interval and the next renewal.
+#[derive(Default)]
+struct RenewSoon(HashMap<TopicName, (Duration, Instant)>);
+
+impl RenewSoon {
+    /// The owner of `topic` said its lease lasts `lease` seconds (`None`: it gives none).
+    fn lease(&mut self, topic: &TopicName, lease: Option<u64>, renew: Duration, now: Instant) {
+        let every = lease.map(|secs| Duration::from_secs(secs) / 3);
+        match every {
+            Some(every) if every < renew => {
+                let every = every.max(Duration::from_millis(500));
+                let next = self.0.get(topic).map_or(now + every, |(_, next)| *next);
+                self.0.insert(topic.clone(), (every, next.min(now + every)));
+            }
+            _ => {
+                self.0.remove(topic);
+            }
+        }
+    }
+
+    fn forget(&mut self, topic: &TopicName) {
+        self.0.remove(topic);
+    }
+
+    /// The topics due a renewal at `now` (each is then due again an interval later).
+    fn due(&mut self, now: Instant) -> Vec<TopicName> {
+        let mut out = Vec::new();
+        for (topic, (every, next)) in &mut self.0 {
+            if *next <= now {
+                *next = now + *every;
+                out.push(topic.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Answers the pushes whose messages are recorded (an owner resends what stays
@@ -597,4 +653,34 @@ pub(crate) async fn pull_remote(
         )
         .await?;
     parse(topic.owner, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_leases_are_renewed_three_times_per_lease() {
+        let topic: TopicName = "7/a".parse().unwrap();
+        let renew = Duration::from_secs(30);
+        let s = Duration::from_secs(1);
+        let now = Instant::now();
+        let mut soon = RenewSoon::default();
+        soon.lease(&topic, Some(300), renew, now);
+        assert!(
+            soon.due(now + 1000 * s).is_empty(),
+            "a long lease: the usual renewals keep it"
+        );
+        soon.lease(&topic, Some(30), renew, now);
+        assert!(soon.due(now + 9 * s).is_empty());
+        assert_eq!(soon.due(now + 10 * s), vec![topic.clone()]);
+        assert!(soon.due(now + 19 * s).is_empty());
+        assert_eq!(soon.due(now + 20 * s), vec![topic.clone()]);
+        // An owner that gives no lease (an older peer) gets the usual renewals.
+        soon.lease(&topic, None, renew, now);
+        assert!(soon.due(now + 1000 * s).is_empty());
+        soon.lease(&topic, Some(3), renew, now);
+        soon.forget(&topic);
+        assert!(soon.due(now + 1000 * s).is_empty());
+    }
 }

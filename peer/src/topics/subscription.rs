@@ -65,6 +65,7 @@ async fn record_subscription(
         last,
         list,
         owner_last: answer.last_id,
+        lease: answer.lease,
     };
     shared
         .sub_events

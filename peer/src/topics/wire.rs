@@ -39,6 +39,9 @@ pub mod codes {
     pub const NOT_FOUND: u32 = 404;
     /// The message is larger than the owner accepts.
     pub const TOO_LARGE: u32 = 413;
+    /// Too many new subscriptions from the sender's relay, or in all, this while: try
+    /// again later.
+    pub const TOO_MANY: u32 = 429;
     /// The owner cannot take it now (its Redis is down, its queue is full): try again.
     pub const UNAVAILABLE: u32 = 503;
 }
@@ -416,6 +419,10 @@ pub struct Subscribed {
     pub first_id: u64,
     /// Newest id given (0 when none yet).
     pub last_id: u64,
+    /// Seconds the subscription lasts unless renewed (absent: an owner that gives no
+    /// lease); subscribers renew at least three times per lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 /// Body of [`PULL`].

@@ -125,7 +125,8 @@ struct Args {
     /// Benchmark a relay already running at this WebSocket URL (e.g. ws://127.0.0.1:8080/)
     /// instead of one in this process. Needs --registry. Best effort: any relay that
     /// accepts rmb JWT logins and routes between twins of that registry will do. Every
-    /// client connects from one address: run rmb-relay with --max-connections-per-ip 0.
+    /// client connects (and registers) from one address: run rmb-relay with
+    /// --max-connections-per-ip 0 --registry-register-rate 0.
     #[arg(long, value_name = "WS_URL", requires = "registry")]
     url: Option<String>,
 

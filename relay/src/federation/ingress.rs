@@ -57,10 +57,11 @@ fn refuse_and_close(status: StatusCode, message: impl Into<String>) -> Response 
     response
 }
 
-/// Why a federation body was not read.
+/// Why a request body was not read (federation, and the hosted registry's POSTs, which
+/// are read the same way: `crate::server::registry_body`).
 #[derive(Debug, thiserror::Error)]
-enum BodyError {
-    #[error("envelope of more than {limit} bytes")]
+pub(crate) enum BodyError {
+    #[error("request body of more than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("request body not received within {0:?}")]
     Timeout(std::time::Duration),
@@ -68,8 +69,19 @@ enum BodyError {
     Read(axum::Error),
 }
 
+impl BodyError {
+    /// The `relay_errors_total{kind}` label and the HTTP status of this refusal.
+    pub(crate) fn kind_and_status(&self) -> (&'static str, StatusCode) {
+        match self {
+            BodyError::TooLarge { .. } => ("oversize", StatusCode::PAYLOAD_TOO_LARGE),
+            BodyError::Timeout(_) => ("body_timeout", StatusCode::REQUEST_TIMEOUT),
+            BodyError::Read(_) => ("body_read", StatusCode::BAD_REQUEST),
+        }
+    }
+}
+
 /// Reads the body, at most `limit` bytes and within `--body-timeout`.
-async fn read_body(
+pub(crate) async fn read_body(
     state: &RelayState,
     headers: &HeaderMap,
     body: Body,
@@ -120,11 +132,7 @@ async fn read_body(
 
 /// Counts a body that was not read, and answers it (closing the connection).
 fn refuse_body(state: &RelayState, e: BodyError) -> Response {
-    let (kind, status) = match e {
-        BodyError::TooLarge { .. } => ("oversize", StatusCode::PAYLOAD_TOO_LARGE),
-        BodyError::Timeout(_) => ("body_timeout", StatusCode::REQUEST_TIMEOUT),
-        BodyError::Read(_) => ("body_read", StatusCode::BAD_REQUEST),
-    };
+    let (kind, status) = e.kind_and_status();
     state.metrics.error(kind);
     if let Some(held_back) = BODY_LOG.allow() {
         tracing::info!(error = %e, held_back, "federation request refused");

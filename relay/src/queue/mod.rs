@@ -189,4 +189,11 @@ pub trait Queues: Send + Sync + 'static {
     fn wakeup_listener(&self) -> Option<BoxFuture<'static, ()>> {
         None
     }
+
+    /// The Redis connection and key prefix the replicas of this relay share (`None` for
+    /// stores in memory), so other state every replica must see alike (the login tokens
+    /// already used, [`crate::logins`]) lives beside the queues.
+    fn shared_redis(&self) -> Option<(::redis::aio::ConnectionManager, String)> {
+        None
+    }
 }

@@ -400,6 +400,10 @@ impl Queues for RedisQueues {
         None
     }
 
+    fn shared_redis(&self) -> Option<(ConnectionManager, String)> {
+        Some((self.conn.clone(), self.prefix.clone()))
+    }
+
     fn describe(&self) -> String {
         format!(
             "redis {} (replica {}, at most {} envelopes and {} bytes per session, {} bytes and {} session ids per twin)",

@@ -1,15 +1,18 @@
 //! The embedded registry's HTTP routes (see `rmb_identity::registry::api` for the API).
 //!
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault it is: 400 bad
-//! input, 401 bad signature, 404 unknown twin, 409 replayed or stale request, 500 store
-//! failure.
+//! input, 401 bad signature, 404 unknown twin, 409 replayed or stale request, 429 too
+//! many registrations from the client's address ([`RegisterLimit`], when the relay adds
+//! one as an extension), 500 store failure.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,6 +22,7 @@ use rmb_identity::registry::api::{ChangesResponse, ErrorBody, PublishRequest};
 use serde::Deserialize;
 
 use super::hosted::{HostedRegistry, PublishError, now_ms};
+use super::register_limit::RegisterLimit;
 use super::store::StoreError;
 
 /// Largest publish request body accepted.
@@ -91,7 +95,12 @@ async fn twin_by_account(
     }
 }
 
-async fn publish(State(registry): State<Arc<HostedRegistry>>, body: Bytes) -> Response {
+async fn publish(
+    State(registry): State<Arc<HostedRegistry>>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    limit: Option<Extension<Arc<RegisterLimit>>>,
+    body: Bytes,
+) -> Response {
     let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -101,6 +110,28 @@ async fn publish(State(registry): State<Arc<HostedRegistry>>, body: Bytes) -> Re
             );
         }
     };
+    if let (Some(Extension(limit)), Some(Extension(ConnectInfo(client)))) = (limit, client)
+        && request.create
+    {
+        // Only a new twin is charged: updates of a registered one are not registrations.
+        match registry.store().id_by_account(&request.account).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Err(wait) = limit.charge(client.ip(), now_ms()) {
+                    let message = format!(
+                        "too many new twins registered from {}; try again in {wait} s",
+                        client.ip()
+                    );
+                    let mut refused = error(StatusCode::TOO_MANY_REQUESTS, message);
+                    refused
+                        .headers_mut()
+                        .insert(axum::http::header::RETRY_AFTER, wait.into());
+                    return refused;
+                }
+            }
+            Err(e) => return store_error(e),
+        }
+    }
     match registry.apply(&request, now_ms()).await {
         Ok(twin) => axum::Json(twin).into_response(),
         Err(PublishError::Store(e)) => store_error(e),

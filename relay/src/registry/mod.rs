@@ -12,7 +12,8 @@
 //!   for every envelope;
 //! - [`hosted`]: [`HostedRegistry`], the rules (signed, fresh requests; ids 1, 2, 3, …),
 //!   usable in-process as an `rmb_identity::registry::Registry`;
-//! - [`http`]: the axum routes of the API described in `rmb_identity::registry::api`.
+//! - [`http`]: the axum routes of the API described in `rmb_identity::registry::api`;
+//! - [`register_limit`]: how fast one client address may register new twins.
 //!
 //! Unlike tfchain, relay entries may carry a port (`127.0.0.1:8081`) so that test
 //! networks fit on one machine.
@@ -21,6 +22,7 @@ pub mod changes;
 pub mod hosted;
 pub mod http;
 pub mod recent;
+pub mod register_limit;
 pub mod store;
 
 pub use hosted::{HostedRegistry, PublishError};

@@ -6,16 +6,18 @@
 //! | `POST /` | federation ingress ([`crate::federation::ingress`]) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /health` | `ok` plus a JSON summary |
-//! | `/twins…`, `/changes` | the embedded registry, when this relay hosts it |
+//! | `/twins…`, `/changes` | the embedded registry, when this relay hosts it (new twins limited per client address: `--registry-register-rate`) |
 //! | anything else | 404 `page not found` |
 //!
 //! Connections are accepted by [`accept`] (deadlines, TLS, connection limits in
 //! [`limits`], large reads for busy connections in [`read_ahead`]); a connection over
-//! the limits gets only `/health` and `/metrics`.
+//! the limits gets only `/health` and `/metrics`. The registry's request bodies are read
+//! under the federation body rules by [`registry_body`].
 
 pub mod accept;
 pub mod limits;
 pub mod read_ahead;
+pub mod registry_body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -158,7 +160,19 @@ pub fn app(state: Arc<RelayState>) -> Router {
         .fallback(upgrade)
         .with_state(Arc::clone(&state));
     if let Some(hosted) = &state.hosted {
-        router = router.merge(registry::http::router(Arc::clone(hosted)));
+        let mut registry_routes = registry::http::router(Arc::clone(hosted));
+        let rate = state.config.registry_register_rate;
+        if rate > 0 {
+            let counted = Arc::clone(&state);
+            let limit = registry::register_limit::RegisterLimit::new(rate, move || {
+                counted.metrics.error("registry_register_rate")
+            });
+            registry_routes = registry_routes.layer(Extension(Arc::new(limit)));
+        }
+        // Its bodies under --body-timeout, as federation's (registry_body).
+        let bounded =
+            axum::middleware::from_fn_with_state(Arc::clone(&state), registry_body::bounded);
+        router = router.merge(registry_routes.layer(bounded));
     }
     router
 }
@@ -194,7 +208,7 @@ async fn upgrade(
     };
     match login {
         Err(e) => {
-            state.metrics.error("login");
+            state.metrics.error(e.kind());
             if let Some(held_back) = LOGIN_LOG.allow() {
                 tracing::info!(error = %e, held_back, "login refused");
             }
@@ -233,6 +247,10 @@ async fn health(
         "queues": state.queue.describe(),
         "domains": state.config.domains,
         "registry": state.registry.describe(),
+        "used_logins": {
+            "store": state.used_logins.describe(),
+            "remembered": state.used_logins.remembered(),
+        },
     });
     axum::Json(body).into_response()
 }

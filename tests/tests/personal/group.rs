@@ -265,7 +265,7 @@ async fn joins_are_locked_out_after_twenty_wrong_codes() {
             text(&refused.stderr)
         );
     }
-    // Then every join is refused (429), the right code too, and it is not used up.
+    // Then every join of Bob's is refused (429), the right code too, and it is not used up.
     let locked = bob.rmb(&["agent", "join", &code], &[], "");
     assert!(!locked.status.success());
     assert!(
@@ -275,18 +275,14 @@ async fn joins_are_locked_out_after_twenty_wrong_codes() {
     );
     assert!(text(&locked.stderr).contains("(429)"));
     assert!(!bob.rmb(&["agent", "list"], &[], "").status.success());
-    // The lockout lasts 15 minutes from the first wrong code: the counter's expiry in
+    // The lockout lasts 15 minutes from Bob's first wrong code: his counter's expiry in
     // the owner's Redis.
-    let ttl = alice.redis.inline(&["TTL", "rmb.pmb.join.failures"]);
+    let bobs = format!("rmb.pmb.join.failures.{}", bob.twin);
+    let ttl = alice.redis.inline(&["TTL", &bobs]);
     let ttl: u64 = ttl.trim_start_matches(':').parse().unwrap();
     assert!((800..=900).contains(&ttl), "{ttl}");
     // Its end, brought forward by expiring the counter now: the right code joins.
-    assert_eq!(
-        alice
-            .redis
-            .inline(&["PEXPIRE", "rmb.pmb.join.failures", "1"]),
-        ":1"
-    );
+    assert_eq!(alice.redis.inline(&["PEXPIRE", &bobs, "1"]), ":1");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let joined = bob.rmb(&["agent", "join", &code], &[], "");
     assert!(joined.status.success(), "{}", text(&joined.stderr));

@@ -15,13 +15,15 @@
 //!   installed; skipped with the reason otherwise): text copied into the X clipboard and
 //!   read by xclip, text put there by xclip pasted, notifications shown through a D-Bus
 //!   notification server with their title, text and urgency;
-//! - the owner's lockout after 20 wrong invite codes, a right code refused during it and
-//!   accepted once it ends.
+//! - the lockout of a twin after 20 wrong invite codes, a right code refused during it
+//!   and accepted once it ends; a stranger's wrong codes never keeping the owner's
+//!   machine out, and the ceiling for all twins together (`invites`).
 //!
-//! One test binary in four files: `node` (the shared processes and helpers), `group`,
-//! `streams` and `desktop`.
+//! One test binary in five files: `node` (the shared processes and helpers), `group`,
+//! `invites`, `streams` and `desktop`.
 
 mod desktop;
 mod group;
+mod invites;
 mod node;
 mod streams;

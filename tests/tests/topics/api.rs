@@ -16,10 +16,16 @@ async fn the_http_api_answers_bad_requests_with_json_errors() {
     let me = alice.twin;
     create(&alice, "t", json!({})).await;
 
-    // curl: publish with headers, then poll.
+    // curl: publish with headers, then poll. A plain `curl -d` (a form body, which any
+    // web page can post) is refused with what to send instead.
     let url = alice.url(&format!("/topics/{me}/t"));
+    let (body, status) = tokio::task::block_in_place(|| curl(&["-d", "disk full", &url]));
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("Content-Type: application/json"), "{body}");
     let (body, status) = tokio::task::block_in_place(|| {
         curl(&[
+            "-H",
+            "Content-Type: application/octet-stream",
             "-H",
             "Title: Disk",
             "-H",

@@ -14,13 +14,21 @@
 //!   acknowledges them; one that does not say so answers each push.
 //!
 //! - the subscriber's record script keeps position, local copies and list as before
-//!   when it writes a whole run per command.
+//!   when it writes a whole run per command;
+//! - strangers cannot hold a public topic's subscriber slots: leases end, silent
+//!   subscribers are dropped, new subscriptions are capped per relay.
 //!
-//! One test binary in five files: `node` (the shared processes and HTTP helpers),
-//! `delivery`, `api` (HTTP API and CLI), `wire` and `store`.
+//! - the HTTP API refuses what a web page or a misbehaving local client tries (foreign
+//!   Host and Origin, simple POSTs, missing token; idle, drip-fed and oversized
+//!   requests, streams nobody reads).
+//!
+//! One test binary in seven files: `node` (the shared processes and HTTP helpers),
+//! `delivery`, `api` (HTTP API and CLI), `http_attacks`, `wire`, `store` and `slots`.
 
 mod api;
 mod delivery;
+mod http_attacks;
 mod node;
+mod slots;
 mod store;
 mod wire;

@@ -59,12 +59,22 @@ impl Node {
         node
     }
 
+    /// The port of its HTTP API.
+    pub(crate) fn port(&self) -> u16 {
+        self.http.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
     pub(crate) async fn wait_http(&self) {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(format!("{}/", self.http)).await
-                && r.status().is_success()
-            {
+            if let Ok(r) = reqwest::get(format!("{}/", self.http)).await {
+                if r.status() == 401 {
+                    return; // up, and asking for its token (--http-token-file)
+                }
+                if !r.status().is_success() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
                 let hello: Value = r.json().await.unwrap();
                 assert_eq!(hello["twin"], self.twin);
                 return;
@@ -120,8 +130,16 @@ pub(crate) fn send_signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid}");
 }
 
+/// The tests' HTTP client. Raw bodies go as `application/octet-stream`, as the API asks
+/// of every POST (requests that set a type, such as `.json()`, keep theirs).
 pub(crate) fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::HeaderValue::from_static("application/octet-stream"),
+    );
     reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(90))
         .build()
         .unwrap()

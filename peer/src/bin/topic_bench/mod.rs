@@ -241,7 +241,7 @@ async fn start_node(
     let config = PeerConfig {
         identity,
         relays: vec![relay_url.to_string()],
-        registry,
+        registry: Arc::clone(&registry),
         sid: None,
         e2e: Some(E2eScheme::X25519),
         update_twin: true,
@@ -252,6 +252,7 @@ async fn start_node(
     let (peer, inbound) = Peer::start(config).await?;
     let mut options = TopicsOptions::new(redis);
     options.prefix = prefix.to_string();
+    options.registry = Some(registry);
     let (topics, mut rest) = Topics::start(peer.clone(), inbound, options).await?;
     // Nothing but topic traffic is expected; whatever else comes is dropped.
     drains.spawn(async move { while rest.recv().await.is_some() {} });

@@ -72,8 +72,9 @@ impl Replicas {
             let shutdown = CancellationToken::new();
             let config = Config {
                 domains: [domain.to_string()].into(),
-                // Every bench client connects from 127.0.0.1.
+                // Every bench client connects (and registers) from 127.0.0.1.
                 max_connections_per_ip: 0,
+                registry_register_rate: 0,
                 max_connections: usize::MAX,
                 ..Config::default()
             };

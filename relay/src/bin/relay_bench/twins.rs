@@ -77,8 +77,9 @@ impl Target {
         let domain = format!("127.0.0.1:{}", listener.local_addr()?.port());
         let config = Config {
             domains: [domain.clone()].into(),
-            // Every bench client connects from 127.0.0.1.
+            // Every bench client connects (and registers) from 127.0.0.1.
             max_connections_per_ip: 0,
+            registry_register_rate: 0,
             max_connections: usize::MAX,
             ..Config::default()
         };

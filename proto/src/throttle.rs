@@ -30,7 +30,7 @@ impl LogThrottle {
 
     /// `Some(held back since the last line)` if a line may be logged now, else `None`.
     pub fn allow(&self) -> Option<u64> {
-        self.allow_at(rmb_proto::time::unix_now())
+        self.allow_at(crate::time::unix_now())
     }
 
     /// [`LogThrottle::allow`] at `now` (unix seconds): time as an input, for tests.
