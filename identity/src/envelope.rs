@@ -139,23 +139,29 @@ impl Identity {
     }
 
     /// Prepares `env` for sending *without a signature*: encrypts its plain payload to
-    /// `recipient_key` and stamps it at `now`.
+    /// `recipient_key`, bound to the envelope's direction, uid and command
+    /// ([`Envelope::unsigned_binding`]), and stamps it at `now`. Set uid, source,
+    /// destination and message first.
     ///
     /// Only for envelopes whose receiver authenticates them by the decryption
     /// ([`E2eKeys::open_from`](crate::E2eKeys::open_from)): a payload only we and the
-    /// recipient can seal. It costs no signature and no digest of the payload; rmb-rs
-    /// relays route it (they never verify), rmb-rs peers would refuse it.
+    /// recipient can seal, for this source and destination. It costs no signature and no
+    /// digest of the payload; rmb-rs relays route it (they never verify), rmb-rs peers
+    /// would refuse it.
     pub fn encrypt_envelope(
         &self,
         env: &mut Envelope,
         recipient_key: &[u8],
         now: u64,
     ) -> Result<(), EnvelopeError> {
+        let binding = env.unsigned_binding();
         let cipher = match env.payload.take() {
-            Some(Payload::Plain(bytes)) => self.e2e().seal(recipient_key, &bytes)?,
+            Some(Payload::Plain(bytes)) => {
+                self.e2e().seal_bound(recipient_key, &bytes, &binding)?
+            }
             // Already sealed by the caller; keep it.
             Some(Payload::Cipher(bytes)) => bytes,
-            None => self.e2e().seal(recipient_key, &[])?,
+            None => self.e2e().seal_bound(recipient_key, &[], &binding)?,
         };
         env.payload = Some(Payload::Cipher(cipher));
         env.signature = None;

@@ -12,6 +12,15 @@ pub const FAIL_FAST_TAG: &str = "fail-fast";
 /// address, never to the twin they claim (they cannot prove it).
 pub const CONN_DATA_COMMAND: &str = "rmb.conn.data";
 
+/// Commands of the requests that may travel unsigned with an encrypted payload (topic
+/// pushes and acknowledgements, docs/protocol.md §3.4): their handlers take the body as
+/// the whole message. Any other request needs a signature, so relays and peers refuse
+/// it unsigned before it costs anything further.
+pub const UNSIGNED_SEALED_COMMANDS: &[&str] = &["rmb.topic.message", "rmb.topic.ack"];
+
+/// Domain tag opening [`Envelope::unsigned_binding`].
+pub const UNSIGNED_BINDING_TAG: &[u8] = b"rmb.unsigned.v1";
+
 /// What an envelope carries, without its contents (for logs, metrics and dispatch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
@@ -81,16 +90,49 @@ impl Envelope {
             && matches!(self.payload, Some(Payload::Plain(_)))
     }
 
-    /// True for an unsigned request or response with an encrypted payload: one the
-    /// receiving peer may authenticate by decrypting it (topic pushes and their answers,
-    /// docs/protocol.md §3.4; the peer decides which it accepts).
+    /// True for an unsigned request of an [`UNSIGNED_SEALED_COMMANDS`] command, or an
+    /// unsigned response, with an encrypted payload: one the receiving peer may
+    /// authenticate by decrypting it (topic pushes and their answers, docs/protocol.md
+    /// §3.4; the peer decides which it accepts).
     pub fn is_unsigned_sealed(&self) -> bool {
         self.is_unsigned()
-            && matches!(
-                self.message,
-                Some(Message::Request(_) | Message::Response(_))
-            )
+            && match &self.message {
+                Some(Message::Request(r)) => UNSIGNED_SEALED_COMMANDS.contains(&r.command.as_str()),
+                Some(Message::Response(_)) => true,
+                _ => false,
+            }
             && matches!(self.payload, Some(Payload::Cipher(_)))
+    }
+
+    /// What the encryption of an unsigned sealed envelope authenticates besides its
+    /// payload (the AEAD's associated data, docs/protocol.md §3.4): without a signature,
+    /// only this stops a relay from reflecting the envelope back to its sender (the
+    /// secp256k1 key is the same both ways), re-sourcing it to a twin that publishes
+    /// the same key, or moving it to another uid or command.
+    ///
+    /// `tag ‖ kind u8 (1 request, 2 response, 0 other) ‖ source twin u32 ‖ destination
+    /// twin u32 ‖ uid length u32 ‖ uid ‖ command length u32 ‖ command` (big-endian;
+    /// command empty for a response).
+    pub fn unsigned_binding(&self) -> Vec<u8> {
+        let (kind, command) = match &self.message {
+            Some(Message::Request(r)) => (1u8, r.command.as_bytes()),
+            Some(Message::Response(_)) => (2, &[][..]),
+            _ => (0, &[][..]),
+        };
+        let uid = self.uid.as_bytes();
+        let mut out =
+            Vec::with_capacity(UNSIGNED_BINDING_TAG.len() + 17 + uid.len() + command.len());
+        out.extend_from_slice(UNSIGNED_BINDING_TAG);
+        out.push(kind);
+        out.extend_from_slice(&self.source_twin().to_be_bytes());
+        out.extend_from_slice(&self.destination_twin().to_be_bytes());
+        for field in [uid, command] {
+            // Envelopes are far below 4 GiB; saturating keeps this total anyway.
+            let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out
     }
 
     /// True for the unsigned envelopes rmb peers send (and relays therefore pass on
@@ -143,5 +185,48 @@ mod tests {
         env.message = Some(Message::Ping(Ping {}));
         assert_eq!(env.kind(), MessageKind::Ping);
         assert_eq!(env.source_twin(), 0);
+    }
+
+    #[test]
+    fn only_topic_commands_and_responses_go_unsigned_sealed() {
+        let unsigned = |message: Message| Envelope {
+            message: Some(message),
+            payload: Some(Payload::Cipher(vec![7; 40])),
+            ..Default::default()
+        };
+        let request = |command: &str| {
+            Message::Request(Request {
+                command: command.into(),
+            })
+        };
+        assert!(unsigned(request("rmb.topic.message")).is_unsigned_sealed());
+        assert!(unsigned(request("rmb.topic.ack")).is_unsigned_sealed());
+        assert!(unsigned(Message::Response(Default::default())).is_unsigned_sealed());
+        assert!(!unsigned(request("echo")).is_unsigned_by_design());
+        let mut signed = unsigned(request("rmb.topic.ack"));
+        signed.signature = Some(vec![1; 65]);
+        assert!(!signed.is_unsigned_sealed());
+    }
+
+    #[test]
+    fn the_unsigned_binding_names_direction_uid_and_command() {
+        let env = Envelope {
+            uid: "u".into(),
+            source: Some(crate::Address::twin(1)),
+            destination: Some(crate::Address::twin(2)),
+            message: Some(Message::Request(Request {
+                command: "rmb.topic.ack".into(),
+            })),
+            ..Default::default()
+        };
+        let mut expected = b"rmb.unsigned.v1\x01\0\0\0\x01\0\0\0\x02\0\0\0\x01u\0\0\0\x0d".to_vec();
+        expected.extend_from_slice(b"rmb.topic.ack");
+        assert_eq!(env.unsigned_binding(), expected);
+        let mut reflected = env.clone();
+        std::mem::swap(&mut reflected.source, &mut reflected.destination);
+        assert_ne!(reflected.unsigned_binding(), env.unsigned_binding());
+        let mut answer = env.clone();
+        answer.message = Some(Message::Response(Default::default()));
+        assert_ne!(answer.unsigned_binding(), env.unsigned_binding());
     }
 }

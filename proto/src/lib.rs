@@ -31,7 +31,9 @@ pub mod peer {
 
 pub use address::AddressParseError;
 pub use codec::{DEFAULT_MAX_ENVELOPE_SIZE, DecodeError};
-pub use envelope::{CONN_DATA_COMMAND, FAIL_FAST_TAG, MessageKind};
+pub use envelope::{
+    CONN_DATA_COMMAND, FAIL_FAST_TAG, MessageKind, UNSIGNED_BINDING_TAG, UNSIGNED_SEALED_COMMANDS,
+};
 pub use time::{DEFAULT_MAX_LIFETIME_SECS, Expired, TimeError};
 pub use types::envelope::{Message, Payload};
 pub use types::{Address, Envelope, Error, Ping, Pong, Request, Response};

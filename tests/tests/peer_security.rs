@@ -1,8 +1,9 @@
 //! A serving direct client (`rmb_peer::Client`, run in a child process so it can be
 //! paused) receives hostile envelopes injected through a raw relay session: tampered
 //! ciphertext, bad signature, spoofed signer, expired, replayed. Each is refused (its
-//! handler never runs; a replay runs once and gets the cached reply) and, for requests,
-//! a signed error envelope with the rmb-rs code comes back to the sender.
+//! handler never runs; a replay runs once and gets the cached reply). A request whose
+//! signature holds gets a signed error envelope with the rmb-rs code back; one with a
+//! bad or spoofed signature gets nothing (it proves nothing about who sent it).
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
@@ -231,6 +232,8 @@ async fn hostile_envelopes_are_refused() {
     assert_eq!(reply(&mut client, &server_identity, "good-1").await, answer);
 
     // Tampered ciphertext, signature left as it was: the signature no longer matches.
+    // A bad signature proves nothing about the sender, so it gets no answer (one would
+    // go to whichever twin the envelope names): the next reply is the next request's.
     let mut tampered = request(&raw, r, &to, "tampered-1", 60, key);
     if let Some(Payload::Cipher(bytes)) = &mut tampered.payload {
         bytes[20] ^= 1;
@@ -238,12 +241,6 @@ async fn hostile_envelopes_are_refused() {
         panic!("the request was encrypted");
     }
     client.send(&tampered).await;
-    let (code, message) = error_code(&reply(&mut client, &server_identity, "tampered-1").await);
-    assert_eq!(code, 104, "{message}");
-    assert!(
-        message.starts_with("invalid envelope signature"),
-        "{message}"
-    );
 
     // Tampered ciphertext, re-signed by the sender: the signature holds, decryption fails.
     let mut resigned = request(&raw, r, &to, "tampered-2", 60, key);
@@ -257,18 +254,13 @@ async fn hostile_envelopes_are_refused() {
     assert_eq!(code, 106, "{message}");
     assert!(message.starts_with("e2e error"), "{message}");
 
-    // A broken signature.
+    // A broken signature, and a spoofed one (claims to come from the raw client's
+    // twin, signed by someone else's key): unanswered too.
     let mut bad_sig = request(&raw, r, &to, "bad-sig-1", 60, key);
     bad_sig.signature.as_mut().unwrap()[10] ^= 0x40;
     client.send(&bad_sig).await;
-    let (code, _) = error_code(&reply(&mut client, &server_identity, "bad-sig-1").await);
-    assert_eq!(code, 104);
-
-    // Spoofed: claims to come from the raw client's twin, signed by someone else's key.
     let spoofed = request(&mallory, r, &to, "spoofed-1", 60, key);
     client.send(&spoofed).await;
-    let (code, message) = error_code(&reply(&mut client, &server_identity, "spoofed-1").await);
-    assert_eq!(code, 104, "{message}");
 
     // Expired: valid when the relay routes it, but the server (paused meanwhile)
     // reads it only after its 2 s of validity. Relays refuse expired envelopes, so

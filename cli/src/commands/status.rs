@@ -117,6 +117,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             println!("rejected by reason: {}", reasons.join(", "));
         }
+        // Requests whose sender nothing proved are dropped, not answered (protocol.md §3.4).
+        if status["unanswered"].as_u64().is_some_and(|n| n > 0) {
+            println!(
+                "{} rejected requests left unanswered (nothing proved who sent them)",
+                num(&status["unanswered"])
+            );
+        }
         println!(
             "delivery: {} awaiting an answer, {} resent, {} duplicates dropped, {} answered again from the reply cache",
             num(&status["awaiting"]),

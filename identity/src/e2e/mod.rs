@@ -158,6 +158,20 @@ impl E2eKeys {
 
     /// Encrypts `plaintext` for the holder of `recipient_key` (its published key).
     pub fn seal(&self, recipient_key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, E2eError> {
+        self.seal_bound(recipient_key, plaintext, b"")
+    }
+
+    /// [`seal`](E2eKeys::seal) with `binding` in the associated data, for envelopes
+    /// sent without a signature: the ciphertext opens only with the same binding
+    /// ([`open_from`](E2eKeys::open_from)), so whatever `binding` names (the envelope's
+    /// direction, uid and command) cannot be changed on the way. Empty: the signed
+    /// layout, rmb-rs's for secp256k1.
+    pub fn seal_bound(
+        &self,
+        recipient_key: &[u8],
+        plaintext: &[u8],
+        binding: &[u8],
+    ) -> Result<Vec<u8>, E2eError> {
         match E2eScheme::of_public_key(recipient_key)? {
             E2eScheme::X25519 => {
                 let recipient: [u8; 32] = recipient_key.try_into().expect("length checked");
@@ -165,11 +179,11 @@ impl E2eKeys {
                 let aead = self.chacha(CacheKey::X25519To(recipient), || {
                     self.x25519.cipher(&own, &recipient)
                 })?;
-                Ok(x25519::seal(&aead, &own, plaintext))
+                Ok(x25519::seal_bound(&aead, &own, plaintext, binding))
             }
             E2eScheme::Secp256k1 => {
                 let aead = self.aes(recipient_key)?;
-                Ok(secp256k1::seal(&aead, plaintext))
+                Ok(secp256k1::seal_bound(&aead, plaintext, binding))
             }
         }
     }
@@ -184,6 +198,16 @@ impl E2eKeys {
         sender_key: Option<&[u8]>,
         cipher: &[u8],
     ) -> Result<Vec<u8>, E2eError> {
+        self.open_bound(scheme, sender_key, cipher, b"")
+    }
+
+    fn open_bound(
+        &self,
+        scheme: E2eScheme,
+        sender_key: Option<&[u8]>,
+        cipher: &[u8],
+        binding: &[u8],
+    ) -> Result<Vec<u8>, E2eError> {
         match scheme {
             E2eScheme::X25519 => {
                 let sender = x25519::sender_of(cipher)?;
@@ -191,28 +215,33 @@ impl E2eKeys {
                 let aead = self.chacha(CacheKey::X25519From(sender), || {
                     self.x25519.cipher(&sender, &own)
                 })?;
-                x25519::open(&aead, cipher)
+                x25519::open_bound(&aead, cipher, binding)
             }
             E2eScheme::Secp256k1 => {
                 let sender_key = sender_key.ok_or(E2eError::MissingSenderKey)?;
                 let aead = self.aes(sender_key)?;
-                secp256k1::open(&aead, cipher)
+                secp256k1::open_bound(&aead, cipher, binding)
             }
         }
     }
 
-    /// Decrypts a payload sent to our `scheme` key and proves it came from the holder of
-    /// `sender_key` (the source twin's *published* key), so the decryption authenticates
-    /// the sender as a signature would (used for envelopes sent without one).
+    /// Decrypts a payload sealed to our `scheme` key with `binding`
+    /// ([`seal_bound`](E2eKeys::seal_bound)) and proves it came from the holder of
+    /// `sender_key` (the source twin's *published* key), so the decryption
+    /// authenticates the sender as a signature would (used for envelopes sent without
+    /// one).
     ///
     /// secp256k1 derives the key from `sender_key` already. x25519 carries the sender's
     /// key in the ciphertext, so it must equal `sender_key`: otherwise anyone could
-    /// encrypt to us with a key of their own and claim any source.
+    /// encrypt to us with a key of their own and claim any source. The binding names
+    /// what the key alone cannot: which twin sent it to which (the secp256k1 key is the
+    /// same both ways, and two twins may publish the same key), and its uid and command.
     pub fn open_from(
         &self,
         scheme: E2eScheme,
         sender_key: &[u8],
         cipher: &[u8],
+        binding: &[u8],
     ) -> Result<Vec<u8>, E2eError> {
         if E2eScheme::of_public_key(sender_key)? != scheme {
             return Err(E2eError::NotFromSender);
@@ -220,7 +249,7 @@ impl E2eKeys {
         if scheme == E2eScheme::X25519 && x25519::sender_of(cipher)?[..] != *sender_key {
             return Err(E2eError::NotFromSender);
         }
-        self.open(scheme, Some(sender_key), cipher)
+        self.open_bound(scheme, Some(sender_key), cipher, binding)
     }
 
     fn chacha(

@@ -6,6 +6,10 @@
 //! their public` (not libsecp256k1's default hash, which also covers the parity byte).
 //! The key is the same in both directions, and the recipient must look up the sender's
 //! published key to derive it.
+//!
+//! Envelopes sent without a signature (rmb peers only, never rmb-rs) use the same layout
+//! with associated data: their binding ([`rmb_proto::Envelope::unsigned_binding`]),
+//! which names sender and destination, so the symmetric key cannot be turned around.
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
@@ -50,12 +54,17 @@ impl StaticKeys {
 
 /// Encrypts `plaintext`: `nonce ‖ ciphertext ‖ tag`.
 pub fn seal(cipher: &Aes256Gcm, plaintext: &[u8]) -> Vec<u8> {
+    seal_bound(cipher, plaintext, b"")
+}
+
+/// [`seal`] with `binding` as associated data (empty: rmb-rs's layout).
+pub fn seal_bound(cipher: &Aes256Gcm, plaintext: &[u8], binding: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MIN_LEN + plaintext.len());
     out.extend_from_slice(&random_nonce());
     out.extend_from_slice(plaintext);
     let (nonce, body) = out.split_at_mut(NONCE_LEN);
     let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(nonce), b"", body)
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), binding, body)
         .expect("AES-GCM accepts any message below 64 GiB");
     out.extend_from_slice(&tag);
     out
@@ -63,6 +72,11 @@ pub fn seal(cipher: &Aes256Gcm, plaintext: &[u8]) -> Vec<u8> {
 
 /// Decrypts `nonce ‖ ciphertext ‖ tag`.
 pub fn open(cipher: &Aes256Gcm, data: &[u8]) -> Result<Vec<u8>, E2eError> {
+    open_bound(cipher, data, b"")
+}
+
+/// [`open`] of a ciphertext sealed with `binding` ([`seal_bound`]).
+pub fn open_bound(cipher: &Aes256Gcm, data: &[u8], binding: &[u8]) -> Result<Vec<u8>, E2eError> {
     if data.len() < MIN_LEN {
         return Err(E2eError::TooShort {
             len: data.len(),
@@ -75,7 +89,7 @@ pub fn open(cipher: &Aes256Gcm, data: &[u8]) -> Result<Vec<u8>, E2eError> {
     cipher
         .decrypt_in_place_detached(
             Nonce::from_slice(nonce),
-            b"",
+            binding,
             &mut plain,
             Tag::from_slice(tag),
         )

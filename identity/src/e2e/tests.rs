@@ -139,27 +139,47 @@ fn bad_inputs_get_clear_errors() {
 fn open_from_authenticates_the_sender_and_refuses_a_third_party_posing_as_it() {
     let (a, b) = (keys(SK1), keys(SK2));
     let mallory = keys("//Mallory");
+    // What binds an unsigned envelope from twin 1 (a) to twin 2 (b), and the same
+    // envelope turned around.
+    let a_to_b = b"rmb.unsigned.v1 1->2".as_slice();
+    let b_to_a = b"rmb.unsigned.v1 2->1".as_slice();
     for scheme in [E2eScheme::X25519, E2eScheme::Secp256k1] {
         let (a_pk, b_pk) = (a.public_key(scheme), b.public_key(scheme));
-        let to_b = a.seal(&b_pk, b"from a").unwrap();
-        assert_eq!(b.open_from(scheme, &a_pk, &to_b).unwrap(), b"from a");
+        let to_b = a.seal_bound(&b_pk, b"from a", a_to_b).unwrap();
+        assert_eq!(
+            b.open_from(scheme, &a_pk, &to_b, a_to_b).unwrap(),
+            b"from a"
+        );
+        assert_eq!(
+            b.open_from(scheme, &a_pk, &to_b, b_to_a),
+            Err(E2eError::Decrypt),
+            "{scheme}: another binding does not open"
+        );
+        let unbound = a.seal(&b_pk, b"signed layout").unwrap();
+        assert_eq!(
+            b.open_from(scheme, &a_pk, &unbound, a_to_b),
+            Err(E2eError::Decrypt),
+            "{scheme}: a signed envelope's ciphertext does not pass as an unsigned one"
+        );
         // Mallory encrypts to b with her own key and claims to be a.
-        let forged = mallory.seal(&b_pk, b"from a, says mallory").unwrap();
+        let forged = mallory
+            .seal_bound(&b_pk, b"from a, says mallory", a_to_b)
+            .unwrap();
         assert!(
             matches!(
-                b.open_from(scheme, &a_pk, &forged),
+                b.open_from(scheme, &a_pk, &forged, a_to_b),
                 Err(E2eError::NotFromSender | E2eError::Decrypt)
             ),
             "{scheme}: a third party's ciphertext must not pass as the sender's"
         );
-        // A ciphertext b made for a, reflected back to b as if from a.
-        let reflected = b.seal(&a_pk, b"to a").unwrap();
-        if scheme == E2eScheme::X25519 {
-            assert_eq!(
-                b.open_from(scheme, &a_pk, &reflected),
-                Err(E2eError::NotFromSender)
-            );
-        }
+        // What a sent to b, reflected back to a as if b had sent it: x25519 gives each
+        // direction its own key; secp256k1's key is the same both ways, and only the
+        // binding tells the directions apart.
+        let reflected = a.open_from(scheme, &b_pk, &to_b, b_to_a);
+        assert!(
+            matches!(reflected, Err(E2eError::NotFromSender | E2eError::Decrypt)),
+            "{scheme}: {reflected:?}"
+        );
     }
     // A sender publishing the other scheme cannot be authenticated by decryption.
     let to_b = a.seal(&b.public_key(E2eScheme::X25519), b"x").unwrap();
@@ -167,7 +187,8 @@ fn open_from_authenticates_the_sender_and_refuses_a_third_party_posing_as_it() {
         b.open_from(
             E2eScheme::X25519,
             &a.public_key(E2eScheme::Secp256k1),
-            &to_b
+            &to_b,
+            b""
         ),
         Err(E2eError::NotFromSender)
     );

@@ -7,8 +7,11 @@
 //! key = HKDF-SHA256(salt = "rmb-e2e-x25519-v1",
 //!                   ikm  = X25519(own secret, their public),
 //!                   info = sender public ‖ recipient public)        → 32 bytes
-//! aad = version ‖ sender public
+//! aad = version ‖ sender public [‖ binding]
 //! ```
+//!
+//! `binding` is empty for signed envelopes; for envelopes sent without a signature it
+//! names their direction, uid and command ([`rmb_proto::Envelope::unsigned_binding`]).
 //!
 //! The sender's key travels in the ciphertext, so the recipient needs no registry lookup
 //! to decrypt, and a sender that publishes a secp256k1 key (for rmb-rs peers) can still
@@ -88,6 +91,17 @@ impl StaticKeys {
 
 /// Encrypts `plaintext` with `cipher` (from [`StaticKeys::cipher`]) as `sender`.
 pub fn seal(cipher: &ChaCha20Poly1305, sender: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    seal_bound(cipher, sender, plaintext, b"")
+}
+
+/// [`seal`] with `binding` appended to the associated data, so the ciphertext opens
+/// only with the same binding ([`open_bound`]).
+pub fn seal_bound(
+    cipher: &ChaCha20Poly1305,
+    sender: &[u8; 32],
+    plaintext: &[u8],
+    binding: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(MIN_LEN + plaintext.len());
     out.push(VERSION);
     out.extend_from_slice(sender);
@@ -95,11 +109,22 @@ pub fn seal(cipher: &ChaCha20Poly1305, sender: &[u8; 32], plaintext: &[u8]) -> V
     out.extend_from_slice(plaintext);
     let (head, body) = out.split_at_mut(HEADER_LEN + NONCE_LEN);
     let nonce = Nonce::from_slice(&head[HEADER_LEN..]);
+    let aad = aad(&head[..HEADER_LEN], binding);
     let tag = cipher
-        .encrypt_in_place_detached(nonce, &head[..HEADER_LEN], body)
+        .encrypt_in_place_detached(nonce, &aad, body)
         .expect("ChaCha20-Poly1305 accepts any message below 256 GiB");
     out.extend_from_slice(&tag);
     out
+}
+
+/// The associated data: the header, then the binding if any (signed envelopes, the
+/// common case, have none and copy nothing).
+fn aad<'a>(header: &'a [u8], binding: &[u8]) -> std::borrow::Cow<'a, [u8]> {
+    if binding.is_empty() {
+        std::borrow::Cow::Borrowed(header)
+    } else {
+        std::borrow::Cow::Owned([header, binding].concat())
+    }
 }
 
 /// The sender key a `cipher` claims, after checking version and length.
@@ -118,12 +143,22 @@ pub fn sender_of(cipher: &[u8]) -> Result<[u8; 32], E2eError> {
 
 /// Decrypts a `cipher` whose header [`sender_of`] has accepted.
 pub fn open(aead: &ChaCha20Poly1305, cipher: &[u8]) -> Result<Vec<u8>, E2eError> {
+    open_bound(aead, cipher, b"")
+}
+
+/// [`open`] of a ciphertext sealed with `binding` ([`seal_bound`]).
+pub fn open_bound(
+    aead: &ChaCha20Poly1305,
+    cipher: &[u8],
+    binding: &[u8],
+) -> Result<Vec<u8>, E2eError> {
     let (head, rest) = cipher.split_at(HEADER_LEN + NONCE_LEN);
     let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
     let mut plain = body.to_vec();
+    let aad = aad(&head[..HEADER_LEN], binding);
     aead.decrypt_in_place_detached(
         Nonce::from_slice(&head[HEADER_LEN..]),
-        &head[..HEADER_LEN],
+        &aad,
         &mut plain,
         Tag::from_slice(tag),
     )

@@ -90,7 +90,7 @@ pub fn precheck(
             ),
         ));
     }
-    // Anything else unsigned goes on to verification, refused there with 104.
+    // Anything else unsigned goes on to verification, refused there (unanswered).
     if env.is_unsigned_conn_frame() {
         return Ok(Precheck::ConnFrame);
     }
@@ -229,7 +229,7 @@ mod tests {
         let mut other = e.clone();
         other.destination = Some(Address::twin(ME + 1));
         assert_eq!(precheck(&other, ME, NOW, MAX).unwrap_err().code, 102);
-        // Anything else unsigned goes to verification (refused there with 104).
+        // Anything else unsigned goes to verification (refused there, unanswered).
         let mut cipher = e.clone();
         cipher.payload = Some(Payload::Cipher(vec![1; 40]));
         assert_eq!(precheck(&cipher, ME, NOW, MAX), Ok(Precheck::Verify));

@@ -46,7 +46,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::links::{Links, Login, RelayUrl};
 
 pub use errors::{PeerError, Refusal, SendError, codes};
-pub use refusals::Reason;
+pub use refusals::{Reason, UNPROVEN_SOURCE};
 pub use replay::{Admission, MemoryReplayStore, ReplayError, ReplayKey, ReplayKind, ReplayStore};
 pub use status::{LinkStatus, PeerStatus};
 pub use types::{
@@ -313,6 +313,7 @@ impl Peer {
             duplicates: Counters::read(&c.duplicates),
             replayed: Counters::read(&c.replayed),
             awaiting: self.inner.resends().len() as u64,
+            unanswered: Counters::read(&c.unanswered),
         }
     }
 

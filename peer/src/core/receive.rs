@@ -15,8 +15,16 @@
 //! under the connection's keys and keeps its own replay window, so they cost no
 //! lookup, MD5, signature, decryption or replay-store entry here.
 //!
-//! A refused *request* gets a signed error envelope back (same uid); refused replies
-//! are logged and counted. `rmb.version` is answered here and never reaches the
+//! A refused *request* gets a signed error envelope back (same uid) only when its
+//! sender is proven: its signature verified, or its encryption authenticated it. A
+//! refusal of what proves nothing about its sender (unsigned and not authenticated, a
+//! bad signature, an unknown or unlooked-up sender, a deadline or address refused before
+//! the signature checks out) is dropped and counted, never answered: the answer would
+//! go to whichever twin the envelope names, charged to our own relay budget, so a
+//! stranger could lock us out and aim our errors at anyone. Expired, too-far and
+//! misaddressed requests are therefore verified first, and answered only when their
+//! signature holds (as often as repeats are: [`repeats`](super::repeats)). Refused
+//! replies are logged and counted. `rmb.version` is answered here and never reaches the
 //! application; pings and pongs are dropped.
 //!
 //! Signature checks cost tens of µs each, so they must not all run on one task, even
@@ -49,7 +57,7 @@ use tokio::task::JoinHandle;
 
 use super::checks::{Precheck, precheck};
 use super::errors::{Refusal, codes};
-use super::refusals::Reason;
+use super::refusals::{Reason, UNPROVEN_SOURCE};
 use super::replay::{Admission, ReplayKey, ReplayKind};
 use super::senders::Senders;
 use super::status::Counters;
@@ -74,12 +82,23 @@ enum Outcome {
     RelayError(Envelope),
     /// An unsigned connection data frame, for the connection layer to authenticate.
     ConnFrame(Envelope),
-    Refused(Envelope, Refusal),
+    Refused(Envelope, Refusal, Sender),
 }
 
-/// An envelope between the dispatcher and the checking task.
+/// Whether a refused envelope proved who sent it, and so may be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    /// Its signature verified, or its encryption authenticated it.
+    Proven,
+    /// Nothing proves it: an answer would go to whoever it names.
+    Unproven,
+}
+
+/// An envelope between the dispatcher and the checking task: to verify (and then
+/// refuse, when the precheck refused it and only the signature decides whether that
+/// refusal is answered), or decided already.
 enum Staged {
-    Verify(Envelope, Arc<Twin>),
+    Verify(Envelope, Arc<Twin>, Option<Refusal>),
     Done(Outcome),
 }
 
@@ -173,8 +192,14 @@ async fn dispatch(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Frame>, checki
                 Ok(Precheck::Keepalive) => continue,
                 Ok(Precheck::RelayError) => Staged::Done(Outcome::RelayError(env)),
                 Ok(Precheck::ConnFrame) => Staged::Done(Outcome::ConnFrame(env)),
-                Ok(Precheck::Verify) => lookup(&inner, &mut senders, env, looked_at).await,
-                Err(refusal) => Staged::Done(Outcome::Refused(env, refusal)),
+                Ok(Precheck::Verify) => lookup(&inner, &mut senders, env, looked_at, None).await,
+                // A signed request refused for its time or address is answered when its
+                // signature holds (the sender then learns why); nothing else refused here
+                // can be, so it costs no lookup.
+                Err(refusal) if answerable_after_verifying(&env, &refusal) => {
+                    lookup(&inner, &mut senders, env, looked_at, Some(refusal)).await
+                }
+                Err(refusal) => Staged::Done(Outcome::Refused(env, refusal, Sender::Unproven)),
             };
             staged.push(step);
         }
@@ -184,7 +209,7 @@ async fn dispatch(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Frame>, checki
         // Without a signature to verify (unsigned bulk traffic, refusals) a batch costs a
         // few µs: checked here, not worth a task of its own.
         let cheap = staged.iter().all(|step| match step {
-            Staged::Verify(env, _) => env.signature.is_none(),
+            Staged::Verify(env, _, _) => env.signature.is_none(),
             Staged::Done(_) => true,
         });
         let task = if cheap {
@@ -199,44 +224,65 @@ async fn dispatch(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Frame>, checki
     }
 }
 
+/// True for a precheck refusal that is answered once the signature proves the sender:
+/// a signed request refused for its deadline or address.
+fn answerable_after_verifying(env: &Envelope, refusal: &Refusal) -> bool {
+    !env.is_unsigned()
+        && env.kind() == MessageKind::Request
+        && matches!(
+            refusal.reason,
+            Reason::Expired | Reason::TooFar | Reason::Misaddressed
+        )
+}
+
 /// Finds the sender's twin (its account verifies the signature, its key decrypts).
+/// `refused`: the precheck's refusal, to make once the signature is checked. Without
+/// the twin nothing can be proven, so that refusal (or the lookup's own) is not answered.
 async fn lookup(
     inner: &Inner,
     senders: &mut Senders,
     env: Envelope,
     now: std::time::Instant,
+    refused: Option<Refusal>,
 ) -> Staged {
     let source = env.source_twin();
+    let unproven = |env, refusal| Staged::Done(Outcome::Refused(env, refusal, Sender::Unproven));
     match senders.get(inner.registry.as_ref(), source, now).await {
-        Ok(Some(twin)) => Staged::Verify(env, twin),
-        Ok(None) => Staged::Done(Outcome::Refused(
-            env,
-            Refusal::new(
-                codes::UNKNOWN_TWIN,
-                Reason::UnknownTwin,
-                format!("unknown twin id '{source}'"),
-            ),
-        )),
-        Err(e) => Staged::Done(Outcome::Refused(
-            env,
-            Refusal::new(
-                codes::OTHER,
-                Reason::RegistryDown,
-                format!("other: twin lookup failed: {e}"),
-            ),
-        )),
+        Ok(Some(twin)) => Staged::Verify(env, twin, refused),
+        Ok(None) => {
+            let refusal = refused.unwrap_or_else(|| {
+                Refusal::new(
+                    codes::UNKNOWN_TWIN,
+                    Reason::UnknownTwin,
+                    format!("unknown twin id '{source}'"),
+                )
+            });
+            unproven(env, refusal)
+        }
+        Err(e) => {
+            let refusal = refused.unwrap_or_else(|| {
+                Refusal::new(
+                    codes::OTHER,
+                    Reason::RegistryDown,
+                    format!("other: twin lookup failed: {e}"),
+                )
+            });
+            unproven(env, refusal)
+        }
     }
 }
 
 /// The CPU part, run as its own task: signatures (batched), then decryption.
 fn check(inner: &Inner, staged: Vec<Staged>) -> Vec<Outcome> {
     let mut signed = Vec::new();
+    let mut refused = Vec::new();
     let mut slots = Vec::with_capacity(staged.len());
     for step in staged {
         match step {
-            Staged::Verify(env, twin) => {
+            Staged::Verify(env, twin, refusal) => {
                 slots.push(None);
                 signed.push((env, twin));
+                refused.push(refusal);
             }
             Staged::Done(outcome) => slots.push(Some(outcome)),
         }
@@ -244,25 +290,41 @@ fn check(inner: &Inner, staged: Vec<Staged>) -> Vec<Outcome> {
     let now = unix_now();
     let unsigned: Vec<bool> = signed
         .iter()
-        .map(|(env, twin)| may_be_unsigned(inner, env, twin.id, now))
+        .zip(&refused)
+        .map(|((env, twin), refused)| {
+            refused.is_none() && may_be_unsigned(inner, env, twin.id, now)
+        })
         .collect();
     let verdicts = verify_all(&signed, &unsigned);
-    let mut checked = signed.into_iter().zip(verdicts).zip(unsigned).map(
-        |(((mut env, twin), verdict), unsigned)| {
-            let opened = if unsigned {
-                open_unsigned(inner, &mut env, &twin, now)
+    let mut checked = signed
+        .into_iter()
+        .zip(verdicts)
+        .zip(unsigned)
+        .zip(refused)
+        .map(|((((mut env, twin), verdict), unsigned), refused)| {
+            if let Some(refusal) = refused {
+                // Refused already; the signature only decides whether it is answered.
+                let sender = match verdict {
+                    Ok(()) => Sender::Proven,
+                    Err(_) => Sender::Unproven,
+                };
+                return Outcome::Refused(env, refusal, sender);
+            }
+            // A signature that holds proves the sender even when decryption fails then;
+            // an unsigned envelope is proven only by its decryption.
+            let (opened, sender) = if unsigned {
+                (open_unsigned(inner, &mut env, &twin, now), Sender::Unproven)
             } else {
-                verdict.and_then(|()| open(inner, &mut env, &twin))
+                match verdict {
+                    Ok(()) => (open(inner, &mut env, &twin), Sender::Proven),
+                    Err(e) => (Err(e), Sender::Unproven),
+                }
             };
             match opened {
                 Ok(()) => Outcome::Accepted(env, twin.id),
-                Err(e) => {
-                    let refusal = Refusal::of_envelope_error(&e);
-                    Outcome::Refused(env, refusal)
-                }
+                Err(e) => Outcome::Refused(env, Refusal::of_envelope_error(&e), sender),
             }
-        },
-    );
+        });
     slots
         .into_iter()
         .filter_map(|slot| slot.or_else(|| checked.next()))
@@ -296,7 +358,9 @@ fn may_be_unsigned(inner: &Inner, env: &Envelope, twin: u32, now: u64) -> bool {
 }
 
 /// Authenticates an unsigned envelope by decrypting it with the key the sender's
-/// *published* key derives (a third party's or a reflected ciphertext fails), in place.
+/// *published* key derives, under the envelope's binding (source and destination twins,
+/// uid, command), in place: a third party's ciphertext fails, and so does one reflected
+/// back to its sender, re-sourced to another twin or moved to another uid or command.
 /// An answer then settles its awaited request.
 fn open_unsigned(
     inner: &Inner,
@@ -309,7 +373,11 @@ fn open_unsigned(
     let Some(Payload::Cipher(cipher)) = &env.payload else {
         return Err(SignatureError::Missing.into());
     };
-    let plain = inner.identity.e2e().open_from(inner.e2e, key, cipher)?;
+    let binding = env.unsigned_binding();
+    let plain = inner
+        .identity
+        .e2e()
+        .open_from(inner.e2e, key, cipher, &binding)?;
     env.payload = Some(Payload::Plain(plain));
     if matches!(env.message, Some(Message::Response(_)))
         && !inner.awaited_unsigned.take(&env.uid, sender.id, now)
@@ -350,7 +418,7 @@ impl Deliverer {
                 Outcome::Accepted(env, source) => self.admit(env, source, now).await,
                 Outcome::RelayError(env) => self.deliver_relay_error(env).await,
                 Outcome::ConnFrame(env) => self.deliver_conn_frame(env).await,
-                Outcome::Refused(env, refusal) => self.refuse(&env, refusal),
+                Outcome::Refused(env, refusal, sender) => self.refuse(&env, refusal, sender),
             }
         }
     }
@@ -403,9 +471,11 @@ impl Deliverer {
                     }
                 }
             }
+            // Accepted in full before: the sender is proven.
             Err(e) => self.refuse(
                 &env,
                 Refusal::new(codes::OTHER, Reason::ReplayStore, format!("other: {e}")),
+                Sender::Proven,
             ),
         }
     }
@@ -498,21 +568,41 @@ impl Deliverer {
         let _ = self.inbound.send(inbound).await;
     }
 
-    /// Counts and logs a refused envelope; a request gets an error envelope back.
-    fn refuse(&self, env: &Envelope, refusal: Refusal) {
+    /// Counts and logs a refused envelope; a request from a proven sender gets an error
+    /// envelope back, any other request is dropped (and counted as unanswered).
+    fn refuse(&self, env: &Envelope, refusal: Refusal, sender: Sender) {
         self.inner.count_refusal(refusal.reason);
         let source = env.source.clone().unwrap_or_default();
-        let loggable = self.inner.log_limiter.allow(
-            u64::from(source.twin),
-            refusal.reason,
-            std::time::Instant::now(),
-        );
+        let request = env.kind() == MessageKind::Request && source.twin != 0;
+        if request && sender == Sender::Unproven {
+            Counters::bump(&self.inner.counters.unanswered);
+        }
+        // The source of an unproven envelope is whatever its sender wrote: limited per
+        // twin, a flood cycling through claimed twins would log a line for each.
+        let log_key = match sender {
+            Sender::Proven => u64::from(source.twin),
+            Sender::Unproven => UNPROVEN_SOURCE,
+        };
+        let loggable =
+            self.inner
+                .log_limiter
+                .allow(log_key, refusal.reason, std::time::Instant::now());
         if refusal.code == codes::VALIDATION && refusal.reason != Reason::TooFar {
             tracing::debug!(uid = %env.uid, %source, %refusal, "refused an envelope");
-        } else if loggable {
+        } else if loggable && sender == Sender::Proven {
             tracing::warn!(uid = %env.uid, %source, %refusal, reason = refusal.reason.as_str(), "refused an envelope (logged once per 10 s per twin and reason)");
+        } else if loggable {
+            tracing::warn!(uid = %env.uid, claimed_source = %source, %refusal, reason = refusal.reason.as_str(), "dropped an envelope that proves nothing about its sender, unanswered (logged once per 10 s per reason)");
         }
-        if env.kind() != MessageKind::Request || source.twin == 0 {
+        if !request || sender == Sender::Unproven {
+            return;
+        }
+        // A signed request refused for its time or address is the same bytes whoever
+        // posts it again (an expired one stays expired): its answers are limited as
+        // those of repeated requests are ([`repeats`](super::repeats)).
+        if answerable_after_verifying(env, &refusal) && !self.repeat_allowed(source.twin, &env.uid)
+        {
+            Counters::bump(&self.inner.counters.unanswered);
             return;
         }
         let reply = OutgoingResponse {
@@ -529,6 +619,15 @@ impl Deliverer {
                 tracing::debug!(error = %e, "could not send an error envelope back");
             }
         });
+    }
+
+    /// True while the request `uid` from `twin` may be answered again this window.
+    fn repeat_allowed(&self, twin: u32, uid: &str) -> bool {
+        self.inner
+            .repeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(twin, uid, std::time::Instant::now())
     }
 
     fn answer_version(&self, uid: String, source: Address) {
@@ -682,5 +781,34 @@ mod tests {
             verify_all(&[(env, twin(&ed))], &[false]),
             [Err(EnvelopeError::DeprecatedField("federation"))]
         );
+    }
+
+    #[test]
+    fn only_signed_requests_refused_for_time_or_address_wait_for_their_signature() {
+        let ed = Identity::from_secret("//Alice", KeyType::Ed25519).unwrap();
+        let env = signed(&ed, "u");
+        let refusal = |reason| Refusal::new(codes::VALIDATION, reason, "x");
+        for reason in [Reason::Expired, Reason::TooFar, Reason::Misaddressed] {
+            assert!(
+                answerable_after_verifying(&env, &refusal(reason)),
+                "{reason:?}"
+            );
+        }
+        assert!(!answerable_after_verifying(
+            &env,
+            &refusal(Reason::InvalidMessage)
+        ));
+        let mut unsigned = env.clone();
+        unsigned.signature = None;
+        assert!(!answerable_after_verifying(
+            &unsigned,
+            &refusal(Reason::Expired)
+        ));
+        let mut response = env;
+        response.message = Some(Message::Response(Default::default()));
+        assert!(!answerable_after_verifying(
+            &response,
+            &refusal(Reason::Expired)
+        ));
     }
 }

@@ -122,6 +122,11 @@ impl RefusalCounters {
     }
 }
 
+/// The source to log under for what proves nothing about its sender (an unsigned
+/// envelope or frame that does not authenticate, a bad signature): its claimed source
+/// is the attacker's choice, so all of them share one line per interval per reason.
+pub const UNPROVEN_SOURCE: u64 = u64::MAX - 1;
+
 /// How often one (source, reason) may write a log line.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Most (source, reason) pairs remembered; past it one shared slot per reason is used.

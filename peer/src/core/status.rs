@@ -42,6 +42,13 @@ pub struct PeerStatus {
     /// Requests sent and not answered yet (kept for resending).
     #[serde(default)]
     pub awaiting: u64,
+    /// Refused requests dropped without an error envelope, because nothing proved who
+    /// sent them (unsigned and not authenticated, a bad signature, an unknown sender):
+    /// the answer would go to whichever twin they name; or because the same signed
+    /// request, refused for its time or address, came more often than repeats are
+    /// answered. Also in `rejected_by`.
+    #[serde(default)]
+    pub unanswered: u64,
 }
 
 /// The live counters behind [`PeerStatus`].
@@ -53,6 +60,7 @@ pub(crate) struct Counters {
     pub resent: AtomicU64,
     pub duplicates: AtomicU64,
     pub replayed: AtomicU64,
+    pub unanswered: AtomicU64,
 }
 
 impl Counters {

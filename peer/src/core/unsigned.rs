@@ -8,16 +8,22 @@
 //! two twins can make a ciphertext that opens with the key their published keys derive
 //! ([`E2eKeys::open_from`](rmb_identity::E2eKeys::open_from)).
 //!
-//! The envelope's other fields (uid, command, times) are outside the encryption, so a
-//! relay could change them. The receiver therefore accepts only what such a change
-//! cannot turn into something else:
+//! Without a signature, the encryption must also say which twin sent it to which: the
+//! secp256k1 key is the same in both directions (a relay could reflect a push back to
+//! its owner as the subscriber's), and two twins may publish the same key (a relay could
+//! re-source it). So the payload is sealed with the envelope's binding as associated
+//! data ([`Envelope::unsigned_binding`](rmb_proto::Envelope::unsigned_binding): kind,
+//! source and destination twins, uid, command), and opens only under the same binding.
+//!
+//! The times and the other fields stay outside, so a relay could change them. The
+//! receiver therefore accepts only what such a change cannot turn into something else:
 //!
 //! - requests whose command is in [`UNSIGNED_COMMANDS`]: their handlers take the body as
 //!   the whole message (a topic batch carries its topic and ids, and repeats are
 //!   dropped by id; an acknowledgement names its topic and last id, and an old one
 //!   changes nothing), and any other command still needs a signature;
 //! - responses from the twin we sent an unsigned request to, with that request's uid
-//!   ([`Awaited`]): a relay can at most swap the answers of two such requests.
+//!   ([`Awaited`]), the binding making sure the answer was made for that uid.
 //!
 //! Error envelopes have no payload to authenticate and are always signed; so is
 //! everything to a twin publishing the other scheme, or when [`Awaited`] is full.
@@ -27,8 +33,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Requests accepted without a signature when their payload authenticates them.
-pub const UNSIGNED_COMMANDS: &[&str] = &["rmb.topic.message", "rmb.topic.ack"];
+/// Requests accepted without a signature when their payload authenticates them (relays
+/// refuse any other unsigned request too).
+pub const UNSIGNED_COMMANDS: &[&str] = rmb_proto::UNSIGNED_SEALED_COMMANDS;
 
 /// Most unsigned requests waiting for their answer at once; past it requests are signed
 /// (their answers then need no entry here).

@@ -4,7 +4,7 @@
 //! close seen by both sides, a relay killed mid-transfer with a second one configured,
 //! and a reader that stops reading while an RPC between the same two twins goes on;
 //! forged, re-sourced and unknown unsigned data frames are dropped and counted by
-//! reason, other unsigned requests refused with 104; the cipher the handshake agrees
+//! reason, other unsigned requests refused unanswered; the cipher the handshake agrees
 //! on, and version 1 peers opened again as such.
 //!
 //! One test binary in four files: `common` (shared set-up), `transfer`, `lifecycle`
