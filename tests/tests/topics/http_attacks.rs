@@ -256,42 +256,29 @@ async fn the_token_and_the_unix_socket_guard_the_api() {
 
     let host = authority(&alice);
     let me = alice.twin;
-    let (status, _) = raw(&alice, &format!("GET /topics HTTP/1.1\r\nHost: {host}"), "").await;
-    assert_eq!(status, 401, "no token");
-    let (status, _) = raw(
-        &alice,
-        &format!(
-            "GET /topics HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}x",
-            &token[1..]
-        ),
-        "",
-    )
-    .await;
-    assert_eq!(status, 401, "a wrong token");
-    let (status, _) = raw(
-        &alice,
-        &format!("PUT /topics/{me}/t HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}"),
-        "{}",
-    )
-    .await;
+    // `request` ("METHOD /path") on the API, with `Authorization: Bearer <bearer>` if any.
+    let send = |request: String, bearer: Option<String>, body: &'static str| {
+        let auth = bearer.map_or(String::new(), |t| format!("\r\nAuthorization: Bearer {t}"));
+        let head = format!("{request} HTTP/1.1\r\nHost: {host}{auth}");
+        let alice = &alice;
+        async move { raw(alice, &head, body).await }
+    };
+    let wrong = format!("{}x", &token[1..]);
+    let topics = || "GET /topics".to_string();
+    assert_eq!(send(topics(), None, "").await.0, 401, "no token");
+    assert_eq!(
+        send(topics(), Some(wrong), "").await.0,
+        401,
+        "a wrong token"
+    );
+    let (status, _) = send(format!("PUT /topics/{me}/t"), Some(token.clone()), "{}").await;
     assert_eq!(status, 200, "with the token");
     // With the token, a raw body needs no particular type.
-    let (status, text) = raw(
-        &alice,
-        &format!("POST /topics/{me}/t HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}"),
-        "one",
-    )
-    .await;
+    let (status, text) = send(format!("POST /topics/{me}/t"), Some(token.clone()), "one").await;
     assert_eq!(status, 200, "{text}");
     // EventSource-style clients give it in the query.
-    let (status, text) = raw(
-        &alice,
-        &format!(
-            "GET /topics/{me}/t/json?poll=1&since=all&access_token={token} HTTP/1.1\r\nHost: {host}"
-        ),
-        "",
-    )
-    .await;
+    let poll_url = format!("GET /topics/{me}/t/json?poll=1&since=all&access_token={token}");
+    let (status, text) = send(poll_url, None, "").await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"one\""), "{text}");
 
