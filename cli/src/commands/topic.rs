@@ -30,13 +30,26 @@ pub struct HttpArgs {
         value_name = "PATH"
     )]
     pub token_file: Option<std::path::PathBuf>,
+
+    /// Reach the peer's HTTP API through its Unix socket (rmb-peer's `--http-socket`)
+    /// instead of `--http`'s address; no token is needed there.
+    #[arg(long = "http-socket", env = "RMB_HTTP_SOCKET", value_name = "PATH")]
+    pub socket: Option<std::path::PathBuf>,
 }
 
 impl HttpArgs {
     fn client(&self) -> Api {
         Api {
-            base: self.url.trim_end_matches('/').to_string(),
+            base: self.base(),
             http: self.http_client(),
+        }
+    }
+
+    /// The base URL requests are made to (on the socket, any host name does).
+    pub fn base(&self) -> String {
+        match &self.socket {
+            Some(_) => "http://localhost".to_string(),
+            None => self.url.trim_end_matches('/').to_string(),
         }
     }
 
@@ -64,10 +77,11 @@ impl HttpArgs {
                 Err(e) => eprintln!("rmb: cannot read the token file {}: {e}", path.display()),
             }
         }
-        reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .unwrap_or_default()
+        let mut builder = reqwest::Client::builder().default_headers(headers);
+        if let Some(socket) = &self.socket {
+            builder = builder.unix_socket(socket.as_path());
+        }
+        builder.build().unwrap_or_default()
     }
 }
 

@@ -51,7 +51,7 @@ impl Api {
     /// A client for the API at `--http`.
     pub fn new(args: &HttpArgs) -> Api {
         Api {
-            base: args.url.trim_end_matches('/').to_string(),
+            base: args.base(),
             http: args.http_client(),
         }
     }

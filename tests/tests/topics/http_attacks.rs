@@ -302,7 +302,7 @@ async fn the_token_and_the_unix_socket_guard_the_api() {
     let out = tokio::task::block_in_place(|| run(&["pub", &topic, "two"], true));
     assert!(out.status.success(), "{out:?}");
 
-    // The socket: curl as the same user, no Host rules, no token, any body.
+    // The socket: curl as the same user, no Host rules, no token, any body; and rmb.
     let out = tokio::task::block_in_place(|| {
         std::process::Command::new("curl")
             .args([
@@ -318,6 +318,20 @@ async fn the_token_and_the_unix_socket_guard_the_api() {
     });
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["id"], 3, "{answer}");
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(&rmb)
+            .args([
+                "pub",
+                "--http-socket",
+                socket.to_str().unwrap(),
+                &topic,
+                "four",
+            ])
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
 }
 
 /// Item 2: idle and drip-feeding connections are closed by deadlines, the connection cap
