@@ -1,19 +1,25 @@
 //! One live subscriber of the local API (a JSON stream, an SSE stream or a WebSocket):
 //! first what is stored after `since`, then each new event as it comes, in id order
-//! and without repeats. A subscriber that falls behind the live channel replays from
-//! Redis again from where it was, so it loses nothing.
+//! and without repeats. A subscriber that falls behind replays from Redis again from
+//! where it was, so it loses nothing.
 //!
-//! What a feed holds is bounded in bytes ([`BACKLOG_BYTES`]): replay reads pages sized to
-//! fit, and the rest is read again when the client has taken those, so a client that
-//! reads slowly costs the peer a fixed amount of memory however much is stored.
+//! What a feed holds is bounded in bytes, however slowly its client reads:
+//! - replay reads pages sized to fit [`BACKLOG_BYTES`], and reads the rest when the
+//!   client has taken those;
+//! - live events are taken off the topics' shared channel at once by a small pump task
+//!   into the feed's own queue of at most [`LIVE_BYTES`]; past it the queue is emptied
+//!   and the feed replays from its position instead. (Read straight from the shared
+//!   channel, a client that stopped reading kept up to the channel's 8192 newest events
+//!   alive, up to ~700 MiB of large messages, until it went.)
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::topics::wire::{MAX_PULL, TopicName};
 use crate::topics::{Event, TopicError, Topics};
@@ -23,6 +29,9 @@ pub const KEEPALIVE: Duration = Duration::from_secs(25);
 
 /// Most bytes of replayed messages one feed holds before handing them out.
 pub const BACKLOG_BYTES: usize = 256 * 1024;
+
+/// Most bytes of live events one feed holds before it falls back to replaying.
+pub const LIVE_BYTES: usize = 512 * 1024;
 
 /// Messages asked for by the first replay page (later pages are sized by what the last
 /// page's messages weighed).
@@ -44,7 +53,9 @@ pub struct Feed {
     topics: Topics,
     topic: TopicName,
     pos: u64,
-    live: broadcast::Receiver<Event>,
+    live: Arc<Live>,
+    /// Stops the pump when the feed goes.
+    _pump: DropGuard,
     backlog: VecDeque<Arc<str>>,
     replay: bool,
     /// Messages the next replay page asks for.
@@ -57,8 +68,17 @@ impl Feed {
     /// A feed of `topic` after `since` (listening starts before replaying, so nothing
     /// falls between the two).
     pub fn new(topics: Topics, topic: TopicName, since: u64, stop: CancellationToken) -> Self {
+        let live = Arc::new(Live::default());
+        let pump = stop.child_token();
+        tokio::spawn(pump_events(
+            topics.events(),
+            topic.clone(),
+            Arc::clone(&live),
+            pump.clone(),
+        ));
         Feed {
-            live: topics.events(),
+            live,
+            _pump: pump.drop_guard(),
             topics,
             topic,
             pos: since,
@@ -88,19 +108,23 @@ impl Feed {
                     }
                 }
             }
-            let event = tokio::select! {
-                event = self.live.recv() => event,
-                _ = tokio::time::sleep(KEEPALIVE) => return Some(Item::Keepalive),
-                _ = self.stop.cancelled() => return None,
-            };
-            match event {
-                Ok(event) if event.topic == self.topic && event.id > self.pos => {
+            match self.live.take() {
+                Taken::Event(event) if event.id > self.pos => {
                     self.pos = event.id;
                     return Some(Item::Event(event.json));
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => self.replay = true,
-                Err(RecvError::Closed) => return None,
+                Taken::Event(_) => continue,
+                Taken::Overflowed => {
+                    self.replay = true;
+                    continue;
+                }
+                Taken::Closed => return None,
+                Taken::Nothing => {}
+            }
+            tokio::select! {
+                _ = self.live.notify.notified() => {}
+                _ = tokio::time::sleep(KEEPALIVE) => return Some(Item::Keepalive),
+                _ = self.stop.cancelled() => return None,
             }
         }
     }
@@ -130,5 +154,140 @@ impl Feed {
             self.page = ((BACKLOG_BYTES / each.max(1)) as u32).clamp(1, MAX_PULL);
         }
         Ok(())
+    }
+}
+
+/// A feed's own queue of live events, filled by [`pump_events`].
+#[derive(Debug, Default)]
+struct Live {
+    queue: Mutex<LiveQueue>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct LiveQueue {
+    events: VecDeque<Event>,
+    bytes: usize,
+    /// Events were dropped since the feed last looked: it must replay.
+    overflowed: bool,
+    /// The shared channel closed (the topics layer stopped).
+    closed: bool,
+}
+
+/// What [`Live::take`] found.
+enum Taken {
+    Event(Event),
+    Overflowed,
+    Closed,
+    Nothing,
+}
+
+impl Live {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self) -> Taken {
+        let mut q = self.lock();
+        if q.overflowed {
+            q.overflowed = false;
+            return Taken::Overflowed;
+        }
+        match q.events.pop_front() {
+            Some(event) => {
+                q.bytes -= event.json.len();
+                Taken::Event(event)
+            }
+            None if q.closed => Taken::Closed,
+            None => Taken::Nothing,
+        }
+    }
+
+    /// Queues `event`, or empties the queue and marks it overflowed when it would hold
+    /// more than [`LIVE_BYTES`].
+    fn push(&self, event: Event) {
+        let mut q = self.lock();
+        if q.bytes + event.json.len() > LIVE_BYTES {
+            q.events = VecDeque::new();
+            q.bytes = 0;
+            q.overflowed = true;
+        } else {
+            q.bytes += event.json.len();
+            q.events.push_back(event);
+        }
+    }
+
+    fn overflow(&self) {
+        let mut q = self.lock();
+        q.events = VecDeque::new();
+        q.bytes = 0;
+        q.overflowed = true;
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+    }
+}
+
+/// Moves `topic`'s events from the shared channel into `live` as they come, so a slow
+/// client never holds the shared channel's events; ends with `done` (the feed went, or
+/// the API stops).
+async fn pump_events(
+    mut shared: broadcast::Receiver<Event>,
+    topic: TopicName,
+    live: Arc<Live>,
+    done: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = done.cancelled() => return,
+            event = shared.recv() => event,
+        };
+        match event {
+            Ok(event) if event.topic == topic => live.push(event),
+            Ok(_) => continue,
+            Err(RecvError::Lagged(_)) => live.overflow(),
+            Err(RecvError::Closed) => {
+                live.close();
+                live.notify.notify_one();
+                return;
+            }
+        }
+        live.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: u64, size: usize) -> Event {
+        Event {
+            topic: "1/t".parse().unwrap(),
+            id,
+            json: "x".repeat(size).into(),
+        }
+    }
+
+    #[test]
+    fn the_live_queue_is_bounded_in_bytes_and_says_when_it_dropped_events() {
+        let live = Live::default();
+        live.push(event(1, 100));
+        assert!(matches!(live.take(), Taken::Event(e) if e.id == 1));
+        assert!(matches!(live.take(), Taken::Nothing));
+        for id in 0..(LIVE_BYTES / 1000) as u64 {
+            live.push(event(id, 1000));
+        }
+        assert_eq!(live.lock().bytes, (LIVE_BYTES / 1000) * 1000);
+        live.push(event(9999, 1000));
+        assert_eq!(live.lock().bytes, 0, "emptied, not grown");
+        assert!(matches!(live.take(), Taken::Overflowed));
+        assert!(
+            matches!(live.take(), Taken::Nothing),
+            "the feed replays instead"
+        );
+        live.close();
+        assert!(matches!(live.take(), Taken::Closed));
     }
 }
