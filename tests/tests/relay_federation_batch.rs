@@ -298,8 +298,12 @@ async fn the_batch_endpoint_judges_each_envelope_and_refuses_what_is_not_a_batch
         let (status, answer) = post(body).await;
         assert_eq!(status, 413, "{answer}");
     }
-    let (status, _) = post(vec![0; 1024 * 1024 + 1]).await;
-    assert_eq!(status, 413);
+    // Refused on its declared length before it is read, so the relay may close while
+    // the client is still writing the body: a 413 or a broken pipe, counted either way.
+    match http.post(&url).body(vec![0; 1024 * 1024 + 1]).send().await {
+        Ok(answer) => assert_eq!(answer.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e:?}"),
+    }
     assert!(r1.error_count("oversize").await >= 4);
     assert_eq!(r1.metric("relay_federation_batches_in_total").await, 1.0);
 
