@@ -43,15 +43,7 @@ async fn raw(node: &Node, head: &str, body: &str) -> (u16, String) {
 
 /// The refusal counters `GET /` reports.
 async fn refused(node: &Node) -> Value {
-    let hello: Value = client()
-        .get(node.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    hello["refused"].clone()
+    node.get_json("/").await["refused"].clone()
 }
 
 /// Item 1: a page on another site, or one rebinding its name to 127.0.0.1, can neither
@@ -151,14 +143,7 @@ async fn a_web_page_can_neither_act_as_the_twin_nor_read_its_topics() {
     )
     .await;
     assert_eq!(status, 403);
-    let listing: Value = client()
-        .get(alice.url("/topics"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = alice.listing().await;
     assert_eq!(
         listing["subscriptions"],
         json!([]),

@@ -91,8 +91,13 @@ impl Node {
 
     /// `GET /topics`: own topics, subscriptions and counters.
     pub(crate) async fn listing(&self) -> Value {
+        self.get_json("/topics").await
+    }
+
+    /// `GET path` on its API, as JSON.
+    pub(crate) async fn get_json(&self, path: &str) -> Value {
         client()
-            .get(self.url("/topics"))
+            .get(self.url(path))
             .send()
             .await
             .unwrap()
