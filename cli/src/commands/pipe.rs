@@ -189,6 +189,7 @@ async fn listen(args: ListenArgs) -> anyhow::Result<ExitCode> {
     eprintln!("connected: {}", stream.remote());
     drop(listener);
     let code = pipe_stdio(stream).await;
+    client.connections().drain(LINGER_WAIT).await;
     client.shutdown().await;
     code
 }
@@ -203,49 +204,72 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("connecting to {} for '{}'", args.to, args.protocol))?;
     let code = pipe_stdio(stream).await;
+    client.connections().drain(LINGER_WAIT).await;
     client.shutdown().await;
     code
 }
 
-/// stdin → stream (half-closed at stdin's end), stream → stdout; done when the other
-/// side finished (as netcat: ssh's session ends when the server closes).
+/// Longest wait, once both directions ended, for the far side to acknowledge the last of
+/// what was sent.
+const FINISH_WAIT: Duration = Duration::from_secs(30);
+
+/// Longest wait for a closed connection to linger (acknowledging the far side's end)
+/// before the process exits; a connection lingers 2 s.
+const LINGER_WAIT: Duration = Duration::from_secs(5);
+
+/// Pipes stdin → stream and stream → stdout, each direction on its own, as netcat and
+/// dumbpipe do: stdin's end half-closes the stream (the far side reads EOF), the far
+/// side's half-close ends stdout, and neither end stops the other direction. Exits 0
+/// only when both directions ended cleanly and the far side acknowledged everything
+/// sent; a reset, a lost far side or a write error is an error with its reason (exit 1).
 async fn pipe_stdio(stream: Stream) -> anyhow::Result<ExitCode> {
     let (mut from, mut to) = tokio::io::split(stream);
-    let uploaded = {
+    {
         let upload = async {
             let mut stdin = tokio::io::stdin();
-            tokio::io::copy(&mut stdin, &mut to).await?;
-            to.shutdown().await?;
-            Ok::<_, std::io::Error>(())
+            tokio::io::copy(&mut stdin, &mut to)
+                .await
+                .context("sending stdin")?;
+            to.shutdown().await.context("ending the upload")?;
+            Ok::<_, anyhow::Error>(())
         };
         let download = async {
             let mut stdout = tokio::io::stdout();
-            tokio::io::copy(&mut from, &mut stdout).await?;
-            stdout.flush().await?;
-            Ok::<_, std::io::Error>(())
+            tokio::io::copy(&mut from, &mut stdout)
+                .await
+                .context("receiving")?;
+            stdout.flush().await.context("writing stdout")?;
+            Ok::<_, anyhow::Error>(())
         };
         tokio::pin!(upload, download);
-        let mut uploaded = false;
-        loop {
+        let (mut uploaded, mut downloaded) = (false, false);
+        while !(uploaded && downloaded) {
             tokio::select! {
                 result = &mut upload, if !uploaded => {
-                    result.context("sending stdin")?;
+                    result?;
                     uploaded = true;
                 }
-                result = &mut download => {
-                    result.context("receiving")?;
-                    break;
+                result = &mut download, if !downloaded => {
+                    result?;
+                    downloaded = true;
                 }
             }
         }
-        uploaded
-    };
-    // Wait until what we sent is acknowledged, so nothing is cut off at exit.
-    if uploaded {
-        let mut stream = from.unsplit(to);
-        let _ = tokio::time::timeout(Duration::from_secs(30), stream.finish()).await;
     }
-    Ok(ExitCode::SUCCESS)
+    let mut stream = from.unsplit(to);
+    match tokio::time::timeout(FINISH_WAIT, stream.finish()).await {
+        Ok(Ok(())) => {
+            // Closed both ways: the connection lingers to acknowledge the far side's end
+            // (which it may be waiting for) before the client goes.
+            drop(stream);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(e)) => Err(e).context("the far side did not take everything sent"),
+        Err(_) => bail!(
+            "the far side did not acknowledge the end of what was sent within {} s",
+            FINISH_WAIT.as_secs()
+        ),
+    }
 }
 
 /// Runs `rmb forward`.

@@ -671,6 +671,19 @@ impl Connections {
         self.shared.peer.send_response(response).await
     }
 
+    /// Waits (at most `limit`) until every connection whose handle was dropped has
+    /// closed and lingered, so the last acknowledgement of a finished exchange reaches the
+    /// far side before the process goes; true when all did. Call it before
+    /// [`shutdown`](Self::shutdown), which aborts whatever is still open.
+    pub async fn drain(&self, limit: std::time::Duration) -> bool {
+        self.shared.tasks.close();
+        let drained = tokio::time::timeout(limit, self.shared.tasks.wait())
+            .await
+            .is_ok();
+        self.shared.tasks.reopen();
+        drained
+    }
+
     /// Aborts every connection and waits for their tasks (the peer's shutdown does it
     /// too; this waits).
     pub async fn shutdown(&self) {

@@ -7,10 +7,14 @@
 //! reason, other unsigned requests refused unanswered; the cipher the handshake agrees
 //! on, and version 1 peers opened again as such.
 //!
-//! One test binary in four files: `common` (shared set-up), `transfer`, `lifecycle`
-//! and `security`.
+//! `rmb pipe` as a user runs it: both directions with stdin at EOF on either side, exit
+//! codes of both processes, a lost far side.
+//!
+//! One test binary in five files: `common` (shared set-up), `transfer`, `lifecycle`,
+//! `security` and `pipes`.
 
 mod common;
 mod lifecycle;
+mod pipes;
 mod security;
 mod transfer;
