@@ -9,7 +9,31 @@ use std::process::ExitCode;
 use clap::Parser;
 use rmb_cli::cli::Cli;
 
+/// Exit status of a command whose output reader went away, as a shell reports a
+/// process ended by SIGPIPE.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Makes a closed stdout (`rmb status | head -1`) end the command quietly, as it ends
+/// other Unix tools, instead of a panic from `println!`. (Leaving SIGPIPE ignored, as Rust
+/// does, keeps writes to sockets and child processes errors to handle, not a death.)
+fn exit_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default(info)
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_closed_stdout();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -349,6 +349,23 @@ fn notify_reports_a_failed_command_to_a_listener() {
     assert_eq!(shown["notification"]["success"], false);
 }
 
+/// A reader that went away (`rmb … | head -1`) ends a command quietly: no panic, and
+/// the status a shell gives a process ended by SIGPIPE.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(rmb())
+        .args(["key", "new"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
+
 #[test]
 fn key_new_show_and_twin_register_round_trip() {
     let output = run(&["key", "new", "--json"]);
