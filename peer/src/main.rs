@@ -79,7 +79,7 @@ struct Args {
     )]
     relays: Vec<String>,
 
-    /// Bridge incoming connections (issue #15) for PROTOCOL to a local TCP service:
+    /// Bridge incoming connections for PROTOCOL to a local TCP service:
     /// `PROTOCOL=HOST:PORT`, optionally `,allow=TWIN,TWIN…` to name the only twins that
     /// may open it (repeatable; default: none, and opens are refused as unknown
     /// protocols). E.g. `--expose ssh=127.0.0.1:22,allow=7` lets twin 7 reach this
@@ -87,7 +87,7 @@ struct Args {
     #[arg(long = "expose", value_name = "PROTOCOL=HOST:PORT[,allow=TWINS]")]
     expose: Vec<Expose>,
 
-    /// Ciphers of connections (issue #15), offered in this order when opening and the
+    /// Ciphers of connections, offered in this order when opening and the
     /// only ones allowed when accepting: comma-separated, of aes-256-gcm and
     /// chacha20-poly1305. Default: aes-256-gcm first where the CPU has AES
     /// instructions, else chacha20-poly1305 first.
@@ -487,7 +487,11 @@ fn init_logging(debug: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colours only for a terminal: redirected logs stay plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
 }
 
 async fn shutdown_signal() {

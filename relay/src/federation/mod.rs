@@ -32,7 +32,10 @@ pub enum FederationError {
     #[error("twin {0} does not live on this relay")]
     NotHere(u32),
     /// None of the destination's relays is an allowed federation target.
-    #[error("destination relay not allowed")]
+    #[error(
+        "destination relay not allowed by this relay (a private or loopback address needs \
+         rmb-relay --federation-allow, plain http:// needs --federation-http)"
+    )]
     NotAllowed,
     /// A destination relay refused the envelope (a 4xx answer).
     #[error("destination relay refused the envelope")]
