@@ -12,11 +12,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use rmb_identity::registry::cache::{DEFAULT_CAPACITY, DEFAULT_TTL};
-use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, connect};
+use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, RegistryError, connect};
 use rmb_identity::{E2eScheme, Identity, KeyType};
 use rmb_peer::conn::expose::{Bridges, Expose, filter_inbound};
 use rmb_peer::conn::{Cipher, ConnConfig, Connections};
-use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, replay};
+use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, PeerError, replay};
 use rmb_peer::http_api::listener::ConnOptions;
 use rmb_peer::http_api::{HttpApi, HttpOptions};
 use rmb_peer::redis_api::{Limits, RedisApi};
@@ -296,6 +296,35 @@ async fn give_back_memory() {
     }
 }
 
+/// First and longest wait between attempts to reach the twin registry at start.
+const REGISTRY_RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(10));
+
+/// Starts the peer core, waiting out a twin registry that cannot be reached yet (as the
+/// links wait out an unreachable relay): retried with backoff until it answers, or
+/// `None` when a stop signal comes first. Any other refusal (no twin for this account,
+/// a bad relay URL) is an error at once.
+async fn start_peer(
+    config: PeerConfig,
+    replay: Arc<MemoryReplayStore>,
+) -> anyhow::Result<Option<(Peer, tokio::sync::mpsc::Receiver<rmb_peer::core::Inbound>)>> {
+    let (mut wait, longest) = REGISTRY_RETRY;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        match Peer::start_with_replay_store(config.clone(), replay.clone()).await {
+            Err(PeerError::Registry(RegistryError::Unavailable(e))) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "the twin registry cannot be reached yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = &mut stop => return Ok(None),
+                }
+                wait = (wait * 2).min(longest);
+            }
+            started => return Ok(Some(started?)),
+        }
+    }
+}
+
 /// The HTTP API's options from the flags (reading or creating the token file).
 fn http_options(args: &Args) -> Result<HttpOptions, rmb_peer::http_api::HttpApiError> {
     let token = args
@@ -368,7 +397,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let replay =
         MemoryReplayStore::with_reply_budget(replay::DEFAULT_CAPACITY, args.reply_cache_mb << 20);
-    let (peer, inbound) = Peer::start_with_replay_store(config, Arc::new(replay)).await?;
+    let Some((peer, inbound)) = start_peer(config, Arc::new(replay)).await? else {
+        return Ok(()); // stopped by a signal while the registry was unreachable
+    };
     // Connection traffic goes to the connections layer; topics take their requests (and
     // answers to their own) from what is left; the Redis API sees the rest.
     let mut conn_config = ConnConfig::default();

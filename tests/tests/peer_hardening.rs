@@ -507,3 +507,35 @@ fn refusals_are_counted_by_reason() {
         "the total is the sum by reason: {status}"
     );
 }
+
+/// A twin registry that cannot be reached when `rmb-peer` starts is waited for, as an
+/// unreachable relay is: the peer keeps retrying and is ready once the registry answers,
+/// instead of exiting at once.
+#[test]
+fn a_peer_waits_for_a_registry_that_is_down_at_start() {
+    let mut relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    register(&registry, "//Dave", &[relay.domain()]);
+    relay.kill();
+    let redis = rmb_testsupport::redis_server::RedisServer::start();
+    let (redis_url, ws) = (redis.url(), relay.ws_url());
+    let starting = std::thread::spawn({
+        let registry = registry.clone();
+        move || {
+            rmb_testsupport::peer_process::PeerProcess::start(
+                "//Dave",
+                &redis_url,
+                &[ws],
+                &registry,
+                &[],
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!starting.is_finished(), "the peer gave up on the registry");
+    relay.relaunch();
+    let peer = starting
+        .join()
+        .expect("the peer became ready once the registry answered");
+    assert!(peer.status().is_some());
+}

@@ -71,6 +71,7 @@ pub const MAX_RELAYS: usize = 4;
 pub const INBOUND_CAPACITY: usize = 1024;
 
 /// How to start a [`Peer`].
+#[derive(Clone)]
 pub struct PeerConfig {
     pub identity: Arc<Identity>,
     /// `ws://` or `wss://` relay URLs (rmb-rs `--relay`), at most [`MAX_RELAYS`].
