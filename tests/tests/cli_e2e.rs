@@ -470,3 +470,74 @@ fn every_subcommand_has_help() {
         );
     }
 }
+
+/// The README's Python bot, run as written (only its Redis URL changed) with today's
+/// redis-py, answers a call after idling longer than redis-py's default read timeout.
+/// Skipped, saying why, where no redis-py 8 can be installed (no network to PyPI).
+#[test]
+fn the_readme_python_bot_serves_calls_after_idling() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("read README.md");
+    let block = readme
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a Python block in the README");
+    assert!(block.contains("msgbus.hello"), "the bot block: {block}");
+    let venv = tempfile::tempdir().unwrap();
+    let python = venv.path().join("bin/python");
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv.path())
+        .status();
+    let installed = made.is_ok_and(|s| s.success())
+        && Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "redis>=8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !installed {
+        println!("skipped: python3 -m venv or pip install 'redis>=8' failed (no PyPI here?)");
+        return;
+    }
+    let demo = Demo::start();
+    let (caller, server) = (demo.redis(0), demo.redis(1));
+    let script = venv.path().join("bot.py");
+    std::fs::write(&script, block.replace("redis://127.0.0.1:6379", &server)).unwrap();
+    let mut bot = Command::new(&python)
+        .arg(&script)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the bot");
+    // Longer than redis-py 8's default 5 s read timeout.
+    std::thread::sleep(Duration::from_secs(7));
+    let alive = bot.try_wait().unwrap().is_none();
+    let output = run(&[
+        "call",
+        "--redis",
+        &caller,
+        "--dst",
+        &demo.twin(1),
+        "--cmd",
+        "hello",
+        "--data",
+        "world",
+        "--timeout",
+        "20",
+    ]);
+    let _ = bot.kill();
+    let bot_out = bot.wait_with_output().unwrap();
+    assert!(
+        alive,
+        "the bot died while idle: {}",
+        String::from_utf8_lossy(&bot_out.stderr)
+    );
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("hello, world!"),
+        "{}",
+        stdout(&output)
+    );
+}
