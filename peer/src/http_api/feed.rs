@@ -40,8 +40,8 @@ const FIRST_PAGE: u32 = 64;
 /// What a feed yields next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
-    /// A message or gap, as its JSON line.
-    Event(Arc<str>),
+    /// A message or gap: its id (for a gap, its last missing id) and its JSON line.
+    Event(u64, Arc<str>),
     /// Nothing happened for [`KEEPALIVE`].
     Keepalive,
     /// Replaying failed (the stream ends after it).
@@ -56,7 +56,7 @@ pub struct Feed {
     live: Arc<Live>,
     /// Stops the pump when the feed goes.
     _pump: DropGuard,
-    backlog: VecDeque<Arc<str>>,
+    backlog: VecDeque<(u64, Arc<str>)>,
     replay: bool,
     /// Messages the next replay page asks for.
     page: u32,
@@ -96,8 +96,8 @@ impl Feed {
             return None;
         }
         loop {
-            if let Some(line) = self.backlog.pop_front() {
-                return Some(Item::Event(line));
+            if let Some((id, line)) = self.backlog.pop_front() {
+                return Some(Item::Event(id, line));
             }
             if self.replay {
                 match self.fill().await {
@@ -111,7 +111,7 @@ impl Feed {
             match self.live.take() {
                 Taken::Event(event) if event.id > self.pos => {
                     self.pos = event.id;
-                    return Some(Item::Event(event.json));
+                    return Some(Item::Event(event.id, event.json));
                 }
                 Taken::Event(_) => continue,
                 Taken::Overflowed => {
@@ -147,7 +147,7 @@ impl Feed {
             bytes += json.len();
             kept += 1;
             self.pos = message.id;
-            self.backlog.push_back(json.into());
+            self.backlog.push_back((message.id, json.into()));
         }
         self.replay = full || cut;
         if let Some(each) = bytes.checked_div(kept) {

@@ -375,7 +375,7 @@ where
         use futures_util::StreamExt;
         let rest = stream::unfold((feed, topic), |(mut feed, topic)| async move {
             let line = match feed.next().await? {
-                Item::Event(json) => format!("{json}\n"),
+                Item::Event(_, json) => format!("{json}\n"),
                 Item::Keepalive => format!("{}\n", keepalive_line(&topic)),
                 Item::Failed(e) => {
                     format!("{}\n", serde_json::json!({ "event": "error", "error": e }))
@@ -387,13 +387,33 @@ where
     }
 }
 
+/// The id an `EventSource` reconnecting by itself says it saw last (`Last-Event-ID`).
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID is a message id"))
+        })
+        .transpose()
+}
+
+/// Server-sent events: each message and gap carries its id as the event's `id:`, so a
+/// browser's `EventSource` that reconnects by itself sends `Last-Event-ID` and resumes
+/// after it (`?since=` wins when both are given).
 async fn sse(
     State(api): State<Api>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let topic = topic(path)?;
-    let q = query(raw)?;
+    let mut q = query(raw)?;
+    if q.since.is_none() {
+        q.since = last_event_id(&headers)?;
+    }
     ensure_subscribed(&api, &topic, q.since).await?;
     let since = start(&api, &topic, q.since).await?;
     let feed = Feed::new(api.topics.clone(), topic.clone(), since, api.stop.clone());
@@ -401,13 +421,16 @@ async fn sse(
     let rest = stream::unfold(feed, |mut feed| async move {
         loop {
             let event = match feed.next().await? {
-                Item::Event(json) => {
+                Item::Event(id, json) => {
                     let kind = if json.contains("\"event\":\"gap\"") {
                         "gap"
                     } else {
                         "message"
                     };
-                    SseEvent::default().event(kind).data(json.as_ref())
+                    SseEvent::default()
+                        .event(kind)
+                        .id(id.to_string())
+                        .data(json.as_ref())
                 }
                 // Sse's own keep-alive comments cover idle time.
                 Item::Keepalive => continue,
@@ -479,7 +502,7 @@ async fn serve_ws(
     loop {
         let line = tokio::select! {
             item = feed.next() => match item {
-                Some(Item::Event(json)) => json.to_string(),
+                Some(Item::Event(_, json)) => json.to_string(),
                 Some(Item::Keepalive) => keepalive_line(&topic),
                 Some(Item::Failed(e)) => serde_json::json!({ "event": "error", "error": e }).to_string(),
                 None => break,

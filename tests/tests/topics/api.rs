@@ -2,6 +2,7 @@
 //! and the `rmb topic` / `rmb pub` / `rmb sub` / `rmb pull` commands.
 
 use std::process::Command;
+use std::time::Duration;
 
 use rmb_testsupport::relay_process::RelayProcess;
 use serde_json::{Value, json};
@@ -229,4 +230,36 @@ async fn the_cli_creates_publishes_pulls_and_subscribes() {
         let shown: Value = serde_json::from_str(&rmb(&bob, &["topic", "show", &topic])).unwrap();
         assert_eq!(shown["last_id"], 2);
     });
+}
+
+/// Server-sent events carry each message's id, and a client that reconnects with
+/// `Last-Event-ID` (as a browser's EventSource does by itself) resumes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sse_events_carry_ids_and_resume_after_last_event_id() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let alice = Node::start("//Alice", &[&relay], &registry).await;
+    let topic = format!("{}/ids", alice.twin);
+    create(&alice, "ids", json!({})).await;
+    for text in ["one", "two", "three"] {
+        assert_eq!(publish(&alice, &topic, text).await.0, 200);
+    }
+    let mut sse = client()
+        .get(alice.url(&format!("/topics/{topic}/sse")))
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !text.contains("id: 3") && std::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), sse.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => break,
+        }
+    }
+    assert!(text.contains("id: 2") && text.contains("id: 3"), "{text}");
+    assert!(!text.contains("id: 1\n"), "resumed after 1: {text}");
+    assert!(!text.contains("\"one\""), "{text}");
 }
