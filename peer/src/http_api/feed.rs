@@ -174,6 +174,15 @@ struct LiveQueue {
     closed: bool,
 }
 
+impl LiveQueue {
+    /// Drops what is queued (and the memory it held); the feed replays instead.
+    fn overflow(&mut self) {
+        self.events = VecDeque::new();
+        self.bytes = 0;
+        self.overflowed = true;
+    }
+}
+
 /// What [`Live::take`] found.
 enum Taken {
     Event(Event),
@@ -208,9 +217,7 @@ impl Live {
     fn push(&self, event: Event) {
         let mut q = self.lock();
         if q.bytes + event.json.len() > LIVE_BYTES {
-            q.events = VecDeque::new();
-            q.bytes = 0;
-            q.overflowed = true;
+            q.overflow();
         } else {
             q.bytes += event.json.len();
             q.events.push_back(event);
@@ -218,10 +225,7 @@ impl Live {
     }
 
     fn overflow(&self) {
-        let mut q = self.lock();
-        q.events = VecDeque::new();
-        q.bytes = 0;
-        q.overflowed = true;
+        self.lock().overflow();
     }
 
     fn close(&self) {

@@ -148,10 +148,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
     let bytes = match tokio::time::timeout(guard.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
-            let over = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if over {
+            if over_the_limit(&e) {
                 return too_large(&guard);
             }
             return closing(ApiError::bad_request(format!("reading the body: {e}")));
@@ -177,6 +174,11 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
         allow(response.headers_mut(), origin);
     }
     response
+}
+
+/// True when reading a body failed for its size (the limit `to_bytes` was given).
+fn over_the_limit(e: &axum::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
 }
 
 fn allow(headers: &mut axum::http::HeaderMap, origin: HeaderValue) {
@@ -210,4 +212,22 @@ fn closing(error: ApiError) -> Response {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_told_from_other_read_errors() {
+        let e = axum::body::to_bytes(Body::from(vec![0u8; 10]), 5)
+            .await
+            .unwrap_err();
+        assert!(over_the_limit(&e), "{e:?}");
+        let broken = Body::from_stream(futures_util::stream::once(async {
+            Err::<axum::body::Bytes, _>(std::io::Error::other("cut"))
+        }));
+        let e = axum::body::to_bytes(broken, 5).await.unwrap_err();
+        assert!(!over_the_limit(&e), "{e:?}");
+    }
 }

@@ -23,6 +23,7 @@
 mod alarm;
 pub mod config;
 pub mod counters;
+mod fanout;
 mod handover;
 pub mod leases;
 pub mod owner;
@@ -435,7 +436,7 @@ impl Topics {
         let tasks = vec![
             tokio::spawn(router::run(Arc::clone(&shared), inbound, owner_tx, app_tx)),
             tokio::spawn(owner::serve(Arc::clone(&shared), owner_rx)),
-            tokio::spawn(owner::fanout(Arc::clone(&shared), fanout_rx)),
+            tokio::spawn(fanout::fanout(Arc::clone(&shared), fanout_rx)),
             tokio::spawn(subscriber::run(Arc::clone(&shared), sub_rx)),
             tokio::spawn(sweep(Arc::clone(&shared))),
         ];

@@ -138,6 +138,13 @@ async fn pipe_pair(
     (listener, connector)
 }
 
+/// Waits for both pipe processes and checks each exited 0.
+async fn both_exit_zero(listener: &mut Side, connector: &mut Side) {
+    let (cs, ls) = (connector.wait().await, listener.wait().await);
+    assert!(cs.success(), "connector: {cs} {}", connector.stderr());
+    assert!(ls.success(), "listener: {ls} {}", listener.stderr());
+}
+
 fn write_data(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, data(len, seed)).unwrap();
@@ -161,9 +168,7 @@ async fn pipes_deliver_everything_either_way_and_exit_zero() {
         dir.path(),
     )
     .await;
-    let (cs, ls) = (c.wait().await, l.wait().await);
-    assert!(cs.success(), "connector: {cs} {}", c.stderr());
-    assert!(ls.success(), "listener: {ls} {}", l.stderr());
+    both_exit_zero(&mut l, &mut c).await;
     assert_eq!(l.digest(), file_digest(&big), "listener's stdout");
     assert_eq!(c.digest().0, 0);
 
@@ -175,9 +180,7 @@ async fn pipes_deliver_everything_either_way_and_exit_zero() {
         dir.path(),
     )
     .await;
-    let (cs, ls) = (c.wait().await, l.wait().await);
-    assert!(cs.success(), "connector: {cs} {}", c.stderr());
-    assert!(ls.success(), "listener: {ls} {}", l.stderr());
+    both_exit_zero(&mut l, &mut c).await;
     assert_eq!(c.digest(), file_digest(&big), "connector's stdout");
 
     // `echo hello | rmb pipe connect …`.
@@ -190,8 +193,7 @@ async fn pipes_deliver_everything_either_way_and_exit_zero() {
         dir.path(),
     )
     .await;
-    assert!(c.wait().await.success(), "{}", c.stderr());
-    assert!(l.wait().await.success(), "{}", l.stderr());
+    both_exit_zero(&mut l, &mut c).await;
     assert_eq!(std::fs::read(&l.out).unwrap(), b"hello\n");
 }
 
@@ -214,9 +216,7 @@ async fn pipes_across_two_relays_and_a_lost_far_side_is_a_failure() {
         dir.path(),
     )
     .await;
-    let (cs, ls) = (c.wait().await, l.wait().await);
-    assert!(cs.success(), "connector: {cs} {}", c.stderr());
-    assert!(ls.success(), "listener: {ls} {}", l.stderr());
+    both_exit_zero(&mut l, &mut c).await;
     assert_eq!(l.digest(), file_digest(&up), "listener's stdout");
     assert_eq!(c.digest(), file_digest(&down), "connector's stdout");
 
