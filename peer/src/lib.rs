@@ -9,7 +9,9 @@
 //!   JSON queues, used by the `rmb-peer` binary) and [`client`] (a Rust library for
 //!   programs that talk to relays directly, like rmb-sdk-go's direct client);
 //! - [`topics`]: end-to-end encrypted publish/subscribe with sequence ids, hosted by the
-//!   owner twin's peer, and [`http_api`], the local HTTP + WebSocket + SSE API over it.
+//!   owner twin's peer, and [`http_api`], the local HTTP + WebSocket + SSE API over it;
+//! - [`conn`]: connections (encrypted streams between twins), and [`pipes`], which carries
+//!   them over the local HTTP API for `rmb pipe` and `rmb forward`.
 
 /// This build's version: the crate version and the git commit it was built from, in the
 /// shape of rmb-rs's `git describe` answer (`v0.1.0-g4960286`), which tools parse. The
@@ -21,6 +23,7 @@ pub mod conn;
 pub mod core;
 pub mod http_api;
 pub mod links;
+pub mod pipes;
 pub mod redis_api;
 pub mod runtime;
 pub mod topics;

@@ -451,7 +451,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let http = if args.http.is_some() || args.http_socket.is_some() {
         let started = match http_options(&args) {
-            Ok(options) => HttpApi::start(options, topics.clone()).await,
+            Ok(options) => HttpApi::start(options, topics.clone(), Some(connections.clone())).await,
             Err(e) => Err(e),
         };
         match started {

@@ -181,6 +181,11 @@ impl Connections {
         &self.shared.counters
     }
 
+    /// The address other twins open this peer's listeners at.
+    pub fn local_address(&self) -> Address {
+        self.shared.peer.address().clone()
+    }
+
     /// Open connections right now.
     pub fn open_count(&self) -> usize {
         lock(&self.shared.conns)

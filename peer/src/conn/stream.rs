@@ -327,6 +327,18 @@ impl Stream {
         Ok(Some(message))
     }
 
+    /// Resets the connection: the far side reads an error, not an end, so a transfer cut
+    /// short on this side is never taken for a complete one (dropping a stream whose far
+    /// side already finished closes it cleanly instead).
+    pub fn abort(&self) {
+        let mut locked = self.conn.lock();
+        if locked.state.error().is_none() {
+            locked.state.reset(state::CODE_CLOSED, StreamError::Closed);
+        }
+        drop(locked);
+        self.conn.driver.notify_one();
+    }
+
     /// Half-closes (the peer reads EOF after everything written) and waits until the
     /// peer acknowledged all of it.
     pub async fn finish(&mut self) -> Result<(), StreamError> {

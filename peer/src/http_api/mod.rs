@@ -26,6 +26,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::Connections;
+use crate::pipes::serve::PipeService;
 use crate::topics::Topics;
 use access::{Access, Transport};
 use guard::{Guard, Refusals};
@@ -109,11 +111,17 @@ pub struct HttpApi {
     refusals: Arc<Refusals>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    pipes: Option<PipeService>,
 }
 
 impl HttpApi {
-    /// Listens where `options` say and serves.
-    pub async fn start(options: HttpOptions, topics: Topics) -> Result<HttpApi, HttpApiError> {
+    /// Listens where `options` say and serves topics, and pipes over `connections` when
+    /// given.
+    pub async fn start(
+        options: HttpOptions,
+        topics: Topics,
+        connections: Option<Connections>,
+    ) -> Result<HttpApi, HttpApiError> {
         let mut listeners = Vec::new();
         let mut addr = None;
         if let Some(listen) = options.listen {
@@ -144,7 +152,14 @@ impl HttpApi {
             max_body: routes::MAX_BODY,
         });
         let stop = CancellationToken::new();
-        let app = routes::router(topics, guard, options.conn.stall_timeout, stop.clone());
+        let pipes = connections.map(|c| PipeService::new(c, stop.clone()));
+        let app = routes::router(
+            topics,
+            pipes.clone(),
+            guard,
+            options.conn.stall_timeout,
+            stop.clone(),
+        );
         let listeners = listeners
             .into_iter()
             .map(|(l, t)| (l, app.clone().layer(axum::Extension(t))))
@@ -155,13 +170,14 @@ impl HttpApi {
             Arc::clone(&refusals),
             stop.clone(),
         ));
-        tracing::info!(tcp = ?addr, socket = ?options.socket, "http api serving topics and /call");
+        tracing::info!(tcp = ?addr, socket = ?options.socket, "http api serving topics, /call and /pipes");
         Ok(HttpApi {
             addr,
             socket: options.socket,
             refusals,
             stop,
             task,
+            pipes,
         })
     }
 
@@ -179,6 +195,9 @@ impl HttpApi {
     /// requests in progress; removes the Unix socket.
     pub async fn shutdown(self, grace: Duration) {
         self.stop.cancel();
+        if let Some(pipes) = &self.pipes {
+            pipes.wait(grace).await;
+        }
         let mut task = self.task;
         if tokio::time::timeout(grace, &mut task).await.is_err() {
             task.abort();

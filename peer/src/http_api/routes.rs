@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::ApiError;
 use super::feed::{Feed, Item};
 use super::guard::{Guard, Refusals};
+use crate::pipes::serve::PipeService;
 use crate::topics::config::TopicConfig;
 use crate::topics::wire::{self, Draft, TopicName};
 use crate::topics::{TopicError, Topics};
@@ -63,12 +64,13 @@ pub struct Api {
 /// client that takes no frame for `stall` is dropped.
 pub fn router(
     topics: Topics,
+    pipes: Option<PipeService>,
     guard: Arc<Guard>,
     stall: Duration,
     stop: CancellationToken,
 ) -> Router {
     let refusals = Arc::clone(&guard.refusals);
-    Router::new()
+    let routes = Router::new()
         .route("/", get(hello))
         .route("/topics", get(list))
         .route(
@@ -82,7 +84,12 @@ pub fn router(
             "/topics/{owner}/{name}/subscribe",
             post(subscribe).delete(unsubscribe),
         )
-        .route("/call", post(call))
+        .route("/call", post(call));
+    let routes = match pipes {
+        Some(pipes) => routes.merge(pipes.routes()),
+        None => routes,
+    };
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -8,13 +8,15 @@
 //! on, and version 1 peers opened again as such.
 //!
 //! `rmb pipe` as a user runs it: both directions with stdin at EOF on either side, exit
-//! codes of both processes, a lost far side.
+//! codes of both processes, a lost far side; the same through the local rmb-peer (no
+//! keys in the command), `listen --keep`, and `rmb forward` to an `--expose`d service.
 //!
-//! One test binary in five files: `common` (shared set-up), `transfer`, `lifecycle`,
-//! `security` and `pipes`.
+//! One test binary in six files: `common` (shared set-up), `transfer`, `lifecycle`,
+//! `security`, `pipes` and `local_pipes`.
 
 mod common;
 mod lifecycle;
+mod local_pipes;
 mod pipes;
 mod security;
 mod transfer;

@@ -18,7 +18,7 @@ use super::common::*;
 const EXIT_WAIT: Duration = Duration::from_secs(120);
 
 /// What one side reads from: a file, or nothing (`/dev/null`: EOF at once).
-enum Input<'a> {
+pub(super) enum Input<'a> {
     File(&'a Path),
     Nothing,
 }
@@ -33,14 +33,20 @@ impl Input<'_> {
 }
 
 /// One `rmb pipe` process, with its stdout and stderr in files.
-struct Side {
-    child: Option<Child>,
-    out: PathBuf,
+pub(super) struct Side {
+    pub(super) child: Option<Child>,
+    pub(super) out: PathBuf,
     err: PathBuf,
 }
 
 impl Side {
-    fn start(args: &[String], secret: &str, input: Input, dir: &Path, name: &str) -> Side {
+    pub(super) fn start(
+        args: &[String],
+        secret: &str,
+        input: Input,
+        dir: &Path,
+        name: &str,
+    ) -> Side {
         let (out, err) = (
             dir.join(format!("{name}.out")),
             dir.join(format!("{name}.err")),
@@ -61,12 +67,12 @@ impl Side {
         }
     }
 
-    fn stderr(&self) -> String {
+    pub(super) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
     /// Waits (bounded) for the process to exit.
-    async fn wait(&mut self) -> ExitStatus {
+    pub(super) async fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + EXIT_WAIT;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -82,7 +88,7 @@ impl Side {
         }
     }
 
-    fn digest(&self) -> (u64, Vec<u8>) {
+    pub(super) fn digest(&self) -> (u64, Vec<u8>) {
         file_digest(&self.out)
     }
 }
@@ -93,7 +99,7 @@ impl Drop for Side {
     }
 }
 
-fn file_digest(path: &Path) -> (u64, Vec<u8>) {
+pub(super) fn file_digest(path: &Path) -> (u64, Vec<u8>) {
     let bytes = std::fs::read(path).unwrap();
     (bytes.len() as u64, Sha256::digest(&bytes).to_vec())
 }
@@ -139,13 +145,13 @@ async fn pipe_pair(
 }
 
 /// Waits for both pipe processes and checks each exited 0.
-async fn both_exit_zero(listener: &mut Side, connector: &mut Side) {
+pub(super) async fn both_exit_zero(listener: &mut Side, connector: &mut Side) {
     let (cs, ls) = (connector.wait().await, listener.wait().await);
     assert!(cs.success(), "connector: {cs} {}", connector.stderr());
     assert!(ls.success(), "listener: {ls} {}", listener.stderr());
 }
 
-fn write_data(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+pub(super) fn write_data(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, data(len, seed)).unwrap();
     path
