@@ -7,6 +7,8 @@
 //! - [`local`]: `msgbus.system.local` / `msgbus.system.reply` → core;
 //! - [`inbound`]: core → `msgbus.<cmd>` / the client's `ret`;
 //! - [`pending`]: requests in flight, so a destination that never answers is reported;
+//! - [`unserved`]: requests no service took from `msgbus.<cmd>` before they were about
+//!   to expire are taken back and answered with an error;
 //! - [`outbox`], [`scripts`]: what makes it crash-safe: requests not answered yet are
 //!   kept in Redis and sent again after a restart; requests received are marked so a
 //!   service sees each once, and a client gets each answer once;
@@ -23,6 +25,7 @@ pub mod local;
 pub mod outbox;
 pub mod pending;
 pub mod scripts;
+pub mod unserved;
 pub mod validate;
 pub mod writer;
 
@@ -99,6 +102,7 @@ pub struct ApiCounters {
     undeliverable: AtomicU64,
     timeouts: AtomicU64,
     requests_delivered: AtomicU64,
+    unserved: AtomicU64,
     responses_delivered: AtomicU64,
     responses_expired: AtomicU64,
     replies_sent: AtomicU64,
@@ -121,6 +125,10 @@ pub struct ApiCountersSnapshot {
     pub timeouts: u64,
     /// Remote requests pushed to `msgbus.<cmd>`.
     pub requests_delivered: u64,
+    /// Remote requests no service took before they were about to expire (taken back
+    /// and answered with an error).
+    #[serde(default)]
+    pub unserved: u64,
     /// Responses pushed to a client's `ret`.
     pub responses_delivered: u64,
     /// Responses that came after their request expired (dropped, as rmb-rs).
@@ -161,6 +169,7 @@ impl ApiCounters {
             undeliverable: r(&self.undeliverable),
             timeouts: r(&self.timeouts),
             requests_delivered: r(&self.requests_delivered),
+            unserved: r(&self.unserved),
             responses_delivered: r(&self.responses_delivered),
             responses_expired: r(&self.responses_expired),
             replies_sent: r(&self.replies_sent),
@@ -180,6 +189,8 @@ pub(crate) struct Shared {
     counters: ApiCounters,
     sends: Arc<Semaphore>,
     limits: Limits,
+    /// Command lists holding requests, watched for requests no service takes.
+    unserved: unserved::Watched,
 }
 
 impl Shared {
@@ -338,6 +349,7 @@ impl RedisApi {
             counters: ApiCounters::default(),
             sends: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             limits,
+            unserved: unserved::Watched::default(),
         });
         let mut tasks = vec![
             tokio::spawn(local::run(
@@ -354,6 +366,11 @@ impl RedisApi {
             )),
             tokio::spawn(sweep_timeouts(Arc::clone(&shared), stop.clone())),
             tokio::spawn(refresh_status(Arc::clone(&shared), stop.clone())),
+            tokio::spawn(unserved::run(
+                Arc::clone(&shared),
+                RedisConn::new(redis_url, "unserved check").map_err(error)?,
+                stop.clone(),
+            )),
         ];
         if shared.durable {
             let conn = RedisConn::new(redis_url, "outbox reload").map_err(error)?;
