@@ -11,10 +11,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use redis::AsyncCommands;
 use rmb_peer::redis_api::TIMEOUT_CODE;
-use rmb_peer::redis_api::keys;
 use rmb_peer::redis_api::json::{
     JsonError, JsonIncomingResponse, JsonOutgoingRequest, VERSION, decode_dat, encode_dat,
 };
+use rmb_peer::redis_api::keys;
 use serde::Serialize;
 
 use crate::args::RedisArgs;

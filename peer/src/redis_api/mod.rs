@@ -102,7 +102,6 @@ pub struct ApiCounters {
     undeliverable: AtomicU64,
     timeouts: AtomicU64,
     requests_delivered: AtomicU64,
-    unserved: AtomicU64,
     responses_delivered: AtomicU64,
     responses_expired: AtomicU64,
     replies_sent: AtomicU64,
@@ -125,10 +124,7 @@ pub struct ApiCountersSnapshot {
     pub timeouts: u64,
     /// Remote requests pushed to `msgbus.<cmd>`.
     pub requests_delivered: u64,
-    /// Remote requests no service took before they were about to expire (taken back
-    /// and answered with an error).
-    #[serde(default)]
-    pub unserved: u64,
+
     /// Responses pushed to a client's `ret`.
     pub responses_delivered: u64,
     /// Responses that came after their request expired (dropped, as rmb-rs).
@@ -169,7 +165,6 @@ impl ApiCounters {
             undeliverable: r(&self.undeliverable),
             timeouts: r(&self.timeouts),
             requests_delivered: r(&self.requests_delivered),
-            unserved: r(&self.unserved),
             responses_delivered: r(&self.responses_delivered),
             responses_expired: r(&self.responses_expired),
             replies_sent: r(&self.replies_sent),

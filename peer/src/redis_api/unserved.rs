@@ -23,10 +23,10 @@ use rmb_proto::Address;
 use rmb_proto::time::unix_now;
 use tokio_util::sync::CancellationToken;
 
+use super::Shared;
 use super::conn::{QueryError, RedisConn};
 use super::json::JsonIncomingRequest;
 use super::keys::{COMMANDS, PREFIX};
-use super::{Counter, Shared};
 use crate::core::{Reason, codes};
 
 /// How often the lists due a check are looked at.
@@ -135,7 +135,9 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: RedisConn, stop: Cancella
         }
         let now = unix_now();
         for list in shared.unserved.due(now) {
+            // Loaded each time: a restarted Redis forgot it.
             let mut pipe = redis::pipe();
+            pipe.load_script(&TAKE_UNSERVED).ignore();
             pipe.invoke_script(
                 TAKE_UNSERVED
                     .key(&list)
@@ -159,7 +161,11 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: RedisConn, stop: Cancella
             };
             // A check that took a full batch looks again at once.
             let taken: Vec<Value> = values.collect();
-            let next = if taken.len() >= TAKE_PER_CHECK { now } else { next };
+            let next = if taken.len() >= TAKE_PER_CHECK {
+                now
+            } else {
+                next
+            };
             shared.unserved.checked(&list, next);
             for value in taken {
                 if let Value::BulkString(bytes) = value {
@@ -170,7 +176,8 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: RedisConn, stop: Cancella
     }
 }
 
-/// Tells the sender of a request taken back that no service took it.
+/// Tells the sender of a request taken back that no service took it (counted in the
+/// status under `rejected_by.unserved`).
 fn answer(shared: &Shared, list: &str, bytes: &[u8]) {
     let Ok(request) = serde_json::from_slice::<JsonIncomingRequest>(bytes) else {
         return;
@@ -178,7 +185,6 @@ fn answer(shared: &Shared, list: &str, bytes: &[u8]) {
     let (Some(uid), Ok(source)) = (request.reference, request.src.parse::<Address>()) else {
         return;
     };
-    Counter::bump(&shared.counters.unserved, 1);
     let cmd = list.strip_prefix(PREFIX).unwrap_or(list);
     let waited = unix_now().saturating_sub(request.now);
     let message = format!(

@@ -148,6 +148,9 @@ mod tests {
         log.wait_past(0, Duration::from_secs(30)).await;
         assert!(start.elapsed() < Duration::from_secs(4));
         log.wait_past(0, Duration::from_secs(30)).await;
-        assert!(start.elapsed() < Duration::from_secs(4), "closed: no more waiting");
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "closed: no more waiting"
+        );
     }
 }
