@@ -122,6 +122,13 @@ struct Args {
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
+    /// PEM file of a certificate authority to trust for https:// relays (federation)
+    /// and an https:// --registry (repeatable), e.g. a private CA. Always trusted as
+    /// well: the built-in web roots and the system's trust store, or instead of that
+    /// store the files named by SSL_CERT_FILE and SSL_CERT_DIR when set.
+    #[arg(long, value_name = "FILE")]
+    relay_ca: Vec<PathBuf>,
+
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     debug: u8,
@@ -295,6 +302,7 @@ fn main() -> anyhow::Result<()> {
 /// Everything the relay does, on the runtime [`main`] built for `--threads`.
 async fn serve(args: Args) -> anyhow::Result<()> {
     init_logging(args.debug);
+    rmb_identity::trust::set_extra_cas(&args.relay_ca)?;
 
     let limits = match args.limit.as_deref() {
         Some([count, size]) => Some(Limits {
