@@ -119,7 +119,11 @@ impl Actor {
                         return;
                     };
                     self.health.set_down(unix_now(), reason.clone(), true);
-                    tracing::warn!(relay = %self.url, %reason, "relay connection lost; reconnecting");
+                    if self.no_reconnect.is_cancelled() {
+                        tracing::info!(relay = %self.url, %reason, "relay connection lost during shutdown");
+                    } else {
+                        tracing::warn!(relay = %self.url, %reason, "relay connection lost; reconnecting");
+                    }
                     if started.elapsed() >= STABLE {
                         backoff.reset();
                     }
