@@ -72,11 +72,21 @@ pub struct RegistryArgs {
     /// tfchain RPC URL(s), e.g. wss://tfchain.grid.tf:443, tried in turn (repeatable).
     #[arg(short = 's', long = "substrate", value_name = "URL")]
     pub substrate: Vec<String>,
+
+    /// PEM file of a certificate authority to trust for wss:// relays and https://
+    /// registries (repeatable), e.g. a private CA. Always trusted as well: the built-in
+    /// web roots and the system's trust store, or instead of that store the files named
+    /// by SSL_CERT_FILE and SSL_CERT_DIR when set.
+    #[arg(long, value_name = "FILE")]
+    pub relay_ca: Vec<PathBuf>,
 }
 
 impl RegistryArgs {
-    /// The selected backend, `None` when neither flag was given.
+    /// The selected backend, `None` when neither flag was given. Also makes the
+    /// process's TLS clients (registry, relays) trust `--relay-ca`: every command that
+    /// connects directly asks for its registry first.
     pub fn choice(&self) -> anyhow::Result<Option<RegistryChoice>> {
+        rmb_identity::trust::set_extra_cas(&self.relay_ca)?;
         Ok(RegistryChoice::from_flags(
             &self.substrate,
             self.registry.as_deref(),

@@ -70,6 +70,42 @@ impl Bus {
         self.push(keys::REPLY, reply).await
     }
 
+    /// True when an rmb-peer of ours serves this Redis: its status key, refreshed every
+    /// second with a 5 s expiry, exists. (rmb-rs's peer keeps no such key.)
+    pub async fn peer_heartbeat(&self) -> anyhow::Result<bool> {
+        let exists: bool = self
+            .conn()
+            .exists(keys::STATUS)
+            .await
+            .with_context(|| format!("EXISTS {} on {}", keys::STATUS, self.url))?;
+        Ok(exists)
+    }
+
+    /// True while `request` (as [`Bus::send_request`] pushed it) is still in
+    /// `msgbus.system.local`, i.e. no peer took it yet.
+    pub async fn request_waiting(&self, request: &JsonOutgoingRequest) -> anyhow::Result<bool> {
+        let text = serde_json::to_string(request)?;
+        let at: Option<i64> = redis::cmd("LPOS")
+            .arg(keys::LOCAL)
+            .arg(text)
+            .query_async(&mut self.conn())
+            .await
+            .with_context(|| format!("LPOS {} on {}", keys::LOCAL, self.url))?;
+        Ok(at.is_some())
+    }
+
+    /// Removes `request` from `msgbus.system.local` if no peer took it; true when it
+    /// was removed (so no peer will ever send it).
+    pub async fn take_back_request(&self, request: &JsonOutgoingRequest) -> anyhow::Result<bool> {
+        let text = serde_json::to_string(request)?;
+        let removed: i64 = self
+            .conn()
+            .lrem(keys::LOCAL, 1, text)
+            .await
+            .with_context(|| format!("LREM {} on {}", keys::LOCAL, self.url))?;
+        Ok(removed > 0)
+    }
+
     async fn push<T: serde::Serialize>(&self, list: &str, value: &T) -> anyhow::Result<()> {
         let text = serde_json::to_string(value)?;
         let _: i64 = self

@@ -12,7 +12,8 @@
 //! - **encryption keys** ([`e2e`]): x25519 + ChaCha20-Poly1305 (ours) and secp256k1 +
 //!   AES-256-GCM (rmb-rs compatible), chosen by the recipient's published key.
 //!
-//! [`Identity`] bundles them for a peer. [`registry`] answers who another twin is.
+//! [`Identity`] bundles them for a peer. [`registry`] answers who another twin is;
+//! [`trust`] says which certificate authorities its TLS clients accept.
 
 pub mod account;
 pub mod derive;
@@ -24,6 +25,7 @@ pub mod registry;
 pub mod secret;
 pub mod signer;
 pub mod ss58;
+pub mod trust;
 pub mod verify;
 
 pub use account::AccountId;

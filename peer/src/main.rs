@@ -79,6 +79,13 @@ struct Args {
     )]
     relays: Vec<String>,
 
+    /// PEM file of a certificate authority to trust for wss:// relays and https://
+    /// registries (repeatable), e.g. a private CA. Always trusted as well: the built-in
+    /// web roots and the system's trust store, or instead of that store the files named
+    /// by SSL_CERT_FILE and SSL_CERT_DIR when set.
+    #[arg(long, value_name = "FILE")]
+    relay_ca: Vec<PathBuf>,
+
     /// Bridge incoming connections for PROTOCOL to a local TCP service:
     /// `PROTOCOL=HOST:PORT`, optionally `,allow=TWIN,TWIN…` to name the only twins that
     /// may open it (repeatable; default: none, and opens are refused as unknown
@@ -368,6 +375,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     );
     drop(secret);
     tracing::info!(account = %identity.signer().account(), key_type = %args.key_type, "identity loaded");
+    rmb_identity::trust::set_extra_cas(&args.relay_ca)?;
 
     let substrate = match (&args.registry, args.substrate.is_empty()) {
         (None, true) => vec![DEFAULT_SUBSTRATE.to_string()],
@@ -470,6 +478,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    // From now on a relay link that drops stays down: a replacement peer may log in.
+    peer.stop_reconnecting();
     give_back.abort();
     // Whatever happens inside, the process ends soon after a signal (or at a second one).
     let stop = async {

@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     /// Name(s) this relay is reached by (DNS name or host:port). A twin whose registry
     /// entry lists one of them lives here: envelopes for it are queued while it is offline.
+    /// The short form is -m, as in rmb-rs's rmb-relay (on rmb-peer and rmb, -m is
+    /// --mnemonic instead).
     #[arg(short = 'm', long = "domain", num_args = 1.., value_name = "DOMAIN")]
     domains: Vec<String>,
 
@@ -70,6 +72,12 @@ struct Args {
     /// Directory for the hosted registry's database file.
     #[arg(long, default_value = "rmb-relay-data", value_name = "DIR")]
     data_dir: PathBuf,
+
+    /// Seconds to wait at start while another process holds the registry database in
+    /// --data-dir (a relay being replaced keeps it until it has exited); then give up
+    /// with an error. 0: do not wait.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    data_dir_lock_wait: u64,
 
     /// Per-twin rate limit: at most COUNT envelopes and SIZE bytes per minute.
     #[arg(long, num_args = 2, value_names = ["COUNT", "SIZE"])]
@@ -113,6 +121,13 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// PEM file of a certificate authority to trust for https:// relays (federation)
+    /// and an https:// --registry (repeatable), e.g. a private CA. Always trusted as
+    /// well: the built-in web roots and the system's trust store, or instead of that
+    /// store the files named by SSL_CERT_FILE and SSL_CERT_DIR when set.
+    #[arg(long, value_name = "FILE")]
+    relay_ca: Vec<PathBuf>,
 
     /// More logging: -d debug, -dd trace. RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -287,6 +302,7 @@ fn main() -> anyhow::Result<()> {
 /// Everything the relay does, on the runtime [`main`] built for `--threads`.
 async fn serve(args: Args) -> anyhow::Result<()> {
     init_logging(args.debug);
+    rmb_identity::trust::set_extra_cas(&args.relay_ca)?;
 
     let limits = match args.limit.as_deref() {
         Some([count, size]) => Some(Limits {
@@ -430,7 +446,9 @@ async fn registry(args: &Args) -> anyhow::Result<(Arc<dyn Registry>, Option<Arc<
         None => {
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("creating {}", args.data_dir.display()))?;
-            Arc::new(RedbStore::open(&args.data_dir.join("registry.redb"))?)
+            let path = args.data_dir.join("registry.redb");
+            let wait = Duration::from_secs(args.data_dir_lock_wait);
+            Arc::new(RedbStore::open_waiting(&path, wait).await?)
         }
     };
     let hosted = HostedRegistry::new(store);

@@ -14,6 +14,7 @@ use rmb_peer::redis_api::TIMEOUT_CODE;
 use rmb_peer::redis_api::json::{
     JsonError, JsonIncomingResponse, JsonOutgoingRequest, VERSION, decode_dat, encode_dat,
 };
+use rmb_peer::redis_api::keys;
 use serde::Serialize;
 
 use crate::args::RedisArgs;
@@ -25,6 +26,26 @@ pub const EXIT_TIMEOUT: u8 = 3;
 /// How long after `--timeout` to wait for the peer's expiry notices, so none is left
 /// behind in Redis (the peer sends them when the request's validity ends).
 pub const EXPIRY_NOTICE_GRACE: Duration = Duration::from_secs(2);
+
+/// With no peer heartbeat in Redis, how long a request may wait in
+/// `msgbus.system.local` before the call concludes that no peer serves this Redis
+/// (an rmb-rs peer, which keeps no heartbeat, takes requests within milliseconds).
+pub const NO_PEER_WAIT: Duration = Duration::from_secs(2);
+
+/// Nothing serves the Redis a call was handed to.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no rmb-peer is serving the Redis at {url} (no heartbeat at {status}, and nothing took \
+     the request from {local} within {secs} s): start rmb-peer with --redis {url}, or give \
+     this command the --redis of the running one",
+    status = keys::STATUS,
+    local = keys::LOCAL,
+    secs = NO_PEER_WAIT.as_secs()
+)]
+pub struct NoPeer {
+    /// The Redis URL.
+    pub url: String,
+}
 
 /// Send a request to twins through the local rmb-peer and print their responses.
 ///
@@ -145,8 +166,12 @@ pub async fn call(bus: &Bus, spec: &CallSpec) -> anyhow::Result<Outcome> {
         now: bus::unix_now(),
     };
     let mut conn = bus.blocking().await?;
+    let heartbeat = bus.peer_heartbeat().await?;
     let started = Instant::now();
     bus.send_request(&request).await?;
+    if !heartbeat {
+        ensure_taken(bus, &request).await?;
+    }
 
     let mut replies: Vec<Reply> = Vec::new();
     // The peer reports each destination still silent when the request expires; those
@@ -198,6 +223,25 @@ pub async fn call(bus: &Bus, spec: &CallSpec) -> anyhow::Result<Outcome> {
         replies,
         unanswered,
     })
+}
+
+/// Waits (up to [`NO_PEER_WAIT`]) for a peer to take `request`; takes it back and fails
+/// with [`NoPeer`] when none did.
+async fn ensure_taken(bus: &Bus, request: &JsonOutgoingRequest) -> anyhow::Result<()> {
+    let until = Instant::now() + NO_PEER_WAIT;
+    while Instant::now() < until {
+        if !bus.request_waiting(request).await? {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if bus.take_back_request(request).await? {
+        return Err(NoPeer {
+            url: bus.url().to_string(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// True for rmb-peer's "no response before the request expired" notice: a local error
@@ -267,7 +311,7 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.timeout),
     };
     let outcome = call(&bus, &spec).await?;
-    print_outcome(&outcome, args.json, args.timeout);
+    print_outcome(&outcome, args.json, args.timeout, &args.cmd);
     Ok(exit_code(&outcome))
 }
 
@@ -282,7 +326,17 @@ pub fn exit_code(outcome: &Outcome) -> ExitCode {
     }
 }
 
-fn print_outcome(outcome: &Outcome, json: bool, timeout: u64) {
+/// What usually makes a destination stay silent, for the end of a timed-out call.
+pub fn timeout_causes(cmd: &str) -> String {
+    format!(
+        "likely causes: no service reads msgbus.{cmd} on that twin (nothing serves '{cmd}' \
+         there); its rmb-peer is not running or not connected to a relay (`rmb status` on \
+         that machine); its relay cannot be reached from ours; or the service takes longer \
+         than --timeout"
+    )
+}
+
+fn print_outcome(outcome: &Outcome, json: bool, timeout: u64, cmd: &str) {
     for reply in &outcome.replies {
         if json {
             let body = match std::str::from_utf8(&reply.body) {
@@ -323,6 +377,9 @@ fn print_outcome(outcome: &Outcome, json: bool, timeout: u64) {
     } else {
         for twin in &outcome.unanswered {
             eprintln!("twin {twin}: no response within {timeout} s");
+        }
+        if !outcome.unanswered.is_empty() {
+            eprintln!("{}", timeout_causes(cmd));
         }
     }
 }

@@ -33,6 +33,7 @@ impl HttpRegistry {
             )));
         }
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(crate::trust::client_config().as_ref().clone())
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;

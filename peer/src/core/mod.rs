@@ -292,6 +292,11 @@ impl Peer {
         self.inner.max_lifetime
     }
 
+    /// True when at least one relay link is up now.
+    pub fn any_connected(&self) -> bool {
+        self.inner.links.any_connected()
+    }
+
     /// Waits until at least one relay link is up (or `timeout` passes); true if one is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         self.inner.links.wait_connected(timeout).await
@@ -316,6 +321,14 @@ impl Peer {
             awaiting: self.inner.resends().len() as u64,
             unanswered: Counters::read(&c.unanswered),
         }
+    }
+
+    /// Makes the relay links stop reconnecting, because the process is shutting down:
+    /// connections that are up stay up (to flush what is being sent), but one that drops
+    /// is not made again. Otherwise a peer in its shutdown could log in again and
+    /// displace the session of the peer started to replace it.
+    pub fn stop_reconnecting(&self) {
+        self.inner.links.stop_reconnecting();
     }
 
     /// Asks the peer to stop (links close, the inbound channel ends) without waiting.

@@ -49,11 +49,14 @@ pub enum Reason {
     /// A reply that could not be encrypted to its requester (whose key we cannot write
     /// to): an error envelope went instead.
     ReplyNotEncrypted,
+    /// No service took the request from its `msgbus.<cmd>` list before it was about to
+    /// expire: taken back and answered with an error.
+    Unserved,
 }
 
 impl Reason {
     /// Every reason, in the order of the counters.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Undecodable,
         Reason::Expired,
         Reason::TooFar,
@@ -70,6 +73,7 @@ impl Reason {
         Reason::Oversize,
         Reason::CommandLimit,
         Reason::ReplyNotEncrypted,
+        Reason::Unserved,
     ];
 
     /// The counter's label.
@@ -91,6 +95,7 @@ impl Reason {
             Reason::Oversize => "oversize",
             Reason::CommandLimit => "command_limit",
             Reason::ReplyNotEncrypted => "reply_not_encrypted",
+            Reason::Unserved => "unserved",
         }
     }
 }

@@ -89,6 +89,8 @@ pub(super) struct Actor {
     pub outbox: mpsc::Receiver<Outgoing>,
     pub incoming: mpsc::Sender<Frame>,
     pub shutdown: CancellationToken,
+    /// Cancelled when the peer's shutdown begins: the link connects no more.
+    pub no_reconnect: CancellationToken,
 }
 
 impl Actor {
@@ -98,8 +100,12 @@ impl Actor {
         let mut carry = VecDeque::new();
         let mut failures = 0u32;
         loop {
+            if self.no_reconnect.is_cancelled() {
+                return self.idle_until_shutdown(&mut carry).await;
+            }
             let attempt = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
+                _ = self.no_reconnect.cancelled() => continue,
                 attempt = self.connect() => attempt,
             };
             match attempt {
@@ -113,7 +119,11 @@ impl Actor {
                         return;
                     };
                     self.health.set_down(unix_now(), reason.clone(), true);
-                    tracing::warn!(relay = %self.url, %reason, "relay connection lost; reconnecting");
+                    if self.no_reconnect.is_cancelled() {
+                        tracing::info!(relay = %self.url, %reason, "relay connection lost during shutdown");
+                    } else {
+                        tracing::warn!(relay = %self.url, %reason, "relay connection lost; reconnecting");
+                    }
                     if started.elapsed() >= STABLE {
                         backoff.reset();
                     }
@@ -132,9 +142,23 @@ impl Actor {
             let delay = backoff.next_delay(rand::random());
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
+                _ = self.no_reconnect.cancelled() => {}
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// The link is down and the peer is shutting down: stays down (what is queued here
+    /// goes to a link still connected) until the actors stop.
+    async fn idle_until_shutdown(&mut self, carry: &mut VecDeque<Outgoing>) {
+        tracing::info!(relay = %self.url, "relay link down; not reconnecting: the peer is shutting down");
+        self.health.set_down(
+            unix_now(),
+            "not reconnecting: the peer is shutting down".to_string(),
+            false,
+        );
+        self.rescue(carry);
+        self.shutdown.cancelled().await;
     }
 
     async fn connect(&self) -> Result<Ws, String> {
@@ -150,7 +174,15 @@ impl Actor {
         );
         let request = format!("{}?{}", self.url.as_str(), token);
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        // wss:// trusts the roots of `rmb_identity::trust` (system store, SSL_CERT_FILE,
+        // --relay-ca), not only the built-in web roots.
+        let tls = tokio_tungstenite::Connector::Rustls(rmb_identity::trust::client_config());
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            Some(tls),
+        );
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => Err(format!(
                 "no connection within {} s",

@@ -137,6 +137,8 @@ impl Shared {
 pub struct Links {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    /// Cancelled when shutdown begins: no link connects again.
+    no_reconnect: CancellationToken,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -150,6 +152,7 @@ impl Links {
         shutdown: CancellationToken,
     ) -> Links {
         let now = unix_now();
+        let no_reconnect = CancellationToken::new();
         let login = Arc::new(login);
         let token_times = Arc::new(tokens::TokenTimes::default());
         let mut slots = Vec::with_capacity(relays.len());
@@ -182,6 +185,7 @@ impl Links {
                     outbox,
                     incoming: incoming.clone(),
                     shutdown: shutdown.clone(),
+                    no_reconnect: no_reconnect.clone(),
                 };
                 tokio::spawn(actor.run())
             })
@@ -189,6 +193,7 @@ impl Links {
         Links {
             shared,
             shutdown,
+            no_reconnect,
             tasks: std::sync::Mutex::new(tasks),
         }
     }
@@ -237,6 +242,8 @@ impl Links {
                     item = back;
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Err(LinkError::Closed),
+                        // No link is up and none will come back.
+                        _ = self.no_reconnect.cancelled() => return Err(LinkError::Closed),
                         _ = connected.changed() => continue,
                         _ = tokio::time::sleep_until(until) => {}
                     }
@@ -304,6 +311,12 @@ impl Links {
             .iter()
             .map(|s| s.health.snapshot())
             .collect()
+    }
+
+    /// Keeps the connections that are up but makes none again (shutdown has begun);
+    /// envelopes that find no connected link fail at once instead of waiting for one.
+    pub fn stop_reconnecting(&self) {
+        self.no_reconnect.cancel();
     }
 
     /// Closes every connection and stops the actors.

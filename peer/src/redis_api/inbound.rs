@@ -30,7 +30,7 @@ use super::keys::{
 use super::pending::Route;
 use super::scripts::{DELIVER_ONCE, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, TOO_MANY_COMMANDS};
 use super::writer::Write;
-use super::{Counter, Limits, Shared};
+use super::{Counter, Limits, Shared, unserved};
 use crate::core::{Inbound, InboundRequest, InboundResponse, Reason, codes};
 use rmb_proto::Address;
 
@@ -56,7 +56,12 @@ pub(super) async fn run(
         } else {
             for doc in documents {
                 let (list, json, counter) = match doc {
-                    Document::Request { list, json, .. } => {
+                    Document::Request {
+                        list, json, due, ..
+                    } => {
+                        if let Some(due) = due {
+                            shared.unserved.note(&list, due);
+                        }
                         (list, json, &shared.counters.requests_delivered)
                     }
                     Document::Response { list, json, .. } => {
@@ -139,6 +144,8 @@ enum Document {
         /// The `seen` marker of the request and how long it must live.
         marker: String,
         ttl: u64,
+        /// When it is taken back if no service took it ([`unserved::due`]).
+        due: Option<u64>,
         /// Who sent it and its uid, to answer with an error when it cannot be queued.
         uid: String,
         source: Address,
@@ -182,6 +189,7 @@ fn request_document(req: InboundRequest) -> Document {
     let ttl = clamp_ttl(req.deadline().saturating_sub(unix_now()));
     let marker = seen(req.source.twin, &req.uid);
     let (uid, source) = (req.uid.clone(), req.source.clone());
+    let due = unserved::due(req.timestamp, req.expiration);
     let json = JsonIncomingRequest {
         ver: VERSION,
         reference: Some(req.uid),
@@ -199,6 +207,7 @@ fn request_document(req: InboundRequest) -> Document {
         json: serde_json::to_string(&json).expect("a request serialises"),
         marker,
         ttl,
+        due,
         uid,
         source,
     }
@@ -339,7 +348,10 @@ async fn deliver_once(
     for (doc, result) in documents.iter().zip(results) {
         let Some(result) = result else { continue };
         match (doc, result) {
-            (Document::Request { .. }, Value::Int(1)) => {
+            (Document::Request { list, due, .. }, Value::Int(1)) => {
+                if let Some(due) = due {
+                    shared.unserved.note(list, *due);
+                }
                 Counter::bump(&shared.counters.requests_delivered, 1)
             }
             (

@@ -7,6 +7,8 @@
 //! - [`local`]: `msgbus.system.local` / `msgbus.system.reply` → core;
 //! - [`inbound`]: core → `msgbus.<cmd>` / the client's `ret`;
 //! - [`pending`]: requests in flight, so a destination that never answers is reported;
+//! - [`unserved`]: requests no service took from `msgbus.<cmd>` before they were about
+//!   to expire are taken back and answered with an error;
 //! - [`outbox`], [`scripts`]: what makes it crash-safe: requests not answered yet are
 //!   kept in Redis and sent again after a restart; requests received are marked so a
 //!   service sees each once, and a client gets each answer once;
@@ -23,6 +25,7 @@ pub mod local;
 pub mod outbox;
 pub mod pending;
 pub mod scripts;
+pub mod unserved;
 pub mod validate;
 pub mod writer;
 
@@ -121,6 +124,7 @@ pub struct ApiCountersSnapshot {
     pub timeouts: u64,
     /// Remote requests pushed to `msgbus.<cmd>`.
     pub requests_delivered: u64,
+
     /// Responses pushed to a client's `ret`.
     pub responses_delivered: u64,
     /// Responses that came after their request expired (dropped, as rmb-rs).
@@ -180,6 +184,8 @@ pub(crate) struct Shared {
     counters: ApiCounters,
     sends: Arc<Semaphore>,
     limits: Limits,
+    /// Command lists holding requests, watched for requests no service takes.
+    unserved: unserved::Watched,
 }
 
 impl Shared {
@@ -338,6 +344,7 @@ impl RedisApi {
             counters: ApiCounters::default(),
             sends: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             limits,
+            unserved: unserved::Watched::default(),
         });
         let mut tasks = vec![
             tokio::spawn(local::run(
@@ -354,6 +361,11 @@ impl RedisApi {
             )),
             tokio::spawn(sweep_timeouts(Arc::clone(&shared), stop.clone())),
             tokio::spawn(refresh_status(Arc::clone(&shared), stop.clone())),
+            tokio::spawn(unserved::run(
+                Arc::clone(&shared),
+                RedisConn::new(redis_url, "unserved check").map_err(error)?,
+                stop.clone(),
+            )),
         ];
         if shared.durable {
             let conn = RedisConn::new(redis_url, "outbox reload").map_err(error)?;

@@ -306,7 +306,10 @@ impl Shared {
         tokio::select! {
             answer = tokio::time::timeout(timeout, rx) => match answer {
                 Ok(Ok(response)) => Ok(response),
-                Ok(Err(_)) => Err(TopicError::Closed),
+                // The waiter goes when its deadline passes (the sweep may come first)
+                // or when the topics stop.
+                Ok(Err(_)) if self.stop.is_cancelled() => Err(TopicError::Closed),
+                Ok(Err(_)) => Err(TopicError::Timeout { twin, secs: timeout.as_secs() }),
                 Err(_) => {
                     self.pending.take(&uid);
                     Err(TopicError::Timeout { twin, secs: timeout.as_secs() })

@@ -545,7 +545,11 @@ async fn on_job(
                         .peer
                         .log_allowed(u64::from(topic.owner), Reason::InvalidMessage)
                     {
-                        tracing::warn!(%topic, error = %e, "cannot renew a subscription (logged once per 10 s per owner)");
+                        if shared.peer.any_connected() {
+                            tracing::warn!(%topic, error = %e, "cannot renew a subscription; retried at the next renewal (logged once per 10 s per owner)");
+                        } else {
+                            tracing::warn!(%topic, error = %e, "cannot renew a subscription: no relay link is up (reconnecting); retried at the next renewal (logged once per 10 s per owner)");
+                        }
                     }
                 }
             }

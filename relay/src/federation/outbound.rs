@@ -126,6 +126,9 @@ impl Federator {
             config.resolver.clone(),
         ));
         let client = reqwest::Client::builder()
+            // https:// relays are checked against the roots of `rmb_identity::trust`
+            // (system store, SSL_CERT_FILE / SSL_CERT_DIR, --relay-ca).
+            .use_preconfigured_tls(rmb_identity::trust::client_config().as_ref().clone())
             .connect_timeout(Duration::from_secs(2))
             .timeout(POST_TIMEOUT)
             // A redirect could point anywhere (e.g. 127.0.0.1): relays answer, they

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Entries kept by default.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -21,6 +22,9 @@ pub struct ChangeLog {
     entries: Mutex<VecDeque<(u64, u32)>>,
     capacity: usize,
     version: watch::Sender<u64>,
+    /// Cancelled when the server shuts down: long polls answer at once then, so the
+    /// process is not kept alive by clients waiting for changes.
+    closed: CancellationToken,
 }
 
 impl ChangeLog {
@@ -33,6 +37,7 @@ impl ChangeLog {
             entries: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             version: watch::Sender::new(0),
+            closed: CancellationToken::new(),
         }
     }
 
@@ -82,10 +87,18 @@ impl ChangeLog {
         Some(ids)
     }
 
-    /// Waits until the version passes `since`, or `timeout` elapses.
+    /// Waits until the version passes `since`, `timeout` elapses or the log is closed.
     pub async fn wait_past(&self, since: u64, timeout: Duration) {
         let mut rx = self.version.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > since)).await;
+        tokio::select! {
+            _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > since)) => {}
+            _ = self.closed.cancelled() => {}
+        }
+    }
+
+    /// Ends every wait now and makes later ones return at once (server shutdown).
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 }
 
@@ -121,5 +134,23 @@ mod tests {
         log.wait_past(0, Duration::from_secs(5)).await;
         assert!(start.elapsed() < Duration::from_secs(4));
         assert_eq!(log.version(), 1);
+    }
+
+    #[tokio::test]
+    async fn closing_ends_waits() {
+        let log = std::sync::Arc::new(ChangeLog::new(10));
+        let closer = log.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            closer.close();
+        });
+        let start = std::time::Instant::now();
+        log.wait_past(0, Duration::from_secs(30)).await;
+        assert!(start.elapsed() < Duration::from_secs(4));
+        log.wait_past(0, Duration::from_secs(30)).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "closed: no more waiting"
+        );
     }
 }

@@ -11,6 +11,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -23,6 +24,10 @@ use serde::{Deserialize, Serialize};
 pub enum StoreError {
     #[error("registry database: {0}")]
     Redb(String),
+    #[error(
+        "registry database {path} is still held by another process after waiting {waited_secs} s; is another rmb-relay running with this --data-dir? (wait longer with --data-dir-lock-wait)"
+    )]
+    Locked { path: String, waited_secs: u64 },
     #[error("registry redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("registry store holds invalid data: {0}")]
@@ -119,6 +124,9 @@ const ACCOUNTS: TableDefinition<&[u8], u32> = TableDefinition::new("accounts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_ID: &str = "next_id";
 
+/// How often [`RedbStore::open_waiting`] tries again to open a held database.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
 /// Twins in an embedded redb database file.
 #[derive(Clone)]
 pub struct RedbStore {
@@ -131,9 +139,50 @@ fn redb_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`; fails at once if another process
+    /// has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(redb_err)?;
+        Self::with_tables(db, path)
+    }
+
+    /// Opens (or creates) the database at `path`, waiting up to `wait` while another
+    /// process holds its lock: a relay restarted at once finds the file still held by
+    /// the old process until that one has exited. Logs once that it waits, and why.
+    pub async fn open_waiting(path: &Path, wait: Duration) -> Result<Self, StoreError> {
+        let started = Instant::now();
+        let mut logged = false;
+        loop {
+            match Database::create(path) {
+                Ok(db) => {
+                    if logged {
+                        tracing::info!(path = %path.display(), waited_ms = started.elapsed().as_millis() as u64, "registry database free: opened");
+                    }
+                    return Self::with_tables(db, path);
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    if started.elapsed() >= wait {
+                        return Err(StoreError::Locked {
+                            path: path.display().to_string(),
+                            waited_secs: wait.as_secs(),
+                        });
+                    }
+                    if !logged {
+                        logged = true;
+                        tracing::warn!(
+                            path = %path.display(),
+                            wait_secs = wait.as_secs(),
+                            "another process holds the registry database (an rmb-relay still shutting down, or one running with the same --data-dir); waiting for it to free the file"
+                        );
+                    }
+                    tokio::time::sleep(LOCK_POLL).await;
+                }
+                Err(e) => return Err(redb_err(e)),
+            }
+        }
+    }
+
+    fn with_tables(db: Database, path: &Path) -> Result<Self, StoreError> {
         let tx = db.begin_write().map_err(redb_err)?;
         tx.open_table(TWINS).map_err(redb_err)?;
         tx.open_table(ACCOUNTS).map_err(redb_err)?;

@@ -114,6 +114,10 @@ impl RelayServer {
     /// error envelope) and for the listener to finish.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.state.shutdown.cancel();
+        // Registry long polls (`/changes`) answer now instead of at their timeout.
+        if let Some(hosted) = &self.state.hosted {
+            hosted.changes().close();
+        }
         self.state.switch.cancel_all();
         self.state.sessions.close();
         self.state.sessions.wait().await;

@@ -158,6 +158,28 @@ impl PeerProcess {
         crate::child::kill(&mut self.child);
     }
 
+    /// Sends SIGTERM without waiting (see [`PeerProcess::wait_exit`]).
+    pub fn signal_term(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `bound` for the peer to exit by itself; its status.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < bound {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGTERMs the peer and returns its exit status (graceful shutdown).
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         crate::child::terminate(&mut self.child)
