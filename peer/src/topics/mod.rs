@@ -30,6 +30,7 @@ pub mod owner;
 pub mod pending;
 pub mod progress;
 pub mod router;
+pub mod since;
 pub mod store;
 pub mod subscriber;
 pub mod subscription;
@@ -54,6 +55,7 @@ pub use counters::{Counters, CountersSnapshot};
 use leases::{LeaseSettings, Leases};
 use pending::{Pending, Waiter};
 use progress::Progress;
+use since::{Since, TimeSearch};
 use store::{Store, StoreError};
 use wire::{Draft, DraftError, MessageJson, NameError, TopicName};
 
@@ -100,6 +102,10 @@ pub struct TopicsOptions {
     /// Where the relays of a twin that subscribes are looked up, to count new
     /// subscriptions per relay (`None`: all count as one unknown relay).
     pub registry: Option<Arc<dyn Registry>>,
+    /// A local publish to an own topic that does not exist creates it with the default
+    /// settings (`--topic-auto-create`), so an owner's scripts need no set-up step.
+    /// Publishes from other twins never create a topic.
+    pub auto_create: bool,
 }
 
 impl std::fmt::Debug for TopicsOptions {
@@ -113,6 +119,7 @@ impl std::fmt::Debug for TopicsOptions {
             .field("max_subscribers", &self.max_subscribers)
             .field("leases", &self.leases)
             .field("registry", &self.registry.as_ref().map(|r| r.describe()))
+            .field("auto_create", &self.auto_create)
             .finish()
     }
 }
@@ -121,7 +128,7 @@ impl TopicsOptions {
     /// The defaults for `redis_url`: prefix `rmb.`, renewal every 30 s, 60 s timeout,
     /// records written [`DEFAULT_RECORD_DELAY_MS`] after a hand-over,
     /// [`owner::MAX_SUBSCRIBERS`] subscribers per topic, the [`leases`] defaults, no
-    /// registry.
+    /// registry, no topics created by publishing.
     pub fn new(redis_url: &str) -> Self {
         TopicsOptions {
             redis_url: redis_url.to_string(),
@@ -132,6 +139,7 @@ impl TopicsOptions {
             max_subscribers: owner::MAX_SUBSCRIBERS,
             leases: LeaseSettings::default(),
             registry: None,
+            auto_create: false,
         }
     }
 }
@@ -540,7 +548,9 @@ impl Topics {
         }
     }
 
-    /// Publishes to `topic`: stored here when it is ours, else sent to its owner.
+    /// Publishes to `topic`: stored here when it is ours, else sent to its owner. With
+    /// [`TopicsOptions::auto_create`], an own topic that does not exist yet is created
+    /// with the default settings first.
     pub async fn publish(
         &self,
         topic: &TopicName,
@@ -548,6 +558,11 @@ impl Topics {
     ) -> Result<wire::Published, TopicError> {
         draft.check()?;
         if topic.owner == self.twin() {
+            if self.shared.options.auto_create && self.shared.config(&topic.name).await?.is_none()
+            {
+                owner::configure(&self.shared, &topic.name, TopicConfig::default()).await?;
+                tracing::info!(%topic, "created a topic by publishing to it (--topic-auto-create)");
+            }
             return owner::publish(&self.shared, topic, draft, self.twin(), None).await;
         }
         let body = wire::PublishRequest {
@@ -618,6 +633,46 @@ impl Topics {
             .await
             .map_err(|e| refused(e, topic))?;
         Ok(pulled.messages)
+    }
+
+    /// The id a reader of `topic` starts after for `since` ([`since`]): `latest` is
+    /// the newest id less one; a time is searched for in what is kept (the own log, the
+    /// local copy of a subscription, or the owner's log), a few reads at most.
+    pub async fn position(&self, topic: &TopicName, since: Since) -> Result<u64, TopicError> {
+        if let Since::Id(id) = since {
+            return Ok(id);
+        }
+        let newest = self.newest(topic).await?;
+        if since == Since::Latest {
+            return Ok(newest.saturating_sub(1));
+        }
+        let Some(cutoff) = since.cutoff(newest, unix_now()) else {
+            return Ok(match since {
+                Since::Number(id) => id,
+                _ => newest,
+            });
+        };
+        let mut search = TimeSearch::new(newest, cutoff);
+        while let Some(after) = search.probe() {
+            let first = self.pull(topic, after, 1).await?.into_iter().next();
+            search.found(after, first.map(|m| (m.id, m.time)));
+        }
+        Ok(search.answer())
+    }
+
+    /// The newest id of `topic` this peer can tell: an own topic's, a subscription's
+    /// position, else what its owner says.
+    async fn newest(&self, topic: &TopicName) -> Result<u64, TopicError> {
+        if topic.owner == self.twin() {
+            return Ok(self.show(topic).await?.last_id);
+        }
+        if let Some(sub) = self.subscription(topic).await? {
+            return Ok(sub.last_id);
+        }
+        let pulled = subscriber::pull_remote(&self.shared, topic, 0, 1)
+            .await
+            .map_err(|e| refused(e, topic))?;
+        Ok(pulled.last_id)
     }
 
     /// Subscribes to another twin's `topic` (kept across restarts): messages after
