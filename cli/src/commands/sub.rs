@@ -63,6 +63,8 @@ enum Ended {
     Away(String),
     /// An answer that trying again will not change.
     Refused(String),
+    /// Standard output was closed (`rmb sub t | head -3`): nobody reads any more.
+    OutputClosed,
 }
 
 /// What `rmb sub` has printed so far, and the state of its reconnecting.
@@ -98,6 +100,8 @@ pub async fn run_sub(args: SubArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("rmb: {why}");
                 return Ok(ExitCode::FAILURE);
             }
+            // As a shell reports a process ended by SIGPIPE.
+            Ended::OutputClosed => return Ok(ExitCode::from(141)),
             Ended::Away(why) => {
                 let now = Instant::now();
                 let since = *progress.away_since.get_or_insert(now);
@@ -188,9 +192,12 @@ async fn session(
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            if let Err(e) = show(&line, args.json, progress) {
-                // Standard output is gone (a closed pipe): nobody reads any more.
-                return Ended::Refused(format!("cannot write the output: {e}"));
+            match show(&line, args.json, progress) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ended::OutputClosed;
+                }
+                Err(e) => return Ended::Refused(format!("cannot write the output: {e}")),
             }
         }
     }
@@ -269,14 +276,16 @@ async fn refusal(status: reqwest::StatusCode, response: reqwest::Response) -> En
     }
 }
 
-/// A client error in one line, with its innermost cause (hyper's "connection refused",
-/// "unexpected EOF"): reqwest's own text says only "error sending request".
+/// Why a request or stream failed, in words for the user (hyper's own, such as
+/// "unexpected EOF during chunk size line", say nothing to most).
 fn short(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(inner) = cause {
-        text = inner.to_string();
-        cause = inner.source();
+    if e.is_connect() {
+        "nothing answers there".into()
+    } else if e.is_timeout() {
+        "it did not answer in time".into()
+    } else if e.is_body() || e.is_decode() {
+        "the stream was cut".into()
+    } else {
+        "the connection broke".into()
     }
-    text
 }

@@ -6,7 +6,8 @@
 //! A plain number is ambiguous (ids and unix times are both numbers): it is a unix time
 //! when it is at least [`UNIX_TIME_FROM`] and beyond the topic's newest id, else an id.
 //! Values from the client are clamped, never trusted: a duration longer than
-//! [`MAX_AGO_SECS`] means "everything kept", a time in the future means "now".
+//! [`MAX_AGO_SECS`] means "everything kept", a time in the future means "new messages
+//! only".
 
 use std::str::FromStr;
 
@@ -75,11 +76,12 @@ impl FromStr for Since {
 
 impl Since {
     /// The unix time this `since` starts at, when it is one: `Ago` from `now`, a
-    /// `Number` above `newest` (the topic's newest id); a time after `now` is `now`.
+    /// `Number` above `newest` (the topic's newest id); a time after `now` is the next
+    /// second (no stored message is that new).
     pub fn cutoff(self, newest: u64, now: u64) -> Option<u64> {
         match self {
             Since::Ago(secs) => Some(now.saturating_sub(secs.min(MAX_AGO_SECS))),
-            Since::Number(n) if n > newest => Some(n.min(now)),
+            Since::Number(n) if n > newest => Some(n.min(now.saturating_add(1))),
             _ => None,
         }
     }
@@ -160,7 +162,7 @@ mod tests {
         let now = 1_800_000_000;
         assert_eq!(Since::Number(1_700_000_000).cutoff(5, now), Some(1_700_000_000));
         assert_eq!(Since::Number(1_700_000_000).cutoff(1_700_000_001, now), None);
-        assert_eq!(Since::Number(u64::MAX).cutoff(5, now), Some(now));
+        assert_eq!(Since::Number(u64::MAX).cutoff(5, now), Some(now + 1));
         assert_eq!(Since::Ago(60).cutoff(5, now), Some(now - 60));
         assert_eq!(Since::Ago(u64::MAX).cutoff(5, 10), Some(0));
         assert_eq!(Since::Id(3).cutoff(5, now), None);
