@@ -160,8 +160,14 @@ mod tests {
     #[test]
     fn a_number_is_a_time_only_beyond_the_newest_id_and_never_in_the_future() {
         let now = 1_800_000_000;
-        assert_eq!(Since::Number(1_700_000_000).cutoff(5, now), Some(1_700_000_000));
-        assert_eq!(Since::Number(1_700_000_000).cutoff(1_700_000_001, now), None);
+        assert_eq!(
+            Since::Number(1_700_000_000).cutoff(5, now),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            Since::Number(1_700_000_000).cutoff(1_700_000_001, now),
+            None
+        );
         assert_eq!(Since::Number(u64::MAX).cutoff(5, now), Some(now + 1));
         assert_eq!(Since::Ago(60).cutoff(5, now), Some(now - 60));
         assert_eq!(Since::Ago(u64::MAX).cutoff(5, 10), Some(0));
@@ -189,7 +195,11 @@ mod tests {
         assert_eq!(search(&messages, 100).0, 0, "from the oldest kept");
         assert_eq!(search(&messages, 600).0, 504);
         assert_eq!(search(&messages, 1099).0, 1003, "only the newest");
-        assert_eq!(search(&messages, 5000).0, 1004, "nothing yet: new ones only");
+        assert_eq!(
+            search(&messages, 5000).0,
+            1004,
+            "nothing yet: new ones only"
+        );
         let (_, probes) = search(&messages, 600);
         assert!(probes <= 12, "{probes} probes");
         // Several messages per second, and holes in the ids.

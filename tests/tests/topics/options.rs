@@ -120,8 +120,7 @@ async fn since_takes_durations_unix_times_and_latest_through_the_api_and_rmb_sub
     assert_eq!(lines[1]["id"], 5);
 
     // Another twin's topic, not subscribed to: the owner's log is searched.
-    let (status, got) =
-        get_lines(&bob, &format!("/topics/{topic}/json?poll=1&since=latest")).await;
+    let (status, got) = get_lines(&bob, &format!("/topics/{topic}/json?poll=1&since=latest")).await;
     assert_eq!((status, ids(&got)), (200, vec![5]));
     let t4s = t4.to_string();
     tokio::task::block_in_place(|| {
@@ -138,9 +137,8 @@ async fn since_takes_durations_unix_times_and_latest_through_the_api_and_rmb_sub
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-                sub.stdout.take().unwrap(),
-            ));
+            let mut lines =
+                std::io::BufRead::lines(std::io::BufReader::new(sub.stdout.take().unwrap()));
             let got: Vec<String> = (0..want.len())
                 .map(|_| lines.next().unwrap().unwrap())
                 .collect();
@@ -149,10 +147,7 @@ async fn since_takes_durations_unix_times_and_latest_through_the_api_and_rmb_sub
             assert_eq!(got, want, "rmb sub --since {since}");
         }
         assert_eq!(rmb(alice, &["pull", "t", "--since", "latest"]), "5 m5\n");
-        assert_eq!(
-            rmb(alice, &["pull", "t", "--since", &t4s]),
-            "4 m4\n5 m5\n"
-        );
+        assert_eq!(rmb(alice, &["pull", "t", "--since", &t4s]), "4 m4\n5 m5\n");
         let out = rmb_with(&alice.http, &["pull", "t", "--since", "yesterday"], b"");
         assert_eq!(out.status.code(), Some(2));
     });

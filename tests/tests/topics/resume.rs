@@ -147,12 +147,18 @@ async fn rmb_sub_survives_restarts_of_the_subscribers_peer_without_gap_or_repeat
     assert_eq!(all, want, "each message once, in order");
     let stderr = tokio::task::block_in_place(|| sub.stop());
     assert!(stderr.contains("lost the peer at"), "{stderr}");
-    assert!(stderr.contains("reconnected; resuming after id"), "{stderr}");
+    assert!(
+        stderr.contains("reconnected; resuming after id"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("(the stream was cut); reconnecting"),
         "{stderr}"
     );
-    assert!(!stderr.contains("chunk size"), "no raw hyper error: {stderr}");
+    assert!(
+        !stderr.contains("chunk size"),
+        "no raw hyper error: {stderr}"
+    );
     assert!(
         stderr.lines().count() <= 8,
         "one note per outage, not one per attempt: {stderr}"
