@@ -76,6 +76,9 @@ struct Progress {
     away_since: Option<Instant>,
     /// When the user was last told about it.
     noted: Option<Instant>,
+    /// A stream was open once (else the peer was never reached: a wrong `--http`, or
+    /// a peer not started yet).
+    connected: bool,
     backoff: Duration,
 }
 
@@ -87,6 +90,7 @@ pub async fn run_sub(args: SubArgs) -> anyhow::Result<ExitCode> {
         last: None,
         away_since: None,
         noted: None,
+        connected: false,
         backoff: FIRST_BACKOFF,
     };
     let mut topic: Option<String> = None;
@@ -114,8 +118,19 @@ pub async fn run_sub(args: SubArgs) -> anyhow::Result<ExitCode> {
                     );
                     return Ok(ExitCode::FAILURE);
                 }
+                let patience = match args.retry_for {
+                    0 => String::new(),
+                    secs => format!(" for up to {secs} s"),
+                };
                 match progress.noted {
-                    None => eprintln!("rmb: lost the peer at {} ({why}); reconnecting", api.base),
+                    None if !progress.connected => eprintln!(
+                        "rmb: cannot reach the peer at {} ({why}; is rmb-peer running with --http?); trying again{patience}",
+                        api.base
+                    ),
+                    None => eprintln!(
+                        "rmb: lost the peer at {} ({why}); reconnecting{patience}",
+                        api.base
+                    ),
                     Some(t) if now - t >= NOTE_EVERY => eprintln!(
                         "rmb: still reconnecting to the peer at {} after {} s ({why})",
                         api.base,
@@ -173,6 +188,7 @@ async fn session(
         }
     }
     progress.noted = None;
+    progress.connected = true;
     progress.backoff = FIRST_BACKOFF;
     let mut pending = Vec::new();
     loop {

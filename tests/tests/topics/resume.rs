@@ -175,6 +175,7 @@ async fn rmb_sub_gives_up_after_retry_for_and_at_once_on_a_permanent_refusal() {
     });
     assert_eq!(code, Some(1), "{stderr}");
     assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(stderr.contains("cannot reach the peer at"), "{stderr}");
     assert!(stderr.contains("giving up"), "{stderr}");
     assert!(stderr.contains("--retry-for"), "{stderr}");
     assert_eq!(stderr.lines().count(), 2, "{stderr}");
