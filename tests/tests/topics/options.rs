@@ -2,7 +2,7 @@
 //! `rmb` command: `since=` as a duration, a unix time or `latest` (clamped when
 //! hostile); an owner's topics created by publishing (`--topic-auto-create`), which a
 //! stranger can never do; and `rmb pub` dropping stdin's trailing newline unless
-//! `--raw`, binary input byte for byte.
+//! `--raw`, binary input byte for byte; a WebSocket client resuming as the guide says.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -242,4 +242,81 @@ async fn rmb_pub_drops_stdins_trailing_newline_unless_raw_and_keeps_binary_exact
         assert_eq!(&bytes, want, "rmb pub {flags:?} with {input:?}");
     }
     assert_eq!(got[cases.len()]["message"], "arg\n");
+}
+
+/// A WebSocket client resumes as docs/topics.md says: after the `since` of the `open`
+/// event when nothing came yet, else after the last id it saw, across a restart of the
+/// peer, with nothing missed and nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_resumes_after_the_last_id_it_saw_across_a_peer_restart() {
+    use futures_util::StreamExt;
+
+    async fn next_json(
+        ws: &mut (
+                 impl futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin
+             ),
+    ) -> Option<Value> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, ws.next()).await.ok()??.ok()?;
+            if let Ok(text) = frame.into_text() {
+                let v: Value = serde_json::from_str(&text).ok()?;
+                if v["event"] != "keepalive" {
+                    return Some(v);
+                }
+            }
+        }
+    }
+
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let mut alice = Node::start("//Alice", &[&relay], &registry).await;
+    create(&alice, "w", json!({})).await;
+    let topic = format!("{}/w", alice.twin);
+    for text in ["m1", "m2"] {
+        assert_eq!(publish(&alice, &topic, text).await.0, 200);
+    }
+    let base = alice
+        .url(&format!("/topics/{topic}/ws"))
+        .replace("http", "ws");
+    let ws_url = |since: &str| format!("{base}?since={since}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url("latest"))
+        .await
+        .unwrap();
+    let open = next_json(&mut ws).await.unwrap();
+    assert_eq!(
+        (open["event"].as_str(), open["since"].as_u64()),
+        (Some("open"), Some(1))
+    );
+    let m2 = next_json(&mut ws).await.unwrap();
+    assert_eq!(m2["id"], 2);
+    let last = m2["id"].as_u64().unwrap();
+
+    // The peer goes away (the socket ends) while messages are published; the client
+    // resumes with since=<last id seen>.
+    alice.kill().await;
+    assert!(next_json(&mut ws).await.is_none(), "the stream ended");
+    alice.relaunch().await;
+    for text in ["m3", "m4"] {
+        assert_eq!(publish(&alice, &topic, text).await.0, 200);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&last.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await.unwrap()["since"], 2);
+    let got: Vec<(u64, String)> = [next_json(&mut ws).await, next_json(&mut ws).await]
+        .into_iter()
+        .map(|m| {
+            let m = m.unwrap();
+            (
+                m["id"].as_u64().unwrap(),
+                m["message"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(3, "m3".into()), (4, "m4".into())]);
 }
