@@ -1,7 +1,7 @@
-//! `rmb topic create|list|show`, `rmb pub`, `rmb sub`, `rmb pull`: topics through the
-//! local rmb-peer's HTTP API (`rmb-peer --http`), the msgbus/ntfy experience on the
-//! encrypted bus. A topic is `<owner twin>/<name>`; a bare `<name>` is one of the local
-//! twin's own topics.
+//! `rmb topic create|list|show`, `rmb pub`, `rmb pull` (and what `rmb sub`, in
+//! [`super::sub`], shares with them): topics through the local rmb-peer's HTTP API
+//! (`rmb-peer --http`), the msgbus/ntfy experience on the encrypted bus. A topic is
+//! `<owner twin>/<name>`; a bare `<name>` is one of the local twin's own topics.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -119,7 +119,7 @@ impl Api {
         Ok(body)
     }
 
-    pub(crate) async fn twin(&self) -> anyhow::Result<u64> {
+    async fn twin(&self) -> anyhow::Result<u64> {
         let hello = self.json(self.http.get(self.url("/"))).await?;
         hello["twin"]
             .as_u64()
@@ -127,7 +127,7 @@ impl Api {
     }
 
     /// `owner/name` for a topic argument (`name` alone: an own topic).
-    pub(crate) async fn topic(&self, topic: &str) -> anyhow::Result<String> {
+    async fn topic(&self, topic: &str) -> anyhow::Result<String> {
         if topic.contains('/') {
             return Ok(topic.to_string());
         }

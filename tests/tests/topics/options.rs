@@ -73,8 +73,8 @@ async fn since_takes_durations_unix_times_and_latest_through_the_api_and_rmb_sub
     for text in ["m1", "m2", "m3"] {
         assert_eq!(publish(&alice, &topic, text).await.0, 200);
     }
-    // Three seconds later: m4 and m5.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Four seconds later: m4 and m5 (so `3s` finds them even on a slow machine).
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     let (status, m4) = publish(&alice, &topic, "m4").await;
     assert_eq!(status, 200);
     assert_eq!(publish(&alice, &topic, "m5").await.0, 200);
@@ -86,7 +86,7 @@ async fn since_takes_durations_unix_times_and_latest_through_the_api_and_rmb_sub
         async move { get_lines(alice, &path).await }
     };
     let cases: Vec<(String, Vec<u64>)> = vec![
-        ("2s".into(), vec![4, 5]),
+        ("3s".into(), vec![4, 5]),
         ("10m".into(), vec![1, 2, 3, 4, 5]),
         ("1d".into(), vec![1, 2, 3, 4, 5]),
         (t4.to_string(), vec![4, 5]),
