@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{agent, call, key, notify, personal, pipe, serve, status, topic, twin};
+use crate::commands::{agent, call, key, notify, personal, pipe, serve, status, sub, topic, twin};
 use crate::demo;
 
 /// rmb: talk to twins on the Reliable Message Bus.
@@ -64,8 +64,9 @@ pub enum Command {
     Topic(topic::TopicArgs),
     /// Publish a message to a topic (the message, or stdin); prints its id.
     Pub(topic::PubArgs),
-    /// Print a topic's messages as they come, until Ctrl-C.
-    Sub(topic::ReadArgs),
+    /// Print a topic's messages as they come, until Ctrl-C (reconnecting when the
+    /// local rmb-peer restarts, without a gap or a repeat).
+    Sub(sub::SubArgs),
     /// Print a topic's stored messages after an id, then exit.
     Pull(topic::ReadArgs),
 }
@@ -94,7 +95,7 @@ impl Cli {
             Command::Demo(args) => demo::run(args).await,
             Command::Topic(args) => topic::run(args).await,
             Command::Pub(args) => topic::run_pub(args).await,
-            Command::Sub(args) => topic::run_sub(args).await,
+            Command::Sub(args) => sub::run_sub(args).await,
             Command::Pull(args) => topic::run_pull(args).await,
         }
     }

@@ -234,6 +234,14 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     topic_record_delay: u64,
 
+    /// Let this twin's own apps create a topic by publishing to it: a publish through
+    /// the local HTTP API to an own topic that does not exist creates it with the
+    /// default settings (only the owner publishes, anyone subscribes, 1000 messages
+    /// for a day). Off by default: a typo in a name is then an error. Other twins can
+    /// never create a topic by publishing.
+    #[arg(long)]
+    topic_auto_create: bool,
+
     /// Most subscribers of one own topic; more are refused (503) until some leave.
     #[arg(long, value_name = "N", default_value_t = rmb_peer::topics::owner::MAX_SUBSCRIBERS as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -430,6 +438,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     topic_options.renew = Duration::from_secs(args.topic_renew);
     topic_options.record_delay = Duration::from_millis(args.topic_record_delay);
     topic_options.max_subscribers = args.topic_max_subscribers as usize;
+    topic_options.auto_create = args.topic_auto_create;
     topic_options.leases = LeaseSettings {
         lease_secs: args.topic_lease,
         unanswered_pushes: args.topic_unanswered,

@@ -8,5 +8,6 @@ pub mod personal;
 pub mod pipe;
 pub mod serve;
 pub mod status;
+pub mod sub;
 pub mod topic;
 pub mod twin;

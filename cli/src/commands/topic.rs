@@ -1,7 +1,7 @@
-//! `rmb topic create|list|show`, `rmb pub`, `rmb sub`, `rmb pull`: topics through the
-//! local rmb-peer's HTTP API (`rmb-peer --http`), the msgbus/ntfy experience on the
-//! encrypted bus. A topic is `<owner twin>/<name>`; a bare `<name>` is one of the local
-//! twin's own topics.
+//! `rmb topic create|list|show`, `rmb pub`, `rmb pull` (and what `rmb sub`, in
+//! [`super::sub`], shares with them): topics through the local rmb-peer's HTTP API
+//! (`rmb-peer --http`), the msgbus/ntfy experience on the encrypted bus. A topic is
+//! `<owner twin>/<name>`; a bare `<name>` is one of the local twin's own topics.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -38,7 +38,7 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    fn client(&self) -> Api {
+    pub(crate) fn client(&self) -> Api {
         Api {
             base: self.base(),
             http: self.http_client(),
@@ -86,13 +86,13 @@ impl HttpArgs {
 }
 
 /// A client of the peer's HTTP API.
-struct Api {
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Api {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -198,8 +198,13 @@ pub struct ShowArgs {
 pub struct PubArgs {
     /// `<owner>/<name>`, or `<name>` for an own topic.
     pub topic: String,
-    /// The message; read from stdin when absent.
+    /// The message; read from stdin when absent (one trailing newline, `\n` or `\r\n`,
+    /// is dropped from text read there, as `echo` adds it).
     pub message: Option<String>,
+    /// Send what stdin holds byte for byte, trailing newline included (for files;
+    /// input that is not UTF-8 text is always sent as it is).
+    #[arg(long)]
+    pub raw: bool,
     /// A title (shown by apps).
     #[arg(long)]
     pub title: Option<String>,
@@ -213,20 +218,42 @@ pub struct PubArgs {
     pub http: HttpArgs,
 }
 
-/// `rmb sub` and `rmb pull`.
+/// `rmb pull`.
 #[derive(Args, Debug)]
 pub struct ReadArgs {
     /// `<owner>/<name>`, or `<name>` for an own topic.
     pub topic: String,
-    /// Start after this message id (0: from the oldest kept). `rmb sub` without it
-    /// prints new messages only (a subscription resumes where it was).
-    #[arg(long, value_name = "ID")]
-    pub since: Option<u64>,
+    /// Messages after this: a message id (0 or all: from the oldest kept), latest (the
+    /// newest kept), a duration (30s, 10m, 2h, 1d) or a unix time.
+    #[arg(long, value_name = "SINCE", default_value = "all", value_parser = parse_since)]
+    pub since: String,
     /// Print each message as the API's JSON line instead of `<id> <message>`.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+/// Checks a `--since` here, so a typo is told before anything is sent.
+pub(crate) fn parse_since(text: &str) -> Result<String, String> {
+    text.parse::<rmb_peer::topics::since::Since>()
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// What `rmb pub` sends of what stdin held: text loses one trailing newline (`\n` or
+/// `\r\n`), as `echo` and editors add one; with `raw`, or input that is not UTF-8,
+/// every byte is kept.
+pub fn stdin_message(mut bytes: Vec<u8>, raw: bool) -> Vec<u8> {
+    if raw || std::str::from_utf8(&bytes).is_err() {
+        return bytes;
+    }
+    if bytes.ends_with(b"\r\n") {
+        bytes.truncate(bytes.len() - 2);
+    } else if bytes.ends_with(b"\n") {
+        bytes.truncate(bytes.len() - 1);
+    }
+    bytes
 }
 
 fn access(text: &str) -> anyhow::Result<Value> {
@@ -326,7 +353,7 @@ pub async fn run_pub(args: PubArgs) -> anyhow::Result<ExitCode> {
             std::io::stdin()
                 .read_to_end(&mut bytes)
                 .context("reading the message from stdin")?;
-            bytes
+            stdin_message(bytes, args.raw)
         }
     };
     let mut request = api
@@ -351,7 +378,7 @@ pub async fn run_pub(args: PubArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One message as `rmb sub`/`rmb pull` print it.
-fn print_line(line: &str, json: bool, out: &mut impl Write) -> std::io::Result<()> {
+pub(crate) fn print_line(line: &str, json: bool, out: &mut impl Write) -> std::io::Result<()> {
     let Ok(v) = serde_json::from_str::<Value>(line) else {
         return Ok(());
     };
@@ -374,10 +401,8 @@ fn print_line(line: &str, json: bool, out: &mut impl Write) -> std::io::Result<(
 pub async fn run_pull(args: ReadArgs) -> anyhow::Result<ExitCode> {
     let api = args.http.client();
     let topic = api.topic(&args.topic).await?;
-    let url = api.url(&format!(
-        "/topics/{topic}/json?poll=1&since={}",
-        args.since.unwrap_or(0)
-    ));
+    // Checked by `parse_since`: letters and digits only, nothing to escape.
+    let url = api.url(&format!("/topics/{topic}/json?poll=1&since={}", args.since));
     let response = api
         .http
         .get(url)
@@ -399,50 +424,4 @@ pub async fn run_pull(args: ReadArgs) -> anyhow::Result<ExitCode> {
         print_line(line, args.json, &mut out)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `rmb sub`: prints messages as they come until Ctrl-C.
-pub async fn run_sub(args: ReadArgs) -> anyhow::Result<ExitCode> {
-    let api = args.http.client();
-    let topic = api.topic(&args.topic).await?;
-    let mut url = api.url(&format!("/topics/{topic}/json"));
-    if let Some(since) = args.since {
-        url.push_str(&format!("?since={since}"));
-    }
-    let mut response = api
-        .http
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", api.base))?;
-    let status = response.status();
-    if !status.is_success() {
-        let v: Value = response.json().await.unwrap_or_default();
-        bail!(
-            "{} ({})",
-            v["error"].as_str().unwrap_or("error"),
-            status.as_u16()
-        );
-    }
-    let mut pending = Vec::new();
-    loop {
-        let chunk = tokio::select! {
-            chunk = response.chunk() => chunk.context("the stream broke")?,
-            _ = crate::signals::stop_signal() => return Ok(ExitCode::SUCCESS),
-        };
-        let Some(chunk) = chunk else {
-            eprintln!("the peer closed the stream");
-            return Ok(ExitCode::FAILURE);
-        };
-        pending.extend_from_slice(&chunk);
-        // Bounded: a line is one message (at most ~130 KiB as JSON).
-        if pending.len() > 4 << 20 {
-            bail!("the peer sent a line longer than 4 MiB");
-        }
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            print_line(&line, args.json, &mut std::io::stdout().lock())?;
-        }
-    }
 }

@@ -13,8 +13,10 @@
 //! | POST/DELETE | `/topics/{owner}/{name}/subscribe` | durable subscription on/off |
 //! | POST | `/call` | a request to a twin, answered with its response |
 //!
-//! Live endpoints take `?since=<id>` (`all` = from the start) and replay what is kept
-//! after it first; for another twin's topic they subscribe first.
+//! Read endpoints take `?since=`: an id, `all` (from the start), `latest` (the newest
+//! kept message), a duration (`10m`) or a unix time ([`crate::topics::since`]). Live
+//! ones replay what is kept after it first; for another twin's topic they subscribe
+//! first. Their first event (`open`) says the id they start after (`since`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,6 +44,7 @@ use super::feed::{Feed, Item};
 use super::guard::{Guard, Refusals};
 use crate::pipes::serve::PipeService;
 use crate::topics::config::TopicConfig;
+use crate::topics::since::Since;
 use crate::topics::wire::{self, Draft, TopicName};
 use crate::topics::{TopicError, Topics};
 
@@ -154,7 +157,7 @@ fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 /// Query parameters of the read endpoints.
 #[derive(Debug, Default)]
 struct Query {
-    since: Option<u64>,
+    since: Option<Since>,
     poll: bool,
     limit: u32,
 }
@@ -168,14 +171,11 @@ fn query(raw: Option<String>) -> Result<Query, ApiError> {
     for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
         match key.as_ref() {
             "since" => {
-                q.since = Some(match value.as_ref() {
-                    "all" => 0,
-                    v => v.parse().map_err(|_| {
-                        ApiError::bad_request(format!(
-                            "since is a message id or \"all\", not {v:?}"
-                        ))
-                    })?,
-                })
+                q.since = Some(
+                    value
+                        .parse::<Since>()
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                )
             }
             "poll" => q.poll = matches!(value.as_ref(), "1" | "true" | "yes" | ""),
             // Checked by the access rules (for clients that cannot set headers).
@@ -305,6 +305,18 @@ async fn ensure_subscribed(
     Ok(())
 }
 
+/// The id `since` stands for in `topic` (`None` stays `None`).
+async fn resolve(
+    api: &Api,
+    topic: &TopicName,
+    since: Option<Since>,
+) -> Result<Option<u64>, ApiError> {
+    match since {
+        Some(since) => Ok(Some(api.topics.position(topic, since).await?)),
+        None => Ok(None),
+    }
+}
+
 /// The position a live stream starts after: `since`, or the newest id (new messages only).
 async fn start(api: &Api, topic: &TopicName, since: Option<u64>) -> Result<u64, ApiError> {
     if let Some(since) = since {
@@ -320,8 +332,10 @@ async fn start(api: &Api, topic: &TopicName, since: Option<u64>) -> Result<u64, 
         .map_or(0, |s| s.last_id))
 }
 
-fn open_line(topic: &TopicName) -> String {
-    serde_json::json!({ "event": "open", "topic": topic.to_string(), "time": rmb_proto::time::unix_now() })
+/// A live stream's first event; `since` is the id it starts after (a client that
+/// reconnects before any message came resumes after it).
+fn open_line(topic: &TopicName, since: u64) -> String {
+    serde_json::json!({ "event": "open", "topic": topic.to_string(), "time": rmb_proto::time::unix_now(), "since": since })
         .to_string()
 }
 
@@ -338,10 +352,8 @@ async fn json_lines(
     let topic = topic(path)?;
     let q = query(raw)?;
     if q.poll {
-        let messages = api
-            .topics
-            .pull(&topic, q.since.unwrap_or(0), q.limit)
-            .await?;
+        let since = resolve(&api, &topic, q.since).await?.unwrap_or(0);
+        let messages = api.topics.pull(&topic, since, q.limit).await?;
         let mut out = String::new();
         for m in messages {
             out.push_str(&serde_json::to_string(&m).expect("a message serialises"));
@@ -349,10 +361,11 @@ async fn json_lines(
         }
         return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response());
     }
-    ensure_subscribed(&api, &topic, q.since).await?;
-    let since = start(&api, &topic, q.since).await?;
+    let wanted = resolve(&api, &topic, q.since).await?;
+    ensure_subscribed(&api, &topic, wanted).await?;
+    let since = start(&api, &topic, wanted).await?;
     let feed = Feed::new(api.topics.clone(), topic.clone(), since, api.stop.clone());
-    let first = format!("{}\n", open_line(&topic));
+    let first = format!("{}\n", open_line(&topic, since));
     let lines = stream::once(async move { Ok::<_, Infallible>(first) }).chain_feed(feed, topic);
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
@@ -419,12 +432,15 @@ async fn sse(
     let topic = topic(path)?;
     let mut q = query(raw)?;
     if q.since.is_none() {
-        q.since = last_event_id(&headers)?;
+        q.since = last_event_id(&headers)?.map(Since::Id);
     }
-    ensure_subscribed(&api, &topic, q.since).await?;
-    let since = start(&api, &topic, q.since).await?;
+    let wanted = resolve(&api, &topic, q.since).await?;
+    ensure_subscribed(&api, &topic, wanted).await?;
+    let since = start(&api, &topic, wanted).await?;
     let feed = Feed::new(api.topics.clone(), topic.clone(), since, api.stop.clone());
-    let open = SseEvent::default().event("open").data(open_line(&topic));
+    let open = SseEvent::default()
+        .event("open")
+        .data(open_line(&topic, since));
     let rest = stream::unfold(feed, |mut feed| async move {
         loop {
             let event = match feed.next().await? {
@@ -466,13 +482,14 @@ async fn ws(
     let upgrade = upgrade.map_err(|e| {
         ApiError::bad_request(format!("this endpoint is a WebSocket: {}", e.body_text()))
     })?;
-    ensure_subscribed(&api, &topic, q.since).await?;
-    let since = start(&api, &topic, q.since).await?;
+    let wanted = resolve(&api, &topic, q.since).await?;
+    ensure_subscribed(&api, &topic, wanted).await?;
+    let since = start(&api, &topic, wanted).await?;
     let feed = Feed::new(api.topics.clone(), topic.clone(), since, api.stop.clone());
     let (refusals, stall) = (Arc::clone(&api.refusals), api.stall);
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| serve_ws(socket, feed, topic, refusals, stall)))
+        .on_upgrade(move |socket| serve_ws(socket, feed, topic, since, refusals, stall)))
 }
 
 /// Sends `message`, giving up (and counting a slow consumer) when the client has not
@@ -499,10 +516,11 @@ async fn serve_ws(
     mut socket: WebSocket,
     mut feed: Feed,
     topic: TopicName,
+    since: u64,
     refusals: Arc<Refusals>,
     stall: Duration,
 ) {
-    let open = Message::Text(open_line(&topic).into());
+    let open = Message::Text(open_line(&topic, since).into());
     if !send_ws(&mut socket, open, &refusals, stall).await {
         return;
     }

@@ -14,10 +14,11 @@ use rmb_proto::Address;
 use rmb_proto::time::unix_now;
 use tokio::sync::mpsc;
 
+use super::counters::Counters;
 use super::pending::Waiter;
 use super::progress::Resend;
+use super::shared::{REQUEST_EXPIRATION, Shared};
 use super::wire::{self, AckMode, MessageJson, TopicName};
-use super::{Counters, REQUEST_EXPIRATION, Shared};
 use crate::core::{OutgoingRequest, Reason, SendError};
 
 /// How often the fan-out task looks for unacknowledged pushes to send again.

@@ -11,9 +11,10 @@ use std::time::Duration;
 use rmb_proto::time::unix_now;
 use tokio::time::Instant;
 
+use super::counters::Counters;
+use super::shared::Shared;
 use super::store::StoreError;
 use super::wire::{self, GapJson, MessageJson, TopicName};
-use super::{Counters, Shared};
 use crate::core::Reason;
 
 /// Most messages buffered per subscription while a hole is pulled.

@@ -16,46 +16,64 @@
 //! - [`leases`]: subscriptions as leases, subscribers dropped when their pushes go
 //!   unacknowledged, and the pace at which new subscriptions are admitted;
 //! - [`pending`]: requests waiting for an answer; [`router`]: splits the peer's inbound
-//!   messages between topics and the Redis API.
+//!   messages between topics and the Redis API;
+//! - [`since`]: where a reader starts (ids, `latest`, durations, unix times).
+//!
+//! What the tasks share sits below all of them, so no task module imports another for
+//! it: `shared` (the state and the calls to other twins), [`error`], [`info`],
+//! [`options`], `reply` (answers to other twins' requests) and `sub_input` (what the
+//! subscriber task is handed). The graph of `use`s has no cycle: this file, the handle,
+//! is the only module that sees them all.
 //!
 //! [`Topics`] is the handle the HTTP API and the benchmark use.
 
 mod alarm;
 pub mod config;
 pub mod counters;
+pub mod error;
 mod fanout;
 mod handover;
+pub mod info;
 pub mod leases;
+pub mod options;
 pub mod owner;
 pub mod pending;
 pub mod progress;
+mod reply;
 pub mod router;
+mod shared;
+pub mod since;
 pub mod store;
+mod sub_input;
 pub mod subscriber;
 pub mod subscription;
 mod unrecorded;
 pub mod wire;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rmb_identity::registry::Registry;
 use rmb_proto::Address;
 use rmb_proto::time::unix_now;
-use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Inbound, InboundResponse, OutgoingRequest, Peer, RemoteError, SendError};
-use config::{ConfigError, TopicConfig};
+use crate::core::{Inbound, InboundResponse, Peer};
+use config::TopicConfig;
 pub use counters::{Counters, CountersSnapshot};
-use leases::{LeaseSettings, Leases};
-use pending::{Pending, Waiter};
+pub use error::TopicError;
+pub use info::{Listing, SubscriptionInfo, TopicInfo};
+use leases::Leases;
+pub use options::{DEFAULT_RECORD_DELAY_MS, TopicsOptions};
+use pending::Pending;
 use progress::Progress;
+use shared::Shared;
+pub use shared::{Event, REQUEST_EXPIRATION};
+use since::{Since, TimeSearch};
 use store::{Store, StoreError};
-use wire::{Draft, DraftError, MessageJson, NameError, TopicName};
+use wire::{Draft, MessageJson, TopicName};
 
 /// Topic requests queued for the owner (or subscriber) task before new ones are
 /// refused with a "busy" error reply.
@@ -63,78 +81,6 @@ pub const QUEUE: usize = 4096;
 /// Events kept for slow live subscribers of the local API (they replay from Redis when
 /// they fall further behind).
 pub const EVENTS: usize = 8192;
-/// Seconds topic requests between peers stay valid.
-pub const REQUEST_EXPIRATION: u64 = 120;
-
-/// Default wait, in milliseconds, before handed-over messages are recorded
-/// (`--topic-record-delay`). Each subscription's records cost one script call per wait,
-/// and every subscription that got the same fan-out waits the same time, so their calls
-/// land together: at 50 ms they were about a tenth of topic-bench's CPU at 100
-/// subscribers (two runs sharing the machine; about half that share in a run alone).
-/// After a crash, at most this much is pulled again.
-pub const DEFAULT_RECORD_DELAY_MS: u64 = 250;
-
-/// How to start [`Topics`].
-#[derive(Clone)]
-pub struct TopicsOptions {
-    /// The peer's Redis.
-    pub redis_url: String,
-    /// Prefix of every key (`rmb.`).
-    pub prefix: String,
-    /// How often subscriptions are renewed with their owners (which also finds
-    /// messages whose push was lost).
-    pub renew: Duration,
-    /// How long a request to another peer (publish, subscribe, pull) is waited for.
-    /// Longer than the core's 30 s stall bound: a request whose copy died with a
-    /// restarting owner is sent again at the latest then, and still answered in time.
-    pub timeout: Duration,
-    /// How long after handing messages over (to a subscription without a Redis list)
-    /// their records are written, many at a time ([`unrecorded`]): longer costs less
-    /// Redis work per message, and after a crash that much is pulled again.
-    pub record_delay: Duration,
-    /// Most subscribers of one own topic (`--topic-max-subscribers`).
-    pub max_subscribers: usize,
-    /// Leases, silent subscribers and the pace of new subscriptions of own topics
-    /// (`--topic-lease`, `--topic-unanswered*`, `--topic-new-*`).
-    pub leases: LeaseSettings,
-    /// Where the relays of a twin that subscribes are looked up, to count new
-    /// subscriptions per relay (`None`: all count as one unknown relay).
-    pub registry: Option<Arc<dyn Registry>>,
-}
-
-impl std::fmt::Debug for TopicsOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TopicsOptions")
-            .field("redis_url", &self.redis_url)
-            .field("prefix", &self.prefix)
-            .field("renew", &self.renew)
-            .field("timeout", &self.timeout)
-            .field("record_delay", &self.record_delay)
-            .field("max_subscribers", &self.max_subscribers)
-            .field("leases", &self.leases)
-            .field("registry", &self.registry.as_ref().map(|r| r.describe()))
-            .finish()
-    }
-}
-
-impl TopicsOptions {
-    /// The defaults for `redis_url`: prefix `rmb.`, renewal every 30 s, 60 s timeout,
-    /// records written [`DEFAULT_RECORD_DELAY_MS`] after a hand-over,
-    /// [`owner::MAX_SUBSCRIBERS`] subscribers per topic, the [`leases`] defaults, no
-    /// registry.
-    pub fn new(redis_url: &str) -> Self {
-        TopicsOptions {
-            redis_url: redis_url.to_string(),
-            prefix: "rmb.".into(),
-            renew: Duration::from_secs(30),
-            timeout: Duration::from_secs(60),
-            record_delay: Duration::from_millis(DEFAULT_RECORD_DELAY_MS),
-            max_subscribers: owner::MAX_SUBSCRIBERS,
-            leases: LeaseSettings::default(),
-            registry: None,
-        }
-    }
-}
 
 /// Why topics could not start.
 #[derive(Debug, thiserror::Error)]
@@ -145,245 +91,6 @@ pub enum StartError {
         #[source]
         source: StoreError,
     },
-}
-
-/// Why a topic operation failed; each maps to an HTTP status in the local API.
-#[derive(Debug, thiserror::Error)]
-pub enum TopicError {
-    #[error(transparent)]
-    Name(#[from] NameError),
-    #[error(transparent)]
-    Draft(#[from] DraftError),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("no topic {0}")]
-    NotFound(String),
-    #[error("topic {topic} belongs to twin {owner}; only its owner can do that")]
-    NotOwner { topic: String, owner: u32 },
-    #[error("not subscribed to {0}")]
-    NotSubscribed(String),
-    #[error("refused by the topic's owner: {0}")]
-    Refused(String),
-    #[error("twin {twin} answered: {error}")]
-    Remote { twin: u32, error: RemoteError },
-    #[error("sending to twin {twin} failed: {error}")]
-    Send { twin: u32, error: SendError },
-    #[error("twin {twin} did not answer within {secs} s")]
-    Timeout { twin: u32, secs: u64 },
-    #[error("twin {twin} sent an answer that cannot be read: {detail}")]
-    BadAnswer { twin: u32, detail: String },
-    #[error("too many requests in flight; try again")]
-    Busy,
-    #[error("the topics store is unavailable: {0}")]
-    Store(#[from] StoreError),
-    #[error("the peer is shutting down")]
-    Closed,
-}
-
-/// Something delivered to local apps: a message (own topic, or received from an owner)
-/// or a gap report, as the JSON line apps get.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// The topic it belongs to.
-    pub topic: TopicName,
-    /// The message id (for a gap: its last missing id).
-    pub id: u64,
-    /// `MessageJson` or `GapJson`.
-    pub json: Arc<str>,
-}
-
-/// One own topic, as listed and shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicInfo {
-    /// `<owner>/<name>`.
-    pub topic: String,
-    /// Access lists and retention.
-    pub config: TopicConfig,
-    /// Oldest id kept (`last_id + 1` when none).
-    pub first_id: u64,
-    /// Newest id given (0: none yet).
-    pub last_id: u64,
-    /// Twins subscribed.
-    pub subscribers: Vec<u32>,
-}
-
-/// One subscription, as listed and shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubscriptionInfo {
-    /// `<owner>/<name>`.
-    pub topic: String,
-    /// Last id handed to apps.
-    pub last_id: u64,
-    /// Also delivered to this Redis list.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redis_list: Option<String>,
-}
-
-/// `GET /topics`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Listing {
-    /// This peer's twin (the owner of its topics).
-    pub twin: u32,
-    /// Own topics.
-    pub topics: Vec<TopicInfo>,
-    /// Subscriptions to other twins' topics.
-    pub subscriptions: Vec<SubscriptionInfo>,
-    /// The counters.
-    pub counters: CountersSnapshot,
-}
-
-/// State shared by the topic tasks and the handle.
-pub(crate) struct Shared {
-    pub(crate) peer: Peer,
-    pub(crate) store: Store,
-    pub(crate) pending: Pending,
-    pub(crate) events: broadcast::Sender<Event>,
-    pub(crate) counters: Counters,
-    pub(crate) options: TopicsOptions,
-    /// Own topics' configurations (read on every publish), filled from Redis.
-    pub(crate) configs: Mutex<HashMap<String, TopicConfig>>,
-    /// Own topics' subscribers, filled from Redis.
-    pub(crate) subscribers: Mutex<HashMap<String, BTreeSet<u32>>>,
-    /// Own topics' cumulative subscribers: what they acknowledged.
-    pub(crate) progress: Mutex<Progress>,
-    /// Own topics' subscribers' leases and silence, and admissions of new ones.
-    pub(crate) leases: Mutex<Leases>,
-    pub(crate) fanout: mpsc::Sender<MessageJson>,
-    pub(crate) sub_events: mpsc::Sender<subscriber::Input>,
-    /// Topics being subscribed to right now: a message for one of them that comes
-    /// before the subscription is recorded is kept for it, not refused.
-    pub(crate) subscribing: Mutex<HashSet<TopicName>>,
-    /// Messages handed to apps whose records are not written yet.
-    pub(crate) unrecorded: unrecorded::Unrecorded,
-    pub(crate) stop: CancellationToken,
-}
-
-impl Shared {
-    /// Sends a request to `twin` and waits for its answer (at most the timeout).
-    pub(crate) async fn call(
-        &self,
-        twin: u32,
-        command: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, TopicError> {
-        let response = self
-            .call_raw(Address::twin(twin), command, payload, timeout)
-            .await?;
-        response
-            .reply
-            .map_err(|error| TopicError::Remote { twin, error })
-    }
-
-    /// [`call`](Shared::call) to any address, returning the whole response.
-    pub(crate) async fn call_raw(
-        &self,
-        destination: Address,
-        command: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<InboundResponse, TopicError> {
-        let twin = destination.twin;
-        let uid = uuid::Uuid::new_v4().to_string();
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .insert(uid.clone(), Instant::now() + timeout, Waiter::Call(tx))
-            .map_err(|_| TopicError::Busy)?;
-        let request = OutgoingRequest {
-            uid: uid.clone(),
-            destination,
-            command: command.to_string(),
-            payload,
-            schema: Some("application/json".into()),
-            tags: None,
-            timestamp: 0,
-            expiration: timeout.as_secs().clamp(1, REQUEST_EXPIRATION),
-        };
-        if let Err(error) = self.peer.send_request(request).await {
-            self.pending.take(&uid);
-            return Err(TopicError::Send { twin, error });
-        }
-        tokio::select! {
-            answer = tokio::time::timeout(timeout, rx) => match answer {
-                Ok(Ok(response)) => Ok(response),
-                // The waiter goes when its deadline passes (the sweep may come first)
-                // or when the topics stop.
-                Ok(Err(_)) if self.stop.is_cancelled() => Err(TopicError::Closed),
-                Ok(Err(_)) => Err(TopicError::Timeout { twin, secs: timeout.as_secs() }),
-                Err(_) => {
-                    self.pending.take(&uid);
-                    Err(TopicError::Timeout { twin, secs: timeout.as_secs() })
-                }
-            },
-            _ = self.stop.cancelled() => Err(TopicError::Closed),
-        }
-    }
-
-    /// The configuration of own topic `name` (cached).
-    pub(crate) async fn config(&self, name: &str) -> Result<Option<TopicConfig>, StoreError> {
-        if let Some(c) = self.lock_configs().get(name) {
-            return Ok(Some(c.clone()));
-        }
-        let found = self.store.config(name).await?;
-        if let Some(c) = &found {
-            self.lock_configs().insert(name.to_string(), c.clone());
-        }
-        Ok(found)
-    }
-
-    pub(crate) fn lock_configs(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopicConfig>> {
-        self.configs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Subscribers of own topic `name` (cached).
-    pub(crate) async fn subscribers(&self, name: &str) -> Result<BTreeSet<u32>, StoreError> {
-        if let Some(s) = self.lock_subscribers().get(name) {
-            return Ok(s.clone());
-        }
-        let found: BTreeSet<u32> = self.store.subscribers(name).await?.into_iter().collect();
-        let mut cache = self.lock_subscribers();
-        if let Some(s) = cache.get(name) {
-            // Another task loaded them meanwhile (and may have changed them since).
-            return Ok(s.clone());
-        }
-        cache.insert(name.to_string(), found.clone());
-        // Subscribers read from Redis (after a restart) hold a lease from now: the
-        // owner's own downtime does not count against them.
-        let now = unix_now();
-        let mut leases = self.lock_leases();
-        for &twin in &found {
-            leases.renew(name, twin, now);
-        }
-        Ok(found)
-    }
-
-    pub(crate) fn lock_subscribing(&self) -> std::sync::MutexGuard<'_, HashSet<TopicName>> {
-        self.subscribing.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn lock_subscribers(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<u32>>> {
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn lock_progress(&self) -> std::sync::MutexGuard<'_, Progress> {
-        self.progress.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn lock_leases(&self) -> std::sync::MutexGuard<'_, Leases> {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Tells local live subscribers.
-    pub(crate) fn announce(&self, topic: &TopicName, id: u64, json: impl Into<Arc<str>>) {
-        // No receiver is not an error: nobody listens live right now.
-        let _ = self.events.send(Event {
-            topic: topic.clone(),
-            id,
-            json: json.into(),
-        });
-    }
 }
 
 /// The running topics layer. Stop it with [`Topics::shutdown`].
@@ -543,7 +250,9 @@ impl Topics {
         }
     }
 
-    /// Publishes to `topic`: stored here when it is ours, else sent to its owner.
+    /// Publishes to `topic`: stored here when it is ours, else sent to its owner. With
+    /// [`TopicsOptions::auto_create`], an own topic that does not exist yet is created
+    /// with the default settings first.
     pub async fn publish(
         &self,
         topic: &TopicName,
@@ -551,6 +260,10 @@ impl Topics {
     ) -> Result<wire::Published, TopicError> {
         draft.check()?;
         if topic.owner == self.twin() {
+            if self.shared.options.auto_create && self.shared.config(&topic.name).await?.is_none() {
+                owner::configure(&self.shared, &topic.name, TopicConfig::default()).await?;
+                tracing::info!(%topic, "created a topic by publishing to it (--topic-auto-create)");
+            }
             return owner::publish(&self.shared, topic, draft, self.twin(), None).await;
         }
         let body = wire::PublishRequest {
@@ -621,6 +334,46 @@ impl Topics {
             .await
             .map_err(|e| refused(e, topic))?;
         Ok(pulled.messages)
+    }
+
+    /// The id a reader of `topic` starts after for `since` ([`since`]): `latest` is
+    /// the newest id less one; a time is searched for in what is kept (the own log, the
+    /// local copy of a subscription, or the owner's log), a few reads at most.
+    pub async fn position(&self, topic: &TopicName, since: Since) -> Result<u64, TopicError> {
+        if let Since::Id(id) = since {
+            return Ok(id);
+        }
+        let newest = self.newest(topic).await?;
+        if since == Since::Latest {
+            return Ok(newest.saturating_sub(1));
+        }
+        let Some(cutoff) = since.cutoff(newest, unix_now()) else {
+            return Ok(match since {
+                Since::Number(id) => id,
+                _ => newest,
+            });
+        };
+        let mut search = TimeSearch::new(newest, cutoff);
+        while let Some(after) = search.probe() {
+            let first = self.pull(topic, after, 1).await?.into_iter().next();
+            search.found(after, first.map(|m| (m.id, m.time)));
+        }
+        Ok(search.answer())
+    }
+
+    /// The newest id of `topic` this peer can tell: an own topic's, a subscription's
+    /// position, else what its owner says.
+    async fn newest(&self, topic: &TopicName) -> Result<u64, TopicError> {
+        if topic.owner == self.twin() {
+            return Ok(self.show(topic).await?.last_id);
+        }
+        if let Some(sub) = self.subscription(topic).await? {
+            return Ok(sub.last_id);
+        }
+        let pulled = subscriber::pull_remote(&self.shared, topic, 0, 1)
+            .await
+            .map_err(|e| refused(e, topic))?;
+        Ok(pulled.last_id)
     }
 
     /// Subscribes to another twin's `topic` (kept across restarts): messages after

@@ -21,14 +21,16 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::config::TopicConfig;
+use super::counters::Counters;
+use super::error::TopicError;
+use super::info::TopicInfo;
 use super::leases::Gone;
-use super::router::{reply, reply_error};
+use super::reply::{reply, reply_error};
+use super::shared::Shared;
 use super::wire::{self, Draft, MessageJson, TopicName, codes};
-use super::{Counters, Shared, TopicError, TopicInfo};
 use crate::core::{InboundRequest, Reason};
 
-/// Default of `--topic-max-subscribers`: most subscribers of one topic.
-pub const MAX_SUBSCRIBERS: usize = 10_000;
+pub use super::options::MAX_SUBSCRIBERS;
 
 /// How often the owner task drops subscribers whose lease ended or who stay silent.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);

@@ -15,16 +15,15 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::counters::Counters;
 use super::owner;
 use super::pending::Waiter;
-use super::subscriber::Input;
+use super::reply::reply_error;
+use super::shared::Shared;
+use super::sub_input::Input;
 use super::wire::{self, AckMode, codes};
-use super::{Counters, Shared};
 use crate::core::tap::InboundTap;
-use crate::core::types::DEFAULT_EXPIRATION;
-use crate::core::{
-    Inbound, InboundRequest, InboundResponse, OutgoingResponse, Reason, RemoteError,
-};
+use crate::core::{Inbound, InboundRequest, InboundResponse, Reason};
 
 /// Takes message pushes ([`wire::MESSAGE`]) from the receive pipeline to the subscriber
 /// task while it has room ([`crate::core::tap`]).
@@ -198,48 +197,4 @@ async fn acknowledged(shared: &Shared, request: &InboundRequest) {
     drop(progress);
     shared.lock_leases().acked(&ack.topic, twin, ack.last);
     Counters::bump(&shared.counters.acks_received);
-}
-
-/// Refuses a topic request with an error reply (counted by reason, logged at most once
-/// per 10 s per twin).
-pub(crate) async fn reply_error(
-    shared: &Shared,
-    request: &InboundRequest,
-    reason: &'static str,
-    code: u32,
-    message: String,
-) {
-    shared.counters.refuse(reason);
-    if shared
-        .peer
-        .log_allowed(u64::from(request.source.twin), Reason::InvalidMessage)
-    {
-        tracing::info!(twin = request.source.twin, command = %request.command, reason, %message, "refused a topic request (logged once per 10 s per twin)");
-    }
-    reply(shared, request, Err(RemoteError::new(code, message))).await;
-}
-
-/// Answers a topic request (the core keeps the reply for repeats of the request).
-pub(crate) async fn reply(
-    shared: &Shared,
-    request: &InboundRequest,
-    reply: Result<Vec<u8>, RemoteError>,
-) {
-    let response = OutgoingResponse {
-        uid: request.uid.clone(),
-        destination: request.source.clone(),
-        reply,
-        schema: Some("application/json".into()),
-        timestamp: 0,
-        expiration: DEFAULT_EXPIRATION,
-    };
-    // A push that came unsigned is answered unsigned (when the answer has a body).
-    let sent = if request.signed {
-        shared.peer.send_response(response).await
-    } else {
-        shared.peer.send_unsigned_response(response).await
-    };
-    if let Err(e) = sent {
-        tracing::debug!(error = %e, "could not send a topic reply");
-    }
 }

@@ -25,10 +25,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::alarm::Alarm;
+use super::counters::Counters;
+use super::error::{TopicError, parse};
 use super::handover::{PULL_BACKOFF, Sub, drain, gap, offer, record_all};
-use super::router::{reply, reply_error};
+use super::reply::{reply, reply_error};
+use super::shared::{REQUEST_EXPIRATION, Shared};
+use super::sub_input::Input;
 use super::wire::{self, AckMode, MessageJson, TopicName, codes};
-use super::{Counters, REQUEST_EXPIRATION, Shared, TopicError};
 use crate::core::{InboundRequest, OutgoingRequest, Reason};
 
 /// Messages asked for per pull.
@@ -57,24 +60,6 @@ const ACK_BATCH: usize = 256;
 /// same fan-out, took a few percent of topic-bench's CPU; a quarter still leaves the
 /// owner three quarters of a second before it sends anything again.)
 const CUMULATIVE_ACK_DELAY: Duration = Duration::from_millis(250);
-
-/// What the subscriber task handles.
-#[derive(Debug)]
-pub(crate) enum Input {
-    /// An `rmb.topic.message` request from an owner.
-    Message(InboundRequest),
-    /// A new subscription (made by [`subscribe`]).
-    Added {
-        topic: TopicName,
-        last: u64,
-        list: bool,
-        owner_last: u64,
-        /// Seconds the owner's lease lasts, if it said.
-        lease: Option<u64>,
-    },
-    /// A subscription ended.
-    Removed(TopicName),
-}
 
 /// A finished network job.
 enum Job {
@@ -624,16 +609,6 @@ async fn apply_pull(
     }
     drain(shared, topic, sub).await;
     Ok(())
-}
-
-pub(super) fn parse<T: serde::de::DeserializeOwned>(
-    twin: u32,
-    bytes: &[u8],
-) -> Result<T, TopicError> {
-    serde_json::from_slice(bytes).map_err(|e| TopicError::BadAnswer {
-        twin,
-        detail: e.to_string(),
-    })
 }
 
 /// Asks the owner for messages of `topic` after `since`.

@@ -3,9 +3,10 @@
 //! Redis, and the [`subscriber`](super::subscriber) task is told. What the task then
 //! does with pushes is in that module.
 
-use super::subscriber::{Input, parse};
+use super::error::{TopicError, parse};
+use super::shared::Shared;
+use super::sub_input::Input;
 use super::wire::{self, AckMode, TopicName};
-use super::{Shared, TopicError};
 
 /// Subscribes with the owner, records the subscription, and hands it to the task.
 /// Returns the position apps start after.

@@ -22,13 +22,21 @@
 //!   Host and Origin, simple POSTs, missing token; idle, drip-fed and oversized
 //!   requests, streams nobody reads).
 //!
-//! One test binary in seven files: `node` (the shared processes and HTTP helpers),
-//! `delivery`, `api` (HTTP API and CLI), `http_attacks`, `wire`, `store` and `slots`.
+//! - `rmb sub` reconnects when the subscriber's peer restarts and resumes without a
+//!   gap or a repeat; `since=` takes durations, unix times and `latest`; an owner may
+//!   create topics by publishing (`--topic-auto-create`), a stranger never; `rmb pub`
+//!   drops stdin's trailing newline unless `--raw`.
+//!
+//! One test binary in nine files: `node` (the shared processes and HTTP helpers),
+//! `delivery`, `api` (HTTP API and CLI), `options` (ntfy-style options), `resume`
+//! (`rmb sub` across restarts), `http_attacks`, `wire`, `store` and `slots`.
 
 mod api;
 mod delivery;
 mod http_attacks;
 mod node;
+mod options;
+mod resume;
 mod slots;
 mod store;
 mod wire;
