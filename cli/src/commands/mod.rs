@@ -10,3 +10,4 @@ pub mod serve;
 pub mod status;
 pub mod topic;
 pub mod twin;
+pub mod watch;

@@ -73,10 +73,15 @@ pub struct NotifyArgs {
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub escalate_after: u64,
 
-    /// When the command ends, fire this trigger on the personal group (whatever its
-    /// exit status; see `rmb run --wait-trigger`).
+    /// When the command succeeds, fire this trigger on the personal group (see
+    /// `rmb run --wait-trigger`); the trigger says whether it succeeded.
     #[arg(long, value_name = "NAME", conflicts_with = "message")]
     pub send_trigger: Option<String>,
+
+    /// Fire --send-trigger when the command fails too (reporting the failure, which
+    /// `rmb run --wait-trigger` does not run on unless --run-on-failure).
+    #[arg(long, requires = "send_trigger")]
+    pub trigger_always: bool,
 
     /// Lines of output (stdout and stderr, interleaved) included in the notification.
     #[arg(long, default_value_t = 10, value_name = "N")]

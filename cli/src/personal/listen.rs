@@ -41,6 +41,17 @@ pub struct ListenAllArgs {
     #[arg(long, value_name = "PATH")]
     pub clipboard_file: Option<PathBuf>,
 
+    /// The program that opens links and pages (`rmb open`), given the URL or the page's
+    /// file; used even without a display [default: xdg-open, when a display exists].
+    #[arg(long, value_name = "PROGRAM")]
+    pub opener: Option<String>,
+
+    /// Where pages sent with `rmb open --html` are written (a private directory, mode
+    /// 0700; the newest 20 pages are kept)
+    /// [default: $XDG_RUNTIME_DIR/rmb-pages, else rmb-pages-UID in the temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub page_dir: Option<PathBuf>,
+
     /// Requests handled at once.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub concurrency: usize,
@@ -70,6 +81,14 @@ impl ListenAllArgs {
             args.push("--clipboard-file".into());
             args.push(file.display().to_string());
         }
+        if let Some(opener) = &self.opener {
+            args.push("--opener".into());
+            args.push(opener.clone());
+        }
+        if let Some(dir) = &self.page_dir {
+            args.push("--page-dir".into());
+            args.push(dir.display().to_string());
+        }
         args
     }
 }
@@ -83,7 +102,8 @@ struct Services {
     api: Api,
     conn: MultiplexedConnection,
     desktop: bool,
-    browser: bool,
+    opener: Option<String>,
+    page_dir: PathBuf,
     clipboard: Clipboard,
 }
 
@@ -191,7 +211,17 @@ impl Services {
                     .map_err(|_| error(400, "a URL is text"))?
                     .trim();
                 super::open::check(url).map_err(|e| error(400, e))?;
-                json_reply(&super::open::open(src, url, self.browser).await)
+                json_reply(&super::open::open(src, url, self.opener.as_deref()).await)
+            }
+            cmds::OPEN_HTML => {
+                let opened =
+                    super::open::open_page(src, &self.page_dir, &body, self.opener.as_deref())
+                        .await
+                        .map_err(|e| match e {
+                            super::open::PageError::TooLarge => error(413, e),
+                            e => error(500, e),
+                        })?;
+                json_reply(&opened)
             }
             other => Err(error(404, format!("no service {other:?}"))),
         }
@@ -273,7 +303,13 @@ pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
         api: api.clone(),
         conn: conn.clone(),
         desktop: !args.no_desktop && super::notify::has_session_bus(),
-        browser: display && which("xdg-open"),
+        opener: match args.opener {
+            _ if args.no_desktop => None,
+            Some(opener) => Some(opener),
+            None if display && which("xdg-open") => Some("xdg-open".into()),
+            None => None,
+        },
+        page_dir: args.page_dir.unwrap_or_else(super::open::default_page_dir),
         clipboard,
     });
     eprintln!(
@@ -289,10 +325,9 @@ pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
             " printed (no D-Bus session bus)"
         },
         services.clipboard.describe(),
-        if services.browser {
-            "opened in the browser"
-        } else {
-            "printed"
+        match &services.opener {
+            Some(opener) => format!("and pages opened with {opener}"),
+            None => format!("printed, pages kept in {}", services.page_dir.display()),
         },
         if group.owner == me { ", joins" } else { "" },
     );
@@ -302,6 +337,7 @@ pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
         cmds::COPY.to_string(),
         cmds::PASTE.to_string(),
         cmds::OPEN.to_string(),
+        cmds::OPEN_HTML.to_string(),
     ];
     if group.owner == me {
         served.push(cmds::JOIN.to_string());

@@ -14,8 +14,10 @@ pub mod listen;
 pub mod notify;
 pub mod open;
 pub mod plugin;
+pub mod sink;
 pub mod stream;
 pub mod trigger;
+pub mod watch;
 
 use clap::Args;
 
@@ -32,6 +34,8 @@ pub mod cmds {
     pub const PASTE: &str = "pmb.paste";
     /// Open a link.
     pub const OPEN: &str = "pmb.open";
+    /// Open an HTML page (its content; `rmb open --html`).
+    pub const OPEN_HTML: &str = "pmb.open.html";
     /// Join the group with an invite code (served by the owner only).
     pub const JOIN: &str = "pmb.join";
 }

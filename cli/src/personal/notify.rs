@@ -215,8 +215,10 @@ pub struct Delivery {
     pub acknowledged: Vec<u32>,
     /// Those of them whose desktop showed it (the others printed it only).
     pub on_desktop: Vec<u32>,
-    /// Twins that did not acknowledge in time (or answered with an error).
-    pub unacknowledged: Vec<u32>,
+    /// Twins whose listener refused it, with its reason.
+    pub refused: Vec<(u32, String)>,
+    /// Twins that gave no answer in time (no listener running, or it is offline).
+    pub unanswered: Vec<u32>,
     /// Twins it was escalated to, with those of them that acknowledged.
     pub escalated_to: Vec<u32>,
 }
@@ -238,6 +240,7 @@ async fn deliver(
     let outcome = call::call(bus, &spec).await?;
     let mut acked = Vec::new();
     let mut on_desktop = Vec::new();
+    let mut refused = Vec::new();
     for reply in &outcome.replies {
         match (twin_of(&reply.src), &reply.error) {
             (Some(t), None) => {
@@ -247,20 +250,19 @@ async fn deliver(
                     on_desktop.push(t);
                 }
             }
-            (Some(t), Some(e)) => {
-                eprintln!("rmb: twin {t} refused the notification: {}", e.message)
-            }
+            (Some(t), Some(e)) => refused.push((t, e.message.clone())),
             (None, _) => {}
         }
     }
     let missed = targets
         .iter()
         .copied()
-        .filter(|t| !acked.contains(t))
+        .filter(|t| !acked.contains(t) && !refused.iter().any(|(r, _)| r == t))
         .collect();
     Ok(Answers {
         acked,
         on_desktop,
+        refused,
         missed,
     })
 }
@@ -269,6 +271,7 @@ async fn deliver(
 struct Answers {
     acked: Vec<u32>,
     on_desktop: Vec<u32>,
+    refused: Vec<(u32, String)>,
     missed: Vec<u32>,
 }
 
@@ -285,7 +288,8 @@ pub async fn send(
     let mut delivery = Delivery {
         acknowledged: first.acked,
         on_desktop: first.on_desktop,
-        unacknowledged: first.missed,
+        refused: first.refused,
+        unanswered: first.missed,
         escalated_to: Vec::new(),
     };
     let rest: Vec<u32> = fallback
@@ -302,9 +306,51 @@ pub async fn send(
         delivery.escalated_to = rest;
         delivery.acknowledged.extend(again.acked);
         delivery.on_desktop.extend(again.on_desktop);
-        delivery.unacknowledged.extend(again.missed);
+        delivery.refused.extend(again.refused);
+        delivery.unanswered.extend(again.missed);
     }
     Ok(delivery)
+}
+
+/// Sends `message` (see [`send`]) and says on stderr who acknowledged, who refused and
+/// who did not answer; exit code 0 when someone acknowledged, else 3.
+pub async fn send_and_report(
+    bus: &Bus,
+    targets: &[u32],
+    others: &[u32],
+    message: &Message,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
+    let delivery = send(bus, targets, others, message, wait).await?;
+    for t in &delivery.acknowledged {
+        let how = if delivery.on_desktop.contains(t) {
+            "shown on its desktop"
+        } else {
+            "printed in its terminal"
+        };
+        eprintln!("rmb: twin {t} acknowledged ({how})");
+    }
+    if !delivery.escalated_to.is_empty() {
+        eprintln!(
+            "rmb: not acknowledged within {} s: escalated to twins {:?}",
+            wait.as_secs(),
+            delivery.escalated_to
+        );
+    }
+    for (t, why) in &delivery.refused {
+        eprintln!("rmb: twin {t} refused the notification: {why}");
+    }
+    for t in &delivery.unanswered {
+        eprintln!(
+            "rmb: twin {t} did not answer within {} s (is `rmb listen` running there?)",
+            wait.as_secs()
+        );
+    }
+    Ok(if delivery.acknowledged.is_empty() {
+        ExitCode::from(crate::commands::call::EXIT_TIMEOUT)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Runs the personal-bus forms of `rmb notify`: `-m TEXT` (with levels and escalation),
@@ -342,30 +388,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
         } else {
             args.timeout
         });
-        let delivery = send(&bus, &targets, &others, &message, wait).await?;
-        for t in &delivery.acknowledged {
-            let how = if delivery.on_desktop.contains(t) {
-                "shown on its desktop"
-            } else {
-                "printed in its terminal"
-            };
-            eprintln!("rmb: twin {t} acknowledged ({how})");
-        }
-        if !delivery.escalated_to.is_empty() {
-            eprintln!(
-                "rmb: not acknowledged within {} s: escalated to twins {:?}",
-                wait.as_secs(),
-                delivery.escalated_to
-            );
-        }
-        for t in &delivery.unacknowledged {
-            eprintln!("rmb: twin {t} did not acknowledge (is `rmb listen` running there?)");
-        }
-        return Ok(if delivery.acknowledged.is_empty() {
-            ExitCode::from(crate::commands::call::EXIT_TIMEOUT)
-        } else {
-            ExitCode::SUCCESS
-        });
+        return send_and_report(&bus, &targets, &others, &message, wait).await;
     }
     let started = Instant::now();
     let (status, output) = run_teed(&args.command, args.lines).await?;
@@ -410,19 +433,11 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(name) = &args.send_trigger {
-        match &group {
-            None => eprintln!(
-                "rmb: cannot fire trigger {name:?}: {}",
-                super::group::GroupError::NoGroup
-            ),
-            Some(group) => match super::trigger::fire(&api, group, name, None).await {
-                Ok(id) => eprintln!(
-                    "rmb: fired trigger {name:?} (message {id} of {})",
-                    group.topic()
-                ),
-                Err(e) => eprintln!("rmb: firing trigger {name:?} failed: {e}"),
-            },
-        }
+        let outcome = super::trigger::Outcome {
+            success: status.success(),
+            exit_code: Some(exit_code),
+        };
+        super::trigger::fire_after(&api, group.as_ref(), name, outcome, args.trigger_always).await;
     }
     Ok(ExitCode::from(exit_code.min(255) as u8))
 }
