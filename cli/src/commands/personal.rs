@@ -298,7 +298,8 @@ pub const EXIT_TRIGGER_FAILED: u8 = 4;
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("trigger").required(true).multiple(true).args(["wait_trigger", "send_trigger"])))]
 pub struct RunArgs {
-    /// The trigger to wait for (fired by `rmb trigger NAME` or `--send-trigger NAME`).
+    /// The trigger to wait for (fired by `rmb trigger NAME` or `--send-trigger NAME`);
+    /// one that reports a failure does not run the command (exit code 4).
     #[arg(long, value_name = "NAME")]
     pub wait_trigger: Option<String>,
     /// Give up waiting after this many seconds (exit code 3) [default: wait forever].
