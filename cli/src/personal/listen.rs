@@ -17,11 +17,12 @@ use serde::Deserialize;
 
 use super::api::{Api, ApiError};
 use super::clipboard::Clipboard;
+use super::finished::{NOTIFY_CMD, Notification, summary};
 use super::group::{self, GroupError};
 use super::notify::{Ack, Message};
+use super::which;
 use super::{PeerArgs, cmds};
 use crate::bus::{Bus, twin_of, unix_now};
-use crate::commands::notify::{NOTIFY_CMD, Notification, summary, which};
 use crate::commands::serve::{self, Handler, HandlerResult};
 
 /// Flags of `rmb listen` without a subcommand.

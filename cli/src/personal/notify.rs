@@ -8,14 +8,12 @@
 
 use std::fmt;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, twin_of};
 use crate::commands::call::{self, CallSpec};
-use crate::commands::notify::{NOTIFY_CMD, Notification, NotifyArgs, run_teed, shell_words};
-use crate::commands::serve::exit_status_code;
 
 use super::cmds;
 
@@ -351,95 +349,6 @@ pub async fn send_and_report(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Runs the personal-bus forms of `rmb notify`: `-m TEXT` (with levels and escalation),
-/// a command notified to the group (no `--to`), and `--send-trigger`.
-pub async fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
-    let bus = Bus::connect(&args.redis.redis).await?;
-    let api = super::api::Api::new(&args.http);
-    let group = super::group::load(&mut bus.conn()).await?;
-    let me = api.twin().await?;
-    let others = group.as_ref().map(|g| g.others(me)).unwrap_or_default();
-    let targets: Vec<u32> = match args.to {
-        Some(t) => vec![t],
-        None if args.send_trigger.is_some() && args.message.is_none() => Vec::new(),
-        None if group.is_none() => anyhow::bail!(super::group::GroupError::NoGroup),
-        None => others.clone(),
-    };
-    if let Some(text) = args.message {
-        if targets.is_empty() {
-            anyhow::bail!("the group has no other machine yet (`rmb agent invite`)");
-        }
-        let message = Message {
-            text,
-            title: args.title,
-            level: args.level,
-            host: super::hostname(),
-            escalated: false,
-        };
-        if message.text.len() > MAX_TEXT
-            || message.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE)
-        {
-            anyhow::bail!(MessageError::TooLong);
-        }
-        let wait = Duration::from_secs(if message.level.escalates() {
-            args.escalate_after
-        } else {
-            args.timeout
-        });
-        return send_and_report(&bus, &targets, &others, &message, wait).await;
-    }
-    let started = Instant::now();
-    let (status, output) = run_teed(&args.command, args.lines).await?;
-    let exit_code = exit_status_code(&status);
-    if !targets.is_empty() {
-        let notification = Notification {
-            command: shell_words(&args.command),
-            exit_code,
-            success: status.success(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            host: super::hostname(),
-            output,
-        };
-        let spec = CallSpec {
-            dst: targets.clone(),
-            cmd: if args.cmd.is_empty() {
-                NOTIFY_CMD.into()
-            } else {
-                args.cmd.clone()
-            },
-            body: serde_json::to_vec(&notification)?,
-            schema: Some("application/json".into()),
-            tag: None,
-            timeout: Duration::from_secs(args.timeout),
-        };
-        match call::call(&bus, &spec).await {
-            Ok(outcome) => {
-                for reply in &outcome.replies {
-                    match &reply.error {
-                        None => eprintln!("rmb: notified twin {}", reply.src),
-                        Some(e) => eprintln!("rmb: twin {} refused: {}", reply.src, e.message),
-                    }
-                }
-                for t in &outcome.unanswered {
-                    eprintln!(
-                        "rmb: twin {t} did not acknowledge within {} s",
-                        args.timeout
-                    );
-                }
-            }
-            Err(e) => eprintln!("rmb: notifying failed: {e:#}"),
-        }
-    }
-    if let Some(name) = &args.send_trigger {
-        let outcome = super::trigger::Outcome {
-            success: status.success(),
-            exit_code: Some(exit_code),
-        };
-        super::trigger::fire_after(&api, group.as_ref(), name, outcome, args.trigger_always).await;
-    }
-    Ok(ExitCode::from(exit_code.min(255) as u8))
 }
 
 #[cfg(test)]
