@@ -6,7 +6,7 @@
 //! `--send-trigger`) it is the personal bus's notification, sent to the group.
 //!
 //! This module is the command line only: the notifications themselves are
-//! [`crate::personal::finished`] and [`crate::personal::notify`].
+//! [`rmb_personal::finished`] and [`rmb_personal::notify`].
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -19,10 +19,11 @@ use crate::bus::Bus;
 use crate::commands::call::{self, CallSpec};
 use crate::commands::serve::{self, Handler, exit_status_code};
 use crate::commands::topic::HttpArgs;
-use crate::personal::api::Api;
-use crate::personal::finished::{NOTIFY_CMD, Notification, SCHEMA, run_teed, shell_words, summary};
-use crate::personal::notify::{Level, MAX_TEXT, MAX_TITLE, Message};
-use crate::personal::{self, group, hostname, trigger, which};
+use rmb_personal::finished::{NOTIFY_CMD, Notification, SCHEMA, run_teed, shell_words, summary};
+use rmb_personal::notify::{Level, MAX_TEXT, MAX_TITLE, Message, MessageError};
+use rmb_personal::{group, hostname, trigger, which};
+
+use crate::personal::deliver::send_and_report;
 
 /// Run a command and notify when it ends (exit code, duration, last lines of output), or
 /// send a notification (`-m TEXT`); optionally fire a trigger when the command ends.
@@ -187,7 +188,7 @@ pub async fn run_notify(args: NotifyArgs) -> anyhow::Result<ExitCode> {
 /// a command notified to the group (no `--to`), and `--send-trigger`.
 async fn run_personal(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(&args.redis.redis).await?;
-    let api = Api::new(&args.http);
+    let api = crate::personal::api(&args.http);
     let group = group::load(&mut bus.conn()).await?;
     let me = api.twin().await?;
     let others = group.as_ref().map(|g| g.others(me)).unwrap_or_default();
@@ -211,14 +212,14 @@ async fn run_personal(args: NotifyArgs) -> anyhow::Result<ExitCode> {
         if message.text.len() > MAX_TEXT
             || message.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE)
         {
-            anyhow::bail!(personal::notify::MessageError::TooLong);
+            anyhow::bail!(MessageError::TooLong);
         }
         let wait = Duration::from_secs(if message.level.escalates() {
             args.escalate_after
         } else {
             args.timeout
         });
-        return personal::notify::send_and_report(&bus, &targets, &others, &message, wait).await;
+        return send_and_report(&bus, &targets, &others, &message, wait).await;
     }
     let started = Instant::now();
     let (status, output) = run_teed(&args.command, args.lines).await?;

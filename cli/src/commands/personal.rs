@@ -1,5 +1,5 @@
 //! `rmb copy`, `rmb paste`, `rmb open`, `rmb trigger`, `rmb run --wait-trigger`: the
-//! sending side of the personal bus's services (see [`crate::personal`]). Each targets
+//! sending side of the personal bus's services (see [`rmb_personal`]). Each targets
 //! one machine of the group (`--to TWIN`) or all the others (the default).
 
 use std::io::Read;
@@ -12,9 +12,11 @@ use clap::Args;
 use crate::bus::{Bus, twin_of};
 use crate::commands::call::{self, CallSpec, Outcome};
 use crate::commands::serve::exit_status_code;
-use crate::personal::api::Api;
-use crate::personal::group::{self, Group};
-use crate::personal::{PeerArgs, clipboard, cmds, open, plugin, sink, stream, trigger};
+use rmb_personal::api::Api;
+use rmb_personal::group::{self, Group};
+use rmb_personal::{clipboard, cmds, open, plugin, sink, stream, trigger};
+
+use crate::personal::PeerArgs;
 
 /// The local peer, its twin and group, and who a command goes to.
 pub struct Targets {
@@ -34,7 +36,7 @@ impl Targets {
     /// Connects and resolves `to` against the group.
     pub async fn resolve(peer: &PeerArgs, to: Option<u32>) -> anyhow::Result<Targets> {
         let bus = Bus::connect(&peer.redis.redis).await?;
-        let api = Api::new(&peer.http);
+        let api = peer.api();
         let me = api.twin().await?;
         let group = group::require(&mut bus.conn()).await?;
         let twins = match to {
@@ -423,7 +425,7 @@ pub struct StreamArgs {
 
 /// Runs `rmb stream`.
 pub async fn run_stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&args.peer.http);
+    let api = args.peer.api();
     let topic = own_topic(&args.peer, &api, &args.topic, Direction::Out).await?;
     eprintln!(
         "following {} into {topic} (Ctrl-C to stop)",
@@ -462,7 +464,7 @@ pub struct SinkArgs {
 
 /// Runs `rmb sink`.
 pub async fn run_sink(args: SinkArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&args.peer.http);
+    let api = args.peer.api();
     let topic = own_topic(&args.peer, &api, &args.topic, Direction::In).await?;
     eprintln!(
         "writing {topic} into {} (Ctrl-C to stop)",
@@ -549,7 +551,7 @@ pub struct PluginArgs {
 
 /// Runs `rmb plugin`.
 pub async fn run_plugin(args: PluginArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&args.peer.http);
+    let api = args.peer.api();
     let topic = own_topic(&args.peer, &api, &args.topic, Direction::Out).await?;
     let input = match &args.input {
         Some(t) => Some(own_topic(&args.peer, &api, t, Direction::In).await?),

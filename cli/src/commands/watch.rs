@@ -1,5 +1,5 @@
 //! `rmb watch`: notify the personal group (or one twin) when a process exits or a file
-//! stops changing. The waiting is [`crate::personal::watch`]; the notification is the
+//! stops changing. The waiting is [`rmb_personal::watch`]; the notification is the
 //! one `rmb notify -m` sends, with its levels, acknowledgement and escalation.
 
 use std::path::PathBuf;
@@ -9,9 +9,11 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::bus::Bus;
-use crate::personal::api::Api;
-use crate::personal::notify::{self, Level, MAX_TEXT, MAX_TITLE, Message};
-use crate::personal::{PeerArgs, group, hostname, watch};
+use rmb_personal::notify::{self, Level, MAX_TEXT, MAX_TITLE, Message};
+use rmb_personal::{group, hostname, watch};
+
+use crate::personal::PeerArgs;
+use crate::personal::deliver::send_and_report;
 
 /// Notify when a process exits (`--pid`) or a file stops changing (`--file`).
 ///
@@ -66,7 +68,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     }
     // Everything that can fail is checked before the (possibly long) wait.
     let bus = Bus::connect(&args.peer.redis.redis).await?;
-    let api = Api::new(&args.peer.http);
+    let api = args.peer.api();
     let me = api.twin().await?;
     let group = group::load(&mut bus.conn()).await?;
     let others = group.as_ref().map(|g| g.others(me)).unwrap_or_default();
@@ -126,5 +128,5 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.timeout
     });
-    notify::send_and_report(&bus, &targets, &others, &message, wait).await
+    send_and_report(&bus, &targets, &others, &message, wait).await
 }
