@@ -165,10 +165,9 @@ pub fn has_session_bus() -> bool {
         .is_some_and(|dir| std::path::Path::new(&dir).join("bus").exists())
 }
 
-/// Shows a notification: a line on stdout, and a D-Bus desktop notification when
-/// `desktop`; where it was shown.
+/// Shows a notification as a D-Bus desktop notification when `desktop`; where it was
+/// shown (the terminal line, [`Message::line`], is the caller's to print).
 pub async fn show(src: u32, message: &Message, desktop: bool) -> Shown {
-    println!("{}", message.line(src));
     if !desktop {
         return Shown::Terminal;
     }

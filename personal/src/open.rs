@@ -93,9 +93,8 @@ async fn run_opener(opener: &str, target: &str) -> bool {
     ok
 }
 
-/// Opens a checked URL with `opener` when given, else prints it.
-pub async fn open(src: u32, url: &str, opener: Option<&str>) -> Opened {
-    println!("[link] twin {src}: {url}");
+/// Opens a checked URL with `opener` when given; how (the caller prints the link).
+pub async fn open(url: &str, opener: Option<&str>) -> Opened {
     let how = match opener {
         Some(opener) if run_opener(opener, url).await => "browser",
         _ => "printed",
@@ -170,24 +169,17 @@ pub fn keep_page(dir: &Path, html: &[u8]) -> Result<PathBuf, PageError> {
     Ok(path)
 }
 
-/// Keeps a page in `dir` and opens it with `opener` when given (else prints where it is).
-pub async fn open_page(
-    src: u32,
-    dir: &Path,
-    html: &[u8],
-    opener: Option<&str>,
-) -> Result<Opened, PageError> {
-    let path = keep_page(dir, html)?;
+/// Opens a kept page with `opener` when given; how, and where the page is.
+pub async fn open_file(path: &Path, opener: Option<&str>) -> Opened {
     let shown = path.display().to_string();
-    println!("[page] twin {src}: {} bytes in {shown}", html.len());
     let how = match opener {
         Some(opener) if run_opener(opener, &shown).await => "browser",
         _ => "printed",
     };
-    Ok(Opened {
+    Opened {
         how: how.into(),
         path: Some(shown),
-    })
+    }
 }
 
 #[cfg(test)]

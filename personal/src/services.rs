@@ -17,10 +17,59 @@ use crate::clipboard::Clipboard;
 use crate::cmds;
 use crate::finished::{NOTIFY_CMD, Notification, summary};
 use crate::group::{self, GroupError};
-use crate::notify::{Ack, Message};
+use crate::notify::{Ack, Message, clean};
 
 /// Seconds of clock difference tolerated when checking a request's expiry.
 const EXPIRY_GRACE: u64 = 5;
+
+/// What the listener did, for its caller to tell the person at the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A twin joined the group (owner only).
+    Joined(u32),
+    /// A notification with a level: its terminal line ([`Message::line`]).
+    Notification(String),
+    /// A finished command's notification: its summary line and its last lines of output,
+    /// control characters removed.
+    Finished {
+        /// The summary line ([`summary`]).
+        summary: String,
+        /// The command's last lines (at most 100).
+        output: Vec<String>,
+    },
+    /// Text went into the clipboard.
+    Copied {
+        /// The sender.
+        twin: u32,
+        /// How much.
+        bytes: usize,
+        /// Where ([`Clipboard::describe`]).
+        into: String,
+    },
+    /// A link came (and was opened when there is an opener).
+    Link {
+        /// The sender.
+        twin: u32,
+        /// The URL (checked: a web link without spaces or control characters).
+        url: String,
+    },
+    /// A page came, and was kept (and opened when there is an opener).
+    Page {
+        /// The sender.
+        twin: u32,
+        /// Its size.
+        bytes: usize,
+        /// Its file.
+        path: String,
+    },
+    /// The member list changed (a member machine learned it from the group topic).
+    Members(Vec<u32>),
+    /// The group topic refused this machine (it was removed, or never joined).
+    Refused(String),
+}
+
+/// Where the listener's [`Event`]s go.
+pub type Report = std::sync::Arc<dyn Fn(Event) + Send + Sync>;
 
 /// What the services need, shared by every request.
 pub struct Services {
@@ -38,6 +87,8 @@ pub struct Services {
     pub page_dir: PathBuf,
     /// The clipboard (desktop or file).
     pub clipboard: Clipboard,
+    /// Told what happened.
+    pub report: Report,
 }
 
 /// A service's answer: a body and its schema, or the error the sender gets.
@@ -128,7 +179,7 @@ impl Services {
             let group = group::admit(&self.api, &mut conn, self.me, src, &secret)
                 .await
                 .map_err(group_error)?;
-            eprintln!("twin {src} joined the group");
+            (self.report)(Event::Joined(src));
             return json_reply(&group);
         }
         let group = group::require(&mut conn).await.map_err(group_error)?;
@@ -141,6 +192,7 @@ impl Services {
         match request.cmd.as_str() {
             cmds::NOTIFY => {
                 let message = Message::parse(&body).map_err(|e| error(400, e))?;
+                (self.report)(Event::Notification(message.line(src)));
                 let shown = crate::notify::show(src, &message, self.desktop).await;
                 json_reply(&Ack {
                     acknowledged: true,
@@ -150,10 +202,10 @@ impl Services {
             NOTIFY_CMD => {
                 let n: Notification = serde_json::from_slice(&body)
                     .map_err(|e| error(400, format!("not a notification: {e}")))?;
-                println!("{}", crate::notify::clean(&summary(&src.to_string(), &n)));
-                for line in n.output.iter().take(100) {
-                    println!("    {}", crate::notify::clean(line));
-                }
+                (self.report)(Event::Finished {
+                    summary: clean(&summary(&src.to_string(), &n)),
+                    output: n.output.iter().take(100).map(|l| clean(l)).collect(),
+                });
                 json_reply(&serde_json::json!({ "received": true }))
             }
             cmds::COPY => {
@@ -162,11 +214,11 @@ impl Services {
                     .copy(&body)
                     .await
                     .map_err(|e| error(500, e))?;
-                println!(
-                    "[clipboard] twin {src}: {} bytes into {}",
-                    body.len(),
-                    self.clipboard.describe()
-                );
+                (self.report)(Event::Copied {
+                    twin: src,
+                    bytes: body.len(),
+                    into: self.clipboard.describe(),
+                });
                 json_reply(&stored)
             }
             cmds::PASTE => {
@@ -178,17 +230,23 @@ impl Services {
                     .map_err(|_| error(400, "a URL is text"))?
                     .trim();
                 crate::open::check(url).map_err(|e| error(400, e))?;
-                json_reply(&crate::open::open(src, url, self.opener.as_deref()).await)
+                (self.report)(Event::Link {
+                    twin: src,
+                    url: url.to_string(),
+                });
+                json_reply(&crate::open::open(url, self.opener.as_deref()).await)
             }
             cmds::OPEN_HTML => {
-                let opened =
-                    crate::open::open_page(src, &self.page_dir, &body, self.opener.as_deref())
-                        .await
-                        .map_err(|e| match e {
-                            crate::open::PageError::TooLarge => error(413, e),
-                            e => error(500, e),
-                        })?;
-                json_reply(&opened)
+                let path = crate::open::keep_page(&self.page_dir, &body).map_err(|e| match e {
+                    crate::open::PageError::TooLarge => error(413, e),
+                    e => error(500, e),
+                })?;
+                (self.report)(Event::Page {
+                    twin: src,
+                    bytes: body.len(),
+                    path: path.display().to_string(),
+                });
+                json_reply(&crate::open::open_file(&path, self.opener.as_deref()).await)
             }
             other => Err(error(404, format!("no service {other:?}"))),
         }
@@ -197,7 +255,7 @@ impl Services {
 
 /// Member side: follows the group topic and applies the owner's `members` events to
 /// the local copy, reopening the stream with a growing pause when it breaks.
-pub async fn follow_membership(api: Api, mut conn: MultiplexedConnection) {
+pub async fn follow_membership(api: Api, mut conn: MultiplexedConnection, report: Report) {
     let mut last = 0;
     let mut pause = Duration::from_millis(500);
     loop {
@@ -219,15 +277,7 @@ pub async fn follow_membership(api: Api, mut conn: MultiplexedConnection) {
                 if let Some(group) =
                     group::apply_event(&mut conn, &current, publisher, &event).await?
                 {
-                    eprintln!(
-                        "group members now: {}",
-                        group
-                            .members
-                            .iter()
-                            .map(u32::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
+                    report(Event::Members(group.members.into_iter().collect()));
                 }
             }
         }
@@ -236,7 +286,7 @@ pub async fn follow_membership(api: Api, mut conn: MultiplexedConnection) {
             let refused = matches!(e.downcast_ref::<ApiError>(), Some(ApiError::Refused { .. }));
             tracing::warn!("following the group topic: {e:#}; retrying in {pause:?}");
             if refused {
-                eprintln!("rmb: the group topic refused this machine: {e:#}");
+                report(Event::Refused(format!("{e:#}")));
             }
         }
         tokio::time::sleep(pause).await;

@@ -91,42 +91,54 @@ pub async fn fire(
         .await?)
 }
 
+/// What `--send-trigger` did after the command ended.
+#[derive(Debug)]
+pub enum AfterCommand {
+    /// This machine is in no personal group: nothing to fire on.
+    NoGroup,
+    /// The command failed and `--trigger-always` was not given: not fired.
+    Skipped {
+        /// The command's exit status.
+        exit_code: u32,
+    },
+    /// Fired, as message `id` of `topic`, reporting `success`.
+    Fired {
+        /// Its message id.
+        id: u64,
+        /// The group topic.
+        topic: String,
+        /// What it reported.
+        success: bool,
+    },
+    /// Firing failed (the group topic refused or could not be reached).
+    Failed(TriggerError),
+}
+
 /// Fires `name` after a command ended with `outcome` (`--send-trigger`): only when it
-/// succeeded unless `always`. Says on stderr what it did; a failure to fire does not
-/// change the command's exit status, so it is reported, not returned.
+/// succeeded unless `always`. A failure to fire does not change the command's exit
+/// status, so it is a value, for the caller to report.
 pub async fn fire_after(
     api: &Api,
     group: Option<&Group>,
     name: &str,
     outcome: Outcome,
     always: bool,
-) {
+) -> AfterCommand {
     let Some(group) = group else {
-        eprintln!(
-            "rmb: cannot fire trigger {name:?}: {}",
-            super::group::GroupError::NoGroup
-        );
-        return;
+        return AfterCommand::NoGroup;
     };
     if !outcome.success && !always {
-        eprintln!(
-            "rmb: the command failed (exit code {}): trigger {name:?} not fired \
-             (--trigger-always fires it, reporting the failure)",
-            outcome.exit_code.unwrap_or(1)
-        );
-        return;
+        return AfterCommand::Skipped {
+            exit_code: outcome.exit_code.unwrap_or(1),
+        };
     }
     match fire(api, group, name, None, outcome).await {
-        Ok(id) => eprintln!(
-            "rmb: fired trigger {name:?}{} (message {id} of {})",
-            if outcome.success {
-                ""
-            } else {
-                ", reporting the failure"
-            },
-            group.topic()
-        ),
-        Err(e) => eprintln!("rmb: firing trigger {name:?} failed: {e}"),
+        Ok(id) => AfterCommand::Fired {
+            id,
+            topic: group.topic(),
+            success: outcome.success,
+        },
+        Err(e) => AfterCommand::Failed(e),
     }
 }
 

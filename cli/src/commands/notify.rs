@@ -268,7 +268,9 @@ async fn run_personal(args: NotifyArgs) -> anyhow::Result<ExitCode> {
             success: status.success(),
             exit_code: Some(exit_code),
         };
-        trigger::fire_after(&api, group.as_ref(), name, outcome, args.trigger_always).await;
+        let after =
+            trigger::fire_after(&api, group.as_ref(), name, outcome, args.trigger_always).await;
+        crate::personal::print_after_command(name, &after);
     }
     Ok(ExitCode::from(exit_code.min(255) as u8))
 }

@@ -392,7 +392,7 @@ pub async fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
             success: status.success(),
             exit_code: Some(exit_code),
         };
-        trigger::fire_after(
+        let after = trigger::fire_after(
             &targets.api,
             Some(&targets.group),
             name,
@@ -400,6 +400,7 @@ pub async fn run_run(args: RunArgs) -> anyhow::Result<ExitCode> {
             args.trigger_always,
         )
         .await;
+        crate::personal::print_after_command(name, &after);
     }
     Ok(ExitCode::from(exit_code.min(255) as u8))
 }

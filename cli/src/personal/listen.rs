@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use rmb_personal::clipboard::Clipboard;
-use rmb_personal::services::{self, Services, follow_membership};
+use rmb_personal::services::{self, Event, Report, Services, follow_membership};
 use rmb_personal::{group, has_display, install, notify, open, which};
 
 use super::PeerArgs;
@@ -87,6 +87,37 @@ impl ListenAllArgs {
     }
 }
 
+/// Prints what the listener did: requests' contents on stdout, the group's changes on
+/// stderr.
+fn print_event() -> Report {
+    Arc::new(|event| match event {
+        Event::Joined(twin) => eprintln!("twin {twin} joined the group"),
+        Event::Notification(line) => println!("{line}"),
+        Event::Finished { summary, output } => {
+            println!("{summary}");
+            for line in output {
+                println!("    {line}");
+            }
+        }
+        Event::Copied { twin, bytes, into } => {
+            println!("[clipboard] twin {twin}: {bytes} bytes into {into}")
+        }
+        Event::Link { twin, url } => println!("[link] twin {twin}: {url}"),
+        Event::Page { twin, bytes, path } => {
+            println!("[page] twin {twin}: {bytes} bytes in {path}")
+        }
+        Event::Members(members) => eprintln!(
+            "group members now: {}",
+            members
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Event::Refused(why) => eprintln!("rmb: the group topic refused this machine: {why}"),
+    })
+}
+
 /// Runs `rmb listen` (all services).
 pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
     if args.install {
@@ -121,6 +152,7 @@ pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
         },
         page_dir: args.page_dir.unwrap_or_else(open::default_page_dir),
         clipboard,
+        report: print_event(),
     });
     eprintln!(
         "twin {me} listening for the personal group of twin {} ({} members): notifications{}, \
@@ -168,7 +200,7 @@ pub async fn run(args: ListenAllArgs) -> anyhow::Result<ExitCode> {
         // The follower lives exactly as long as the services: dropped with this select.
         tokio::select! {
             result = serving => result?,
-            () = follow_membership(api, conn) => {}
+            () = follow_membership(api, conn, print_event()) => {}
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,8 @@ pub mod listen;
 
 use clap::Args;
 use rmb_personal::api::Api;
+use rmb_personal::group::GroupError;
+use rmb_personal::trigger::AfterCommand;
 
 use crate::args::RedisArgs;
 use crate::commands::topic::HttpArgs;
@@ -30,4 +32,26 @@ impl PeerArgs {
 /// A client of the peer's HTTP API at `--http` (its token file or socket included).
 pub fn api(http: &HttpArgs) -> Api {
     Api::new(http.base(), http.http_client())
+}
+
+/// Says on stderr what `--send-trigger NAME` did after the command.
+pub fn print_after_command(name: &str, after: &AfterCommand) {
+    match after {
+        AfterCommand::NoGroup => {
+            eprintln!("rmb: cannot fire trigger {name:?}: {}", GroupError::NoGroup)
+        }
+        AfterCommand::Skipped { exit_code } => eprintln!(
+            "rmb: the command failed (exit code {exit_code}): trigger {name:?} not fired \
+             (--trigger-always fires it, reporting the failure)"
+        ),
+        AfterCommand::Fired { id, topic, success } => eprintln!(
+            "rmb: fired trigger {name:?}{} (message {id} of {topic})",
+            if *success {
+                ""
+            } else {
+                ", reporting the failure"
+            },
+        ),
+        AfterCommand::Failed(e) => eprintln!("rmb: firing trigger {name:?} failed: {e}"),
+    }
 }
