@@ -109,7 +109,7 @@ pub async fn file(path: &Path, quiet: Duration) -> Result<Settled, WatchError> {
     let started = Instant::now();
     let mut changed = Instant::now();
     loop {
-        tokio::time::sleep(POLL.min(quiet)).await;
+        tokio::time::sleep(POLL.min(quiet).max(Duration::from_millis(20))).await;
         match file_state(path) {
             Ok(now) if now == state => {
                 if changed.elapsed() >= quiet {

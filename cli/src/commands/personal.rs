@@ -432,6 +432,9 @@ pub async fn run_stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
         "following {} into {topic} (Ctrl-C to stop)",
         args.file.display()
     );
+    if !args.file.exists() {
+        eprintln!("{} does not exist yet; waiting for it", args.file.display());
+    }
     tokio::select! {
         result = stream::follow(&api, &topic, &args.file, args.from_start) => result?,
         _ = crate::signals::stop_signal() => {}
