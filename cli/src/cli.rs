@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{agent, call, key, notify, personal, pipe, serve, status, sub, topic, twin};
+use crate::commands::{
+    agent, call, key, notify, personal, pipe, serve, status, sub, topic, twin, watch,
+};
 use crate::demo;
 
 /// rmb: talk to twins on the Reliable Message Bus.
@@ -42,14 +44,18 @@ pub enum Command {
     Copy(personal::CopyArgs),
     /// Print the clipboard of a machine of the group.
     Paste(personal::PasteArgs),
-    /// Open a web link in the browser of the group's other machines.
+    /// Notify when a process exits or a file stops changing.
+    Watch(watch::WatchArgs),
+    /// Open a web link or an HTML page in the browser of the group's other machines.
     Open(personal::OpenArgs),
     /// Fire a trigger on the personal group.
     Trigger(personal::TriggerArgs),
-    /// Wait for a trigger, then run a command.
+    /// Run a command after a trigger, and/or fire one when it ends.
     Run(personal::RunArgs),
     /// Follow a file (like tail -F) and publish each line to a topic.
     Stream(personal::StreamArgs),
+    /// Write a topic's messages into a named pipe or a file.
+    Sink(personal::SinkArgs),
     /// Run a long-lived program whose output lines are published and whose input is a topic.
     Plugin(personal::PluginArgs),
     /// Show the local rmb-peer's twin, relays, counters and queues.
@@ -82,12 +88,14 @@ impl Cli {
             Command::Notify(args) => notify::run_notify(args).await,
             Command::Listen(args) => notify::run_listen(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Watch(args) => watch::run(args).await,
             Command::Copy(args) => personal::run_copy(args).await,
             Command::Paste(args) => personal::run_paste(args).await,
             Command::Open(args) => personal::run_open(args).await,
             Command::Trigger(args) => personal::run_trigger(args).await,
             Command::Run(args) => personal::run_run(args).await,
             Command::Stream(args) => personal::run_stream(args).await,
+            Command::Sink(args) => personal::run_sink(args).await,
             Command::Plugin(args) => personal::run_plugin(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Pipe(args) => pipe::run(args).await,

@@ -1,5 +1,5 @@
 //! `rmb agent init|invite|join|list|remove`: the personal group of one person's machines
-//! (see [`crate::personal::group`]). The owner's `rmb listen` answers joins.
+//! (see [`rmb_personal::group`]). The owner's `rmb listen` answers joins.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,9 +9,10 @@ use clap::{Args, Subcommand};
 
 use crate::bus::Bus;
 use crate::commands::call::{self, CallSpec};
-use crate::personal::api::Api;
-use crate::personal::group::{self, Group};
-use crate::personal::{PeerArgs, cmds};
+use rmb_personal::cmds;
+use rmb_personal::group::{self, Group};
+
+use crate::personal::PeerArgs;
 
 /// `rmb agent ...`.
 #[derive(Args, Debug)]
@@ -82,7 +83,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         | AgentCommand::Remove { peer, .. } => peer.clone(),
     };
     let bus = Bus::connect(&peer.redis.redis).await?;
-    let api = Api::new(&peer.http);
+    let api = peer.api();
     let mut conn = bus.conn();
     match args.command {
         AgentCommand::Init { .. } => {

@@ -11,3 +11,4 @@ pub mod status;
 pub mod sub;
 pub mod topic;
 pub mod twin;
+pub mod watch;

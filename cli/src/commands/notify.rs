@@ -2,29 +2,28 @@
 //! a signed, end-to-end encrypted bus. `notify` runs a command, shows its output as usual,
 //! and when it ends sends a [`Notification`] request to a twin; the twin's `rmb listen
 //! notifications` prints it (and shows a desktop notification when `notify-send` exists)
-//! and acknowledges it, so the sender knows it arrived.
+//! and acknowledges it, so the sender knows it arrived. Without `--to` (or with `-m` or
+//! `--send-trigger`) it is the personal bus's notification, sent to the group.
+//!
+//! This module is the command line only: the notifications themselves are
+//! [`rmb_personal::finished`] and [`rmb_personal::notify`].
 
-use std::collections::VecDeque;
 use std::process::{ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::args::RedisArgs;
 use crate::bus::Bus;
 use crate::commands::call::{self, CallSpec};
 use crate::commands::serve::{self, Handler, exit_status_code};
 use crate::commands::topic::HttpArgs;
-use crate::personal::notify::Level;
+use rmb_personal::finished::{NOTIFY_CMD, Notification, SCHEMA, run_teed, shell_words, summary};
+use rmb_personal::notify::{Level, MAX_TEXT, MAX_TITLE, Message, MessageError};
+use rmb_personal::{group, hostname, trigger, which};
 
-/// The command notifications are sent with (and `rmb listen notifications` serves).
-pub const NOTIFY_CMD: &str = "notify";
-/// Schema of the notification body.
-pub const SCHEMA: &str = "application/json";
+use crate::personal::deliver::send_and_report;
 
 /// Run a command and notify when it ends (exit code, duration, last lines of output), or
 /// send a notification (`-m TEXT`); optionally fire a trigger when the command ends.
@@ -73,10 +72,15 @@ pub struct NotifyArgs {
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub escalate_after: u64,
 
-    /// When the command ends, fire this trigger on the personal group (whatever its
-    /// exit status; see `rmb run --wait-trigger`).
+    /// When the command succeeds, fire this trigger on the personal group (see
+    /// `rmb run --wait-trigger`); the trigger says whether it succeeded.
     #[arg(long, value_name = "NAME", conflicts_with = "message")]
     pub send_trigger: Option<String>,
+
+    /// Fire --send-trigger when the command fails too (reporting the failure, which
+    /// `rmb run --wait-trigger` does not run on unless --run-on-failure).
+    #[arg(long, requires = "send_trigger")]
+    pub trigger_always: bool,
 
     /// Lines of output (stdout and stderr, interleaved) included in the notification.
     #[arg(long, default_value_t = 10, value_name = "N")]
@@ -136,27 +140,10 @@ pub struct ListenNotificationsArgs {
     pub json: bool,
 }
 
-/// What `rmb notify` sends: a finished command's summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Notification {
-    /// The command line that ran.
-    pub command: String,
-    /// Its exit status (128 + N when killed by signal N).
-    pub exit_code: u32,
-    /// Whether it succeeded (exit status 0).
-    pub success: bool,
-    /// How long it ran.
-    pub duration_ms: u64,
-    /// Machine it ran on.
-    pub host: String,
-    /// Its last lines of output.
-    pub output: Vec<String>,
-}
-
 /// Runs `rmb notify`.
 pub async fn run_notify(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     if args.message.is_some() || args.to.is_none() || args.send_trigger.is_some() {
-        return crate::personal::notify::run(args).await;
+        return run_personal(args).await;
     }
     let to = args.to.expect("checked above");
     // Connect first: better to learn Redis is down before a long command than after it.
@@ -197,95 +184,95 @@ pub async fn run_notify(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(exit_code.min(255) as u8))
 }
 
-/// Runs `command`, copying its stdout and stderr through while keeping the last `keep`
-/// lines of both.
-pub async fn run_teed(
-    command: &[String],
-    keep: usize,
-) -> anyhow::Result<(std::process::ExitStatus, Vec<String>)> {
-    let mut child = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {}", command[0]))?;
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(keep + 1)));
-    let out = tokio::spawn(tee(
-        child.stdout.take().expect("piped"),
-        tokio::io::stdout(),
-        tail.clone(),
-        keep,
-    ));
-    let err = tokio::spawn(tee(
-        child.stderr.take().expect("piped"),
-        tokio::io::stderr(),
-        tail.clone(),
-        keep,
-    ));
-    let status = child.wait().await?;
-    let _ = out.await;
-    let _ = err.await;
-    let lines = tail.lock().expect("tail lock").drain(..).collect();
-    Ok((status, lines))
-}
-
-async fn tee(
-    from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    keep: usize,
-) {
-    let mut reader = BufReader::new(from);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let _ = to.write_all(&line).await;
-                let _ = to.flush().await;
-                let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                let mut tail = tail.lock().expect("tail lock");
-                tail.push_back(text);
-                while tail.len() > keep {
-                    tail.pop_front();
+/// Runs the personal-bus forms of `rmb notify`: `-m TEXT` (with levels and escalation),
+/// a command notified to the group (no `--to`), and `--send-trigger`.
+async fn run_personal(args: NotifyArgs) -> anyhow::Result<ExitCode> {
+    let bus = Bus::connect(&args.redis.redis).await?;
+    let api = crate::personal::api(&args.http);
+    let group = group::load(&mut bus.conn()).await?;
+    let me = api.twin().await?;
+    let others = group.as_ref().map(|g| g.others(me)).unwrap_or_default();
+    let targets: Vec<u32> = match args.to {
+        Some(t) => vec![t],
+        None if args.send_trigger.is_some() && args.message.is_none() => Vec::new(),
+        None if group.is_none() => anyhow::bail!(group::GroupError::NoGroup),
+        None => others.clone(),
+    };
+    if let Some(text) = args.message {
+        if targets.is_empty() {
+            anyhow::bail!("the group has no other machine yet (`rmb agent invite`)");
+        }
+        let message = Message {
+            text,
+            title: args.title,
+            level: args.level,
+            host: hostname(),
+            escalated: false,
+        };
+        if message.text.len() > MAX_TEXT
+            || message.title.as_ref().is_some_and(|t| t.len() > MAX_TITLE)
+        {
+            anyhow::bail!(MessageError::TooLong);
+        }
+        let wait = Duration::from_secs(if message.level.escalates() {
+            args.escalate_after
+        } else {
+            args.timeout
+        });
+        return send_and_report(&bus, &targets, &others, &message, wait).await;
+    }
+    let started = Instant::now();
+    let (status, output) = run_teed(&args.command, args.lines).await?;
+    let exit_code = exit_status_code(&status);
+    if !targets.is_empty() {
+        let notification = Notification {
+            command: shell_words(&args.command),
+            exit_code,
+            success: status.success(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            host: hostname(),
+            output,
+        };
+        let spec = CallSpec {
+            dst: targets.clone(),
+            cmd: if args.cmd.is_empty() {
+                NOTIFY_CMD.into()
+            } else {
+                args.cmd.clone()
+            },
+            body: serde_json::to_vec(&notification)?,
+            schema: Some("application/json".into()),
+            tag: None,
+            timeout: Duration::from_secs(args.timeout),
+        };
+        match call::call(&bus, &spec).await {
+            Ok(outcome) => {
+                for reply in &outcome.replies {
+                    match &reply.error {
+                        None => eprintln!("rmb: notified twin {}", reply.src),
+                        Some(e) => eprintln!("rmb: twin {} refused: {}", reply.src, e.message),
+                    }
+                }
+                for t in &outcome.unanswered {
+                    eprintln!(
+                        "rmb: twin {t} did not acknowledge within {} s",
+                        args.timeout
+                    );
                 }
             }
+            Err(e) => eprintln!("rmb: notifying failed: {e:#}"),
         }
     }
-}
-
-/// The command line as a person would type it (arguments with spaces quoted).
-pub fn shell_words(command: &[String]) -> String {
-    command
-        .iter()
-        .map(|a| {
-            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            } else {
-                a.clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-use crate::personal::hostname;
-
-/// One line for people: `twin 7 (host): 'make' failed with exit code 2 after 3.2 s`.
-pub fn summary(src: &str, n: &Notification) -> String {
-    let how = if n.success {
-        "finished".to_string()
-    } else {
-        format!("failed with exit code {}", n.exit_code)
-    };
-    format!(
-        "twin {src} ({}): `{}` {how} after {:.1} s",
-        n.host,
-        n.command,
-        n.duration_ms as f64 / 1000.0
-    )
+    if let Some(name) = &args.send_trigger {
+        let outcome = trigger::Outcome {
+            success: status.success(),
+            exit_code: Some(exit_code),
+        };
+        let after =
+            trigger::fire_after(&api, group.as_ref(), name, outcome, args.trigger_always).await;
+        crate::personal::print_after_command(name, &after);
+    }
+    Ok(ExitCode::from(exit_code.min(255) as u8))
 }
 
 /// Runs `rmb listen notifications`, or every personal service without a subcommand.
@@ -349,56 +336,5 @@ async fn show(src: &str, n: &Notification, json: bool, desktop: bool) {
         if let Err(e) = shown {
             tracing::warn!("notify-send failed: {e}");
         }
-    }
-}
-
-/// True if `program` is an executable on PATH.
-pub fn which(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(program))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_lines_are_quoted_like_a_shell() {
-        let words = ["make", "a b", "it's", ""].map(String::from);
-        assert_eq!(shell_words(&words), r"make 'a b' 'it'\''s' ''");
-    }
-
-    #[test]
-    fn summaries_say_what_failed() {
-        let n = Notification {
-            command: "false".into(),
-            exit_code: 1,
-            success: false,
-            duration_ms: 1500,
-            host: "box".into(),
-            output: vec![],
-        };
-        assert_eq!(
-            summary("7", &n),
-            "twin 7 (box): `false` failed with exit code 1 after 1.5 s"
-        );
-    }
-
-    #[tokio::test]
-    async fn output_tail_keeps_the_last_lines_and_exit_codes_survive() {
-        let cmd = ["sh", "-c", "for i in 1 2 3 4 5; do echo $i; done; exit 4"].map(String::from);
-        let (status, lines) = run_teed(&cmd, 3).await.unwrap();
-        assert_eq!(exit_status_code(&status), 4);
-        assert_eq!(lines, ["3", "4", "5"]);
-        // stderr is kept too (its order against stdout is whatever the pipes give).
-        let cmd = ["sh", "-c", "echo oops >&2"].map(String::from);
-        let (status, lines) = run_teed(&cmd, 3).await.unwrap();
-        assert!(status.success());
-        assert_eq!(lines, ["oops"]);
     }
 }

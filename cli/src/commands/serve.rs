@@ -189,7 +189,15 @@ pub async fn serve(
             permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
             _ = stop.changed() => break,
         };
-        let Some(popped) = bus::pop::<JsonIncomingRequest>(&mut conn, &lists, POLL).await? else {
+        // A stop ends the wait for a request at once: a stopping server takes no new work,
+        // so what arrives now stays queued (or expires, and its sender learns nobody
+        // answered) instead of being answered by a process on its way out. The blocking
+        // connection is dropped with the pop, so Redis hands it nothing more.
+        let popped = tokio::select! {
+            popped = bus::pop::<JsonIncomingRequest>(&mut conn, &lists, POLL) => popped?,
+            _ = stop.changed() => break,
+        };
+        let Some(popped) = popped else {
             continue;
         };
         let request = match popped.value {
@@ -234,6 +242,7 @@ pub async fn serve(
             on_handled(&handled);
         });
     }
+    drop(conn);
     // Let requests in flight finish and reply.
     let _ = permits.acquire_many(concurrency.max(1) as u32).await;
     Ok(())

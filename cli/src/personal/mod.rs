@@ -1,40 +1,17 @@
-//! The personal bus (issue #16): PMB's services for one person's machines, built on rmb
-//! twins, end-to-end encryption and topics. A *group* of twins (one per machine) shares
-//! a topic owned by the first machine; the services (notifications, triggers,
-//! clipboard, links, log streams, plugins) only accept what members send.
-//!
-//! Requests between machines go through the local peer's Redis API (as `rmb notify`
-//! does); the group topic goes through the peer's HTTP API (as `rmb pub/sub` do).
+//! The command line's side of the personal bus ([`rmb_personal`], the library): where the
+//! local peer is (`--redis`, `--http`), `rmb listen`'s flags and wiring, and sending
+//! notifications with a level through the peer's Redis API.
 
-pub mod api;
-pub mod clipboard;
-pub mod group;
-pub mod install;
+pub mod deliver;
 pub mod listen;
-pub mod notify;
-pub mod open;
-pub mod plugin;
-pub mod stream;
-pub mod trigger;
 
 use clap::Args;
+use rmb_personal::api::Api;
+use rmb_personal::group::GroupError;
+use rmb_personal::trigger::AfterCommand;
 
 use crate::args::RedisArgs;
 use crate::commands::topic::HttpArgs;
-
-/// Commands the listener serves (`msgbus.<cmd>` queues of the peer's Redis API).
-pub mod cmds {
-    /// A notification with a level ([`super::notify::Message`]).
-    pub const NOTIFY: &str = "pmb.notify";
-    /// Put text into the clipboard.
-    pub const COPY: &str = "pmb.copy";
-    /// Read the clipboard.
-    pub const PASTE: &str = "pmb.paste";
-    /// Open a link.
-    pub const OPEN: &str = "pmb.open";
-    /// Join the group with an invite code (served by the owner only).
-    pub const JOIN: &str = "pmb.join";
-}
 
 /// Where the local peer is: its Redis (requests, group state) and its HTTP API (topics).
 #[derive(Args, Debug, Clone)]
@@ -45,18 +22,36 @@ pub struct PeerArgs {
     pub http: HttpArgs,
 }
 
-/// The machine's host name, for messages people read.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown host".into())
+impl PeerArgs {
+    /// A client of the peer's HTTP API.
+    pub fn api(&self) -> Api {
+        api(&self.http)
+    }
 }
 
-/// True when a graphical session is reachable (X11 or Wayland).
-pub fn has_display() -> bool {
-    ["DISPLAY", "WAYLAND_DISPLAY"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+/// A client of the peer's HTTP API at `--http` (its token file or socket included).
+pub fn api(http: &HttpArgs) -> Api {
+    Api::new(http.base(), http.http_client())
+}
+
+/// Says on stderr what `--send-trigger NAME` did after the command.
+pub fn print_after_command(name: &str, after: &AfterCommand) {
+    match after {
+        AfterCommand::NoGroup => {
+            eprintln!("rmb: cannot fire trigger {name:?}: {}", GroupError::NoGroup)
+        }
+        AfterCommand::Skipped { exit_code } => eprintln!(
+            "rmb: the command failed (exit code {exit_code}): trigger {name:?} not fired \
+             (--trigger-always fires it, reporting the failure)"
+        ),
+        AfterCommand::Fired { id, topic, success } => eprintln!(
+            "rmb: fired trigger {name:?}{} (message {id} of {topic})",
+            if *success {
+                ""
+            } else {
+                ", reporting the failure"
+            },
+        ),
+        AfterCommand::Failed(e) => eprintln!("rmb: firing trigger {name:?} failed: {e}"),
+    }
 }

@@ -19,11 +19,21 @@
 //!   and accepted once it ends; a stranger's wrong codes never keeping the owner's
 //!   machine out, and the ceiling for all twins together (`invites`).
 //!
-//! One test binary in five files: `node` (the shared processes and helpers), `group`,
-//! `invites`, `streams` and `desktop`.
+//! - triggers reporting success or failure (`--trigger-always`, `--run-on-failure`,
+//!   `rmb run --send-trigger`);
+//! - a listener stopped with SIGTERM taking no new notification (escalated instead), and
+//!   a refusal reported without the "is `rmb listen` running" hint;
+//! - `rmb watch` (a process, a file), `rmb sink` (a named pipe across readers, a file),
+//!   `rmb open --html` (a private page file, kept or given to the opener).
+//!
+//! One test binary in eight files: `node` (the shared processes and helpers), `group`,
+//! `invites`, `streams`, `desktop`, `triggers`, `shutdown` and `commands`.
 
+mod commands;
 mod desktop;
 mod group;
 mod invites;
 mod node;
+mod shutdown;
 mod streams;
+mod triggers;

@@ -104,9 +104,6 @@ pub async fn follow(
 ) -> Result<(), StreamError> {
     let io = |e| StreamError::Io(path.into(), e);
     let mut current = open(path, !from_start).await?;
-    if current.is_none() {
-        eprintln!("{} does not exist yet; waiting for it", path.display());
-    }
     let mut pending = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

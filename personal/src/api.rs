@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::commands::topic::HttpArgs;
-
 /// Longest line the API may send on a stream (a message is at most ~130 KiB as JSON).
 const MAX_LINE: usize = 1 << 20;
 
@@ -48,12 +46,10 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client for the API at `--http`.
-    pub fn new(args: &HttpArgs) -> Api {
-        Api {
-            base: args.base(),
-            http: args.http_client(),
-        }
+    /// A client for the API at `base` (e.g. `http://127.0.0.1:8051`), through `http` (which
+    /// carries the API's token, or reaches its Unix socket).
+    pub fn new(base: String, http: reqwest::Client) -> Api {
+        Api { base, http }
     }
 
     fn url(&self, path: &str) -> String {
