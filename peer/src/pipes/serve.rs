@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use rmb_proto::Address;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -291,6 +292,7 @@ where
     let write_failed = CancellationToken::new();
     let write_error: OnceLock<String> = OnceLock::new();
     let fin_sent = AtomicBool::new(false);
+    let parked = Notify::new();
     let outcome = {
         // App → bus: runs until the app's FIN, even after the bus failed (then it
         // discards), so the framing stays in step.
@@ -342,6 +344,7 @@ where
             }
             wire::write_fin(writer).await.map_err(|_| Broke::App)?;
             fin_sent.store(true, Ordering::Release);
+            parked.notify_one();
             write_failed.cancelled().await;
             let reason = write_error
                 .get()
@@ -355,6 +358,8 @@ where
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break Err(Broke::App),
+                // The download parked after its FIN: look again whether both are done.
+                _ = parked.notified() => {}
                 result = &mut upload, if !up => {
                     if result.is_err() {
                         break Err(Broke::App);
@@ -372,8 +377,8 @@ where
             }
             // A download parked after its FIN may go; one telling the app of a failure
             // finishes its frame first.
-            let parked = fin_sent.load(Ordering::Acquire) && !write_failed.is_cancelled();
-            if up && (down || parked) {
+            let idle = fin_sent.load(Ordering::Acquire) && !write_failed.is_cancelled();
+            if up && (down || idle) {
                 break Ok(());
             }
         }
