@@ -14,6 +14,7 @@
 pub mod api;
 pub mod clipboard;
 pub mod finished;
+pub mod follow;
 pub mod group;
 pub mod install;
 pub mod notify;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::api::{Api, ApiError};
+use super::follow::Follower;
 use super::stream::MAX_LINE;
 
 /// Why a plugin stopped.
@@ -28,42 +29,21 @@ pub enum PluginError {
 async fn feed(
     api: &Api,
     input: &str,
-    mut since: u64,
+    since: u64,
     mut stdin: tokio::process::ChildStdin,
 ) -> Result<(), PluginError> {
-    let mut pause = Duration::from_millis(200);
+    let mut follower = Follower::new(api, input, since);
     loop {
-        let mut stream = match api.follow(input, since).await {
-            Ok(s) => s,
-            Err(e @ ApiError::Refused { .. }) => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!("following {input}: {e}; retrying in {pause:?}");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
-                continue;
-            }
+        let m = follower.next().await?;
+        let Some(text) = m["message"].as_str() else {
+            continue;
         };
-        loop {
-            let m = match stream.next().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("following {input}: {e}; reopening");
-                    break;
-                }
-            };
-            pause = Duration::from_millis(200);
-            since = since.max(m["id"].as_u64().unwrap_or(0));
-            let Some(text) = m["message"].as_str() else {
-                continue;
-            };
-            let line = text.replace(['\n', '\r'], " ") + "\n";
-            if let Err(e) = stdin.write_all(line.as_bytes()).await {
-                // The program closed its input: it may still be printing.
-                tracing::info!("the plugin closed its input: {e}");
-                return Ok(());
-            }
+        let line = text.replace(['\n', '\r'], " ") + "\n";
+        if let Err(e) = stdin.write_all(line.as_bytes()).await {
+            // The program closed its input: it may still be printing.
+            tracing::info!("the plugin closed its input: {e}");
+            return Ok(());
         }
-        tokio::time::sleep(pause).await;
     }
 }
 

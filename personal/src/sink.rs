@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::api::{Api, ApiError};
+use super::follow::Follower;
 
 /// Why a sink stopped.
 #[derive(Debug, thiserror::Error)]
@@ -103,39 +104,16 @@ impl Target {
 /// does not cure. A broken stream is reopened after the last message written.
 pub async fn drain(api: &Api, topic: &str, path: &Path, from_start: bool) -> Result<(), SinkError> {
     let mut target = Target::new(path);
-    let mut since = if from_start {
+    let since = if from_start {
         0
     } else {
         api.newest(topic).await.map_err(SinkError::Refused)?
     };
-    let mut pause = Duration::from_millis(200);
+    let mut follower = Follower::new(api, topic, since);
     loop {
-        let mut stream = match api.follow(topic, since).await {
-            Ok(s) => s,
-            Err(e @ ApiError::Refused { .. }) => return Err(SinkError::Refused(e)),
-            Err(e) => {
-                tracing::warn!("following {topic}: {e}; retrying in {pause:?}");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
-                continue;
-            }
-        };
-        loop {
-            let m = match stream.next().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("following {topic}: {e}; reopening");
-                    break;
-                }
-            };
-            pause = Duration::from_millis(200);
-            let id = m["id"].as_u64().unwrap_or(0);
-            if let Some(text) = m["message"].as_str() {
-                target.write(text).await?;
-            }
-            since = since.max(id);
+        let m = follower.next().await.map_err(SinkError::Refused)?;
+        if let Some(text) = m["message"].as_str() {
+            target.write(text).await?;
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(10));
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::api::{Api, ApiError};
+use super::follow::Follower;
 use super::group::Group;
 
 /// Longest trigger name (bytes).
@@ -187,37 +188,12 @@ pub async fn wait(
     check_name(name)?;
     let waiting = async {
         let topic = group.topic();
-        let mut last = api.newest(&topic).await?;
-        let mut pause = Duration::from_millis(200);
+        let last = api.newest(&topic).await?;
+        let mut follower = Follower::new(api, &topic, last);
         loop {
-            let mut stream = match api.follow(&topic, last).await {
-                Ok(s) => s,
-                Err(e @ ApiError::Refused { .. }) => return Err(TriggerError::Api(e)),
-                Err(e) => {
-                    tracing::warn!("following {topic}: {e}; retrying in {pause:?}");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            };
-            loop {
-                match stream.next().await {
-                    Ok(m) => {
-                        pause = Duration::from_millis(200);
-                        if let Some(id) = m["id"].as_u64() {
-                            last = last.max(id);
-                        }
-                        if let Some(fired) = fires(&m, group, me, name) {
-                            return Ok(fired);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("following {topic}: {e}; reopening");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(10));
-                        break;
-                    }
-                }
+            let m = follower.next().await.map_err(TriggerError::Api)?;
+            if let Some(fired) = fires(&m, group, me, name) {
+                return Ok(fired);
             }
         }
     };

@@ -204,20 +204,8 @@ async fn a_lost_far_side_and_a_missing_peer_are_failures_with_reasons() {
 
     // A second listener for the same protocol on one peer.
     let _first = listen(&a, &[], Input::Nothing, dir.path(), "dup1").await;
-    let mut dup = Side::start(
-        &a.args(&["pipe", "listen", "--protocol", "cat"]),
-        "",
-        Input::Nothing,
-        dir.path(),
-        "dup2",
-    );
-    let status = dup.wait().await;
-    assert!(!status.success());
-    assert!(
-        dup.stderr().contains("already listens for 'cat'"),
-        "{}",
-        dup.stderr()
-    );
+    let words = a.args(&["pipe", "listen", "--protocol", "cat"]);
+    fails_saying(&words, dir.path(), "dup2", &["already listens for 'cat'"]).await;
 
     // Nobody behind --http.
     let nobody = format!("http://127.0.0.1:{}", free_port());
@@ -231,25 +219,8 @@ async fn a_lost_far_side_and_a_missing_peer_are_failures_with_reasons() {
         "--http",
         &nobody,
     ];
-    let mut none = Side::start(
-        &words.map(String::from),
-        "",
-        Input::Nothing,
-        dir.path(),
-        "none",
-    );
-    let status = none.wait().await;
-    assert!(!status.success());
-    assert!(
-        none.stderr().contains("no rmb-peer HTTP API at"),
-        "{}",
-        none.stderr()
-    );
-    assert!(
-        none.stderr().contains("--http 127.0.0.1:8051"),
-        "{}",
-        none.stderr()
-    );
+    let expected = ["no rmb-peer HTTP API at", "--http 127.0.0.1:8051"];
+    fails_saying(&words.map(String::from), dir.path(), "none", &expected).await;
 
     // A direct client's flag without --relay.
     let words = [
@@ -261,19 +232,22 @@ async fn a_lost_far_side_and_a_missing_peer_are_failures_with_reasons() {
         "1",
         "--no-update",
     ];
-    let mut flag = Side::start(
-        &words.map(String::from),
-        "",
-        Input::Nothing,
-        dir.path(),
-        "flag",
-    );
-    assert!(!flag.wait().await.success());
-    assert!(
-        flag.stderr().contains("--no-update is for a direct client"),
-        "{}",
-        flag.stderr()
-    );
+    let expected = ["--no-update is for a direct client"];
+    fails_saying(&words.map(String::from), dir.path(), "flag", &expected).await;
+}
+
+/// Runs `rmb` with `args` and no input; it must fail, saying each of `expected`.
+async fn fails_saying(args: &[String], dir: &Path, name: &str, expected: &[&str]) {
+    let mut side = Side::start(args, "", Input::Nothing, dir, name);
+    let status = side.wait().await;
+    assert!(!status.success(), "{args:?} succeeded");
+    for text in expected {
+        assert!(
+            side.stderr().contains(text),
+            "{text:?} not in: {}",
+            side.stderr()
+        );
+    }
 }
 
 /// `rmb forward` through the local peer to a TCP echo service behind the other peer's
