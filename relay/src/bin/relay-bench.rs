@@ -259,9 +259,18 @@ async fn main() -> anyhow::Result<()> {
                 template: template.clone(),
             })
             .collect();
+        let before = replicas
+            .redis_usage()
+            .await
+            .context("reading Redis's INFO")?;
         let stats = load::run(pairs, plan).await.context("redis run")?;
+        let used = replicas
+            .redis_usage()
+            .await
+            .context("reading Redis's INFO")?
+            .since(&before);
         replicas.shutdown().await;
-        Some(stats)
+        Some((stats, used))
     };
 
     print_report(
@@ -272,7 +281,8 @@ async fn main() -> anyhow::Result<()> {
         &RelayRuns {
             label: relay_label,
             memory: &relay,
-            redis: redis.as_ref(),
+            redis: redis.as_ref().map(|(stats, _)| stats),
+            redis_usage: redis.as_ref().map(|(_, used)| used),
         },
         idle.as_ref(),
     );
@@ -287,6 +297,8 @@ struct RelayRuns<'a> {
     label: &'a str,
     memory: &'a Stats,
     redis: Option<&'a Stats>,
+    /// What Redis did during the Redis-mode run.
+    redis_usage: Option<&'a replicas::RedisUsage>,
 }
 
 fn print_report(
@@ -297,7 +309,8 @@ fn print_report(
     relay: &RelayRuns<'_>,
     idle: Option<&idle::IdleReport>,
 ) {
-    let (relay_label, redis, relay) = (relay.label, relay.redis, relay.memory);
+    let (relay_label, redis, relay, redis_usage) =
+        (relay.label, relay.redis, relay.memory, relay.redis_usage);
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let span = match plan.messages {
         Some(n) => format!("{n} messages per pair"),
@@ -355,6 +368,9 @@ fn print_report(
             println!("{label} errors: {} (first: {first})", stats.errors);
         }
     }
+    if let (Some(stats), Some(used)) = (redis, redis_usage) {
+        print_redis_usage(stats, used);
+    }
     if let Some(idle) = idle {
         print_idle(idle);
     }
@@ -362,6 +378,28 @@ fn print_report(
         "note: envelopes are signed once per pair; each message rewrites the uid counter and \
          send time in the encoded bytes, so signatures no longer verify (relays do not check \
          them). Both modes send identical frames."
+    );
+}
+
+/// Redis's cost per envelope delivered in the Redis-mode run (the whole run, warm-up
+/// included, over every envelope received in it).
+fn print_redis_usage(stats: &Stats, used: &replicas::RedisUsage) {
+    let envelopes = stats.received.max(1) as f64;
+    let (all, scripts) = used.totals();
+    let mut top: Vec<(&String, &u64)> = used.calls.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1));
+    let top: Vec<String> = top
+        .iter()
+        .take(6)
+        .map(|(name, n)| format!("{name} {:.2}", **n as f64 / envelopes))
+        .collect();
+    println!(
+        "redis per envelope (rmb-relay redis, {} envelopes): {:.2} commands ({:.2} of them scripts; counts include commands run inside scripts): {}; redis CPU {:.1} µs",
+        stats.received,
+        all as f64 / envelopes,
+        scripts as f64 / envelopes,
+        top.join(", "),
+        used.cpu_secs * 1e6 / envelopes
     );
 }
 
