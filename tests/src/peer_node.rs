@@ -36,10 +36,17 @@ pub struct Node {
 impl Node {
     /// Registers `secret` listing `relay` and starts its peer with `extra` flags.
     pub fn start(secret: &str, relay: &RelayProcess, extra: &[&str]) -> Node {
-        let registry = relay.http_url();
-        let twin = register(&registry, secret, &[relay.domain()]);
+        Self::start_on(secret, &relay.domain(), extra)
+    }
+
+    /// The same for the relay at `domain` (`127.0.0.1:<port>`, hosting the registry),
+    /// for a relay the test starts and restarts itself.
+    pub fn start_on(secret: &str, domain: &str, extra: &[&str]) -> Node {
+        let registry = format!("http://{domain}");
+        let twin = register(&registry, secret, &[domain.to_string()]);
         let redis = RedisServer::start();
-        let peer = PeerProcess::start(secret, &redis.url(), &[relay.ws_url()], &registry, extra);
+        let ws = format!("ws://{domain}/");
+        let peer = PeerProcess::start(secret, &redis.url(), &[ws], &registry, extra);
         Node { twin, peer, redis }
     }
 }

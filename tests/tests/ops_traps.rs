@@ -7,49 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rmb_identity::{Identity, KeyType};
+use rmb_testsupport::peer_node::Node;
 use rmb_testsupport::peer_process::PeerProcess;
 use rmb_testsupport::peer_process::resp::Resp;
 use rmb_testsupport::redis_server::{RedisServer, free_port};
 use rmb_testsupport::relay_process::{RelayProcess, binaries};
 use serde_json::Value;
-
-/// Registers the twin of `secret` (listing `relays`) on the embedded registry.
-fn register(registry_url: &str, secret: &str, relays: &[String]) -> u32 {
-    let identity = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(rmb_testsupport::registry::register(
-        registry_url,
-        &identity,
-        relays,
-    ))
-}
-
-/// A twin with its own Redis and its running peer.
-struct Node {
-    twin: u32,
-    peer: PeerProcess,
-    redis: RedisServer,
-}
-
-impl Node {
-    fn start(secret: &str, relay: &RelayProcess) -> Node {
-        Self::start_on(secret, &relay.domain())
-    }
-
-    /// For the relay at `domain` (`127.0.0.1:<port>`), which hosts the registry.
-    fn start_on(secret: &str, domain: &str) -> Node {
-        let registry = format!("http://{domain}");
-        let twin = register(&registry, secret, &[domain.to_string()]);
-        let redis = RedisServer::start();
-        let ws = format!("ws://{domain}/");
-        let peer = PeerProcess::start(secret, &redis.url(), &[ws], &registry, &[]);
-        Node { twin, peer, redis }
-    }
-}
 
 /// Runs `rmb args…` to completion.
 fn rmb(args: &[&str]) -> Output {
@@ -199,8 +162,8 @@ fn a_relay_restarted_at_once_on_its_data_dir_comes_up_and_the_old_one_exits_fast
 
     // Two peers long-polling the registry's /changes.
     let domain = format!("127.0.0.1:{port}");
-    let a = Node::start_on("//Alice", &domain);
-    let b = Node::start_on("//Bob", &domain);
+    let a = Node::start_on("//Alice", &domain, &[]);
+    let b = Node::start_on("//Bob", &domain, &[]);
     std::thread::sleep(Duration::from_millis(500));
 
     sigterm(&old.0);
@@ -291,8 +254,8 @@ fn rmb_call_says_when_no_peer_serves_its_redis() {
 #[test]
 fn a_command_nobody_serves_is_answered_with_an_error_and_silence_lists_causes() {
     let relay = RelayProcess::start(&[]);
-    let a = Node::start("//Alice", &relay);
-    let b = Node::start("//Bob", &relay);
+    let a = Node::start("//Alice", &relay, &[]);
+    let b = Node::start("//Bob", &relay, &[]);
     let started = Instant::now();
     let out = rmb(&[
         "call",
@@ -506,8 +469,8 @@ fn a_relay_with_a_private_ca_is_reached_with_relay_ca_or_ssl_cert_file() {
 #[test]
 fn a_peer_shutting_down_does_not_displace_its_replacement() {
     let relay = RelayProcess::start(&[]);
-    let caller = Node::start("//Bob", &relay);
-    let mut a = Node::start("//Alice", &relay);
+    let caller = Node::start("//Bob", &relay, &[]);
+    let mut a = Node::start("//Alice", &relay, &[]);
     let paused = a.redis.inline(&["CLIENT", "PAUSE", "3000", "WRITE"]);
     assert!(paused.contains("OK"), "{paused}");
     a.peer.signal_term();

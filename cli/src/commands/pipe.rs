@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use rmb_peer::conn::{Cipher, ListenOptions, Stream};
-use rmb_peer::pipes::client::{LocalApi, PipeFailure};
+use rmb_peer::pipes::client::LocalApi;
 use rmb_peer::{Client, ClientOptions};
 use rmb_proto::Address;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -85,15 +85,7 @@ impl DirectArgs {
 
     /// The local peer's API, as `--http`/`--http-socket`/`--http-token-file` say.
     fn local(&self) -> anyhow::Result<LocalApi> {
-        let token = match &self.peer.token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the token file {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
+        let token = self.peer.token()?;
         Ok(LocalApi::new(
             &self.peer.url,
             self.peer.socket.clone(),
@@ -472,7 +464,7 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
                         Ok(pipe) => {
                             let (mut read, mut write) = socket.into_split();
                             if let Err(e) = pipe.run(&mut read, &mut write).await {
-                                forwarded_failed(&peer, &e);
+                                tracing::debug!(%peer, error = %e, "forwarded connection failed");
                             }
                         }
                         Err(e) => tracing::warn!(%peer, error = %e, "could not open a connection"),
@@ -495,10 +487,6 @@ enum Via {
     Direct(Client),
     /// The local rmb-peer.
     Peer(LocalApi),
-}
-
-fn forwarded_failed(peer: &std::net::SocketAddr, e: &PipeFailure) {
-    tracing::debug!(%peer, error = %e, "forwarded connection failed");
 }
 
 async fn copy_both(mut stream: Stream, mut socket: impl AsyncRead + AsyncWrite + Unpin) {

@@ -53,29 +53,38 @@ impl HttpArgs {
         }
     }
 
+    /// The API token from `--http-token-file` (surrounding whitespace removed), if given.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        Ok(Some(token.trim().to_string()))
+    }
+
     /// An HTTP client that sends the API token with every request, when a token file
     /// is given (a file that cannot be read is reported, and the API's 401 follows).
     pub fn http_client(&self) -> reqwest::Client {
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(path) = &self.token_file {
-            match std::fs::read_to_string(path) {
-                Ok(token) => {
-                    match reqwest::header::HeaderValue::from_str(&format!(
-                        "Bearer {}",
-                        token.trim()
-                    )) {
-                        Ok(mut value) => {
-                            value.set_sensitive(true);
-                            headers.insert(reqwest::header::AUTHORIZATION, value);
-                        }
-                        Err(_) => eprintln!(
-                            "rmb: the token in {} is not valid header text",
-                            path.display()
-                        ),
+        match self.token() {
+            Ok(Some(token)) => {
+                match reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+                    Ok(mut value) => {
+                        value.set_sensitive(true);
+                        headers.insert(reqwest::header::AUTHORIZATION, value);
                     }
+                    Err(_) => eprintln!(
+                        "rmb: the token in {} is not valid header text",
+                        self.token_file
+                            .as_deref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    ),
                 }
-                Err(e) => eprintln!("rmb: cannot read the token file {}: {e}", path.display()),
             }
+            Ok(None) => {}
+            Err(e) => eprintln!("rmb: {e:#}"),
         }
         let mut builder = reqwest::Client::builder().default_headers(headers);
         if let Some(socket) = &self.socket {

@@ -8,7 +8,8 @@
 //! - [`state`]: the per-connection state machine (acks, retransmission, flow control,
 //!   half-close, keep-alive), with time as an input;
 //! - [`stream`]: the application's [`Stream`] and the task driving each connection;
-//! - [`listener`]: the accepting side ([`Listener`], [`Incoming`]);
+//! - [`listener`]: the accepting side ([`Listener`], [`Incoming`]), and `accept`, which
+//!   checks open requests and hands them to listeners;
 //! - [`errors`]: the refusal codes on the wire and the error of each operation.
 //!
 //! [`Connections`] ties them to a [`Peer`]: `connect(twin, protocol)` on one side,
@@ -18,6 +19,7 @@
 //! [`Connections::handle_frame`], [`Connections::handle_response`]); the direct client
 //! and the rmb-peer binary do. See docs/connections.md.
 
+mod accept;
 pub mod crypto;
 pub mod errors;
 pub mod expose;
@@ -35,7 +37,6 @@ use std::time::Duration;
 
 use rand::RngCore;
 use rmb_proto::Address;
-use rmb_proto::time::unix_now;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,8 +44,8 @@ use tokio_util::task::TaskTracker;
 pub use rmb_aead::Cipher;
 
 use crate::core::{
-    ConnFrame, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse, Peer, Reason,
-    RemoteError, SendError, UNPROVEN_SOURCE,
+    ConnFrame, InboundRequest, InboundResponse, OutgoingRequest, Peer, Reason, SendError,
+    UNPROVEN_SOURCE,
 };
 use crypto::Ephemeral;
 use errors::refusal;
@@ -502,178 +503,6 @@ impl Connections {
                 }
             }
         }
-    }
-
-    async fn on_open(&self, request: InboundRequest) {
-        let shared = &self.shared;
-        let source = request.source.clone();
-        let refuse = |code: u32, message: String| {
-            let (uid, to, deadline) = (request.uid.clone(), source.clone(), request.deadline());
-            async move {
-                let error = RemoteError::new(code, message);
-                if let Err(e) = self.reply(uid, to, deadline, Err(error)).await {
-                    tracing::debug!(error = %e, "could not refuse a connection");
-                }
-            }
-        };
-        let open = match Open::decode(&request.payload) {
-            Ok(open) => open,
-            Err(e) => {
-                shared
-                    .counters
-                    .refused_bad_open
-                    .fetch_add(1, Ordering::Relaxed);
-                return refuse(codes::BAD_OPEN, format!("bad open request: {e}")).await;
-            }
-        };
-        let key = (source.twin, open.id);
-        if lock(&shared.conns).contains_key(&key) {
-            // A repeat of an open we handle already (the core answers it from its cache).
-            return;
-        }
-        let opener = match shared.peer.lookup_twin(source.twin).await {
-            Ok(Some(twin)) => twin,
-            _ => {
-                shared
-                    .counters
-                    .refused_bad_open
-                    .fetch_add(1, Ordering::Relaxed);
-                return refuse(codes::BAD_OPEN, "opener twin not found".into()).await;
-            }
-        };
-        if let Err(e) = crypto::verify_open(&open, &opener, shared.peer.twin_id()) {
-            shared
-                .counters
-                .refused_bad_open
-                .fetch_add(1, Ordering::Relaxed);
-            return refuse(codes::BAD_OPEN, e.to_string()).await;
-        }
-        let allowed = &shared.config.ciphers;
-        let choice = if allowed.is_empty() && !open.offer.is_empty() {
-            // Configured to behave as a peer from before the cipher choice: refuse as
-            // it did, in its words.
-            Err(format!(
-                "bad open request: {}",
-                wire::WireError::Version(wire::VERSION_CIPHERS)
-            ))
-        } else if allowed.is_empty() {
-            Ok(())
-        } else {
-            crypto::pick(&open, allowed)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        if let Err(message) = choice {
-            shared
-                .counters
-                .refused_bad_open
-                .fetch_add(1, Ordering::Relaxed);
-            return refuse(codes::BAD_OPEN, message).await;
-        }
-        let slot = {
-            let listeners = lock(&shared.listeners);
-            listeners.get(&open.protocol).map(|l| {
-                (
-                    l.tx.clone(),
-                    l.allow.as_ref().map(|a| a.contains(&source.twin)),
-                )
-            })
-        };
-        let tx = match slot {
-            None => {
-                shared
-                    .counters
-                    .refused_unknown_protocol
-                    .fetch_add(1, Ordering::Relaxed);
-                let message = format!("no handler for protocol '{}'", open.protocol);
-                return refuse(codes::UNKNOWN_PROTOCOL, message).await;
-            }
-            Some((_, Some(false))) => {
-                shared
-                    .counters
-                    .refused_not_allowed
-                    .fetch_add(1, Ordering::Relaxed);
-                let message = format!("twin {} may not open '{}'", source.twin, open.protocol);
-                return refuse(codes::NOT_ALLOWED, message).await;
-            }
-            Some((tx, _)) => tx,
-        };
-        // Reserve the slot now: a repeat of this open (resent while the listener
-        // decides) then finds it and is ignored.
-        let reserved = {
-            let mut conns = lock(&shared.conns);
-            let limited = self.check_limits(&conns, source.twin);
-            if limited.is_ok() {
-                conns.insert(key, Entry::Opening(Vec::new()));
-            }
-            limited
-        };
-        if let Err(n) = reserved {
-            shared.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
-            return refuse(codes::BUSY, format!("too many connections ({n})")).await;
-        }
-        let incoming = Incoming {
-            connections: self.clone(),
-            request: Some((request.uid.clone(), request.deadline())),
-            source: source.clone(),
-            open,
-        };
-        match tx.try_send(incoming) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(mut incoming)) => {
-                incoming.request = None;
-                self.unreserve(key);
-                shared.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
-                refuse(
-                    codes::BUSY,
-                    "too many connections waiting to be accepted".into(),
-                )
-                .await
-            }
-            Err(mpsc::error::TrySendError::Closed(mut incoming)) => {
-                incoming.request = None;
-                self.unreserve(key);
-                shared
-                    .counters
-                    .refused_unknown_protocol
-                    .fetch_add(1, Ordering::Relaxed);
-                refuse(
-                    codes::UNKNOWN_PROTOCOL,
-                    "the protocol's listener is gone".into(),
-                )
-                .await
-            }
-        }
-    }
-
-    /// Frees a slot reserved for an open that was not accepted.
-    fn unreserve(&self, key: (u32, ConnId)) {
-        let mut conns = lock(&self.shared.conns);
-        if matches!(conns.get(&key), Some(Entry::Opening(_))) {
-            conns.remove(&key);
-        }
-    }
-
-    async fn reply(
-        &self,
-        uid: String,
-        to: Address,
-        deadline: u64,
-        reply: Result<Vec<u8>, RemoteError>,
-    ) -> Result<(), SendError> {
-        let remaining = deadline.saturating_sub(unix_now());
-        if remaining == 0 {
-            return Err(SendError::Expired);
-        }
-        let response = OutgoingResponse {
-            uid,
-            destination: to,
-            reply,
-            schema: None,
-            timestamp: 0,
-            expiration: remaining,
-        };
-        self.shared.peer.send_response(response).await
     }
 
     /// Waits (at most `limit`) until every connection whose handle was dropped has

@@ -118,24 +118,6 @@ fn switching(headers: &[(&'static str, String)]) -> Response {
     response
 }
 
-fn parse_target(text: &str) -> Result<Address, ApiError> {
-    let bad = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("'{text}' is not TWIN or TWIN:SID"),
-        )
-    };
-    let (twin, sid) = match text.split_once(':') {
-        Some((twin, sid)) => (twin, Some(sid)),
-        None => (text, None),
-    };
-    let twin: u32 = twin.parse().map_err(|_| bad())?;
-    Ok(match sid {
-        Some(sid) if !sid.is_empty() => Address::session(twin, sid),
-        _ => Address::twin(twin),
-    })
-}
-
 fn connect_error(e: &ConnectError) -> StatusCode {
     match e {
         ConnectError::InvalidProtocol(_) => StatusCode::BAD_REQUEST,
@@ -157,7 +139,10 @@ async fn open(
     mut request: Request,
 ) -> Result<Response, ApiError> {
     check_upgrade(&request)?;
-    let to = parse_target(&query.to)?;
+    let to: Address = query
+        .to
+        .parse()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("to={:?}: {e}", query.to)))?;
     let upgrade = hyper::upgrade::on(&mut request);
     let stream = service
         .connections
