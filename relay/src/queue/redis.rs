@@ -158,6 +158,7 @@ return 0
 /// Offline queues and presence shared by the replicas of one relay through Redis.
 pub struct RedisQueues {
     conn: ConnectionManager,
+    client: redis::Client,
     prefix: String,
     replica: String,
     limits: QueueLimits,
@@ -186,9 +187,10 @@ impl RedisQueues {
         let replica = hex::encode(rand::random::<[u8; 8]>());
         let (tx, rx) = mpsc::channel(4096);
         let channel = format!("{prefix}wake:{replica}");
-        let listener = Box::pin(listen_for_wakeups(client, channel, tx, shutdown));
+        let listener = Box::pin(listen_for_wakeups(client.clone(), channel, tx, shutdown));
         Ok(RedisQueues {
             conn,
+            client,
             prefix: prefix.to_string(),
             replica,
             limits: QueueLimits::with_count(per_session.max(1)),
@@ -223,7 +225,17 @@ impl RedisQueues {
     }
 
     fn presence_key(&self, session: &SessionId) -> String {
-        format!("{}at:{session}", self.prefix)
+        presence_key(&self.prefix, session)
+    }
+
+    /// A client for the same Redis (for subscriptions, which need their own connection).
+    pub fn client(&self) -> redis::Client {
+        self.client.clone()
+    }
+
+    /// The key prefix the replicas share.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn session_bytes_key(&self, session: &SessionId) -> String {
@@ -451,8 +463,13 @@ fn decode_entry(entry: Vec<u8>, now: u64) -> Option<Outgoing> {
     Some((bytes.split_off(bar + 1), deadline))
 }
 
+/// The key naming the replica that holds `session` (the replica links read it too).
+pub fn presence_key(prefix: &str, session: &SessionId) -> String {
+    format!("{prefix}at:{session}")
+}
+
 /// Parses the session text published on a wake channel (`twin` or `twin:sid`).
-fn parse_session(text: &str) -> Option<SessionId> {
+pub fn parse_session(text: &str) -> Option<SessionId> {
     let (twin, sid) = match text.split_once(':') {
         Some((twin, sid)) => (twin, Some(sid.to_string())),
         None => (text, None),
