@@ -108,6 +108,11 @@ struct Args {
     #[arg(long)]
     skip_redis: bool,
 
+    /// Redis mode without replica links (`rmb-relay --replica-listen off`): every
+    /// envelope between the replicas goes through the Redis queue.
+    #[arg(long)]
+    redis_queue_only: bool,
+
     /// Skip the bare forwarder (no ratio is printed then).
     #[arg(long)]
     skip_bare: bool,
@@ -246,9 +251,15 @@ async fn main() -> anyhow::Result<()> {
     let redis = if args.skip_redis || target.local.is_none() {
         None
     } else {
-        eprintln!("load: rmb-relay redis (2 replicas, every envelope across redis)…");
+        let links = !args.redis_queue_only;
+        let path = if links {
+            "replica links"
+        } else {
+            "the redis queue"
+        };
+        eprintln!("load: rmb-relay redis (2 replicas, every envelope across {path})…");
         let replicas =
-            replicas::Replicas::start(&target.domain, Arc::clone(&target.registry)).await?;
+            replicas::Replicas::start(&target.domain, Arc::clone(&target.registry), links).await?;
         let [one, two] = &replicas.ws_urls;
         let pairs = twins
             .chunks(2)
@@ -263,14 +274,16 @@ async fn main() -> anyhow::Result<()> {
             .redis_usage()
             .await
             .context("reading Redis's INFO")?;
+        let cpu_before = replicas::Replicas::cpu_secs();
         let stats = load::run(pairs, plan).await.context("redis run")?;
         let used = replicas
             .redis_usage()
             .await
             .context("reading Redis's INFO")?
             .since(&before);
+        let relay_cpu = replicas::Replicas::cpu_secs() - cpu_before;
         replicas.shutdown().await;
-        Some((stats, used))
+        Some((stats, used, relay_cpu))
     };
 
     print_report(
@@ -281,8 +294,8 @@ async fn main() -> anyhow::Result<()> {
         &RelayRuns {
             label: relay_label,
             memory: &relay,
-            redis: redis.as_ref().map(|(stats, _)| stats),
-            redis_usage: redis.as_ref().map(|(_, used)| used),
+            redis: redis.as_ref().map(|(stats, _, _)| stats),
+            redis_usage: redis.as_ref().map(|(_, used, cpu)| (used, *cpu)),
         },
         idle.as_ref(),
     );
@@ -297,8 +310,8 @@ struct RelayRuns<'a> {
     label: &'a str,
     memory: &'a Stats,
     redis: Option<&'a Stats>,
-    /// What Redis did during the Redis-mode run.
-    redis_usage: Option<&'a replicas::RedisUsage>,
+    /// What Redis did during the Redis-mode run, and the replicas' CPU seconds.
+    redis_usage: Option<(&'a replicas::RedisUsage, f64)>,
 }
 
 fn print_report(
@@ -368,8 +381,19 @@ fn print_report(
             println!("{label} errors: {} (first: {first})", stats.errors);
         }
     }
-    if let (Some(stats), Some(used)) = (redis, redis_usage) {
+    if let Some(redis) = redis {
+        let ratio = redis.rate() / relay.rate().max(1e-9);
+        let verdict = if ratio >= 0.5 { "meets" } else { "below" };
+        println!("ratio redis (2 replicas)/{relay_label}: {ratio:.2} ({verdict} the 0.50 target)");
+    }
+    if let (Some(stats), Some((used, relay_cpu))) = (redis, redis_usage) {
         print_redis_usage(stats, used);
+        println!(
+            "replicas' CPU (their runtime's threads, whole run): {relay_cpu:.2} s for {} envelopes: {:.0} msgs per relay CPU-second, {:.1} µs per envelope",
+            stats.received,
+            stats.received as f64 / relay_cpu.max(1e-9),
+            relay_cpu * 1e6 / stats.received.max(1) as f64
+        );
     }
     if let Some(idle) = idle {
         print_idle(idle);

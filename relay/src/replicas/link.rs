@@ -125,6 +125,7 @@ impl Actor {
     pub async fn run(mut self) {
         let shutdown = self.shared.shutdown.clone();
         let mut backoff = Duration::from_millis(100);
+        let mut failing_since: Option<Instant> = None;
         loop {
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -133,6 +134,7 @@ impl Actor {
             let error = match connected {
                 Ok(stream) => {
                     backoff = Duration::from_millis(100);
+                    failing_since = None;
                     self.shared.counters.links.inc();
                     let ended = self.serve(stream).await;
                     self.shared.counters.links.dec();
@@ -149,7 +151,8 @@ impl Actor {
             self.handle.down.store(true, Ordering::Relaxed);
             self.return_unacked("link_down").await;
             self.return_queued("link_down").await;
-            if matches!(error, LinkError::Other("replica gone")) {
+            if failing_since.get_or_insert_with(Instant::now).elapsed() > IDLE_CLOSE {
+                // Its replica is gone for good (its sessions' claims lapse meanwhile).
                 break;
             }
             tokio::select! {
