@@ -86,6 +86,25 @@ async fn link_address(relay: &RelayProcess) -> String {
         .to_string()
 }
 
+/// Sends probes from Alice (on `relay`) to Bob until one went over a replica link: the
+/// first ones may race Bob's claim in Redis and go through his queue.
+async fn prime_link(
+    relay: &RelayProcess,
+    (alice, a, ca): (&Identity, u32, &mut TestClient),
+    (b, cb): (u32, &mut TestClient),
+) {
+    for i in 0.. {
+        assert!(i < 50, "the link never came up");
+        let probe = request(alice, Address::twin(a), b, &format!("probe-{i}"), b"x", 60);
+        ca.send(&probe).await;
+        assert_eq!(cb.recv(WAIT).await, Some(probe));
+        if relay.metric("relay_replica_forwarded_total").await >= 1.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn envelopes_between_replicas_go_over_the_link_not_through_redis() {
     let redis = RedisServer::start();
@@ -97,9 +116,7 @@ async fn envelopes_between_replicas_go_over_the_link_not_through_redis() {
     let mut cb = TestClient::connect(&r2.ws_url(), &bob, b, None).await;
 
     // The first envelope looks Bob up in Redis; the link then carries the rest.
-    let first = request(&alice, Address::twin(a), b, "first", b"x", 60);
-    ca.send(&first).await;
-    assert_eq!(cb.recv(WAIT).await, Some(first));
+    prime_link(&r1, (&alice, a, &mut ca), (b, &mut cb)).await;
 
     let before = redis_commands(&redis);
     // In rounds Bob's outbox holds (a burst over it spills to his queue in Redis, as a
@@ -130,7 +147,7 @@ async fn envelopes_between_replicas_go_over_the_link_not_through_redis() {
         "{used} Redis commands for 1000 envelopes between replicas"
     );
     let forwarded = r1.metric("relay_replica_forwarded_total").await;
-    assert!(forwarded >= 1000.0, "forwarded over the link: {forwarded}");
+    assert!(forwarded >= 1001.0, "forwarded over the link: {forwarded}");
     assert_eq!(r2.metric("relay_replica_received_total").await, forwarded);
 }
 
@@ -275,4 +292,58 @@ async fn the_link_port_refuses_whoever_lacks_the_replica_secret() {
     let real = request(&alice, Address::twin(a), b, "real", b"x", 60);
     ca.send(&real).await;
     assert_eq!(cb.recv(WAIT).await, Some(real));
+}
+
+#[tokio::test]
+async fn envelopes_for_a_killed_replica_wait_in_the_queue() {
+    let redis = RedisServer::start();
+    let (r1, mut r2) = (replica(&redis), replica(&redis));
+    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let a = register(&r1.http_url(), &alice).await;
+    let b = register(&r1.http_url(), &bob).await;
+    let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
+    let mut cb = TestClient::connect(&r2.ws_url(), &bob, b, None).await;
+    prime_link(&r1, (&alice, a, &mut ca), (b, &mut cb)).await;
+    let forwarded = r1.metric("relay_replica_forwarded_total").await;
+
+    // r2 freezes (SIGSTOP) with Bob's session: Alice's envelopes go out on the link and
+    // wait there unacknowledged; then r2 dies (SIGKILL) and r1 must take them back.
+    let pid = r2.pid().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    drop(cb);
+    let sent: Vec<Envelope> = (0..100)
+        .map(|i| request(&alice, Address::twin(a), b, &format!("k-{i}"), b"x", 60))
+        .collect();
+    for env in &sent {
+        ca.send(env).await;
+    }
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        r1.metric("relay_replica_forwarded_total").await,
+        forwarded,
+        "none acknowledged"
+    );
+    r2.kill();
+    tokio::time::sleep(QUIET).await;
+    let returned = r1
+        .metric("relay_replica_returned_total{reason=\"link_down\"}")
+        .await;
+    assert_eq!(
+        returned, 100.0,
+        "every unacknowledged envelope went to the queue"
+    );
+    // Bob comes back through the surviving replica and finds every one in his queue.
+    let mut cb = TestClient::connect(&r1.ws_url(), &bob, b, None).await;
+    let mut got = uids(&recv_n(&mut cb, sent.len()).await);
+    assert_eq!(cb.recv(QUIET).await, None, "nothing twice");
+    got.sort();
+    let mut expected = uids(&sent);
+    expected.sort();
+    assert_eq!(got, expected, "nothing lost");
 }
