@@ -58,6 +58,8 @@ pub struct ReplicaCounters {
     pub links: IntGauge,
     /// Presence lookups in Redis (cache misses).
     pub lookups: IntCounter,
+    /// Connections here ended because their session connected to another replica.
+    pub evicted: IntCounter,
 }
 
 impl Metrics {
@@ -125,6 +127,10 @@ impl Metrics {
             lookups: counter(
                 "relay_replica_presence_lookups_total",
                 "Session presence looked up in Redis (presence cache misses)",
+            ),
+            evicted: counter(
+                "relay_replica_evicted_total",
+                "Connections ended here because their session connected to another replica",
             ),
         };
         Metrics {

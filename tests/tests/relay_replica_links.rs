@@ -347,3 +347,35 @@ async fn envelopes_for_a_killed_replica_wait_in_the_queue() {
     expected.sort();
     assert_eq!(got, expected, "nothing lost");
 }
+
+#[tokio::test]
+async fn a_session_connecting_to_another_replica_ends_its_older_connection() {
+    let redis = RedisServer::start();
+    let (r1, r2) = (replica(&redis), replica(&redis));
+    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let a = register(&r1.http_url(), &alice).await;
+    let b = register(&r1.http_url(), &bob).await;
+    let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
+    // Bob's old connection on r2 stays open (a half-dead socket, a balancer that moved
+    // him) while he connects again through r1.
+    let mut old = TestClient::connect(&r2.ws_url(), &bob, b, None).await;
+    let mut new = TestClient::connect(&r1.ws_url(), &bob, b, None).await;
+    let mut evicted = 0.0;
+    for _ in 0..50 {
+        evicted = r2.metric("relay_replica_evicted_total").await;
+        if evicted > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(evicted, 1.0, "r2 ended Bob's older connection");
+    assert_eq!(old.recv(QUIET).await, None, "closed");
+    let env = request(&alice, Address::twin(a), b, "to-new", b"x", 60);
+    ca.send(&env).await;
+    assert_eq!(
+        new.recv(WAIT).await,
+        Some(env),
+        "the newer connection gets it"
+    );
+    assert_eq!(r1.metric("relay_replica_evicted_total").await, 0.0);
+}

@@ -8,7 +8,7 @@
 //! | `replica:<id>` | `host:port` the replica's link listener is reached at | [`ADDRESS_TTL`], renewed every third of it |
 //! | `replica-secret` | 32 random bytes, hex; made once by whichever replica comes first (`SET NX`) | kept |
 //! | `at:<session>` (the queues' presence key) | id of the replica holding the session | the queues' lease |
-//! | channel `moves` | a session's text, published when it connects to a replica | — |
+//! | channel `moves` | `<replica id> <session>`, published when a session connects to a replica | — |
 
 use std::time::Duration;
 
@@ -35,8 +35,8 @@ pub struct Directory {
 /// What the `moves` subscription reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Move {
-    /// This session connected to some replica.
-    Session(SessionId),
+    /// This session connected to the replica with this id.
+    Session { replica: String, session: SessionId },
     /// The subscription was renewed: announcements may have been missed.
     Gap,
 }
@@ -99,10 +99,15 @@ impl Directory {
         conn.get(presence_key(&self.prefix, session)).await
     }
 
-    /// Tells every replica that `session` connected to one of them.
-    pub async fn announce_move(&self, session: &SessionId) -> redis::RedisResult<()> {
+    /// Tells every replica that `session` connected to replica `replica`.
+    pub async fn announce_move(
+        &self,
+        replica: &str,
+        session: &SessionId,
+    ) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        conn.publish(self.key("moves"), session.to_string()).await
+        conn.publish(self.key("moves"), format!("{replica} {session}"))
+            .await
     }
 
     /// Follows the `moves` channel until `shutdown`, resubscribing after errors (with
@@ -145,8 +150,14 @@ impl Directory {
                 let Ok(text) = message.get_payload::<String>() else {
                     continue;
                 };
-                if let Some(session) = parse_session(&text)
-                    && moves.send(Move::Session(session)).await.is_err()
+                let parsed = text.split_once(' ').and_then(|(replica, session)| {
+                    Some(Move::Session {
+                        replica: replica.to_string(),
+                        session: parse_session(session)?,
+                    })
+                });
+                if let Some(moved) = parsed
+                    && moves.send(moved).await.is_err()
                 {
                     return;
                 }

@@ -52,6 +52,9 @@ pub const DEFAULT_PRESENCE_ENTRIES: usize = 1_000_000;
 /// Hands an envelope to the session connected here; false if it cannot take it.
 pub type Deliver = Arc<dyn Fn(SessionId, Outgoing) -> bool + Send + Sync>;
 
+/// Ends the connection of a session here because it connected to another replica.
+pub type Evict = Arc<dyn Fn(&SessionId) -> bool + Send + Sync>;
+
 /// How the links of one replica are set up.
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
@@ -79,6 +82,8 @@ pub struct Shared {
     links: Links,
     /// Delivery to the sessions connected here.
     pub deliver: Deliver,
+    /// Ends a session's connection here when it connected to another replica.
+    pub evict: Evict,
     /// Where envelopes a link could not deliver go (the offline queue).
     pub returned: mpsc::Sender<Forward>,
     pub counters: ReplicaCounters,
@@ -118,12 +123,11 @@ pub struct ReplicaLinks {
 impl ReplicaLinks {
     /// Binds the link listener, advertises it in Redis and starts the listener, the
     /// advertisement's renewal and the `moves` follower under `tasks`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         id: String,
         directory: Directory,
         settings: LinkSettings,
-        deliver: Deliver,
+        (deliver, evict): (Deliver, Evict),
         returned: mpsc::Sender<Forward>,
         counters: ReplicaCounters,
         tasks: TaskTracker,
@@ -151,6 +155,7 @@ impl ReplicaLinks {
             settings,
             links: Links::default(),
             deliver,
+            evict,
             returned,
             counters,
             tasks: tasks.clone(),
@@ -204,9 +209,11 @@ impl ReplicaLinks {
             .map_err(|(_, item)| item)
     }
 
-    /// Tells every replica that `session` just connected here (after claiming it).
+    /// Tells every replica that `session` just connected here (after claiming it): they
+    /// forget where it was, and one still holding an older connection of it ends that.
     pub async fn announce(&self, session: &SessionId) {
-        if let Err(e) = self.shared.directory.announce_move(session).await {
+        let shared = &self.shared;
+        if let Err(e) = shared.directory.announce_move(&shared.id, session).await {
             tracing::warn!(%session, error = %e, "announcing a session's move failed; other replicas' caches catch up within their entry lifetime");
         }
     }
@@ -253,7 +260,9 @@ async fn advertise(shared: Arc<Shared>, address: String) {
     .await;
 }
 
-/// Empties presence cache entries as sessions move (all of them after a gap).
+/// Empties presence cache entries as sessions move (all of them after a gap), and ends
+/// the connection here of a session that connected to another replica (as a second
+/// connection of a session on one replica replaces the first).
 async fn follow_moves(shared: Arc<Shared>) {
     let (tx, mut rx) = mpsc::channel(4096);
     let follower = {
@@ -266,7 +275,13 @@ async fn follow_moves(shared: Arc<Shared>) {
     shared.tasks.spawn(follower);
     while let Some(moved) = rx.recv().await {
         match moved {
-            Move::Session(session) => shared.presence.forget(&session),
+            Move::Session { replica, session } => {
+                shared.presence.forget(&session);
+                if replica != shared.id && (shared.evict)(&session) {
+                    shared.counters.evicted.inc();
+                    tracing::info!(%session, to = %replica, "session connected to another replica; its connection here ends");
+                }
+            }
             Move::Gap => shared.presence.clear(),
         }
     }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::queue::{Queues, RedisQueues};
 use crate::replicas::directory::Directory;
 use crate::replicas::link::Forward;
-use crate::replicas::{Deliver, LinkSettings, ReplicaLinks};
+use crate::replicas::{Deliver, Evict, LinkSettings, ReplicaLinks};
 use crate::routing::requeue;
 use crate::state::RelayState;
 use crate::switch::Delivery;
@@ -37,6 +37,13 @@ pub async fn start(
     );
     // Weak: the state owns the links, which must not keep the state alive.
     let weak: Weak<RelayState> = Arc::downgrade(state);
+    let evict: Evict = {
+        let weak = weak.clone();
+        Arc::new(move |session| {
+            weak.upgrade()
+                .is_some_and(|state| state.switch.cancel(session))
+        })
+    };
     let deliver: Deliver = Arc::new(move |session, item| match weak.upgrade() {
         Some(state) => match state.switch.deliver(&session, item) {
             Delivery::Sent => true,
@@ -50,7 +57,7 @@ pub async fn start(
         queues.replica().to_string(),
         directory,
         settings,
-        deliver,
+        (deliver, evict),
         returned,
         state.metrics.replicas.clone(),
         state.tasks.clone(),
