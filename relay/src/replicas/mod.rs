@@ -55,6 +55,16 @@ pub type Deliver = Arc<dyn Fn(SessionId, Outgoing) -> bool + Send + Sync>;
 /// Ends the connection of a session here because it connected to another replica.
 pub type Evict = Arc<dyn Fn(&SessionId) -> bool + Send + Sync>;
 
+/// What the links do with what they cannot handle themselves: given by the server.
+pub struct Hooks {
+    /// Delivery to the sessions connected here.
+    pub deliver: Deliver,
+    /// Ending a connection here whose session connected to another replica.
+    pub evict: Evict,
+    /// Where envelopes a link could not deliver go (the offline queue).
+    pub returned: mpsc::Sender<Forward>,
+}
+
 /// How the links of one replica are set up.
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
@@ -127,8 +137,7 @@ impl ReplicaLinks {
         id: String,
         directory: Directory,
         settings: LinkSettings,
-        (deliver, evict): (Deliver, Evict),
-        returned: mpsc::Sender<Forward>,
+        hooks: Hooks,
         counters: ReplicaCounters,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -154,9 +163,9 @@ impl ReplicaLinks {
             presence: PresenceCache::new(settings.presence_entries),
             settings,
             links: Links::default(),
-            deliver,
-            evict,
-            returned,
+            deliver: hooks.deliver,
+            evict: hooks.evict,
+            returned: hooks.returned,
             counters,
             tasks: tasks.clone(),
             shutdown,

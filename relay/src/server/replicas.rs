@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::queue::{Queues, RedisQueues};
 use crate::replicas::directory::Directory;
 use crate::replicas::link::Forward;
-use crate::replicas::{Deliver, Evict, LinkSettings, ReplicaLinks};
+use crate::replicas::{Deliver, Evict, Hooks, LinkSettings, ReplicaLinks};
 use crate::routing::requeue;
 use crate::state::RelayState;
 use crate::switch::Delivery;
@@ -57,8 +57,11 @@ pub async fn start(
         queues.replica().to_string(),
         directory,
         settings,
-        (deliver, evict),
-        returned,
+        Hooks {
+            deliver,
+            evict,
+            returned,
+        },
         state.metrics.replicas.clone(),
         state.tasks.clone(),
         state.shutdown.clone(),
