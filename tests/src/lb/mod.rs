@@ -152,3 +152,26 @@ pub fn call(
         .map_err(|e| e.to_string())?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
+
+/// The peer's delivery counters that tell how a failover went, from its status key:
+/// `resent` (requests sent again for want of an answer), `duplicates` (copies dropped),
+/// `reconnects` (of its relay link); 0 when absent.
+pub fn peer_counters(node: &Node) -> Vec<(&'static str, u64)> {
+    let status = node.peer.status().unwrap_or_default();
+    ["resent", "duplicates", "reconnects"]
+        .into_iter()
+        .map(|field| (field, find_u64(&status, field).unwrap_or(0)))
+        .collect()
+}
+
+/// The first number called `key` anywhere in `v`.
+fn find_u64(v: &Value, key: &str) -> Option<u64> {
+    match v {
+        Value::Object(map) => map
+            .get(key)
+            .and_then(Value::as_u64)
+            .or_else(|| map.values().find_map(|v| find_u64(v, key))),
+        Value::Array(items) => items.iter().find_map(|v| find_u64(v, key)),
+        _ => None,
+    }
+}
