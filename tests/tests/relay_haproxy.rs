@@ -4,10 +4,12 @@
 //!
 //! - sessions spread over the replicas (each replica's `relay_sessions`), and calls
 //!   between twins on different replicas are answered;
-//! - replicas SIGKILLed in the middle of 100 RPC/s: the peers reconnect through HAProxy
-//!   to the others, and every request is answered once (or refused explicitly), none
-//!   lost, none run twice by the bot (the accounting of chaos.rs; the table is printed,
-//!   `--nocapture` shows it).
+//! - replicas SIGKILLed in the middle of 100 RPC/s, and a rolling restart (each replica
+//!   stopped with SIGTERM and started again in turn): the peers reconnect through
+//!   HAProxy to the others, and every request is answered once (or refused explicitly),
+//!   none lost, none run twice by the bot (the accounting of chaos.rs; the table is
+//!   printed, `--nocapture` shows it);
+//! - docs/operations.md shows the example configuration verbatim.
 //!
 //! Skips, saying why, only when haproxy is missing and cannot be installed.
 
@@ -158,6 +160,53 @@ fn replicas_killed_mid_traffic_lose_nothing() {
         peer_counters(&b)
     );
     acc.print_table("100 RPC/s for 20 s, A → B through HAProxy, two replicas SIGKILLed");
+    assert_accounted(&acc, 2000);
+}
+
+/// A rolling restart during 20 s of 100 RPC/s from A to B: each replica in turn is
+/// stopped with SIGTERM (graceful: sessions closed, queues kept) and started again 2 s
+/// later, as an upgrade would do it; the peers follow through HAProxy.
+#[test]
+fn rolling_restart_of_every_replica_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !haproxy_here() {
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    let (a, _) = cluster.node_located("//Alice");
+    let (b, _) = cluster.node_located("//Bob");
+    let run = Traffic::start(&a, &b, 100, Duration::from_secs(20));
+    let mut events = Vec::new();
+    for (i, at) in [(0, 3), (1, 8), (2, 13)] {
+        sleep_until(run.started + Duration::from_secs(at));
+        let status = cluster.replicas[i].terminate();
+        events.push(format!(
+            "{:5.1}s  SIGTERM replica {i}: exited {status:?}",
+            run.started.elapsed().as_secs_f64()
+        ));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "replica {i} shut down cleanly"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        cluster.replicas[i].relaunch();
+        let sessions = cluster.wait_sessions(2);
+        events.push(format!(
+            "{:5.1}s  replica {i} back; sessions {sessions:?}",
+            run.started.elapsed().as_secs_f64()
+        ));
+    }
+    let acc = run.finish(Duration::from_secs(60), Duration::from_secs(2));
+    println!("\nevents:");
+    for event in &events {
+        println!("  {event}");
+    }
+    println!(
+        "peer A: {:?}\npeer B: {:?}",
+        peer_counters(&a),
+        peer_counters(&b)
+    );
+    acc.print_table("100 RPC/s for 20 s, A → B through HAProxy, rolling restart (SIGTERM)");
     assert_accounted(&acc, 2000);
 }
 

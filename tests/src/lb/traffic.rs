@@ -32,6 +32,9 @@ const RET: &str = "lb.ret";
 pub struct Book {
     /// Payload of request n (its `ref` is n).
     pub sent: Vec<String>,
+    /// When request n was pushed, and when its first answer came.
+    pub sent_at: Vec<Instant>,
+    pub answered_at: HashMap<u64, Instant>,
     /// Answers per request: `Ok(payload)` or `Err(error text)`.
     pub answers: HashMap<u64, Vec<Result<String, String>>>,
     /// Responses whose `ref` was never sent.
@@ -66,6 +69,7 @@ impl Book {
             ))
         };
         self.answers.entry(n).or_default().push(answer);
+        self.answered_at.entry(n).or_insert_with(Instant::now);
     }
 
     /// Counts one run of the bot for the request `req` (the JSON it was given).
@@ -96,6 +100,15 @@ impl Book {
                 Some(Err(text)) => *acc.errors.entry(text.clone()).or_default() += 1,
             }
             acc.duplicated += answers.len().saturating_sub(1) as u64;
+            if let (Some(sent), Some(answered)) =
+                (self.sent_at.get(n), self.answered_at.get(&(n as u64)))
+            {
+                let secs = answered.duration_since(*sent).as_secs_f64();
+                acc.slowest = acc.slowest.max(secs);
+                if secs >= SLOW {
+                    acc.slow.push((n as u64, secs));
+                }
+            }
             if self.runs.get(payload).copied().unwrap_or(0) == 0 {
                 acc.never_run += 1;
             }
@@ -129,7 +142,14 @@ pub struct Accounting {
     pub handled_twice: u64,
     /// Requests the bot never ran (answered with an error, or lost).
     pub never_run: u64,
+    /// Seconds from sending to the first answer, of the slowest request answered.
+    pub slowest: f64,
+    /// Requests answered [`SLOW`] seconds or more after they were sent: (number, seconds).
+    pub slow: Vec<(u64, f64)>,
 }
+
+/// An answer this late (seconds) is listed in [`Accounting::slow`].
+pub const SLOW: f64 = 5.0;
 
 impl Accounting {
     /// Requests answered with an explicit error.
@@ -172,6 +192,20 @@ impl Accounting {
             self.lost,
             self.mismatched
         );
+        println!(
+            "  slowest answer {:.2} s; {} answered after {SLOW} s or more",
+            self.slowest,
+            self.slow.len()
+        );
+        if !self.slow.is_empty() {
+            let shown: Vec<String> = self
+                .slow
+                .iter()
+                .take(12)
+                .map(|(n, s)| format!("#{n}:{s:.1}s"))
+                .collect();
+            println!("  slow: {} …", shown.join(" "));
+        }
         for (text, n) in &self.errors {
             println!("  error x{n}: {text}");
         }
@@ -239,7 +273,10 @@ impl Traffic {
                     }
                     let payload = format!("req-{n}-{nonce:x}");
                     let req = super::request(&n.to_string(), COMMAND, dst, &payload, RET);
-                    lock(&book).sent.push(payload);
+                    let mut entry = lock(&book);
+                    entry.sent.push(payload);
+                    entry.sent_at.push(Instant::now());
+                    drop(entry);
                     redis.lpush("msgbus.system.local", &req.to_string());
                 }
             })
