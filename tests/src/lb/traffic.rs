@@ -130,7 +130,7 @@ pub struct Accounting {
     pub mismatched: u64,
     /// No answer at all.
     pub lost: u64,
-    /// The first few lost request numbers (all of them, in fact, in send order).
+    /// The lost request numbers, in send order.
     pub lost_refs: Vec<u64>,
     /// Answers beyond the first, over all requests.
     pub duplicated: u64,
