@@ -42,6 +42,9 @@
 //! resident memory (VmRSS) is compared before and after: the KiB per idle session is the
 //! relay's own cost. This phase runs first, on a fresh relay, so the allocator has no
 //! freed load-test memory to reuse. The child's own growth is shown for comparison.
+//! With `--idle-redis` the phase runs instead on an in-process relay in Redis mode (a
+//! private `redis-server` holding queues, presence, registry and used logins), and also
+//! reports Redis's `used_memory` and keys per session.
 
 /// mimalloc: glibc malloc cost a busy peer or relay about a tenth of its CPU.
 #[global_allocator]
@@ -102,6 +105,12 @@ struct Args {
     /// open-file limit above this (raised to the hard limit automatically).
     #[arg(long, default_value_t = 10_000)]
     idle_sessions: usize,
+
+    /// Measure the idle sessions (--idle-sessions) on an in-process relay in Redis mode
+    /// (a private redis-server) instead of the in-memory one; also reports Redis's
+    /// memory and keys per session.
+    #[arg(long, conflicts_with = "url")]
+    idle_redis: bool,
 
     /// Skip the Redis-mode run (two replicas on a private redis-server, senders on one,
     /// receivers on the other).
@@ -200,7 +209,11 @@ async fn main() -> anyhow::Result<()> {
             "idle sessions: registering and logging in {} twins…",
             args.idle_sessions
         );
-        Some(idle::measure(&target, args.idle_sessions, relay_pid).await?)
+        if args.idle_redis {
+            Some(idle::measure_redis(args.idle_sessions).await?)
+        } else {
+            Some(idle::measure(&target, args.idle_sessions, relay_pid).await?)
+        }
     } else {
         None
     };
@@ -397,6 +410,7 @@ fn print_report(
     }
     if let Some(idle) = idle {
         print_idle(idle);
+        idle::print_redis(idle);
     }
     println!(
         "note: envelopes are signed once per pair; each message rewrites the uid counter and \
