@@ -458,6 +458,59 @@ mod tests {
     }
 
     #[test]
+    fn mangled_frames_never_panic() {
+        // Valid frames with bytes flipped, cut or appended at random, and random bytes:
+        // every decoder answers with a value or an error.
+        let items = [
+            (
+                session(7, Some("web")),
+                (Bytes::from_static(b"envelope bytes"), 100),
+            ),
+            (session(9, None), (Bytes::from_static(b""), 5)),
+        ];
+        let mut seeds = Vec::new();
+        let mut out = Vec::new();
+        encode_batch(&mut out, 3, items.iter().map(|(s, o)| (s, o)));
+        seeds.push(out[4..].to_vec());
+        out.clear();
+        encode_ack(&mut out, 9, &[1, 2, 3]);
+        seeds.push(out[4..].to_vec());
+        out.clear();
+        encode_hello(
+            &mut out,
+            &Hello {
+                id: "abc".into(),
+                nonce: [5; NONCE_LEN],
+            },
+        );
+        seeds.push(out[4..].to_vec());
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..200_000 {
+            let mut bytes = seeds[round % seeds.len()].clone();
+            match next() % 4 {
+                0 => {
+                    let at = next() as usize % bytes.len();
+                    bytes[at] ^= (next() as u8) | 1;
+                }
+                1 => bytes.truncate(next() as usize % bytes.len()),
+                2 => bytes.extend((0..next() % 16).map(|_| next() as u8)),
+                _ => bytes = (0..next() % 64).map(|_| next() as u8).collect(),
+            }
+            let body = Bytes::from(bytes);
+            let _ = decode(body.clone());
+            let _ = decode_hello(body.clone());
+            let _ = decode_prove(body.clone());
+            let _ = decode_proven(body);
+        }
+    }
+
+    #[test]
     fn the_handshake_proves_the_secret_and_cannot_be_reflected() {
         let secret = b"relay secret";
         let hello = Hello {
