@@ -42,6 +42,16 @@ pub use target::{FORMS, HostPort, RedisTarget, TargetError};
 /// Time allowed to open one connection to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Times a cluster command is retried (after `MOVED`, `TRYAGAIN`, a lost node, …).
+/// With the waits below a command gives up after about 2.5 s: long enough to ride out a
+/// redirect or a slot map refresh, short enough that a sender whose destination's master
+/// is down hears an error instead of its traffic stalling until the failover ends.
+pub const CLUSTER_RETRIES: u32 = 6;
+/// Shortest wait before a cluster retry, in milliseconds.
+pub const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 50;
+/// Longest wait before a cluster retry, in milliseconds (the waits double from 50).
+pub const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 1000;
+
 /// Number of hash slots of a Redis Cluster.
 const SLOTS: u16 = 16384;
 
@@ -73,6 +83,10 @@ impl RedisConn {
                 let urls: Vec<String> = seeds.iter().map(|s| target.node_url(s, false)).collect();
                 let client = redis::cluster::ClusterClientBuilder::new(urls)
                     .connection_timeout(CONNECT_TIMEOUT)
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
+                    .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS)
+                    .retry_wait_formula(CLUSTER_MIN_RETRY_WAIT_MS, 2)
                     .build()?;
                 Inner::Cluster(client.get_async_connection().await?)
             }

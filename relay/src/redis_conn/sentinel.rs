@@ -4,8 +4,10 @@
 //! The sentinels are asked (`SENTINEL get-master-addr-by-name`) for the master's address,
 //! and the node found is checked with `ROLE` (a demoted master that came back is a
 //! replica until the sentinels say otherwise). On a connection error, or a `READONLY`
-//! reply (the node was demoted under us), the connection is dropped and the next command
-//! asks the sentinels again — at most once per backoff step (doubling from
+//! reply (the node was demoted under us), the connection is dropped, the sentinels are
+//! asked again and the command is tried once more on the master they name (so a command
+//! cut off by a failover may run twice, as with redis-rs's cluster retries). Later
+//! commands ask the sentinels at most once per backoff step (doubling from
 //! [`MIN_BACKOFF`] to [`MAX_BACKOFF`]), so a Redis that is down is not hammered.
 
 use std::sync::Arc;
@@ -110,14 +112,17 @@ impl SentinelConn {
         }
     }
 
-    /// Drops the connection after an error that says the master is gone or demoted.
-    async fn check(&self, error: &RedisError) {
-        if is_failover_error(error) {
-            let mut current = self.shared.current.lock().await;
-            if current.conn.take().is_some() {
-                tracing::warn!(master = %self.shared.master, error = %error, "lost the redis master; asking the sentinels again");
-            }
+    /// Drops the connection after an error that says the master is gone or demoted;
+    /// true if it did (the caller may try once more).
+    async fn check(&self, error: &RedisError) -> bool {
+        if !is_failover_error(error) {
+            return false;
         }
+        let mut current = self.shared.current.lock().await;
+        if current.conn.take().is_some() {
+            tracing::warn!(master = %self.shared.master, error = %error, "lost the redis master; asking the sentinels again");
+        }
+        true
     }
 }
 
@@ -182,10 +187,15 @@ impl ConnectionLike for SentinelConn {
         Box::pin(async move {
             let mut conn = self.get().await?;
             let result = conn.req_packed_command(cmd).await;
-            if let Err(e) = &result {
-                self.check(e).await;
+            match &result {
+                Err(e) if self.check(e).await => {
+                    // Once more on the master the sentinels name now (as redis-rs's
+                    // cluster connection retries after a lost node). A command that did
+                    // run before the connection broke may run twice.
+                    self.get().await?.req_packed_command(cmd).await
+                }
+                _ => result,
             }
-            result
         })
     }
 
@@ -198,10 +208,15 @@ impl ConnectionLike for SentinelConn {
         Box::pin(async move {
             let mut conn = self.get().await?;
             let result = conn.req_packed_commands(cmd, offset, count).await;
-            if let Err(e) = &result {
-                self.check(e).await;
+            match &result {
+                Err(e) if self.check(e).await => {
+                    self.get()
+                        .await?
+                        .req_packed_commands(cmd, offset, count)
+                        .await
+                }
+                _ => result,
             }
-            result
         })
     }
 
