@@ -36,7 +36,8 @@
 
 mod scripts;
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -98,6 +99,65 @@ pub struct RedisQueues {
     wakeups: Mutex<Option<mpsc::Receiver<SessionId>>>,
     /// The subscription that fills `wakeups`, until the server takes it to run it.
     listener: Mutex<Option<BoxFuture<'static, ()>>>,
+    empty: Arc<EmptyQueues>,
+}
+
+/// The queues of sessions connected here that this replica saw empty, so that the take
+/// a session makes after emptying its queue (it takes until a take returns nothing)
+/// costs no round trip. Anything that may put an envelope in a session's queue bumps its
+/// epoch first: a wake-up naming it (every push to a held session publishes one), a
+/// push by this replica, a renewed subscription (all are forgotten). A take skips Redis
+/// only if the queue was seen empty at the current epoch. Entries live from a session's
+/// first take until it detaches.
+#[derive(Default)]
+pub struct EmptyQueues {
+    seen: Mutex<HashMap<SessionId, Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    epoch: u64,
+    empty_at: Option<u64>,
+}
+
+impl EmptyQueues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Seen>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something may have been queued for `session`.
+    fn touch(&self, session: &SessionId) {
+        if let Some(seen) = self.lock().get_mut(session) {
+            seen.epoch += 1;
+        }
+    }
+
+    /// Anything may have been queued for anyone.
+    fn touch_all(&self) {
+        self.lock().clear();
+    }
+
+    /// `None` if `session`'s queue is known to be empty, else the epoch to pass to
+    /// [`EmptyQueues::taken`].
+    fn start(&self, session: &SessionId) -> Option<u64> {
+        let mut seen = self.lock();
+        let entry = seen.entry(session.clone()).or_default();
+        match entry.empty_at {
+            Some(at) if at == entry.epoch => None,
+            _ => Some(entry.epoch),
+        }
+    }
+
+    /// A take that started at `epoch` found the queue `emptied` (or not).
+    fn taken(&self, session: &SessionId, epoch: u64, emptied: bool) {
+        if let Some(seen) = self.lock().get_mut(session) {
+            seen.empty_at = emptied.then_some(epoch);
+        }
+    }
+
+    fn forget(&self, session: &SessionId) {
+        self.lock().remove(session);
+    }
 }
 
 /// Why [`RedisQueues`] could not start.
@@ -139,8 +199,10 @@ impl RedisQueues {
         let (tx, rx) = mpsc::channel(WAKEUP_BUFFER);
         let channel = format!("{prefix}wake:{replica}");
         let (subscription, deliveries) = conn.subscription(channel, shutdown, WAKEUP_BUFFER);
+        let empty = Arc::new(EmptyQueues::default());
+        let touched = Arc::clone(&empty);
         let listener = Box::pin(async move {
-            tokio::join!(subscription, forward_wakeups(deliveries, tx));
+            tokio::join!(subscription, forward_wakeups(deliveries, tx, touched));
         });
         Ok(RedisQueues {
             conn,
@@ -157,6 +219,7 @@ impl RedisQueues {
             release: redis::Script::new(scripts::RELEASE),
             wakeups: Mutex::new(Some(rx)),
             listener: Mutex::new(Some(listener)),
+            empty,
         })
     }
 
@@ -203,6 +266,7 @@ impl RedisQueues {
         fail_fast: bool,
         front: bool,
     ) -> Result<(), QueueError> {
+        self.empty.touch(session);
         let newest = items.iter().map(|(_, d)| *d).max().unwrap_or(now);
         let ttl = newest
             .saturating_sub(now)
@@ -322,8 +386,11 @@ impl Queues for RedisQueues {
     }
 
     async fn take(&self, session: &SessionId, now: u64, max_bytes: usize) -> Vec<Outgoing> {
+        let Some(epoch) = self.empty.start(session) else {
+            return Vec::new();
+        };
         let mut conn = self.conn.clone();
-        let result: Result<Vec<Vec<u8>>, _> = self
+        let result: Result<(u8, Vec<Vec<u8>>), _> = self
             .take
             .key(self.queue_key(session))
             .key(self.twin_key(session))
@@ -333,10 +400,13 @@ impl Queues for RedisQueues {
             .invoke_async(&mut conn)
             .await;
         match result {
-            Ok(entries) => entries
-                .into_iter()
-                .filter_map(|entry| decode_entry(entry, now))
-                .collect(),
+            Ok((emptied, entries)) => {
+                self.empty.taken(session, epoch, emptied == 1);
+                entries
+                    .into_iter()
+                    .filter_map(|entry| decode_entry(entry, now))
+                    .collect()
+            }
             Err(e) => {
                 tracing::warn!(%session, error = %e, "taking the session's queue from redis failed");
                 Vec::new()
@@ -360,6 +430,7 @@ impl Queues for RedisQueues {
     }
 
     async fn detach(&self, session: &SessionId) {
+        self.empty.forget(session);
         let mut conn = self.conn.clone();
         let result: Result<i64, _> = self
             .release
@@ -484,13 +555,18 @@ fn parse_session(text: &str) -> Option<SessionId> {
 
 /// Turns what this replica's wake channel delivers into sessions to poke: each message
 /// names one; a renewed subscription (messages may have been missed) is [`WAKE_ALL`].
+/// Each is noted in `empty` before the session hears of it.
 async fn forward_wakeups(
     mut deliveries: mpsc::Receiver<Delivery>,
     wakeups: mpsc::Sender<SessionId>,
+    empty: Arc<EmptyQueues>,
 ) {
     while let Some(delivery) = deliveries.recv().await {
         let session = match delivery {
-            Delivery::Resubscribed => WAKE_ALL.clone(),
+            Delivery::Resubscribed => {
+                empty.touch_all();
+                WAKE_ALL.clone()
+            }
             Delivery::Message(payload) => {
                 match std::str::from_utf8(&payload).ok().and_then(parse_session) {
                     Some(session) => session,
@@ -501,6 +577,9 @@ async fn forward_wakeups(
                 }
             }
         };
+        if session != WAKE_ALL {
+            empty.touch(&session);
+        }
         if wakeups.send(session).await.is_err() {
             return;
         }

@@ -9,7 +9,7 @@
 //! | script | commands |
 //! |---|---|
 //! | push | `GET` presence, `HGETALL` twin hash, `RPUSH`, `HSET`, `PUBLISH` (single Redis and Sentinel only); `EXPIRE` of the queue (and twin hash) only when a key is new or its expiry must move later, with [`RENEW_SLACK`](super::RENEW_SLACK) to spare |
-//! | take | `LRANGE`, then `LTRIM` (or `DEL` when emptied) and `HINCRBY` (or `HDEL` when emptied); an empty queue costs the `LRANGE` alone |
+//! | take | `LRANGE`, then `LTRIM` (or `DEL` when emptied) and `HINCRBY` (or `HDEL` when emptied); an empty queue costs the `LRANGE` alone, and a take after one that emptied the queue is not sent at all unless something may have been queued since ([`super::EmptyQueues`]) |
 //!
 //! The twin hash keeps, per session id `<sid>` ("" for none), `b:<sid>` (bytes queued)
 //! and `e:<sid>` (unix second at which the session's queue key expires), and `t` (when
@@ -139,6 +139,7 @@ return {0, len, owner or ''}
 /// least one) and at most ARGV[2], read in growing chunks (so a queue of large envelopes
 /// is not read whole for a small budget); releases their bytes.
 /// KEYS = queue, twin hash. ARGV = 1 byte budget, 2 most entries, 3 sid.
+/// Returns {1 if the queue is empty now else 0, entries}.
 pub const TAKE: &str = r#"
 local budget = tonumber(ARGV[1])
 local most = tonumber(ARGV[2])
@@ -162,7 +163,7 @@ while fetched < most do
   if #items < want then ended = true break end
   chunk = chunk * 2
 end
-if #out == 0 then return out end
+if #out == 0 then return {1, out} end
 local emptied = false
 if ended then
   redis.call('DEL', KEYS[1])
@@ -176,7 +177,8 @@ if emptied then
 else
   redis.call('HINCRBY', KEYS[2], 'b:' .. ARGV[3], -total)
 end
-return out
+if emptied then return {1, out} end
+return {0, out}
 "#;
 
 /// Claim a session for a replica unless another replica holds it (renewal), or always
