@@ -2,14 +2,15 @@
 //! processes and real servers started by the tests ([`RedisCluster`], [`RedisSentinels`]):
 //! replicas on a cluster act as one relay, offline queues live on every master, a master
 //! killed mid-traffic loses no envelope the relay accepted (`--redis-wait-replicas 1`),
-//! and a relay on a Sentinel set follows a failover.
+//! wake-ups lost while the master carrying them fails over are made up for, and a relay
+//! on a Sentinel set follows a failover.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rmb_identity::{Identity, KeyType};
 use rmb_proto::{Address, Envelope};
-use rmb_testsupport::redis_cluster::{RedisCluster, RedisSentinels};
+use rmb_testsupport::redis_cluster::{RedisCluster, RedisSentinels, cli};
 use rmb_testsupport::relay_client::{TestClient, error_text, request};
 use rmb_testsupport::relay_process::RelayProcess;
 
@@ -309,6 +310,76 @@ async fn a_relay_on_a_sentinel_set_follows_a_failover() {
     let mut ca3 = TestClient::connect(&r3.ws_url(), &alice, a, None).await;
     let after = request(&alice, Address::twin(a), b, "after", b"x", 120);
     ca3.send(&after).await;
+    assert_eq!(
+        cb.recv(WAIT).await.map(|e| e.uid),
+        Some("after".to_string())
+    );
+    assert_eq!(cb.recv(QUIET).await, None, "each envelope once");
+}
+
+#[tokio::test]
+async fn wake_ups_lost_in_a_failover_are_made_up_for() {
+    let mut cluster = RedisCluster::start();
+    let url = cluster.url();
+    let registry_master = cluster.master_of(cluster.keyslot("{rmb:registry:}"));
+    // Bob's replica alone first, to see which master carries its wake-up channel; one
+    // whose channel shares the registry's master is replaced (the test kills that master
+    // and needs the registry meanwhile).
+    let (r2, victim) = loop {
+        let r2 = replica(&url, &[]);
+        let mut carrier = None;
+        for _ in 0..50 {
+            carrier = cluster
+                .masters()
+                .into_iter()
+                .find(|port| cli(*port, &["PUBSUB", "SHARDCHANNELS"]).contains("rmb:relay:wake:"));
+            if carrier.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let carrier = carrier.expect("the replica subscribes to its wake-up channel");
+        if carrier != registry_master {
+            break (r2, carrier);
+        }
+    };
+    let r1 = replica(&url, &[]);
+    let alice = identity("Alice");
+    let a = register(&r1.http_url(), &alice).await;
+    // Bob: a twin whose queue is not on the master that will die.
+    let (bob, b) = {
+        let mut found = None;
+        for i in 0..64 {
+            let who = identity(&format!("Bob{i}"));
+            let id = register(&r2.http_url(), &who).await;
+            if cluster.master_of(cluster.keyslot(&format!("{{{id}}}"))) != victim {
+                found = Some((who, id));
+                break;
+            }
+        }
+        found.expect("a twin on another master")
+    };
+    let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
+    let mut cb = TestClient::connect(&r2.ws_url(), &bob, b, None).await;
+    let first = request(&alice, Address::twin(a), b, "first", b"x", 120);
+    ca.send(&first).await;
+    assert_eq!(cb.recv(WAIT).await, Some(first));
+
+    // The master carrying Bob's replica's wake-ups dies: the wake-up for this envelope
+    // is lost (the envelope itself is queued on another master).
+    cluster.kill(victim);
+    let lost = request(&alice, Address::twin(a), b, "lost-wake-up", b"x", 120);
+    ca.send(&lost).await;
+    let refused = barrier(&mut ca, &alice, a, "routed").await;
+    assert!(refused.is_empty(), "queued on a live master: {refused:?}");
+    cluster.wait_healthy(Some(victim));
+    // Bob's replica subscribes again on the promoted master, then re-checks its sessions.
+    assert_eq!(
+        cb.recv(Duration::from_secs(30)).await.map(|e| e.uid),
+        Some("lost-wake-up".to_string())
+    );
+    let after = request(&alice, Address::twin(a), b, "after", b"x", 120);
+    ca.send(&after).await;
     assert_eq!(
         cb.recv(WAIT).await.map(|e| e.uid),
         Some("after".to_string())
