@@ -56,11 +56,13 @@ struct Args {
     /// processes with the same --domain act as one relay (an envelope routed by one
     /// reaches a twin connected to another) and a restart loses nothing queued; the hosted
     /// registry is kept there too. Without it all of this is in memory (the registry in a
-    /// redb file under --data-dir). Forms: redis://[USER:PASSWORD@]HOST:PORT[/DB] (one
-    /// Redis; rediss:// for TLS); redis+cluster://[USER:PASSWORD@]HOST:PORT,HOST:PORT,...
-    /// (seed nodes of a Redis Cluster; the rest are discovered); redis+sentinel://[USER:
-    /// PASSWORD@]HOST:PORT,HOST:PORT,.../MASTERNAME[/DB] (a Sentinel set: the relay asks
-    /// it for the master and again after a failover; USER:PASSWORD are the master's).
+    /// redb file under --data-dir). Forms:
+    /// redis://[USER:PASSWORD@]HOST:PORT[/DB] (one Redis; rediss:// for TLS);
+    /// redis+cluster://[USER:PASSWORD@]HOST:PORT,HOST:PORT,... (seed nodes of a Redis
+    /// Cluster; the rest are discovered);
+    /// redis+sentinel://[USER:PASSWORD@]HOST:PORT,HOST:PORT,.../MASTERNAME[/DB] (a
+    /// Sentinel set: the relay asks it for the master, and again after a failover;
+    /// USER:PASSWORD are the master's).
     #[arg(short, long, value_name = "URL")]
     redis: Option<RedisTarget>,
 
@@ -80,7 +82,7 @@ struct Args {
     redis_wait_timeout_ms: u64,
 
     /// Prefix of the Redis keys of the offline queues and presence (replicas that act as
-    /// one relay share it).
+    /// one relay share it). No braces: keys carry a hash tag ({twin}) after it.
     #[arg(
         long,
         default_value = "rmb:relay:",
