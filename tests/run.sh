@@ -4,7 +4,8 @@
 #   tests/run.sh            formatting check, clippy (warnings are errors), every test
 #
 # Needs a Rust toolchain (https://rustup.rs). Installs what else the tests need when it
-# is missing: Debian's redis-server (tests start their own servers on free ports).
+# is missing: Debian's redis-server and haproxy (tests start their own servers on free
+# ports; relay_haproxy.rs runs docs/examples/haproxy.cfg).
 # ../shared (the reference folder beside the checkout) must exist: the rmb-rs
 # compatibility tests read their vectors from it, the tfchain tests start a local chain
 # with ../shared/tfchain/start-local-chain (which needs node, present on this machine kind).
@@ -18,11 +19,14 @@ fi
 
 step() { printf '\n==> %s\n' "$*"; }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    step "installing redis-server (Debian package)"
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+    step "installing ${missing[*]} (Debian packages)"
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+    $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 step "cargo fmt --check"

@@ -12,6 +12,7 @@
 //!   handlers share;
 //! - [`auth`]: login by JWT, [`logins`]: tokens already used; [`session`]: one connection as one actor (read, write, keep-alive);
 //! - [`switch`]: connected sessions; [`queue`]: envelopes for offline sessions;
+//!   [`replicas`]: envelopes handed straight to the replica holding the session (`--redis`);
 //! - [`routing`]: where an envelope goes; [`errors`]: error envelopes for the sender;
 //! - [`federation`]: envelopes between relays; [`ranker`]: which relay to try first;
 //! - [`limiter`]: `--limit`; [`metrics`]: `/metrics`; [`tls`]: `wss://` without a proxy;
@@ -31,6 +32,7 @@ pub mod queue;
 pub mod ranker;
 pub mod redis_conn;
 pub mod registry;
+pub mod replicas;
 pub mod routing;
 pub mod server;
 pub mod session;

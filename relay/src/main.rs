@@ -22,6 +22,7 @@ use rmb_relay::limiter::Limits;
 use rmb_relay::queue::{MemoryQueues, Queues, RedisQueues, WaitPolicy};
 use rmb_relay::redis_conn::{RedisConn, RedisTarget};
 use rmb_relay::registry::{HostedRegistry, RedbStore, RedisStore, TwinStore};
+use rmb_relay::replicas::LinkSettings;
 use rmb_relay::{Config, RelayServer, RelayState};
 use tokio_util::sync::CancellationToken;
 
@@ -90,6 +91,29 @@ struct Args {
         requires = "redis"
     )]
     redis_prefix: String,
+
+    /// With --redis: where this replica takes links from the other replicas of the relay,
+    /// which hand it envelopes for sessions connected here directly instead of through
+    /// Redis ("off": no links, every envelope between replicas goes through the Redis
+    /// queue). Replicas on other machines need an address they can reach, with
+    /// --replica-advertise.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR|off")]
+    replica_listen: String,
+
+    /// The HOST:PORT other replicas connect to for links to this one (default: the
+    /// address --replica-listen bound; required when it binds 0.0.0.0 or [::]).
+    #[arg(long, value_name = "HOST:PORT")]
+    replica_advertise: Option<String>,
+
+    /// Bytes in flight on one replica link; past that, envelopes for that replica's
+    /// sessions go through the Redis queue until it catches up.
+    #[arg(long, default_value_t = rmb_relay::replicas::DEFAULT_WINDOW, value_name = "BYTES")]
+    replica_window: usize,
+
+    /// Sessions whose replica each replica remembers (entries live 10 s at most and are
+    /// dropped when the session moves).
+    #[arg(long, default_value_t = rmb_relay::replicas::DEFAULT_PRESENCE_ENTRIES, value_name = "N")]
+    replica_presence_cache: usize,
 
     /// Directory for the hosted registry's database file.
     #[arg(long, default_value = "rmb-relay-data", value_name = "DIR")]
@@ -392,8 +416,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let (registry, hosted) = registry(&args, redis.as_ref()).await?;
     tracing::info!(registry = %registry.describe(), "twin registry");
     let shutdown = CancellationToken::new();
-    let queues: Arc<dyn Queues> = match redis {
-        Some(conn) => Arc::new(
+    let redis_queues = match redis {
+        Some(conn) => Some(Arc::new(
             RedisQueues::with_conn(
                 conn,
                 &args.redis_prefix,
@@ -405,11 +429,38 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 replicas: args.redis_wait_replicas,
                 timeout: Duration::from_millis(args.redis_wait_timeout_ms),
             }),
-        ),
+        )),
+        None => None,
+    };
+    let queues: Arc<dyn Queues> = match &redis_queues {
+        Some(queues) => Arc::clone(queues) as Arc<dyn Queues>,
         None => Arc::new(MemoryQueues::with_limits(config.queue_limits())),
     };
     tracing::info!(queues = %queues.describe(), "offline queues");
+    let write_timeout = config.write_timeout;
+    let max_frame = config.max_envelope_size.saturating_add(2 << 20);
     let state = RelayState::with_queues(config, registry, hosted, queues, shutdown);
+    if let Some(queues) = &redis_queues
+        && args.replica_listen != "off"
+    {
+        let listen = args.replica_listen.parse().with_context(|| {
+            format!(
+                "--replica-listen {}: expected IP:PORT or off",
+                args.replica_listen
+            )
+        })?;
+        let settings = LinkSettings {
+            listen,
+            advertise: args.replica_advertise.clone(),
+            window: args.replica_window.max(1),
+            presence_entries: args.replica_presence_cache,
+            max_frame,
+            write_timeout,
+        };
+        rmb_relay::server::replicas::start(&state, queues, settings)
+            .await
+            .context("starting the replica links")?;
+    }
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut server = match (&args.tls_cert, &args.tls_key) {

@@ -39,6 +39,27 @@ pub struct Metrics {
     /// Every refusal, by reason: `relay_errors_total{kind}`.
     pub errors: IntCounterVec,
     pub route_seconds: Histogram,
+    /// What the replica links do (`--redis` only).
+    pub replicas: ReplicaCounters,
+}
+
+/// The counters of the replica links ([`crate::replicas`]).
+#[derive(Clone)]
+pub struct ReplicaCounters {
+    /// Envelopes another replica acknowledged as delivered to its session.
+    pub forwarded: IntCounter,
+    /// Envelopes other replicas handed to sessions connected here.
+    pub received: IntCounter,
+    /// Envelopes a link gave back to the offline queue, by reason.
+    pub returned: IntCounterVec,
+    /// Links from other replicas refused or ended in error, by reason.
+    pub refused: IntCounterVec,
+    /// Outbound links up.
+    pub links: IntGauge,
+    /// Presence lookups in Redis (cache misses).
+    pub lookups: IntCounter,
+    /// Connections here ended because their session connected to another replica.
+    pub evicted: IntCounter,
 }
 
 impl Metrics {
@@ -76,7 +97,44 @@ impl Metrics {
         registry
             .register(Box::new(route_seconds.clone()))
             .expect("unique metric");
+        let vec = |name: &str, help: &str, label: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("unique metric");
+            v
+        };
+        let replicas = ReplicaCounters {
+            forwarded: counter(
+                "relay_replica_forwarded_total",
+                "Envelopes delivered through another replica of this relay (replica links)",
+            ),
+            received: counter(
+                "relay_replica_received_total",
+                "Envelopes other replicas handed to sessions connected here",
+            ),
+            returned: vec(
+                "relay_replica_returned_total",
+                "Envelopes a replica link gave back to the offline queue, by reason",
+                "reason",
+            ),
+            refused: vec(
+                "relay_replica_links_refused_total",
+                "Links from other replicas refused or ended in error, by reason",
+                "reason",
+            ),
+            links: gauge("relay_replica_links", "Replica links up from this replica"),
+            lookups: counter(
+                "relay_replica_presence_lookups_total",
+                "Session presence looked up in Redis (presence cache misses)",
+            ),
+            evicted: counter(
+                "relay_replica_evicted_total",
+                "Connections ended here because their session connected to another replica",
+            ),
+        };
         Metrics {
+            replicas,
             sessions: gauge("relay_sessions", "Connected sessions"),
             messages_in: counter(
                 "relay_messages_in_total",

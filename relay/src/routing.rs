@@ -8,6 +8,7 @@
 //! expired                                                → "message has expired" (rmb-rs queues it anyway)
 //! deadline past now + --max-lifetime                     → "message lifetime too long"
 //! destination session connected here                     → deliver (outbox over its bound: spill to its queue)
+//! destination session held by another replica (--redis)  → hand to it over the replica link
 //! destination twin unknown / no relays                   → error
 //! destination lives here (relay list ∩ --domain)         → fail-fast: "destination offline"; else queue
 //! otherwise, from a session                              → federate (error comes back if all relays fail)
@@ -28,7 +29,7 @@ use crate::federation::outbound::{FirstTry, Outgoing};
 use crate::queue::QueueError;
 use crate::queue::handoff::hand_over;
 use crate::state::RelayState;
-use crate::switch::{Delivery, SessionId};
+use crate::switch::{Delivery, Outgoing as Queued, SessionId};
 
 /// Where an envelope came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,10 +89,16 @@ async fn route_inner(
         Err(e) => return Err(RouteError::TooFar(e)),
     }
     let deadline = env.deadline();
-    let bytes = match deliver(state, &destination, bytes, deadline, now).await? {
+    let mut bytes = match deliver(state, &destination, bytes, deadline, now).await? {
         None => return Ok(()),
         Some(bytes) => bytes,
     };
+    if let Some(links) = state.replicas.get() {
+        match links.forward(destination.clone(), (bytes, deadline)).await {
+            Ok(()) => return Ok(()),
+            Err((back, _)) => bytes = back,
+        }
+    }
 
     let twin = state
         .registry
@@ -276,6 +283,30 @@ async fn deliver(
     // Taken back by the session once it has written what its outbox holds.
     state.switch.poke(session);
     Ok(None)
+}
+
+/// Queues an envelope a replica link gave back (the session was not on the replica the
+/// link leads to, or the link broke): as routing would have queued it, the sender
+/// hearing of a refusal (fail-fast and offline, or a full queue).
+pub async fn requeue(state: &RelayState, session: &SessionId, item: Queued) {
+    let now = rmb_proto::time::unix_now();
+    let env = Envelope::decode(&item.0[..]).ok();
+    let fail_fast = env.as_ref().is_some_and(Envelope::is_fail_fast);
+    let error = match state.queue.push(session, item, now, fail_fast).await {
+        Ok(()) => {
+            state.metrics.queued.inc();
+            hand_over(state, session);
+            return;
+        }
+        Err(QueueError::Offline) => RouteError::DestinationOffline,
+        Err(e) => RouteError::QueueFull(e),
+    };
+    state.metrics.error(error.kind());
+    if let Some(env) = env
+        && let Some(sender) = env.source.as_ref().map(SessionId::of)
+    {
+        reply_error(state, &sender, &env.uid, env.kind(), &error, now).await;
+    }
 }
 
 /// Answers an app-level ping with a pong from the relay.

@@ -124,6 +124,9 @@ pub async fn serve(mut socket: WebSocket, session: SessionId, state: Arc<RelaySt
 
     // Announce first, then take: an envelope queued meanwhile by another replica wakes us.
     state.queue.attach(&session).await;
+    if let Some(links) = state.replicas.get() {
+        links.announce(&session).await;
+    }
     outbox.poke();
     let (ended, mut leftovers) = run(socket, &session, &outbox, &state, &cancel).await;
     cancel.cancel();

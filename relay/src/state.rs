@@ -2,7 +2,7 @@
 //! including the supervisor of its background tasks ([`RelayState::tasks`]).
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rmb_identity::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use crate::logins::UsedLogins;
 use crate::metrics::Metrics;
 use crate::queue::{MemoryQueues, Queues};
 use crate::registry::HostedRegistry;
+use crate::replicas::ReplicaLinks;
 use crate::switch::Switch;
 
 /// Most twins the rate limiter tracks at once.
@@ -30,6 +31,9 @@ pub struct RelayState {
     pub switch: Switch,
     /// Envelopes for sessions not connected here, and who holds which session.
     pub queue: Arc<dyn Queues>,
+    /// Links to the other replicas of this relay, once started (`--redis`;
+    /// [`crate::server::replicas::start`]).
+    pub replicas: OnceLock<Arc<ReplicaLinks>>,
     pub metrics: Metrics,
     pub limiter: Mutex<Limiter>,
     /// `--limit` for unsigned envelopes from other relays (connection frames, topic
@@ -86,6 +90,7 @@ impl RelayState {
             used_logins,
             switch: Switch::new(config.sessions_per_twin),
             queue,
+            replicas: OnceLock::new(),
             metrics,
             limiter: Mutex::new(Limiter::new(config.limits, LIMITER_CAPACITY)),
             unsigned_limiter: Mutex::new(Limiter::new(config.limits, LIMITER_CAPACITY)),

@@ -374,6 +374,18 @@ impl Switch {
     }
 
     /// Cancels every connection (shutdown).
+    /// Ends the connection serving `session` here, if any (it connected to another
+    /// replica since); true if there was one.
+    pub fn cancel(&self, session: &SessionId) -> bool {
+        match self.lock().entries.get(session) {
+            Some(entry) => {
+                entry.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn cancel_all(&self) {
         for entry in self.lock().entries.values() {
             entry.cancel.cancel();

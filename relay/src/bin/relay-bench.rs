@@ -46,6 +46,9 @@
 //! resident memory (VmRSS) is compared before and after: the KiB per idle session is the
 //! relay's own cost. This phase runs first, on a fresh relay, so the allocator has no
 //! freed load-test memory to reuse. The child's own growth is shown for comparison.
+//! With `--idle-redis` the phase runs instead on an in-process relay in Redis mode (a
+//! private `redis-server` holding queues, presence, registry and used logins), and also
+//! reports Redis's `used_memory` and keys per session.
 
 /// mimalloc: glibc malloc cost a busy peer or relay about a tenth of its CPU.
 #[global_allocator]
@@ -111,6 +114,12 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     idle_sessions: usize,
 
+    /// Measure the idle sessions (--idle-sessions) on an in-process relay in Redis mode
+    /// (a private redis-server) instead of the in-memory one; also reports Redis's
+    /// memory and keys per session.
+    #[arg(long, conflicts_with = "url")]
+    idle_redis: bool,
+
     /// Skip the Redis-mode run (two replicas on a private redis-server, senders on one,
     /// receivers on the other).
     #[arg(long)]
@@ -137,6 +146,11 @@ struct Args {
     /// Internal: the registry the replica reads twins from.
     #[arg(long, hide = true)]
     replica_registry: Option<String>,
+
+    /// Redis mode without replica links (`rmb-relay --replica-listen off`): every
+    /// envelope between the replicas goes through the Redis queue.
+    #[arg(long)]
+    redis_queue_only: bool,
 
     /// Skip the bare forwarder (no ratio is printed then).
     #[arg(long)]
@@ -232,7 +246,11 @@ async fn main() -> anyhow::Result<()> {
             "idle sessions: registering and logging in {} twins…",
             args.idle_sessions
         );
-        Some(idle::measure(&target, args.idle_sessions, relay_pid).await?)
+        if args.idle_redis {
+            Some(idle::measure_redis(args.idle_sessions).await?)
+        } else {
+            Some(idle::measure(&target, args.idle_sessions, relay_pid).await?)
+        }
     } else {
         None
     };
@@ -283,9 +301,15 @@ async fn main() -> anyhow::Result<()> {
     let redis = if args.skip_redis || target.local.is_none() {
         None
     } else {
-        eprintln!("load: rmb-relay redis (2 replicas, every envelope across redis)…");
+        let links = !args.redis_queue_only;
+        let path = if links {
+            "replica links"
+        } else {
+            "the redis queue"
+        };
+        eprintln!("load: rmb-relay redis (2 replicas, every envelope across {path})…");
         let replicas =
-            replicas::Replicas::start(&target.domain, Arc::clone(&target.registry)).await?;
+            replicas::Replicas::start(&target.domain, Arc::clone(&target.registry), links).await?;
         let [one, two] = &replicas.ws_urls;
         let pairs = twins
             .chunks(2)
@@ -300,14 +324,16 @@ async fn main() -> anyhow::Result<()> {
             .redis_usage()
             .await
             .context("reading Redis's INFO")?;
+        let cpu_before = replicas::Replicas::cpu_secs();
         let stats = load::run(pairs, plan).await.context("redis run")?;
         let used = replicas
             .redis_usage()
             .await
             .context("reading Redis's INFO")?
             .since(&before);
+        let relay_cpu = replicas::Replicas::cpu_secs() - cpu_before;
         replicas.shutdown().await;
-        Some((stats, used))
+        Some((stats, used, relay_cpu))
     };
 
     let cluster = if args.cluster && target.local.is_some() {
@@ -359,8 +385,8 @@ async fn main() -> anyhow::Result<()> {
         &RelayRuns {
             label: relay_label,
             memory: &relay,
-            redis: redis.as_ref().map(|(stats, _)| stats),
-            redis_usage: redis.as_ref().map(|(_, used)| used),
+            redis: redis.as_ref().map(|(stats, _, _)| stats),
+            redis_usage: redis.as_ref().map(|(_, used, cpu)| (used, *cpu)),
             cluster: cluster.as_ref(),
         },
         idle.as_ref(),
@@ -376,8 +402,8 @@ struct RelayRuns<'a> {
     label: &'a str,
     memory: &'a Stats,
     redis: Option<&'a Stats>,
-    /// What Redis did during the Redis-mode run.
-    redis_usage: Option<&'a replicas::RedisUsage>,
+    /// What Redis did during the Redis-mode run, and the replicas' CPU seconds.
+    redis_usage: Option<(&'a replicas::RedisUsage, f64)>,
     /// The cluster-mode run, what the cluster did in it, and its replicas' CPU seconds.
     cluster: Option<&'a (Stats, replicas::RedisUsage, f64)>,
 }
@@ -454,8 +480,19 @@ fn print_report(
             println!("{label} errors: {} (first: {first})", stats.errors);
         }
     }
-    if let (Some(stats), Some(used)) = (redis, redis_usage) {
+    if let Some(redis) = redis {
+        let ratio = redis.rate() / relay.rate().max(1e-9);
+        let verdict = if ratio >= 0.5 { "meets" } else { "below" };
+        println!("ratio redis (2 replicas)/{relay_label}: {ratio:.2} ({verdict} the 0.50 target)");
+    }
+    if let (Some(stats), Some((used, relay_cpu))) = (redis, redis_usage) {
         print_redis_usage("rmb-relay redis", stats, used);
+        println!(
+            "replicas' CPU (their runtime's threads, whole run): {relay_cpu:.2} s for {} envelopes: {:.0} msgs per relay CPU-second, {:.1} µs per envelope",
+            stats.received,
+            stats.received as f64 / relay_cpu.max(1e-9),
+            relay_cpu * 1e6 / stats.received.max(1) as f64
+        );
     }
     if let Some((stats, used, cpu)) = relay_runs.cluster {
         print_redis_usage("rmb-relay cluster, all nodes", stats, used);
@@ -469,6 +506,7 @@ fn print_report(
     }
     if let Some(idle) = idle {
         print_idle(idle);
+        idle::print_redis(idle);
     }
     println!(
         "note: envelopes are signed once per pair; each message rewrites the uid counter and \

@@ -251,7 +251,12 @@ impl RedisQueues {
     }
 
     fn presence_key(&self, session: &SessionId) -> String {
-        session_key(&self.prefix, "at", session)
+        presence_key(&self.prefix, session)
+    }
+
+    /// The key prefix the replicas share.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn twin_key(&self, session: &SessionId) -> String {
@@ -541,8 +546,13 @@ fn decode_entry(entry: Vec<u8>, now: u64) -> Option<Outgoing> {
     Some((bytes.split_off(bar + 1), deadline))
 }
 
+/// The key naming the replica that holds `session` (the replica links read it too).
+pub fn presence_key(prefix: &str, session: &SessionId) -> String {
+    format!("{prefix}at:{session}")
+}
+
 /// Parses the session text published on a wake channel (`twin` or `twin:sid`).
-fn parse_session(text: &str) -> Option<SessionId> {
+pub fn parse_session(text: &str) -> Option<SessionId> {
     let (twin, sid) = match text.split_once(':') {
         Some((twin, sid)) => (twin, Some(sid.to_string())),
         None => (text, None),

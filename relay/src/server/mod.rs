@@ -18,6 +18,7 @@ pub mod accept;
 pub mod limits;
 pub mod read_ahead;
 pub mod registry_body;
+pub mod replicas;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -249,6 +250,11 @@ async fn health(
         "connections": limits.map(|Extension(l)| l.open()),
         "queued": state.queue.depth(),
         "queues": state.queue.describe(),
+        "replica_links": state.replicas.get().map(|links| serde_json::json!({
+            "id": links.id(),
+            "advertised": links.advertised(),
+            "cached_sessions": links.cached_sessions(),
+        })),
         "domains": state.config.domains,
         "registry": state.registry.describe(),
         "used_logins": {

@@ -1,6 +1,12 @@
 //! Memory of idle sessions: register M twins, log all of them in, and compare the relay's
 //! resident memory before and after.
 //!
+//! In Redis mode (`--idle-redis`, [`measure_redis`]) the relay in this process keeps its
+//! queues, presence, hosted registry and used logins in a private `redis-server`, as
+//! `rmb-relay --redis` does; besides the relay's RSS the phase then reports what Redis
+//! holds per session (`INFO memory` `used_memory` and `DBSIZE`, before and after the
+//! logins; the twins are registered before the first reading).
+//!
 //! The clients run in a child process (this same binary, re-run with a hidden
 //! `--idle-child` flag), so the relay's figure holds only server-side memory. The child
 //! reads `<twin> <seed>` lines on stdin up to an empty line, logs every twin in, reports
@@ -17,7 +23,16 @@ use futures_util::StreamExt;
 use rmb_identity::{KeyType, Signer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use std::sync::Arc;
+
+use rmb_relay::queue::{Queues, RedisQueues};
+use rmb_relay::registry::{HostedRegistry, RedisStore};
+use rmb_relay::{Config, RelayServer, RelayState};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
 use crate::load;
+use crate::replicas::RedisChild;
 use crate::twins::{Target, login_url};
 
 /// Logins in flight at once from the child.
@@ -40,6 +55,38 @@ pub struct IdleReport {
     pub relay_sessions: Option<usize>,
     /// The client process's RSS before and after its logins.
     pub client_rss: (u64, u64),
+    /// Redis mode: what Redis held before and after the logins.
+    pub redis: Option<RedisIdle>,
+}
+
+/// What the relay's Redis held before and after the logins (Redis mode).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisIdle {
+    /// `used_memory` of `INFO memory`, bytes.
+    pub used_before: u64,
+    pub used_after: u64,
+    /// `DBSIZE`: keys.
+    pub keys_before: u64,
+    pub keys_after: u64,
+}
+
+impl RedisIdle {
+    /// Reads `used_memory` and `DBSIZE` from the Redis at `url`.
+    async fn read(url: &str) -> anyhow::Result<(u64, u64)> {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let memory: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?;
+        let used = memory
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("used_memory:"))
+            .and_then(|v| v.parse().ok())
+            .context("no used_memory in INFO memory")?;
+        let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await?;
+        Ok((used, keys))
+    }
 }
 
 /// Runs the phase against `target`; `relay_pid` is whose RSS to read (this process for
@@ -49,15 +96,82 @@ pub async fn measure(
     count: usize,
     relay_pid: Option<u32>,
 ) -> anyhow::Result<IdleReport> {
+    measure_with(target, &|| target.sessions(), count, relay_pid, None).await
+}
+
+/// The phase in Redis mode: an in-process relay (this process's RSS) whose queues,
+/// presence, hosted registry and used logins are in a private `redis-server`.
+pub async fn measure_redis(count: usize) -> anyhow::Result<IdleReport> {
+    let redis = RedisChild::start()?;
+    let store = RedisStore::connect(&redis.url, "rmb:registry:")
+        .await
+        .context("the hosted registry in redis")?;
+    let hosted = HostedRegistry::new(Arc::new(store));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let domain = format!("127.0.0.1:{}", listener.local_addr()?.port());
+    let config = Config {
+        domains: [domain.clone()].into(),
+        // Every bench client connects (and registers) from 127.0.0.1.
+        max_connections_per_ip: 0,
+        registry_register_rate: 0,
+        max_connections: usize::MAX,
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let queues: Arc<dyn Queues> = Arc::new(
+        RedisQueues::connect(
+            &redis.url,
+            "rmb:relay:",
+            config.queue_per_session,
+            shutdown.clone(),
+        )
+        .await?
+        .with_limits(config.queue_limits()),
+    );
+    let state = RelayState::with_queues(
+        config,
+        hosted.clone(),
+        Some(hosted.clone()),
+        queues,
+        shutdown,
+    );
+    let server = RelayServer::start(Arc::clone(&state), listener)?;
+    let target = Target {
+        ws_url: format!("ws://{domain}/"),
+        domain,
+        registry: hosted,
+        local: None,
+    };
+    let sessions = || Some(state.switch.len());
+    let pid = Some(std::process::id());
+    let report = measure_with(&target, &sessions, count, pid, Some(&redis.url)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await;
+    drop(redis);
+    report
+}
+
+/// [`measure`] with the relay's session count from `sessions` and, given a Redis URL,
+/// Redis's memory and keys read where the relay's RSS is.
+async fn measure_with(
+    target: &Target,
+    sessions: &dyn Fn() -> Option<usize>,
+    count: usize,
+    relay_pid: Option<u32>,
+    redis_url: Option<&str>,
+) -> anyhow::Result<IdleReport> {
     let mut report = IdleReport {
         requested: count,
         ..Default::default()
     };
     let (twins, register_secs) = target.register(count).await?;
     report.register_secs = register_secs;
-    wait_for_sessions(target, |n| n == 0, Duration::from_secs(10)).await;
+    wait_for_sessions(sessions, |n| n == 0, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = relay_pid.map(rss_of).transpose()?;
+    let redis_before = match redis_url {
+        Some(url) => Some(RedisIdle::read(url).await?),
+        None => None,
+    };
 
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .arg("--idle-child")
@@ -105,22 +219,75 @@ pub async fn measure(
     report.client_rss = (client_before, client_after);
 
     // The relay registers a session just after the upgrade answer: wait until it has all.
-    wait_for_sessions(target, |n| n >= report.connected, Duration::from_secs(30)).await;
+    wait_for_sessions(sessions, |n| n >= report.connected, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    report.relay_sessions = target.sessions();
+    report.relay_sessions = sessions();
     if let (Some(pid), Some(before)) = (relay_pid, before) {
         report.relay_rss = Some((before, rss_of(pid)?));
+    }
+    if let (Some(url), Some((used_before, keys_before))) = (redis_url, redis_before) {
+        let (used_after, keys_after) = RedisIdle::read(url).await?;
+        report.redis = Some(RedisIdle {
+            used_before,
+            used_after,
+            keys_before,
+            keys_after,
+        });
     }
 
     drop(stdin);
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    wait_for_sessions(target, |n| n == 0, Duration::from_secs(10)).await;
+    wait_for_sessions(sessions, |n| n == 0, Duration::from_secs(10)).await;
     Ok(report)
 }
 
-async fn wait_for_sessions(target: &Target, done: impl Fn(usize) -> bool, at_most: Duration) {
+/// Prints what Redis holds per idle session (Redis mode), as a table.
+pub fn print_redis(report: &IdleReport) {
+    let Some(redis) = report.redis else { return };
+    let n = report.connected.max(1) as f64;
+    let grown = redis.used_after as f64 - redis.used_before as f64;
+    let keys = redis.keys_after as f64 - redis.keys_before as f64;
+    let relay = report.relay_rss.map_or("-".to_string(), |(before, after)| {
+        format!("{:.2}", (after as f64 - before as f64) / n / 1024.0)
+    });
+    println!(
+        "idle sessions in Redis mode ({} sessions):",
+        report.connected
+    );
+    println!(
+        "  {:<26} {:>12} {:>12} {:>14}",
+        "", "before", "after", "per session"
+    );
+    println!(
+        "  {:<26} {:>12} {:>12} {:>14}",
+        "relay RSS (KiB)",
+        report.relay_rss.map_or(0, |r| r.0 / 1024),
+        report.relay_rss.map_or(0, |r| r.1 / 1024),
+        relay
+    );
+    println!(
+        "  {:<26} {:>12} {:>12} {:>14.0}",
+        "redis used_memory (bytes)",
+        redis.used_before,
+        redis.used_after,
+        grown / n
+    );
+    println!(
+        "  {:<26} {:>12} {:>12} {:>14.2}",
+        "redis keys",
+        redis.keys_before,
+        redis.keys_after,
+        keys / n
+    );
+}
+
+async fn wait_for_sessions(
+    sessions: &dyn Fn() -> Option<usize>,
+    done: impl Fn(usize) -> bool,
+    at_most: Duration,
+) {
     let deadline = Instant::now() + at_most;
-    while let Some(n) = target.sessions() {
+    while let Some(n) = sessions() {
         if done(n) || Instant::now() >= deadline {
             return;
         }

@@ -11,54 +11,58 @@ use std::time::Duration;
 
 use rmb_identity::registry::Registry;
 use rmb_relay::queue::{Queues, RedisQueues};
+use rmb_relay::replicas::LinkSettings;
 use rmb_relay::{Config, RelayServer, RelayState};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::redis_servers::{RedisChild, RedisUsage};
 
-/// Two replicas of the relay `domain` on one Redis.
+/// Two replicas of the relay `domain` on one Redis, on a runtime of their own whose
+/// threads are named [`REPLICA_THREADS`], so their CPU time can be told apart from the
+/// load generator's ([`Replicas::cpu_secs`]).
 pub struct Replicas {
     pub ws_urls: [String; 2],
     servers: Vec<RelayServer>,
     redis: RedisChild,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// The name of the replicas' runtime threads.
+pub const REPLICA_THREADS: &str = "rmb-replica";
+
 impl Replicas {
-    /// Starts them; twins must already list `domain` as their relay in `registry`.
-    pub async fn start(domain: &str, registry: Arc<dyn Registry>) -> anyhow::Result<Self> {
+    /// Starts them; twins must already list `domain` as their relay in `registry`. With
+    /// `links` the replicas hand each other envelopes over replica links (the default of
+    /// `rmb-relay --redis`); without, every envelope between them goes through the Redis
+    /// queue (`--replica-listen off`).
+    pub async fn start(
+        domain: &str,
+        registry: Arc<dyn Registry>,
+        links: bool,
+    ) -> anyhow::Result<Self> {
         let redis = RedisChild::start()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(REPLICA_THREADS)
+            .enable_all()
+            .build()?;
         let mut servers = Vec::new();
         let mut ws_urls = Vec::new();
         for _ in 0..2 {
-            let shutdown = CancellationToken::new();
-            let config = Config {
-                domains: [domain.to_string()].into(),
-                // Every bench client connects (and registers) from 127.0.0.1.
-                max_connections_per_ip: 0,
-                registry_register_rate: 0,
-                max_connections: usize::MAX,
-                ..Config::default()
-            };
-            let queues: Arc<dyn Queues> = Arc::new(
-                RedisQueues::connect(
-                    &redis.url,
-                    "rmb:relay:",
-                    config.queue_per_session,
-                    shutdown.clone(),
-                )
-                .await?,
-            );
-            let state =
-                RelayState::with_queues(config, Arc::clone(&registry), None, queues, shutdown);
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            ws_urls.push(format!("ws://{}/", listener.local_addr()?));
-            servers.push(RelayServer::start(state, listener)?);
+            let (domain, registry, url) =
+                (domain.to_string(), Arc::clone(&registry), redis.url.clone());
+            let started =
+                runtime.spawn(async move { start_one(&domain, registry, &url, links).await });
+            let (server, ws_url) = started.await??;
+            servers.push(server);
+            ws_urls.push(ws_url);
         }
         Ok(Replicas {
             ws_urls: [ws_urls[0].clone(), ws_urls[1].clone()],
             servers,
             redis,
+            runtime: Some(runtime),
         })
     }
 
@@ -67,10 +71,95 @@ impl Replicas {
         RedisUsage::read(&self.redis.url).await
     }
 
-    /// Stops both replicas (before their Redis goes away).
-    pub async fn shutdown(self) {
-        for server in self.servers {
-            let _ = tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await;
-        }
+    /// CPU seconds the replicas' threads have used so far (Linux; 0 elsewhere).
+    pub fn cpu_secs() -> f64 {
+        thread_cpu_secs(REPLICA_THREADS)
     }
+
+    /// Stops both replicas (before their Redis goes away).
+    pub async fn shutdown(mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        for server in std::mem::take(&mut self.servers) {
+            let stopping = runtime.spawn(server.shutdown());
+            let _ = tokio::time::timeout(Duration::from_secs(10), stopping).await;
+        }
+        runtime.shutdown_background();
+    }
+}
+
+/// One replica on the current runtime; returns it and its WebSocket URL.
+async fn start_one(
+    domain: &str,
+    registry: Arc<dyn Registry>,
+    redis_url: &str,
+    links: bool,
+) -> anyhow::Result<(RelayServer, String)> {
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        domains: [domain.to_string()].into(),
+        // Every bench client connects (and registers) from 127.0.0.1.
+        max_connections_per_ip: 0,
+        registry_register_rate: 0,
+        max_connections: usize::MAX,
+        ..Config::default()
+    };
+    let queues = Arc::new(
+        RedisQueues::connect(
+            redis_url,
+            "rmb:relay:",
+            config.queue_per_session,
+            shutdown.clone(),
+        )
+        .await?,
+    );
+    let settings = LinkSettings {
+        listen: "127.0.0.1:0".parse()?,
+        advertise: None,
+        window: rmb_relay::replicas::DEFAULT_WINDOW,
+        presence_entries: rmb_relay::replicas::DEFAULT_PRESENCE_ENTRIES,
+        max_frame: config.max_envelope_size + (2 << 20),
+        write_timeout: config.write_timeout,
+    };
+    let state = RelayState::with_queues(
+        config,
+        registry,
+        None,
+        Arc::clone(&queues) as Arc<dyn Queues>,
+        shutdown,
+    );
+    if links {
+        rmb_relay::server::replicas::start(&state, &queues, settings).await?;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let ws_url = format!("ws://{}/", listener.local_addr()?);
+    Ok((RelayServer::start(state, listener)?, ws_url))
+}
+
+/// CPU seconds (user + system) of this process's threads whose name starts with `name`,
+/// from /proc/self/task/*/stat.
+fn thread_cpu_secs(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with(&name[..name.len().min(15)]) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
+        let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+        total += utime + stime;
+    }
+    total as f64 / ticks
 }
