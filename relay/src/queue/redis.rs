@@ -548,7 +548,7 @@ fn decode_entry(entry: Vec<u8>, now: u64) -> Option<Outgoing> {
 
 /// The key naming the replica that holds `session` (the replica links read it too).
 pub fn presence_key(prefix: &str, session: &SessionId) -> String {
-    format!("{prefix}at:{session}")
+    session_key(prefix, "at", session)
 }
 
 /// Parses the session text published on a wake channel (`twin` or `twin:sid`).
@@ -633,6 +633,7 @@ mod tests {
             twin: 7,
             sid: Some("web".into()),
         };
+        assert_eq!(presence_key("rmb:relay:", &session), "rmb:relay:at:{7}:web");
         let twin = twin_key("rmb:relay:", 7);
         assert_eq!(twin, "rmb:relay:tw:{7}");
         assert_eq!(
