@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod open_files;
 pub mod queue;
 pub mod ranker;
+pub mod redis_conn;
 pub mod registry;
 pub mod replicas;
 pub mod routing;

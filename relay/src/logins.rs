@@ -15,13 +15,15 @@
 //! Where: in this process's memory, bounded by `--login-memory` entries (a full memory
 //! refuses new logins rather than forgetting tokens that could still be replayed), or,
 //! with `--redis`, in Redis (`SET NX` with an expiry), so a token used on one replica of a
-//! relay is refused on every other replica of it.
+//! relay is refused on every other replica of it. Each token is one key
+//! (`<prefix>login:<hex>`) touched by one command, so on a Redis Cluster the keys spread
+//! over all nodes and no command spans two slots.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::sync::Mutex;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use rmb_identity::{JwtPolicy, Token};
 use sha2::{Digest, Sha256};
 
@@ -58,10 +60,7 @@ pub struct UsedLogins {
 
 enum Store {
     Memory(Mutex<Memory>),
-    Redis {
-        conn: ConnectionManager,
-        prefix: String,
-    },
+    Redis { conn: RedisConn, prefix: String },
 }
 
 /// Bounded memory of keys, each with the second from which it may be forgotten.
@@ -110,7 +109,7 @@ impl UsedLogins {
 
     /// Remembers tokens in Redis under `prefix` (`<prefix>login:<hex>`), shared by
     /// every replica that uses the same Redis and prefix.
-    pub fn in_redis(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn in_redis(conn: RedisConn, prefix: &str) -> Self {
         UsedLogins {
             store: Store::Redis {
                 conn,

@@ -19,7 +19,8 @@ use rmb_identity::registry::resolve::ResolveRule;
 use rmb_identity::registry::{CachedRegistry, Registry, RegistryChoice, RelayResolver, connect};
 use rmb_relay::federation::BatchSettings;
 use rmb_relay::limiter::Limits;
-use rmb_relay::queue::{MemoryQueues, Queues, RedisQueues};
+use rmb_relay::queue::{MemoryQueues, Queues, RedisQueues, WaitPolicy};
+use rmb_relay::redis_conn::{RedisConn, RedisTarget};
 use rmb_relay::registry::{HostedRegistry, RedbStore, RedisStore, TwinStore};
 use rmb_relay::replicas::LinkSettings;
 use rmb_relay::{Config, RelayServer, RelayState};
@@ -56,12 +57,33 @@ struct Args {
     /// processes with the same --domain act as one relay (an envelope routed by one
     /// reaches a twin connected to another) and a restart loses nothing queued; the hosted
     /// registry is kept there too. Without it all of this is in memory (the registry in a
-    /// redb file under --data-dir).
+    /// redb file under --data-dir). Forms:
+    /// redis://[USER:PASSWORD@]HOST:PORT[/DB] (one Redis; rediss:// for TLS);
+    /// redis+cluster://[USER:PASSWORD@]HOST:PORT,HOST:PORT,... (seed nodes of a Redis
+    /// Cluster; the rest are discovered);
+    /// redis+sentinel://[USER:PASSWORD@]HOST:PORT,HOST:PORT,.../MASTERNAME[/DB] (a
+    /// Sentinel set: the relay asks it for the master, and again after a failover;
+    /// USER:PASSWORD are the master's).
     #[arg(short, long, value_name = "URL")]
-    redis: Option<String>,
+    redis: Option<RedisTarget>,
+
+    /// With --redis: an envelope queued in Redis counts as accepted only once this many
+    /// Redis replicas acknowledged it (WAIT), so a failover to one of them loses no
+    /// accepted envelope. When fewer acknowledge within --redis-wait-timeout-ms, the
+    /// sender gets an error envelope (the envelope may still be delivered: receivers
+    /// drop duplicates by uid). 0 (the default): no waiting, as Redis's replication is
+    /// asynchronous by default; a failover may then lose the last envelopes queued.
+    #[arg(long, default_value_t = 0, value_name = "N", requires = "redis")]
+    redis_wait_replicas: u32,
+
+    /// Longest wait, in milliseconds, for --redis-wait-replicas. Replicas acknowledge
+    /// within a millisecond or two on a local network; 500 leaves room for a busy
+    /// replica without holding a sender long when one is down.
+    #[arg(long, default_value_t = 500, value_name = "MS", requires = "redis", value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    redis_wait_timeout_ms: u64,
 
     /// Prefix of the Redis keys of the offline queues and presence (replicas that act as
-    /// one relay share it).
+    /// one relay share it). No braces: keys carry a hash tag ({twin}) after it.
     #[arg(
         long,
         default_value = "rmb:relay:",
@@ -383,20 +405,30 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         );
     }
 
-    let (registry, hosted) = registry(&args).await?;
+    let redis = match &args.redis {
+        Some(target) => Some(
+            RedisConn::connect(target)
+                .await
+                .with_context(|| format!("connecting to redis at {target}"))?,
+        ),
+        None => None,
+    };
+    let (registry, hosted) = registry(&args, redis.as_ref()).await?;
     tracing::info!(registry = %registry.describe(), "twin registry");
     let shutdown = CancellationToken::new();
-    let redis_queues = match &args.redis {
-        Some(url) => Some(Arc::new(
-            RedisQueues::connect(
-                url,
+    let redis_queues = match redis {
+        Some(conn) => Some(Arc::new(
+            RedisQueues::with_conn(
+                conn,
                 &args.redis_prefix,
                 config.queue_per_session,
                 shutdown.clone(),
-            )
-            .await
-            .with_context(|| format!("connecting to redis at {url}"))?
-            .with_limits(config.queue_limits()),
+            )?
+            .with_limits(config.queue_limits())
+            .with_wait(WaitPolicy {
+                replicas: args.redis_wait_replicas,
+                timeout: Duration::from_millis(args.redis_wait_timeout_ms),
+            }),
         )),
         None => None,
     };
@@ -479,7 +511,10 @@ fn max_connections(wanted: usize) -> usize {
 }
 
 /// The registry the flags select, and the hosted one when this relay hosts it.
-async fn registry(args: &Args) -> anyhow::Result<(Arc<dyn Registry>, Option<Arc<HostedRegistry>>)> {
+async fn registry(
+    args: &Args,
+    redis: Option<&RedisConn>,
+) -> anyhow::Result<(Arc<dyn Registry>, Option<Arc<HostedRegistry>>)> {
     if let Some(choice) = RegistryChoice::from_flags(&args.substrate, args.registry.as_deref())? {
         let backend = connect(&choice)
             .await
@@ -488,12 +523,8 @@ async fn registry(args: &Args) -> anyhow::Result<(Arc<dyn Registry>, Option<Arc<
         cached.spawn_follower();
         return Ok((cached, None));
     }
-    let store: Arc<dyn TwinStore> = match &args.redis {
-        Some(url) => Arc::new(
-            RedisStore::connect(url, "rmb:registry:")
-                .await
-                .with_context(|| format!("connecting to redis at {url}"))?,
-        ),
+    let store: Arc<dyn TwinStore> = match redis {
+        Some(conn) => Arc::new(RedisStore::with_conn(conn.clone(), "rmb:registry:")?),
         None => {
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("creating {}", args.data_dir.display()))?;

@@ -82,7 +82,7 @@ impl RelayState {
             tasks.clone(),
             shutdown.clone(),
         );
-        let used_logins = match queue.shared_redis() {
+        let used_logins = match queue.shared_store() {
             Some((conn, prefix)) => UsedLogins::in_redis(conn, &prefix),
             None => UsedLogins::in_memory(config.login_memory),
         };

@@ -15,6 +15,7 @@ pub mod lb;
 pub mod peer_node;
 pub mod peer_process;
 pub mod recorded;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod registry;
 pub mod relay_client;

@@ -116,7 +116,7 @@ async fn two_replicas_on_one_redis_act_as_one_relay() {
         ca.send(env).await;
     }
     tokio::time::sleep(QUIET).await;
-    let key_ttl: i64 = redis_cli(&redis, &["TTL", &format!("rmb:relay:q:{b}")])
+    let key_ttl: i64 = redis_cli(&redis, &["TTL", &format!("rmb:relay:q:{{{b}}}")])
         .parse()
         .unwrap();
     assert!(
@@ -157,7 +157,7 @@ async fn a_killed_relay_loses_nothing_it_queued() {
     assert_eq!(cb.recv(QUIET).await, None);
 
     // Sessions' presence claims are bounded too: they expire unless renewed.
-    let presence_ttl: i64 = redis_cli(&redis, &["TTL", &format!("rmb:relay:at:{b}")])
+    let presence_ttl: i64 = redis_cli(&redis, &["TTL", &format!("rmb:relay:at:{{{b}}}")])
         .parse()
         .unwrap();
     assert!(

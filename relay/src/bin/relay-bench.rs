@@ -20,6 +20,10 @@
 //!    in-process replicas serving the same domain; senders log in to one replica and
 //!    receivers to the other, so every envelope is queued in Redis by one replica and
 //!    handed over by the other (the worst case; `--skip-redis` leaves it out).
+//! 4. **rmb-relay cluster** (`--cluster`): a private Redis Cluster (`--cluster-masters`
+//!    nodes) and three replicas, each a process of its own, with pairs spread so every
+//!    envelope crosses the cluster; prints Redis's commands and CPU per envelope summed
+//!    over the nodes, and envelopes per relay CPU-second.
 //!
 //! All get the same load: N sender → receiver pairs, at most `--window` frames in flight
 //! per pair (the receiver hands a permit back to its sender for each arrival), for
@@ -52,10 +56,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "relay_bench/bare.rs"]
 mod bare;
+#[path = "relay_bench/cluster.rs"]
+mod cluster;
 #[path = "relay_bench/idle.rs"]
 mod idle;
 #[path = "relay_bench/load.rs"]
 mod load;
+#[path = "relay_bench/redis_servers.rs"]
+mod redis_servers;
 #[path = "relay_bench/replicas.rs"]
 mod replicas;
 #[path = "relay_bench/twins.rs"]
@@ -117,6 +125,28 @@ struct Args {
     #[arg(long)]
     skip_redis: bool,
 
+    /// Also run the cluster mode: a private Redis Cluster and three relay replica
+    /// processes on it (needs redis-server and redis-cli).
+    #[arg(long)]
+    cluster: bool,
+
+    /// Masters of the cluster mode's Redis Cluster (no Redis replicas: the bench measures
+    /// cost, not failover).
+    #[arg(long, default_value_t = 3, value_name = "N", requires = "cluster")]
+    cluster_masters: usize,
+
+    /// Internal: be a cluster-mode relay replica on this redis+cluster:// URL.
+    #[arg(long, hide = true, value_name = "URL", requires_all = ["replica_domain", "replica_registry"])]
+    replica_child: Option<String>,
+
+    /// Internal: the domain the replica serves.
+    #[arg(long, hide = true)]
+    replica_domain: Option<String>,
+
+    /// Internal: the registry the replica reads twins from.
+    #[arg(long, hide = true)]
+    replica_registry: Option<String>,
+
     /// Redis mode without replica links (`rmb-relay --replica-listen off`): every
     /// envelope between the replicas goes through the Redis queue.
     #[arg(long)]
@@ -168,6 +198,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(url) = &args.idle_child {
         return idle::child(url).await;
+    }
+    if let (Some(redis), Some(domain), Some(registry)) = (
+        &args.replica_child,
+        &args.replica_domain,
+        &args.replica_registry,
+    ) {
+        return cluster::child(redis, domain, registry).await;
     }
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -299,6 +336,47 @@ async fn main() -> anyhow::Result<()> {
         Some((stats, used, relay_cpu))
     };
 
+    let cluster = if args.cluster && target.local.is_some() {
+        eprintln!(
+            "load: rmb-relay cluster (3 replica processes, {} masters)…",
+            args.cluster_masters
+        );
+        let replicas = cluster::ClusterReplicas::start(
+            args.cluster_masters,
+            3,
+            &target.domain,
+            &format!("http://{}", target.domain),
+        )
+        .await?;
+        let n = replicas.ws_urls.len();
+        let pairs = twins
+            .chunks(2)
+            .zip(&templates)
+            .enumerate()
+            .map(|(i, (pair, template))| Pair {
+                sender: login_url(&replicas.ws_urls[i % n], &pair[0].signer, pair[0].id),
+                receiver: login_url(&replicas.ws_urls[(i + 1) % n], &pair[1].signer, pair[1].id),
+                template: template.clone(),
+            })
+            .collect();
+        let before = replicas
+            .redis_usage()
+            .await
+            .context("reading the cluster's INFO")?;
+        let cpu_before = replicas.cpu_secs();
+        let stats = load::run(pairs, plan).await.context("cluster run")?;
+        let cpu = replicas.cpu_secs() - cpu_before;
+        let used = replicas
+            .redis_usage()
+            .await
+            .context("reading the cluster's INFO")?
+            .since(&before);
+        replicas.shutdown();
+        Some((stats, used, cpu))
+    } else {
+        None
+    };
+
     print_report(
         &args,
         &plan,
@@ -309,6 +387,7 @@ async fn main() -> anyhow::Result<()> {
             memory: &relay,
             redis: redis.as_ref().map(|(stats, _, _)| stats),
             redis_usage: redis.as_ref().map(|(_, used, cpu)| (used, *cpu)),
+            cluster: cluster.as_ref(),
         },
         idle.as_ref(),
     );
@@ -325,6 +404,8 @@ struct RelayRuns<'a> {
     redis: Option<&'a Stats>,
     /// What Redis did during the Redis-mode run, and the replicas' CPU seconds.
     redis_usage: Option<(&'a replicas::RedisUsage, f64)>,
+    /// The cluster-mode run, what the cluster did in it, and its replicas' CPU seconds.
+    cluster: Option<&'a (Stats, replicas::RedisUsage, f64)>,
 }
 
 fn print_report(
@@ -335,6 +416,7 @@ fn print_report(
     relay: &RelayRuns<'_>,
     idle: Option<&idle::IdleReport>,
 ) {
+    let relay_runs = relay;
     let (relay_label, redis, relay, redis_usage) =
         (relay.label, relay.redis, relay.memory, relay.redis_usage);
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -379,6 +461,9 @@ fn print_report(
     if let Some(redis) = redis {
         row("rmb-relay redis", redis);
     }
+    if let Some((stats, _, _)) = relay_runs.cluster {
+        row("rmb-relay cluster", stats);
+    }
     if let Some(bare) = bare {
         let ratio = relay.rate() / bare.rate().max(1e-9);
         let verdict = if ratio >= 0.6 { "meets" } else { "below" };
@@ -389,6 +474,7 @@ fn print_report(
         .into_iter()
         .chain([("relay", relay)])
         .chain(redis.map(|r| ("redis", r)))
+        .chain(relay_runs.cluster.map(|(s, _, _)| ("cluster", s)))
     {
         if let Some(first) = &stats.first_error {
             println!("{label} errors: {} (first: {first})", stats.errors);
@@ -400,12 +486,22 @@ fn print_report(
         println!("ratio redis (2 replicas)/{relay_label}: {ratio:.2} ({verdict} the 0.50 target)");
     }
     if let (Some(stats), Some((used, relay_cpu))) = (redis, redis_usage) {
-        print_redis_usage(stats, used);
+        print_redis_usage("rmb-relay redis", stats, used);
         println!(
             "replicas' CPU (their runtime's threads, whole run): {relay_cpu:.2} s for {} envelopes: {:.0} msgs per relay CPU-second, {:.1} µs per envelope",
             stats.received,
             stats.received as f64 / relay_cpu.max(1e-9),
             relay_cpu * 1e6 / stats.received.max(1) as f64
+        );
+    }
+    if let Some((stats, used, cpu)) = relay_runs.cluster {
+        print_redis_usage("rmb-relay cluster, all nodes", stats, used);
+        println!(
+            "cluster: {:.0} msgs/s = {:.2} × the in-memory relay; relay replicas used {:.2} CPU-s: {:.0} msgs per relay CPU-second",
+            stats.rate(),
+            stats.rate() / relay.rate().max(1e-9),
+            cpu,
+            stats.received as f64 / cpu.max(1e-9)
         );
     }
     if let Some(idle) = idle {
@@ -421,7 +517,7 @@ fn print_report(
 
 /// Redis's cost per envelope delivered in the Redis-mode run (the whole run, warm-up
 /// included, over every envelope received in it).
-fn print_redis_usage(stats: &Stats, used: &replicas::RedisUsage) {
+fn print_redis_usage(label: &str, stats: &Stats, used: &replicas::RedisUsage) {
     let envelopes = stats.received.max(1) as f64;
     let (all, scripts) = used.totals();
     let mut top: Vec<(&String, &u64)> = used.calls.iter().collect();
@@ -432,12 +528,23 @@ fn print_redis_usage(stats: &Stats, used: &replicas::RedisUsage) {
         .map(|(name, n)| format!("{name} {:.2}", **n as f64 / envelopes))
         .collect();
     println!(
-        "redis per envelope (rmb-relay redis, {} envelopes): {:.2} commands ({:.2} of them scripts; counts include commands run inside scripts): {}; redis CPU {:.1} µs",
+        "redis per envelope ({label}, {} envelopes): {:.2} commands ({:.2} of them scripts; counts include commands run inside scripts): {}; redis CPU {:.1} µs",
         stats.received,
         all as f64 / envelopes,
         scripts as f64 / envelopes,
         top.join(", "),
         used.cpu_secs * 1e6 / envelopes
+    );
+    let mut by_time: Vec<(&String, &u64)> = used.usec.iter().collect();
+    by_time.sort_by(|a, b| b.1.cmp(a.1));
+    let by_time: Vec<String> = by_time
+        .iter()
+        .take(4)
+        .map(|(name, us)| format!("{name} {:.1}", **us as f64 / envelopes))
+        .collect();
+    println!(
+        "  redis time in commands per envelope, µs (a script's includes what it ran): {}",
+        by_time.join(", ")
     );
 }
 

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::switch::{Outgoing, SessionId};
 
 pub use memory::MemoryQueues;
-pub use redis::RedisQueues;
+pub use redis::{RedisQueues, SetupError, WaitPolicy};
 
 /// Default cap of queued envelopes per session (rmb-rs trims at about 10 000).
 pub const DEFAULT_PER_SESSION: usize = 10_000;
@@ -113,6 +113,19 @@ pub enum QueueError {
     /// `fail-fast` was asked and no replica holds a connection for the session.
     #[error("destination offline")]
     Offline,
+    /// `--redis-wait-replicas`: fewer Redis replicas than asked acknowledged the envelope
+    /// in time. It is queued on the master but a failover could lose it, so it is not
+    /// counted as accepted: the sender may send it again (receivers drop duplicates by
+    /// uid).
+    #[error(
+        "queue store could not replicate the envelope ({acked} of {wanted} redis replicas acknowledged); it may or may not be delivered"
+    )]
+    NotReplicated {
+        /// `--redis-wait-replicas`.
+        wanted: u32,
+        /// Replicas that acknowledged within `--redis-wait-timeout-ms`.
+        acked: u32,
+    },
     /// The queue store (Redis) failed.
     #[error("queue store unavailable: {0}")]
     Unavailable(String),
@@ -128,6 +141,7 @@ impl QueueError {
             QueueError::TotalBytes { .. } => "queue_total_bytes",
             QueueError::TooManySessions { .. } => "sessions_per_twin",
             QueueError::Offline => "destination_offline",
+            QueueError::NotReplicated { .. } => "queue_not_replicated",
             QueueError::Unavailable(_) => "queue_unavailable",
         }
     }
@@ -193,7 +207,17 @@ pub trait Queues: Send + Sync + 'static {
     /// The Redis connection and key prefix the replicas of this relay share (`None` for
     /// stores in memory), so other state every replica must see alike (the login tokens
     /// already used, [`crate::logins`]) lives beside the queues.
+    ///
+    /// Only on a single Redis: on a cluster or a Sentinel set this is `None`; use
+    /// [`shared_store`](Queues::shared_store), which covers all three.
     fn shared_redis(&self) -> Option<(::redis::aio::ConnectionManager, String)> {
+        None
+    }
+
+    /// The connection (single Redis, cluster or Sentinel set) and key prefix the replicas
+    /// of this relay share (`None` for stores in memory). Other shared state (login
+    /// tokens, presence changes) uses it and its publish/subscribe.
+    fn shared_store(&self) -> Option<(crate::redis_conn::RedisConn, String)> {
         None
     }
 }

@@ -1,38 +1,54 @@
-//! [`RedisQueues`]: offline queues and session presence in Redis (`--redis`).
+//! [`RedisQueues`]: offline queues and session presence in Redis (`--redis`), on a single
+//! Redis, a Redis Cluster or a Sentinel set ([`RedisConn`]).
 //!
-//! Several relay processes ("replicas") behind one domain share one Redis and act as one
-//! relay. Keys, all under a prefix (default `rmb:relay:`):
+//! Several relay processes ("replicas") behind one domain share the store and act as one
+//! relay. Keys, all under a prefix (default `rmb:relay:`); every key of twin `<twin>`
+//! carries the hash tag `{<twin>}`, so the scripts that touch several of them run on one
+//! cluster node:
 //!
 //! | key | type | content | bounded by |
 //! |---|---|---|---|
-//! | `q:<session>` | list | `<deadline>|<envelope bytes>`, oldest first | cap per session; key expires after the newest deadline |
-//! | `at:<session>` | string | id of the replica holding the session | expires unless renewed ([`PRESENCE_TTL`]) |
-//! | `qb:<session>` | integer | bytes in `q:<session>` | expires with it |
-//! | `tb:<twin>` | integer | bytes in all queues of the twin | expires after the newest deadline |
-//! | `ts:<twin>` | set | session texts of the twin's queues | `--sessions-per-twin`; expires likewise |
+//! | `q:{<twin>}[:<sid>]` | list | `<deadline>|<envelope bytes>`, oldest first | cap per session; expires after the newest deadline |
+//! | `at:{<twin>}[:<sid>]` | string | id of the replica holding the session | expires unless renewed ([`PRESENCE_TTL`]) |
+//! | `tw:{<twin>}` | hash | per session id: bytes queued (`b:<sid>`) and queue expiry (`e:<sid>`); `t`: the hash's expiry | `--sessions-per-twin`; expires with the last queue |
 //!
-//! The byte counters are kept by the push and take scripts; entries that expire inside a
-//! list are only released when pushed out or taken, so the counters err on the high side
-//! until their keys expire (a bound, not an exact figure).
+//! (Before clusters were supported the keys were `q:<session>`, `at:<session>`,
+//! `qb:<session>`, `tb:<twin>` and `ts:<twin>`; queues left under those names by an
+//! older relay are not read.)
 //!
-//! Queueing and looking up presence happen in one script, which also publishes the
-//! session on `wake:<replica>` when some replica holds it, so the replica that has the
-//! connection takes the envelope out and hands it over (see [`super::handoff`]). A session
-//! that connects first announces itself, then takes its queue: whichever order a sender
-//! and a connecting session reach Redis in, the envelope is delivered.
+//! The byte counters are kept by the push and take scripts ([`scripts`]); entries that
+//! expire inside a list are only released when pushed out or taken, so the counters err
+//! on the high side until their keys expire (a bound, not an exact figure).
+//!
+//! Queueing and looking up presence happen in one script. When some replica holds the
+//! session, that replica is woken on its channel `<prefix>wake:<replica>` with the
+//! session's text: on a single Redis (or Sentinel) the script PUBLISHes it itself; on a
+//! cluster the script returns the holder and the relay SPUBLISHes to the shard owning the
+//! channel (the channel's slot is the holder's, not the twin's, so the script cannot).
+//! The replica with the connection then takes the envelope out and hands it over
+//! ([`super::handoff`]). A session that connects first announces itself, then takes its
+//! queue: whichever order a sender and a connecting session reach Redis in, the envelope
+//! is delivered.
+//!
+//! With [`RedisQueues::with_wait`] (`--redis-wait-replicas N`), a push is acknowledged
+//! only once `WAIT` says N replicas of the node have it; otherwise the sender is told
+//! [`QueueError::NotReplicated`].
 
-use std::sync::Mutex;
+mod scripts;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Bytes;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{QueueError, QueueLimits, Queues};
+use crate::redis_conn::{Delivery, RedisConn};
 use crate::switch::{Outgoing, SessionId};
 
 /// How long a replica's claim on a session lasts without renewal (a crashed replica's
@@ -42,6 +58,11 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
 /// How long a queue key outlives the newest deadline in it.
 const QUEUE_GRACE: u64 = 60;
 
+/// Seconds added to a queue key's expiry when it is renewed, so that later pushes with
+/// similar deadlines need not renew it again (one `EXPIRE` per key per this many
+/// seconds of traffic, instead of one per push).
+pub const RENEW_SLACK: u64 = 60;
+
 /// Longest TTL given to a queue key, whatever deadline an entry claims (Redis refuses
 /// expire times that overflow; routing refuses deadlines past `--max-lifetime` anyway).
 const MAX_KEY_TTL: u64 = 366 * 24 * 3600;
@@ -49,119 +70,28 @@ const MAX_KEY_TTL: u64 = 366 * 24 * 3600;
 /// Most envelopes taken from Redis per round trip.
 const TAKE_BATCH: usize = 1024;
 
-/// Queue one or more entries (see the module docs for the keys).
-/// KEYS = queue, presence, session bytes, twin bytes, twin session set.
-/// ARGV = cap, key ttl, fail-fast 0/1, session text, now, wake channel prefix, front 0/1,
-/// session byte limit, twin byte limit, sessions per twin, entries…
-/// Returns {0, length} queued, {1, length} full, {2, 0} offline (fail-fast),
-/// {3, limit} session bytes, {4, limit} too many session ids, {5, limit} twin bytes.
-const PUSH_SCRIPT: &str = r#"
-local owner = redis.call('GET', KEYS[2])
-if ARGV[3] == '1' and not owner then return {2, 0} end
-local cap = tonumber(ARGV[1])
-local now = tonumber(ARGV[5])
-local slimit = tonumber(ARGV[8])
-local tlimit = tonumber(ARGV[9])
-local add = 0
-for i = 11, #ARGV do add = add + #ARGV[i] end
-local sbytes = tonumber(redis.call('GET', KEYS[3]) or '0')
-local tbytes = tonumber(redis.call('GET', KEYS[4]) or '0')
-local member = redis.call('SISMEMBER', KEYS[5], ARGV[4])
-if ARGV[7] == '1' then
-  for i = #ARGV, 11, -1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end
-else
-  if member == 0 and redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[10]) then
-    return {4, tonumber(ARGV[10])}
-  end
-  local n = #ARGV - 10
-  local len = redis.call('LLEN', KEYS[1])
-  local freed = 0
-  while len + n > cap or sbytes + add > slimit or tbytes + add > tlimit do
-    local head = redis.call('LINDEX', KEYS[1], 0)
-    if not head then break end
-    local deadline = tonumber(string.match(head, '^(%d+)|'))
-    if deadline and deadline > now then break end
-    redis.call('LPOP', KEYS[1])
-    len = len - 1
-    sbytes = sbytes - #head
-    tbytes = tbytes - #head
-    freed = freed + #head
-  end
-  if freed > 0 then
-    redis.call('DECRBY', KEYS[3], freed)
-    redis.call('DECRBY', KEYS[4], freed)
-  end
-  if len + n > cap then return {1, len} end
-  if sbytes + add > slimit then return {3, slimit} end
-  if tbytes + add > tlimit then return {5, tlimit} end
-  for i = 11, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
-end
-redis.call('INCRBY', KEYS[3], add)
-redis.call('INCRBY', KEYS[4], add)
-if member == 0 then redis.call('SADD', KEYS[5], ARGV[4]) end
--- The queue's TTL stands for all four keys: they are created (or emptied and made
--- again) together with it, so one check per push is enough to renew them all.
-local ttl = tonumber(ARGV[2])
-if redis.call('TTL', KEYS[1]) < ttl then
-  for k = 1, 5 do
-    if k ~= 2 then redis.call('EXPIRE', KEYS[k], ttl) end
-  end
-end
-if owner then redis.call('PUBLISH', ARGV[6] .. owner, ARGV[4]) end
-return {0, redis.call('LLEN', KEYS[1])}
-"#;
+/// Wake-ups waiting to be handed to the server (beyond it, the subscription waits).
+const WAKEUP_BUFFER: usize = 4096;
 
-/// Take entries from the head of a queue, about ARGV[1] bytes of them (at least one) and
-/// at most ARGV[3], releasing their bytes. KEYS = queue, session bytes, twin bytes, twin
-/// session set; ARGV[2] = session text.
-const TAKE_SCRIPT: &str = r#"
-local budget = tonumber(ARGV[1])
-local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
-local n = 0
-local total = 0
-for i = 1, #items do
-  local size = #items[i]
-  if n > 0 and total + size > budget then break end
-  n = i
-  total = total + size
-end
-for i = #items, n + 1, -1 do items[i] = nil end
-if n > 0 then
-  redis.call('LTRIM', KEYS[1], n, -1)
-  if redis.call('DECRBY', KEYS[2], total) <= 0 then redis.call('DEL', KEYS[2]) end
-  if redis.call('DECRBY', KEYS[3], total) <= 0 then redis.call('DEL', KEYS[3]) end
-end
-if redis.call('LLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-  redis.call('SREM', KEYS[4], ARGV[2])
-end
-return items
-"#;
+/// Sessions renewed per pipelined round trip.
+const REFRESH_CHUNK: usize = 512;
 
-/// Claim a session for a replica unless another replica holds it (renewal), or always
-/// (ARGV[3] = 1, a fresh connection). KEYS[1] = presence; ARGV = replica, ttl s, force.
-const CLAIM_SCRIPT: &str = r#"
-local owner = redis.call('GET', KEYS[1])
-if ARGV[3] == '1' or not owner or owner == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-/// Release a session if this replica still holds it. KEYS[1] = presence; ARGV[1] = replica.
-const RELEASE_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
+/// `WAIT` settings: how many replicas must have a push before it counts as accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitPolicy {
+    /// Replicas that must acknowledge (`--redis-wait-replicas`); 0 waits for none.
+    pub replicas: u32,
+    /// Longest wait (`--redis-wait-timeout-ms`).
+    pub timeout: Duration,
+}
 
 /// Offline queues and presence shared by the replicas of one relay through Redis.
 pub struct RedisQueues {
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: RedisConn,
     prefix: String,
     replica: String,
     limits: QueueLimits,
+    wait: WaitPolicy,
     push: redis::Script,
     take: redis::Script,
     claim: redis::Script,
@@ -169,38 +99,127 @@ pub struct RedisQueues {
     wakeups: Mutex<Option<mpsc::Receiver<SessionId>>>,
     /// The subscription that fills `wakeups`, until the server takes it to run it.
     listener: Mutex<Option<BoxFuture<'static, ()>>>,
-    url: String,
+    empty: Arc<EmptyQueues>,
+}
+
+/// The queues of sessions connected here that this replica saw empty, so that the take
+/// a session makes after emptying its queue (it takes until a take returns nothing)
+/// costs no round trip. Anything that may put an envelope in a session's queue bumps its
+/// epoch first: a wake-up naming it (every push to a held session publishes one), a
+/// push by this replica, a renewed subscription (all are forgotten). A take skips Redis
+/// only if the queue was seen empty at the current epoch. Entries live from a session's
+/// first take until it detaches.
+#[derive(Default)]
+pub struct EmptyQueues {
+    seen: Mutex<HashMap<SessionId, Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    epoch: u64,
+    empty_at: Option<u64>,
+}
+
+impl EmptyQueues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Seen>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something may have been queued for `session`.
+    fn touch(&self, session: &SessionId) {
+        if let Some(seen) = self.lock().get_mut(session) {
+            seen.epoch += 1;
+        }
+    }
+
+    /// Anything may have been queued for anyone.
+    fn touch_all(&self) {
+        self.lock().clear();
+    }
+
+    /// `None` if `session`'s queue is known to be empty, else the epoch to pass to
+    /// [`EmptyQueues::taken`].
+    fn start(&self, session: &SessionId) -> Option<u64> {
+        let mut seen = self.lock();
+        let entry = seen.entry(session.clone()).or_default();
+        match entry.empty_at {
+            Some(at) if at == entry.epoch => None,
+            _ => Some(entry.epoch),
+        }
+    }
+
+    /// A take that started at `epoch` found the queue `emptied` (or not).
+    fn taken(&self, session: &SessionId, epoch: u64, emptied: bool) {
+        if let Some(seen) = self.lock().get_mut(session) {
+            seen.empty_at = emptied.then_some(epoch);
+        }
+    }
+
+    fn forget(&self, session: &SessionId) {
+        self.lock().remove(session);
+    }
+}
+
+/// Why [`RedisQueues`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The key prefix has a brace, which would change the keys' hash tags.
+    #[error("the redis key prefix '{0}' must not contain '{{' or '}}' (keys carry hash tags)")]
+    Prefix(String),
+    /// Redis could not be reached, or the URL is wrong.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
 }
 
 impl RedisQueues {
-    /// Connects to `url` and keeps keys under `prefix`. The listener for wake-ups
-    /// addressed to this replica (until `shutdown`) is handed to the server to run
-    /// ([`Queues::wakeup_listener`]).
+    /// Connects to the `--redis` value `url` (any accepted form) and keeps keys under
+    /// `prefix`. The listener for wake-ups stops on `shutdown`.
     pub async fn connect(
         url: &str,
         prefix: &str,
         per_session: usize,
         shutdown: CancellationToken,
-    ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client.clone()).await?;
+    ) -> Result<Self, SetupError> {
+        let conn = RedisConn::open(url).await?;
+        Self::with_conn(conn, prefix, per_session, shutdown)
+    }
+
+    /// Uses an open connection (shared with the rest of the relay) and keeps keys under
+    /// `prefix`. The listener for wake-ups stops on `shutdown`.
+    pub fn with_conn(
+        conn: RedisConn,
+        prefix: &str,
+        per_session: usize,
+        shutdown: CancellationToken,
+    ) -> Result<Self, SetupError> {
+        if prefix.contains(['{', '}']) {
+            return Err(SetupError::Prefix(prefix.to_string()));
+        }
         let replica = hex::encode(rand::random::<[u8; 8]>());
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(WAKEUP_BUFFER);
         let channel = format!("{prefix}wake:{replica}");
-        let listener = Box::pin(listen_for_wakeups(client.clone(), channel, tx, shutdown));
+        let (subscription, deliveries) = conn.subscription(channel, shutdown, WAKEUP_BUFFER);
+        let empty = Arc::new(EmptyQueues::default());
+        let touched = Arc::clone(&empty);
+        let listener = Box::pin(async move {
+            tokio::join!(subscription, forward_wakeups(deliveries, tx, touched));
+        });
         Ok(RedisQueues {
             conn,
-            client,
             prefix: prefix.to_string(),
             replica,
             limits: QueueLimits::with_count(per_session.max(1)),
-            push: redis::Script::new(PUSH_SCRIPT),
-            take: redis::Script::new(TAKE_SCRIPT),
-            claim: redis::Script::new(CLAIM_SCRIPT),
-            release: redis::Script::new(RELEASE_SCRIPT),
+            wait: WaitPolicy {
+                replicas: 0,
+                timeout: Duration::ZERO,
+            },
+            push: redis::Script::new(scripts::PUSH),
+            take: redis::Script::new(scripts::TAKE),
+            claim: redis::Script::new(scripts::CLAIM),
+            release: redis::Script::new(scripts::RELEASE),
             wakeups: Mutex::new(Some(rx)),
             listener: Mutex::new(Some(listener)),
-            url: url.to_string(),
+            empty,
         })
     }
 
@@ -215,22 +234,24 @@ impl RedisQueues {
         self
     }
 
+    /// The same queues, acknowledging a push only once `wait.replicas` Redis replicas
+    /// have it (see the module docs).
+    pub fn with_wait(mut self, wait: WaitPolicy) -> Self {
+        self.wait = wait;
+        self
+    }
+
     /// This process's replica id (the value of the presence keys it owns).
     pub fn replica(&self) -> &str {
         &self.replica
     }
 
     fn queue_key(&self, session: &SessionId) -> String {
-        format!("{}q:{session}", self.prefix)
+        session_key(&self.prefix, "q", session)
     }
 
     fn presence_key(&self, session: &SessionId) -> String {
         presence_key(&self.prefix, session)
-    }
-
-    /// A client for the same Redis (for subscriptions, which need their own connection).
-    pub fn client(&self) -> redis::Client {
-        self.client.clone()
     }
 
     /// The key prefix the replicas share.
@@ -238,16 +259,8 @@ impl RedisQueues {
         &self.prefix
     }
 
-    fn session_bytes_key(&self, session: &SessionId) -> String {
-        format!("{}qb:{session}", self.prefix)
-    }
-
-    fn twin_bytes_key(&self, session: &SessionId) -> String {
-        format!("{}tb:{}", self.prefix, session.twin)
-    }
-
-    fn twin_sessions_key(&self, session: &SessionId) -> String {
-        format!("{}ts:{}", self.prefix, session.twin)
+    fn twin_key(&self, session: &SessionId) -> String {
+        twin_key(&self.prefix, session.twin)
     }
 
     async fn run_push(
@@ -258,47 +271,98 @@ impl RedisQueues {
         fail_fast: bool,
         front: bool,
     ) -> Result<(), QueueError> {
+        self.empty.touch(session);
         let newest = items.iter().map(|(_, d)| *d).max().unwrap_or(now);
         let ttl = newest
             .saturating_sub(now)
             .saturating_add(QUEUE_GRACE)
             .min(MAX_KEY_TTL);
+        let cluster = self.conn.is_cluster();
+        let text = session.to_string();
+        let wake_prefix = format!("{}wake:", self.prefix);
+        let queue_key = self.queue_key(session);
         let mut invocation = self.push.prepare_invoke();
         invocation
-            .key(self.queue_key(session))
+            .key(&queue_key)
             .key(self.presence_key(session))
-            .key(self.session_bytes_key(session))
-            .key(self.twin_bytes_key(session))
-            .key(self.twin_sessions_key(session))
+            .key(self.twin_key(session))
             .arg(self.limits.per_session)
             .arg(ttl)
             .arg(u8::from(fail_fast))
-            .arg(session.to_string())
+            .arg(&text)
             .arg(now)
-            .arg(format!("{}wake:", self.prefix))
+            .arg(if cluster { "" } else { wake_prefix.as_str() })
             .arg(u8::from(front))
             .arg(self.limits.session_bytes)
             .arg(self.limits.twin_bytes)
-            .arg(self.limits.sessions_per_twin);
+            .arg(self.limits.sessions_per_twin)
+            .arg(session.sid.as_deref().unwrap_or(""))
+            .arg(RENEW_SLACK);
         for (bytes, deadline) in items {
             invocation.arg(encode_entry(bytes, *deadline));
         }
         let mut conn = self.conn.clone();
-        let (status, value): (u8, usize) = invocation
+        let (status, value, owner): (u8, usize, String) = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))?;
         match status {
-            0 => Ok(()),
-            1 => Err(QueueError::Full(value)),
-            3 => Err(QueueError::SessionBytes { limit: value }),
-            4 => Err(QueueError::TooManySessions {
-                twin: session.twin,
-                limit: value,
-            }),
-            5 => Err(QueueError::TwinBytes { limit: value }),
-            _ => Err(QueueError::Offline),
+            0 => {}
+            1 => return Err(QueueError::Full(value)),
+            3 => return Err(QueueError::SessionBytes { limit: value }),
+            4 => {
+                return Err(QueueError::TooManySessions {
+                    twin: session.twin,
+                    limit: value,
+                });
+            }
+            5 => return Err(QueueError::TwinBytes { limit: value }),
+            _ => return Err(QueueError::Offline),
         }
+        let waited = if self.wait.replicas > 0 {
+            Some(
+                self.conn
+                    .wait_replicas(&queue_key, self.wait.replicas, self.wait.timeout)
+                    .await,
+            )
+        } else {
+            None
+        };
+        if cluster && !owner.is_empty() {
+            let channel = format!("{wake_prefix}{owner}");
+            if let Err(e) = self.conn.publish(&channel, &text).await {
+                // The holder re-checks its sessions after it resubscribes; until then the
+                // envelope waits in the queue.
+                tracing::debug!(%session, error = %e, "publishing a wake-up failed");
+            }
+        }
+        match waited {
+            None => Ok(()),
+            Some(Ok(acked)) if acked >= self.wait.replicas => Ok(()),
+            Some(Ok(acked)) => Err(QueueError::NotReplicated {
+                wanted: self.wait.replicas,
+                acked,
+            }),
+            Some(Err(e)) => Err(QueueError::Unavailable(format!(
+                "waiting for redis replicas: {e}"
+            ))),
+        }
+    }
+
+    /// Renews presence claims of `chunk` in one pipelined round trip.
+    async fn refresh_chunk(&self, chunk: &[SessionId]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for session in chunk {
+            pipe.cmd("EVALSHA")
+                .arg(self.claim.get_hash())
+                .arg(1)
+                .arg(self.presence_key(session))
+                .arg(&self.replica)
+                .arg(PRESENCE_TTL.as_secs())
+                .arg(0)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await
     }
 }
 
@@ -322,28 +386,32 @@ impl Queues for RedisQueues {
         let now = rmb_proto::time::unix_now();
         let count = items.len();
         if let Err(e) = self.run_push(session, &items, now, false, true).await {
-            tracing::error!(%session, count, error = %e, "could not put undelivered envelopes back into redis; they are lost (peers resend)");
+            tracing::error!(%session, count, error = %e, "could not put undelivered envelopes back into redis; they may be lost (peers resend)");
         }
     }
 
     async fn take(&self, session: &SessionId, now: u64, max_bytes: usize) -> Vec<Outgoing> {
+        let Some(epoch) = self.empty.start(session) else {
+            return Vec::new();
+        };
         let mut conn = self.conn.clone();
-        let result: Result<Vec<Vec<u8>>, _> = self
+        let result: Result<(u8, Vec<Vec<u8>>), _> = self
             .take
             .key(self.queue_key(session))
-            .key(self.session_bytes_key(session))
-            .key(self.twin_bytes_key(session))
-            .key(self.twin_sessions_key(session))
+            .key(self.twin_key(session))
             .arg(max_bytes)
-            .arg(session.to_string())
             .arg(TAKE_BATCH)
+            .arg(session.sid.as_deref().unwrap_or(""))
             .invoke_async(&mut conn)
             .await;
         match result {
-            Ok(entries) => entries
-                .into_iter()
-                .filter_map(|entry| decode_entry(entry, now))
-                .collect(),
+            Ok((emptied, entries)) => {
+                self.empty.taken(session, epoch, emptied == 1);
+                entries
+                    .into_iter()
+                    .filter_map(|entry| decode_entry(entry, now))
+                    .collect()
+            }
             Err(e) => {
                 tracing::warn!(%session, error = %e, "taking the session's queue from redis failed");
                 Vec::new()
@@ -367,6 +435,7 @@ impl Queues for RedisQueues {
     }
 
     async fn detach(&self, session: &SessionId) {
+        self.empty.forget(session);
         let mut conn = self.conn.clone();
         let result: Result<i64, _> = self
             .release
@@ -380,23 +449,17 @@ impl Queues for RedisQueues {
     }
 
     async fn refresh(&self, sessions: Vec<SessionId>) {
-        let mut conn = self.conn.clone();
-        for chunk in sessions.chunks(512) {
-            // Load the script once per round trip (Redis may have restarted and lost it),
-            // then run it by hash instead of sending its text for every session.
-            let mut pipe = redis::pipe();
-            pipe.cmd("SCRIPT").arg("LOAD").arg(CLAIM_SCRIPT).ignore();
-            for session in chunk {
-                pipe.cmd("EVALSHA")
-                    .arg(self.claim.get_hash())
-                    .arg(1)
-                    .arg(self.presence_key(session))
-                    .arg(&self.replica)
-                    .arg(PRESENCE_TTL.as_secs())
-                    .arg(0)
-                    .ignore();
+        for chunk in sessions.chunks(REFRESH_CHUNK) {
+            // Run by hash; Redis (or a promoted replica, or a new cluster node) may not
+            // know the script yet: load it everywhere once and try again.
+            let mut result = self.refresh_chunk(chunk).await;
+            if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::NoScriptError) {
+                result = match self.conn.load_script(scripts::CLAIM).await {
+                    Ok(()) => self.refresh_chunk(chunk).await,
+                    Err(e) => Err(e),
+                };
             }
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "renewing session presence in redis failed");
                 return;
             }
@@ -413,18 +476,25 @@ impl Queues for RedisQueues {
     }
 
     fn shared_redis(&self) -> Option<(ConnectionManager, String)> {
+        self.conn
+            .single_manager()
+            .map(|manager| (manager, self.prefix.clone()))
+    }
+
+    fn shared_store(&self) -> Option<(RedisConn, String)> {
         Some((self.conn.clone(), self.prefix.clone()))
     }
 
     fn describe(&self) -> String {
         format!(
-            "redis {} (replica {}, at most {} envelopes and {} bytes per session, {} bytes and {} session ids per twin)",
-            self.url,
+            "redis {} (replica {}, at most {} envelopes and {} bytes per session, {} bytes and {} session ids per twin, waiting for {} redis replicas)",
+            self.conn.target(),
             self.replica,
             self.limits.per_session,
             self.limits.session_bytes,
             self.limits.twin_bytes,
-            self.limits.sessions_per_twin
+            self.limits.sessions_per_twin,
+            self.wait.replicas
         )
     }
 
@@ -441,6 +511,19 @@ impl Queues for RedisQueues {
             .unwrap_or_else(|p| p.into_inner())
             .take()
     }
+}
+
+/// `<prefix><kind>:{<twin>}[:<sid>]`: a key of one session, tagged with its twin.
+fn session_key(prefix: &str, kind: &str, session: &SessionId) -> String {
+    match &session.sid {
+        Some(sid) => format!("{prefix}{kind}:{{{}}}:{sid}", session.twin),
+        None => format!("{prefix}{kind}:{{{}}}", session.twin),
+    }
+}
+
+/// `<prefix>tw:{<twin>}`: the twin's hash of byte counters and expiries.
+fn twin_key(prefix: &str, twin: u32) -> String {
+    format!("{prefix}tw:{{{twin}}}")
 }
 
 /// `<deadline>|<bytes>`: a prefix the push script can read to drop expired heads.
@@ -465,7 +548,7 @@ fn decode_entry(entry: Vec<u8>, now: u64) -> Option<Outgoing> {
 
 /// The key naming the replica that holds `session` (the replica links read it too).
 pub fn presence_key(prefix: &str, session: &SessionId) -> String {
-    format!("{prefix}at:{session}")
+    session_key(prefix, "at", session)
 }
 
 /// Parses the session text published on a wake channel (`twin` or `twin:sid`).
@@ -480,65 +563,36 @@ pub fn parse_session(text: &str) -> Option<SessionId> {
     })
 }
 
-/// Subscribes to this replica's wake channel and forwards the sessions named there,
-/// resubscribing after errors; after a renewed subscription it sends [`WAKE_ALL`], since
-/// wake-ups published in between were missed.
-async fn listen_for_wakeups(
-    client: redis::Client,
-    channel: String,
+/// Turns what this replica's wake channel delivers into sessions to poke: each message
+/// names one; a renewed subscription (messages may have been missed) is [`WAKE_ALL`].
+/// Each is noted in `empty` before the session hears of it.
+async fn forward_wakeups(
+    mut deliveries: mpsc::Receiver<Delivery>,
     wakeups: mpsc::Sender<SessionId>,
-    shutdown: CancellationToken,
+    empty: Arc<EmptyQueues>,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    let mut first = true;
-    loop {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let mut pubsub = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            result = subscribed => match result {
-                Ok(pubsub) => pubsub,
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscribing to redis wake-ups failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(100);
-        if !first {
-            // Wake-ups published while we were away are lost: re-check every session.
-            tracing::info!("redis wake-up subscription renewed");
-            let _ = wakeups.send(WAKE_ALL.clone()).await;
-        }
-        first = false;
-        let mut messages = pubsub.on_message();
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                message = messages.next() => message,
-            };
-            let Some(message) = message else { break };
-            let Ok(text) = message.get_payload::<String>() else {
-                continue;
-            };
-            match parse_session(&text) {
-                Some(session) => {
-                    if wakeups.send(session).await.is_err() {
-                        return;
-                    }
-                }
-                None => tracing::warn!(%text, "malformed wake-up ignored"),
+    while let Some(delivery) = deliveries.recv().await {
+        let session = match delivery {
+            Delivery::Resubscribed => {
+                empty.touch_all();
+                WAKE_ALL.clone()
             }
+            Delivery::Message(payload) => {
+                match std::str::from_utf8(&payload).ok().and_then(parse_session) {
+                    Some(session) => session,
+                    None => {
+                        tracing::debug!(len = payload.len(), "malformed wake-up ignored");
+                        continue;
+                    }
+                }
+            }
+        };
+        if session != WAKE_ALL {
+            empty.touch(&session);
         }
-        tracing::warn!("redis wake-up subscription lost; resubscribing");
+        if wakeups.send(session).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -570,5 +624,31 @@ mod tests {
             })
         );
         assert_eq!(parse_session("x"), None);
+    }
+
+    #[test]
+    fn keys_of_one_twin_share_a_slot() {
+        use crate::redis_conn::key_slot;
+        let session = SessionId {
+            twin: 7,
+            sid: Some("web".into()),
+        };
+        assert_eq!(presence_key("rmb:relay:", &session), "rmb:relay:at:{7}:web");
+        let twin = twin_key("rmb:relay:", 7);
+        assert_eq!(twin, "rmb:relay:tw:{7}");
+        assert_eq!(
+            session_key("rmb:relay:", "q", &session),
+            "rmb:relay:q:{7}:web"
+        );
+        let slot = key_slot(twin.as_bytes());
+        for kind in ["q", "at"] {
+            for s in [&session, &SessionId { twin: 7, sid: None }] {
+                assert_eq!(
+                    key_slot(session_key("rmb:relay:", kind, s).as_bytes()),
+                    slot
+                );
+            }
+        }
+        assert_ne!(key_slot(twin_key("rmb:relay:", 8).as_bytes()), slot);
     }
 }

@@ -4,6 +4,12 @@
 //!   on disk (fsync at commit), a crash mid-write loses only that unacknowledged write.
 //! - [`RedisStore`]: for relays that already run with `--redis`; durability is then
 //!   Redis's (use `appendonly yes` with `appendfsync always` for the same guarantee).
+//!   On a single Redis or a Sentinel set its keys are `<prefix>accounts`,
+//!   `<prefix>next_id` and `<prefix>twin:<id>`; on a Redis Cluster the prefix is wrapped
+//!   in a hash tag (`{rmb:registry:}accounts`, …) so that all of them share one slot, as
+//!   the upsert script reads and writes them together (it names `twin:<id>` only once
+//!   it has read the id). The registry is small and written rarely, so one slot is
+//!   enough.
 //!
 //! The one write, [`TwinStore::upsert`], checks and writes in one atomic step: assign the
 //! next id (1, 2, 3, …) or update in place, refusing a request whose timestamp is not newer
@@ -19,6 +25,8 @@ use rmb_identity::AccountId;
 use rmb_identity::registry::{Twin, TwinUpdate};
 use serde::{Deserialize, Serialize};
 
+use crate::redis_conn::RedisConn;
+
 /// Why the store failed. These are server-side faults, not the client's.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +40,9 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("registry store holds invalid data: {0}")]
     Corrupt(String),
+    /// A Redis key prefix with braces (it would break the keys' hash tag on a cluster).
+    #[error("registry key prefix '{0}' must not contain '{{' or '}}'")]
+    BadPrefix(String),
 }
 
 /// What an upsert did.
@@ -311,23 +322,33 @@ return {'updated', id}
 /// Twins in Redis, under keys starting with a prefix (default `rmb:registry:`).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: redis::aio::ConnectionManager,
+    conn: RedisConn,
+    /// The prefix, as a hash tag on a cluster (see the module docs).
     prefix: String,
     script: Arc<redis::Script>,
-    url: String,
 }
 
 impl RedisStore {
-    /// Connects to `url` and keeps keys under `prefix`.
+    /// Connects to the `--redis` value `url` (any accepted form) and keeps keys under
+    /// `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        // Reconnects by itself after Redis restarts.
-        let conn = redis::aio::ConnectionManager::new(client).await?;
+        Self::with_conn(RedisConn::open(url).await?, prefix)
+    }
+
+    /// Uses an open connection (reconnects by itself) and keeps keys under `prefix`.
+    pub fn with_conn(conn: RedisConn, prefix: &str) -> Result<Self, StoreError> {
+        if prefix.contains(['{', '}']) {
+            return Err(StoreError::BadPrefix(prefix.to_string()));
+        }
+        let prefix = if conn.is_cluster() {
+            format!("{{{prefix}}}")
+        } else {
+            prefix.to_string()
+        };
         Ok(RedisStore {
             conn,
-            prefix: prefix.to_string(),
+            prefix,
             script: Arc::new(redis::Script::new(UPSERT_SCRIPT)),
-            url: url.to_string(),
         })
     }
 
@@ -398,7 +419,7 @@ impl TwinStore for RedisStore {
     }
 
     fn describe(&self) -> String {
-        format!("redis {} (keys {}*)", self.url, self.prefix)
+        format!("redis {} (keys {}*)", self.conn.target(), self.prefix)
     }
 }
 

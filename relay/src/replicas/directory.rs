@@ -9,17 +9,22 @@
 //! | `replica-secret` | 32 random bytes, hex; made once by whichever replica comes first (`SET NX`) | kept |
 //! | `at:<session>` (the queues' presence key) | id of the replica holding the session | the queues' lease |
 //! | channel `moves` | `<replica id> <session>`, published when a session connects to a replica | — |
+//!
+//! On a Redis Cluster each key is its own slot (single-key commands only) and `moves` is
+//! a sharded channel (see [`RedisConn::publish`] and [`RedisConn::subscription`]).
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::redis::{parse_session, presence_key};
+use crate::redis_conn::{Delivery, RedisConn};
 use crate::switch::SessionId;
+
+/// `moves` announcements waiting to be read (beyond it, the subscription waits).
+const MOVES_BUFFER: usize = 4096;
 
 /// How long a replica's advertised address lasts without renewal.
 pub const ADDRESS_TTL: Duration = Duration::from_secs(30);
@@ -27,8 +32,7 @@ pub const ADDRESS_TTL: Duration = Duration::from_secs(30);
 /// The replicas' shared notes in Redis.
 #[derive(Clone)]
 pub struct Directory {
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: RedisConn,
     prefix: String,
 }
 
@@ -42,11 +46,11 @@ pub enum Move {
 }
 
 impl Directory {
-    /// Notes kept under `prefix` in the Redis `client` points at, through `conn`.
-    pub fn new(conn: ConnectionManager, client: redis::Client, prefix: &str) -> Self {
+    /// Notes kept under `prefix` in the Redis `conn` reaches (single, cluster or
+    /// Sentinel set).
+    pub fn new(conn: RedisConn, prefix: &str) -> Self {
         Directory {
             conn,
-            client,
             prefix: prefix.to_string(),
         }
     }
@@ -105,64 +109,41 @@ impl Directory {
         replica: &str,
         session: &SessionId,
     ) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
-        conn.publish(self.key("moves"), format!("{replica} {session}"))
+        self.conn
+            .publish(&self.key("moves"), format!("{replica} {session}"))
             .await
     }
 
     /// Follows the `moves` channel until `shutdown`, resubscribing after errors (with
-    /// backoff) and reporting [`Move::Gap`] after each renewal.
+    /// backoff) and reporting [`Move::Gap`] first and after each renewal.
     pub async fn follow_moves(&self, moves: mpsc::Sender<Move>, shutdown: CancellationToken) {
-        let channel = self.key("moves");
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let subscribed = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            };
-            let mut pubsub = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                result = subscribed => match result {
-                    Ok(pubsub) => pubsub,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "subscribing to replica moves failed; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                },
-            };
-            backoff = Duration::from_millis(100);
+        let (subscription, mut deliveries) =
+            self.conn
+                .subscription(self.key("moves"), shutdown, MOVES_BUFFER);
+        let forward = async move {
             if moves.send(Move::Gap).await.is_err() {
                 return;
             }
-            let mut messages = pubsub.on_message();
-            loop {
-                let message = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    message = messages.next() => message,
+            while let Some(delivery) = deliveries.recv().await {
+                let moved = match delivery {
+                    Delivery::Resubscribed => Some(Move::Gap),
+                    Delivery::Message(payload) => std::str::from_utf8(&payload)
+                        .ok()
+                        .and_then(|text| text.split_once(' '))
+                        .and_then(|(replica, session)| {
+                            Some(Move::Session {
+                                replica: replica.to_string(),
+                                session: parse_session(session)?,
+                            })
+                        }),
                 };
-                let Some(message) = message else { break };
-                let Ok(text) = message.get_payload::<String>() else {
-                    continue;
-                };
-                let parsed = text.split_once(' ').and_then(|(replica, session)| {
-                    Some(Move::Session {
-                        replica: replica.to_string(),
-                        session: parse_session(session)?,
-                    })
-                });
-                if let Some(moved) = parsed
+                if let Some(moved) = moved
                     && moves.send(moved).await.is_err()
                 {
                     return;
                 }
             }
-            tracing::warn!("replica moves subscription lost; resubscribing");
-        }
+        };
+        tokio::join!(subscription, forward);
     }
 }

@@ -29,10 +29,9 @@ pub async fn start(
 ) -> std::io::Result<Arc<ReplicaLinks>> {
     let directory = Directory::new(
         queues
-            .shared_redis()
+            .shared_store()
             .map(|(conn, _)| conn)
             .ok_or_else(|| std::io::Error::other("redis queues without a connection"))?,
-        queues.client(),
         queues.prefix(),
     );
     // Weak: the state owns the links, which must not keep the state alive.
