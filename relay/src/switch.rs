@@ -374,6 +374,11 @@ impl Switch {
     }
 
     /// Cancels every connection (shutdown).
+    /// Whether a connection serves `session` here.
+    pub fn contains(&self, session: &SessionId) -> bool {
+        self.lock().entries.contains_key(session)
+    }
+
     /// Ends the connection serving `session` here, if any (it connected to another
     /// replica since); true if there was one.
     pub fn cancel(&self, session: &SessionId) -> bool {

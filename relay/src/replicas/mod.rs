@@ -55,12 +55,17 @@ pub type Deliver = Arc<dyn Fn(SessionId, Outgoing) -> bool + Send + Sync>;
 /// Ends the connection of a session here because it connected to another replica.
 pub type Evict = Arc<dyn Fn(&SessionId) -> bool + Send + Sync>;
 
+/// Whether a session is connected here.
+pub type Holds = Arc<dyn Fn(&SessionId) -> bool + Send + Sync>;
+
 /// What the links do with what they cannot handle themselves: given by the server.
 pub struct Hooks {
     /// Delivery to the sessions connected here.
     pub deliver: Deliver,
     /// Ending a connection here whose session connected to another replica.
     pub evict: Evict,
+    /// Whether a session is connected here.
+    pub holds: Holds,
     /// Where envelopes a link could not deliver go (the offline queue).
     pub returned: mpsc::Sender<Forward>,
 }
@@ -94,6 +99,8 @@ pub struct Shared {
     pub deliver: Deliver,
     /// Ends a session's connection here when it connected to another replica.
     pub evict: Evict,
+    /// Whether a session is connected here.
+    pub holds: Holds,
     /// Where envelopes a link could not deliver go (the offline queue).
     pub returned: mpsc::Sender<Forward>,
     pub counters: ReplicaCounters,
@@ -165,6 +172,7 @@ impl ReplicaLinks {
             links: Links::default(),
             deliver: hooks.deliver,
             evict: hooks.evict,
+            holds: hooks.holds,
             returned: hooks.returned,
             counters,
             tasks: tasks.clone(),
@@ -286,7 +294,20 @@ async fn follow_moves(shared: Arc<Shared>) {
         match moved {
             Move::Session { replica, session } => {
                 shared.presence.forget(&session);
-                if replica != shared.id && (shared.evict)(&session) {
+                // Only if that replica holds the claim now: an announcement can arrive
+                // after a newer connection of the same session was made here.
+                if replica != shared.id
+                    && (shared.holds)(&session)
+                    && shared
+                        .directory
+                        .owner(&session)
+                        .await
+                        .ok()
+                        .flatten()
+                        .as_deref()
+                        == Some(replica.as_str())
+                    && (shared.evict)(&session)
+                {
                     shared.counters.evicted.inc();
                     tracing::info!(%session, to = %replica, "session connected to another replica; its connection here ends");
                 }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::queue::{Queues, RedisQueues};
 use crate::replicas::directory::Directory;
 use crate::replicas::link::Forward;
-use crate::replicas::{Deliver, Evict, Hooks, LinkSettings, ReplicaLinks};
+use crate::replicas::{Deliver, Evict, Holds, Hooks, LinkSettings, ReplicaLinks};
 use crate::routing::requeue;
 use crate::state::RelayState;
 use crate::switch::Delivery;
@@ -43,6 +43,13 @@ pub async fn start(
                 .is_some_and(|state| state.switch.cancel(session))
         })
     };
+    let holds: Holds = {
+        let weak = weak.clone();
+        Arc::new(move |session| {
+            weak.upgrade()
+                .is_some_and(|state| state.switch.contains(session))
+        })
+    };
     let deliver: Deliver = Arc::new(move |session, item| match weak.upgrade() {
         Some(state) => match state.switch.deliver(&session, item) {
             Delivery::Sent => true,
@@ -59,6 +66,7 @@ pub async fn start(
         Hooks {
             deliver,
             evict,
+            holds,
             returned,
         },
         state.metrics.replicas.clone(),
