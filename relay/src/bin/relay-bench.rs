@@ -204,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         &args.replica_domain,
         &args.replica_registry,
     ) {
-        return cluster::child(redis, domain, registry).await;
+        return cluster::child(redis, domain, registry, !args.redis_queue_only).await;
     }
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -346,6 +346,7 @@ async fn main() -> anyhow::Result<()> {
             3,
             &target.domain,
             &format!("http://{}", target.domain),
+            !args.redis_queue_only,
         )
         .await?;
         let n = replicas.ws_urls.len();

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `replica:<id>` | `host:port` the replica's link listener is reached at | [`ADDRESS_TTL`], renewed every third of it |
 //! | `replica-secret` | 32 random bytes, hex; made once by whichever replica comes first (`SET NX`) | kept |
-//! | `at:<session>` (the queues' presence key) | id of the replica holding the session | the queues' lease |
+//! | `at:{<twin>}[:<sid>]` (the queues' presence key) | id of the replica holding the session | the queues' lease |
 //! | channel `moves` | `<replica id> <session>`, published when a session connects to a replica | — |
 //!
 //! On a Redis Cluster each key is its own slot (single-key commands only) and `moves` is

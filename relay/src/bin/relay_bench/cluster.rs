@@ -2,8 +2,9 @@
 //! three relay replicas on it, each a process of its own (this binary re-run with a
 //! hidden flag, [`child`]), so their CPU can be read apart from the load generator's.
 //! Pair `i`'s sender logs in to replica `i % 3` and its receiver to replica
-//! `(i + 1) % 3`: every envelope is queued in the cluster by one replica and handed
-//! over by another.
+//! `(i + 1) % 3`: every envelope crosses from one replica to another, over the replica
+//! links (the default) or, with `--redis-queue-only`, queued in the cluster by one
+//! replica and handed over by another.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,7 @@ use anyhow::Context;
 use rmb_identity::registry::{CachedRegistry, RegistryChoice, connect};
 use rmb_relay::queue::{Queues, RedisQueues};
 use rmb_relay::redis_conn::RedisConn;
+use rmb_relay::replicas::LinkSettings;
 use rmb_relay::{Config, RelayServer, RelayState};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,7 @@ impl ClusterReplicas {
         replicas: usize,
         domain: &str,
         registry_url: &str,
+        links: bool,
     ) -> anyhow::Result<Self> {
         let cluster = RedisClusterChild::start(masters).await?;
         let exe = std::env::current_exe().context("finding relay-bench's own binary")?;
@@ -45,6 +48,7 @@ impl ClusterReplicas {
             let mut child = Command::new(&exe)
                 .args(["--replica-child", &cluster.url, "--replica-domain", domain])
                 .args(["--replica-registry", registry_url])
+                .args((!links).then_some("--redis-queue-only"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -108,7 +112,12 @@ fn process_cpu_secs(pid: u32) -> f64 {
 /// The replica process: a relay serving `domain` on the cluster at `redis_url`, reading
 /// twins from the registry at `registry_url`. Prints its WebSocket URL, then runs until
 /// its stdin closes.
-pub async fn child(redis_url: &str, domain: &str, registry_url: &str) -> anyhow::Result<()> {
+pub async fn child(
+    redis_url: &str,
+    domain: &str,
+    registry_url: &str,
+    links: bool,
+) -> anyhow::Result<()> {
     let choice =
         RegistryChoice::from_flags(&[], Some(registry_url))?.context("a registry URL is needed")?;
     let registry = CachedRegistry::new(connect(&choice).await?, Duration::from_secs(3600), 1 << 20);
@@ -121,7 +130,7 @@ pub async fn child(redis_url: &str, domain: &str, registry_url: &str) -> anyhow:
         ..Config::default()
     };
     let conn = RedisConn::open(redis_url).await?;
-    let queues: Arc<dyn Queues> = Arc::new(
+    let queues = Arc::new(
         RedisQueues::with_conn(
             conn,
             "rmb:relay:",
@@ -130,7 +139,24 @@ pub async fn child(redis_url: &str, domain: &str, registry_url: &str) -> anyhow:
         )?
         .with_limits(config.queue_limits()),
     );
-    let state = RelayState::with_queues(config, registry, None, queues, shutdown);
+    let settings = LinkSettings {
+        listen: "127.0.0.1:0".parse()?,
+        advertise: None,
+        window: rmb_relay::replicas::DEFAULT_WINDOW,
+        presence_entries: rmb_relay::replicas::DEFAULT_PRESENCE_ENTRIES,
+        max_frame: config.max_envelope_size + (2 << 20),
+        write_timeout: config.write_timeout,
+    };
+    let state = RelayState::with_queues(
+        config,
+        registry,
+        None,
+        Arc::clone(&queues) as Arc<dyn Queues>,
+        shutdown,
+    );
+    if links {
+        rmb_relay::server::replicas::start(&state, &queues, settings).await?;
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("ws://{}/", listener.local_addr()?);
     let server = RelayServer::start(state, listener)?;
