@@ -437,8 +437,6 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         None => Arc::new(MemoryQueues::with_limits(config.queue_limits())),
     };
     tracing::info!(queues = %queues.describe(), "offline queues");
-    let write_timeout = config.write_timeout;
-    let max_frame = config.max_envelope_size.saturating_add(2 << 20);
     let state = RelayState::with_queues(config, registry, hosted, queues, shutdown);
     if let Some(queues) = &redis_queues
         && args.replica_listen != "off"
@@ -450,12 +448,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             )
         })?;
         let settings = LinkSettings {
-            listen,
             advertise: args.replica_advertise.clone(),
             window: args.replica_window.max(1),
             presence_entries: args.replica_presence_cache,
-            max_frame,
-            write_timeout,
+            ..LinkSettings::new(listen, &state.config)
         };
         rmb_relay::server::replicas::start(&state, queues, settings)
             .await

@@ -89,6 +89,18 @@ impl TestClient {
         }
     }
 
+    /// The next `n` envelopes, or fewer if one does not come within `wait`.
+    pub async fn recv_n(&mut self, n: usize, wait: Duration) -> Vec<Envelope> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match self.recv(wait).await {
+                Some(env) => got.push(env),
+                None => break,
+            }
+        }
+        got
+    }
+
     /// True once the relay has closed this connection (within `wait`).
     pub async fn closed(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
@@ -116,6 +128,34 @@ fn refusal(e: tokio_tungstenite::tungstenite::Error) -> (u16, String) {
         }
         e => (0, e.to_string()),
     }
+}
+
+/// The development identity `//name` (sr25519), as tests' Alice and Bob.
+pub fn dev_identity(name: &str) -> Identity {
+    Identity::from_secret(&format!("//{name}"), rmb_identity::KeyType::Sr25519)
+        .expect("a dev secret derives")
+}
+
+/// The uids of `envelopes`, in order.
+pub fn uids(envelopes: &[Envelope]) -> Vec<String> {
+    envelopes.iter().map(|e| e.uid.clone()).collect()
+}
+
+/// `n` small signed requests from `identity` (twin `src`) to twin `dst`, with uids
+/// `<prefix>-0` … `<prefix>-<n-1>`, valid 60 s.
+pub fn requests(identity: &Identity, src: u32, dst: u32, prefix: &str, n: usize) -> Vec<Envelope> {
+    (0..n)
+        .map(|i| {
+            request(
+                identity,
+                Address::twin(src),
+                dst,
+                &format!("{prefix}-{i}"),
+                b"x",
+                60,
+            )
+        })
+        .collect()
 }
 
 /// A signed request from `from` (twin `src`) to twin `dst`, valid `ttl` seconds.

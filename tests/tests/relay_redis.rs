@@ -5,20 +5,16 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rmb_identity::{Identity, KeyType};
+use rmb_identity::Identity;
 use rmb_proto::{Address, Envelope};
 use rmb_testsupport::redis_server::RedisServer;
-use rmb_testsupport::relay_client::{TestClient, error_text, request};
+use rmb_testsupport::relay_client::{TestClient, dev_identity, error_text, request, uids};
 use rmb_testsupport::relay_process::RelayProcess;
 
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
 /// The domain both replicas serve: twins list it as their relay.
 const DOMAIN: &str = "relay.test";
-
-fn identity(name: &str) -> Identity {
-    Identity::from_secret(&format!("//{name}"), KeyType::Sr25519).unwrap()
-}
 
 /// A replica of the relay `DOMAIN` on `redis`.
 fn replica(redis: &RedisServer) -> RelayProcess {
@@ -30,19 +26,8 @@ async fn register(registry_url: &str, who: &Identity) -> u32 {
     rmb_testsupport::registry::register(registry_url, who, &[DOMAIN.to_string()]).await
 }
 
-fn uids(envelopes: &[Envelope]) -> Vec<&str> {
-    envelopes.iter().map(|e| e.uid.as_str()).collect()
-}
-
 async fn recv_n(client: &mut TestClient, n: usize) -> Vec<Envelope> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match client.recv(WAIT).await {
-            Some(env) => got.push(env),
-            None => break,
-        }
-    }
-    got
+    client.recv_n(n, WAIT).await
 }
 
 /// `redis-cli` against the test's server.
@@ -66,7 +51,7 @@ fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
 async fn two_replicas_on_one_redis_act_as_one_relay() {
     let redis = RedisServer::start();
     let (r1, r2) = (replica(&redis), replica(&redis));
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let (alice, bob) = (dev_identity("Alice"), dev_identity("Bob"));
     // Both replicas keep the hosted registry in the same Redis: register on one, log in on
     // the other.
     let a = register(&r1.http_url(), &alice).await;
@@ -133,7 +118,7 @@ async fn two_replicas_on_one_redis_act_as_one_relay() {
 async fn a_killed_relay_loses_nothing_it_queued() {
     let redis = RedisServer::start();
     let mut relay = replica(&redis);
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let (alice, bob) = (dev_identity("Alice"), dev_identity("Bob"));
     let a = register(&relay.http_url(), &alice).await;
     let b = register(&relay.http_url(), &bob).await;
     let mut ca = TestClient::connect(&relay.ws_url(), &alice, a, None).await;

@@ -8,20 +8,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use rmb_identity::{Identity, KeyType};
+use rmb_identity::Identity;
 use rmb_proto::{Address, Envelope};
 use rmb_testsupport::redis_cluster::{RedisCluster, RedisSentinels, cli};
-use rmb_testsupport::relay_client::{TestClient, error_text, request};
+use rmb_testsupport::relay_client::{TestClient, dev_identity, error_text, request, uids};
 use rmb_testsupport::relay_process::RelayProcess;
 
 const WAIT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(500);
 /// The domain every replica serves: twins list it as their relay.
 const DOMAIN: &str = "relay.test";
-
-fn identity(name: &str) -> Identity {
-    Identity::from_secret(&format!("//{name}"), KeyType::Sr25519).unwrap()
-}
 
 /// A replica of the relay `DOMAIN` on the Redis at `url`, with `extra` flags.
 fn replica(url: &str, extra: &[&str]) -> RelayProcess {
@@ -34,19 +30,8 @@ async fn register(registry_url: &str, who: &Identity) -> u32 {
     rmb_testsupport::registry::register(registry_url, who, &[DOMAIN.to_string()]).await
 }
 
-fn uids(envelopes: &[Envelope]) -> Vec<&str> {
-    envelopes.iter().map(|e| e.uid.as_str()).collect()
-}
-
 async fn recv_n(client: &mut TestClient, n: usize) -> Vec<Envelope> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match client.recv(WAIT).await {
-            Some(env) => got.push(env),
-            None => break,
-        }
-    }
-    got
+    client.recv_n(n, WAIT).await
 }
 
 /// Everything that arrives until nothing has for `quiet`.
@@ -83,7 +68,11 @@ async fn replicas_on_a_cluster_act_as_one_relay() {
     let cluster = RedisCluster::start();
     let url = cluster.url();
     let (r1, r2, r3) = (replica(&url, &[]), replica(&url, &[]), replica(&url, &[]));
-    let (alice, bob, carol) = (identity("Alice"), identity("Bob"), identity("Carol"));
+    let (alice, bob, carol) = (
+        dev_identity("Alice"),
+        dev_identity("Bob"),
+        dev_identity("Carol"),
+    );
     // The hosted registry lives in the cluster too: register on one, log in on another.
     let a = register(&r1.http_url(), &alice).await;
     let b = register(&r2.http_url(), &bob).await;
@@ -125,14 +114,14 @@ async fn offline_queues_on_every_master_are_delivered() {
     let cluster = RedisCluster::start();
     let url = cluster.url();
     let relays = [replica(&url, &[]), replica(&url, &[]), replica(&url, &[])];
-    let alice = identity("Alice");
+    let alice = dev_identity("Alice");
     let a = register(&relays[0].http_url(), &alice).await;
     let mut ca = TestClient::connect(&relays[0].ws_url(), &alice, a, None).await;
 
     // Register twins until one lives on each master (by the slot of its hash tag).
     let mut by_master: BTreeMap<u16, (Identity, u32)> = BTreeMap::new();
     for i in 0..64 {
-        let who = identity(&format!("Offline{i}"));
+        let who = dev_identity(&format!("Offline{i}"));
         let id = register(&relays[i % 3].http_url(), &who).await;
         let master = cluster.master_of(cluster.keyslot(&format!("{{{id}}}")));
         by_master.entry(master).or_insert((who, id));
@@ -192,7 +181,7 @@ async fn a_master_killed_mid_traffic_loses_no_accepted_envelope() {
     let url = cluster.url();
     let wait = ["--redis-wait-replicas", "1"];
     let (r1, r2) = (replica(&url, &wait), replica(&url, &wait));
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let (alice, bob) = (dev_identity("Alice"), dev_identity("Bob"));
     let a = register(&r1.http_url(), &alice).await;
     let b = register(&r2.http_url(), &bob).await;
     let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
@@ -273,7 +262,7 @@ async fn a_relay_on_a_sentinel_set_follows_a_failover() {
     let url = set.url();
     let wait = ["--redis-wait-replicas", "1"];
     let (r1, r2) = (replica(&url, &wait), replica(&url, &wait));
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let (alice, bob) = (dev_identity("Alice"), dev_identity("Bob"));
     let a = register(&r1.http_url(), &alice).await;
     let b = register(&r2.http_url(), &bob).await;
     let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
@@ -344,13 +333,13 @@ async fn wake_ups_lost_in_a_failover_are_made_up_for() {
         }
     };
     let r1 = replica(&url, &[]);
-    let alice = identity("Alice");
+    let alice = dev_identity("Alice");
     let a = register(&r1.http_url(), &alice).await;
     // Bob: a twin whose queue is not on the master that will die.
     let (bob, b) = {
         let mut found = None;
         for i in 0..64 {
-            let who = identity(&format!("Bob{i}"));
+            let who = dev_identity(&format!("Bob{i}"));
             let id = register(&r2.http_url(), &who).await;
             if cluster.master_of(cluster.keyslot(&format!("{{{id}}}"))) != victim {
                 found = Some((who, id));

@@ -8,19 +8,15 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use rmb_identity::{Identity, KeyType};
+use rmb_identity::Identity;
 use rmb_proto::{Address, Envelope};
 use rmb_testsupport::redis_server::RedisServer;
-use rmb_testsupport::relay_client::{TestClient, request};
+use rmb_testsupport::relay_client::{TestClient, dev_identity, request, requests, uids};
 use rmb_testsupport::relay_process::RelayProcess;
 
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
 const DOMAIN: &str = "relay.test";
-
-fn identity(name: &str) -> Identity {
-    Identity::from_secret(&format!("//{name}"), KeyType::Sr25519).unwrap()
-}
 
 fn replica(redis: &RedisServer) -> RelayProcess {
     RelayProcess::start(&["--domain", DOMAIN, "--redis", &redis.url()])
@@ -31,18 +27,7 @@ async fn register(registry_url: &str, who: &Identity) -> u32 {
 }
 
 async fn recv_n(client: &mut TestClient, n: usize) -> Vec<Envelope> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match client.recv(WAIT).await {
-            Some(env) => got.push(env),
-            None => break,
-        }
-    }
-    got
-}
-
-fn uids(envelopes: &[Envelope]) -> Vec<String> {
-    envelopes.iter().map(|e| e.uid.clone()).collect()
+    client.recv_n(n, WAIT).await
 }
 
 /// Every command Redis has run so far (scripts' inner commands included), from
@@ -109,7 +94,7 @@ async fn prime_link(
 async fn envelopes_between_replicas_go_over_the_link_not_through_redis() {
     let redis = RedisServer::start();
     let (r1, r2) = (replica(&redis), replica(&redis));
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let (alice, bob) = (dev_identity("Alice"), dev_identity("Bob"));
     let a = register(&r1.http_url(), &alice).await;
     let b = register(&r2.http_url(), &bob).await;
     let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
@@ -122,18 +107,7 @@ async fn envelopes_between_replicas_go_over_the_link_not_through_redis() {
     // In rounds Bob's outbox holds (a burst over it spills to his queue in Redis, as a
     // slow reader's does on one relay).
     for round in 0..10 {
-        let burst: Vec<Envelope> = (0..100)
-            .map(|i| {
-                request(
-                    &alice,
-                    Address::twin(a),
-                    b,
-                    &format!("b{round}-{i}"),
-                    b"x",
-                    60,
-                )
-            })
-            .collect();
+        let burst = requests(&alice, a, b, &format!("b{round}"), 100);
         for env in &burst {
             ca.send(env).await;
         }
@@ -155,7 +129,7 @@ async fn envelopes_between_replicas_go_over_the_link_not_through_redis() {
 async fn a_session_moving_between_replicas_gets_everything_once() {
     let redis = RedisServer::start();
     let (r1, r2) = (replica(&redis), replica(&redis));
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let (alice, bob) = (dev_identity("Alice"), dev_identity("Bob"));
     let a = register(&r1.http_url(), &alice).await;
     let b = register(&r1.http_url(), &bob).await;
     let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
@@ -169,18 +143,7 @@ async fn a_session_moving_between_replicas_gets_everything_once() {
         .enumerate()
     {
         let mut cb = TestClient::connect(url, &bob, b, None).await;
-        let batch: Vec<Envelope> = (0..100)
-            .map(|i| {
-                request(
-                    &alice,
-                    Address::twin(a),
-                    b,
-                    &format!("r{round}-{i}"),
-                    b"x",
-                    60,
-                )
-            })
-            .collect();
+        let batch = requests(&alice, a, b, &format!("r{round}"), 100);
         for env in &batch {
             ca.send(env).await;
         }
@@ -190,18 +153,7 @@ async fn a_session_moving_between_replicas_gets_everything_once() {
         got.extend(uids(&recv_n(&mut cb, waiting + batch.len()).await));
         drop(cb);
         tokio::time::sleep(QUIET).await;
-        let away: Vec<Envelope> = (0..50)
-            .map(|i| {
-                request(
-                    &alice,
-                    Address::twin(a),
-                    b,
-                    &format!("away{round}-{i}"),
-                    b"x",
-                    60,
-                )
-            })
-            .collect();
+        let away = requests(&alice, a, b, &format!("away{round}"), 50);
         for env in &away {
             ca.send(env).await;
         }
@@ -225,7 +177,7 @@ async fn a_session_moving_between_replicas_gets_everything_once() {
 async fn the_link_port_refuses_whoever_lacks_the_replica_secret() {
     let redis = RedisServer::start();
     let (r1, r2) = (replica(&redis), replica(&redis));
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let (alice, bob) = (dev_identity("Alice"), dev_identity("Bob"));
     let a = register(&r1.http_url(), &alice).await;
     let b = register(&r2.http_url(), &bob).await;
     let mut cb = TestClient::connect(&r2.ws_url(), &bob, b, None).await;
@@ -298,7 +250,7 @@ async fn the_link_port_refuses_whoever_lacks_the_replica_secret() {
 async fn envelopes_for_a_killed_replica_wait_in_the_queue() {
     let redis = RedisServer::start();
     let (r1, mut r2) = (replica(&redis), replica(&redis));
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let (alice, bob) = (dev_identity("Alice"), dev_identity("Bob"));
     let a = register(&r1.http_url(), &alice).await;
     let b = register(&r1.http_url(), &bob).await;
     let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;
@@ -317,9 +269,7 @@ async fn envelopes_for_a_killed_replica_wait_in_the_queue() {
             .success()
     );
     drop(cb);
-    let sent: Vec<Envelope> = (0..100)
-        .map(|i| request(&alice, Address::twin(a), b, &format!("k-{i}"), b"x", 60))
-        .collect();
+    let sent = requests(&alice, a, b, "k", 100);
     for env in &sent {
         ca.send(env).await;
     }
@@ -352,7 +302,7 @@ async fn envelopes_for_a_killed_replica_wait_in_the_queue() {
 async fn a_session_connecting_to_another_replica_ends_its_older_connection() {
     let redis = RedisServer::start();
     let (r1, r2) = (replica(&redis), replica(&redis));
-    let (alice, bob) = (identity("Alice"), identity("Bob"));
+    let (alice, bob) = (dev_identity("Alice"), dev_identity("Bob"));
     let a = register(&r1.http_url(), &alice).await;
     let b = register(&r1.http_url(), &bob).await;
     let mut ca = TestClient::connect(&r1.ws_url(), &alice, a, None).await;

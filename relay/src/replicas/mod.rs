@@ -87,6 +87,22 @@ pub struct LinkSettings {
     pub write_timeout: Duration,
 }
 
+impl LinkSettings {
+    /// The defaults for a relay with `config`, links taken at `listen` and advertised
+    /// as bound: frames up to an envelope plus 2 MiB of batching, the relay's write
+    /// timeout.
+    pub fn new(listen: SocketAddr, config: &crate::config::Config) -> Self {
+        LinkSettings {
+            listen,
+            advertise: None,
+            window: DEFAULT_WINDOW,
+            presence_entries: DEFAULT_PRESENCE_ENTRIES,
+            max_frame: config.max_envelope_size.saturating_add(2 << 20),
+            write_timeout: config.write_timeout,
+        }
+    }
+}
+
 /// What the links, the listener and the background tasks of one replica share.
 pub struct Shared {
     /// This replica's id (the value of the presence keys it owns).

@@ -114,14 +114,7 @@ async fn start_one(
         )
         .await?,
     );
-    let settings = LinkSettings {
-        listen: "127.0.0.1:0".parse()?,
-        advertise: None,
-        window: rmb_relay::replicas::DEFAULT_WINDOW,
-        presence_entries: rmb_relay::replicas::DEFAULT_PRESENCE_ENTRIES,
-        max_frame: config.max_envelope_size + (2 << 20),
-        write_timeout: config.write_timeout,
-    };
+    let settings = LinkSettings::new("127.0.0.1:0".parse()?, &config);
     let state = RelayState::with_queues(
         config,
         registry,
