@@ -57,6 +57,16 @@ fn redis_commands(redis: &RedisServer) -> u64 {
         .sum()
 }
 
+/// Every uid of `sent` is in `got` exactly once, whatever the order.
+fn assert_each_once(mut got: Vec<String>, mut sent: Vec<String>) {
+    got.sort();
+    let received = got.len();
+    got.dedup();
+    assert_eq!(got.len(), received, "nothing twice");
+    sent.sort();
+    assert_eq!(got, sent, "nothing lost");
+}
+
 /// The replica link address a relay advertises, from its `/health`.
 async fn link_address(relay: &RelayProcess) -> String {
     let health: serde_json::Value = reqwest::get(format!("{}/health", relay.http_url()))
@@ -164,13 +174,7 @@ async fn a_session_moving_between_replicas_gets_everything_once() {
     while let Some(env) = cb.recv(Duration::from_secs(2)).await {
         got.push(env.uid);
     }
-    let mut sorted = got.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted.len(), got.len(), "nothing twice");
-    let mut expected = sent.clone();
-    expected.sort();
-    assert_eq!(sorted, expected, "nothing lost");
+    assert_each_once(got, sent);
 }
 
 #[tokio::test]
@@ -290,12 +294,9 @@ async fn envelopes_for_a_killed_replica_wait_in_the_queue() {
     );
     // Bob comes back through the surviving replica and finds every one in his queue.
     let mut cb = TestClient::connect(&r1.ws_url(), &bob, b, None).await;
-    let mut got = uids(&recv_n(&mut cb, sent.len()).await);
+    let got = uids(&recv_n(&mut cb, sent.len()).await);
     assert_eq!(cb.recv(QUIET).await, None, "nothing twice");
-    got.sort();
-    let mut expected = uids(&sent);
-    expected.sort();
-    assert_eq!(got, expected, "nothing lost");
+    assert_each_once(got, uids(&sent));
 }
 
 #[tokio::test]

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rmb_identity::registry::{CachedRegistry, RegistryChoice, connect};
-use rmb_relay::queue::{Queues, RedisQueues};
+use rmb_relay::RelayServer;
+use rmb_relay::queue::RedisQueues;
 use rmb_relay::redis_conn::RedisConn;
-use rmb_relay::replicas::LinkSettings;
-use rmb_relay::{Config, RelayServer, RelayState};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_servers::{RedisClusterChild, RedisUsage};
+use crate::replicas::{bench_config, replica_state, stat_cpu_secs};
 
 /// Replicas of the relay `domain` on a private cluster, as child processes.
 pub struct ClusterReplicas {
@@ -92,21 +92,7 @@ impl ClusterReplicas {
 
 /// utime + stime of `pid`, from /proc/<pid>/stat (0 where there is no /proc).
 fn process_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / per_sec
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(0.0, |stat| stat_cpu_secs(&stat))
 }
 
 /// The replica process: a relay serving `domain` on the cluster at `redis_url`, reading
@@ -122,13 +108,7 @@ pub async fn child(
         RegistryChoice::from_flags(&[], Some(registry_url))?.context("a registry URL is needed")?;
     let registry = CachedRegistry::new(connect(&choice).await?, Duration::from_secs(3600), 1 << 20);
     let shutdown = CancellationToken::new();
-    let config = Config {
-        domains: [domain.to_string()].into(),
-        max_connections_per_ip: 0,
-        registry_register_rate: 0,
-        max_connections: usize::MAX,
-        ..Config::default()
-    };
+    let config = bench_config(domain);
     let conn = RedisConn::open(redis_url).await?;
     let queues = Arc::new(
         RedisQueues::with_conn(
@@ -139,17 +119,7 @@ pub async fn child(
         )?
         .with_limits(config.queue_limits()),
     );
-    let settings = LinkSettings::new("127.0.0.1:0".parse()?, &config);
-    let state = RelayState::with_queues(
-        config,
-        registry,
-        None,
-        Arc::clone(&queues) as Arc<dyn Queues>,
-        shutdown,
-    );
-    if links {
-        rmb_relay::server::replicas::start(&state, &queues, settings).await?;
-    }
+    let state = replica_state(config, registry, queues, shutdown, links).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("ws://{}/", listener.local_addr()?);
     let server = RelayServer::start(state, listener)?;

@@ -97,14 +97,7 @@ async fn start_one(
     links: bool,
 ) -> anyhow::Result<(RelayServer, String)> {
     let shutdown = CancellationToken::new();
-    let config = Config {
-        domains: [domain.to_string()].into(),
-        // Every bench client connects (and registers) from 127.0.0.1.
-        max_connections_per_ip: 0,
-        registry_register_rate: 0,
-        max_connections: usize::MAX,
-        ..Config::default()
-    };
+    let config = bench_config(domain);
     let queues = Arc::new(
         RedisQueues::connect(
             redis_url,
@@ -114,6 +107,33 @@ async fn start_one(
         )
         .await?,
     );
+    let state = replica_state(config, registry, queues, shutdown, links).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let ws_url = format!("ws://{}/", listener.local_addr()?);
+    Ok((RelayServer::start(state, listener)?, ws_url))
+}
+
+/// The settings of a bench replica serving `domain`: every bench client connects (and
+/// registers) from 127.0.0.1, so the per-address limits are off.
+pub fn bench_config(domain: &str) -> Config {
+    Config {
+        domains: [domain.to_string()].into(),
+        max_connections_per_ip: 0,
+        registry_register_rate: 0,
+        max_connections: usize::MAX,
+        ..Config::default()
+    }
+}
+
+/// A replica's state on `queues`, with replica links on loopback when `links` (as
+/// `rmb-relay --redis` has by default).
+pub async fn replica_state(
+    config: Config,
+    registry: Arc<dyn Registry>,
+    queues: Arc<RedisQueues>,
+    shutdown: CancellationToken,
+    links: bool,
+) -> anyhow::Result<Arc<RelayState>> {
     let settings = LinkSettings::new("127.0.0.1:0".parse()?, &config);
     let state = RelayState::with_queues(
         config,
@@ -125,9 +145,24 @@ async fn start_one(
     if links {
         rmb_relay::server::replicas::start(&state, &queues, settings).await?;
     }
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let ws_url = format!("ws://{}/", listener.local_addr()?);
-    Ok((RelayServer::start(state, listener)?, ws_url))
+    Ok(state)
+}
+
+/// utime + stime in seconds from the text of a `/proc/…/stat` file (0 if unreadable).
+pub fn stat_cpu_secs(stat: &str) -> f64 {
+    // Fields after the command name (which may hold spaces and parentheses): the state
+    // is the first, utime the 12th and stime the 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / per_sec
 }
 
 /// CPU seconds (user + system) of this process's threads whose name starts with `name`,
@@ -136,23 +171,13 @@ fn thread_cpu_secs(name: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut total = 0u64;
-    for task in tasks.flatten() {
-        let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !comm.starts_with(&name[..name.len().min(15)]) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
-        let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-        total += utime + stime;
-    }
-    total as f64 / ticks
+    tasks
+        .flatten()
+        .map(|task| task.path())
+        .filter(|path| {
+            std::fs::read_to_string(path.join("comm"))
+                .is_ok_and(|comm| comm.starts_with(&name[..name.len().min(15)]))
+        })
+        .map(|path| stat_cpu_secs(&std::fs::read_to_string(path.join("stat")).unwrap_or_default()))
+        .sum()
 }
