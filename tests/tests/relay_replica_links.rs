@@ -330,3 +330,48 @@ async fn a_session_connecting_to_another_replica_ends_its_older_connection() {
     );
     assert_eq!(r1.metric("relay_replica_evicted_total").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_silent_connection_to_the_link_port_is_closed_at_the_handshake_deadline() {
+    let redis = RedisServer::start();
+    let relay = replica(&redis);
+    let address = link_address(&relay).await;
+    // Connects, reads the greeting, then says nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::io::AsyncReadExt::read_to_end(&mut silent, &mut sink),
+    )
+    .await;
+    assert!(read.is_ok(), "the replica closed the silent connection");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(10),
+        "closed after {waited:?} (the handshake deadline is 5 s)"
+    );
+    assert_eq!(
+        relay
+            .metric("relay_replica_links_refused_total{reason=\"handshake_timeout\"}")
+            .await,
+        1.0
+    );
+}
+
+#[test]
+fn listening_on_every_address_without_an_advertised_one_is_a_clear_error() {
+    let redis = RedisServer::start();
+    let out =
+        std::process::Command::new(rmb_testsupport::relay_process::binaries().join("rmb-relay"))
+            .args(["--domain", DOMAIN, "--redis", &redis.url()])
+            .args(["--listen", "127.0.0.1:0", "--replica-listen", "0.0.0.0:0"])
+            .output()
+            .unwrap();
+    assert!(!out.status.success(), "exit code tells the truth");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--replica-advertise"),
+        "the error names the flag to give: {stderr}"
+    );
+}
