@@ -165,6 +165,22 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = rmb_peer::redis_api::DEFAULT_COMMANDS)]
     max_commands: u64,
 
+    /// Longest wait, in milliseconds, that requests queued for an overloaded service
+    /// may have: once the oldest request in a `msgbus.<cmd>` list has waited longer than
+    /// this for a whole --queue-wait-interval-ms, new requests for that command are
+    /// refused with an error (code 500, reason `overloaded`) while it still has, so the
+    /// service works on fresh requests and the excess hears so at once, not at its
+    /// expiry. 0 turns this off (requests that would start after their deadline are
+    /// still refused at once, reason `late`).
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    queue_wait_target_ms: u64,
+
+    /// How long, in milliseconds, the oldest request of a list must have waited longer
+    /// than --queue-wait-target-ms before new ones are refused: a burst its service
+    /// works off within this is queued in full.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    queue_wait_interval_ms: u64,
+
     /// Serve the local HTTP API (topics: publish, pull, live JSON/SSE/WebSocket
     /// streams, create/configure; `POST /call`) on this address, e.g. 127.0.0.1:8051.
     /// Off by default. It acts as this twin: keep it on loopback. Web pages in a
@@ -458,6 +474,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let limits = Limits {
         command_queue_bytes: args.max_command_queue_mb.saturating_mul(1 << 20),
         commands: args.max_commands,
+        admission: rmb_peer::redis_api::admission::Settings {
+            target: Duration::from_millis(args.queue_wait_target_ms),
+            interval: Duration::from_millis(args.queue_wait_interval_ms),
+        },
     };
     let api = match RedisApi::start_with_limits(peer.clone(), inbound, &args.redis, limits).await {
         Ok(api) => api,

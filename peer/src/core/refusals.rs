@@ -52,11 +52,15 @@ pub enum Reason {
     /// No service took the request from its `msgbus.<cmd>` list before it was about to
     /// expire: taken back and answered with an error.
     Unserved,
+    /// Its service's queue is shedding: refused on arrival (`--queue-wait-target-ms`).
+    Overloaded,
+    /// The queue ahead of it would make it start after its deadline: refused on arrival.
+    Late,
 }
 
 impl Reason {
     /// Every reason, in the order of the counters.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Undecodable,
         Reason::Expired,
         Reason::TooFar,
@@ -74,6 +78,8 @@ impl Reason {
         Reason::CommandLimit,
         Reason::ReplyNotEncrypted,
         Reason::Unserved,
+        Reason::Overloaded,
+        Reason::Late,
     ];
 
     /// The counter's label.
@@ -96,6 +102,8 @@ impl Reason {
             Reason::CommandLimit => "command_limit",
             Reason::ReplyNotEncrypted => "reply_not_encrypted",
             Reason::Unserved => "unserved",
+            Reason::Overloaded => "overloaded",
+            Reason::Late => "late",
         }
     }
 }

@@ -12,6 +12,7 @@
 //! restart makes a service run a request twice or a client get an answer twice.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use redis::Value;
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Verdict;
 use super::conn::{QueryError, RedisConn};
 use super::json::{JsonError, JsonIncomingRequest, JsonIncomingResponse, VERSION, encode_dat};
 use super::keys::{
@@ -28,7 +30,9 @@ use super::keys::{
     outbox_waiting, seen,
 };
 use super::pending::Route;
-use super::scripts::{DELIVER_ONCE, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, TOO_MANY_COMMANDS};
+use super::scripts::{
+    DELIVER_ONCE, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, SHED, TOO_MANY_COMMANDS,
+};
 use super::writer::Write;
 use super::{Counter, Limits, Shared, unserved};
 use crate::core::{Inbound, InboundRequest, InboundResponse, Reason, codes};
@@ -36,6 +40,9 @@ use rmb_proto::Address;
 
 /// Most inbound messages handled per batch.
 const BATCH: usize = 256;
+/// How often the lengths of the lists holding requests the peer pushed are read, so
+/// admission sees the services' progress while no request arrives.
+const OBSERVE_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs until the core's inbound channel closes (the peer stopped).
 pub(super) async fn run(
@@ -51,17 +58,31 @@ pub(super) async fn run(
         for (inbound, route) in batch.drain(..).zip(routes) {
             documents.extend(document(&shared, inbound, route));
         }
+        admit(&shared, &mut documents);
         if shared.durable {
             deliver_once(&shared, documents, &mut conn, &abort).await;
         } else {
             for doc in documents {
                 let (list, json, counter) = match doc {
                     Document::Request {
+                        list,
+                        verdict,
+                        uid,
+                        source,
+                        ..
+                    } if verdict != Verdict::Admit => {
+                        refuse(&shared, &list, verdict, uid, source);
+                        continue;
+                    }
+                    Document::Request {
                         list, json, due, ..
                     } => {
                         if let Some(due) = due {
                             shared.unserved.note(&list, due);
                         }
+                        // No length comes back from a plain push: the periodic
+                        // `LLEN` keeps the bookkeeping.
+                        shared.admission().pushed(&list, Instant::now(), u64::MAX);
                         (list, json, &shared.counters.requests_delivered)
                     }
                     Document::Response { list, json, .. } => {
@@ -149,6 +170,11 @@ enum Document {
         /// Who sent it and its uid, to answer with an error when it cannot be queued.
         uid: String,
         source: Address,
+        /// The last unix second at which a service may start on it and still answer
+        /// in time ([`unserved::due`], or its deadline when too short-lived for that).
+        latest_start: u64,
+        /// What [admission](super::admission) decided ([`admit`]).
+        verdict: Verdict,
     },
     Response {
         list: String,
@@ -190,6 +216,7 @@ fn request_document(req: InboundRequest) -> Document {
     let marker = seen(req.source.twin, &req.uid);
     let (uid, source) = (req.uid.clone(), req.source.clone());
     let due = unserved::due(req.timestamp, req.expiration);
+    let latest_start = due.unwrap_or_else(|| req.deadline());
     let json = JsonIncomingRequest {
         ver: VERSION,
         reference: Some(req.uid),
@@ -210,6 +237,8 @@ fn request_document(req: InboundRequest) -> Document {
         due,
         uid,
         source,
+        latest_start,
+        verdict: Verdict::Admit,
     }
 }
 
@@ -250,6 +279,7 @@ fn add_document(pipe: &mut redis::Pipeline, doc: &Document, limits: &Limits, now
             json,
             marker,
             ttl,
+            verdict,
             ..
         } => pipe.invoke_script(
             DELIVER_REQUEST
@@ -263,7 +293,8 @@ fn add_document(pipe: &mut redis::Pipeline, doc: &Document, limits: &Limits, now
                 .arg(limits.command_queue_bytes)
                 .arg(limits.commands)
                 .arg(now)
-                .arg(SERVED_SECS),
+                .arg(SERVED_SECS)
+                .arg(u8::from(*verdict != Verdict::Admit)),
         ),
         Document::Response {
             list,
@@ -348,12 +379,25 @@ async fn deliver_once(
     for (doc, result) in documents.iter().zip(results) {
         let Some(result) = result else { continue };
         match (doc, result) {
-            (Document::Request { list, due, .. }, Value::Int(1)) => {
+            (Document::Request { list, due, .. }, Value::Int(len)) if len >= 1 => {
                 if let Some(due) = due {
                     shared.unserved.note(list, *due);
                 }
+                shared
+                    .admission()
+                    .pushed(list, Instant::now(), len.unsigned_abs());
                 Counter::bump(&shared.counters.requests_delivered, 1)
             }
+            (
+                Document::Request {
+                    uid,
+                    source,
+                    list,
+                    verdict,
+                    ..
+                },
+                Value::Int(SHED),
+            ) => refuse(shared, list, *verdict, uid.clone(), source.clone()),
             (
                 Document::Request {
                     uid, source, list, ..
@@ -441,6 +485,90 @@ fn refused_by_redis(shared: &Shared, doc: &Document, e: &redis::RedisError) {
             {
                 tracing::error!(%uid, twin, error = %e, "redis refused a response; dropped (logged once per 10 s per twin)");
             }
+        }
+    }
+}
+
+/// Decides, for every request of a batch, whether admission lets it into its list.
+fn admit(shared: &Shared, documents: &mut [Document]) {
+    if !documents
+        .iter()
+        .any(|d| matches!(d, Document::Request { .. }))
+    {
+        return;
+    }
+    let (now, unix) = (Instant::now(), unix_now());
+    let admission = shared.admission();
+    for doc in documents {
+        if let Document::Request {
+            list,
+            latest_start,
+            verdict,
+            ..
+        } = doc
+        {
+            *verdict = admission.decide(list, now, unix, *latest_start);
+        }
+    }
+}
+
+/// Answers a request admission refused with an error envelope to its sender.
+fn refuse(shared: &Shared, list: &str, verdict: Verdict, uid: String, source: Address) {
+    let twin = shared.peer.twin_id();
+    let (reason, message) = match verdict {
+        Verdict::Late { wait } => (
+            Reason::Late,
+            format!(
+                "other: {list} on twin {twin} is {:.1} s behind: the request would start after its deadline; try again later",
+                wait.as_secs_f64()
+            ),
+        ),
+        Verdict::Overloaded { wait } => (
+            Reason::Overloaded,
+            format!(
+                "other: the service of {list} on twin {twin} is overloaded (its oldest request waited {:.1} s); try again later",
+                wait.as_secs_f64()
+            ),
+        ),
+        Verdict::Admit => return,
+    };
+    shared.refuse_request(uid, source, reason, codes::OTHER, message);
+}
+
+/// Reads the length of every list holding requests the peer pushed, every
+/// [`OBSERVE_EVERY`] until `stop`, so admission sees the services' progress.
+pub(super) async fn observe_lists(
+    shared: Arc<Shared>,
+    mut conn: RedisConn,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(OBSERVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let lists = shared.admission().watched();
+        if lists.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (list, _) in &lists {
+            pipe.cmd("LLEN").arg(list);
+        }
+        let lengths: Vec<u64> = match conn.query(&pipe, &stop).await {
+            Ok(lengths) => lengths,
+            Err(QueryError::Shutdown) => return,
+            Err(QueryError::Permanent(e)) => {
+                tracing::warn!(error = %e, "cannot read the lengths of service lists");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let mut admission = shared.admission();
+        for ((list, pushes), len) in lists.iter().zip(lengths) {
+            admission.observed(list, now, len, *pushes);
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`pending`]: requests in flight, so a destination that never answers is reported;
 //! - [`unserved`]: requests no service took from `msgbus.<cmd>` before they were about
 //!   to expire are taken back and answered with an error;
+//! - [`admission`]: a service that cannot keep up gets a short queue of fresh requests,
+//!   and the requests it could not serve in time are refused on arrival;
 //! - [`outbox`], [`scripts`]: what makes it crash-safe: requests not answered yet are
 //!   kept in Redis and sent again after a restart; requests received are marked so a
 //!   service sees each once, and a client gets each answer once;
@@ -17,6 +19,7 @@
 //! Also ours: `msgbus.system.status` holds the peer's status JSON ([`ApiStatus`]),
 //! refreshed every second with a 5 s expiry, for `rmb status`.
 
+pub mod admission;
 pub mod conn;
 pub mod inbound;
 pub mod json;
@@ -66,6 +69,8 @@ pub struct Limits {
     /// Most commands with requests waiting at once; a request for another one gets
     /// an error reply.
     pub commands: u64,
+    /// How long requests may wait in a service's list before new ones are refused.
+    pub admission: admission::Settings,
 }
 
 /// Default of [`Limits::command_queue_bytes`]: 64 MiB.
@@ -78,6 +83,7 @@ impl Default for Limits {
         Limits {
             command_queue_bytes: DEFAULT_COMMAND_QUEUE_BYTES,
             commands: DEFAULT_COMMANDS,
+            admission: admission::Settings::default(),
         }
     }
 }
@@ -186,11 +192,17 @@ pub(crate) struct Shared {
     limits: Limits,
     /// Command lists holding requests, watched for requests no service takes.
     unserved: unserved::Watched,
+    /// How long the requests in each service list have waited.
+    admission: Mutex<admission::Admission>,
 }
 
 impl Shared {
     fn pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn admission(&self) -> MutexGuard<'_, admission::Admission> {
+        self.admission.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn send_permit(&self) -> OwnedSemaphorePermit {
@@ -345,6 +357,7 @@ impl RedisApi {
             sends: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             limits,
             unserved: unserved::Watched::default(),
+            admission: Mutex::new(admission::Admission::new(limits.admission)),
         });
         let mut tasks = vec![
             tokio::spawn(local::run(
@@ -364,6 +377,11 @@ impl RedisApi {
             tokio::spawn(unserved::run(
                 Arc::clone(&shared),
                 RedisConn::new(redis_url, "unserved check").map_err(error)?,
+                stop.clone(),
+            )),
+            tokio::spawn(inbound::observe_lists(
+                Arc::clone(&shared),
+                RedisConn::new(redis_url, "queue lengths").map_err(error)?,
                 stop.clone(),
             )),
         ];

@@ -41,15 +41,21 @@ pub const TOO_MANY_COMMANDS: i64 = -2;
 /// (exempt from the limit on commands; refreshed by each request for it).
 pub const SERVED_SECS: u64 = 24 * 3600;
 
+/// What [`DELIVER_REQUEST`] returns for a request admission refused (and that is not a
+/// repeat): nothing is written.
+pub const SHED: i64 = -3;
+
 /// `KEYS`: seen marker, service list, command index (sorted set: list name → unix time
 /// its last request expires), served commands (sorted set: list name → unix time until
 /// which it counts as served). `ARGV`: request JSON, marker TTL (s), last index kept in
 /// the list, most bytes in the list, most commands in the index, now (unix s),
-/// [`SERVED_SECS`].
+/// [`SERVED_SECS`], `1` when [admission](super::admission) refuses it (else `0`).
 ///
-/// Returns 1 when delivered; otherwise the marker's value (empty while the service has
-/// not answered, the sealed reply once it has) for a repeat, [`QUEUE_FULL`] or
-/// [`TOO_MANY_COMMANDS`] when a bound is hit (nothing is written then).
+/// Returns the list's length (≥ 1) when delivered; otherwise the marker's value (empty
+/// while the service has not answered, the sealed reply once it has) for a repeat —
+/// checked first, so admission never refuses a repeat of an answered request —,
+/// [`SHED`] when admission refused it, [`QUEUE_FULL`] or [`TOO_MANY_COMMANDS`] when a
+/// bound is hit (nothing is written then).
 ///
 /// Bounds what other twins can make the peer keep: the list expires with the last
 /// deadline of what it holds (clamped by the caller); its size is estimated with
@@ -63,6 +69,7 @@ pub static DELIVER_REQUEST: LazyLock<Script> = LazyLock::new(|| {
         r"
 local prev = redis.call('GET', KEYS[1])
 if prev then return prev end
+if ARGV[8] == '1' then return -3 end
 local ttl = tonumber(ARGV[2])
 local now = tonumber(ARGV[6])
 local served_secs = tonumber(ARGV[7])
@@ -99,7 +106,7 @@ else
   if not score or tonumber(score) < until_ then redis.call('ZADD', KEYS[3], until_, KEYS[2]) end
   if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
 end
-return 1
+return redis.call('LLEN', KEYS[2])
 ",
     )
 });

@@ -1,8 +1,9 @@
 //! The benchmark itself: set-up ([`processes`]), the echo bot ([`bot`]), the load
-//! ([`load`]) and the report.
+//! ([`load`]) and the report; `--overload` runs [`overload`] instead.
 
 pub mod bot;
 pub mod load;
+pub mod overload;
 pub mod processes;
 
 use std::time::Duration;
@@ -48,6 +49,30 @@ pub struct Args {
     )]
     pub delivery: Vec<Delivery>,
 
+    /// Measure overload instead: a bot serving at most this many requests per second
+    /// is offered --overload-factor times as many for --overload-secs; prints what was
+    /// answered in time, errors and their latency, waits and the bot's work on expired
+    /// requests (0: the normal rows).
+    #[arg(long, default_value_t = 0, value_name = "REQ_PER_SEC")]
+    pub overload: u64,
+
+    /// Offered load of --overload, as a multiple of the bot's capacity.
+    #[arg(long, default_value_t = 2.0)]
+    pub overload_factor: f64,
+
+    /// How long the --overload load lasts, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub overload_secs: u64,
+
+    /// Validity (`exp`, seconds) of each --overload request.
+    #[arg(long, default_value_t = 30)]
+    pub overload_exp: u64,
+
+    /// Extra flags for both rmb-peer processes (e.g. `--peer-arg=--queue-wait-target-ms=0`;
+    /// repeat for several).
+    #[arg(long = "peer-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    pub peer_args: Vec<String>,
+
     /// rmb-relay binary (default: next to this one; built when missing).
     #[arg(long)]
     pub relay_bin: Option<std::path::PathBuf>,
@@ -75,6 +100,9 @@ impl Delivery {
 
 /// Runs every measurement for every delivery mode and prints the tables.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.overload > 0 {
+        return run_overload(&args).await;
+    }
     let mut bursts = Vec::new();
     println!("| delivery | payload | clients | RPC/s | p50 ms | p99 ms | errors |");
     println!("|----------|--------:|--------:|------:|-------:|-------:|-------:|");
@@ -144,6 +172,26 @@ async fn run_mode(args: &Args, delivery: Delivery) -> anyhow::Result<Option<Burs
     drop(bots);
     net.shutdown().await;
     Ok(burst)
+}
+
+/// The overload measurement, once per delivery mode, each on a fresh network.
+async fn run_overload(args: &Args) -> anyhow::Result<()> {
+    let plan = overload::Plan {
+        capacity: args.overload,
+        factor: args.overload_factor,
+        secs: args.overload_secs,
+        exp: args.overload_exp,
+    };
+    for &delivery in &args.delivery {
+        let net = Network::start(args, delivery)
+            .await
+            .context("starting the network")?;
+        let mut outcome = overload::run(&net, plan).await?;
+        outcome.print(delivery.name());
+        println!();
+        net.shutdown().await;
+    }
+    Ok(())
 }
 
 fn human(size: usize) -> String {

@@ -170,6 +170,7 @@ impl Network {
                     &registry,
                 ])
                 .args((delivery == Delivery::AtMostOnce).then_some("--at-most-once"))
+                .args(&args.peer_args)
                 .env("RMB_MNEMONIC", secret)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
