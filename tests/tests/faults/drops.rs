@@ -1,0 +1,45 @@
+//! Faults made of dropped packets (nftables rules in the namespaces): loss on every hop
+//! for the whole run; partitions switched on and off mid-run.
+
+use rmb_testsupport::faults::{PacketDrop, Plan, Setup, step};
+
+use super::{assert_accounted, run};
+
+#[test]
+fn ten_percent_packet_loss_on_every_hop() {
+    let mut plan = Plan::new("10% loss, every hop", Setup::default());
+    plan.steps = vec![step(0.0, "drop 10% of packets on every hop", |fed| {
+        fed.drop_everywhere(PacketDrop::Percent(10))
+    })];
+    let Some(report) = run(plan) else { return };
+    assert!(report.dropped_packets > 0, "the rules dropped nothing");
+    assert_accounted(&report);
+}
+
+#[test]
+fn partition_between_the_relays_for_eight_seconds() {
+    let mut plan = Plan::new("relay A | relay B 8 s", Setup::default());
+    plan.steps = vec![
+        step(3.0, "partition relay A | relay B", |fed| {
+            fed.drop_between("ra", "rb", PacketDrop::All)
+        }),
+        step(11.0, "heal the partition", |fed| fed.heal()),
+    ];
+    let Some(report) = run(plan) else { return };
+    assert!(report.dropped_packets > 0, "the partition dropped nothing");
+    assert_accounted(&report);
+}
+
+#[test]
+fn partition_between_peer_b_and_its_relay_for_eight_seconds() {
+    let mut plan = Plan::new("peer B | relay B 8 s", Setup::default());
+    plan.steps = vec![
+        step(3.0, "partition peer B | relay B", |fed| {
+            fed.drop_between("pb", "rb", PacketDrop::All)
+        }),
+        step(11.0, "heal the partition", |fed| fed.heal()),
+    ];
+    let Some(report) = run(plan) else { return };
+    assert!(report.dropped_packets > 0, "the partition dropped nothing");
+    assert_accounted(&report);
+}
