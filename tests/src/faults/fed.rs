@@ -150,6 +150,9 @@ impl Fed {
                 &format!("ws://{dial}/"),
                 "--http",
                 &http.to_string(),
+                // Keeps the relay registered above: a peer dialling through a proxy
+                // would otherwise publish the proxy's address as its relay.
+                "--no-update",
             ];
             let mut wrap = Wrap {
                 prefix: lab.place(ns).prefix(),

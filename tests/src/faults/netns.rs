@@ -18,6 +18,9 @@ pub enum PacketDrop {
     All,
     /// This percentage of packets each way is dropped at random.
     Percent(u8),
+    /// Every TCP segment to and from that address is answered with a reset (as by a
+    /// firewall that rejects, or a middlebox that lost the connection's state).
+    Reset,
 }
 
 /// One namespace of the lab.
@@ -186,13 +189,14 @@ impl Lab {
             .unwrap_or(0);
         let mut script = String::from("flush chain inet fault input\nflush chain inet fault output\n");
         for (addr, drop) in faults {
-            let chance = match drop {
-                PacketDrop::All => String::new(),
-                PacketDrop::Percent(p) => format!("numgen random mod 100 < {p} "),
+            let (matching, verdict) = match drop {
+                PacketDrop::All => (String::new(), "drop"),
+                PacketDrop::Percent(p) => (format!("numgen random mod 100 < {p} "), "drop"),
+                PacketDrop::Reset => ("meta l4proto tcp ".into(), "reject with tcp reset"),
             };
             script.push_str(&format!(
-                "add rule inet fault output ip daddr {addr} {chance}counter drop\n\
-                 add rule inet fault input ip saddr {addr} {chance}counter drop\n"
+                "add rule inet fault output ip daddr {addr} {matching}counter {verdict}\n\
+                 add rule inet fault input ip saddr {addr} {matching}counter {verdict}\n"
             ));
         }
         run("ip", &["netns", "exec", ns, "nft", "-f", "-"], Some(&script))

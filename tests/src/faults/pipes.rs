@@ -21,6 +21,8 @@ use crate::relay_process::binaries;
 pub const PIPE_BYTES: usize = 256 << 10;
 /// Longest a round may take before both processes are killed and it counts as hung.
 pub const PIPE_LIMIT: Duration = Duration::from_secs(45);
+/// How long the listener may take to end after the connector failed.
+const LISTENER_GRACE: Duration = Duration::from_secs(5);
 
 /// What became of the rounds.
 #[derive(Debug, Clone, Default)]
@@ -230,15 +232,29 @@ fn one_round(
         "pipe", "connect", "--protocol", "cat", "--to", &to, "--http", http_a,
     ];
     let mut connector = Side::start(&connect, Some(data), dir, &format!("connect{round}"));
-    let (Some(c), Some(l)) = (
-        connector.wait_until(deadline),
-        listener.wait_until(deadline),
-    ) else {
+    let Some(c) = connector.wait_until(deadline) else {
         return Round::Hung(format!(
             "hung: {}; {}",
             connector.last_line("connector"),
             listener.last_line("listener")
         ));
+    };
+    // A connector that failed may never have reached the listener, which then rightly
+    // goes on listening: it gets a moment to end, then is stopped.
+    let listener_deadline = if c.success() {
+        deadline
+    } else {
+        deadline.min(Instant::now() + LISTENER_GRACE)
+    };
+    let l = match listener.wait_until(listener_deadline) {
+        Some(status) => status,
+        None if !c.success() => return Round::CleanError(connector.last_line("connector")),
+        None => {
+            return Round::Hung(format!(
+                "hung: listener after the connector exited 0: {}",
+                listener.last_line("listener")
+            ));
+        }
     };
     let intact = std::fs::read(&listener.out).ok() == std::fs::read(data).ok();
     let _ = std::fs::remove_file(&listener.out);

@@ -8,7 +8,7 @@
 //! resets every open connection. Each proxy runs its own single-thread tokio runtime.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,8 +31,12 @@ struct Knobs {
     /// Delay client→upstream and upstream→client, in microseconds.
     delay_up: AtomicU64,
     delay_down: AtomicU64,
-    /// Bytes per second each direction may carry (0: no limit).
+    /// Bytes per second each direction may carry, all connections together (0: no
+    /// limit).
     rate: AtomicU64,
+    /// When the cap lets the next byte out, client to upstream and back.
+    free_up: Mutex<Option<Instant>>,
+    free_down: Mutex<Option<Instant>>,
 }
 
 /// A running proxy from [`FaultProxy::addr`] to its upstream; stopped on drop.
@@ -242,18 +246,25 @@ async fn pump(
         }
     };
     let writer = async {
-        // When the cap lets the next byte out.
-        let mut next_free = Instant::now();
+        let free = match direction {
+            Up => &knobs.free_up,
+            Down => &knobs.free_down,
+        };
         while let Some((due, bytes)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
             let rate = knobs.rate.load(Ordering::SeqCst);
             for piece in bytes.chunks(if rate == 0 { CHUNK } else { 1024 }) {
                 through_hole(&mut hole).await;
                 if rate > 0 {
-                    let now = Instant::now();
-                    next_free = next_free.max(now);
-                    tokio::time::sleep_until(next_free).await;
-                    next_free += Duration::from_secs_f64(piece.len() as f64 / rate as f64);
+                    // Book this piece's time on the link, then wait for its turn.
+                    let cost = Duration::from_secs_f64(piece.len() as f64 / rate as f64);
+                    let turn = {
+                        let mut next = free.lock().unwrap_or_else(|e| e.into_inner());
+                        let turn = next.unwrap_or_else(Instant::now).max(Instant::now());
+                        *next = Some(turn + cost);
+                        turn
+                    };
+                    tokio::time::sleep_until(turn).await;
                 }
                 if to.write_all(piece).await.is_err() {
                     return;

@@ -16,8 +16,9 @@ pub struct FaultReport {
     pub timeline: Vec<(f64, String)>,
     /// Packets the nftables rules dropped.
     pub dropped_packets: u64,
-    /// Connections the proxies accepted (reconnections show here).
-    pub proxy_connections: u64,
+    /// Connections each proxy accepted (reconnections show here), in the order of
+    /// [`super::fed::Proxies::all`]: peer A's, peer B's, to relay A, to relay B.
+    pub proxy_connections: Vec<u64>,
 }
 
 impl FaultReport {
@@ -66,7 +67,7 @@ impl FaultReport {
             .map(|(t, what)| format!("{t:.1}s {what}"))
             .collect();
         println!(
-            "\nfault run {:?}: {}; {} packets dropped by nftables, {} proxied connections",
+            "\nfault run {:?}: {}; {} packets dropped by nftables, proxied connections {:?}",
             self.name,
             steps.join("; "),
             self.dropped_packets,

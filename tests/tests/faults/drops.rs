@@ -1,5 +1,5 @@
-//! Faults made of dropped packets (nftables rules in the namespaces): loss on every hop
-//! for the whole run; partitions switched on and off mid-run.
+//! Faults made of dropped or rejected packets (nftables rules in the namespaces): loss on
+//! every hop for the whole run; partitions switched on and off mid-run.
 
 use rmb_testsupport::faults::{PacketDrop, Plan, Setup, step};
 
@@ -30,12 +30,14 @@ fn partition_between_the_relays_for_eight_seconds() {
     assert_accounted(&report);
 }
 
+/// Peer B's connection is reset and every reconnection refused for 8 s: relay B holds
+/// what comes for B meanwhile, and B's answers wait in its peer.
 #[test]
-fn partition_between_peer_b_and_its_relay_for_eight_seconds() {
-    let mut plan = Plan::new("peer B | relay B 8 s", Setup::default());
+fn peer_b_cut_off_from_its_relay_with_resets_for_eight_seconds() {
+    let mut plan = Plan::new("peer B | relay B reset 8 s", Setup::default());
     plan.steps = vec![
-        step(3.0, "partition peer B | relay B", |fed| {
-            fed.drop_between("pb", "rb", PacketDrop::All)
+        step(3.0, "reset everything between peer B and relay B", |fed| {
+            fed.drop_between("pb", "rb", PacketDrop::Reset)
         }),
         step(11.0, "heal the partition", |fed| fed.heal()),
     ];

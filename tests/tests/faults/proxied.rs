@@ -52,8 +52,8 @@ fn links_stalled_for_six_seconds_then_cut() {
         }),
     ];
     let Some(report) = run(plan) else { return };
-    // Both peers dialled again after their cut: at least 4 connections (2 at start, 2
-    // after), plus the relays' own.
-    assert!(report.proxy_connections >= 4, "{}", report.proxy_connections);
+    // Both peers dialled their relay again after the cut.
+    let dialled = &report.proxy_connections;
+    assert!(dialled[0] >= 2 && dialled[1] >= 2, "{dialled:?}");
     assert_accounted(&report);
 }
