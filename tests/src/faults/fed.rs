@@ -51,7 +51,12 @@ pub struct Proxies {
 impl Proxies {
     /// All four, to set them alike.
     pub fn all(&self) -> [&FaultProxy; 4] {
-        [&self.peer_a, &self.peer_b, &self.to_relay_a, &self.to_relay_b]
+        [
+            &self.peer_a,
+            &self.peer_b,
+            &self.to_relay_a,
+            &self.to_relay_b,
+        ]
     }
 }
 
@@ -76,10 +81,14 @@ pub struct Fed {
 
 /// Where libfaketime is (Debian's `faketime` package), if installed.
 pub fn libfaketime() -> Option<PathBuf> {
-    ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"]
-        .iter()
-        .map(|dir| PathBuf::from(dir).join("faketime/libfaketimeMT.so.1"))
-        .find(|p| p.exists())
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|dir| PathBuf::from(dir).join("faketime/libfaketimeMT.so.1"))
+    .find(|p| p.exists())
 }
 
 impl Fed {

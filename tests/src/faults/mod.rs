@@ -151,7 +151,10 @@ pub fn run(plan: Plan) -> Result<FaultReport, String> {
         pipes: pipe,
         timeline,
         dropped_packets: fed.dropped(),
-        proxy_connections: fed.proxies.as_ref().map_or_else(Vec::new, |p| p.all().iter().map(|p| p.accepted()).collect()),
+        proxy_connections: fed
+            .proxies
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.all().iter().map(|p| p.accepted()).collect()),
     })
 }
 

@@ -157,7 +157,11 @@ impl Lab {
                 ],
                 None,
             )?;
-            run("ip", &["link", "set", &outside, "master", &lab.bridge], None)?;
+            run(
+                "ip",
+                &["link", "set", &outside, "master", &lab.bridge],
+                None,
+            )?;
             run("ip", &["link", "set", &outside, "up"], None)?;
             ip(&["link", "set", "lo", "up"])?;
             ip(&["addr", "add", &format!("{}/24", place.ip), "dev", "eth0"])?;
@@ -187,7 +191,8 @@ impl Lab {
             .output()
             .map(|o| count_dropped(&String::from_utf8_lossy(&o.stdout)))
             .unwrap_or(0);
-        let mut script = String::from("flush chain inet fault input\nflush chain inet fault output\n");
+        let mut script =
+            String::from("flush chain inet fault input\nflush chain inet fault output\n");
         for (addr, drop) in faults {
             let (matching, verdict) = match drop {
                 PacketDrop::All => (String::new(), "drop"),
@@ -199,8 +204,12 @@ impl Lab {
                  add rule inet fault input ip saddr {addr} {matching}counter {verdict}\n"
             ));
         }
-        run("ip", &["netns", "exec", ns, "nft", "-f", "-"], Some(&script))
-            .unwrap_or_else(|e| panic!("nft in {ns}: {e}"));
+        run(
+            "ip",
+            &["netns", "exec", ns, "nft", "-f", "-"],
+            Some(&script),
+        )
+        .unwrap_or_else(|e| panic!("nft in {ns}: {e}"));
         dropped
     }
 }

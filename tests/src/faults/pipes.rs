@@ -109,7 +109,11 @@ impl PipeLoad {
         if let Some(thread) = self.thread.take() {
             thread.join().expect("the pipe rounds panicked");
         }
-        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut report = self
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         report.error_texts.sort_by_key(|e| std::cmp::Reverse(e.1));
         report
     }
@@ -158,7 +162,10 @@ struct Side {
 
 impl Side {
     fn start(args: &[&str], stdin: Option<&Path>, dir: &Path, name: &str) -> Side {
-        let (out, err) = (dir.join(format!("{name}.out")), dir.join(format!("{name}.err")));
+        let (out, err) = (
+            dir.join(format!("{name}.out")),
+            dir.join(format!("{name}.err")),
+        );
         let stdin = match stdin {
             Some(path) => Stdio::from(std::fs::File::open(path).expect("data file")),
             None => Stdio::null(),
@@ -179,7 +186,11 @@ impl Side {
 
     fn last_line(&self, who: &str) -> String {
         let text = self.stderr();
-        let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         format!("{who}: {}", line.trim())
     }
 
@@ -229,7 +240,14 @@ fn one_round(
     }
     let to = twin_b.to_string();
     let connect = [
-        "pipe", "connect", "--protocol", "cat", "--to", &to, "--http", http_a,
+        "pipe",
+        "connect",
+        "--protocol",
+        "cat",
+        "--to",
+        &to,
+        "--http",
+        http_a,
     ];
     let mut connector = Side::start(&connect, Some(data), dir, &format!("connect{round}"));
     let Some(c) = connector.wait_until(deadline) else {

@@ -8,8 +8,8 @@
 //! resets every open connection. Each proxy runs its own single-thread tokio runtime.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -192,8 +192,20 @@ async fn serve(
     let (mut server_read, mut server_write) = server.into_split();
     let both = async {
         tokio::join!(
-            pump(&mut client_read, &mut server_write, &knobs, Up, hole.clone()),
-            pump(&mut server_read, &mut client_write, &knobs, Down, hole.clone()),
+            pump(
+                &mut client_read,
+                &mut server_write,
+                &knobs,
+                Up,
+                hole.clone()
+            ),
+            pump(
+                &mut server_read,
+                &mut client_write,
+                &knobs,
+                Down,
+                hole.clone()
+            ),
         )
     };
     let was_cut = tokio::select! {

@@ -34,28 +34,67 @@ impl FaultReport {
             }
         };
         check(r.lost > 0, format!("{} RPCs without an answer", r.lost));
-        check(r.ok + r.error != r.sent, format!("RPCs: {} sent, {} answered", r.sent, r.ok + r.error));
-        check(r.duplicated > 0, format!("{} RPC answers beyond the first", r.duplicated));
-        check(r.mismatched > 0, format!("{} RPC answers with another payload", r.mismatched));
-        check(r.strays > 0, format!("{} answers to RPCs never sent", r.strays));
-        check(r.handled_twice > 0, format!("{} envelopes handled twice", r.handled_twice));
+        check(
+            r.ok + r.error != r.sent,
+            format!("RPCs: {} sent, {} answered", r.sent, r.ok + r.error),
+        );
+        check(
+            r.duplicated > 0,
+            format!("{} RPC answers beyond the first", r.duplicated),
+        );
+        check(
+            r.mismatched > 0,
+            format!("{} RPC answers with another payload", r.mismatched),
+        );
+        check(
+            r.strays > 0,
+            format!("{} answers to RPCs never sent", r.strays),
+        );
+        check(
+            r.handled_twice > 0,
+            format!("{} envelopes handled twice", r.handled_twice),
+        );
         check(
             r.payloads_handled_twice > 0,
             format!("{} requests handled twice", r.payloads_handled_twice),
         );
         check(
             r.leftover_total() > 0,
-            format!("left behind: {:?}", r.leftovers.iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>()),
+            format!(
+                "left behind: {:?}",
+                r.leftovers
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .collect::<Vec<_>>()
+            ),
         );
         let t = &self.topics;
-        check(t.sent != t.acked + t.errors, format!("publishes: {} sent, {} acked, {} errors", t.sent, t.acked, t.errors));
-        check(t.lost > 0, format!("{} acknowledged messages not delivered", t.lost));
-        check(t.duplicated > 0, format!("{} messages delivered twice", t.duplicated));
+        check(
+            t.sent != t.acked + t.errors,
+            format!(
+                "publishes: {} sent, {} acked, {} errors",
+                t.sent, t.acked, t.errors
+            ),
+        );
+        check(
+            t.lost > 0,
+            format!("{} acknowledged messages not delivered", t.lost),
+        );
+        check(
+            t.duplicated > 0,
+            format!("{} messages delivered twice", t.duplicated),
+        );
         check(t.gaps > 0, format!("{} ids missing or gap events", t.gaps));
-        check(t.wrong > 0, format!("{} messages with a wrong id or text", t.wrong));
+        check(
+            t.wrong > 0,
+            format!("{} messages with a wrong id or text", t.wrong),
+        );
         let p = &self.pipes;
         check(p.hung > 0, format!("{} pipe rounds hung", p.hung));
-        check(p.false_success > 0, format!("{} pipe rounds exited 0 with wrong bytes", p.false_success));
+        check(
+            p.false_success > 0,
+            format!("{} pipe rounds exited 0 with wrong bytes", p.false_success),
+        );
         out
     }
 
@@ -99,17 +138,49 @@ impl FaultReport {
 pub fn print_rows(reports: &[FaultReport]) {
     println!(
         "  {:<22} | {:>5} {:>5} {:>4} {:>4} {:>4} {:>5} | {:>4} {:>5} {:>4} {:>5} {:>4} {:>4} {:>4} | {:>4} {:>6} {:>5} {:>5} {:>4}",
-        "fault", "rpc", "ok", "err", "lost", "dup", "twice",
-        "pub", "acked", "err", "deliv", "lost", "dup", "gaps",
-        "pipe", "intact", "error", "false", "hung"
+        "fault",
+        "rpc",
+        "ok",
+        "err",
+        "lost",
+        "dup",
+        "twice",
+        "pub",
+        "acked",
+        "err",
+        "deliv",
+        "lost",
+        "dup",
+        "gaps",
+        "pipe",
+        "intact",
+        "error",
+        "false",
+        "hung"
     );
     for f in reports {
         let (r, t, p) = (&f.rpc, &f.topics, &f.pipes);
         println!(
             "  {:<22} | {:>5} {:>5} {:>4} {:>4} {:>4} {:>5} | {:>4} {:>5} {:>4} {:>5} {:>4} {:>4} {:>4} | {:>4} {:>6} {:>5} {:>5} {:>4}",
-            f.name, r.sent, r.ok, r.error, r.lost, r.duplicated, r.handled_twice + r.payloads_handled_twice,
-            t.sent, t.acked, t.errors, t.delivered, t.lost, t.duplicated, t.gaps,
-            p.rounds, p.intact, p.clean_errors, p.false_success, p.hung
+            f.name,
+            r.sent,
+            r.ok,
+            r.error,
+            r.lost,
+            r.duplicated,
+            r.handled_twice + r.payloads_handled_twice,
+            t.sent,
+            t.acked,
+            t.errors,
+            t.delivered,
+            t.lost,
+            t.duplicated,
+            t.gaps,
+            p.rounds,
+            p.intact,
+            p.clean_errors,
+            p.false_success,
+            p.hung
         );
     }
 }

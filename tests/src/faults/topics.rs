@@ -140,7 +140,10 @@ impl TopicLoad {
 
     /// Acknowledged messages not yet in the list.
     pub fn missing(&self) -> usize {
-        let acked = lock(&self.outcomes).iter().filter(|(_, o)| o.is_ok()).count();
+        let acked = lock(&self.outcomes)
+            .iter()
+            .filter(|(_, o)| o.is_ok())
+            .count();
         acked.saturating_sub(self.messages().len())
     }
 

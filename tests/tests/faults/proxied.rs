@@ -17,14 +17,18 @@ fn proxied() -> Setup {
 #[test]
 fn latency_of_150_ms_per_hop_and_64_kib_per_second_between_the_relays() {
     let mut plan = Plan::new("150 ms/hop, 64 KiB/s", proxied());
-    plan.steps = vec![step(0.0, "150 ms each way per hop, 64 KiB/s relay to relay", |fed| {
-        let p = fed.proxies();
-        for proxy in p.all() {
-            proxy.set_delay(Duration::from_millis(150), Duration::from_millis(150));
-        }
-        p.to_relay_a.set_rate(64 << 10);
-        p.to_relay_b.set_rate(64 << 10);
-    })];
+    plan.steps = vec![step(
+        0.0,
+        "150 ms each way per hop, 64 KiB/s relay to relay",
+        |fed| {
+            let p = fed.proxies();
+            for proxy in p.all() {
+                proxy.set_delay(Duration::from_millis(150), Duration::from_millis(150));
+            }
+            p.to_relay_a.set_rate(64 << 10);
+            p.to_relay_b.set_rate(64 << 10);
+        },
+    )];
     let Some(report) = run(plan) else { return };
     assert_accounted(&report);
 }
