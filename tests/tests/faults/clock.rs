@@ -26,3 +26,27 @@ fn peer_b_clock_thirty_seconds_ahead() {
         report.pipes.error_texts
     );
 }
+
+/// Validity is judged by the receiver's clock (protocol.md §2, as in rmb-rs): requests
+/// whose `exp` (20 s) is shorter than the receiver's offset (30 s ahead) are expired on
+/// arrival. Each must still come back as an explicit error, none lost.
+#[test]
+fn rpcs_shorter_lived_than_the_clock_offset_fail_explicitly() {
+    let setup = Setup {
+        clock_b: Some("+30s".into()),
+        ..Setup::default()
+    };
+    let mut plan = Plan::new("peer B +30 s, exp 20 s", setup);
+    plan.duration = std::time::Duration::from_secs(5);
+    plan.exp = 20;
+    let Some(report) = run(plan) else { return };
+    assert_accounted(&report);
+    let expired = report
+        .rpc
+        .errors
+        .iter()
+        .filter(|(text, _)| text.contains("expired"))
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    assert_eq!(expired, report.rpc.sent, "{:?}", report.rpc.errors);
+}
