@@ -16,12 +16,18 @@ fn ten_percent_packet_loss_on_every_hop() {
     assert_accounted(&report);
 }
 
+/// The relays cannot reach each other for 8 s: 4 s of silence (packets dropped, open
+/// connections stall), then 4 s in which every segment is answered with a reset (open
+/// connections die, new ones are refused), so relay A's forwarding has to retry.
 #[test]
-fn partition_between_the_relays_for_eight_seconds() {
-    let mut plan = Plan::new("relay A | relay B 8 s", Setup::default());
+fn partition_between_the_relays_silent_then_refusing() {
+    let mut plan = Plan::new("relay A | relay B 4+4 s", Setup::default());
     plan.steps = vec![
-        step(3.0, "partition relay A | relay B", |fed| {
+        step(3.0, "drop everything between the relays", |fed| {
             fed.drop_between("ra", "rb", PacketDrop::All)
+        }),
+        step(7.0, "reset everything between the relays", |fed| {
+            fed.drop_between("ra", "rb", PacketDrop::Reset)
         }),
         step(11.0, "heal the partition", |fed| fed.heal()),
     ];
