@@ -5,7 +5,9 @@
 #
 # Needs a Rust toolchain (https://rustup.rs). Installs what else the tests need when it
 # is missing: Debian's redis-server and haproxy (tests start their own servers on free
-# ports; relay_haproxy.rs runs docs/examples/haproxy.cfg).
+# ports; relay_haproxy.rs runs docs/examples/haproxy.cfg), nftables and faketime (the
+# network-fault tests, tests/tests/faults/, drop packets with nft and shift a peer's
+# clock with libfaketime).
 # ../shared (the reference folder beside the checkout) must exist: the rmb-rs
 # compatibility tests read their vectors from it, the tfchain tests start a local chain
 # with ../shared/tfchain/start-local-chain (which needs node, present on this machine kind).
@@ -22,6 +24,8 @@ step() { printf '\n==> %s\n' "$*"; }
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
     step "installing ${missing[*]} (Debian packages)"
     sudo_cmd=""

@@ -11,6 +11,7 @@ pub mod chaos;
 pub mod child;
 pub mod desktop;
 pub mod direct;
+pub mod faults;
 pub mod lb;
 pub mod peer_node;
 pub mod peer_process;

@@ -43,6 +43,23 @@ impl RedisServer {
         ])
     }
 
+    /// Starts a server that persists nothing and also listens on `also` (an address of
+    /// this host, e.g. the private bridge of a fault run's network namespaces, whose
+    /// clients are not on loopback: protected mode is off).
+    pub fn start_also_on(also: &str) -> Self {
+        Self::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            also,
+        ])
+    }
+
     fn start_with(options: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let options: Vec<String> = options.iter().map(|s| s.to_string()).collect();
@@ -69,6 +86,11 @@ impl RedisServer {
             .expect("redis-server must be installed (tests/run.sh installs it)");
         self.child = Some(child);
         wait_for_ping(self.port, self.dir.path());
+    }
+
+    /// Its port (on every address it listens on).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `redis://127.0.0.1:<port>/`

@@ -70,6 +70,22 @@ pub struct RelayProcess {
     pub data_dir: tempfile::TempDir,
     /// `RUST_LOG` and stderr file, when started with [`RelayProcess::start_logged`].
     log: Option<(String, PathBuf)>,
+    /// Where it runs, when not on loopback ([`RelayProcess::start_placed`]).
+    place: Option<Placement>,
+}
+
+/// Where a relay runs when not on loopback: e.g. in a network namespace of a fault run,
+/// under a domain that names a proxy in front of it.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Words put before the binary (`ip netns exec <ns>`).
+    pub prefix: Vec<String>,
+    /// The address it listens on (also used to wait for it and for [`RelayProcess::http_url`]).
+    pub host: String,
+    /// Its `--domain`, as registered for its twins (`host:port`, or a proxy's address).
+    pub domain: String,
+    /// Its `--federation-allow` entries.
+    pub federation_allow: Vec<String>,
 }
 
 impl RelayProcess {
@@ -97,6 +113,22 @@ impl RelayProcess {
             allow_loopback,
             data_dir: tempfile::tempdir().expect("temporary directory"),
             log: None,
+            place: None,
+        };
+        relay.spawn();
+        relay
+    }
+
+    /// Starts it as `place` says, listening on `place.host:port`, with `extra` flags.
+    pub fn start_placed(place: Placement, port: u16, extra: &[&str]) -> Self {
+        let mut relay = RelayProcess {
+            port,
+            child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            allow_loopback: false,
+            data_dir: tempfile::tempdir().expect("temporary directory"),
+            log: None,
+            place: Some(place),
         };
         relay.spawn();
         relay
@@ -113,6 +145,7 @@ impl RelayProcess {
             allow_loopback: true,
             data_dir,
             log: Some((filter.to_string(), path)),
+            place: None,
         };
         relay.spawn();
         relay
@@ -150,8 +183,20 @@ impl RelayProcess {
                 Stdio::inherit(),
             ),
         };
-        let child = Command::new(&binary)
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+        let prefix = self.place.as_ref().map_or(&[][..], |p| &p.prefix[..]);
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        for allowed in self.place.iter().flat_map(|p| &p.federation_allow) {
+            command.args(["--federation-allow", allowed]);
+        }
+        let child = command
+            .args(["--listen", &self.addr()])
             .args(["--domain", &self.domain()])
             .arg("--data-dir")
             .arg(self.data_dir.path())
@@ -180,7 +225,7 @@ impl RelayProcess {
             {
                 panic!("rmb-relay exited at start: {status}");
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect(self.addr()).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -208,19 +253,28 @@ impl RelayProcess {
             .await as u64
     }
 
-    /// `127.0.0.1:<port>`: the relay's domain and address.
+    /// `127.0.0.1:<port>`: the relay's domain (a placed relay's own).
     pub fn domain(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.place {
+            Some(place) => place.domain.clone(),
+            None => self.addr(),
+        }
     }
 
-    /// `http://127.0.0.1:<port>`: where its registry and metrics are.
+    /// `<host>:<port>`: where it listens (`127.0.0.1` unless placed elsewhere).
+    pub fn addr(&self) -> String {
+        let host = self.place.as_ref().map_or("127.0.0.1", |p| p.host.as_str());
+        format!("{host}:{}", self.port)
+    }
+
+    /// `http://<addr>`: where its registry and metrics are.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.domain())
+        format!("http://{}", self.addr())
     }
 
-    /// `ws://127.0.0.1:<port>/`
+    /// `ws://<addr>/`
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/", self.domain())
+        format!("ws://{}/", self.addr())
     }
 
     /// SIGKILLs the relay.

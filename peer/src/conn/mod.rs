@@ -275,7 +275,12 @@ impl Connections {
             schema: None,
             tags: None,
             timestamp: 0,
-            expiration: waited.as_secs().max(1),
+            // Validity is judged by the receiver's clock (protocol.md §2): an open that
+            // lived only the open timeout (15 s) would be expired on arrival at a listener
+            // whose clock runs that far ahead. It lives as long as a data frame, so a clock
+            // offset the connection's frames survive does not stop it from opening; we
+            // still give up waiting after `waited`.
+            expiration: waited.as_secs().max(stream::FRAME_EXPIRATION),
         };
         let exchange = async {
             shared

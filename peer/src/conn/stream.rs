@@ -21,7 +21,8 @@ use super::wire::{ConnId, Frame};
 use crate::core::{Peer, SendError};
 
 /// Expiration of a data envelope: a frame older than this is useless (it was resent).
-const FRAME_EXPIRATION: u64 = 60;
+/// Open requests live at least this long too ([`super::Connections::connect`]).
+pub(super) const FRAME_EXPIRATION: u64 = 60;
 /// Longest wait for a relay link to take a frame. Past it the frame counts as lost
 /// (retransmission sends it again), so timers keep running while no relay is up.
 const SEND_WAIT: Duration = Duration::from_secs(2);

@@ -40,11 +40,13 @@ use crate::relay_process::RelayProcess;
 
 mod apps;
 mod counters;
+mod load;
 mod net;
 mod report;
 
 use apps::*;
 use counters::*;
+pub use load::{RpcLoad, leftovers};
 use net::*;
 pub use report::Report;
 
@@ -287,21 +289,8 @@ pub fn run(config: &Config) -> Report {
         net.redis_b.url()
     ));
 
-    let book = Arc::new(Mutex::new(Book::default()));
-    let bot_book = Arc::new(Mutex::new(BotBook::default()));
-    let stop_sending = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let sender = spawn_sender(
-        net.redis_a.url(),
-        net.twin_b,
-        config,
-        start,
-        Arc::clone(&book),
-        Arc::clone(&stop_sending),
-    );
-    let reader = spawn_reader(net.redis_a.url(), Arc::clone(&book), Arc::clone(&stop));
-    let bot = spawn_bot(net.redis_b.url(), Arc::clone(&bot_book), Arc::clone(&stop));
+    let mut load = RpcLoad::start(&net.redis_a.url(), &net.redis_b.url(), net.twin_b, config);
+    let start = load.started();
 
     // The schedule; meanwhile the peers' counters are sampled and recoveries timed.
     let mut crashes = config.crashes.clone();
@@ -338,13 +327,11 @@ pub fn run(config: &Config) -> Report {
     // A sender behind its schedule (a slow or busy machine, a Redis restart) may still
     // send what the schedule holds for a while; only then is it cut off.
     let grace = Instant::now() + SENDER_GRACE;
-    while !sender.is_finished() && Instant::now() < grace {
+    while !load.sender_finished() && Instant::now() < grace {
         net.sample_until(Instant::now() + Duration::from_millis(100));
     }
-    stop_sending.store(true, Ordering::SeqCst);
-    sender.join().expect("the client's sender panicked");
+    let sent = load.stop_sending();
     let send_secs = start.elapsed().as_secs_f64();
-    let sent = lock(&book).sent.len();
     log(format!("{send_secs:6.1}s sent {sent} requests; draining"));
 
     // Drain: until every request has an answer, or the drain time is up.
@@ -353,7 +340,7 @@ pub fn run(config: &Config) -> Report {
     let mut last_progress = Instant::now();
     let mut answered = 0;
     while Instant::now() < deadline {
-        let now_answered = lock(&book).answered();
+        let now_answered = load.answered();
         if now_answered == sent {
             break;
         }
@@ -369,69 +356,18 @@ pub fn run(config: &Config) -> Report {
     let drain_secs = drain_start.elapsed().as_secs_f64();
     log(format!(
         "drain over after {drain_secs:.1}s; {} without an answer",
-        sent - lock(&book).answered()
+        sent - load.answered()
     ));
     // Late duplicates and the bot's last replies.
     net.sample_until(Instant::now() + AFTER_LAST);
-    stop.store(true, Ordering::SeqCst);
-    reader.join().expect("the client's reader panicked");
-    bot.join().expect("the echo bot panicked");
+    let mut report = load.finish(config.relay, config.rate, send_secs, drain_secs);
     log("client and bot stopped".into());
     net.sample();
-
-    let book = lock(&book);
-    let bots = lock(&bot_book);
-    let mut report = Report {
-        relay: config.relay,
-        rate: config.rate,
-        send_secs,
-        drain_secs,
-        sent: book.sent.len() as u64,
-        ok: 0,
-        error: 0,
-        mismatched: 0,
-        lost: 0,
-        duplicated: 0,
-        strays: book.strays,
-        handler_runs: bots.runs,
-        handled_twice: bots.by_uid.values().filter(|n| **n > 1).count() as u64,
-        payloads_handled_twice: bots.by_payload.values().filter(|n| **n > 1).count() as u64,
-        bot_unreadable: bots.unreadable,
-        resent: net.counters.total("resent"),
-        duplicates: net.counters.total("duplicates"),
-        replayed: net.counters.total("replayed"),
-        leftovers: net.leftovers(),
-        info: net.info(),
-        errors: Vec::new(),
-        lost_by_second: Vec::new(),
-        crashes: std::mem::take(&mut net.records),
-    };
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut lost_by_second: BTreeMap<u64, u64> = BTreeMap::new();
-    for (n, sent) in book.sent.iter().enumerate() {
-        let answers = book.answers.get(&(n as u64)).map_or(&[][..], Vec::as_slice);
-        match answers.first() {
-            None => {
-                report.lost += 1;
-                *lost_by_second.entry(sent.at.as_secs()).or_default() += 1;
-            }
-            Some(Answer::Ok) => report.ok += 1,
-            Some(Answer::Mismatch) => {
-                report.error += 1;
-                report.mismatched += 1;
-            }
-            Some(Answer::Error(_)) => report.error += 1,
-        }
-        report.duplicated += answers.len().saturating_sub(1) as u64;
-        for answer in answers {
-            if let Answer::Error(text) = answer {
-                *errors.entry(text.clone()).or_default() += 1;
-            }
-        }
-    }
-    report.errors = errors.into_iter().collect();
-    report.errors.sort_by_key(|e| std::cmp::Reverse(e.1));
-    report.lost_by_second = lost_by_second.into_iter().collect();
+    report.resent = net.counters.total("resent");
+    report.duplicates = net.counters.total("duplicates");
+    report.replayed = net.counters.total("replayed");
+    report.info = net.info();
+    report.crashes = std::mem::take(&mut net.records);
     log("report ready".into());
     report
 }

@@ -189,30 +189,6 @@ impl Net {
         }
     }
 
-    /// Lists and key sets that must be empty once every request is answered.
-    pub(super) fn leftovers(&self) -> Vec<(String, u64)> {
-        let mut out = Vec::new();
-        for (name, url, own) in [
-            ("A", self.redis_a.url(), [RET, RET_INFLIGHT]),
-            ("B", self.redis_b.url(), [BOT_QUEUE, BOT_INFLIGHT]),
-        ] {
-            let mut link = Link::new(&url);
-            let lists = [
-                LOCAL,
-                "msgbus.system.local.claimed",
-                REPLY,
-                "msgbus.system.reply.claimed",
-            ];
-            for list in lists.into_iter().chain(own) {
-                let n = link.int(&[b"LLEN", list.as_bytes()]);
-                out.push((format!("{name}:{list}"), n));
-            }
-            let n = link.count_keys("msgbus.outbox.*");
-            out.push((format!("{name}:msgbus.outbox.* keys"), n));
-        }
-        out
-    }
-
     /// End-of-run figures that are not expected to be zero.
     pub(super) fn info(&self) -> Vec<(String, u64)> {
         let mut out = Vec::new();

@@ -23,7 +23,19 @@ pub struct PeerProcess {
     args: Vec<String>,
     /// Run in a private mount namespace with this file as its `/etc/hosts`.
     hosts: Option<PathBuf>,
+    /// Command prefix and environment it runs with ([`PeerProcess::start_wrapped`]).
+    wrap: Wrap,
     child: Option<Child>,
+}
+
+/// How a peer is run beyond its flags: inside a network namespace, with a shifted clock.
+#[derive(Debug, Clone, Default)]
+pub struct Wrap {
+    /// Words put before the binary (`ip netns exec <ns>`); the program must exec the
+    /// peer so that the child's pid is the peer's.
+    pub prefix: Vec<String>,
+    /// Extra environment (e.g. libfaketime's `LD_PRELOAD` and `FAKETIME`).
+    pub env: Vec<(String, String)>,
 }
 
 impl PeerProcess {
@@ -66,6 +78,22 @@ impl PeerProcess {
             redis_url: redis_url.to_string(),
             args,
             hosts,
+            wrap: Wrap::default(),
+            child: None,
+        };
+        peer.spawn();
+        peer
+    }
+
+    /// Starts `rmb-peer` with exactly `args`, run as `wrap` says; `redis_url` is where
+    /// this process reaches the Redis its `args` name (waits until it is ready).
+    pub fn start_wrapped(mnemonic: &str, redis_url: &str, args: Vec<String>, wrap: Wrap) -> Self {
+        let mut peer = PeerProcess {
+            mnemonic: mnemonic.to_string(),
+            redis_url: redis_url.to_string(),
+            args,
+            hosts: None,
+            wrap,
             child: None,
         };
         peer.spawn();
@@ -77,7 +105,14 @@ impl PeerProcess {
         Resp::connect(&self.redis_url).del(STATUS_KEY);
         let binary = binaries().join("rmb-peer");
         let mut command = match &self.hosts {
-            None => Command::new(&binary),
+            None => match self.wrap.prefix.split_first() {
+                Some((first, rest)) => {
+                    let mut command = Command::new(first);
+                    command.args(rest).arg(&binary);
+                    command
+                }
+                None => Command::new(&binary),
+            },
             Some(hosts) => {
                 // `unshare` execs sh, which execs the peer: the child's pid is the peer's.
                 let mut wrapper = Command::new("unshare");
@@ -92,6 +127,7 @@ impl PeerProcess {
         };
         let child = command
             .args(&self.args)
+            .envs(self.wrap.env.iter().map(|(k, v)| (k, v)))
             .env("RMB_MNEMONIC", &self.mnemonic)
             .env(
                 "RUST_LOG",
