@@ -39,8 +39,9 @@ const EXP: u64 = 60;
 /// How long the relay clients watch for copies of a request.
 const WATCH: Duration = Duration::from_secs(12);
 
-fn register(registry_url: &str, secret: &str, relays: &[String]) -> u32 {
-    rmb_testsupport::peer_node::register(registry_url, secret, relays)
+async fn register(registry_url: &str, secret: &str, relays: &[String]) -> u32 {
+    let who = Identity::from_secret(secret, KeyType::Sr25519).unwrap();
+    rmb_testsupport::registry::register(registry_url, &who, relays).await
 }
 
 /// A client request as rmb-rs documents it.
@@ -71,8 +72,8 @@ async fn a_request_the_far_relay_lost_is_answered_by_a_timed_resend_between_secp
     let relay_a = RelayProcess::start(&["--federation-http"]);
     let registry = relay_a.http_url();
     let mut relay_b = RelayProcess::start(&["--federation-http", "--registry", &registry]);
-    register(&registry, "//Alice", &[relay_a.domain()]);
-    let b = register(&registry, "//Bob", &[relay_b.domain()]);
+    register(&registry, "//Alice", &[relay_a.domain()]).await;
+    let b = register(&registry, "//Bob", &[relay_b.domain()]).await;
     let (redis_a, redis_b) = (RedisServer::start(), RedisServer::start());
     let _peer_a = PeerProcess::start(
         "//Alice",
@@ -208,7 +209,13 @@ async fn serve(
         if request.command == "rmb.version" {
             seen.probes += 1;
             before_answer(&env).await;
-            let back = answer(&me.identity, me.id, env.source_twin(), &env.uid, version_answer);
+            let back = answer(
+                &me.identity,
+                me.id,
+                env.source_twin(),
+                &env.uid,
+                version_answer,
+            );
             client.send(&back).await;
         } else {
             seen.copies += 1;
@@ -221,7 +228,7 @@ async fn serve(
 async fn a_twin_that_does_not_prove_it_runs_rmb_never_gets_timed_resends() {
     let relay = RelayProcess::start(&[]);
     let registry = relay.http_url();
-    register(&registry, "//Alice", &[relay.domain()]);
+    register(&registry, "//Alice", &[relay.domain()]).await;
     let redis = RedisServer::start();
     let _peer = PeerProcess::start(
         "//Alice",

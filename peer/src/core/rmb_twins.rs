@@ -109,10 +109,14 @@ impl RmbTwins {
         }
         let probe_wait = Duration::from_secs(PROBE_EXPIRATION);
         match self.twins.get(&twin) {
-            Some(State::Known { rmb, since }) if now.saturating_duration_since(*since) < self.limits.ttl => {
+            Some(State::Known { rmb, since })
+                if now.saturating_duration_since(*since) < self.limits.ttl =>
+            {
                 return *rmb;
             }
-            Some(State::Asking { since, .. }) if now.saturating_duration_since(*since) < probe_wait => {
+            Some(State::Asking { since, .. })
+                if now.saturating_duration_since(*since) < probe_wait =>
+            {
                 return false;
             }
             Some(_) => {}
@@ -253,7 +257,10 @@ mod tests {
         // Past the TTL it is asked again, and not believed until it answers.
         assert!(!t.is_rmb(7, t0 + DEFAULT_TTL));
         let (_, again) = probe(&mut t);
-        assert_eq!(t.answered(&again, 7, Ok(b"\"v1.5.1\""), t0 + DEFAULT_TTL), Some(false));
+        assert_eq!(
+            t.answered(&again, 7, Ok(b"\"v1.5.1\""), t0 + DEFAULT_TTL),
+            Some(false)
+        );
         assert!(!t.is_rmb(7, t0 + DEFAULT_TTL));
     }
 
@@ -285,7 +292,11 @@ mod tests {
         let (_, uid) = probe(&mut t);
         let yes = probe_answer("v1");
         assert_eq!(t.answered(&uid, 8, Ok(&yes), t0), None, "another twin");
-        assert_eq!(t.answered("rmb-probe-7-other", 7, Ok(&yes), t0), None, "another uid");
+        assert_eq!(
+            t.answered("rmb-probe-7-other", 7, Ok(&yes), t0),
+            None,
+            "another uid"
+        );
         assert!(!t.is_rmb(7, t0));
         assert_eq!(t.answered(&uid, 7, Ok(&yes), t0), Some(true));
         assert_eq!(t.answered(&uid, 7, Ok(&yes), t0), None, "settled already");
@@ -319,7 +330,10 @@ mod tests {
         }
         let asked: Vec<u32> = t.take_probes().into_iter().map(|(twin, _)| twin).collect();
         assert_eq!(asked, [8, 9, 10], "probes of forgotten twins are dropped");
-        let off = RmbTwins::new(Limits { ttl: DEFAULT_TTL, max: 0 });
+        let off = RmbTwins::new(Limits {
+            ttl: DEFAULT_TTL,
+            max: 0,
+        });
         let mut off = off;
         assert!(!off.is_rmb(1, t0));
         assert!(off.take_probes().is_empty() && off.is_empty());
