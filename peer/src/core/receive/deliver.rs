@@ -281,9 +281,11 @@ impl Deliverer {
 
     /// Our version as a JSON string (rmb-rs's answer); to a probe of
     /// [`rmb_twins`](crate::core::rmb_twins), a JSON object that also lists what this
-    /// peer guarantees.
+    /// peer guarantees, unless it runs `--at-most-once` (no reply cache, nothing kept
+    /// across a restart: it answers as rmb-rs would, and gets no timed resends).
     fn answer_version(&self, uid: String, source: Address, payload: &[u8]) {
-        let version = if payload == crate::core::rmb_twins::PROBE_PAYLOAD {
+        let probe = payload == crate::core::rmb_twins::PROBE_PAYLOAD;
+        let version = if probe && self.inner.reliable {
             crate::core::rmb_twins::probe_answer(crate::VERSION)
         } else {
             serde_json::to_vec(crate::VERSION).unwrap_or_default()
