@@ -15,6 +15,8 @@
 //!   first one's probe for it (its own signed answer, and one claiming the first twin as
 //!   its source), which must change nothing.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -75,7 +77,7 @@ async fn a_request_the_far_relay_lost_is_answered_by_a_timed_resend_between_secp
     register(&registry, "//Alice", &[relay_a.domain()]).await;
     let b = register(&registry, "//Bob", &[relay_b.domain()]).await;
     let (redis_a, redis_b) = (RedisServer::start(), RedisServer::start());
-    let _peer_a = PeerProcess::start(
+    let peer_a = PeerProcess::start(
         "//Alice",
         &redis_a.url(),
         &[relay_a.ws_url()],
@@ -138,6 +140,9 @@ async fn a_request_the_far_relay_lost_is_answered_by_a_timed_resend_between_secp
     // Late copies (relay A retrying the federation, resends in flight) must not run it again.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(bot.runs(), 2, "each request's handler runs once");
+    let resent = peer_a.status().expect("A's status")["resent"].clone();
+    eprintln!("A resent {resent} envelope(s)");
+    assert!(resent.as_u64() >= Some(1), "A's status: resent {resent}");
 }
 
 /// A twin served by a bare relay client, publishing a secp256k1 key (as rmb-rs peers do).
@@ -183,17 +188,18 @@ fn answer(signer: &Identity, source: u32, dst: u32, uid: &str, body: &[u8]) -> E
 struct Seen {
     /// `rmb.version` requests (the peer's probes).
     probes: usize,
-    /// Copies of the application's request.
-    copies: usize,
+    /// Copies of each of the application's requests, by uid.
+    copies: BTreeMap<String, usize>,
 }
 
 /// Serves `me` for [`WATCH`]: every `rmb.version` gets `version_answer` (after
-/// `before_answer` ran with the request, e.g. a stranger's attempt), copies of other
-/// requests are counted and never answered.
+/// `before_answer` ran with the request, e.g. a stranger's attempt; `answered` counts
+/// up once it is sent), copies of other requests are counted and never answered.
 async fn serve(
     me: &Twin,
     relay: &RelayProcess,
     version_answer: &[u8],
+    answered: &AtomicUsize,
     mut before_answer: impl AsyncFnMut(&Envelope),
 ) -> Seen {
     let mut client = TestClient::connect(&relay.ws_url(), &me.identity, me.id, None).await;
@@ -217,8 +223,9 @@ async fn serve(
                 version_answer,
             );
             client.send(&back).await;
+            answered.fetch_add(1, Ordering::SeqCst);
         } else {
-            seen.copies += 1;
+            *seen.copies.entry(env.uid.clone()).or_default() += 1;
         }
     }
     seen
@@ -241,19 +248,24 @@ async fn a_twin_that_does_not_prove_it_runs_rmb_never_gets_timed_resends() {
     let rmb = twin(&registry, "//Dave", &relay).await;
     let stranger = twin(&registry, "//Eve", &relay).await;
     let mut app = Resp::connect(&redis.url());
-    for (reference, dst) in [("to-rmb-rs", rmb_rs.id), ("to-rmb", rmb.id)] {
-        let req = request(reference, "test.slow", "x", dst, "ret", EXP);
-        app.lpush("msgbus.system.local", &req.to_string());
-    }
+    // One request to each before the peer knows them, one after both answered its probe.
+    let mut send_both = |round: &str| {
+        for (to, dst) in [("rmb-rs", rmb_rs.id), ("rmb", rmb.id)] {
+            let req = request(&format!("{round}-{to}"), "test.slow", "x", dst, "ret", EXP);
+            app.lpush("msgbus.system.local", &req.to_string());
+        }
+    };
+    send_both("first");
+    let answered = AtomicUsize::new(0);
 
     let mut stranger_client =
         TestClient::connect(&relay.ws_url(), &stranger.identity, stranger.id, None).await;
     let claim = br#"{"version":"v0.1.0","capabilities":["drops-repeats"]}"#;
-    let (seen_rmb_rs, seen_rmb) = tokio::join!(
+    let (seen_rmb_rs, seen_rmb, ()) = tokio::join!(
         // rmb-rs answers every rmb.version with its version, a JSON string. Before it
         // does, a stranger answers the probe it saw: signed as itself, and claiming to
         // be that twin (which its signature cannot back).
-        serve(&rmb_rs, &relay, br#""v1.5.1""#, async |probe| {
+        serve(&rmb_rs, &relay, br#""v1.5.1""#, &answered, async |probe| {
             let a = probe.source_twin();
             let own = answer(&stranger.identity, stranger.id, a, &probe.uid, claim);
             let forged = answer(&stranger.identity, rmb_rs.id, a, &probe.uid, claim);
@@ -261,17 +273,27 @@ async fn a_twin_that_does_not_prove_it_runs_rmb_never_gets_timed_resends() {
             stranger_client.send(&forged).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }),
-        serve(&rmb, &relay, claim, async |_| {}),
+        serve(&rmb, &relay, claim, &answered, async |_| {}),
+        async {
+            while answered.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            send_both("second");
+        },
     );
     eprintln!("rmb-rs-like twin: {seen_rmb_rs:?}; rmb twin: {seen_rmb:?}");
     assert_eq!(seen_rmb_rs.probes, 1, "the peer asks the twin once");
+    assert_eq!(seen_rmb.probes, 1);
+    let copies = |seen: &Seen| seen.copies.values().copied().collect::<Vec<_>>();
     assert_eq!(
-        seen_rmb_rs.copies, 1,
+        copies(&seen_rmb_rs),
+        [1, 1],
         "a twin that did not prove it runs rmb got a timed resend"
     );
-    assert_eq!(seen_rmb.probes, 1);
+    let rmb_copies = copies(&seen_rmb);
     assert!(
-        seen_rmb.copies >= 2,
-        "a twin that proved it runs rmb gets timed resends: {seen_rmb:?}"
+        rmb_copies.len() == 2 && rmb_copies.iter().all(|&n| n >= 2),
+        "a twin that proved it runs rmb gets timed resends of both requests: {rmb_copies:?}"
     );
 }
