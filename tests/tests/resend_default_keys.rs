@@ -275,7 +275,9 @@ async fn a_twin_that_does_not_prove_it_runs_rmb_never_gets_timed_resends() {
         }),
         serve(&rmb, &relay, claim, &answered, async |_| {}),
         async {
-            while answered.load(Ordering::SeqCst) < 2 {
+            // Both probes answered (a peer that asks nothing gets its second round late).
+            let deadline = Instant::now() + WATCH / 2;
+            while answered.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

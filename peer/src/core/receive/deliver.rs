@@ -115,7 +115,6 @@ impl Deliverer {
                 self.answer_version(env.uid, source, &payload);
                 return;
             }
-
             Some(Message::Request(request)) => Inbound::Request(InboundRequest {
                 uid: env.uid,
                 source,
@@ -263,12 +262,16 @@ impl Deliverer {
     /// application's. A twin that proves it runs rmb gets timed resends of the requests
     /// that wait for it.
     fn probe_answer(&self, env: &Envelope) -> bool {
+        // Most responses are not: they cost no lock.
+        if !env.uid.starts_with(crate::core::rmb_twins::PROBE_PREFIX) {
+            return false;
+        }
         let twin = env.source_twin();
         let reply = match env.message {
             Some(Message::Response(_)) => Ok(env.payload_bytes()),
             _ => Err(()),
         };
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         let Some(rmb) = self.inner.rmb_twins().answered(&env.uid, twin, reply, now) else {
             return false;
         };
