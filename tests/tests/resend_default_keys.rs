@@ -14,6 +14,9 @@
 //!   as an rmb peer (the control: it does get them); a third twin tries to answer the
 //!   first one's probe for it (its own signed answer, and one claiming the first twin as
 //!   its source), which must change nothing.
+//! - Our peer answers the question only when asked it (rmb-rs tooling's `rmb.version`
+//!   still gets the version string), and a peer running `--at-most-once` answers it as
+//!   rmb-rs would.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -298,4 +301,77 @@ async fn a_twin_that_does_not_prove_it_runs_rmb_never_gets_timed_resends() {
         rmb_copies.len() == 2 && rmb_copies.iter().all(|&n| n >= 2),
         "a twin that proved it runs rmb gets timed resends of both requests: {rmb_copies:?}"
     );
+}
+
+/// `rmb.version` (`uid`) from a bare client to twin `dst` with `payload`; the answer's
+/// body.
+async fn ask_version(
+    client: &mut TestClient,
+    me: &Identity,
+    dst: u32,
+    uid: &str,
+    payload: &[u8],
+) -> Value {
+    let mut env = Envelope {
+        uid: uid.to_string(),
+        expiration: 60,
+        source: Some(Address::twin(client.twin)),
+        destination: Some(Address::twin(dst)),
+        message: Some(Message::Request(rmb_proto::Request {
+            command: "rmb.version".into(),
+        })),
+        payload: Some(Payload::Plain(payload.to_vec())),
+        ..Default::default()
+    };
+    me.seal_envelope(&mut env, None, now()).expect("sign");
+    client.send(&env).await;
+    loop {
+        let reply = client
+            .recv(Duration::from_secs(15))
+            .await
+            .expect("an answer to rmb.version");
+        if reply.uid == uid {
+            assert!(
+                matches!(reply.message, Some(Message::Response(_))),
+                "{reply:?}"
+            );
+            return serde_json::from_slice(reply.payload_bytes()).expect("a JSON body");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_peers_question_gets_the_capabilities_and_only_from_a_reliable_peer() {
+    let relay = RelayProcess::start(&[]);
+    let registry = relay.http_url();
+    let (redis, redis_once) = (RedisServer::start(), RedisServer::start());
+    let mut started = Vec::new();
+    for (secret, redis, extra) in [
+        ("//Alice", &redis, &TFCHAIN_KEYS[..]),
+        (
+            "//Bob",
+            &redis_once,
+            &["--e2e", "secp256k1", "--at-most-once"][..],
+        ),
+    ] {
+        let twin = register(&registry, secret, &[relay.domain()]).await;
+        let peer = PeerProcess::start(secret, &redis.url(), &[relay.ws_url()], &registry, extra);
+        started.push((twin, peer));
+    }
+    let (reliable, at_most_once) = (started[0].0, started[1].0);
+    // A client without a published key: the peers answer it in plain.
+    let me = Identity::from_secret("//Ferdie", KeyType::Sr25519).unwrap();
+    let id = rmb_testsupport::registry::register(&registry, &me, &[relay.domain()]).await;
+    let mut client = TestClient::connect(&relay.ws_url(), &me, id, None).await;
+
+    let question = br#""capabilities""#;
+    let answer = ask_version(&mut client, &me, reliable, "v-1", question).await;
+    assert_eq!(answer["capabilities"], json!(["drops-repeats"]), "{answer}");
+    let version = answer["version"].as_str().expect("and its version");
+    // rmb-rs tooling's request (an empty payload) gets the plain version string.
+    let plain = ask_version(&mut client, &me, reliable, "v-2", b"").await;
+    assert_eq!(plain, json!(version));
+    // A peer keeping no reply cache does not claim to drop repeats.
+    let once = ask_version(&mut client, &me, at_most_once, "v-3", question).await;
+    assert!(once.is_string(), "{once}");
 }
