@@ -8,8 +8,9 @@
 //! but on tfchain our peers publish secp256k1 keys as rmb-rs does, so the key says
 //! nothing there. This table holds what the twin itself said:
 //!
-//! - The first request to a twin whose kind is not known (nor being asked) queues a
-//!   *probe*: an `rmb.version` request whose plain payload is [`PROBE_PAYLOAD`], sent in
+//! - The first request to a twin publishing a secp256k1 key whose kind is not known (nor
+//!   being asked) queues a *probe* (a twin without a key is a client, not a peer, and is
+//!   not asked): an `rmb.version` request whose plain payload is [`PROBE_PAYLOAD`], sent in
 //!   the background (the request itself goes at once, with resends after a reconnect
 //!   only, as for any twin not known to be rmb).
 //! - rmb-rs answers every `rmb.version` with its version as a JSON string, whatever the

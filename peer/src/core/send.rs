@@ -112,6 +112,10 @@ pub struct Sealed {
     /// shows (it publishes an x25519 key; rmb-rs peers cannot), so timed resends are
     /// safe. Twins with other keys may prove it instead ([`rmb_twins`](super::rmb_twins)).
     pub drops_repeats: bool,
+    /// The destination publishes a secp256k1 key: an rmb-rs peer, or one of ours (the
+    /// default on tfchain). Only such a twin is asked whether it runs rmb; one without
+    /// a key is a client, not a peer.
+    pub secp256k1: bool,
     /// False when it goes without a signature ([`unsigned`](super::unsigned)).
     pub signed: bool,
 }
@@ -213,7 +217,7 @@ impl Inner {
         let env = request_envelope(self, req);
         let sealed = self.seal(env, how).await?;
         let tracked = self.reliable && !how.is_one_way() && {
-            let timed = sealed.drops_repeats || self.proved_rmb(sealed.twin);
+            let timed = sealed.drops_repeats || (sealed.secp256k1 && self.proved_rmb(sealed.twin));
             self.resends()
                 .track(sealed.due(), Instant::now().into_std(), timed)
         };
@@ -473,12 +477,10 @@ impl Inner {
                 limit: DEFAULT_MAX_ENVELOPE_SIZE,
             });
         }
-        let drops_repeats = twin
-            .pk
-            .as_deref()
-            .is_some_and(|pk| E2eScheme::of_public_key(pk) == Ok(E2eScheme::X25519));
+        let scheme = twin.pk.as_deref().map(E2eScheme::of_public_key);
         Ok(Sealed {
-            drops_repeats,
+            drops_repeats: scheme == Some(Ok(E2eScheme::X25519)),
+            secp256k1: scheme == Some(Ok(E2eScheme::Secp256k1)),
             signed,
             uid: env.uid.clone(),
             twin: destination,
