@@ -216,6 +216,7 @@ impl Client {
             reliable: options.reliable,
             app_dedupes: false,
             max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
+            rmb_twins: Default::default(),
         };
         let (peer, inbound) = match Peer::start(config).await {
             Ok(started) => started,

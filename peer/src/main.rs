@@ -139,6 +139,21 @@ struct Args {
     #[arg(long)]
     at_most_once: bool,
 
+    /// How long, in seconds, a destination twin's signed answer to "do you run rmb?" is
+    /// believed. Twins that proved it get timed resends of unanswered requests; others
+    /// (rmb-rs peers run a repeated request again) only after a relay link reconnects.
+    /// A twin that switches implementation is seen at most this much later.
+    #[arg(long, value_name = "SECS",
+          default_value_t = rmb_peer::core::rmb_twins::DEFAULT_TTL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    rmb_twin_ttl: u64,
+
+    /// Most destination twins whose answer to "do you run rmb?" is remembered, the
+    /// oldest forgotten first. 0 asks none: only twins publishing an x25519 key then
+    /// get timed resends.
+    #[arg(long, value_name = "N", default_value_t = rmb_peer::core::rmb_twins::DEFAULT_MAX)]
+    rmb_twins: usize,
+
     /// Memory for replies kept to answer repeated requests again, in MiB. Past it, the
     /// replies kept in Redis (`msgbus.seen.*`) answer instead.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
@@ -426,6 +441,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         // The Redis API marks every request it delivers (`msgbus.seen.*`).
         app_dedupes: !args.at_most_once,
         max_lifetime: args.max_lifetime,
+        rmb_twins: rmb_peer::core::rmb_twins::Limits {
+            ttl: Duration::from_secs(args.rmb_twin_ttl),
+            max: args.rmb_twins,
+        },
     };
     let replay =
         MemoryReplayStore::with_reply_budget(replay::DEFAULT_CAPACITY, args.reply_cache_mb << 20);

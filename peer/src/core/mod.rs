@@ -22,6 +22,7 @@ pub mod refusals;
 pub mod repeats;
 pub mod replay;
 pub mod resend;
+pub mod rmb_twins;
 pub mod rtt;
 pub mod send;
 pub mod senders;
@@ -97,6 +98,10 @@ pub struct PeerConfig {
     /// Envelopes whose deadline is further ahead than this many seconds are refused
     /// (rmb-peer `--max-lifetime`; [`rmb_proto::DEFAULT_MAX_LIFETIME_SECS`] by default).
     pub max_lifetime: u64,
+    /// How many destination twins' answers to "do you run rmb?" are kept, and how long
+    /// ([`rmb_twins`]; rmb-peer `--rmb-twins`, `--rmb-twin-ttl`): they decide which
+    /// destinations get timed resends.
+    pub rmb_twins: rmb_twins::Limits,
 }
 
 /// Shared state of a running peer.
@@ -113,6 +118,10 @@ pub(crate) struct Inner {
     replay: Arc<dyn ReplayStore>,
     /// Requests waiting for an answer (empty unless `reliable`).
     resends: Mutex<Resends>,
+    /// Which destinations proved they run rmb (used only when `reliable`).
+    rmb_twins: Mutex<rmb_twins::RmbTwins>,
+    /// Wakes the resend task when a probe of [`rmb_twins`] is queued.
+    probes_queued: tokio::sync::Notify,
     /// Destinations looked up in the last second (see [`senders`]).
     destinations: Mutex<senders::Senders>,
     /// Unsigned requests whose unsigned answers we accept ([`unsigned`]).
@@ -199,6 +208,8 @@ impl Peer {
             links,
             replay,
             resends: Mutex::new(Resends::default()),
+            rmb_twins: Mutex::new(rmb_twins::RmbTwins::new(config.rmb_twins)),
+            probes_queued: tokio::sync::Notify::new(),
             destinations: Mutex::new(senders::Senders::default()),
             awaited_unsigned: unsigned::Awaited::default(),
             reliable: config.reliable,
@@ -357,12 +368,17 @@ impl Inner {
     fn resends(&self) -> std::sync::MutexGuard<'_, Resends> {
         self.resends.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn rmb_twins(&self) -> std::sync::MutexGuard<'_, rmb_twins::RmbTwins> {
+        self.rmb_twins.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// How often the resend table is looked at.
 const RESEND_TICK: Duration = Duration::from_millis(250);
 
 /// Sends again what is due ([`resend`]); a link that connects makes everything due.
+/// Also sends the probes [`rmb_twins`] queued.
 async fn resend_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(RESEND_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -371,6 +387,10 @@ async fn resend_loop(inner: Arc<Inner>) {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = inner.probes_queued.notified() => {
+                send_probes(&inner);
+                continue;
+            }
             changed = connected.changed() => {
                 if changed.is_err() {
                     return;
@@ -397,6 +417,20 @@ async fn resend_loop(inner: Arc<Inner>) {
                 }
             }
         }
+    }
+}
+
+/// Sends each queued probe ([`rmb_twins`]) on a task of its own: signed, never resent,
+/// answered by the destination's core. One that fails is asked again after it expired.
+fn send_probes(inner: &Arc<Inner>) {
+    let probes = inner.rmb_twins().take_probes();
+    for (twin, uid) in probes {
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            if let Err(e) = inner.send_probe(twin, uid).await {
+                tracing::debug!(twin, error = %e, "could not ask a twin whether it runs rmb");
+            }
+        });
     }
 }
 
@@ -590,6 +624,7 @@ mod tests {
             reliable: true,
             app_dedupes: false,
             max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
+            rmb_twins: Default::default(),
         };
         Peer::start(config).await.map(|(peer, _inbound)| peer)
     }

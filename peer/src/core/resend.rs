@@ -26,10 +26,12 @@
 //! The receiver drops the copies by uid and answers a copy of a request it already
 //! answered with its cached response, so resending is always safe, between rmb peers.
 //! An rmb-rs peer does not drop copies: its service would run a resent request again.
-//! So only destinations that are surely rmb peers (they publish an x25519 key, which
-//! rmb-rs cannot) get timed resends ([`Resends::track`] with `timed`); others only get
-//! the resend after a relay link reconnects, where a loss is likely and a duplicate
-//! is the lesser harm.
+//! So only destinations that are surely rmb peers get timed resends ([`Resends::track`]
+//! with `timed`): those publishing an x25519 key (rmb-rs cannot), and those that proved
+//! it by answering our probe, signed ([`rmb_twins`](super::rmb_twins); what a twin
+//! proves after its requests were tracked makes them timed, [`Resends::make_timed`]).
+//! Others only get the resend after a relay link reconnects, where a loss is likely and
+//! a duplicate is the lesser harm.
 //!
 //! Responses are not tracked here once a relay took them: the requester's resend of the
 //! request is the signal that a response got lost. A response that could not be handed
@@ -269,6 +271,19 @@ impl Resends {
         }
     }
 
+    /// `twin` proved that it drops repeated requests ([`rmb_twins`](super::rmb_twins)):
+    /// its requests kept for a reconnect get timed resends too, the first one interval
+    /// after their last copy.
+    pub fn make_timed(&mut self, twin: u32) {
+        for e in self.by_uid.values_mut().flatten() {
+            if e.twin == twin && !e.timed && !e.one_shot {
+                e.timed = true;
+                let at = e.sent_at + e.interval;
+                e.next = Some(e.next.map_or(at, |next| next.min(at)));
+            }
+        }
+    }
+
     /// Stops tracking (`uid`, `twin`) (its send failed for good).
     pub fn forget(&mut self, uid: &str, twin: u32) {
         if let Some(entries) = self.by_uid.get_mut(uid) {
@@ -503,6 +518,18 @@ mod tests {
         assert_eq!(uids(&r.take_due(t0 + RESEND_MAX * 10, 0)), [("u", 1)]);
         assert!(r.take_due(t0 + RESEND_MAX * 20, 0).is_empty());
         assert!(r.answered("u", 1, t0));
+    }
+
+    #[test]
+    fn a_twin_proven_rmb_gets_timed_resends_of_what_waits() {
+        let t0 = Instant::now();
+        let mut r = Resends::default();
+        r.track(due("u", 1, "a", 1000), t0, false);
+        r.track(due("v", 2, "b", 1000), t0, false);
+        r.make_timed(1);
+        assert!(r.take_due(t0 + RESEND_AFTER / 2, 0).is_empty());
+        assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER, 0)), [("u", 1)]);
+        assert_eq!(uids(&r.take_due(t0 + RESEND_AFTER * 3, 0)), [("u", 1)]);
     }
 
     #[test]

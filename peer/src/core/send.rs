@@ -108,9 +108,14 @@ pub struct Sealed {
     pub bytes: Bytes,
     /// Unix seconds after which it is refused.
     pub deadline: u64,
-    /// The destination is surely an rmb peer, which drops repeated requests (it publishes
-    /// an x25519 key; rmb-rs peers cannot), so timed resends are safe.
+    /// The destination is surely an rmb peer, which drops repeated requests, as its key
+    /// shows (it publishes an x25519 key; rmb-rs peers cannot), so timed resends are
+    /// safe. Twins with other keys may prove it instead ([`rmb_twins`](super::rmb_twins)).
     pub drops_repeats: bool,
+    /// The destination publishes a secp256k1 key: an rmb-rs peer, or one of ours (the
+    /// default on tfchain). Only such a twin is asked whether it runs rmb; one without
+    /// a key is a client, not a peer.
+    pub secp256k1: bool,
     /// False when it goes without a signature ([`unsigned`](super::unsigned)).
     pub signed: bool,
 }
@@ -211,13 +216,11 @@ impl Inner {
         let uid = req.uid.clone();
         let env = request_envelope(self, req);
         let sealed = self.seal(env, how).await?;
-        let tracked = self.reliable
-            && !how.is_one_way()
-            && self.resends().track(
-                sealed.due(),
-                Instant::now().into_std(),
-                sealed.drops_repeats,
-            );
+        let tracked = self.reliable && !how.is_one_way() && {
+            let timed = sealed.drops_repeats || (sealed.secp256k1 && self.proved_rmb(sealed.twin));
+            self.resends()
+                .track(sealed.due(), Instant::now().into_std(), timed)
+        };
         match self.links.send(sealed.bytes, sealed.deadline).await {
             Ok(_) => {
                 Counters::bump(&self.counters.sent);
@@ -237,6 +240,35 @@ impl Inner {
                 Err(e.into())
             }
         }
+    }
+
+    /// True when `twin` proved lately that it runs rmb ([`rmb_twins`](super::rmb_twins));
+    /// otherwise a probe is queued for the resend task (unless one is pending), and this
+    /// request goes at once without timed resends until the answer comes.
+    fn proved_rmb(&self, twin: u32) -> bool {
+        let mut twins = self.rmb_twins();
+        let rmb = twins.is_rmb(twin, Instant::now().into_std());
+        if twins.has_probes() {
+            self.probes_queued.notify_one();
+        }
+        rmb
+    }
+
+    /// Asks `twin` whether it runs rmb: `rmb.version` with the probe payload, signed,
+    /// never resent; its answer is taken by the receive pipeline.
+    pub(super) async fn send_probe(&self, twin: u32, uid: String) -> Result<(), SendError> {
+        let probe = OutgoingRequest {
+            uid,
+            destination: rmb_proto::Address::twin(twin),
+            command: super::VERSION_COMMAND.into(),
+            payload: super::rmb_twins::PROBE_PAYLOAD.to_vec(),
+            schema: Some("application/json".into()),
+            tags: None,
+            timestamp: 0,
+            expiration: super::rmb_twins::PROBE_EXPIRATION,
+        };
+        tracing::debug!(twin, uid = %probe.uid, "asking a twin whether it runs rmb");
+        self.send_request(probe, Sealing::SignedOneWay).await
     }
 
     pub(super) async fn send_response(&self, resp: OutgoingResponse) -> Result<(), SendError> {
@@ -445,12 +477,10 @@ impl Inner {
                 limit: DEFAULT_MAX_ENVELOPE_SIZE,
             });
         }
-        let drops_repeats = twin
-            .pk
-            .as_deref()
-            .is_some_and(|pk| E2eScheme::of_public_key(pk) == Ok(E2eScheme::X25519));
+        let scheme = twin.pk.as_deref().map(E2eScheme::of_public_key);
         Ok(Sealed {
-            drops_repeats,
+            drops_repeats: scheme == Some(Ok(E2eScheme::X25519)),
+            secp256k1: scheme == Some(Ok(E2eScheme::Secp256k1)),
             signed,
             uid: env.uid.clone(),
             twin: destination,

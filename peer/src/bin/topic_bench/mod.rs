@@ -248,6 +248,7 @@ async fn start_node(
         reliable: true,
         app_dedupes: false,
         max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
+        rmb_twins: Default::default(),
     };
     let (peer, inbound) = Peer::start(config).await?;
     let mut options = TopicsOptions::new(redis);

@@ -1,5 +1,6 @@
 //! The receive pipeline's last step: checked envelopes, in arrival order, through the
-//! replay check to the application; `rmb.version` answered here; refusals counted,
+//! replay check to the application; `rmb.version` answered here, and the answers to our
+//! own (probes, [`rmb_twins`](crate::core::rmb_twins)) taken here; refusals counted,
 //! logged (rate-limited) and answered only when their sender is proven (see the
 //! parent module).
 
@@ -98,6 +99,11 @@ impl Deliverer {
     }
 
     async fn deliver(&self, env: Envelope) {
+        if matches!(env.message, Some(Message::Response(_) | Message::Error(_)))
+            && self.probe_answer(&env)
+        {
+            return;
+        }
         let source = env.source.clone().unwrap_or_default();
         let signed = !env.is_unsigned();
         let payload = match env.payload {
@@ -106,7 +112,7 @@ impl Deliverer {
         };
         let inbound = match env.message {
             Some(Message::Request(request)) if request.command == VERSION_COMMAND => {
-                self.answer_version(env.uid, source);
+                self.answer_version(env.uid, source, &payload);
                 return;
             }
             Some(Message::Request(request)) => Inbound::Request(InboundRequest {
@@ -170,6 +176,10 @@ impl Deliverer {
             _ => return,
         };
         tracing::debug!(uid = %env.uid, %message, "relay reported an error");
+        // About a probe of ours: not the application's (it is asked again later).
+        if env.uid.starts_with(crate::core::rmb_twins::PROBE_PREFIX) {
+            return;
+        }
         if self.inner.reliable {
             self.inner
                 .resends()
@@ -247,8 +257,42 @@ impl Deliverer {
             .allow(twin, uid, std::time::Instant::now())
     }
 
-    fn answer_version(&self, uid: String, source: Address) {
-        let version = serde_json::to_vec(crate::VERSION).unwrap_or_default();
+    /// True when `env` (verified, from its source twin) answers our pending probe of
+    /// that twin ([`rmb_twins`](crate::core::rmb_twins)): the core's, not the
+    /// application's. A twin that proves it runs rmb gets timed resends of the requests
+    /// that wait for it.
+    fn probe_answer(&self, env: &Envelope) -> bool {
+        // Most responses are not: they cost no lock.
+        if !env.uid.starts_with(crate::core::rmb_twins::PROBE_PREFIX) {
+            return false;
+        }
+        let twin = env.source_twin();
+        let reply = match env.message {
+            Some(Message::Response(_)) => Ok(env.payload_bytes()),
+            _ => Err(()),
+        };
+        let now = tokio::time::Instant::now().into_std();
+        let Some(rmb) = self.inner.rmb_twins().answered(&env.uid, twin, reply, now) else {
+            return false;
+        };
+        tracing::debug!(twin, rmb, "a twin answered whether it runs rmb");
+        if rmb {
+            self.inner.resends().make_timed(twin);
+        }
+        true
+    }
+
+    /// Our version as a JSON string (rmb-rs's answer); to a probe of
+    /// [`rmb_twins`](crate::core::rmb_twins), a JSON object that also lists what this
+    /// peer guarantees, unless it runs `--at-most-once` (no reply cache, nothing kept
+    /// across a restart: it answers as rmb-rs would, and gets no timed resends).
+    fn answer_version(&self, uid: String, source: Address, payload: &[u8]) {
+        let probe = payload == crate::core::rmb_twins::PROBE_PAYLOAD;
+        let version = if probe && self.inner.reliable {
+            crate::core::rmb_twins::probe_answer(crate::VERSION)
+        } else {
+            serde_json::to_vec(crate::VERSION).unwrap_or_default()
+        };
         let reply = OutgoingResponse {
             uid,
             destination: source,
