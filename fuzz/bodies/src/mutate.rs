@@ -12,7 +12,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -26,7 +26,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            (self.next() % n as u64) as usize
+            (self.next_u64() % n as u64) as usize
         }
     }
 }
@@ -53,7 +53,7 @@ pub fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
             2 if len > 0 => out.truncate(rng.below(len)),
             3 => {
                 let i = rng.below(len + 1);
-                out.insert(i, rng.next() as u8);
+                out.insert(i, rng.next_u64() as u8);
             }
             4 if len > 0 => {
                 let start = rng.below(len);
@@ -83,7 +83,7 @@ pub fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
                 let at = rng.below(len + 1);
                 out.splice(at..at, other[start..end].iter().copied());
             }
-            _ => out.push(rng.next() as u8),
+            _ => out.push(rng.next_u64() as u8),
         }
     }
     out

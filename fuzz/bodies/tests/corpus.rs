@@ -3,7 +3,7 @@
 //! and deterministic mutations of both, with allocations counted: the short,
 //! stable-Rust run of the fuzz targets that `cargo test --workspace` includes.
 //!
-//! `RMB_FUZZ_MUTATIONS` (default 3000) sets the mutations per target.
+//! `RMB_FUZZ_MUTATIONS` (default 10 000) sets the mutations per target.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -16,7 +16,7 @@ use rmb_fuzz_bodies::{Body, TARGETS, seeds};
 static COUNTING: Counting = Counting;
 
 /// Mutations per target unless `RMB_FUZZ_MUTATIONS` says otherwise.
-const DEFAULT_MUTATIONS: usize = 3000;
+const DEFAULT_MUTATIONS: usize = 10_000;
 
 /// One target at a time: the allocation counters are process-wide.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
