@@ -21,7 +21,8 @@ if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
-cargo +nightly fuzz build -s none -O >/dev/null
+# BUILD=0: use the binaries already built.
+[ "${BUILD:-1}" = 0 ] || cargo +nightly fuzz build -s none -O >/dev/null
 mkdir -p logs
 echo "| target | executions | exec/s | duration | coverage (cov / ft) | corpus | crashes |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
@@ -29,10 +30,14 @@ for target in "${targets[@]}"; do
     mkdir -p "corpus/$target" "regressions/$target"
     start=$(date +%s)
     status=0
-    nice -n 10 cargo +nightly fuzz run -s none -O "$target" "corpus/$target" "seeds/$target" \
-        "regressions/$target" -- -runs="$RUNS" -max_total_time="$MAX_TIME" -max_len=4096 -print_final_stats=1 \
+    mkdir -p "artifacts/$target"
+    # The binary cargo-fuzz built, run directly: `cargo fuzz run` would rebuild first.
+    nice -n 10 "target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release/$target" \
+        -artifact_prefix="artifacts/$target/" -runs="$RUNS" -max_total_time="$MAX_TIME" \
+        -max_len=4096 -print_final_stats=1 "corpus/$target" "seeds/$target" "regressions/$target" \
         >"logs/$target.log" 2>&1 || status=$?
-    secs=$(( $(date +%s) - start ))
+    secs=$(grep -o 'Done [0-9]* runs in [0-9]*' "logs/$target.log" | grep -o '[0-9]*$' \
+        || echo $(( $(date +%s) - start )))
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "logs/$target.log" | grep -o '[0-9]*$' || echo "?")
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "logs/$target.log" | grep -o '[0-9]*$' || echo "?")
     last=$(grep -E '^#[0-9]+' "logs/$target.log" | tail -1)
