@@ -1,20 +1,7 @@
-//! Any bytes given to the envelope decoder: no panic, and whatever decodes survives the
-//! checks a receiver runs and re-encodes to the same envelope.
+//! cargo-fuzz target `envelope_decode`: see rmb_fuzz_bodies::TARGETS and fuzz/README.md.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use rmb_proto::Envelope;
+#[global_allocator]
+static COUNTING: rmb_fuzz_bodies::alloc::Counting = rmb_fuzz_bodies::alloc::Counting;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(env) = Envelope::decode_limited(data, 64 * 1024) else {
-        return;
-    };
-    let _ = env.challenge_digest();
-    let _ = env.source.as_ref().map(ToString::to_string);
-    let _ = env.destination.as_ref().map(ToString::to_string);
-    let _ = rmb_identity::envelope::check_shape(&env);
-    let _ = env.valid_at(1_700_000_000);
-    let again = Envelope::decode_limited(&env.to_bytes(), usize::MAX).expect("re-encoding decodes");
-    assert_eq!(again, env);
-});
-
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rmb_fuzz_bodies::envelope_decode(data));

@@ -11,6 +11,7 @@
 //! what a web page can and cannot do.
 
 pub mod access;
+pub mod bodies;
 pub mod error;
 pub mod feed;
 pub mod guard;

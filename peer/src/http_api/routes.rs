@@ -35,23 +35,20 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::stream;
-use rmb_proto::Address;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::bodies;
 use super::error::ApiError;
 use super::feed::{Feed, Item};
 use super::guard::{Guard, Refusals};
 use crate::pipes::serve::PipeService;
-use crate::topics::config::TopicConfig;
 use crate::topics::since::Since;
-use crate::topics::wire::{self, Draft, TopicName};
+use crate::topics::wire::{self, TopicName};
 use crate::topics::{TopicError, Topics};
 
 /// Largest request body: a message at its limit, base64-encoded in JSON, with fields.
 pub const MAX_BODY: usize = wire::MAX_PAYLOAD * 2 + 16 * 1024;
-/// Longest `POST /call` timeout, in seconds.
-pub const MAX_CALL_TIMEOUT: u64 = 600;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -154,54 +151,6 @@ fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-/// Query parameters of the read endpoints.
-#[derive(Debug, Default)]
-struct Query {
-    since: Option<Since>,
-    poll: bool,
-    limit: u32,
-}
-
-fn query(raw: Option<String>) -> Result<Query, ApiError> {
-    let mut q = Query {
-        limit: wire::MAX_PULL,
-        ..Query::default()
-    };
-    let raw = raw.unwrap_or_default();
-    for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
-        match key.as_ref() {
-            "since" => {
-                q.since = Some(
-                    value
-                        .parse::<Since>()
-                        .map_err(|e| ApiError::bad_request(e.to_string()))?,
-                )
-            }
-            "poll" => q.poll = matches!(value.as_ref(), "1" | "true" | "yes" | ""),
-            // Checked by the access rules (for clients that cannot set headers).
-            "access_token" => {}
-            "limit" => {
-                q.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|l| (1..=wire::MAX_PULL).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "limit is 1 to {}, not {value:?}",
-                            wire::MAX_PULL
-                        ))
-                    })?
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown parameter {other:?} (since, poll, limit)"
-                )));
-            }
-        }
-    }
-    Ok(q)
-}
-
 async fn show(
     State(api): State<Api>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -230,56 +179,8 @@ async fn configure(
         }
         .into());
     }
-    let config: TopicConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
-        TopicConfig::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the topic configuration: {e}")))?
-    };
+    let config = bodies::topic_config(&bytes)?;
     Ok(Json(api.topics.configure(&topic.name, config).await?).into_response())
-}
-
-/// A header by its ntfy names (`X-Title` or `Title`).
-fn header_of<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    let value = headers
-        .get(format!("x-{name}"))
-        .or_else(|| headers.get(name));
-    value
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::bad_request(format!("the {name} header is not text")))
-        })
-        .transpose()
-}
-
-/// The message of a publish: a JSON document (`Content-Type: application/json`) with
-/// `message`, `title`, `priority`, `tags`; or the raw body with those as headers.
-fn draft(headers: &HeaderMap, bytes: Bytes) -> Result<Draft, ApiError> {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if json {
-        return serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the message document: {e}")));
-    }
-    let mut draft = Draft::from_bytes(bytes.to_vec());
-    draft.title = header_of(headers, "title")?.map(str::to_string);
-    draft.priority = header_of(headers, "priority")?
-        .map(|p| {
-            p.parse::<u8>()
-                .map_err(|_| ApiError::bad_request("priority is 1 (min) to 5 (max)"))
-        })
-        .transpose()?;
-    draft.tags = header_of(headers, "tags")?
-        .map(|t| {
-            t.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(draft)
 }
 
 async fn publish(
@@ -289,7 +190,7 @@ async fn publish(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let topic = topic(path)?;
-    let draft = draft(&headers, body(bytes)?)?;
+    let draft = bodies::draft(&headers, body(bytes)?)?;
     Ok(Json(api.topics.publish(&topic, draft).await?).into_response())
 }
 
@@ -350,7 +251,7 @@ async fn json_lines(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let topic = topic(path)?;
-    let q = query(raw)?;
+    let q = bodies::query(raw)?;
     if q.poll {
         let since = resolve(&api, &topic, q.since).await?.unwrap_or(0);
         let messages = api.topics.pull(&topic, since, q.limit).await?;
@@ -407,19 +308,6 @@ where
     }
 }
 
-/// The id an `EventSource` reconnecting by itself says it saw last (`Last-Event-ID`).
-fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    headers
-        .get("last-event-id")
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Last-Event-ID is a message id"))
-        })
-        .transpose()
-}
-
 /// Server-sent events: each message and gap carries its id as the event's `id:`, so a
 /// browser's `EventSource` that reconnects by itself sends `Last-Event-ID` and resumes
 /// after it (`?since=` wins when both are given).
@@ -430,9 +318,9 @@ async fn sse(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let topic = topic(path)?;
-    let mut q = query(raw)?;
+    let mut q = bodies::query(raw)?;
     if q.since.is_none() {
-        q.since = last_event_id(&headers)?.map(Since::Id);
+        q.since = bodies::last_event_id(&headers)?.map(Since::Id);
     }
     let wanted = resolve(&api, &topic, q.since).await?;
     ensure_subscribed(&api, &topic, wanted).await?;
@@ -478,7 +366,7 @@ async fn ws(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let topic = topic(path)?;
-    let q = query(raw)?;
+    let q = bodies::query(raw)?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::bad_request(format!("this endpoint is a WebSocket: {}", e.body_text()))
     })?;
@@ -544,15 +432,6 @@ async fn serve_ws(
     let _ = tokio::time::timeout(stall, socket.send(Message::Close(None))).await;
 }
 
-/// Body of `POST /{owner}/{name}/subscribe`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubscribeBody {
-    since: Option<u64>,
-    #[serde(default)]
-    redis_list: bool,
-}
-
 async fn subscribe(
     State(api): State<Api>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -560,12 +439,7 @@ async fn subscribe(
 ) -> Result<Response, ApiError> {
     let topic = topic(path)?;
     let bytes = body(bytes)?;
-    let b: SubscribeBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        SubscribeBody::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the subscription: {e}")))?
-    };
+    let b = bodies::subscription(&bytes)?;
     Ok(Json(api.topics.subscribe(&topic, b.since, b.redis_list).await?).into_response())
 }
 
@@ -579,26 +453,6 @@ async fn unsubscribe(
         Json(serde_json::json!({ "topic": topic.to_string(), "subscribed": false }))
             .into_response(),
     )
-}
-
-/// Body of `POST /call`: the Redis API's request, one destination.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CallBody {
-    twin: u32,
-    /// Session of the destination (a direct client), if any.
-    #[serde(default)]
-    session: Option<String>,
-    cmd: String,
-    /// Text payload…
-    #[serde(default)]
-    payload: Option<String>,
-    /// …or bytes, base64.
-    #[serde(default)]
-    payload_base64: Option<String>,
-    /// Seconds to wait (default 30, at most 600).
-    #[serde(default)]
-    timeout: Option<u64>,
 }
 
 /// Answer of `POST /call`.
@@ -618,46 +472,15 @@ async fn call(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let bytes = body(bytes)?;
-    let b: CallBody = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("the call: {e}")))?;
-    if b.twin == 0 {
-        return Err(ApiError::bad_request(
-            "twin is a twin id (a positive number)",
-        ));
-    }
-    if b.cmd.is_empty() || b.cmd.len() > 256 {
-        return Err(ApiError::bad_request("cmd is 1 to 256 bytes"));
-    }
-    let payload = match (b.payload, b.payload_base64) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "give payload or payload_base64, not both",
-            ));
-        }
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(b64)) => B64
-            .decode(b64)
-            .map_err(|_| ApiError::bad_request("payload_base64 is not valid base64"))?,
-        (None, None) => Vec::new(),
-    };
-    let timeout = b.timeout.unwrap_or(30);
-    if !(1..=MAX_CALL_TIMEOUT).contains(&timeout) {
-        return Err(ApiError::bad_request(format!(
-            "timeout is 1 to {MAX_CALL_TIMEOUT} seconds"
-        )));
-    }
-    let destination = match b.session {
-        Some(sid) => Address::session(b.twin, sid),
-        None => Address::twin(b.twin),
-    };
+    let call = bodies::call(&bytes)?;
+    let twin = call.destination.twin;
     let response = api
         .topics
-        .call(destination, &b.cmd, payload, Duration::from_secs(timeout))
+        .call(call.destination, &call.cmd, call.payload, call.timeout)
         .await?;
-    let reply = response.reply.map_err(|error| TopicError::Remote {
-        twin: b.twin,
-        error,
-    })?;
+    let reply = response
+        .reply
+        .map_err(|error| TopicError::Remote { twin, error })?;
     let (payload, encoding) = match String::from_utf8(reply) {
         Ok(text) => (text, None),
         Err(e) => (B64.encode(e.as_bytes()), Some("base64")),

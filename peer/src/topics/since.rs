@@ -58,12 +58,15 @@ impl FromStr for Since {
                 Since::Id(n)
             });
         }
-        let (digits, unit) = text.split_at(text.len() - 1);
+        // The unit is the last character, which may be any character: split before it,
+        // not one byte from the end (a multi-byte last character is refused, not a panic).
+        let unit = text.chars().next_back().ok_or_else(bad)?;
+        let digits = &text[..text.len() - unit.len_utf8()];
         let per = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
             _ => return Err(bad()),
         };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -132,6 +135,19 @@ impl TimeSearch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_multi_byte_last_character_is_refused_not_a_panic() {
+        // Found by the http_bodies fuzz target (fuzz/regressions/http_bodies/): the unit
+        // was cut one byte from the end, inside the character.
+        for text in ["10\u{20ac}", "\u{e9}", "5\u{1f600}", "m\u{e9}"] {
+            assert!(text.parse::<Since>().is_err(), "{text:?}");
+        }
+        assert_eq!(
+            "10\u{20ac}".parse::<Since>(),
+            Err(SinceError("10\u{20ac}".into()))
+        );
+    }
 
     #[test]
     fn since_parses_ids_words_durations_and_times_and_clamps_what_is_huge() {

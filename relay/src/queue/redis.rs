@@ -536,7 +536,7 @@ fn encode_entry(bytes: &[u8], deadline: u64) -> Vec<u8> {
 }
 
 /// The envelope of an entry if it is well formed and still valid at `now`.
-fn decode_entry(entry: Vec<u8>, now: u64) -> Option<Outgoing> {
+pub fn decode_entry(entry: Vec<u8>, now: u64) -> Option<Outgoing> {
     let bar = entry.iter().position(|&b| b == b'|')?;
     let deadline: u64 = std::str::from_utf8(&entry[..bar]).ok()?.parse().ok()?;
     if deadline <= now {

@@ -1,0 +1,7 @@
+//! cargo-fuzz target `http_bodies`: see rmb_fuzz_bodies::TARGETS and fuzz/README.md.
+#![no_main]
+
+#[global_allocator]
+static COUNTING: rmb_fuzz_bodies::alloc::Counting = rmb_fuzz_bodies::alloc::Counting;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rmb_fuzz_bodies::http_bodies(data));
