@@ -76,6 +76,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Its process id, while it runs (the soak samples its memory and open files).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts it again after [`RedisServer::kill`], on the same port and directory (a
     /// durable server reloads its data); waits until it answers. Does nothing if it runs.
     pub fn relaunch(&mut self) {
@@ -128,8 +133,12 @@ impl Drop for RedisServer {
     }
 }
 
+/// Longest wait for a (re)started server to answer: a durable one reloads its data first,
+/// which takes seconds after an hour of writes (the soak).
+const START_LIMIT: Duration = Duration::from_secs(30);
+
 fn wait_for_ping(port: u16, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + START_LIMIT;
     while Instant::now() < deadline {
         if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));

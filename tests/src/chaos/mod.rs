@@ -35,17 +35,19 @@ use serde_json::{Value, json};
 
 use crate::peer_process::PeerProcess;
 use crate::peer_process::resp::{Reply, Resp};
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisServer, free_port};
 use crate::relay_process::RelayProcess;
 
-mod apps;
-mod counters;
-mod net;
+pub(crate) mod apps;
+pub(crate) mod counters;
+pub(crate) mod load;
+pub(crate) mod net;
 mod report;
 
 use apps::*;
 use counters::*;
-use net::*;
+pub(crate) use load::RpcLoad;
+pub(crate) use net::*;
 pub use report::Report;
 
 /// How long a sender behind its schedule may go on after the sending time is up.
@@ -277,7 +279,7 @@ pub fn run(config: &Config) -> Report {
         }
     };
     log("starting relay, registering twins, starting peers".into());
-    let mut net = Net::start(config.relay);
+    let mut net = Net::start(config.relay, false);
     log(format!(
         "up: relay on {}, twin A {} (redis {}), twin B {} (redis {})",
         net.relay.domain(),
@@ -287,21 +289,8 @@ pub fn run(config: &Config) -> Report {
         net.redis_b.url()
     ));
 
-    let book = Arc::new(Mutex::new(Book::default()));
-    let bot_book = Arc::new(Mutex::new(BotBook::default()));
-    let stop_sending = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let sender = spawn_sender(
-        net.redis_a.url(),
-        net.twin_b,
-        config,
-        start,
-        Arc::clone(&book),
-        Arc::clone(&stop_sending),
-    );
-    let reader = spawn_reader(net.redis_a.url(), Arc::clone(&book), Arc::clone(&stop));
-    let bot = spawn_bot(net.redis_b.url(), Arc::clone(&bot_book), Arc::clone(&stop));
+    let mut load = RpcLoad::start(&net, config);
+    let start = load.start;
 
     // The schedule; meanwhile the peers' counters are sampled and recoveries timed.
     let mut crashes = config.crashes.clone();
@@ -315,36 +304,11 @@ pub fn run(config: &Config) -> Report {
             continue;
         }
         net.sample_until(start + crash.at);
-        net.sample();
-        let at = start.elapsed().as_secs_f64();
-        log(format!("send time {at:5.1}s: kill {}", crash.target));
-        net.kill(crash.target);
-        net.sample_until(Instant::now() + crash.down);
-        let down = start.elapsed().as_secs_f64() - at;
-        let relaunched = Instant::now();
-        net.relaunch(crash.target);
-        let relaunch = relaunched.elapsed().as_secs_f64();
-        log(format!("{} relaunched in {relaunch:.2}s", crash.target));
-        net.records.push(CrashRecord {
-            target: crash.target,
-            at,
-            down,
-            relaunch,
-            back_after: None,
-        });
-        net.watch_recovery(crash.target, relaunched);
+        net.crash(crash, start, &log);
     }
     net.sample_until(start + config.duration);
-    // A sender behind its schedule (a slow or busy machine, a Redis restart) may still
-    // send what the schedule holds for a while; only then is it cut off.
-    let grace = Instant::now() + SENDER_GRACE;
-    while !sender.is_finished() && Instant::now() < grace {
-        net.sample_until(Instant::now() + Duration::from_millis(100));
-    }
-    stop_sending.store(true, Ordering::SeqCst);
-    sender.join().expect("the client's sender panicked");
-    let send_secs = start.elapsed().as_secs_f64();
-    let sent = lock(&book).sent.len();
+    let send_secs = load.stop_sending(&mut net);
+    let sent = load.sent();
     log(format!("{send_secs:6.1}s sent {sent} requests; draining"));
 
     // Drain: until every request has an answer, or the drain time is up.
@@ -353,7 +317,7 @@ pub fn run(config: &Config) -> Report {
     let mut last_progress = Instant::now();
     let mut answered = 0;
     while Instant::now() < deadline {
-        let now_answered = lock(&book).answered();
+        let now_answered = load.answered();
         if now_answered == sent {
             break;
         }
@@ -369,69 +333,14 @@ pub fn run(config: &Config) -> Report {
     let drain_secs = drain_start.elapsed().as_secs_f64();
     log(format!(
         "drain over after {drain_secs:.1}s; {} without an answer",
-        sent - lock(&book).answered()
+        sent - load.answered()
     ));
     // Late duplicates and the bot's last replies.
     net.sample_until(Instant::now() + AFTER_LAST);
-    stop.store(true, Ordering::SeqCst);
-    reader.join().expect("the client's reader panicked");
-    bot.join().expect("the echo bot panicked");
+    load.stop();
     log("client and bot stopped".into());
     net.sample();
-
-    let book = lock(&book);
-    let bots = lock(&bot_book);
-    let mut report = Report {
-        relay: config.relay,
-        rate: config.rate,
-        send_secs,
-        drain_secs,
-        sent: book.sent.len() as u64,
-        ok: 0,
-        error: 0,
-        mismatched: 0,
-        lost: 0,
-        duplicated: 0,
-        strays: book.strays,
-        handler_runs: bots.runs,
-        handled_twice: bots.by_uid.values().filter(|n| **n > 1).count() as u64,
-        payloads_handled_twice: bots.by_payload.values().filter(|n| **n > 1).count() as u64,
-        bot_unreadable: bots.unreadable,
-        resent: net.counters.total("resent"),
-        duplicates: net.counters.total("duplicates"),
-        replayed: net.counters.total("replayed"),
-        leftovers: net.leftovers(),
-        info: net.info(),
-        errors: Vec::new(),
-        lost_by_second: Vec::new(),
-        crashes: std::mem::take(&mut net.records),
-    };
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut lost_by_second: BTreeMap<u64, u64> = BTreeMap::new();
-    for (n, sent) in book.sent.iter().enumerate() {
-        let answers = book.answers.get(&(n as u64)).map_or(&[][..], Vec::as_slice);
-        match answers.first() {
-            None => {
-                report.lost += 1;
-                *lost_by_second.entry(sent.at.as_secs()).or_default() += 1;
-            }
-            Some(Answer::Ok) => report.ok += 1,
-            Some(Answer::Mismatch) => {
-                report.error += 1;
-                report.mismatched += 1;
-            }
-            Some(Answer::Error(_)) => report.error += 1,
-        }
-        report.duplicated += answers.len().saturating_sub(1) as u64;
-        for answer in answers {
-            if let Answer::Error(text) = answer {
-                *errors.entry(text.clone()).or_default() += 1;
-            }
-        }
-    }
-    report.errors = errors.into_iter().collect();
-    report.errors.sort_by_key(|e| std::cmp::Reverse(e.1));
-    report.lost_by_second = lost_by_second.into_iter().collect();
+    let report = load.report(&mut net, config, send_secs, drain_secs);
     log("report ready".into());
     report
 }
