@@ -23,6 +23,9 @@ const TOPIC: &str = "soak";
 const INFLIGHT: &str = "soak.topic.inflight";
 /// Longest wait for one publish: the peer answers 504 after 60 s.
 const PUBLISH_LIMIT: Duration = Duration::from_secs(75);
+/// Publishers working side by side, so that a publish waiting on a stalled relay does
+/// not hold up the schedule.
+const PUBLISHERS: u64 = 4;
 /// Pause before publishing again when the API refused the connection.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 /// Longest setup (topic creation, subscription) while the bus starts.
@@ -106,7 +109,7 @@ pub(crate) struct TopicLoad {
     book: Arc<Mutex<TopicBook>>,
     stop_publishing: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    publisher: Option<JoinHandle<()>>,
+    publishers: Vec<JoinHandle<()>>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -162,10 +165,19 @@ impl TopicLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let (http_a, _) = apis(net);
         let path = format!("/topics/{}/{TOPIC}", net.twin_b);
-        let publisher = {
-            let (book, stop) = (Arc::clone(&book), Arc::clone(&stop_publishing));
-            std::thread::spawn(move || publish(&http_a, &path, rate, duration, start, &book, &stop))
-        };
+        let publishers = (0..PUBLISHERS)
+            .map(|lane| {
+                let (book, stop) = (Arc::clone(&book), Arc::clone(&stop_publishing));
+                let (http_a, path) = (http_a.clone(), path.clone());
+                let plan = Plan {
+                    rate,
+                    duration,
+                    start,
+                    lane,
+                };
+                std::thread::spawn(move || publish(&http_a, &path, plan, &book, &stop))
+            })
+            .collect();
         let list = format!("rmb.sub.{}/{TOPIC}.list", net.twin_b);
         let url = net.redis_a.url();
         let reader = {
@@ -188,7 +200,7 @@ impl TopicLoad {
             book,
             stop_publishing,
             stop,
-            publisher: Some(publisher),
+            publishers,
             reader: Some(reader),
         }
     }
@@ -196,7 +208,7 @@ impl TopicLoad {
     /// Stops publishing (a publish under way finishes first).
     pub(crate) fn stop_publishing(&mut self) {
         self.stop_publishing.store(true, Ordering::SeqCst);
-        if let Some(p) = self.publisher.take() {
+        for p in self.publishers.drain(..) {
             p.join().expect("the topic publisher panicked");
         }
     }
@@ -279,26 +291,28 @@ impl Drop for TopicLoad {
     }
 }
 
-/// The publisher: message `n` is `soak-<n>`, published once (never retried by the app:
-/// an unanswered publish may be stored, and the peer already resends it).
-fn publish(
-    addr: &str,
-    path: &str,
+/// Which messages one publisher sends, and when.
+struct Plan {
     rate: u32,
     duration: Duration,
     start: Instant,
-    book: &Mutex<TopicBook>,
-    stop: &AtomicBool,
-) {
-    if rate == 0 {
+    /// Publisher `lane` sends messages `lane`, `lane + PUBLISHERS`, …
+    lane: u64,
+}
+
+/// One publisher: message `n` is `soak-<n>`, published once (never retried by the app
+/// once the request went out: an unanswered publish may be stored, and the peer already
+/// resends it).
+fn publish(addr: &str, path: &str, plan: Plan, book: &Mutex<TopicBook>, stop: &AtomicBool) {
+    if plan.rate == 0 {
         return;
     }
-    for n in 0u64.. {
-        let at = Duration::from_secs_f64(n as f64 / f64::from(rate));
-        if at >= duration || stop.load(Ordering::SeqCst) {
+    for n in (plan.lane..).step_by(PUBLISHERS as usize) {
+        let at = Duration::from_secs_f64(n as f64 / f64::from(plan.rate));
+        if at >= plan.duration || stop.load(Ordering::SeqCst) {
             return;
         }
-        if let Some(wait) = (start + at).checked_duration_since(Instant::now()) {
+        if let Some(wait) = (plan.start + at).checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         let body = json!({ "message": format!("soak-{n}") }).to_string();
