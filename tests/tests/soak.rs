@@ -63,7 +63,10 @@ fn the_whole_mix_survives_kills_and_stalls_across_federated_relays() {
     assert_eq!(rpc.leftover_total(), 0, "left behind: {:?}", rpc.leftovers);
 
     let topics = &report.topics;
-    assert!(topics.published > 200, "topic publishes answered: {topics:?}");
+    assert!(
+        topics.published > 200,
+        "topic publishes answered: {topics:?}"
+    );
     assert_eq!(topics.gaps, 0, "topic ids never delivered");
     assert_eq!(topics.duplicates, 0, "topic ids delivered twice");
     assert_eq!(topics.out_of_order, 0, "topic ids out of order");

@@ -57,7 +57,7 @@ struct Args {
 
     /// Seconds between two kills (0: no kills and no stalls); a stall falls halfway
     /// between. At least --down + --pause + 4.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
     kill_every: u64,
 
     /// Seconds a killed process stays down before its relaunch.
@@ -86,8 +86,9 @@ struct Args {
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pause_secs: u64,
 
-    /// Validity (`exp`, seconds) of each RPC.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    /// Validity (`exp`, seconds) of each RPC (the peers keep what a request needs for
+    /// that long: the warm-up should cover it).
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
     exp: u64,
 
     /// Longest wait, once sending stops, for what is still missing (then it counts as
@@ -95,8 +96,9 @@ struct Args {
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     drain: u64,
 
-    /// Seconds after a process's (re)start before its memory baseline is taken.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    /// Seconds after a process's (re)start before its memory baseline is taken: long
+    /// enough for the caches bounded by the requests' validity to fill.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
     warmup: u64,
 
     /// A relay's or peer's RSS at the end may be at most this factor of its baseline …

@@ -16,7 +16,9 @@ pub const CONNECT_FAILED: &str = "connect:";
 /// A response: status code and body.
 #[derive(Debug)]
 pub struct Response {
+    /// HTTP status code.
     pub status: u16,
+    /// The body (de-chunked).
     pub body: Vec<u8>,
 }
 

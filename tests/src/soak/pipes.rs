@@ -43,6 +43,7 @@ pub struct PipeSettings {
 pub struct PipeReport {
     /// Bytes per transfer.
     pub transfer_bytes: u64,
+    /// Transfers started.
     pub transfers: u64,
     /// Both exits 0, bytes equal.
     pub intact: u64,

@@ -10,6 +10,7 @@ use crate::chaos::{Report, Target};
 /// One stall of the schedule.
 #[derive(Debug, Clone)]
 pub struct PauseRecord {
+    /// The process stopped.
     pub target: Target,
     /// Seconds from the first request.
     pub at: f64,
@@ -20,16 +21,23 @@ pub struct PauseRecord {
 /// The outcome of one soak.
 #[derive(Debug, Clone)]
 pub struct SoakReport {
+    /// The sending time asked for.
     pub duration: Duration,
+    /// RPCs per second asked for.
     pub rpc_rate: u32,
+    /// Topic publishes per second asked for.
     pub topic_rate: u32,
     /// The RPC accounting (the chaos harness's), with the kills done.
     pub rpc: Report,
+    /// The topic accounting.
     pub topics: TopicReport,
+    /// The pipe accounting.
     pub pipes: PipeReport,
+    /// The stalls done.
     pub pauses: Vec<PauseRecord>,
     /// Memory and open files of each process.
     pub resources: Vec<ProcessUse>,
+    /// The growth bounds the verdict used.
     pub bounds: Bounds,
 }
 

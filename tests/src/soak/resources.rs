@@ -37,32 +37,42 @@ pub struct Bounds {
 pub struct Sample {
     /// Seconds from the start of the run.
     pub t: f64,
+    /// Resident memory, KiB.
     pub rss_kib: u64,
+    /// Open file descriptors.
     pub fds: u64,
 }
 
 /// One life of a process (between two kills).
 #[derive(Debug, Clone)]
 pub struct Incarnation {
+    /// Its process id.
     pub pid: u32,
+    /// Its readings, in time order.
     pub samples: Vec<Sample>,
 }
 
 /// Growth over one incarnation, and whether it is within the bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct Judgement {
+    /// The first reading after the warm-up.
     pub base: Sample,
+    /// The last reading of that life.
     pub end: Sample,
+    /// Within the bounds.
     pub ok: bool,
 }
 
 /// All incarnations of one process.
 #[derive(Debug, Clone)]
 pub struct ProcessUse {
+    /// Which process.
     pub target: Target,
+    /// Its name in the tables.
     pub name: &'static str,
     /// Judged against the bounds (the rmb processes; Redis holds the apps' data).
     pub judged: bool,
+    /// Its lives, oldest first.
     pub lives: Vec<Incarnation>,
 }
 
