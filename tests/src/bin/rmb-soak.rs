@@ -1,5 +1,5 @@
-//! `rmb-soak`: the long soak of issue #33 as a binary (`scripts/soak.sh` runs it in
-//! release). RPCs, topics and pipes across two federating relays for `--duration`, with
+//! `rmb-soak`: the long soak of issue #33 as a binary (`scripts/soak.sh` runs it on
+//! release builds of the relay, peer and CLI). RPCs, topics and pipes across two federating relays for `--duration`, with
 //! kills and stalls on a schedule; prints the accounting, each process's memory and open
 //! files, and a verdict; exits 0 only when it passed.
 

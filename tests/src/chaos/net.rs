@@ -42,9 +42,12 @@ pub(crate) enum Back {
 }
 
 impl Net {
-    /// Starts the processes of a `mode` run; with `http`, each peer also serves its HTTP
-    /// API on a free loopback port ([`Net::http_a`], [`Net::http_b`]: topics and pipes).
-    pub(crate) fn start(mode: RelayMode, http: bool) -> Net {
+    /// Starts the processes of a `mode` run; with `soak`, each peer also serves its HTTP
+    /// API on a free loopback port ([`Net::http_a`], [`Net::http_b`]: topics and pipes)
+    /// and the peers' Redis servers fsync every second instead of at every write (see
+    /// [`RedisServer::start_persistent`]: the soak's rates need it).
+    pub(crate) fn start(mode: RelayMode, soak: bool) -> Net {
+        let http = soak;
         let relay_redis = (mode == RelayMode::Redis).then(RedisServer::start_durable);
         let federated = mode == RelayMode::Federated;
         let relay = match (&relay_redis, federated) {
@@ -69,8 +72,12 @@ impl Net {
             ))
         };
         let (twin_a, twin_b) = (register("//Alice", &relay), register("//Bob", b_relay));
-        let redis_a = RedisServer::start_durable();
-        let redis_b = RedisServer::start_durable();
+        let peer_redis = if soak {
+            RedisServer::start_persistent
+        } else {
+            RedisServer::start_durable
+        };
+        let (redis_a, redis_b) = (peer_redis(), peer_redis());
         let (urls_a, urls_b) = ([relay.ws_url()], [b_relay.ws_url()]);
         let http_port = || http.then(|| format!("127.0.0.1:{}", free_port()));
         let (http_a, http_b) = (http_port(), http_port());
