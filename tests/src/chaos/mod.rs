@@ -59,7 +59,7 @@ pub const RET: &str = "chaos.ret";
 /// Where the client's reader keeps the response it is busy with.
 const RET_INFLIGHT: &str = "chaos.ret.inflight";
 /// The bot's request queue, `msgbus.<COMMAND>`.
-const BOT_QUEUE: &str = "msgbus.chaos.echo";
+pub(crate) const BOT_QUEUE: &str = "msgbus.chaos.echo";
 /// Where the bot keeps the request it is busy with.
 const BOT_INFLIGHT: &str = "chaos.echo.inflight";
 /// Set of the refs already pushed (makes a retried push harmless).

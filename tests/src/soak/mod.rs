@@ -16,6 +16,7 @@
 //! partition looks to the others) before SIGCONT. Memory and open files are sampled
 //! every [`SAMPLE_EVERY`] ([`resources`]).
 
+mod backlog;
 pub mod http;
 pub mod pipes;
 mod report;
@@ -103,9 +104,11 @@ pub fn run(config: &SoakConfig) -> SoakReport {
     let mut pipes = pipes::PipeLoad::start(&net, config.pipes, config.verbose);
     let mut res = Resources::new(start, &net);
     res.sample(&net);
+    let mut backlogs = backlog::Backlogs::new(&net);
     let mut clock = Clock {
         last_progress: Instant::now(),
         last_sample: Instant::now(),
+        backlogs: &mut backlogs,
     };
     let progress = |rpc: &RpcLoad, topics: &topics::TopicLoad, pipes: &pipes::PipeLoad| {
         let (published, delivered) = topics.progress();
@@ -178,6 +181,7 @@ pub fn run(config: &SoakConfig) -> SoakReport {
     net.sample();
     progress(&rpc, &topics, &pipes);
     let rpc_report = rpc.report(&mut net, &rpc_config, send_secs, drain_secs);
+    let backlogs = clock.backlogs.maxima();
     SoakReport {
         duration: config.duration,
         rpc_rate: config.rpc_rate,
@@ -187,18 +191,20 @@ pub fn run(config: &SoakConfig) -> SoakReport {
         pipes: pipes.report(),
         pauses,
         resources: res.procs,
+        backlogs,
         bounds: config.bounds,
     }
 }
 
 /// The soak's idle loop: sleeps in small steps, sampling the peers' counters (through
 /// [`Net::sample_until`]), memory and open files, and printing progress now and then.
-struct Clock {
+struct Clock<'a> {
     last_progress: Instant,
     last_sample: Instant,
+    backlogs: &'a mut backlog::Backlogs,
 }
 
-impl Clock {
+impl Clock<'_> {
     fn step_until(
         &mut self,
         net: &mut Net,
@@ -215,6 +221,7 @@ impl Clock {
             if self.last_sample.elapsed() >= SAMPLE_EVERY {
                 self.last_sample = Instant::now();
                 res.sample(net);
+                self.backlogs.sample();
             }
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
                 self.last_progress = Instant::now();

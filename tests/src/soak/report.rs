@@ -37,6 +37,9 @@ pub struct SoakReport {
     pub pauses: Vec<PauseRecord>,
     /// Memory and open files of each process.
     pub resources: Vec<ProcessUse>,
+    /// The largest length each list the soak's apps read reached (they kept up when far
+    /// below the peer's trim at 10,000).
+    pub backlogs: Vec<(String, u64)>,
     /// The growth bounds the verdict used.
     pub bounds: Bounds,
 }
@@ -161,6 +164,15 @@ impl SoakReport {
             println!("  failure x{n}: {text}");
         }
         self.print_resources();
+        let backlogs: Vec<String> = self
+            .backlogs
+            .iter()
+            .map(|(list, n)| format!("{list} {n}"))
+            .collect();
+        println!(
+            "\nlargest app backlogs (the peer trims these lists at 10,000): {}",
+            backlogs.join(", ")
+        );
         let failures = self.failures();
         if failures.is_empty() {
             println!(

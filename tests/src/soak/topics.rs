@@ -18,7 +18,7 @@ use crate::chaos::apps::{Link, consume_from, lock};
 use crate::chaos::net::Net;
 
 /// The topic's name under twin B.
-const TOPIC: &str = "soak";
+pub(crate) const TOPIC: &str = "soak";
 /// Where the subscriber's reader keeps the item it is busy with.
 const INFLIGHT: &str = "soak.topic.inflight";
 /// Longest wait for one publish: the peer answers 504 after 60 s.
