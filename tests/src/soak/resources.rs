@@ -104,8 +104,9 @@ impl ProcessUse {
         Some((rss, fds))
     }
 
-    /// Growth over the longest incarnation that lasted past the warm-up, `None` when none
-    /// did (e.g. a short run with kills).
+    /// Growth over the longest incarnation, from its first sample after the warm-up to
+    /// its last, if that spans at least the warm-up again; `None` when none did (e.g. a
+    /// short run with kills).
     pub fn judge(&self, bounds: &Bounds) -> Option<Judgement> {
         self.lives
             .iter()
@@ -116,7 +117,8 @@ impl ProcessUse {
                     .iter()
                     .find(|s| s.t - born >= bounds.warmup_secs)?;
                 let end = *life.samples.last()?;
-                (end.t > base.t).then_some((base, end))
+                // A window shorter than the warm-up shows no trend.
+                (end.t - base.t >= bounds.warmup_secs).then_some((base, end))
             })
             .max_by(|a, b| (a.1.t - a.0.t).total_cmp(&(b.1.t - b.0.t)))
             .map(|(base, end)| {
