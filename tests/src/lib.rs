@@ -21,6 +21,7 @@ pub mod redis_server;
 pub mod registry;
 pub mod relay_client;
 pub mod relay_process;
+pub mod soak;
 
 /// The shared folder beside the checkout (`../shared`), or `$RMB_SHARED_DIR` if set.
 ///

@@ -6,33 +6,33 @@ use super::*;
 
 /// What the client sent and got.
 #[derive(Default)]
-pub(super) struct Book {
+pub(crate) struct Book {
     /// Index = the request's `ref`.
-    pub(super) sent: Vec<Sent>,
+    pub(crate) sent: Vec<Sent>,
     /// Responses by `ref`, in arrival order.
-    pub(super) answers: HashMap<u64, Vec<Answer>>,
-    pub(super) strays: u64,
+    pub(crate) answers: HashMap<u64, Vec<Answer>>,
+    pub(crate) strays: u64,
 }
 
-pub(super) struct Sent {
-    pub(super) payload: Vec<u8>,
+pub(crate) struct Sent {
+    pub(crate) payload: Vec<u8>,
     /// Scheduled send time, from the first request.
-    pub(super) at: Duration,
+    pub(crate) at: Duration,
 }
 
-pub(super) enum Answer {
+pub(crate) enum Answer {
     Ok,
     Mismatch,
     Error(String),
 }
 
 impl Book {
-    pub(super) fn answered(&self) -> usize {
+    pub(crate) fn answered(&self) -> usize {
         self.answers.len()
     }
 
     /// Files one raw response from `chaos.ret`.
-    pub(super) fn record(&mut self, raw: &[u8]) {
+    pub(crate) fn record(&mut self, raw: &[u8]) {
         let Ok(resp) = serde_json::from_slice::<Value>(raw) else {
             self.strays += 1;
             return;
@@ -65,15 +65,15 @@ impl Book {
 
 /// What the bot handled.
 #[derive(Default)]
-pub(super) struct BotBook {
-    pub(super) runs: u64,
-    pub(super) by_uid: HashMap<String, u32>,
-    pub(super) by_payload: HashMap<String, u32>,
-    pub(super) unreadable: u64,
+pub(crate) struct BotBook {
+    pub(crate) runs: u64,
+    pub(crate) by_uid: HashMap<String, u32>,
+    pub(crate) by_payload: HashMap<String, u32>,
+    pub(crate) unreadable: u64,
 }
 
 impl BotBook {
-    pub(super) fn count(&mut self, req: Option<&Value>) {
+    pub(crate) fn count(&mut self, req: Option<&Value>) {
         self.runs += 1;
         let Some(req) = req else {
             self.unreadable += 1;
@@ -86,24 +86,24 @@ impl BotBook {
     }
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(super) fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// One Redis connection that is redialled on the next command after a failure.
-pub(super) struct Link {
-    pub(super) url: String,
-    pub(super) conn: Option<Resp>,
+pub(crate) struct Link {
+    pub(crate) url: String,
+    pub(crate) conn: Option<Resp>,
 }
 
 impl Link {
-    pub(super) fn new(url: &str) -> Self {
+    pub(crate) fn new(url: &str) -> Self {
         Link {
             url: url.to_string(),
             conn: None,
@@ -112,7 +112,7 @@ impl Link {
 
     /// The reply, or why there is none (an error reply keeps the connection; a broken
     /// one is dropped).
-    pub(super) fn cmd(&mut self, args: &[&[u8]]) -> Result<Reply, String> {
+    pub(crate) fn cmd(&mut self, args: &[&[u8]]) -> Result<Reply, String> {
         if self.conn.is_none() {
             let conn = Resp::try_connect(&self.url, IO_TIMEOUT).map_err(|e| e.to_string())?;
             self.conn = Some(conn);
@@ -129,7 +129,7 @@ impl Link {
     }
 
     /// Like [`Link::cmd`], retrying until it works (`None` if `give_up` is set first).
-    pub(super) fn cmd_retrying(&mut self, args: &[&[u8]], give_up: &AtomicBool) -> Option<Reply> {
+    pub(crate) fn cmd_retrying(&mut self, args: &[&[u8]], give_up: &AtomicBool) -> Option<Reply> {
         loop {
             match self.cmd(args) {
                 Ok(reply) => return Some(reply),
@@ -139,14 +139,14 @@ impl Link {
         }
     }
 
-    pub(super) fn int(&mut self, args: &[&[u8]]) -> u64 {
+    pub(crate) fn int(&mut self, args: &[&[u8]]) -> u64 {
         match self.cmd(args) {
             Ok(Reply::Int(n)) => n.max(0) as u64,
             _ => 0,
         }
     }
 
-    pub(super) fn count_keys(&mut self, pattern: &str) -> u64 {
+    pub(crate) fn count_keys(&mut self, pattern: &str) -> u64 {
         match self.cmd(&[b"KEYS", pattern.as_bytes()]) {
             Ok(Reply::Array(keys)) => keys.len() as u64,
             _ => 0,
@@ -156,7 +156,7 @@ impl Link {
 
 /// The client's sending side: one request every `1 / rate` seconds, each pushed exactly
 /// once however often its Redis restarts.
-pub(super) fn spawn_sender(
+pub(crate) fn spawn_sender(
     url: String,
     twin_b: u32,
     config: &Config,
@@ -208,7 +208,7 @@ pub(super) fn spawn_sender(
 }
 
 /// The client's receiving side: files every response of `chaos.ret`.
-pub(super) fn spawn_reader(
+pub(crate) fn spawn_reader(
     url: String,
     book: Arc<Mutex<Book>>,
     stop: Arc<AtomicBool>,
@@ -228,7 +228,7 @@ pub(super) fn spawn_reader(
 }
 
 /// The echo bot: answers every request of `msgbus.chaos.echo` with its own payload.
-pub(super) fn spawn_bot(
+pub(crate) fn spawn_bot(
     url: String,
     book: Arc<Mutex<BotBook>>,
     stop: Arc<AtomicBool>,
@@ -248,9 +248,23 @@ pub(super) fn spawn_bot(
 /// restart: each is moved to `inflight` (`BLMOVE`), handed to `take` once, then `finish`
 /// must remove it from `inflight`. After a failure, what `inflight` still holds is
 /// finished first; the item being finished when it failed is not taken a second time.
-pub(super) fn consume(
+/// Items are taken from the right (lists the peer fills with `LPUSH`).
+pub(crate) fn consume(
+    url: &str,
+    lists: (&str, &str),
+    stop: &AtomicBool,
+    take: impl FnMut(&[u8]),
+    finish: impl FnMut(&mut Link, &[u8]) -> Result<(), String>,
+) {
+    consume_from(url, lists, b"RIGHT", stop, take, finish)
+}
+
+/// [`consume`], taking items from `side` (`LEFT` for lists filled with `RPUSH`, oldest
+/// first).
+pub(crate) fn consume_from(
     url: &str,
     (queue, inflight): (&str, &str),
+    side: &[u8],
     stop: &AtomicBool,
     mut take: impl FnMut(&[u8]),
     mut finish: impl FnMut(&mut Link, &[u8]) -> Result<(), String>,
@@ -288,7 +302,7 @@ pub(super) fn consume(
             b"BLMOVE",
             queue.as_bytes(),
             inflight.as_bytes(),
-            b"RIGHT",
+            side,
             b"LEFT",
             BLOCK_SECS.as_bytes(),
         ]) {
@@ -312,7 +326,7 @@ pub(super) fn consume(
 
 /// Replies to one request of the bot's in-flight list and removes it from there, in one
 /// script (an unreadable request is only removed).
-pub(super) fn answer(link: &mut Link, item: &[u8]) -> Result<(), String> {
+pub(crate) fn answer(link: &mut Link, item: &[u8]) -> Result<(), String> {
     let Ok(req) = serde_json::from_slice::<Value>(item) else {
         return link
             .cmd(&[b"LREM", BOT_INFLIGHT.as_bytes(), b"1", item])

@@ -4,23 +4,23 @@ use super::*;
 
 /// A peer counter summed over the peer's restarts (each restart starts from zero).
 #[derive(Default)]
-pub(super) struct Tally {
-    pub(super) started_at: Option<u64>,
-    pub(super) banked: u64,
-    pub(super) last: u64,
+pub(crate) struct Tally {
+    pub(crate) started_at: Option<u64>,
+    pub(crate) banked: u64,
+    pub(crate) last: u64,
 }
 
 /// Counters of both peers ([`Counters::FIELDS`]), sampled from their status keys and
 /// summed over restarts (so up to a second of counting before a SIGKILL can be missed).
 #[derive(Default)]
-pub(super) struct Counters {
-    pub(super) tallies: HashMap<(&'static str, &'static str), Tally>,
+pub(crate) struct Counters {
+    pub(crate) tallies: HashMap<(&'static str, &'static str), Tally>,
 }
 
 impl Counters {
     /// The new peer's delivery counters, then the current peer's failure counters
     /// (reported as information).
-    pub(super) const FIELDS: [&'static str; 7] = [
+    pub(crate) const FIELDS: [&'static str; 7] = [
         "resent",
         "duplicates",
         "replayed",
@@ -30,7 +30,7 @@ impl Counters {
         "responses_expired",
     ];
 
-    pub(super) fn update(&mut self, peer: &'static str, status: &Value) {
+    pub(crate) fn update(&mut self, peer: &'static str, status: &Value) {
         let started_at = status["started_at"].as_u64();
         for field in Self::FIELDS {
             let value = find_u64(status, field).unwrap_or(0);
@@ -44,7 +44,7 @@ impl Counters {
         }
     }
 
-    pub(super) fn peer_total(&self, peer: &str, field: &str) -> u64 {
+    pub(crate) fn peer_total(&self, peer: &str, field: &str) -> u64 {
         self.tallies
             .iter()
             .filter(|((p, f), _)| *p == peer && *f == field)
@@ -52,7 +52,7 @@ impl Counters {
             .sum()
     }
 
-    pub(super) fn total(&self, field: &str) -> u64 {
+    pub(crate) fn total(&self, field: &str) -> u64 {
         self.tallies
             .iter()
             .filter(|((_, f), _)| *f == field)
@@ -63,7 +63,7 @@ impl Counters {
 
 /// The first number called `key` anywhere in `v` (the new counters' place in the status
 /// JSON is not fixed yet).
-pub(super) fn find_u64(v: &Value, key: &str) -> Option<u64> {
+pub(crate) fn find_u64(v: &Value, key: &str) -> Option<u64> {
     match v {
         Value::Object(map) => map
             .get(key)
@@ -75,14 +75,14 @@ pub(super) fn find_u64(v: &Value, key: &str) -> Option<u64> {
 }
 
 /// Reads a peer's status key (`None` if absent or its Redis is down).
-pub(super) fn read_status(url: &str) -> Option<Value> {
+pub(crate) fn read_status(url: &str) -> Option<Value> {
     match Link::new(url).cmd(&[b"GET", STATUS.as_bytes()]) {
         Ok(Reply::Bulk(bytes)) => serde_json::from_slice(&bytes).ok(),
         _ => None,
     }
 }
 
-pub(super) fn connected(status: &Value) -> bool {
+pub(crate) fn connected(status: &Value) -> bool {
     status["relays"]
         .as_array()
         .is_some_and(|r| r.iter().any(|l| l["connected"] == true))

@@ -35,19 +35,19 @@ use serde_json::{Value, json};
 
 use crate::peer_process::PeerProcess;
 use crate::peer_process::resp::{Reply, Resp};
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisServer, free_port};
 use crate::relay_process::RelayProcess;
 
-mod apps;
-mod counters;
-mod load;
-mod net;
+pub(crate) mod apps;
+pub(crate) mod counters;
+pub(crate) mod load;
+pub(crate) mod net;
 mod report;
 
 use apps::*;
 use counters::*;
 pub use load::{RpcLoad, leftovers};
-use net::*;
+pub(crate) use net::*;
 pub use report::Report;
 
 /// How long a sender behind its schedule may go on after the sending time is up.
@@ -59,7 +59,7 @@ pub const RET: &str = "chaos.ret";
 /// Where the client's reader keeps the response it is busy with.
 const RET_INFLIGHT: &str = "chaos.ret.inflight";
 /// The bot's request queue, `msgbus.<COMMAND>`.
-const BOT_QUEUE: &str = "msgbus.chaos.echo";
+pub(crate) const BOT_QUEUE: &str = "msgbus.chaos.echo";
 /// Where the bot keeps the request it is busy with.
 const BOT_INFLIGHT: &str = "chaos.echo.inflight";
 /// Set of the refs already pushed (makes a retried push harmless).
@@ -279,7 +279,7 @@ pub fn run(config: &Config) -> Report {
         }
     };
     log("starting relay, registering twins, starting peers".into());
-    let mut net = Net::start(config.relay);
+    let mut net = Net::start(config.relay, false);
     log(format!(
         "up: relay on {}, twin A {} (redis {}), twin B {} (redis {})",
         net.relay.domain(),
@@ -304,33 +304,10 @@ pub fn run(config: &Config) -> Report {
             continue;
         }
         net.sample_until(start + crash.at);
-        net.sample();
-        let at = start.elapsed().as_secs_f64();
-        log(format!("send time {at:5.1}s: kill {}", crash.target));
-        net.kill(crash.target);
-        net.sample_until(Instant::now() + crash.down);
-        let down = start.elapsed().as_secs_f64() - at;
-        let relaunched = Instant::now();
-        net.relaunch(crash.target);
-        let relaunch = relaunched.elapsed().as_secs_f64();
-        log(format!("{} relaunched in {relaunch:.2}s", crash.target));
-        net.records.push(CrashRecord {
-            target: crash.target,
-            at,
-            down,
-            relaunch,
-            back_after: None,
-        });
-        net.watch_recovery(crash.target, relaunched);
+        net.crash(crash, start, &log);
     }
     net.sample_until(start + config.duration);
-    // A sender behind its schedule (a slow or busy machine, a Redis restart) may still
-    // send what the schedule holds for a while; only then is it cut off.
-    let grace = Instant::now() + SENDER_GRACE;
-    while !load.sender_finished() && Instant::now() < grace {
-        net.sample_until(Instant::now() + Duration::from_millis(100));
-    }
-    let sent = load.stop_sending();
+    let sent = net.finish_sending(&mut load);
     let send_secs = start.elapsed().as_secs_f64();
     log(format!("{send_secs:6.1}s sent {sent} requests; draining"));
 
@@ -363,11 +340,7 @@ pub fn run(config: &Config) -> Report {
     let mut report = load.finish(config.relay, config.rate, send_secs, drain_secs);
     log("client and bot stopped".into());
     net.sample();
-    report.resent = net.counters.total("resent");
-    report.duplicates = net.counters.total("duplicates");
-    report.replayed = net.counters.total("replayed");
-    report.info = net.info();
-    report.crashes = std::mem::take(&mut net.records);
+    net.complete(&mut report);
     log("report ready".into());
     report
 }
