@@ -5,8 +5,8 @@
 use prost::Message as _;
 use rmb_peer::core::OutgoingResponse;
 use rmb_peer::redis_api::json::{
-    JsonError, JsonIncomingRequest, JsonIncomingResponse, JsonOutgoingRequest,
-    JsonOutgoingResponse, VERSION, decode_dat, encode_dat,
+    JsonError, JsonIncomingRequest, JsonIncomingResponse, JsonOutgoingResponse, VERSION,
+    decode_dat, encode_dat,
 };
 use rmb_peer::redis_api::validate::{parse_reply, parse_request};
 use rmb_proto::peer::Backlog;
@@ -51,18 +51,7 @@ pub fn redis_request(data: &[u8]) {
     );
     assert!(req.payload.len() <= DEFAULT_MAX_ENVELOPE_SIZE);
     assert!(req.timestamp == NOW && req.expiration > 0 && req.backlog_ttl > 0);
-    let again = JsonOutgoingRequest {
-        ver: VERSION,
-        reference: req.reference.clone(),
-        cmd: req.command.clone(),
-        exp: req.expiration,
-        dat: encode_dat(&req.payload),
-        tag: req.tags.clone(),
-        dst: req.destinations.clone(),
-        ret: req.reply_to.clone(),
-        shm: req.schema.clone(),
-        now: req.timestamp,
-    };
+    let again = req.to_json();
     let bytes = serde_json::to_vec(&again).expect("documents serialize");
     assert_eq!(parse_request(&bytes, NOW), Ok(req));
 }

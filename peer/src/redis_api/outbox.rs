@@ -14,7 +14,6 @@ use redis::Pipeline;
 use redis::aio::MultiplexedConnection;
 
 use super::conn::scan_keys;
-use super::json::{JsonOutgoingRequest, VERSION, encode_dat};
 use super::keys::{OUTBOX_PREFIX, outbox, outbox_waiting};
 use super::validate::{LocalRequest, parse_request};
 
@@ -27,18 +26,7 @@ const LOAD_BATCH: usize = 1000;
 
 /// Adds the writes recording request `uid` to `pipe`.
 pub fn record(pipe: &mut Pipeline, uid: &str, req: &LocalRequest) {
-    let json = JsonOutgoingRequest {
-        ver: VERSION,
-        reference: req.reference.clone(),
-        cmd: req.command.clone(),
-        exp: req.expiration,
-        dat: encode_dat(&req.payload),
-        tag: req.tags.clone(),
-        dst: req.destinations.clone(),
-        ret: req.reply_to.clone(),
-        shm: req.schema.clone(),
-        now: req.timestamp,
-    };
+    let json = req.to_json();
     let json = serde_json::to_string(&json).expect("a request serialises");
     let key = outbox(uid);
     let hset = pipe.cmd("HSET").arg(&key).arg(REQUEST_FIELD).arg(json);

@@ -37,6 +37,25 @@ pub struct LocalRequest {
     pub backlog_ttl: u64,
 }
 
+impl LocalRequest {
+    /// The request as a client document again, stamped: what the outbox keeps, so a
+    /// restarted peer reads it back with [`parse_request`] as it read the original.
+    pub fn to_json(&self) -> super::json::JsonOutgoingRequest {
+        super::json::JsonOutgoingRequest {
+            ver: super::json::VERSION,
+            reference: self.reference.clone(),
+            cmd: self.command.clone(),
+            exp: self.expiration,
+            dat: super::json::encode_dat(&self.payload),
+            tag: self.tags.clone(),
+            dst: self.destinations.clone(),
+            ret: self.reply_to.clone(),
+            shm: self.schema.clone(),
+            now: self.timestamp,
+        }
+    }
+}
+
 /// Why a client's request was refused, and where (if anywhere) to tell the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use rmb_identity::{Identity, KeyType};
 use serde_json::{Value, json};
 
 use crate::peer_process::PeerProcess;

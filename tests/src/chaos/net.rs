@@ -59,17 +59,8 @@ impl Net {
         let relay_b =
             federated.then(|| RelayProcess::start(&["--federation-http", "--registry", &registry]));
         let b_relay = relay_b.as_ref().unwrap_or(&relay);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
         let register = |secret: &str, relay: &RelayProcess| {
-            let who = Identity::from_secret(secret, KeyType::Sr25519).expect("test identity");
-            runtime.block_on(crate::registry::register(
-                &registry,
-                &who,
-                &[relay.domain()],
-            ))
+            crate::peer_node::register(&registry, secret, &[relay.domain()])
         };
         let (twin_a, twin_b) = (register("//Alice", &relay), register("//Bob", b_relay));
         let peer_redis = if soak {

@@ -11,8 +11,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rmb_identity::{Identity, KeyType};
-
 use super::netns::{Lab, PacketDrop};
 use super::proxy::FaultProxy;
 use crate::peer_process::{PeerProcess, Wrap};
@@ -128,17 +126,8 @@ impl Fed {
             RELAY_PORT,
             &["--federation-http", "--registry", &registry],
         );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
         let register = |secret: &str, relay: &RelayProcess| {
-            let who = Identity::from_secret(secret, KeyType::Sr25519).expect("test identity");
-            runtime.block_on(crate::registry::register(
-                &registry,
-                &who,
-                &[relay.domain()],
-            ))
+            crate::peer_node::register(&registry, secret, &[relay.domain()])
         };
         let (twin_a, twin_b) = (register("//Alice", &relay_a), register("//Bob", &relay_b));
         let host = lab.host.to_string();
