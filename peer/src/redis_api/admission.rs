@@ -120,16 +120,20 @@ impl List {
         let (start, counted) = self.window.get_or_insert((now, 0));
         *counted += takes;
         let span = now.saturating_duration_since(*start);
-        // A window without a take is a stalled service, not a slow one: not measured.
-        if span >= RATE_WINDOW && *counted > 0 {
+        if span < RATE_WINDOW {
+            return;
+        }
+        // A window without a take is a stalled service (or takes hidden behind requests
+        // another run pushed), and a long one spans such a time: neither is measured.
+        if *counted > 0 && span <= RATE_WINDOW * 4 {
             let sample = *counted as f64 / span.as_secs_f64();
             self.rate = Some(match self.rate {
                 Some(rate) => rate + RATE_WEIGHT * (sample - rate),
                 None => sample,
             })
             .filter(|r| *r > 0.0);
-            self.window = Some((now, 0));
         }
+        self.window = Some((now, 0));
     }
 }
 
@@ -162,9 +166,12 @@ impl Admission {
             };
         };
         let wait = state.expected_wait(now);
-        let starts = unix_now.saturating_add(wait.as_secs_f64().ceil() as u64);
+        // Late only when the head's own wait agrees: a rate measured wrong must not
+        // refuse what the old queue would have served in time.
+        let late_wait = wait.min(state.head_wait(now));
+        let starts = unix_now.saturating_add(late_wait.as_secs_f64().ceil() as u64);
         if starts > latest_start {
-            return Verdict::Late { wait };
+            return Verdict::Late { wait: late_wait };
         }
         if state.shedding && wait > self.settings.target && self.taking(state, now) {
             return Verdict::Overloaded { wait };
@@ -420,10 +427,34 @@ mod tests {
             (1.4..1.6).contains(&wait.as_secs_f64()),
             "expected about 1.5 s, got {wait:?}"
         );
+        // Late needs the head's own wait to agree (0.5 s here).
+        assert_eq!(a.decide(L, t0 + ms(500), 1000, 1001), Verdict::Admit);
         assert!(matches!(
-            a.decide(L, t0 + ms(500), 1000, 1001),
+            a.decide(L, t0 + ms(500), 1000, 1000),
             Verdict::Late { .. }
         ));
+    }
+
+    #[test]
+    fn takes_hidden_behind_requests_another_run_pushed_do_not_make_a_slow_rate() {
+        let mut a = Admission::new(Settings::default());
+        let t0 = Instant::now();
+        // A restarted peer: 50 requests of its previous run wait ahead of its own push,
+        // and the service works them off at 100/s without a take the peer can see.
+        a.pushed(L, t0, 51);
+        for step in 1..=50u64 {
+            look(&mut a, t0 + ms(10 * step), 51 - step);
+        }
+        // Then its own request is taken.
+        look(&mut a, t0 + ms(510), 0);
+        a.pushed(L, t0 + ms(520), 1);
+        look(&mut a, t0 + ms(530), 1);
+        assert!(
+            a.lists[L].rate.is_none_or(|r| r > 1.0),
+            "a rate of {:?}/s",
+            a.lists[L].rate
+        );
+        assert_eq!(a.decide(L, t0 + ms(530), 1000, 1001), Verdict::Admit);
     }
 
     #[test]
