@@ -200,9 +200,8 @@ pub async fn run(net: &Network, plan: Plan) -> anyhow::Result<Overload> {
     let mut got = 0u64;
     let mut sender = Some(sender);
     loop {
-        if let Some(s) = sender.as_ref().filter(|s| s.is_finished()) {
-            let _ = s;
-            sent_total = Some(sender.take().expect("present").await?);
+        if let Some(done) = sender.take_if(|s| s.is_finished()) {
+            sent_total = Some(done.await?);
         }
         if sent_total.is_some_and(|n| got >= n) || Instant::now() > give_up {
             break;
