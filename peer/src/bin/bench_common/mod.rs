@@ -1,7 +1,10 @@
 //! What the peer's bench binaries (`peer-bench`, `topic-bench`) share to set up their
 //! servers: free loopback ports, waiting for a server to listen, and registering a twin
-//! on the embedded registry of the relay they started. Included by each binary with
-//! `#[path]`, since binaries of one package share no library module of their own.
+//! on the embedded registry of the relay they started; and, in [`cpu`], reading the CPU
+//! time of the processes they measure. Included by each binary with `#[path]`, since
+//! binaries of one package share no library module of their own.
+
+pub mod cpu;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

@@ -8,6 +8,7 @@ use rmb_peer::redis_api::json::encode_dat;
 use serde_json::{Value, json};
 
 use super::bot::COMMAND;
+use super::cpu::{CpuUse, Sample};
 use super::processes::Network;
 
 /// Longest a client waits for one response before counting an error.
@@ -21,6 +22,8 @@ pub struct Outcome {
     pub latencies: Vec<Duration>,
     pub errors: u64,
     pub elapsed: Duration,
+    /// CPU every process used meanwhile (from before the first call to after the last).
+    pub cpu: CpuUse,
 }
 
 impl Outcome {
@@ -62,6 +65,7 @@ pub async fn measure(
     let client = redis::Client::open(net.redis_a.as_str())?;
     let dat = encode_dat(&vec![0x5a; size]);
     let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let cpu_before = Sample::take(net);
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
@@ -102,6 +106,7 @@ pub async fn measure(
         latencies: Vec::new(),
         errors: 0,
         elapsed: Duration::ZERO,
+        cpu: CpuUse::default(),
     };
     for task in tasks {
         let (latencies, errors) = task.await?;
@@ -109,6 +114,7 @@ pub async fn measure(
         outcome.errors += errors;
     }
     outcome.elapsed = start.elapsed();
+    outcome.cpu = Sample::take(net).since(&cpu_before);
     outcome.latencies.sort();
     Ok(outcome)
 }
@@ -121,6 +127,8 @@ pub struct Burst {
     pub elapsed: Duration,
     /// Envelopes peer A sent again during the burst (its status's `resent`), when known.
     pub resent: Option<u64>,
+    /// CPU every process used from the first push to the last answer.
+    pub cpu: CpuUse,
 }
 
 impl Burst {
@@ -150,6 +158,7 @@ pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<B
     let dat = encode_dat(&vec![0x5a; size]);
     let ret = format!("bench.burst.{}", RUN.fetch_add(1, Ordering::Relaxed));
     let resent_before = resent_so_far(&mut pop).await;
+    let cpu_before = Sample::take(net);
     let start = Instant::now();
     for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = redis::pipe();
@@ -175,6 +184,7 @@ pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<B
         }
     }
     let elapsed = start.elapsed();
+    let cpu = Sample::take(net).since(&cpu_before);
     // The status key is refreshed every second: wait for a fresh one.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let resent_after = resent_so_far(&mut pop).await;
@@ -186,5 +196,6 @@ pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<B
         resent: resent_before
             .zip(resent_after)
             .map(|(b, a)| a.saturating_sub(b)),
+        cpu,
     })
 }

@@ -1,18 +1,21 @@
 //! The benchmark itself: set-up ([`processes`]), the echo bot ([`bot`]), the load
-//! ([`load`]) and the report; `--overload` runs [`overload`] instead.
+//! ([`load`]), the CPU it cost ([`cpu`]) and the report ([`report`]); `--overload` runs
+//! [`overload`] instead.
 
 pub mod bot;
+pub mod cpu;
 pub mod load;
 pub mod overload;
 pub mod processes;
+pub mod report;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 
-use load::{Burst, Outcome};
 use processes::Network;
+use report::{Report, Setup};
 
 /// Measure RPC/s and latency of calls through relay + two peers + Redis + an echo bot.
 #[derive(Parser, Debug)]
@@ -27,7 +30,7 @@ pub struct Args {
     pub clients: Vec<usize>,
 
     /// Payload sizes in bytes (comma separated).
-    #[arg(long, value_delimiter = ',', default_value = "256,16384")]
+    #[arg(long, value_delimiter = ',', default_value = "256,65536")]
     pub sizes: Vec<usize>,
 
     /// Requests pushed at once in the burst test (0 skips it).
@@ -48,6 +51,17 @@ pub struct Args {
         default_value = "reliable,at-most-once"
     )]
     pub delivery: Vec<Delivery>,
+
+    /// Topologies to compare (comma separated): `one-relay` (both peers on one relay) and
+    /// `federated` (peer A on relay 1, which hosts the registry, peer B on relay 2; the
+    /// relays federate). Each (delivery, topology) gets its own fresh network.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "one-relay,federated"
+    )]
+    pub topology: Vec<Topology>,
 
     /// Measure overload instead: a bot serving at most this many requests per second
     /// is offered --overload-factor times as many for --overload-secs; prints what was
@@ -98,49 +112,52 @@ impl Delivery {
     }
 }
 
-/// Runs every measurement for every delivery mode and prints the tables.
+/// Where the peers' relays are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Topology {
+    /// Both peers on one relay.
+    OneRelay,
+    /// Each peer on its own relay; the relays federate.
+    Federated,
+}
+
+impl Topology {
+    fn name(self) -> &'static str {
+        match self {
+            Topology::OneRelay => "one-relay",
+            Topology::Federated => "federated",
+        }
+    }
+}
+
+/// Runs every measurement for every delivery mode and topology and prints the tables.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.overload > 0 {
         return run_overload(&args).await;
     }
-    let mut bursts = Vec::new();
-    println!("| delivery | payload | clients | RPC/s | p50 ms | p99 ms | errors |");
-    println!("|----------|--------:|--------:|------:|-------:|-------:|-------:|");
+    let mut report = Report::default();
+    report.header();
     for &delivery in &args.delivery {
-        bursts.push((delivery, run_mode(&args, delivery).await?));
-    }
-    if args.burst > 0 {
-        println!();
-        for (delivery, b) in bursts.into_iter().filter_map(|(d, b)| Some((d, b?))) {
-            let resends = match (b.resent, b.resent_percent()) {
-                (Some(n), Some(pct)) => format!("{n} resends ({pct:.2}%)"),
-                _ => "resends unknown".to_string(),
-            };
-            println!(
-                "burst ({}): {} requests pushed at once → {} answered ({} errors) in {:.2} s = {:.0} RPC/s, {}",
-                delivery.name(),
-                b.sent,
-                b.answered,
-                b.errors,
-                b.elapsed.as_secs_f64(),
-                b.answered as f64 / b.elapsed.as_secs_f64(),
-                resends
-            );
+        for &topology in &args.topology {
+            let setup = Setup { delivery, topology };
+            run_setup(&args, setup, &mut report).await?;
         }
     }
+    report.finish();
     Ok(())
 }
 
-/// One delivery mode: a fresh network, the table rows, then the burst.
-async fn run_mode(args: &Args, delivery: Delivery) -> anyhow::Result<Option<Burst>> {
-    let net = Network::start(args, delivery)
+/// One (delivery, topology): a fresh network, the table rows, then the burst.
+async fn run_setup(args: &Args, setup: Setup, report: &mut Report) -> anyhow::Result<()> {
+    let net = Network::start(args, setup.delivery, setup.topology)
         .await
         .context("starting the network")?;
     let bots = bot::start(&net.redis_b, args.bot_workers).await?;
     eprintln!(
-        "peer-bench ({}): relay {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row",
-        delivery.name(),
-        net.relay_url,
+        "peer-bench ({}, {}): relays {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row",
+        setup.delivery.name(),
+        setup.topology.name(),
+        net.relay_urls.join(" "),
         net.twin_a,
         net.twin_b,
         args.bot_workers,
@@ -150,28 +167,18 @@ async fn run_mode(args: &Args, delivery: Delivery) -> anyhow::Result<Option<Burs
     load::measure(&net, 4, 256, Duration::from_secs(1)).await?;
     for &size in &args.sizes {
         for &clients in &args.clients {
-            let o: Outcome =
-                load::measure(&net, clients, size, Duration::from_secs(args.duration)).await?;
-            println!(
-                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} |",
-                delivery.name(),
-                human(size),
-                clients,
-                o.rate(),
-                o.percentile(0.50),
-                o.percentile(0.99),
-                o.errors
-            );
+            let o = load::measure(&net, clients, size, Duration::from_secs(args.duration)).await?;
+            report.row(setup, size, clients, o);
         }
     }
-    let burst = if args.burst > 0 {
-        Some(load::burst(&net, args.burst, 256).await?)
-    } else {
-        None
-    };
+    if args.burst > 0 {
+        const BURST_SIZE: usize = 256;
+        let burst = load::burst(&net, args.burst, BURST_SIZE).await?;
+        report.burst(setup, BURST_SIZE, burst);
+    }
     drop(bots);
     net.shutdown().await;
-    Ok(burst)
+    Ok(())
 }
 
 /// The overload measurement, once per delivery mode, each on a fresh network.
@@ -183,7 +190,7 @@ async fn run_overload(args: &Args) -> anyhow::Result<()> {
         exp: args.overload_exp,
     };
     for &delivery in &args.delivery {
-        let net = Network::start(args, delivery)
+        let net = Network::start(args, delivery, Topology::OneRelay)
             .await
             .context("starting the network")?;
         let mut outcome = overload::run(&net, plan).await?;
@@ -192,12 +199,4 @@ async fn run_overload(args: &Args) -> anyhow::Result<()> {
         net.shutdown().await;
     }
     Ok(())
-}
-
-fn human(size: usize) -> String {
-    if size >= 1024 && size.is_multiple_of(1024) {
-        format!("{} KiB", size / 1024)
-    } else {
-        format!("{size} B")
-    }
 }

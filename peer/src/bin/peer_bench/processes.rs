@@ -1,5 +1,6 @@
-//! The processes under test: two redis-servers, one rmb-relay, two rmb-peers, all on
-//! free loopback ports, killed when [`Network`] is dropped.
+//! The processes under test: two redis-servers, one rmb-relay (or two that federate),
+//! two rmb-peers, all on free loopback ports, each named by its role, killed when
+//! [`Network`] is dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,15 +8,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::{Args, Delivery};
+use super::{Args, Delivery, Topology};
 use crate::bench_common::{free_port, register, wait_for_port};
 
-/// Child processes, killed on drop.
-struct Children(Vec<Child>);
+/// Child processes with their roles (`redis A`, `relay 1`, `peer B`...), killed on drop.
+struct Children(Vec<(&'static str, Child)>);
+
+impl Children {
+    fn push(&mut self, role: &'static str, child: Child) {
+        self.0.push((role, child));
+    }
+}
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        for (_, child) in &mut self.0 {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -24,7 +31,8 @@ impl Drop for Children {
 
 /// Everything the load runs against.
 pub struct Network {
-    pub relay_url: String,
+    /// WebSocket URL of each relay (one, or the two that federate).
+    pub relay_urls: Vec<String>,
     pub redis_a: String,
     pub redis_b: String,
     pub twin_a: u32,
@@ -126,49 +134,83 @@ async fn wait_ready(redis_url: &str, child: &mut Child) -> anyhow::Result<()> {
     bail!("rmb-peer on {redis_url} did not become ready")
 }
 
+/// Starts a relay on `domain` with its data in `dir` and `extra` flags.
+fn relay(binary: &Path, domain: &str, dir: &Path, extra: &[&str]) -> anyhow::Result<Child> {
+    let child = Command::new(binary)
+        .args(["--listen", domain, "--domain", domain])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    Ok(child)
+}
+
 impl Network {
-    /// Starts redis A and B, the relay (hosting the registry), and the two peers.
-    pub async fn start(args: &Args, delivery: Delivery) -> anyhow::Result<Network> {
+    /// Starts redis A and B, the relay(s) and the two peers. One relay hosts the
+    /// registry; with [`Topology::Federated`], a second one uses it, the two federate
+    /// over loopback, and peer A (its twin registered with relay 1) calls peer B (its twin
+    /// with relay 2) across them.
+    pub async fn start(
+        args: &Args,
+        delivery: Delivery,
+        topology: Topology,
+    ) -> anyhow::Result<Network> {
         let relay_bin = binary(&args.relay_bin, "rmb-relay")?;
         let peer_bin = binary(&args.peer_bin, "rmb-peer")?;
         let dir = TempDir::new()?;
         let mut children = Children(Vec::new());
 
-        let (port_a, port_b, port_relay) = (free_port()?, free_port()?, free_port()?);
-        for (name, port) in [("a", port_a), ("b", port_b)] {
+        let (port_a, port_b) = (free_port()?, free_port()?);
+        for (role, name, port) in [("redis A", "a", port_a), ("redis B", "b", port_b)] {
             let redis_dir = dir.path().join(format!("redis-{name}"));
             std::fs::create_dir_all(&redis_dir)?;
-            children.0.push(redis_server(&redis_dir, port)?);
+            children.push(role, redis_server(&redis_dir, port)?);
         }
-        let domain = format!("127.0.0.1:{port_relay}");
-        children.0.push(
-            Command::new(&relay_bin)
-                .args(["--listen", &domain, "--domain", &domain])
-                .arg("--data-dir")
-                .arg(dir.path().join("relay"))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .with_context(|| format!("starting {}", relay_bin.display()))?,
-        );
-        wait_for_port(port_relay, "rmb-relay")?;
-        let registry = format!("http://{domain}");
-        let relay_url = format!("ws://{domain}/");
-        let twin_a = register(&registry, "//BenchA", &domain).await?;
-        let twin_b = register(&registry, "//BenchB", &domain).await?;
+        let federated = topology == Topology::Federated;
+        let federation: &[&str] = if federated {
+            &["--federation-http", "--federation-allow", "127.0.0.1"]
+        } else {
+            &[]
+        };
+        let port_1 = free_port()?;
+        let domain_1 = format!("127.0.0.1:{port_1}");
+        let registry = format!("http://{domain_1}");
+        let relay_dir = dir.path().join("relay-1");
+        let relay_1 = relay(&relay_bin, &domain_1, &relay_dir, federation)?;
+        children.push("relay 1", relay_1);
+        wait_for_port(port_1, "rmb-relay")?;
+        let domain_b = if federated {
+            let port_2 = free_port()?;
+            let domain_2 = format!("127.0.0.1:{port_2}");
+            let mut extra = federation.to_vec();
+            extra.extend(["--registry", registry.as_str()]);
+            let relay_dir = dir.path().join("relay-2");
+            children.push("relay 2", relay(&relay_bin, &domain_2, &relay_dir, &extra)?);
+            wait_for_port(port_2, "rmb-relay")?;
+            domain_2
+        } else {
+            domain_1.clone()
+        };
+        let twin_a = register(&registry, "//BenchA", &domain_1).await?;
+        let twin_b = register(&registry, "//BenchB", &domain_b).await?;
 
         let redis_a = format!("redis://127.0.0.1:{port_a}/");
         let redis_b = format!("redis://127.0.0.1:{port_b}/");
-        for (secret, redis) in [("//BenchA", &redis_a), ("//BenchB", &redis_b)] {
+        let mut relay_urls = vec![format!("ws://{domain_1}/")];
+        if federated {
+            relay_urls.push(format!("ws://{domain_b}/"));
+        }
+        let peers = [
+            ("peer A", "//BenchA", &redis_a, &domain_1),
+            ("peer B", "//BenchB", &redis_b, &domain_b),
+        ];
+        for (role, secret, redis, domain) in peers {
             let mut child = Command::new(&peer_bin)
-                .args([
-                    "--redis",
-                    redis,
-                    "--relay",
-                    &relay_url,
-                    "--registry",
-                    &registry,
-                ])
+                .args(["--redis", redis, "--registry", &registry])
+                .args(["--relay", &format!("ws://{domain}/")])
                 .args((delivery == Delivery::AtMostOnce).then_some("--at-most-once"))
                 .args(&args.peer_args)
                 .env("RMB_MNEMONIC", secret)
@@ -177,11 +219,11 @@ impl Network {
                 .spawn()
                 .with_context(|| format!("starting {}", peer_bin.display()))?;
             let ready = wait_ready(redis, &mut child).await;
-            children.0.push(child);
+            children.push(role, child);
             ready?;
         }
         Ok(Network {
-            relay_url,
+            relay_urls,
             redis_a,
             redis_b,
             twin_a,
@@ -189,6 +231,17 @@ impl Network {
             children,
             _dir: dir,
         })
+    }
+
+    /// Every process doing the work, by role: the children, and this one as `bench`
+    /// (it runs the clients and the bot).
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        self.children
+            .0
+            .iter()
+            .map(|(role, child)| (*role, child.id()))
+            .chain([("bench", std::process::id())])
+            .collect()
     }
 
     /// Stops every process.

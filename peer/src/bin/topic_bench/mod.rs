@@ -458,10 +458,10 @@ async fn measure_rmb(
         tally: Arc::clone(&tally),
         plan,
     };
-    let cpu_before = children.cpu_seconds() + processes::own_cpu_seconds();
+    let cpu_before = children.cpu_times();
     let machine_before = processes::machine_ticks();
     let (closed, last_id) = owner_rt.spawn(publisher.clone().closed_loop()).await??;
-    let cpu = children.cpu_seconds() + processes::own_cpu_seconds() - cpu_before;
+    let cpu = processes::cpu_seconds_since(&cpu_before, &children.cpu_times());
     figures.steal = Some(processes::steal_percent(
         machine_before,
         processes::machine_ticks(),

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
+use crate::bench_common::cpu::CpuTime;
 use crate::bench_common::{free_port, wait_for_port};
 
 /// Child processes, killed on drop.
@@ -65,10 +66,15 @@ pub fn relay_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 impl Children {
-    /// CPU seconds (user + system) used so far by these processes, from `/proc` (0 where
-    /// it cannot be read): with [`own_cpu_seconds`], what a measurement cost in all.
-    pub fn cpu_seconds(&self) -> f64 {
-        self.0.iter().map(|c| proc_cpu_seconds(c.id())).sum()
+    /// CPU readings of these processes and of this one (the subscribers and the owner):
+    /// with [`cpu_seconds_since`], what a measurement cost in all.
+    pub fn cpu_times(&self) -> Vec<CpuTime> {
+        self.0
+            .iter()
+            .map(Child::id)
+            .chain([std::process::id()])
+            .map(CpuTime::of)
+            .collect()
     }
 
     /// Starts a redis-server; its URL.
@@ -173,28 +179,11 @@ pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
     100.0 * after.0.saturating_sub(before.0) as f64 / all as f64
 }
 
-/// CPU seconds this process used so far (all its threads).
-pub fn own_cpu_seconds() -> f64 {
-    proc_cpu_seconds(std::process::id())
-}
-
-/// utime + stime of process `pid` (fields 14 and 15 of `/proc/PID/stat`, in clock ticks
-/// of 1/100 s on Linux), in seconds.
-fn proc_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // The command name (field 2) may hold spaces; the fields after it are plain.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After ")" come field 3 (state) onwards: utime is field 14, stime field 15.
-    (ticks(11) + ticks(12)) / 100.0
+/// CPU seconds used between two [`Children::cpu_times`] of the same processes.
+pub fn cpu_seconds_since(before: &[CpuTime], after: &[CpuTime]) -> f64 {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.since(b).as_secs_f64())
+        .sum()
 }
