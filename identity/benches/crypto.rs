@@ -15,7 +15,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use rmb_identity::e2e::{secp256k1, x25519};
 use rmb_identity::{
     AccountId, E2eScheme, Identity, JwtPolicy, KeyType, Signer, Token, sign_envelope, verify,
-    verify_ed25519_batch, verify_envelope,
+    verify_batch, verify_ed25519_batch, verify_envelope,
 };
 use rmb_proto::{Address, Envelope, Message, Payload, Request};
 
@@ -83,6 +83,33 @@ fn signing(c: &mut Criterion) {
     group.bench_function("ed25519 batch x64", |b| {
         b.iter(|| verify_ed25519_batch(black_box(&items)).unwrap())
     });
+    group.finish();
+
+    // A peer pair's traffic: one signer, batches as the receive pipeline makes them.
+    const PAIR_BATCH: usize = 16;
+    let mut group = c.benchmark_group("verify one signer");
+    group.throughput(Throughput::Elements(PAIR_BATCH as u64));
+    for key_type in [KeyType::Ed25519, KeyType::Sr25519] {
+        let signer = Signer::from_secret("//Alice", key_type).unwrap();
+        let account = signer.account();
+        let sigs: Vec<[u8; 65]> = digests[..PAIR_BATCH]
+            .iter()
+            .map(|d| signer.sign(d))
+            .collect();
+        let items: Vec<(&AccountId, &[u8], &[u8])> = (0..PAIR_BATCH)
+            .map(|i| (&account, digests[i].as_slice(), sigs[i].as_slice()))
+            .collect();
+        group.bench_function(format!("{key_type} one by one x{PAIR_BATCH}"), |b| {
+            b.iter(|| {
+                for (account, digest, sig) in &items {
+                    verify(account, digest, sig).unwrap();
+                }
+            })
+        });
+        group.bench_function(format!("{key_type} batch x{PAIR_BATCH}"), |b| {
+            b.iter(|| verify_batch(key_type, black_box(&items)).unwrap())
+        });
+    }
     group.finish();
 }
 

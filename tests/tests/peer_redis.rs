@@ -228,9 +228,14 @@ fn redis_apps_call_each_other_through_real_peers() {
     assert_eq!(resp["shm"], "text/plain");
     assert!(resp["now"].as_u64().unwrap().abs_diff(sent_at) <= 5);
     assert_eq!(resp["err"], Value::Null);
-    // The backlog entry that routed it stays until the request's validity ends.
-    let ttl = app.ttl(&format!("msgbus.backlog.{uid}"));
-    assert!((1..=30).contains(&ttl), "backlog ttl {ttl}");
+    // A reliable peer keeps the route in the outbox entry (gone with the answer), not
+    // in a backlog key as an at-most-once peer does.
+    assert_eq!(
+        app.ttl(&format!("msgbus.backlog.{uid}")),
+        -2,
+        "no backlog key"
+    );
+    assert_eq!(app.ttl(&format!("msgbus.outbox.{uid}")), -2, "answered");
 
     // Several destinations: one response each, told apart by src, same ref.
     app.lpush(
@@ -459,6 +464,12 @@ fn reliable_peers_keep_delivery_records_and_at_most_once_peers_none() {
         Vec::<String>::new()
     );
 
+    // Both Redis forget the peers' scripts (as after `SCRIPT FLUSH`): the peers load
+    // them again and deliver.
+    for node in [&alice, &bob] {
+        node.peer.redis().cmd(&[b"SCRIPT", b"FLUSH"]);
+    }
+
     // At-most-once bob → reliable alice: alice marks the request as seen and keeps the
     // signed reply with it (what a resend of it would get); bob keeps no outbox.
     let resp = call(
@@ -470,6 +481,11 @@ fn reliable_peers_keep_delivery_records_and_at_most_once_peers_none() {
         keys_matching(&bob.peer, "msgbus.outbox.*"),
         Vec::<String>::new()
     );
+    // Bob routes answers with a backlog key, as rmb-rs, until the request expires.
+    let backlog = keys_matching(&bob.peer, "msgbus.backlog.*");
+    assert_eq!(backlog.len(), 1, "{backlog:?}");
+    let ttl = bob.peer.redis().ttl(&backlog[0]);
+    assert!((1..=30).contains(&ttl), "backlog ttl {ttl}");
     let seen = keys_matching(&alice.peer, "msgbus.seen.*");
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(

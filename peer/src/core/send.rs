@@ -35,6 +35,23 @@ impl Peer {
         self.inner.send_request(req, Sealing::Signed).await
     }
 
+    /// Encrypts, stamps and signs a request without sending it, so the signature can be
+    /// made while the application records the request; send it with
+    /// [`send_sealed_request`](Peer::send_sealed_request). Errors as
+    /// [`send_request`](Peer::send_request) gives them before anything is sent.
+    pub async fn seal_request(&self, req: OutgoingRequest) -> Result<Sealed, SendError> {
+        let env = request_envelope(&self.inner, req);
+        self.inner.seal(env, Sealing::Signed).await
+    }
+
+    /// Sends a request sealed by [`seal_request`](Peer::seal_request), as
+    /// [`send_request`](Peer::send_request) does (kept for resending when reliable).
+    pub async fn send_sealed_request(&self, sealed: Sealed) -> Result<(), SendError> {
+        self.inner
+            .send_sealed_request(sealed, Sealing::Signed)
+            .await
+    }
+
     /// [`send_request`](Peer::send_request) without a signature when the destination
     /// publishes a key of our e2e scheme: its encryption authenticates it
     /// ([`unsigned`](super::unsigned)). Only for commands in
@@ -213,9 +230,15 @@ fn response_envelope(inner: &Inner, resp: OutgoingResponse) -> Envelope {
 
 impl Inner {
     async fn send_request(&self, req: OutgoingRequest, how: Sealing) -> Result<(), SendError> {
-        let uid = req.uid.clone();
         let env = request_envelope(self, req);
         let sealed = self.seal(env, how).await?;
+        self.send_sealed_request(sealed, how).await
+    }
+
+    /// Hands a sealed request to a relay link; a reliable peer keeps it for resending
+    /// (unless it is one-way).
+    async fn send_sealed_request(&self, sealed: Sealed, how: Sealing) -> Result<(), SendError> {
+        let uid = sealed.uid.clone();
         let tracked = self.reliable && !how.is_one_way() && {
             let timed = sealed.drops_repeats || (sealed.secp256k1 && self.proved_rmb(sealed.twin));
             self.resends()

@@ -15,6 +15,8 @@
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+
+use super::scripts::{DELIVER_ONCE, DELIVER_REQUEST};
 use redis::{AsyncConnectionConfig, Client, ErrorKind, FromRedisValue, Pipeline, RedisError};
 use tokio_util::sync::CancellationToken;
 
@@ -121,7 +123,16 @@ impl RedisConn {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        // The delivery scripts are loaded here, not in every pipeline (a batch would
+        // send and hash their 2.4 KB of text each time); a Redis that forgot them
+        // (restarted, `SCRIPT FLUSH`) answers NOSCRIPT, which is not permanent: the
+        // connection is dropped and this runs again.
+        let mut load = redis::pipe();
+        load.cmd("PING").ignore();
+        for script in [&*DELIVER_REQUEST, &*DELIVER_ONCE] {
+            load.load_script(script).ignore();
+        }
+        load.query_async::<()>(&mut conn).await?;
         Ok(conn)
     }
 

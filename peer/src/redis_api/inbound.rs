@@ -2,8 +2,9 @@
 //!
 //! Requests go to `msgbus.<cmd>` for the service; responses to the `ret` of the client
 //! that asked, found through the in-memory [`Pending`](super::pending::Pending) table or,
-//! for requests sent before a restart, the `msgbus.backlog.<uid>` key. Messages are taken
-//! in batches so a burst costs one `MGET` and one write pipeline, in arrival order.
+//! for requests sent before a restart, their outbox entry (durable) or
+//! `msgbus.backlog.<uid>` key (at most once). Messages are taken in batches so a burst
+//! costs one lookup pipeline and one write pipeline, in arrival order.
 //!
 //! A durable API (the default) delivers through [`scripts`](super::scripts): a request
 //! reaches its service only if its `seen` marker did not exist (a repeat that was
@@ -34,7 +35,7 @@ use super::scripts::{
     DELIVER_ONCE, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, SHED, TOO_MANY_COMMANDS,
 };
 use super::writer::Write;
-use super::{Counter, Limits, Shared, unserved};
+use super::{Counter, Limits, Shared, outbox as outbox_entry, unserved};
 use crate::core::{Inbound, InboundRequest, InboundResponse, Reason, codes};
 use rmb_proto::Address;
 
@@ -122,37 +123,42 @@ async fn resolve(
     if misses.is_empty() {
         return routes;
     }
-    let keys: Vec<String> = misses
-        .iter()
-        .map(|&i| match &batch[i] {
-            Inbound::Response(r) => backlog(&r.uid),
-            Inbound::Request(_) | Inbound::ConnFrame(_) => {
-                unreachable!("only responses are looked up")
-            }
-        })
-        .collect();
-    let mut mget = redis::pipe();
-    mget.cmd("MGET").arg(&keys);
-    let found: Vec<Option<Vec<u8>>> =
-        match lookup.query::<(Vec<Option<Vec<u8>>>,)>(&mget, abort).await {
-            Ok((found,)) => found,
-            Err(QueryError::Shutdown) => return routes,
-            Err(QueryError::Permanent(e)) => {
-                tracing::error!(error = %e, "backlog lookup refused by redis");
-                return routes;
-            }
+    // A durable peer keeps the route in the outbox entry, an at-most-once one in the
+    // backlog key; both are read, so a restart in the other mode still finds it.
+    let mut lookups = redis::pipe();
+    for &i in &misses {
+        let Inbound::Response(r) = &batch[i] else {
+            unreachable!("only responses are looked up")
         };
-    for (i, value) in misses.into_iter().zip(found) {
-        routes[i] = value.and_then(|bytes| match Backlog::decode(bytes.as_slice()) {
-            Ok(b) => Some(Route {
-                reference: b.reference,
-                reply_to: b.reply_to,
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable backlog entry");
-                None
-            }
-        });
+        lookups.cmd("GET").arg(backlog(&r.uid));
+        lookups
+            .cmd("HGET")
+            .arg(outbox(&r.uid))
+            .arg(outbox_entry::REQUEST_FIELD);
+    }
+    let found: Vec<Option<Vec<u8>>> = match lookup.query(&lookups, abort).await {
+        Ok(found) => found,
+        Err(QueryError::Shutdown) => return routes,
+        Err(QueryError::Permanent(e)) => {
+            tracing::error!(error = %e, "route lookup refused by redis");
+            return routes;
+        }
+    };
+    for (i, pair) in misses.into_iter().zip(found.chunks(2)) {
+        routes[i] = match pair {
+            [Some(bytes), _] => match Backlog::decode(bytes.as_slice()) {
+                Ok(b) => Some(Route {
+                    reference: b.reference,
+                    reply_to: b.reply_to,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable backlog entry");
+                    None
+                }
+            },
+            [None, Some(json)] => outbox_entry::route(json),
+            _ => None,
+        };
     }
     routes
 }
@@ -319,11 +325,10 @@ fn add_document(pipe: &mut redis::Pipeline, doc: &Document, limits: &Limits, now
     };
 }
 
-/// A pipeline that loads the scripts (a restarted Redis forgot them) then delivers `docs`.
+/// A pipeline that delivers `docs` (the scripts were loaded when the connection was
+/// made, [`RedisConn`]).
 fn pipeline(docs: &[Document], limits: &Limits) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    pipe.load_script(&DELIVER_REQUEST).ignore();
-    pipe.load_script(&DELIVER_ONCE).ignore();
     let now = unix_now();
     for doc in docs {
         add_document(&mut pipe, doc, limits, now);

@@ -4,20 +4,26 @@
 //! Each list has its own pump, and nothing is lost if the peer dies at any point:
 //!
 //! ```text
-//! BLMOVE list → claimed list (+ up to DRAIN more, script CLAIM)   one item wakes the pump
+//! script CLAIM: up to DRAIN items list → claimed list   (or what a crashed run left there)
+//!   nothing? BLMOVE list → claimed list                   one item wakes the pump
 //! check the batch; in one MULTI: record it, push errors, DEL claimed
-//! send                                                            after the record exists
+//! send                                                    after the record exists
 //! ```
+//!
+//! A lone request costs the pump two round trips (the `BLMOVE` that wakes it, the
+//! `MULTI`); under load, one `CLAIM` takes what piled up meanwhile.
 //!
 //! A batch is taken from the app's list into the peer's claimed list in one atomic step,
 //! and the claimed list is only emptied in the transaction that records the batch (the
-//! backlogs and [`outbox`](super::outbox) entries of requests; the sealed replies in the
-//! requests' `seen` markers, which answer repeats). A peer that dies before that
-//! transaction finds the batch in the claimed list when it starts again; one that dies
-//! after it finds requests in the outbox and replies in the markers. Requests are sent
-//! only once recorded, so a response never arrives before its backlog exists.
+//! [`outbox`](super::outbox) entries of requests, which also say where their answers
+//! go; the sealed replies in the requests' `seen` markers, which answer repeats). A peer
+//! that dies before that transaction finds the batch in the claimed list when it starts
+//! again; one that dies after it finds requests in the outbox and replies in the
+//! markers. Requests are sent only once recorded, so a response never arrives before
+//! its route exists.
 //!
-//! An at-most-once peer (`--at-most-once`) keeps only the backlogs, as rmb-rs does.
+//! An at-most-once peer (`--at-most-once`) keeps only backlog entries
+//! (`msgbus.backlog.<uid>`: where the answers go), as rmb-rs does.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +33,7 @@ use redis::aio::MultiplexedConnection;
 use rmb_proto::Address;
 use rmb_proto::peer::Backlog;
 use rmb_proto::time::unix_now;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{QueryError, RedisConn, is_permanent};
@@ -37,6 +44,7 @@ use super::scripts::CLAIM;
 use super::validate::{LocalRequest, parse_reply, parse_request};
 use super::writer::{Write, add_to_pipeline};
 use super::{Counter, Shared, outbox};
+use crate::core::send::Sealed;
 use crate::core::{OutgoingRequest, OutgoingResponse, Reason, SendError};
 
 /// Most messages taken from a list per batch.
@@ -88,18 +96,18 @@ pub(super) async fn run(
     }
 }
 
-/// The next batch, oldest first: what a previous run left claimed, or else what the
-/// app pushed (waiting up to a second for it).
+/// The next batch, oldest first: what a previous run left claimed, else what the app
+/// pushed meanwhile, else the next item it pushes (waiting up to a second for it).
 async fn claim(c: &mut MultiplexedConnection, pump: Pump) -> redis::RedisResult<Vec<Vec<u8>>> {
     let (list, claimed) = pump.lists();
-    let left: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg(claimed)
-        .arg(0)
-        .arg(-1)
-        .query_async(c)
+    let batch: Vec<Vec<u8>> = CLAIM
+        .key(list)
+        .key(claimed)
+        .arg(DRAIN)
+        .invoke_async(c)
         .await?;
-    if !left.is_empty() {
-        return Ok(left);
+    if !batch.is_empty() {
+        return Ok(batch);
     }
     let first: Option<Vec<u8>> = redis::cmd("BLMOVE")
         .arg(list)
@@ -109,19 +117,7 @@ async fn claim(c: &mut MultiplexedConnection, pump: Pump) -> redis::RedisResult<
         .arg(BLOCK_SECS)
         .query_async(c)
         .await?;
-    let Some(first) = first else {
-        return Ok(Vec::new());
-    };
-    let more: Vec<Vec<u8>> = CLAIM
-        .key(list)
-        .key(claimed)
-        .arg(DRAIN - 1)
-        .invoke_async(c)
-        .await?;
-    let mut batch = Vec::with_capacity(1 + more.len());
-    batch.push(first);
-    batch.extend(more);
-    Ok(batch)
+    Ok(first.into_iter().collect())
 }
 
 /// How a [`commit`] ended.
@@ -213,6 +209,11 @@ async fn handle_requests(
         }
     }
     for (uid, req) in &accepted {
+        if shared.durable {
+            // The outbox entry holds the route too ([`inbound`](super::inbound)).
+            outbox::record(&mut pipe, uid, req);
+            continue;
+        }
         let entry = Backlog {
             uid: uid.clone(),
             reference: req.reference.clone(),
@@ -228,33 +229,61 @@ async fn handle_requests(
                 secs: req.backlog_ttl,
             },
         );
-        if shared.durable {
-            outbox::record(&mut pipe, uid, req);
-        }
     }
     pipe.cmd("DEL").arg(LOCAL_CLAIMED).ignore();
     let items = accepted.len() + rejected;
-    match commit(shared, conn, shutdown, &mut pipe, LOCAL_CLAIMED, items).await {
-        Commit::Done => {}
-        Commit::Stopped => {
-            return tracing::warn!(
-                requests = items,
-                "shutting down without redis: requests stay claimed for the next start"
-            );
-        }
-        Commit::Refused => return,
-    }
-    Counter::bump(&shared.counters.requests_accepted, accepted.len());
+    let accepted_count = accepted.len();
+    // The signatures are made while Redis records the batch; nothing is sent before
+    // the record exists (a batch not recorded stays claimed, and is never sent twice).
+    let (recorded, wait) = watch::channel(None);
     for (uid, req) in accepted {
-        send(shared, uid, req).await;
+        spawn_send(shared, uid, req, wait.clone()).await;
+    }
+    let outcome = commit(shared, conn, shutdown, &mut pipe, LOCAL_CLAIMED, items).await;
+    let _ = recorded.send(Some(outcome == Commit::Done));
+    match outcome {
+        Commit::Done => Counter::bump(&shared.counters.requests_accepted, accepted_count),
+        Commit::Stopped => tracing::warn!(
+            requests = items,
+            "shutting down without redis: requests stay claimed for the next start"
+        ),
+        Commit::Refused => {}
     }
 }
 
-/// Tracks a recorded request and sends it in its own task (bounded by the send permits).
+/// Sends a request recorded already (the outbox of a previous run).
 pub(super) async fn send(shared: &Arc<Shared>, uid: String, req: LocalRequest) {
+    spawn_send(shared, uid, req, watch::channel(Some(true)).1).await;
+}
+
+/// Seals the request for each destination in its own task (bounded by the send permits),
+/// then, once `recorded` says the request is recorded, tracks it and sends it; gives up
+/// if it was not.
+async fn spawn_send(
+    shared: &Arc<Shared>,
+    uid: String,
+    req: LocalRequest,
+    mut recorded: watch::Receiver<Option<bool>>,
+) {
+    let permit = shared.send_permit().await;
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let sealed = seal_request(&shared, &uid, &req).await;
+        let done = recorded.wait_for(Option::is_some).await.map(|r| *r);
+        if !matches!(done, Ok(Some(true))) {
+            return;
+        }
+        track(&shared, &uid, &req);
+        send_request(&shared, uid, req, sealed).await;
+        drop(permit);
+    });
+}
+
+/// Remembers where the answers of a request go, and when its destinations time out.
+fn track(shared: &Shared, uid: &str, req: &LocalRequest) {
     let left = Duration::from_secs((req.timestamp + req.expiration).saturating_sub(unix_now()));
     shared.pending().insert(
-        uid.clone(),
+        uid.to_string(),
         Route {
             reference: req.reference.clone(),
             reply_to: req.reply_to.clone(),
@@ -262,19 +291,17 @@ pub(super) async fn send(shared: &Arc<Shared>, uid: String, req: LocalRequest) {
         req.destinations.clone(),
         Instant::now() + left,
     );
-    let permit = shared.send_permit().await;
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        send_request(&shared, uid, req).await;
-        drop(permit);
-    });
 }
 
-/// Sends one envelope per destination (same uid); failures reach the client's `ret`.
-async fn send_request(shared: &Shared, uid: String, req: LocalRequest) {
-    let sends = req.destinations.iter().map(|&twin| {
+/// One envelope per destination (same uid), or why it cannot be made.
+async fn seal_request(
+    shared: &Shared,
+    uid: &str,
+    req: &LocalRequest,
+) -> Vec<(u32, Result<Sealed, SendError>)> {
+    let seals = req.destinations.iter().map(|&twin| {
         let out = OutgoingRequest {
-            uid: uid.clone(),
+            uid: uid.to_string(),
             destination: Address::twin(twin),
             command: req.command.clone(),
             payload: req.payload.clone(),
@@ -283,7 +310,23 @@ async fn send_request(shared: &Shared, uid: String, req: LocalRequest) {
             timestamp: req.timestamp,
             expiration: req.expiration,
         };
-        async move { (twin, shared.peer.send_request(out).await) }
+        async move { (twin, shared.peer.seal_request(out).await) }
+    });
+    join_all(seals).await
+}
+
+/// Sends the envelopes of a request; failures reach the client's `ret`.
+async fn send_request(
+    shared: &Shared,
+    uid: String,
+    req: LocalRequest,
+    sealed: Vec<(u32, Result<Sealed, SendError>)>,
+) {
+    let sends = sealed.into_iter().map(|(twin, sealed)| async move {
+        match sealed {
+            Ok(sealed) => (twin, shared.peer.send_sealed_request(sealed).await),
+            Err(e) => (twin, Err(e)),
+        }
     });
     for (twin, result) in join_all(sends).await {
         let Err(e) = result else { continue };

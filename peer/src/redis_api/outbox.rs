@@ -15,10 +15,11 @@ use redis::aio::MultiplexedConnection;
 
 use super::conn::scan_keys;
 use super::keys::{OUTBOX_PREFIX, outbox, outbox_waiting};
+use super::pending::Route;
 use super::validate::{LocalRequest, parse_request};
 
 /// The field holding the request itself.
-const REQUEST_FIELD: &str = "req";
+pub const REQUEST_FIELD: &str = "req";
 /// Seconds an outbox entry lives after its request expired.
 pub const GRACE_SECS: u64 = 120;
 /// Outbox entries read per pipeline when reloading.
@@ -40,6 +41,27 @@ pub fn record(pipe: &mut Pipeline, uid: &str, req: &LocalRequest) {
             req.backlog_ttl.saturating_add(GRACE_SECS),
         ))
         .ignore();
+}
+
+/// Where the answers of the request stored as `json` (the [`REQUEST_FIELD`]) go: the
+/// route of an answer that comes after a restart (`None`, logged, when unreadable).
+pub fn route(json: &[u8]) -> Option<Route> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        #[serde(rename = "ref")]
+        reference: Option<String>,
+        ret: String,
+    }
+    match serde_json::from_slice::<Stored>(json) {
+        Ok(stored) => Some(Route {
+            reference: stored.reference,
+            reply_to: stored.ret,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable outbox entry");
+            None
+        }
+    }
 }
 
 /// A request found in the outbox.
@@ -177,6 +199,16 @@ mod tests {
                 reply_to: "ret".into()
             })
         );
+        // An answer after a restart finds its client's list.
+        let stored = fields.iter().find(|(f, _)| f == REQUEST_FIELD).unwrap();
+        assert_eq!(
+            route(stored.1.as_bytes()),
+            Some(Route {
+                reference: Some("r".into()),
+                reply_to: "ret".into()
+            })
+        );
+        assert_eq!(route(b"{}"), None);
         // All answered: nothing left to do.
         fields.retain(|(f, _)| f != "d:9");
         assert_eq!(unanswered("u".into(), fields, 1_010), None);

@@ -4,7 +4,7 @@
 //! can neither lose a message nor deliver it twice:
 //!
 //! - [`CLAIM`]: moves a batch from an app's list to the peer's claimed list (kept until
-//!   the batch is recorded, and read again after a crash);
+//!   the batch is recorded), or returns the batch a crashed run left claimed;
 //! - [`DELIVER_REQUEST`]: pushes a remote request to its service only if its uid was
 //!   never received from that twin, remembering it (a repeat gets the stored reply),
 //!   and only within the bounds on command lists (bytes, TTL, number of commands);
@@ -15,11 +15,15 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `KEYS`: source list, claimed list. `ARGV`: most items. Moves up to that many of the
-/// oldest items of the source to the end of the claimed list; returns them oldest first.
+/// `KEYS`: source list, claimed list. `ARGV`: most items. Returns what the claimed list
+/// holds when a previous run left a batch there; otherwise moves up to that many of the
+/// oldest items of the source to the claimed list and returns them, oldest first
+/// (nothing when the source is empty). One round trip, whatever the case.
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local left = redis.call('LRANGE', KEYS[2], 0, -1)
+if #left > 0 then return left end
 local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
 local n = #items
 if n == 0 then return {} end
@@ -95,18 +99,20 @@ elseif not served and not redis.call('ZSCORE', KEYS[3], KEYS[2]) then
 end
 if string.len(ARGV[1]) > tonumber(ARGV[4]) then return -1 end
 redis.call('SET', KEYS[1], '', 'EX', ttl)
-redis.call('LPUSH', KEYS[2], ARGV[1])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]))
+local len = redis.call('LPUSH', KEYS[2], ARGV[1])
+local keep = tonumber(ARGV[3]) + 1
+if len > keep then
+  redis.call('LTRIM', KEYS[2], 0, keep - 1)
+  len = keep
+end
 if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
 if served then
   redis.call('ZADD', KEYS[4], now + served_secs, KEYS[2])
 else
-  local until_ = now + ttl
-  local score = redis.call('ZSCORE', KEYS[3], KEYS[2])
-  if not score or tonumber(score) < until_ then redis.call('ZADD', KEYS[3], until_, KEYS[2]) end
+  redis.call('ZADD', KEYS[3], 'GT', now + ttl, KEYS[2])
   if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
 end
-return redis.call('LLEN', KEYS[2])
+return len
 ",
     )
 });
@@ -127,8 +133,8 @@ if field == '' then
   if not field then return 0 end
 end
 if redis.call('HDEL', KEYS[1], field) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[1])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]))
+local keep = tonumber(ARGV[3]) + 1
+if redis.call('LPUSH', KEYS[2], ARGV[1]) > keep then redis.call('LTRIM', KEYS[2], 0, keep - 1) end
 if redis.call('HLEN', KEYS[1]) <= 1 then redis.call('DEL', KEYS[1]) end
 return 1
 ",

@@ -92,7 +92,7 @@ impl Writer {
 }
 
 /// Adds `write` to `pipe`, results ignored. A pipeline with a [`Write::DeliverOnce`]
-/// must load [`DELIVER_ONCE`] first ([`load_scripts`]).
+/// needs [`DELIVER_ONCE`] loaded (a [`RedisConn`] does when it connects).
 pub fn add_to_pipeline(pipe: &mut Pipeline, write: &Write) {
     match write {
         Write::DeliverOnce {
@@ -133,19 +133,10 @@ pub fn add_to_pipeline(pipe: &mut Pipeline, write: &Write) {
     }
 }
 
-/// Loads the scripts `writes` need into `pipe` (a Redis that restarted has forgotten them).
-pub fn load_scripts(pipe: &mut Pipeline, writes: &[Write]) {
-    if writes
-        .iter()
-        .any(|w| matches!(w, Write::DeliverOnce { .. }))
-    {
-        pipe.load_script(&DELIVER_ONCE).ignore();
-    }
-}
-
+/// A pipeline of `writes` (the scripts were loaded when the connection was made,
+/// [`RedisConn`]).
 fn pipeline(writes: &[Write]) -> Pipeline {
     let mut pipe = redis::pipe();
-    load_scripts(&mut pipe, writes);
     for write in writes {
         add_to_pipeline(&mut pipe, write);
     }

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rmb_identity::envelope::check_shape;
 use rmb_identity::registry::Twin;
 use rmb_identity::{
-    E2eError, EnvelopeError, SIGNATURE_LEN, SignatureError, verify, verify_ed25519_batch,
+    E2eError, EnvelopeError, KeyType, SIGNATURE_LEN, SignatureError, verify, verify_batch,
 };
 use rmb_proto::time::unix_now;
 use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Message, MessageKind, Payload};
@@ -393,9 +393,10 @@ fn open_unsigned(
 
 /// Checks shape and signature of each envelope against its sender's account.
 ///
-/// ed25519 signatures of a batch are verified together (about half the cost each);
-/// if the batch fails, each is checked alone to find the culprits.
-/// Those marked in `skip` (unsigned, [`open_unsigned`]) get no verdict of their own.
+/// The signatures of a batch are verified together per scheme (ed25519, sr25519):
+/// about half the cost each, less again when one twin signed them all; if a batch
+/// fails, each is checked alone to find the culprits. Those marked in `skip`
+/// (unsigned, [`open_unsigned`]) get no verdict of their own.
 fn verify_all(items: &[(Envelope, Arc<Twin>)], skip: &[bool]) -> Vec<Result<(), EnvelopeError>> {
     let digests: Vec<[u8; 16]> = items
         .iter()
@@ -409,7 +410,7 @@ fn verify_all(items: &[(Envelope, Arc<Twin>)], skip: &[bool]) -> Vec<Result<(), 
         })
         .collect();
     let mut verdicts: Vec<Option<Result<(), EnvelopeError>>> = vec![None; items.len()];
-    let mut ed25519 = Vec::new();
+    let (mut ed25519, mut sr25519) = (Vec::new(), Vec::new());
     for (i, (env, twin)) in items.iter().enumerate() {
         if skip[i] {
             verdicts[i] = Some(Ok(()));
@@ -422,29 +423,32 @@ fn verify_all(items: &[(Envelope, Arc<Twin>)], skip: &[bool]) -> Vec<Result<(), 
         match env.signature.as_deref() {
             None => verdicts[i] = Some(Err(SignatureError::Missing.into())),
             Some(sig) if sig.len() == SIGNATURE_LEN && sig[0] == b'e' => ed25519.push(i),
+            Some(sig) if sig.len() == SIGNATURE_LEN && sig[0] == b's' => sr25519.push(i),
             Some(sig) => {
                 verdicts[i] = Some(verify(&twin.account, &digests[i], sig).map_err(Into::into))
             }
         }
     }
-    if ed25519.len() >= 2 {
-        let batch: Vec<_> = ed25519
-            .iter()
-            .map(|&i| {
-                let sig = items[i].0.signature.as_deref().unwrap_or_default();
-                (&items[i].1.account, &digests[i][..], sig)
-            })
-            .collect();
-        if verify_ed25519_batch(&batch).is_ok() {
-            for &i in &ed25519 {
-                verdicts[i] = Some(Ok(()));
+    for (key_type, mut group) in [(KeyType::Ed25519, ed25519), (KeyType::Sr25519, sr25519)] {
+        if group.len() >= 2 {
+            let batch: Vec<_> = group
+                .iter()
+                .map(|&i| {
+                    let sig = items[i].0.signature.as_deref().unwrap_or_default();
+                    (&items[i].1.account, &digests[i][..], sig)
+                })
+                .collect();
+            if verify_batch(key_type, &batch).is_ok() {
+                for &i in &group {
+                    verdicts[i] = Some(Ok(()));
+                }
+                group.clear();
             }
-            ed25519.clear();
         }
-    }
-    for i in ed25519 {
-        let sig = items[i].0.signature.as_deref().unwrap_or_default();
-        verdicts[i] = Some(verify(&items[i].1.account, &digests[i], sig).map_err(Into::into));
+        for i in group {
+            let sig = items[i].0.signature.as_deref().unwrap_or_default();
+            verdicts[i] = Some(verify(&items[i].1.account, &digests[i], sig).map_err(Into::into));
+        }
     }
     verdicts
         .into_iter()
