@@ -237,4 +237,13 @@ mod tests {
         let loading = RedisError::from((ErrorKind::BusyLoadingError, "loading"));
         assert!(!is_permanent(&loading));
     }
+
+    #[test]
+    fn redis_sockets_have_nagle_off() {
+        // The workspace enables redis-rs's `tcp_nodelay`: with Nagle on, a 64 KiB
+        // payload's push waited for Redis's delayed ACK (40 ms) before its last bytes
+        // left. Settings are private; their Debug form shows them.
+        let settings = format!("{:?}", redis::io::tcp::TcpSettings::default());
+        assert!(settings.contains("nodelay: true"), "{settings}");
+    }
 }
