@@ -20,7 +20,19 @@ bench=target/release/peer-bench
 command -v perf >/dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 2; }
 
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=""
+# peer-bench kills its network when it ends by itself; on a signal its children would
+# be left, so they are killed first.
+stop() {
+    local kids
+    [ -n "$pid" ] || { rm -rf "$work"; return; }
+    kids=$(pgrep -P "$pid" || true)
+    [ -z "$kids" ] || kill $kids 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap stop EXIT
 "$bench" --duration 8 --clients 1 --sizes 256 --delivery reliable --topology one-relay \
     --burst 0 "$@" >"$work/bench.txt" 2>&1 &
 pid=$!

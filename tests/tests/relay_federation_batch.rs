@@ -253,12 +253,17 @@ async fn the_batch_endpoint_judges_each_envelope_and_refuses_what_is_not_a_batch
     forged.signature = Some(vec![b's'; 65]);
     let second = request(&alice, Address::twin(a), b, "good-2", b"two", 60);
     let unknown = request(&alice, Address::twin(a), 9999, "nobody", b"x", 60);
+    // A real signature of Alice's, on another envelope: the signatures of a batch are
+    // verified together, and one that does not belong makes each be checked alone.
+    let mut copied = request(&alice, Address::twin(a), b, "copied", b"x", 60);
+    copied.signature = first.signature.clone();
     let (status, answer) = post(batch_body(&[
         first.to_bytes().to_vec(),
         forged.to_bytes().to_vec(),
         b"\xff\xff not an envelope".to_vec(),
         second.to_bytes().to_vec(),
         unknown.to_bytes().to_vec(),
+        copied.to_bytes().to_vec(),
     ]))
     .await;
     assert_eq!(status, 200, "{answer}");
@@ -267,7 +272,7 @@ async fn the_batch_endpoint_judges_each_envelope_and_refuses_what_is_not_a_batch
         .iter()
         .map(|o| o["status"].as_u64().unwrap())
         .collect();
-    assert_eq!(statuses, [202, 401, 400, 202, 404], "{answer}");
+    assert_eq!(statuses, [202, 401, 400, 202, 404, 401], "{answer}");
     assert!(outcomes[0].get("error").is_none());
     assert!(
         outcomes[2]["error"]
@@ -278,7 +283,19 @@ async fn the_batch_endpoint_judges_each_envelope_and_refuses_what_is_not_a_batch
     assert_eq!(cb.recv(WAIT).await, Some(first));
     assert_eq!(cb.recv(WAIT).await, Some(second));
     assert_eq!(cb.recv(QUIET).await, None);
-    assert_eq!(r1.error_count("bad_signature").await, 1);
+    assert_eq!(r1.error_count("bad_signature").await, 2);
+
+    // A batch whose signatures all hold is routed whole.
+    let good: Vec<_> = (0..4)
+        .map(|i| request(&alice, Address::twin(a), b, &format!("batch-{i}"), b"x", 60))
+        .collect();
+    let bodies: Vec<Vec<u8>> = good.iter().map(|e| e.to_bytes().to_vec()).collect();
+    let (status, answer) = post(batch_body(&bodies)).await;
+    assert_eq!(status, 200, "{answer}");
+    for env in good {
+        assert_eq!(cb.recv(WAIT).await, Some(env));
+    }
+    assert_eq!(r1.error_count("bad_signature").await, 2);
 
     // Not a batch: empty, cut short, a zero length.
     let whole = batch_body(&[b"abc".to_vec()]);
@@ -305,7 +322,7 @@ async fn the_batch_endpoint_judges_each_envelope_and_refuses_what_is_not_a_batch
         Err(e) => assert!(e.is_request(), "{e:?}"),
     }
     assert!(r1.error_count("oversize").await >= 4);
-    assert_eq!(r1.metric("relay_federation_batches_in_total").await, 1.0);
+    assert_eq!(r1.metric("relay_federation_batches_in_total").await, 2.0);
 
     // The relay still serves.
     let third = request(&alice, Address::twin(a), b, "good-3", b"three", 60);

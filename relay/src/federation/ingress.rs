@@ -33,6 +33,7 @@ use rmb_proto::Envelope;
 
 use super::batch::{self, BatchError, Outcome};
 use super::outbound::LOG_EVERY;
+use super::signatures;
 use crate::errors::RouteError;
 use crate::routing::{Origin, route};
 use crate::state::RelayState;
@@ -157,7 +158,7 @@ pub async fn ingress(
         Ok(body) => body,
         Err(e) => return refuse_body(&state, e),
     };
-    let accepted = accept(&state, poster_ip(poster), body).await;
+    let accepted = accept(&state, poster_ip(poster), body, false).await;
     deliveries_first().await;
     match accepted {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
@@ -197,11 +198,12 @@ pub async fn batch_ingress(
     let from = poster_ip(poster);
     // Taken in order; one that waits (a registry lookup of a new twin, a Redis queue)
     // holds up at most BATCH_CONCURRENCY - 1 others, not the rest of the batch.
-    let outcomes: Vec<Outcome> = futures_util::stream::iter(envelopes)
-        .map(|envelope| {
+    let verified = signatures::verified_together(&state, &envelopes).await;
+    let outcomes: Vec<Outcome> = futures_util::stream::iter(envelopes.into_iter().zip(verified))
+        .map(|(envelope, verified)| {
             let state = &state;
             async move {
-                match accept(state, from, envelope).await {
+                match accept(state, from, envelope, verified).await {
                     Ok(()) => Outcome::accepted(),
                     Err(refusal) => Outcome::refused(refusal.status.as_u16(), &refusal.text),
                 }
@@ -240,8 +242,14 @@ impl Refusal {
     }
 }
 
-/// Checks one envelope posted by `from` and routes it.
-async fn accept(state: &Arc<RelayState>, from: IpAddr, body: Bytes) -> Result<(), Refusal> {
+/// Checks one envelope posted by `from` and routes it; `verified` when its batch's
+/// signatures were checked together already ([`signatures`]).
+async fn accept(
+    state: &Arc<RelayState>,
+    from: IpAddr,
+    body: Bytes,
+    verified: bool,
+) -> Result<(), Refusal> {
     let now = rmb_proto::time::unix_now();
     state.metrics.messages_in.inc();
     state.metrics.bytes_in.inc_by(body.len() as u64);
@@ -292,7 +300,10 @@ async fn accept(state: &Arc<RelayState>, from: IpAddr, body: Bytes) -> Result<()
         state.metrics.unsigned_frames_in.inc();
         state.rate_limit_unsigned(source, from, body.len(), now)
     } else {
-        if let Err(e) = verify_envelope(&env, &account) {
+        if let Err(e) = verified
+            .then_some(Ok(()))
+            .unwrap_or_else(|| verify_envelope(&env, &account))
+        {
             state.metrics.error("bad_signature");
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, e.to_string()));
         }

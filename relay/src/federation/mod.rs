@@ -8,13 +8,15 @@
 //! - [`target`]: which relays it may connect to at all (domain names resolving to
 //!   public addresses, unless the operator allows more);
 //! - [`ingress`]: the `POST /` and `POST /federation/batch` handlers, which check each
-//!   envelope from another relay and hand it to routing.
+//!   envelope from another relay and hand it to routing;
+//! - [`signatures`]: a batch's signatures verified together before that.
 
 pub mod batch;
 pub mod ingress;
 pub mod lane;
 pub mod outbound;
 pub mod outcome;
+pub mod signatures;
 pub mod target;
 pub mod unbatched;
 

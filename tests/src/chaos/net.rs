@@ -72,9 +72,14 @@ impl Net {
         let (urls_a, urls_b) = ([relay.ws_url()], [b_relay.ws_url()]);
         let http_port = || http.then(|| format!("127.0.0.1:{}", free_port()));
         let (http_a, http_b) = (http_port(), http_port());
+        // The runs count what crashes lose. After a relay is back, the requests it lost
+        // come again at once, and the test's debug-built bot on a busy 2-core machine
+        // can take more than the default 500 ms target to work them off: admission
+        // would then refuse some as overloaded (correctly; `peer_overload` tests that).
         let flags = |addr: &Option<String>| -> Vec<String> {
             addr.iter()
                 .flat_map(|a| ["--http".to_string(), a.clone()])
+                .chain(["--queue-wait-target-ms".to_string(), "10000".to_string()])
                 .collect()
         };
         let (flags_a, flags_b) = (flags(&http_a), flags(&http_b));
