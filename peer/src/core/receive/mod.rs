@@ -519,6 +519,30 @@ mod tests {
     }
 
     #[test]
+    fn an_sr25519_batch_verifies_together_and_a_bad_one_is_singled_out() {
+        let bob = Identity::from_secret("//Bob", KeyType::Sr25519).unwrap();
+        let carol = Identity::from_secret("//Carol", KeyType::Sr25519).unwrap();
+        let mut items: Vec<(Envelope, Arc<Twin>)> = (0..6)
+            .map(|i| (signed(&bob, &format!("s{i}")), twin(&bob)))
+            .collect();
+        assert!(
+            verify_all(&items, &vec![false; items.len()])
+                .iter()
+                .all(Result::is_ok)
+        );
+        // Carol's signature presented as Bob's; one of Bob's real signatures moved to
+        // another of his envelopes.
+        items[1].0 = signed(&carol, "s1");
+        let stolen = items[3].0.signature.clone();
+        items[5].0.signature = stolen;
+        let verdicts = verify_all(&items, &vec![false; items.len()]);
+        let failed: Vec<usize> = (0..verdicts.len())
+            .filter(|&i| verdicts[i].is_err())
+            .collect();
+        assert_eq!(failed, [1, 5]);
+    }
+
+    #[test]
     fn shape_is_checked_before_signatures() {
         let ed = Identity::from_secret("//Alice", KeyType::Ed25519).unwrap();
         let mut env = signed(&ed, "u");
