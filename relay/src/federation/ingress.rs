@@ -300,10 +300,12 @@ async fn accept(
         state.metrics.unsigned_frames_in.inc();
         state.rate_limit_unsigned(source, from, body.len(), now)
     } else {
-        if let Err(e) = verified
-            .then_some(Ok(()))
-            .unwrap_or_else(|| verify_envelope(&env, &account))
-        {
+        let checked = if verified {
+            Ok(())
+        } else {
+            verify_envelope(&env, &account)
+        };
+        if let Err(e) = checked {
             state.metrics.error("bad_signature");
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, e.to_string()));
         }
