@@ -35,4 +35,4 @@ pub use identity::{Identity, IdentityError};
 pub use jwt::{Claims, JwtError, JwtPolicy, Token};
 pub use secret::{SecretError, SecretUri};
 pub use signer::{KeyType, SIGNATURE_LEN, Signer};
-pub use verify::{SignatureError, verify, verify_batch, verify_ed25519_batch};
+pub use verify::{SignatureError, verified_in_groups, verify, verify_batch, verify_ed25519_batch};

@@ -181,6 +181,32 @@ pub fn verify_batch(
     }
 }
 
+/// Which of `items` verified, checked together per scheme ([`verify_batch`]). An item
+/// is `false` when its signature is of neither scheme, when it is alone in its scheme,
+/// or when its scheme's group did not verify: the caller checks those one by one with
+/// [`verify`] (which also finds the culprit of a failed group).
+pub fn verified_in_groups(items: &[(&AccountId, &[u8], &[u8])]) -> Vec<bool> {
+    let mut verified = vec![false; items.len()];
+    for (key_type, prefix) in [
+        (KeyType::Ed25519, ED25519_PREFIX),
+        (KeyType::Sr25519, SR25519_PREFIX),
+    ] {
+        let group: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].2.len() == SIGNATURE_LEN && items[i].2[0] == prefix)
+            .collect();
+        if group.len() < 2 {
+            continue;
+        }
+        let batch: Vec<_> = group.iter().map(|&i| items[i]).collect();
+        if verify_batch(key_type, &batch).is_ok() {
+            for i in group {
+                verified[i] = true;
+            }
+        }
+    }
+    verified
+}
+
 /// [`verify_batch`] for ed25519.
 pub fn verify_ed25519_batch(items: &[(&AccountId, &[u8], &[u8])]) -> Result<(), SignatureError> {
     verify_batch(KeyType::Ed25519, items)

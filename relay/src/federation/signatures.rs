@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use futures_util::StreamExt;
 use rmb_identity::envelope::check_shape;
-use rmb_identity::{AccountId, KeyType, SIGNATURE_LEN, verify_batch};
+use rmb_identity::{AccountId, verified_in_groups};
 use rmb_proto::Envelope;
 
 use crate::state::RelayState;
@@ -27,7 +27,6 @@ struct Signed {
     account: AccountId,
     digest: [u8; 16],
     signature: Vec<u8>,
-    key_type: KeyType,
 }
 
 /// For each envelope of a batch: true when its signature was verified here, with the
@@ -44,26 +43,18 @@ pub(super) async fn verified_together(state: &Arc<RelayState>, envelopes: &[Byte
         .buffered(LOOKUPS)
         .collect()
         .await;
+    let known: Vec<(usize, &Signed)> = signed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+        .collect();
+    let items: Vec<(&AccountId, &[u8], &[u8])> = known
+        .iter()
+        .map(|(_, s)| (&s.account, &s.digest[..], s.signature.as_slice()))
+        .collect();
     let mut verified = vec![false; envelopes.len()];
-    for key_type in [KeyType::Ed25519, KeyType::Sr25519] {
-        let group: Vec<(usize, &Signed)> = signed
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
-            .filter(|(_, s)| s.key_type == key_type)
-            .collect();
-        if group.len() < 2 {
-            continue;
-        }
-        let items: Vec<(&AccountId, &[u8], &[u8])> = group
-            .iter()
-            .map(|(_, s)| (&s.account, &s.digest[..], s.signature.as_slice()))
-            .collect();
-        if verify_batch(key_type, &items).is_ok() {
-            for (i, _) in group {
-                verified[i] = true;
-            }
-        }
+    for ((i, _), together) in known.iter().zip(verified_in_groups(&items)) {
+        verified[*i] = together;
     }
     verified
 }
@@ -76,16 +67,10 @@ async fn signed(state: &RelayState, body: &Bytes) -> Option<Signed> {
         return None;
     }
     let signature = env.signature.as_deref()?;
-    let key_type = match (signature.len(), signature.first()) {
-        (SIGNATURE_LEN, Some(b'e')) => KeyType::Ed25519,
-        (SIGNATURE_LEN, Some(b's')) => KeyType::Sr25519,
-        _ => return None,
-    };
     let twin = state.registry.get_twin(source).await.ok()??;
     Some(Signed {
         account: twin.account,
         digest: env.challenge_digest(),
         signature: signature.to_vec(),
-        key_type,
     })
 }

@@ -47,9 +47,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rmb_identity::envelope::check_shape;
 use rmb_identity::registry::Twin;
-use rmb_identity::{
-    E2eError, EnvelopeError, KeyType, SIGNATURE_LEN, SignatureError, verify, verify_batch,
-};
+use rmb_identity::{E2eError, EnvelopeError, SignatureError, verified_in_groups, verify};
 use rmb_proto::time::unix_now;
 use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Message, MessageKind, Payload};
 use tokio::sync::mpsc;
@@ -410,8 +408,8 @@ fn verify_all(items: &[(Envelope, Arc<Twin>)], skip: &[bool]) -> Vec<Result<(), 
         })
         .collect();
     let mut verdicts: Vec<Option<Result<(), EnvelopeError>>> = vec![None; items.len()];
-    let (mut ed25519, mut sr25519) = (Vec::new(), Vec::new());
-    for (i, (env, twin)) in items.iter().enumerate() {
+    let mut signed = Vec::new();
+    for (i, (env, _)) in items.iter().enumerate() {
         if skip[i] {
             verdicts[i] = Some(Ok(()));
             continue;
@@ -422,33 +420,24 @@ fn verify_all(items: &[(Envelope, Arc<Twin>)], skip: &[bool]) -> Vec<Result<(), 
         }
         match env.signature.as_deref() {
             None => verdicts[i] = Some(Err(SignatureError::Missing.into())),
-            Some(sig) if sig.len() == SIGNATURE_LEN && sig[0] == b'e' => ed25519.push(i),
-            Some(sig) if sig.len() == SIGNATURE_LEN && sig[0] == b's' => sr25519.push(i),
-            Some(sig) => {
-                verdicts[i] = Some(verify(&twin.account, &digests[i], sig).map_err(Into::into))
-            }
+            Some(_) => signed.push(i),
         }
     }
-    for (key_type, mut group) in [(KeyType::Ed25519, ed25519), (KeyType::Sr25519, sr25519)] {
-        if group.len() >= 2 {
-            let batch: Vec<_> = group
-                .iter()
-                .map(|&i| {
-                    let sig = items[i].0.signature.as_deref().unwrap_or_default();
-                    (&items[i].1.account, &digests[i][..], sig)
-                })
-                .collect();
-            if verify_batch(key_type, &batch).is_ok() {
-                for &i in &group {
-                    verdicts[i] = Some(Ok(()));
-                }
-                group.clear();
-            }
-        }
-        for i in group {
+    let batch: Vec<_> = signed
+        .iter()
+        .map(|&i| {
             let sig = items[i].0.signature.as_deref().unwrap_or_default();
-            verdicts[i] = Some(verify(&items[i].1.account, &digests[i], sig).map_err(Into::into));
-        }
+            (&items[i].1.account, &digests[i][..], sig)
+        })
+        .collect();
+    for ((&i, together), (account, digest, sig)) in
+        signed.iter().zip(verified_in_groups(&batch)).zip(&batch)
+    {
+        verdicts[i] = Some(if together {
+            Ok(())
+        } else {
+            verify(account, digest, sig).map_err(Into::into)
+        });
     }
     verdicts
         .into_iter()
