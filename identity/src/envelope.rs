@@ -30,7 +30,7 @@
 //! relay name could be moved into it (or back) without breaking the signature; cipher
 //! payloads cannot be split that way, which is one more reason every twin publishes a key.
 
-use rmb_proto::{Envelope, MessageKind, Payload};
+use rmb_proto::{Binding, Envelope, MessageKind, Payload};
 
 use crate::account::AccountId;
 use crate::e2e::{E2eError, E2eScheme};
@@ -138,10 +138,10 @@ impl Identity {
         self.finish(env, now)
     }
 
-    /// Prepares `env` for sending *without a signature*: encrypts its plain payload to
-    /// `recipient_key`, bound to the envelope's direction, uid and command
-    /// ([`Envelope::unsigned_binding`]), and stamps it at `now`. Set uid, source,
-    /// destination and message first.
+    /// Prepares `env` for sending *without a signature*: stamps it at `now`, then
+    /// encrypts its plain payload to `recipient_key` with `binding`'s associated data
+    /// ([`Envelope::binding_data`]: direction, uid and command; for
+    /// [`Binding::Rpc`] every other field too). Set every other field first.
     ///
     /// Only for envelopes whose receiver authenticates them by the decryption
     /// ([`E2eKeys::open_from`](crate::E2eKeys::open_from)): a payload only we and the
@@ -152,9 +152,11 @@ impl Identity {
         &self,
         env: &mut Envelope,
         recipient_key: &[u8],
+        binding: Binding,
         now: u64,
     ) -> Result<(), EnvelopeError> {
-        let binding = env.unsigned_binding();
+        env.stamp_at(now);
+        let binding = env.binding_data(binding);
         let cipher = match env.payload.take() {
             Some(Payload::Plain(bytes)) => {
                 self.e2e().seal_bound(recipient_key, &bytes, &binding)?
@@ -165,7 +167,6 @@ impl Identity {
         };
         env.payload = Some(Payload::Cipher(cipher));
         env.signature = None;
-        env.stamp_at(now);
         Ok(())
     }
 

@@ -217,6 +217,7 @@ impl Client {
             app_dedupes: false,
             max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
             rmb_twins: Default::default(),
+            unsigned_rpc: true,
         };
         let (peer, inbound) = match Peer::start(config).await {
             Ok(started) => started,

@@ -154,6 +154,15 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = rmb_peer::core::rmb_twins::DEFAULT_MAX)]
     rmb_twins: usize,
 
+    /// Sign every request and answer, as rmb-rs does. By default requests to rmb peers
+    /// that take them (they say so when asked, see --rmb-twins; 0 turns that off too),
+    /// and answers to peers that sent such requests, go without a signature: their
+    /// end-to-end encryption authenticates them, binding every envelope field, at a
+    /// fraction of the CPU (docs/protocol.md §3.4). With this flag the peer also stops
+    /// offering them; it still accepts those that arrive.
+    #[arg(long)]
+    no_unsigned_rpc: bool,
+
     /// Memory for replies kept to answer repeated requests again, in MiB. Past it, the
     /// replies kept in Redis (`msgbus.seen.*`) answer instead.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
@@ -445,6 +454,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             ttl: Duration::from_secs(args.rmb_twin_ttl),
             max: args.rmb_twins,
         },
+        unsigned_rpc: !args.no_unsigned_rpc,
     };
     let replay =
         MemoryReplayStore::with_reply_budget(replay::DEFAULT_CAPACITY, args.reply_cache_mb << 20);

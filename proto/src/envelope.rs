@@ -21,6 +21,34 @@ pub const UNSIGNED_SEALED_COMMANDS: &[&str] = &["rmb.topic.message", "rmb.topic.
 /// Domain tag opening [`Envelope::unsigned_binding`].
 pub const UNSIGNED_BINDING_TAG: &[u8] = b"rmb.unsigned.v1";
 
+/// Response header of a relay's WebSocket upgrade listing what the relay does beyond
+/// rmb-rs (comma-separated). A peer tells other peers it takes unsigned RPCs only when
+/// every relay it is connected to lists [`ROUTES_UNSIGNED_RPC`]: an older relay would
+/// refuse them arriving from another relay (docs/protocol.md §3.4).
+pub const RELAY_CAPABILITIES_HEADER: &str = "rmb-relay-capabilities";
+
+/// The relay capability: it passes unsigned RPCs and their answers on from other relays
+/// ([`Envelope::is_unsigned_sealed`]).
+pub const ROUTES_UNSIGNED_RPC: &str = "unsigned-rpc";
+
+/// Domain tag opening [`Envelope::unsigned_rpc_binding`].
+pub const UNSIGNED_RPC_BINDING_TAG: &[u8] = b"rmb.unsigned.v2";
+
+/// Which associated data an unsigned envelope's payload is sealed with
+/// (docs/protocol.md §3.4): it decides what a relay cannot change on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// [`Envelope::unsigned_binding`]: direction, uid and command. Topic pushes and
+    /// acknowledgements (their handlers drop repeats by their own ids) and the answers
+    /// to them.
+    Topic,
+    /// [`Envelope::unsigned_rpc_binding`]: every field but the payload and signature,
+    /// times included, so the envelope means exactly what a signature would have
+    /// covered. Any other request between rmb peers that proved they take it, and the
+    /// answers to those.
+    Rpc,
+}
+
 /// What an envelope carries, without its contents (for logs, metrics and dispatch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
@@ -90,18 +118,75 @@ impl Envelope {
             && matches!(self.payload, Some(Payload::Plain(_)))
     }
 
-    /// True for an unsigned request of an [`UNSIGNED_SEALED_COMMANDS`] command, or an
-    /// unsigned response, with an encrypted payload: one the receiving peer may
-    /// authenticate by decrypting it (topic pushes and their answers, docs/protocol.md
+    /// True for an unsigned request (other than a connection data frame) or response
+    /// with an encrypted payload: one the receiving peer may authenticate by decrypting
+    /// it (topic pushes, RPCs between rmb peers and their answers, docs/protocol.md
     /// §3.4; the peer decides which it accepts).
     pub fn is_unsigned_sealed(&self) -> bool {
         self.is_unsigned()
             && match &self.message {
-                Some(Message::Request(r)) => UNSIGNED_SEALED_COMMANDS.contains(&r.command.as_str()),
+                Some(Message::Request(r)) => r.command != CONN_DATA_COMMAND,
                 Some(Message::Response(_)) => true,
                 _ => false,
             }
             && matches!(self.payload, Some(Payload::Cipher(_)))
+    }
+
+    /// The binding an unsigned *request* is sealed with: [`Binding::Topic`] for an
+    /// [`UNSIGNED_SEALED_COMMANDS`] command, [`Binding::Rpc`] for any other. (A
+    /// response's follows its request, which only its receiver knows.)
+    pub fn request_binding(command: &str) -> Binding {
+        if UNSIGNED_SEALED_COMMANDS.contains(&command) {
+            Binding::Topic
+        } else {
+            Binding::Rpc
+        }
+    }
+
+    /// The associated data of `binding` for this envelope.
+    pub fn binding_data(&self, binding: Binding) -> Vec<u8> {
+        match binding {
+            Binding::Topic => self.unsigned_binding(),
+            Binding::Rpc => self.unsigned_rpc_binding(),
+        }
+    }
+
+    /// What the encryption of an unsigned RPC authenticates besides its payload
+    /// (docs/protocol.md §3.4): everything a signature covers except the payload, which
+    /// the AEAD covers itself. The times are in it, so a relay cannot make an old
+    /// request (or answer) look new, and the replay store, keyed by source and uid,
+    /// drops a copy until its deadline, as for a signed one; the sessions, tags and
+    /// schema are in it, so none can be changed on the way.
+    ///
+    /// `tag ‖ kind u8 ‖ source twin u32 ‖ source session ‖ destination twin u32 ‖
+    /// destination session ‖ uid ‖ command ‖ timestamp u64 ‖ expiration u64 ‖ tags ‖
+    /// schema`, big-endian; a string is `length u32 ‖ bytes`, an optional one `0` when
+    /// absent or `1 ‖ string`; the command is empty for a response.
+    pub fn unsigned_rpc_binding(&self) -> Vec<u8> {
+        let (kind, command) = match &self.message {
+            Some(Message::Request(r)) => (1u8, r.command.as_bytes()),
+            Some(Message::Response(_)) => (2, &[][..]),
+            _ => (0, &[][..]),
+        };
+        fn session(a: &Option<crate::Address>) -> Option<&[u8]> {
+            a.as_ref()
+                .and_then(|a| a.connection.as_deref())
+                .map(str::as_bytes)
+        }
+        let mut out = Vec::with_capacity(128 + self.uid.len() + command.len());
+        out.extend_from_slice(UNSIGNED_RPC_BINDING_TAG);
+        out.push(kind);
+        out.extend_from_slice(&self.source_twin().to_be_bytes());
+        put_optional(&mut out, session(&self.source));
+        out.extend_from_slice(&self.destination_twin().to_be_bytes());
+        put_optional(&mut out, session(&self.destination));
+        put_string(&mut out, self.uid.as_bytes());
+        put_string(&mut out, command);
+        out.extend_from_slice(&self.timestamp.to_be_bytes());
+        out.extend_from_slice(&self.expiration.to_be_bytes());
+        put_optional(&mut out, self.tags.as_deref().map(str::as_bytes));
+        put_optional(&mut out, self.schema.as_deref().map(str::as_bytes));
+        out
     }
 
     /// What the encryption of an unsigned sealed envelope authenticates besides its
@@ -154,6 +239,25 @@ impl Envelope {
     }
 }
 
+/// Appends `length u32 ‖ bytes` (saturating: envelopes are far below 4 GiB).
+fn put_string(out: &mut Vec<u8>, field: &[u8]) {
+    let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(field);
+}
+
+/// Appends `0` for an absent field, `1 ‖ string` for a present one (an empty string
+/// and none differ, as they do on the wire).
+fn put_optional(out: &mut Vec<u8>, field: Option<&[u8]>) {
+    match field {
+        None => out.push(0),
+        Some(field) => {
+            out.push(1);
+            put_string(out, field);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn only_topic_commands_and_responses_go_unsigned_sealed() {
+    fn encrypted_requests_and_responses_go_unsigned_sealed_but_not_connection_frames() {
         let unsigned = |message: Message| Envelope {
             message: Some(message),
             payload: Some(Payload::Cipher(vec![7; 40])),
@@ -202,7 +306,14 @@ mod tests {
         assert!(unsigned(request("rmb.topic.message")).is_unsigned_sealed());
         assert!(unsigned(request("rmb.topic.ack")).is_unsigned_sealed());
         assert!(unsigned(Message::Response(Default::default())).is_unsigned_sealed());
-        assert!(!unsigned(request("echo")).is_unsigned_by_design());
+        assert!(unsigned(request("echo")).is_unsigned_sealed());
+        assert!(!unsigned(request(CONN_DATA_COMMAND)).is_unsigned_sealed());
+        assert!(!unsigned(Message::Error(Default::default())).is_unsigned_by_design());
+        let mut plain = unsigned(request("echo"));
+        plain.payload = Some(Payload::Plain(vec![1]));
+        assert!(!plain.is_unsigned_by_design());
+        assert_eq!(Envelope::request_binding("rmb.topic.ack"), Binding::Topic);
+        assert_eq!(Envelope::request_binding("echo"), Binding::Rpc);
         let mut signed = unsigned(request("rmb.topic.ack"));
         signed.signature = Some(vec![1; 65]);
         assert!(!signed.is_unsigned_sealed());
@@ -228,5 +339,62 @@ mod tests {
         let mut answer = env.clone();
         answer.message = Some(Message::Response(Default::default()));
         assert_ne!(answer.unsigned_binding(), env.unsigned_binding());
+    }
+
+    #[test]
+    fn the_rpc_binding_names_every_field_but_payload_and_signature() {
+        let env = Envelope {
+            uid: "u".into(),
+            tags: Some("t".into()),
+            timestamp: 1000,
+            expiration: 60,
+            source: Some(crate::Address::twin(1)),
+            destination: Some(crate::Address {
+                twin: 2,
+                connection: Some("s".into()),
+            }),
+            message: Some(Message::Request(Request {
+                command: "echo".into(),
+            })),
+            schema: None,
+            payload: Some(Payload::Cipher(vec![1, 2, 3])),
+            ..Default::default()
+        };
+        let mut expected = b"rmb.unsigned.v2\x01\0\0\0\x01\0\0\0\0\x02\x01\0\0\0\x01s".to_vec();
+        expected.extend_from_slice(b"\0\0\0\x01u\0\0\0\x04echo");
+        expected.extend_from_slice(&1000u64.to_be_bytes());
+        expected.extend_from_slice(&60u64.to_be_bytes());
+        expected.extend_from_slice(b"\x01\0\0\0\x01t\0");
+        assert_eq!(env.unsigned_rpc_binding(), expected);
+        // Every change a relay could make gives another binding; payload and signature
+        // are not in it (the AEAD covers the payload).
+        let changes: Vec<Box<dyn Fn(&mut Envelope)>> = vec![
+            Box::new(|e| std::mem::swap(&mut e.source, &mut e.destination)),
+            Box::new(|e| e.source = Some(crate::Address::twin(3))),
+            Box::new(|e| e.source.as_mut().unwrap().connection = Some(String::new())),
+            Box::new(|e| e.destination.as_mut().unwrap().connection = None),
+            Box::new(|e| e.uid = "v".into()),
+            Box::new(|e| e.message = Some(Message::Response(Default::default()))),
+            Box::new(|e| {
+                e.message = Some(Message::Request(Request {
+                    command: "other".into(),
+                }))
+            }),
+            Box::new(|e| e.timestamp += 1),
+            Box::new(|e| e.expiration += 1),
+            Box::new(|e| e.tags = None),
+            Box::new(|e| e.tags = Some("fail-fast".into())),
+            Box::new(|e| e.schema = Some(String::new())),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut changed = env.clone();
+            change(&mut changed);
+            assert_ne!(changed.unsigned_rpc_binding(), expected, "change {i}");
+        }
+        let mut same = env.clone();
+        same.payload = Some(Payload::Cipher(vec![9]));
+        same.signature = Some(vec![1; 65]);
+        assert_eq!(same.unsigned_rpc_binding(), expected);
+        assert_ne!(env.unsigned_binding(), expected, "v1 and v2 never agree");
     }
 }

@@ -32,7 +32,8 @@ pub mod peer {
 pub use address::AddressParseError;
 pub use codec::{DEFAULT_MAX_ENVELOPE_SIZE, DecodeError};
 pub use envelope::{
-    CONN_DATA_COMMAND, FAIL_FAST_TAG, MessageKind, UNSIGNED_BINDING_TAG, UNSIGNED_SEALED_COMMANDS,
+    Binding, CONN_DATA_COMMAND, FAIL_FAST_TAG, MessageKind, RELAY_CAPABILITIES_HEADER,
+    ROUTES_UNSIGNED_RPC, UNSIGNED_BINDING_TAG, UNSIGNED_RPC_BINDING_TAG, UNSIGNED_SEALED_COMMANDS,
 };
 pub use time::{DEFAULT_MAX_LIFETIME_SECS, Expired, TimeError};
 pub use types::envelope::{Message, Payload};

@@ -124,6 +124,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 num(&status["unanswered"])
             );
         }
+        // Peers that take them exchange RPCs unsigned (protocol.md §3.4).
+        if status["sent_unsigned"].as_u64().is_some_and(|n| n > 0)
+            || status["received_unsigned"].as_u64().is_some_and(|n| n > 0)
+        {
+            println!(
+                "unsigned (authenticated by their encryption): {} sent, {} received",
+                num(&status["sent_unsigned"]),
+                num(&status["received_unsigned"])
+            );
+        }
         println!(
             "delivery: {} awaiting an answer, {} resent, {} duplicates dropped, {} answered again from the reply cache",
             num(&status["awaiting"]),

@@ -52,7 +52,7 @@ pub use replay::{Admission, MemoryReplayStore, ReplayError, ReplayKey, ReplayKin
 pub use status::{LinkStatus, PeerStatus};
 pub use types::{
     ConnFrame, Inbound, InboundRequest, InboundResponse, OutgoingRequest, OutgoingResponse,
-    RemoteError, clamp_expiration,
+    RemoteError, RequestAuth, clamp_expiration,
 };
 
 use refusals::{LogLimiter, RefusalCounters};
@@ -102,6 +102,10 @@ pub struct PeerConfig {
     /// ([`rmb_twins`]; rmb-peer `--rmb-twins`, `--rmb-twin-ttl`): they decide which
     /// destinations get timed resends.
     pub rmb_twins: rmb_twins::Limits,
+    /// Send requests and answers without a signature to peers that take them, and say
+    /// we take them ([`unsigned`]; false = rmb-peer `--no-unsigned-rpc`). Unsigned RPCs
+    /// that arrive are accepted either way: their encryption authenticates them.
+    pub unsigned_rpc: bool,
 }
 
 /// Shared state of a running peer.
@@ -118,7 +122,8 @@ pub(crate) struct Inner {
     replay: Arc<dyn ReplayStore>,
     /// Requests waiting for an answer (empty unless `reliable`).
     resends: Mutex<Resends>,
-    /// Which destinations proved they run rmb (used only when `reliable`).
+    /// Which destinations proved they run rmb (timed resends, when `reliable`) and
+    /// which take unsigned RPCs.
     rmb_twins: Mutex<rmb_twins::RmbTwins>,
     /// Wakes the resend task when a probe of [`rmb_twins`] is queued.
     probes_queued: tokio::sync::Notify,
@@ -127,6 +132,8 @@ pub(crate) struct Inner {
     /// Unsigned requests whose unsigned answers we accept ([`unsigned`]).
     awaited_unsigned: unsigned::Awaited,
     reliable: bool,
+    /// [`PeerConfig::unsigned_rpc`].
+    unsigned_rpc: bool,
     app_dedupes: bool,
     max_lifetime: u64,
     started_at: u64,
@@ -213,6 +220,7 @@ impl Peer {
             destinations: Mutex::new(senders::Senders::default()),
             awaited_unsigned: unsigned::Awaited::default(),
             reliable: config.reliable,
+            unsigned_rpc: config.unsigned_rpc,
             app_dedupes: config.app_dedupes,
             max_lifetime: config.max_lifetime,
             started_at: unix_now(),
@@ -226,6 +234,7 @@ impl Peer {
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let mut tasks = receive::spawn(&inner, incoming_rx, inbound_tx);
+        tasks.push(tokio::spawn(probe_loop(Arc::clone(&inner))));
         if inner.reliable {
             tasks.push(tokio::spawn(resend_loop(Arc::clone(&inner))));
         }
@@ -331,6 +340,8 @@ impl Peer {
             replayed: Counters::read(&c.replayed),
             awaiting: self.inner.resends().len() as u64,
             unanswered: Counters::read(&c.unanswered),
+            sent_unsigned: Counters::read(&c.sent_unsigned),
+            received_unsigned: Counters::read(&c.received_unsigned),
         }
     }
 
@@ -377,8 +388,17 @@ impl Inner {
 /// How often the resend table is looked at.
 const RESEND_TICK: Duration = Duration::from_millis(250);
 
+/// Sends the probes [`rmb_twins`] queues (for timed resends and unsigned RPCs).
+async fn probe_loop(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = inner.probes_queued.notified() => send_probes(&inner),
+        }
+    }
+}
+
 /// Sends again what is due ([`resend`]); a link that connects makes everything due.
-/// Also sends the probes [`rmb_twins`] queued.
 async fn resend_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(RESEND_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -387,10 +407,6 @@ async fn resend_loop(inner: Arc<Inner>) {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tick.tick() => {}
-            _ = inner.probes_queued.notified() => {
-                send_probes(&inner);
-                continue;
-            }
             changed = connected.changed() => {
                 if changed.is_err() {
                     return;
@@ -625,6 +641,7 @@ mod tests {
             app_dedupes: false,
             max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
             rmb_twins: Default::default(),
+            unsigned_rpc: true,
         };
         Peer::start(config).await.map(|(peer, _inbound)| peer)
     }

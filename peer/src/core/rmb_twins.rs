@@ -29,7 +29,13 @@
 //!   and counts as not rmb until it answers. An unanswered probe may be repeated after
 //!   [`PROBE_EXPIRATION`].
 //!
-//! A pure state machine (time is an input); the core's resend task sends the probes.
+//! The same answer says whether the twin takes RPCs without a signature
+//! ([`UNSIGNED_RPC`], [`unsigned`](super::unsigned)): it lists that capability when its
+//! relays route them. A twin that sent us such an RPC proved it too (its encryption
+//! authenticated it); that is remembered apart, so that answers to it go unsigned
+//! without a probe ([`RmbTwins::sent_unsigned_rpc`]).
+//!
+//! A pure state machine (time is an input); the core's probe task sends the probes.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -38,6 +44,10 @@ use std::time::{Duration, Instant};
 pub const PROBE_PAYLOAD: &[u8] = b"\"capabilities\"";
 /// The capability an rmb peer lists: repeated requests never reach its application twice.
 pub const DROPS_REPEATS: &str = "drops-repeats";
+/// The capability of a peer that takes RPCs and answers without a signature,
+/// authenticated by their encryption ([`unsigned`](super::unsigned)), and whose relays
+/// route them.
+pub const UNSIGNED_RPC: &str = "unsigned-rpc";
 /// Probe uids start with this (then the twin asked, then a random part).
 pub const PROBE_PREFIX: &str = "rmb-probe-";
 /// Validity of a probe, in seconds; one unanswered this long may be sent again.
@@ -71,8 +81,13 @@ impl Default for Limits {
 enum State {
     /// A probe with this uid was queued at `since`.
     Asking { uid: String, since: Instant },
-    /// The twin answered at `since`.
-    Known { rmb: bool, since: Instant },
+    /// The twin answered at `since`: whether it drops repeats (`rmb`) and takes
+    /// unsigned RPCs.
+    Known {
+        rmb: bool,
+        unsigned_rpc: bool,
+        since: Instant,
+    },
 }
 
 impl State {
@@ -87,6 +102,8 @@ impl State {
 #[derive(Debug, Default)]
 pub struct RmbTwins {
     twins: HashMap<u32, State>,
+    /// Twins that sent us an unsigned RPC, and when last (at most `limits.max`).
+    sent_unsigned: HashMap<u32, Instant>,
     /// Probes to send: (twin, uid). At most one per twin in `twins`.
     to_ask: Vec<(u32, String)>,
     limits: Limits,
@@ -97,6 +114,7 @@ impl RmbTwins {
     pub fn new(limits: Limits) -> Self {
         RmbTwins {
             twins: HashMap::new(),
+            sent_unsigned: HashMap::new(),
             to_ask: Vec::new(),
             limits,
         }
@@ -105,20 +123,73 @@ impl RmbTwins {
     /// True when `twin` proved lately that it runs rmb. Otherwise false, and a probe is
     /// queued for it unless one is pending ([`take_probes`](RmbTwins::take_probes)).
     pub fn is_rmb(&mut self, twin: u32, now: Instant) -> bool {
+        self.known(twin, now).is_some_and(|(rmb, _)| rmb)
+    }
+
+    /// True when `twin` takes RPCs without a signature: it said so in its answer to a
+    /// probe, or it sent us one lately. Otherwise false, and a probe is queued as by
+    /// [`is_rmb`](RmbTwins::is_rmb).
+    pub fn takes_unsigned_rpc(&mut self, twin: u32, now: Instant) -> bool {
+        self.sent_unsigned_lately(twin, now) || self.known(twin, now).is_some_and(|(_, u)| u)
+    }
+
+    /// [`takes_unsigned_rpc`](RmbTwins::takes_unsigned_rpc) without queueing a probe
+    /// (for answers: a twin that asked unsigned is known already).
+    pub fn knows_unsigned_rpc(&self, twin: u32, now: Instant) -> bool {
+        self.sent_unsigned_lately(twin, now)
+            || matches!(self.twins.get(&twin), Some(State::Known { unsigned_rpc: true, since, .. })
+                if now.saturating_duration_since(*since) < self.limits.ttl)
+    }
+
+    /// `twin` sent us an RPC without a signature that its encryption authenticated: it
+    /// takes them too, for the TTL.
+    pub fn sent_unsigned_rpc(&mut self, twin: u32, now: Instant) {
         if self.limits.max == 0 {
-            return false;
+            return;
+        }
+        if !self.sent_unsigned.contains_key(&twin) && self.sent_unsigned.len() >= self.limits.max {
+            let ttl = self.limits.ttl;
+            self.sent_unsigned
+                .retain(|_, since| now.saturating_duration_since(*since) < ttl);
+            if self.sent_unsigned.len() >= self.limits.max {
+                let oldest = self
+                    .sent_unsigned
+                    .iter()
+                    .min_by_key(|(_, s)| **s)
+                    .map(|(t, _)| *t);
+                if let Some(oldest) = oldest {
+                    self.sent_unsigned.remove(&oldest);
+                }
+            }
+        }
+        self.sent_unsigned.insert(twin, now);
+    }
+
+    fn sent_unsigned_lately(&self, twin: u32, now: Instant) -> bool {
+        self.sent_unsigned
+            .get(&twin)
+            .is_some_and(|since| now.saturating_duration_since(*since) < self.limits.ttl)
+    }
+
+    /// What `twin` said lately: `Some((rmb, unsigned_rpc))`; `None` while it is not
+    /// known, a probe being queued unless one is pending.
+    fn known(&mut self, twin: u32, now: Instant) -> Option<(bool, bool)> {
+        if self.limits.max == 0 {
+            return None;
         }
         let probe_wait = Duration::from_secs(PROBE_EXPIRATION);
         match self.twins.get(&twin) {
-            Some(State::Known { rmb, since })
-                if now.saturating_duration_since(*since) < self.limits.ttl =>
-            {
-                return *rmb;
+            Some(State::Known {
+                rmb,
+                unsigned_rpc,
+                since,
+            }) if now.saturating_duration_since(*since) < self.limits.ttl => {
+                return Some((*rmb, *unsigned_rpc));
             }
             Some(State::Asking { since, .. })
                 if now.saturating_duration_since(*since) < probe_wait =>
             {
-                return false;
+                return None;
             }
             Some(_) => {}
             None => self.make_room(now),
@@ -129,7 +200,7 @@ impl RmbTwins {
         self.to_ask.retain(|(t, _)| *t != twin);
         self.to_ask.push((twin, uid.clone()));
         self.twins.insert(twin, State::Asking { uid, since: now });
-        false
+        None
     }
 
     /// True when probes wait to be taken.
@@ -162,8 +233,17 @@ impl RmbTwins {
         if !self.is_probe(uid, twin) {
             return None;
         }
-        let rmb = reply.is_ok_and(proves_rmb);
-        self.twins.insert(twin, State::Known { rmb, since: now });
+        let capabilities = reply.map(capabilities).unwrap_or_default();
+        let has = |c: &str| capabilities.iter().any(|have| have == c);
+        let (rmb, unsigned_rpc) = (has(DROPS_REPEATS), has(UNSIGNED_RPC));
+        self.twins.insert(
+            twin,
+            State::Known {
+                rmb,
+                unsigned_rpc,
+                since: now,
+            },
+        );
         Some(rmb)
     }
 
@@ -215,20 +295,25 @@ struct ProbeAnswer {
     capabilities: Vec<String>,
 }
 
-/// The body answering a probe: this build's version and [`DROPS_REPEATS`] (JSON).
-pub fn probe_answer(version: &str) -> Vec<u8> {
+/// The body answering a probe: this build's version and its capabilities (JSON), such
+/// as [`DROPS_REPEATS`] and [`UNSIGNED_RPC`].
+pub fn probe_answer(version: &str, capabilities: &[&str]) -> Vec<u8> {
     let answer = ProbeAnswer {
         version: version.to_string(),
-        capabilities: vec![DROPS_REPEATS.to_string()],
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
     };
     serde_json::to_vec(&answer).unwrap_or_default()
 }
 
-/// True for a probe answer listing [`DROPS_REPEATS`] (rmb-rs's version string is not).
-fn proves_rmb(body: &[u8]) -> bool {
-    body.len() <= MAX_ANSWER
-        && serde_json::from_slice::<ProbeAnswer>(body)
-            .is_ok_and(|a| a.capabilities.iter().any(|c| c == DROPS_REPEATS))
+/// The capabilities a probe answer lists (none for rmb-rs's version string, or
+/// anything else that is not such an answer).
+fn capabilities(body: &[u8]) -> Vec<String> {
+    if body.len() > MAX_ANSWER {
+        return Vec::new();
+    }
+    serde_json::from_slice::<ProbeAnswer>(body)
+        .map(|a| a.capabilities)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -251,7 +336,7 @@ mod tests {
         assert!(uid.starts_with("rmb-probe-7-"));
         assert!(!t.is_rmb(7, t0), "asking");
         assert!(t.take_probes().is_empty(), "one probe at a time");
-        let answer = probe_answer("v1");
+        let answer = probe_answer("v1", &[DROPS_REPEATS]);
         assert_eq!(t.answered(&uid, 7, Ok(&answer), t0), Some(true));
         assert!(t.is_rmb(7, t0 + DEFAULT_TTL / 2));
         assert!(t.take_probes().is_empty());
@@ -291,7 +376,7 @@ mod tests {
         let mut t = RmbTwins::new(Limits::default());
         t.is_rmb(7, t0);
         let (_, uid) = probe(&mut t);
-        let yes = probe_answer("v1");
+        let yes = probe_answer("v1", &[DROPS_REPEATS]);
         assert_eq!(t.answered(&uid, 8, Ok(&yes), t0), None, "another twin");
         assert_eq!(
             t.answered("rmb-probe-7-other", 7, Ok(&yes), t0),
@@ -313,7 +398,7 @@ mod tests {
         assert!(!t.is_rmb(7, later));
         let (_, second) = probe(&mut t);
         assert_ne!(first, second);
-        let yes = probe_answer("v1");
+        let yes = probe_answer("v1", &[DROPS_REPEATS]);
         assert_eq!(t.answered(&first, 7, Ok(&yes), later), None, "too late");
         assert_eq!(t.answered(&second, 7, Ok(&yes), later), Some(true));
     }
@@ -338,5 +423,58 @@ mod tests {
         let mut off = off;
         assert!(!off.is_rmb(1, t0));
         assert!(off.take_probes().is_empty() && off.is_empty());
+    }
+
+    #[test]
+    fn unsigned_rpcs_go_to_twins_that_said_so_or_sent_one() {
+        let t0 = Instant::now();
+        let mut t = RmbTwins::new(Limits::default());
+        assert!(!t.takes_unsigned_rpc(7, t0), "unknown: asked first");
+        let (_, uid) = probe(&mut t);
+        let both = probe_answer("v2", &[DROPS_REPEATS, UNSIGNED_RPC]);
+        assert_eq!(t.answered(&uid, 7, Ok(&both), t0), Some(true));
+        assert!(t.takes_unsigned_rpc(7, t0) && t.knows_unsigned_rpc(7, t0));
+        // An rmb peer whose relays do not route them (or an older one) does not list it.
+        assert!(!t.takes_unsigned_rpc(8, t0));
+        let (_, uid) = probe(&mut t);
+        let old = probe_answer("v1", &[DROPS_REPEATS]);
+        assert_eq!(t.answered(&uid, 8, Ok(&old), t0), Some(true));
+        assert!(!t.takes_unsigned_rpc(8, t0) && t.is_rmb(8, t0));
+        // An at-most-once peer takes them without dropping repeats.
+        assert!(!t.takes_unsigned_rpc(9, t0));
+        let (_, uid) = probe(&mut t);
+        let once = probe_answer("v2", &[UNSIGNED_RPC]);
+        assert_eq!(t.answered(&uid, 9, Ok(&once), t0), Some(false));
+        assert!(t.takes_unsigned_rpc(9, t0) && !t.is_rmb(9, t0));
+        // A twin that sent one is known without a probe, for the TTL, and that says
+        // nothing about repeats.
+        assert!(!t.knows_unsigned_rpc(10, t0));
+        t.sent_unsigned_rpc(10, t0);
+        assert!(t.knows_unsigned_rpc(10, t0) && t.takes_unsigned_rpc(10, t0));
+        assert!(t.take_probes().is_empty());
+        assert!(!t.knows_unsigned_rpc(10, t0 + DEFAULT_TTL));
+        assert!(
+            !t.knows_unsigned_rpc(7, t0 + DEFAULT_TTL),
+            "asked again past the TTL"
+        );
+    }
+
+    #[test]
+    fn twins_that_sent_unsigned_rpcs_are_bounded_and_off_with_learning() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            ttl: DEFAULT_TTL,
+            max: 2,
+        };
+        let mut t = RmbTwins::new(limits);
+        for twin in 1..=3u32 {
+            t.sent_unsigned_rpc(twin, t0 + Duration::from_millis(u64::from(twin)));
+        }
+        let now = t0 + Duration::from_millis(5);
+        assert!(!t.knows_unsigned_rpc(1, now), "the oldest is forgotten");
+        assert!(t.knows_unsigned_rpc(2, now) && t.knows_unsigned_rpc(3, now));
+        let mut off = RmbTwins::new(Limits { max: 0, ..limits });
+        off.sent_unsigned_rpc(1, t0);
+        assert!(!off.takes_unsigned_rpc(1, t0) && off.take_probes().is_empty());
     }
 }

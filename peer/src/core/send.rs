@@ -7,7 +7,9 @@ use std::sync::Arc;
 use rmb_identity::E2eScheme;
 use rmb_identity::registry::Twin;
 use rmb_proto::time::unix_now;
-use rmb_proto::{DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Error, Message, Payload, Request, Response};
+use rmb_proto::{
+    Binding, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Error, Message, Payload, Request, Response,
+};
 use tokio_tungstenite::tungstenite::Bytes;
 
 use tokio::time::Instant;
@@ -32,7 +34,7 @@ impl Peer {
     /// Errors: [`SendError::UnknownTwin`] (103), [`SendError::Expired`] (500) when the
     /// request's validity is used up, [`SendError::Link`] when no relay took it in time.
     pub async fn send_request(&self, req: OutgoingRequest) -> Result<(), SendError> {
-        self.inner.send_request(req, Sealing::Signed).await
+        self.inner.send_request(req, Sealing::Rpc).await
     }
 
     /// Encrypts, stamps and signs a request without sending it, so the signature can be
@@ -41,15 +43,13 @@ impl Peer {
     /// [`send_request`](Peer::send_request) gives them before anything is sent.
     pub async fn seal_request(&self, req: OutgoingRequest) -> Result<Sealed, SendError> {
         let env = request_envelope(&self.inner, req);
-        self.inner.seal(env, Sealing::Signed).await
+        self.inner.seal(env, Sealing::Rpc).await
     }
 
     /// Sends a request sealed by [`seal_request`](Peer::seal_request), as
     /// [`send_request`](Peer::send_request) does (kept for resending when reliable).
     pub async fn send_sealed_request(&self, sealed: Sealed) -> Result<(), SendError> {
-        self.inner
-            .send_sealed_request(sealed, Sealing::Signed)
-            .await
+        self.inner.send_sealed_request(sealed, Sealing::Rpc).await
     }
 
     /// [`send_request`](Peer::send_request) without a signature when the destination
@@ -74,11 +74,11 @@ impl Peer {
         self.inner.send_request(req, how).await
     }
 
-    /// The answer to a request that came unsigned ([`InboundRequest::signed`] false):
-    /// unsigned too when it can be (a response with a body, to a twin of our scheme),
-    /// signed otherwise.
+    /// The answer to a topic request that came unsigned ([`InboundRequest::auth`] is
+    /// [`RequestAuth::Topic`](super::RequestAuth::Topic)): unsigned too when it can be
+    /// (a response with a body, to a twin of our scheme), signed otherwise.
     ///
-    /// [`InboundRequest::signed`]: super::InboundRequest::signed
+    /// [`InboundRequest::auth`]: super::InboundRequest::auth
     pub async fn send_unsigned_response(&self, resp: OutgoingResponse) -> Result<(), SendError> {
         let sealed = self.inner.seal_reply(resp, Sealing::Unsigned).await?;
         self.inner.send_sealed_reply(&sealed).await
@@ -96,7 +96,7 @@ impl Peer {
     /// A reply too large for an envelope is replaced by an error reply saying so (code
     /// 101, counted as `oversize`): the requester learns why instead of timing out.
     pub async fn seal_response(&self, resp: OutgoingResponse) -> Result<Sealed, SendError> {
-        self.inner.seal_reply(resp, Sealing::Signed).await
+        self.inner.seal_reply(resp, Sealing::Reply).await
     }
 
     /// Sends a reply sealed by [`seal_response`](Peer::seal_response): remembered with
@@ -135,6 +135,8 @@ pub struct Sealed {
     pub secp256k1: bool,
     /// False when it goes without a signature ([`unsigned`](super::unsigned)).
     pub signed: bool,
+    /// Unsigned: the associated data its payload is sealed with.
+    pub binding: Option<Binding>,
 }
 
 /// How [`Inner::seal`] protects an envelope.
@@ -146,7 +148,16 @@ pub(super) enum Sealing {
     SignedPlain,
     /// Encrypted and not signed when the destination publishes a key of our scheme and
     /// it is a request or a response ([`unsigned`](super::unsigned)); `Signed` otherwise.
+    /// Topic traffic: sealed with [`Binding::Topic`].
     Unsigned,
+    /// An application's request: sealed with [`Binding::Rpc`] and not signed when the
+    /// destination publishes a key of our scheme and takes unsigned RPCs
+    /// ([`RmbTwins::takes_unsigned_rpc`](super::rmb_twins::RmbTwins::takes_unsigned_rpc),
+    /// which asks it first); `Signed` otherwise.
+    Rpc,
+    /// A response: as `Rpc` when the destination is known to take unsigned RPCs (it
+    /// sent us one, or said so); `Signed` otherwise. Error envelopes are always signed.
+    Reply,
     /// `Unsigned` for a request whose answer is not awaited, nor the request resent.
     UnsignedOneWay,
     /// `Signed` for such a request.
@@ -162,7 +173,7 @@ impl Sealing {
         match (unsigned, one_way) {
             (true, false) => Sealing::Unsigned,
             (true, true) => Sealing::UnsignedOneWay,
-            (false, false) => Sealing::Signed,
+            (false, false) => Sealing::Rpc,
             (false, true) => Sealing::SignedOneWay,
         }
     }
@@ -247,6 +258,9 @@ impl Inner {
         match self.links.send(sealed.bytes, sealed.deadline).await {
             Ok(_) => {
                 Counters::bump(&self.counters.sent);
+                if !sealed.signed {
+                    Counters::bump(&self.counters.sent_unsigned);
+                }
                 if tracked {
                     self.resends()
                         .sent(&uid, sealed.twin, Instant::now().into_std());
@@ -263,6 +277,30 @@ impl Inner {
                 Err(e.into())
             }
         }
+    }
+
+    /// True when requests to `twin` may go unsigned ([`Sealing::Rpc`]): we offer it
+    /// (`--no-unsigned-rpc` not given) and the twin takes them; an unknown twin is asked
+    /// (the probe goes on the probe task) and gets this request signed.
+    fn takes_unsigned_rpc(&self, twin: u32) -> bool {
+        if !self.unsigned_rpc {
+            return false;
+        }
+        let mut twins = self.rmb_twins();
+        let takes = twins.takes_unsigned_rpc(twin, Instant::now().into_std());
+        if twins.has_probes() {
+            self.probes_queued.notify_one();
+        }
+        takes
+    }
+
+    /// True when answers to `twin` may go unsigned ([`Sealing::Reply`]): as
+    /// [`takes_unsigned_rpc`](Inner::takes_unsigned_rpc), but never asking.
+    fn knows_unsigned_rpc(&self, twin: u32) -> bool {
+        self.unsigned_rpc
+            && self
+                .rmb_twins()
+                .knows_unsigned_rpc(twin, Instant::now().into_std())
     }
 
     /// True when `twin` proved lately that it runs rmb ([`rmb_twins`](super::rmb_twins));
@@ -295,7 +333,7 @@ impl Inner {
     }
 
     pub(super) async fn send_response(&self, resp: OutgoingResponse) -> Result<(), SendError> {
-        let sealed = self.seal_reply(resp, Sealing::Signed).await?;
+        let sealed = self.seal_reply(resp, Sealing::Reply).await?;
         self.send_sealed_reply(&sealed).await
     }
 
@@ -346,10 +384,10 @@ impl Inner {
     }
 
     async fn send_sealed_reply(&self, reply: &Sealed) -> Result<(), SendError> {
-        // An unsigned reply answers an unsigned request, which skips the replay store
-        // (its uid is not authenticated; its handler drops repeats itself): nothing to
-        // answer a repeat from.
-        if self.reliable && reply.signed {
+        // An unsigned topic reply answers an unsigned topic request, which skips the
+        // replay store (its handler drops repeats itself): nothing to answer a repeat
+        // from. Unsigned RPCs go through the replay store as signed ones do.
+        if self.reliable && reply.binding != Some(Binding::Topic) {
             let key = ReplayKey {
                 source: reply.twin,
                 uid: reply.uid.clone(),
@@ -366,6 +404,9 @@ impl Inner {
         match self.links.send(reply.bytes.clone(), reply.deadline).await {
             Ok(_) => {
                 Counters::bump(&self.counters.sent);
+                if !reply.signed {
+                    Counters::bump(&self.counters.sent_unsigned);
+                }
                 Ok(())
             }
             // Kept (within the budget) and sent once a relay is back.
@@ -467,19 +508,34 @@ impl Inner {
             return Err(SendError::SchemeMismatch(twin.id));
         }
         let is_request = matches!(env.message, Some(Message::Request(_)));
+        let is_response = matches!(env.message, Some(Message::Response(_)));
         let unsigned_key = recipient_key.filter(|pk| {
-            matches!(how, Sealing::Unsigned | Sealing::UnsignedOneWay)
-                && E2eScheme::of_public_key(pk) == Ok(self.e2e)
-                && (is_request || matches!(env.message, Some(Message::Response(_))))
-                // A request's answer is accepted unsigned only while it is awaited.
-                && (!is_request
-                    || how == Sealing::UnsignedOneWay
-                    || self
-                        .awaited_unsigned
-                        .insert(&env.uid, destination, env.deadline(), now))
+            E2eScheme::of_public_key(pk) == Ok(self.e2e)
+                && match how {
+                    // A topic request's answer is accepted unsigned only while it is
+                    // awaited.
+                    Sealing::Unsigned | Sealing::UnsignedOneWay => {
+                        is_response
+                            || (is_request
+                                && (how == Sealing::UnsignedOneWay
+                                    || self.awaited_unsigned.insert(
+                                        &env.uid,
+                                        destination,
+                                        env.deadline(),
+                                        now,
+                                    )))
+                    }
+                    Sealing::Rpc => is_request && self.takes_unsigned_rpc(destination),
+                    Sealing::Reply => is_response && self.knows_unsigned_rpc(destination),
+                    Sealing::Signed | Sealing::SignedPlain | Sealing::SignedOneWay => false,
+                }
         });
+        let binding = match how {
+            Sealing::Rpc | Sealing::Reply => Binding::Rpc,
+            _ => Binding::Topic,
+        };
         let sealed = match unsigned_key {
-            Some(pk) => self.identity.encrypt_envelope(&mut env, pk, now),
+            Some(pk) => self.identity.encrypt_envelope(&mut env, pk, binding, now),
             None => self.identity.seal_envelope(&mut env, recipient_key, now),
         };
         let signed = unsigned_key.is_none();
@@ -505,6 +561,7 @@ impl Inner {
             drops_repeats: scheme == Some(Ok(E2eScheme::X25519)),
             secp256k1: scheme == Some(Ok(E2eScheme::Secp256k1)),
             signed,
+            binding: (!signed).then_some(binding),
             uid: env.uid.clone(),
             twin: destination,
             deadline: env.deadline(),

@@ -49,6 +49,13 @@ pub struct PeerStatus {
     /// answered. Also in `rejected_by`.
     #[serde(default)]
     pub unanswered: u64,
+    /// Requests and answers sent without a signature, their encryption authenticating
+    /// them (docs/protocol.md §3.4); also in `sent`.
+    #[serde(default)]
+    pub sent_unsigned: u64,
+    /// Unsigned envelopes whose encryption authenticated them (copies included).
+    #[serde(default)]
+    pub received_unsigned: u64,
 }
 
 /// The live counters behind [`PeerStatus`].
@@ -61,6 +68,8 @@ pub(crate) struct Counters {
     pub duplicates: AtomicU64,
     pub replayed: AtomicU64,
     pub unanswered: AtomicU64,
+    pub sent_unsigned: AtomicU64,
+    pub received_unsigned: AtomicU64,
 }
 
 impl Counters {

@@ -101,9 +101,23 @@ pub struct InboundRequest {
     pub tags: Option<String>,
     pub timestamp: u64,
     pub expiration: u64,
-    /// False when it came without a signature, authenticated by its encryption
-    /// ([`unsigned`](super::unsigned)); its answer may then go unsigned too.
-    pub signed: bool,
+    /// How it proved its sender: a signature, or its encryption
+    /// ([`unsigned`](super::unsigned)); the answer to an unsigned topic request goes
+    /// unsigned with the same binding.
+    pub auth: RequestAuth,
+}
+
+/// How a received request proved who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestAuth {
+    /// A signature (or it is not a request).
+    Signed,
+    /// Its encryption, bound to direction, uid and command only: a topic request, which
+    /// its handler checks for repeats itself ([`rmb_proto::Binding::Topic`]).
+    Topic,
+    /// Its encryption, bound to every field: an RPC, as good as signed
+    /// ([`rmb_proto::Binding::Rpc`]).
+    Rpc,
 }
 
 impl InboundRequest {

@@ -33,9 +33,27 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use rmb_proto::{Binding, Envelope, Message};
+
+use super::types::RequestAuth;
+
 /// Requests accepted without a signature when their payload authenticates them (relays
 /// refuse any other unsigned request too).
 pub const UNSIGNED_COMMANDS: &[&str] = rmb_proto::UNSIGNED_SEALED_COMMANDS;
+
+/// How a request that passed the receive checks proved its sender: unsigned ones were
+/// authenticated by opening with the binding of their command.
+pub fn request_auth(env: &Envelope) -> RequestAuth {
+    match &env.message {
+        Some(Message::Request(r)) if env.is_unsigned() => {
+            match Envelope::request_binding(&r.command) {
+                Binding::Topic => RequestAuth::Topic,
+                Binding::Rpc => RequestAuth::Rpc,
+            }
+        }
+        _ => RequestAuth::Signed,
+    }
+}
 
 /// Most unsigned requests waiting for their answer at once; past it requests are signed
 /// (their answers then need no entry here).

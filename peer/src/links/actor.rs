@@ -109,9 +109,9 @@ impl Actor {
                 attempt = self.connect() => attempt,
             };
             match attempt {
-                Ok(ws) => {
+                Ok((ws, routes_unsigned_rpc)) => {
                     failures = 0;
-                    self.health.set_up(unix_now());
+                    self.health.set_up(unix_now(), routes_unsigned_rpc);
                     self.shared.notify_connected();
                     tracing::info!(relay = %self.url, "connected to relay");
                     let started = Instant::now();
@@ -161,7 +161,9 @@ impl Actor {
         self.shutdown.cancelled().await;
     }
 
-    async fn connect(&self) -> Result<Ws, String> {
+    /// Connects and logs in; also whether the relay routes unsigned RPCs (its
+    /// [`rmb_proto::RELAY_CAPABILITIES_HEADER`]).
+    async fn connect(&self) -> Result<(Ws, bool), String> {
         ensure_crypto_provider();
         // Relays refuse a token seen before: never make the same one twice.
         let (iat, ttl) = self.token_times.next(unix_now());
@@ -201,7 +203,17 @@ impl Actor {
                 ))
             }
             Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Ok((ws, response))) => {
+                let routes_unsigned_rpc = response
+                    .headers()
+                    .get(rmb_proto::RELAY_CAPABILITIES_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| {
+                        v.split(',')
+                            .any(|c| c.trim() == rmb_proto::ROUTES_UNSIGNED_RPC)
+                    });
+                Ok((ws, routes_unsigned_rpc))
+            }
         }
     }
 

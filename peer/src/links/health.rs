@@ -35,6 +35,8 @@ pub struct LinkHealth {
     received: AtomicU64,
     reconnects: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The relay said at the last connect that it routes unsigned RPCs.
+    routes_unsigned_rpc: AtomicBool,
 }
 
 impl LinkHealth {
@@ -48,7 +50,13 @@ impl LinkHealth {
             received: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            routes_unsigned_rpc: AtomicBool::new(false),
         }
+    }
+
+    /// True when the relay of the current (or last) connection routes unsigned RPCs.
+    pub fn routes_unsigned_rpc(&self) -> bool {
+        self.routes_unsigned_rpc.load(Ordering::Relaxed)
     }
 
     /// True while the link can take envelopes.
@@ -56,8 +64,11 @@ impl LinkHealth {
         self.connected.load(Ordering::Acquire)
     }
 
-    /// The connection is up.
-    pub fn set_up(&self, now: u64) {
+    /// The connection is up; `routes_unsigned_rpc`: the relay said it passes unsigned
+    /// RPCs on ([`rmb_proto::ROUTES_UNSIGNED_RPC`]).
+    pub fn set_up(&self, now: u64, routes_unsigned_rpc: bool) {
+        self.routes_unsigned_rpc
+            .store(routes_unsigned_rpc, Ordering::Relaxed);
         self.since.store(now, Ordering::Relaxed);
         self.connected.store(true, Ordering::Release);
     }
@@ -116,7 +127,7 @@ mod tests {
         let s = h.snapshot();
         assert_eq!((s.connected, s.since, s.reconnects), (false, 10, 0));
         assert_eq!(s.last_error.as_deref(), Some("refused"));
-        h.set_up(12);
+        h.set_up(12, false);
         h.add_sent(3);
         h.add_received();
         let s = h.snapshot();

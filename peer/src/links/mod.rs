@@ -281,6 +281,18 @@ impl Links {
         self.shared.connected.subscribe()
     }
 
+    /// True when at least one link is connected and every connected one's relay routes
+    /// unsigned RPCs (so other peers may send us some, [`crate::core::unsigned`]).
+    pub fn all_route_unsigned_rpc(&self) -> bool {
+        let mut connected = self
+            .shared
+            .slots
+            .iter()
+            .filter(|s| s.health.is_connected())
+            .peekable();
+        connected.peek().is_some() && connected.all(|s| s.health.routes_unsigned_rpc())
+    }
+
     /// True when at least one link is connected.
     pub fn any_connected(&self) -> bool {
         self.shared.slots.iter().any(|s| s.health.is_connected())

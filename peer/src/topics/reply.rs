@@ -4,7 +4,7 @@
 
 use super::shared::Shared;
 use crate::core::types::DEFAULT_EXPIRATION;
-use crate::core::{InboundRequest, OutgoingResponse, Reason, RemoteError};
+use crate::core::{InboundRequest, OutgoingResponse, Reason, RemoteError, RequestAuth};
 
 /// Refuses a topic request with an error reply (counted by reason, logged at most once
 /// per 10 s per twin).
@@ -39,11 +39,12 @@ pub(crate) async fn reply(
         timestamp: 0,
         expiration: DEFAULT_EXPIRATION,
     };
-    // A push that came unsigned is answered unsigned (when the answer has a body).
-    let sent = if request.signed {
-        shared.peer.send_response(response).await
-    } else {
+    // A push that came unsigned is answered unsigned with its binding (when the answer
+    // has a body); any other as an RPC's answer.
+    let sent = if request.auth == RequestAuth::Topic {
         shared.peer.send_unsigned_response(response).await
+    } else {
+        shared.peer.send_response(response).await
     };
     if let Err(e) = sent {
         tracing::debug!(error = %e, "could not send a topic reply");

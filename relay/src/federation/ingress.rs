@@ -9,10 +9,11 @@
 //! counted in `relay_errors_total{kind}`.
 //!
 //! The exception to the signature: connection data frames (their connection's AEAD
-//! authenticates them end to end; docs/protocol.md §10) and topic pushes,
-//! acknowledgements and answers (their e2e encryption does, §3.4) travel unsigned
-//! ([`Envelope::is_unsigned_by_design`]); any other unsigned request is refused like a
-//! bad signature, since no peer would accept it. Nothing here can tell a forged one from a
+//! authenticates them end to end; docs/protocol.md §10), and requests and answers with
+//! an encrypted payload (topic pushes and RPCs between rmb peers: their e2e encryption
+//! does, bound to the envelope's fields, §3.4) may travel unsigned
+//! ([`Envelope::is_unsigned_by_design`]); any other unsigned envelope (a plain payload,
+//! an error) is refused like a bad signature, since no peer would accept it. Nothing here can tell a forged one from a
 //! real one, so an unsigned envelope is charged to the pair
 //! (claimed twin, posting address) instead, in a limiter of its own: frames forged in a
 //! twin's name from elsewhere spend only their poster's budget, never the twin's own

@@ -224,13 +224,20 @@ async fn upgrade(
             // tungstenite zero-fills its whole read buffer on first use; 2 KiB instead of the
             // default 128 KiB is what keeps an idle session small (bigger frames still fit:
             // the buffer grows while reading them).
-            ws.max_message_size(max)
+            let mut response = ws
+                .max_message_size(max)
                 .max_frame_size(max)
                 .read_buffer_size(2 * 1024)
                 .on_upgrade(move |socket| {
                     let tracker = state.sessions.clone();
                     tracker.track_future(session::serve(socket, session, state))
-                })
+                });
+            // Our peers offer unsigned RPCs only behind relays that pass them on.
+            response.headers_mut().insert(
+                rmb_proto::RELAY_CAPABILITIES_HEADER,
+                axum::http::HeaderValue::from_static(rmb_proto::ROUTES_UNSIGNED_RPC),
+            );
+            response
         }
     }
 }

@@ -131,7 +131,9 @@ async fn unsigned_forgeries_are_refused_by_subscribers() {
             payload: Some(Payload::Plain(body)),
             ..Default::default()
         };
-        mallory.encrypt_envelope(&mut env, &bob_pk, now()).unwrap();
+        mallory
+            .encrypt_envelope(&mut env, &bob_pk, rmb_proto::Binding::Topic, now())
+            .unwrap();
         assert_eq!(env.signature, None);
         env
     };
@@ -365,7 +367,9 @@ async fn unacknowledged_pushes_are_sent_again_until_acknowledged() {
             )),
             ..Default::default()
         };
-        carol.encrypt_envelope(&mut env, &alice_pk, now()).unwrap();
+        carol
+            .encrypt_envelope(&mut env, &alice_pk, rmb_proto::Binding::Topic, now())
+            .unwrap();
         env
     };
     carol_session.send(&ack("ack-1", "news", 1)).await;

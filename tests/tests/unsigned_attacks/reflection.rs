@@ -43,7 +43,11 @@ type Taken = (u32, Vec<u8>, bool);
 pub(super) fn take_acks(client: &Client) -> mpsc::UnboundedReceiver<Taken> {
     let (tx, rx) = mpsc::unbounded_channel();
     client.serve("rmb.topic.ack", move |req| {
-        let _ = tx.send((req.source.twin, req.payload.clone(), req.signed));
+        let _ = tx.send((
+            req.source.twin,
+            req.payload.clone(),
+            req.auth == rmb_peer::core::RequestAuth::Signed,
+        ));
         async { Ok(Vec::new()) }
     });
     rx

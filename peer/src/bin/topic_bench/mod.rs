@@ -249,6 +249,7 @@ async fn start_node(
         app_dedupes: false,
         max_lifetime: rmb_proto::DEFAULT_MAX_LIFETIME_SECS,
         rmb_twins: Default::default(),
+        unsigned_rpc: true,
     };
     let (peer, inbound) = Peer::start(config).await?;
     let mut options = TopicsOptions::new(redis);

@@ -5,6 +5,8 @@
 //! parent module).
 
 use super::*;
+use crate::core::RequestAuth;
+use crate::core::unsigned::request_auth;
 
 /// Takes checked batches in arrival order: replay check, then to the application.
 #[derive(Clone)]
@@ -42,10 +44,11 @@ impl Deliverer {
     }
 
     async fn admit(&self, env: Envelope, source: u32, now: u64) {
-        // An unsigned request's uid is not authenticated (a relay could change it), so
-        // the replay store cannot know its repeats: its handler drops them itself
-        // (topic batches by message id; acknowledgements are cumulative).
-        if env.is_unsigned() && env.kind() == MessageKind::Request {
+        // An unsigned topic request's times are not authenticated (a relay could make an
+        // old one look new), so the replay store cannot know all its repeats: its
+        // handler drops them itself (topic batches by message id; acknowledgements are
+        // cumulative). An unsigned RPC binds its times, so it is checked as a signed one.
+        if request_auth(&env) == RequestAuth::Topic {
             Counters::bump(&self.inner.counters.received);
             return self.deliver(env).await;
         }
@@ -105,7 +108,7 @@ impl Deliverer {
             return;
         }
         let source = env.source.clone().unwrap_or_default();
-        let signed = !env.is_unsigned();
+        let auth = request_auth(&env);
         let payload = match env.payload {
             Some(Payload::Plain(bytes)) => bytes,
             _ => Vec::new(),
@@ -124,7 +127,7 @@ impl Deliverer {
                 tags: env.tags,
                 timestamp: env.timestamp,
                 expiration: env.expiration,
-                signed,
+                auth,
             }),
             Some(Message::Response(_)) => Inbound::Response(InboundResponse {
                 uid: env.uid,
@@ -284,12 +287,22 @@ impl Deliverer {
 
     /// Our version as a JSON string (rmb-rs's answer); to a probe of
     /// [`rmb_twins`](crate::core::rmb_twins), a JSON object that also lists what this
-    /// peer guarantees, unless it runs `--at-most-once` (no reply cache, nothing kept
-    /// across a restart: it answers as rmb-rs would, and gets no timed resends).
+    /// peer does: [`DROPS_REPEATS`](crate::core::rmb_twins::DROPS_REPEATS) unless it
+    /// runs `--at-most-once` (no reply cache, nothing kept across a restart: no timed
+    /// resends for it), [`UNSIGNED_RPC`](crate::core::rmb_twins::UNSIGNED_RPC) when it
+    /// offers them and every relay it is connected to routes them. With neither it
+    /// answers as rmb-rs would.
     fn answer_version(&self, uid: String, source: Address, payload: &[u8]) {
         let probe = payload == crate::core::rmb_twins::PROBE_PAYLOAD;
-        let version = if probe && self.inner.reliable {
-            crate::core::rmb_twins::probe_answer(crate::VERSION)
+        let mut capabilities = Vec::new();
+        if self.inner.reliable {
+            capabilities.push(crate::core::rmb_twins::DROPS_REPEATS);
+        }
+        if self.inner.unsigned_rpc && self.inner.links.all_route_unsigned_rpc() {
+            capabilities.push(crate::core::rmb_twins::UNSIGNED_RPC);
+        }
+        let version = if probe && !capabilities.is_empty() {
+            crate::core::rmb_twins::probe_answer(crate::VERSION, &capabilities)
         } else {
             serde_json::to_vec(crate::VERSION).unwrap_or_default()
         };

@@ -49,7 +49,9 @@ use rmb_identity::envelope::check_shape;
 use rmb_identity::registry::Twin;
 use rmb_identity::{E2eError, EnvelopeError, SignatureError, verified_in_groups, verify};
 use rmb_proto::time::unix_now;
-use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Message, MessageKind, Payload};
+use rmb_proto::{
+    Address, Binding, DEFAULT_MAX_ENVELOPE_SIZE, Envelope, Message, MessageKind, Payload,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -63,7 +65,6 @@ use super::types::{
     ConnFrame, DEFAULT_EXPIRATION, Inbound, InboundRequest, InboundResponse, OutgoingResponse,
     RemoteError,
 };
-use super::unsigned::UNSIGNED_COMMANDS;
 use super::{Inner, VERSION_COMMAND};
 use crate::links::Frame;
 use deliver::Deliverer;
@@ -225,10 +226,17 @@ async fn dispatch(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Frame>, checki
     }
 }
 
-/// True for a precheck refusal that is answered once the signature proves the sender:
-/// a signed request refused for its deadline or address.
+/// True for a precheck refusal that is answered once the signature (or, for an
+/// unsigned RPC, its encryption) proves the sender: a request refused for its deadline
+/// or address.
 fn answerable_after_verifying(env: &Envelope, refusal: &Refusal) -> bool {
-    !env.is_unsigned()
+    let proof = match &env.message {
+        Some(Message::Request(r)) if env.is_unsigned() => {
+            env.is_unsigned_sealed() && Envelope::request_binding(&r.command) == Binding::Rpc
+        }
+        _ => !env.is_unsigned(),
+    };
+    proof
         && env.kind() == MessageKind::Request
         && matches!(
             refusal.reason,
@@ -289,14 +297,12 @@ fn check(inner: &Inner, staged: Vec<Staged>) -> Vec<Outcome> {
         }
     }
     let now = unix_now();
-    let unsigned: Vec<bool> = signed
+    let unsigned: Vec<Option<Binding>> = signed
         .iter()
-        .zip(&refused)
-        .map(|((env, twin), refused)| {
-            refused.is_none() && may_be_unsigned(inner, env, twin.id, now)
-        })
+        .map(|(env, twin)| unsigned_binding(inner, env, twin.id, now))
         .collect();
-    let verdicts = verify_all(&signed, &unsigned);
+    let skip: Vec<bool> = unsigned.iter().map(Option::is_some).collect();
+    let verdicts = verify_all(&signed, &skip);
     let mut checked = signed
         .into_iter()
         .zip(verdicts)
@@ -304,17 +310,24 @@ fn check(inner: &Inner, staged: Vec<Staged>) -> Vec<Outcome> {
         .zip(refused)
         .map(|((((mut env, twin), verdict), unsigned), refused)| {
             if let Some(refusal) = refused {
-                // Refused already; the signature only decides whether it is answered.
-                let sender = match verdict {
-                    Ok(()) => Sender::Proven,
-                    Err(_) => Sender::Unproven,
+                // Refused already; the signature (or the encryption of an unsigned
+                // request) only decides whether it is answered.
+                let proven = match unsigned {
+                    Some(binding) => open_unsigned(inner, &mut env, &twin, binding, now).is_ok(),
+                    None => verdict.is_ok(),
+                };
+                let sender = if proven {
+                    Sender::Proven
+                } else {
+                    Sender::Unproven
                 };
                 return Outcome::Refused(env, refusal, sender);
             }
             // A signature that holds proves the sender even when decryption fails then;
             // an unsigned envelope is proven only by its decryption.
-            let (opened, sender) = if unsigned {
-                (open_unsigned(inner, &mut env, &twin, now), Sender::Unproven)
+            let (opened, sender) = if let Some(binding) = unsigned {
+                let opened = open_unsigned(inner, &mut env, &twin, binding, now);
+                (opened, Sender::Unproven)
             } else {
                 match verdict {
                     Ok(()) => (open(inner, &mut env, &twin), Sender::Proven),
@@ -344,29 +357,38 @@ fn open(inner: &Inner, env: &mut Envelope, sender: &Twin) -> Result<(), Envelope
     Ok(())
 }
 
-/// True for an envelope without a signature that its encryption may authenticate
-/// instead ([`unsigned`](super::unsigned)): a request of an
-/// [`UNSIGNED_COMMANDS`](super::unsigned::UNSIGNED_COMMANDS) command, or an answer to an
-/// unsigned request of ours awaited from this twin. Anything else unsigned goes on to
-/// the signature check and is refused there (104).
-fn may_be_unsigned(inner: &Inner, env: &Envelope, twin: u32, now: u64) -> bool {
-    env.is_unsigned_sealed()
-        && match &env.message {
-            Some(Message::Request(r)) => UNSIGNED_COMMANDS.contains(&r.command.as_str()),
-            Some(Message::Response(_)) => inner.awaited_unsigned.is_awaited(&env.uid, twin, now),
-            _ => false,
+/// The binding an envelope without a signature must open with, when its encryption may
+/// authenticate it instead ([`unsigned`](super::unsigned)): a request of an
+/// [`UNSIGNED_COMMANDS`](super::unsigned::UNSIGNED_COMMANDS) command, or the answer to
+/// such a request of ours awaited from this twin, with [`Binding::Topic`]; any other
+/// request or response with [`Binding::Rpc`]. `None` for anything else (and anything
+/// signed), which goes on to the signature check (refused there, 104, when unsigned).
+fn unsigned_binding(inner: &Inner, env: &Envelope, twin: u32, now: u64) -> Option<Binding> {
+    if !env.is_unsigned_sealed() {
+        return None;
+    }
+    match &env.message {
+        Some(Message::Request(r)) => Some(Envelope::request_binding(&r.command)),
+        Some(Message::Response(_)) if inner.awaited_unsigned.is_awaited(&env.uid, twin, now) => {
+            Some(Binding::Topic)
         }
+        Some(Message::Response(_)) => Some(Binding::Rpc),
+        _ => None,
+    }
 }
 
 /// Authenticates an unsigned envelope by decrypting it with the key the sender's
-/// *published* key derives, under the envelope's binding (source and destination twins,
-/// uid, command), in place: a third party's ciphertext fails, and so does one reflected
-/// back to its sender, re-sourced to another twin or moved to another uid or command.
-/// An answer then settles its awaited request.
+/// *published* key derives, under the envelope's `binding` (source and destination
+/// twins, uid, command; with [`Binding::Rpc`] every other field too), in place: a third
+/// party's ciphertext fails, and so does one reflected back to its sender, re-sourced to
+/// another twin or moved to another uid or command (or, for an RPC, given other times,
+/// sessions, tags or schema). A topic answer then settles its awaited request; an RPC
+/// shows that its sender takes unsigned RPCs too.
 fn open_unsigned(
     inner: &Inner,
     env: &mut Envelope,
     sender: &Twin,
+    binding: Binding,
     now: u64,
 ) -> Result<(), EnvelopeError> {
     check_shape(env)?;
@@ -374,15 +396,22 @@ fn open_unsigned(
     let Some(Payload::Cipher(cipher)) = &env.payload else {
         return Err(SignatureError::Missing.into());
     };
-    let binding = env.unsigned_binding();
+    let data = env.binding_data(binding);
     let plain = inner
         .identity
         .e2e()
-        .open_from(inner.e2e, key, cipher, &binding)?;
+        .open_from(inner.e2e, key, cipher, &data)?;
     env.payload = Some(Payload::Plain(plain));
-    if matches!(env.message, Some(Message::Response(_)))
-        && !inner.awaited_unsigned.take(&env.uid, sender.id, now)
-    {
+    Counters::bump(&inner.counters.received_unsigned);
+    let is_response = matches!(env.message, Some(Message::Response(_)));
+    if binding == Binding::Rpc {
+        if !is_response {
+            let now = std::time::Instant::now();
+            inner.rmb_twins().sent_unsigned_rpc(sender.id, now);
+        }
+        return Ok(());
+    }
+    if is_response && !inner.awaited_unsigned.take(&env.uid, sender.id, now) {
         // Another copy settled it first; unsigned answers count once.
         return Err(SignatureError::Missing.into());
     }
