@@ -1,34 +1,40 @@
 //! Envelopes sent without a signature, authenticated by their encryption instead.
 //!
 //! Signing an envelope (an MD5 digest of it, then sr25519 or ed25519) and verifying it
-//! costs tens of µs each. Where one event becomes hundreds of envelopes — a topic message
-//! pushed to every subscriber, and every subscriber's acknowledgement — that is most of
-//! the CPU both sides spend. Between two rmb peers that publish keys of the same e2e
-//! scheme the signature adds nothing the payload's AEAD does not already prove: only the
-//! two twins can make a ciphertext that opens with the key their published keys derive
+//! costs tens of µs each: most of the CPU a peer spends on a small RPC, and most of
+//! what one topic event costs when it becomes hundreds of pushes and acknowledgements.
+//! Between two rmb peers that publish keys of the same e2e scheme the signature adds
+//! nothing the payload's AEAD cannot prove: only the two twins can make a ciphertext
+//! that opens with the key their published keys derive
 //! ([`E2eKeys::open_from`](rmb_identity::E2eKeys::open_from)).
 //!
 //! Without a signature, the encryption must also say which twin sent it to which: the
-//! secp256k1 key is the same in both directions (a relay could reflect a push back to
-//! its owner as the subscriber's), and two twins may publish the same key (a relay could
-//! re-source it). So the payload is sealed with the envelope's binding as associated
-//! data ([`Envelope::unsigned_binding`](rmb_proto::Envelope::unsigned_binding): kind,
-//! source and destination twins, uid, command), and opens only under the same binding.
+//! secp256k1 key is the same in both directions (a relay could reflect an envelope back
+//! to its sender), and two twins may publish the same key (a relay could re-source it).
+//! So the payload is sealed with a *binding* of the envelope's fields as associated
+//! data, and opens only under the same one ([`rmb_proto::Binding`]):
 //!
-//! The times and the other fields stay outside, so a relay could change them. The
-//! receiver therefore accepts only what such a change cannot turn into something else:
+//! - **topic** ([`Envelope::unsigned_binding`](rmb_proto::Envelope::unsigned_binding):
+//!   kind, source and destination twins, uid, command) for the requests whose command is
+//!   in [`UNSIGNED_COMMANDS`] and the answers to them. The times are left out, so a
+//!   relay could make an old one look new: their handlers take the body as the whole
+//!   message and drop repeats themselves (a topic batch carries its topic and ids; an
+//!   acknowledgement names its topic and last id, and an old one changes nothing), and
+//!   an answer is taken only while its request is awaited ([`Awaited`]);
+//! - **RPC** ([`Envelope::unsigned_rpc_binding`](rmb_proto::Envelope::unsigned_rpc_binding):
+//!   every field but payload and signature, times included) for any other request and
+//!   its answer. Nothing a signature covers can change on the way, so these go through
+//!   the replay store as signed ones do: as good as signed, for the price of the
+//!   encryption they pay anyway.
 //!
-//! - requests whose command is in [`UNSIGNED_COMMANDS`]: their handlers take the body as
-//!   the whole message (a topic batch carries its topic and ids, and repeats are
-//!   dropped by id; an acknowledgement names its topic and last id, and an old one
-//!   changes nothing), and any other command still needs a signature;
-//! - responses from the twin we sent an unsigned request to, with that request's uid
-//!   ([`Awaited`]), the binding making sure the answer was made for that uid.
-//!
-//! Error envelopes have no payload to authenticate and are always signed; so is
-//! everything to a twin publishing the other scheme, or when [`Awaited`] is full.
+//! Who sends which: topic traffic goes unsigned to any twin publishing a key of our
+//! scheme (only rmb peers subscribe to topics). RPCs go unsigned only to twins that said
+//! they take them ([`rmb_twins`](super::rmb_twins), capability `unsigned-rpc`, listed
+//! only while all their relays route such envelopes) or sent us one. Error envelopes
+//! have no payload to authenticate and are always signed; so is everything to a twin
+//! publishing the other scheme or no key, and topic requests when [`Awaited`] is full.
 //! rmb-rs relays route unsigned envelopes (they never verify); rmb-rs peers would refuse
-//! them, and never get any: only rmb's own topic traffic goes this way.
+//! them, and never get any: they do not list the capability.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
