@@ -319,7 +319,7 @@ fn check_example_finds_wrong_defaults_and_keys() {
     let unknown = "# max-per-iq = 10\n";
     let e = check_example::<Demo>(unknown).unwrap_err();
     assert!(
-        e.contains("uncommented: ") && e.contains("max-per-iq"),
+        e.contains("uncommented:1: unknown setting `max-per-iq`"),
         "{e}"
     );
 }
