@@ -264,6 +264,15 @@ fn read_settings(
                 format!("`{CONFIG}`: a config file cannot name another one"),
             ));
         }
+        if matches!(item, Item::Table(_) | Item::ArrayOfTables(_)) {
+            return Err(bad(
+                ErrorKind::InvalidValue,
+                format!(
+                    "`{key}` is a table; settings are plain keys at the top of the file, \
+                     before any [section]"
+                ),
+            ));
+        }
         let Some(arg) = find_arg(cmd, key) else {
             let hint = match closest(cmd, key) {
                 Some(name) => format!("; did you mean `{name}`?"),
@@ -285,18 +294,8 @@ fn read_settings(
                 format!("`{key}` sets the same flag as `{}`", other.key),
             ));
         }
-        let value = match item {
-            Item::Value(value) => value,
-            Item::Table(_) | Item::ArrayOfTables(_) => {
-                return Err(bad(
-                    ErrorKind::InvalidValue,
-                    format!(
-                        "`{key}` is a table; settings are plain keys at the top of the file, \
-                         before any [section]"
-                    ),
-                ));
-            }
-            Item::None => continue,
+        let Item::Value(value) = item else {
+            continue; // Item::None: nothing is set (tables were refused above)
         };
         let tokens = tokens(arg, key, value)
             .and_then(|tokens| check_tokens(&mut probe, key, &tokens).map(|()| tokens))
