@@ -22,10 +22,10 @@ use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches};
 use toml_edit::{Item, Value};
 
 /// The id and long name of the argument added to each binary: `--config PATH`.
-pub const CONFIG: &str = "config";
+const CONFIG: &str = "config";
 
-/// The binary's command (`T::command()`) with `--config` added: what [`parse`] parses,
-/// and what `--help` shows.
+/// The binary's command (`T::command()`) with `--config` added: what [`parse`] parses
+/// and `--help` shows, public so that tests can render that help.
 pub fn command<T: CommandFactory>() -> Command {
     T::command().arg(config_arg())
 }
