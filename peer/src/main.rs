@@ -1,5 +1,6 @@
 //! `rmb-peer`: one twin's gateway to the Reliable Message Bus, serving the rmb-rs
-//! compatible Redis JSON API to local apps. Takes rmb-rs's flags; see `--help`.
+//! compatible Redis JSON API to local apps. Takes rmb-rs's flags; see `--help`. Every
+//! flag can also come from a TOML file given with `--config` (rmb-config).
 
 /// mimalloc: glibc malloc cost a busy peer or relay about a tenth of its CPU.
 #[global_allocator]
@@ -402,8 +403,13 @@ fn http_options(args: &Args) -> Result<HttpOptions, rmb_peer::http_api::HttpApiE
     })
 }
 
+/// Settings that hold secrets (the twin's mnemonic or seed; a Redis URL may hold a
+/// password): a config file setting one should be readable by its owner only, and is
+/// warned about otherwise.
+const SECRET_KEYS: &[&str] = &["mnemonic", "redis"];
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = rmb_config::parse(SECRET_KEYS);
     rmb_peer::runtime::build(args.threads)
         .context("starting the async runtime")?
         .block_on(serve(args))
@@ -611,6 +617,16 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped example (deploy/config/peer.toml) loads as it is and with every
+    /// commented-out setting uncommented, and the defaults it shows are the real ones.
+    #[test]
+    fn the_example_config_file_loads_and_shows_the_defaults() {
+        let example = include_str!("../../deploy/config/peer.toml");
+        if let Err(problems) = rmb_config::check_example::<Args>(example) {
+            panic!("deploy/config/peer.toml:\n{problems}");
+        }
+    }
 
     #[test]
     fn conn_ciphers_parse_in_order_and_unknown_names_are_errors() {

@@ -1,6 +1,7 @@
 //! `rmb-relay`: run a relay.
 //!
 //! Accepts rmb-rs's flags so existing deployment scripts keep working; see `--help`.
+//! Every flag can also come from a TOML file given with `--config` (rmb-config).
 
 /// mimalloc: glibc malloc cost a busy peer or relay about a tenth of its CPU.
 #[global_allocator]
@@ -332,8 +333,12 @@ struct Args {
 /// federation, files).
 const FD_RESERVE: u64 = 256;
 
+/// Settings whose value may be a secret (a Redis URL with a password): a config file
+/// setting one should be readable by its owner only, and is warned about otherwise.
+const SECRET_KEYS: &[&str] = &["redis"];
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = rmb_config::parse(SECRET_KEYS);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {
         runtime.worker_threads(usize::from(args.threads));
@@ -561,4 +566,19 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example (deploy/config/relay.toml) loads as it is and with every
+    /// commented-out setting uncommented, and the defaults it shows are the real ones.
+    #[test]
+    fn the_example_config_file_loads_and_shows_the_defaults() {
+        let example = include_str!("../../deploy/config/relay.toml");
+        if let Err(problems) = rmb_config::check_example::<Args>(example) {
+            panic!("deploy/config/relay.toml:\n{problems}");
+        }
+    }
 }

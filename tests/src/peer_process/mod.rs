@@ -63,9 +63,10 @@ impl PeerProcess {
     }
 
     /// Starts `rmb-peer` with exactly `args` (the secret still also in `RMB_MNEMONIC`;
-    /// a `-m` in `args` wins). With `hosts`, the peer runs in its own mount namespace
-    /// where that file is `/etc/hosts`, so it resolves test names such as
-    /// `relay.localtest` as a deployment's DNS would (needs root: see
+    /// a `-m` in `args` wins; an empty `mnemonic` leaves `RMB_MNEMONIC` unset, for a
+    /// secret given otherwise, e.g. in a `--config` file). With `hosts`, the peer runs
+    /// in its own mount namespace where that file is `/etc/hosts`, so it resolves test
+    /// names such as `relay.localtest` as a deployment's DNS would (needs root: see
     /// [`private_hosts_supported`]). `redis_url` is the Redis its `args` name.
     pub fn start_with_args(
         mnemonic: &str,
@@ -125,10 +126,14 @@ impl PeerProcess {
                 wrapper
             }
         };
+        if self.mnemonic.is_empty() {
+            command.env_remove("RMB_MNEMONIC");
+        } else {
+            command.env("RMB_MNEMONIC", &self.mnemonic);
+        }
         let child = command
             .args(&self.args)
             .envs(self.wrap.env.iter().map(|(k, v)| (k, v)))
-            .env("RMB_MNEMONIC", &self.mnemonic)
             .env(
                 "RUST_LOG",
                 std::env::var("RMB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
