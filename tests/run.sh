@@ -7,7 +7,8 @@
 # is missing: Debian's redis-server and haproxy (tests start their own servers on free
 # ports; relay_haproxy.rs runs docs/examples/haproxy.cfg), nftables and faketime (the
 # network-fault tests, tests/tests/faults/, drop packets with nft and shift a peer's
-# clock with libfaketime).
+# clock with libfaketime), docker.io and docker-compose (deploy_docker.rs builds the
+# container images and runs deploy/compose/compose.yaml; it starts dockerd itself).
 # ../shared (the reference folder beside the checkout) must exist: the rmb-rs
 # compatibility tests read their vectors from it, the tfchain tests start a local chain
 # with ../shared/tfchain/start-local-chain (which needs node, present on this machine kind).
@@ -26,6 +27,10 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    missing+=(docker-compose)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     step "installing ${missing[*]} (Debian packages)"
     sudo_cmd=""

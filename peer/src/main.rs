@@ -62,10 +62,13 @@ struct Args {
     )]
     key_type: KeyType,
 
-    /// The local Redis the apps use.
+    /// The local Redis the apps use. RMB_REDIS is read by `rmb status`, `rmb call` and
+    /// `rmb serve` too, so one variable points a container's peer and its health check
+    /// at the same Redis.
     #[arg(
         short = 'r',
         long,
+        env = "RMB_REDIS",
         default_value = "redis://localhost:6379",
         value_name = "URL"
     )]

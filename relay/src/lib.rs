@@ -17,6 +17,7 @@
 //! - [`federation`]: envelopes between relays; [`ranker`]: which relay to try first;
 //! - [`limiter`]: `--limit`; [`metrics`]: `/metrics`; [`tls`]: `wss://` without a proxy;
 //!   [`open_files`]: the open-file limit the connection cap must stay under;
+//!   [`health_check`]: `--health-check URL`, the probe of container health checks;
 //! - [`throttle`]: at most one log line per interval for what remote parties can cause;
 //! - [`registry`]: the embedded twin registry this relay can host.
 
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod errors;
 pub mod federation;
+pub mod health_check;
 pub mod limiter;
 pub mod logins;
 pub mod metrics;

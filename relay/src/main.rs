@@ -327,6 +327,15 @@ struct Args {
     /// reverse proxy, where every request comes from the proxy).
     #[arg(long, value_name = "N", default_value_t = rmb_relay::registry::register_limit::DEFAULT_REGISTER_RATE)]
     registry_register_rate: u32,
+
+    /// Do not run a relay: get URL (a relay's /health) once and exit 0 when it answers
+    /// 200, 1 otherwise, printing its answer or why not. For container health checks
+    /// (the images have no shell or curl): `--health-check http://127.0.0.1:8080/health`.
+    /// Trusts what the relay trusts (--relay-ca, SSL_CERT_FILE) and honours --resolve, so
+    /// a TLS relay is checked under its own name: `--health-check
+    /// https://relay.example.com:8443/health --resolve relay.example.com=127.0.0.1:8443`.
+    #[arg(long, value_name = "URL")]
+    health_check: Option<String>,
 }
 
 /// File descriptors kept for everything but client connections (Redis, registry,
@@ -339,6 +348,9 @@ const SECRET_KEYS: &[&str] = &["redis"];
 
 fn main() -> anyhow::Result<()> {
     let args: Args = rmb_config::parse(SECRET_KEYS);
+    if let Some(url) = &args.health_check {
+        std::process::exit(health_check(&args, url));
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {
         runtime.worker_threads(usize::from(args.threads));
@@ -490,6 +502,37 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .await
         .context("shutdown took longer than 10 s")??;
     Ok(())
+}
+
+/// `--health-check URL`: one GET on a small runtime. Returns the exit status: 0
+/// healthy, 1 not (printed on one line, without the backtrace an `Err` from `main`
+/// would add under RUST_BACKTRACE).
+fn health_check(args: &Args, url: &str) -> i32 {
+    let result = rmb_identity::trust::set_extra_cas(&args.relay_ca)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("starting the async runtime: {e}"))
+        })
+        .and_then(|runtime| {
+            runtime.block_on(rmb_relay::health_check::check(
+                url,
+                &args.resolve,
+                rmb_relay::health_check::DEFAULT_TIMEOUT,
+            ))
+        });
+    match result {
+        Ok(body) => {
+            println!("healthy: {body}");
+            0
+        }
+        Err(why) => {
+            eprintln!("unhealthy: {why}");
+            1
+        }
+    }
 }
 
 /// `--max-connections`, lowered to what the open file limit allows. Raises the soft

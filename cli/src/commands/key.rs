@@ -34,8 +34,15 @@ pub struct KeyNewArgs {
     pub words: usize,
 
     /// Print JSON (mnemonic plus the public information of `rmb key show`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "out")]
     pub json: bool,
+
+    /// Write the mnemonic to this file (created with mode 0600) instead of printing it.
+    /// A file that already exists is left as it is, and the command still succeeds: a
+    /// container's or service's first-start step can run it every time without ever
+    /// replacing a twin's identity.
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 /// Show what a secret gives.
@@ -103,6 +110,35 @@ pub fn key_info(secret: &str) -> anyhow::Result<KeyInfo> {
     })
 }
 
+/// `rmb key new --out PATH`: creates PATH (mode 0600, never over an existing file)
+/// holding `mnemonic`, or leaves an existing PATH alone.
+fn write_new(path: &std::path::Path, mnemonic: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!("{} exists: kept as it is", path.display());
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    };
+    let written = file
+        .write_all(format!("{mnemonic}\n").as_bytes())
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        // A half-written file would be kept by the next run as if it were a secret.
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    eprintln!("a new secret is in {} (mode 0600)", path.display());
+    Ok(())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -112,7 +148,9 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         KeyAction::New(args) => {
             let mnemonic = new_mnemonic(args.words)?;
-            if args.json {
+            if let Some(path) = &args.out {
+                write_new(path, &mnemonic)?;
+            } else if args.json {
                 let info = key_info(&mnemonic)?;
                 let out = serde_json::json!({ "mnemonic": mnemonic, "keys": info });
                 println!("{}", serde_json::to_string_pretty(&out)?);
