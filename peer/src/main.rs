@@ -19,6 +19,7 @@ use rmb_peer::conn::expose::{Bridges, Expose, filter_inbound};
 use rmb_peer::conn::{Cipher, ConnConfig, Connections};
 use rmb_peer::core::{MemoryReplayStore, Peer, PeerConfig, PeerError, replay};
 use rmb_peer::http_api::listener::ConnOptions;
+use rmb_peer::http_api::metrics::MetricsServer;
 use rmb_peer::http_api::{HttpApi, HttpOptions};
 use rmb_peer::redis_api::{Limits, RedisApi};
 use rmb_peer::topics::leases::LeaseSettings;
@@ -239,6 +240,13 @@ struct Args {
     /// browser (repeatable; answered with CORS headers). Every other origin is refused.
     #[arg(long = "http-allow-origin", value_name = "ORIGIN")]
     http_origins: Vec<String>,
+
+    /// Serve Prometheus metrics at GET /metrics on this address, e.g. 127.0.0.1:9151
+    /// (relay links, messages, refusals by reason, resends, request round trips). Off
+    /// by default. Keep it on loopback or a monitoring network; names other than IP
+    /// addresses, `localhost` and --http-host are refused, as are web pages.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 
     /// Most connections the HTTP API holds open at once (TCP and socket together, live
     /// streams included); past it new ones are closed at once.
@@ -540,6 +548,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let metrics = match args.metrics_listen {
+        Some(listen) => {
+            match MetricsServer::start(listen, args.http_hosts.clone(), peer.clone()).await {
+                Ok(metrics) => Some(metrics),
+                Err(e) => {
+                    api.shutdown(SHUTDOWN_GRACE).await;
+                    topics.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
     tracing::info!(twin = peer.twin_id(), "rmb-peer ready");
     let give_back = tokio::spawn(give_back_memory());
 
@@ -552,6 +573,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let stop = async {
         if let Some(http) = http {
             http.shutdown(SHUTDOWN_GRACE).await;
+        }
+        if let Some(metrics) = metrics {
+            metrics.shutdown().await;
         }
         bridges.shutdown().await;
         connections.shutdown().await;

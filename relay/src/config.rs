@@ -90,6 +90,10 @@ pub struct Config {
     /// `--registry-register-rate`: new twins the hosted registry registers per minute per
     /// client address (IPv6: per /64); 0 for no limit (e.g. behind a reverse proxy).
     pub registry_register_rate: u32,
+    /// `--metrics-twin-labels`: distinct twins counted apart in rmb-rs's
+    /// `relay_message_rx_twin{twin}` (0: the metric is off; past the cap twins count
+    /// under `twin="other"`), since a label per twin grows `/metrics` with the network.
+    pub metrics_twin_labels: usize,
 }
 
 impl Default for Config {
@@ -126,6 +130,7 @@ impl Default for Config {
             federation_allow: Vec::new(),
             federation_batch: BatchSettings::default(),
             registry_register_rate: crate::registry::register_limit::DEFAULT_REGISTER_RATE,
+            metrics_twin_labels: 0,
         }
     }
 }

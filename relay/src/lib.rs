@@ -15,7 +15,8 @@
 //!   [`replicas`]: envelopes handed straight to the replica holding the session (`--redis`);
 //! - [`routing`]: where an envelope goes; [`errors`]: error envelopes for the sender;
 //! - [`federation`]: envelopes between relays; [`ranker`]: which relay to try first;
-//! - [`limiter`]: `--limit`; [`metrics`]: `/metrics`; [`tls`]: `wss://` without a proxy;
+//! - [`limiter`]: `--limit`; [`metrics`]: `/metrics`, with rmb-rs's names beside ours in
+//!   [`rmb_rs_metrics`]; [`tls`]: `wss://` without a proxy;
 //!   [`open_files`]: the open-file limit the connection cap must stay under;
 //!   [`health_check`]: `--health-check URL`, the probe of container health checks;
 //! - [`throttle`]: at most one log line per interval for what remote parties can cause;
@@ -35,6 +36,7 @@ pub mod ranker;
 pub mod redis_conn;
 pub mod registry;
 pub mod replicas;
+pub mod rmb_rs_metrics;
 pub mod routing;
 pub mod server;
 pub mod session;

@@ -148,6 +148,12 @@ struct Args {
     #[arg(long, value_name = "BLOCKS")]
     catchup_threshold: Option<u64>,
 
+    /// Count envelopes per destination twin for this many twins in rmb-rs's
+    /// `relay_message_rx_twin{twin}` (later twins count under twin="other"). Off (0) by
+    /// default: one label per twin grows /metrics and Prometheus with the network.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    metrics_twin_labels: usize,
+
     /// Largest envelope accepted, in bytes.
     #[arg(long, default_value_t = rmb_proto::DEFAULT_MAX_ENVELOPE_SIZE)]
     max_envelope_size: usize,
@@ -414,6 +420,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             lanes_per_relay: args.federation_lanes_per_relay as usize,
         },
         registry_register_rate: args.registry_register_rate,
+        metrics_twin_labels: args.metrics_twin_labels,
         ..Config::default()
     };
     if config.domains.is_empty() {

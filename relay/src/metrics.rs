@@ -3,11 +3,14 @@
 //! Each relay owns its own registry (not the process-global one), so tests can run
 //! several relays in one process without their counters mixing.
 
+use std::sync::Arc;
+
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::federation::BatchCounters;
+use crate::rmb_rs_metrics::RmbRsMetrics;
 
 /// Every counter the relay keeps.
 pub struct Metrics {
@@ -41,6 +44,8 @@ pub struct Metrics {
     pub route_seconds: Histogram,
     /// What the replica links do (`--redis` only).
     pub replicas: ReplicaCounters,
+    /// The names rmb-rs's relay exports, so its dashboards and alerts keep working.
+    pub rmb_rs: RmbRsMetrics,
 }
 
 /// The counters of the replica links ([`crate::replicas`]).
@@ -63,9 +68,16 @@ pub struct ReplicaCounters {
 }
 
 impl Metrics {
-    /// Creates and registers all metrics.
+    /// Creates and registers all metrics (`relay_message_rx_twin` off).
     pub fn new() -> Self {
+        Self::with_twin_labels(0)
+    }
+
+    /// Creates and registers all metrics; `twin_labels` > 0 turns on rmb-rs's
+    /// per-twin `relay_message_rx_twin` for that many twins (`--metrics-twin-labels`).
+    pub fn with_twin_labels(twin_labels: usize) -> Self {
         let registry = Registry::new();
+        let rmb_rs = RmbRsMetrics::new(&registry, twin_labels);
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry
@@ -134,6 +146,7 @@ impl Metrics {
             ),
         };
         Metrics {
+            rmb_rs,
             replicas,
             sessions: gauge("relay_sessions", "Connected sessions"),
             messages_in: counter(
@@ -203,6 +216,11 @@ impl Metrics {
             envelopes_out: self.batched_envelopes_out.clone(),
             relays_unbatched: self.unbatched_relays.clone(),
         }
+    }
+
+    /// Exports the twin cache of `twins` (rmb-rs's `rmb_cache_*`), read at each scrape.
+    pub fn watch_twin_cache(&self, twins: Arc<dyn rmb_identity::registry::Registry>) {
+        RmbRsMetrics::watch_cache(&self.registry, twins);
     }
 
     /// Counts a refused envelope (or frame, or login) under `kind` (a short, fixed label).

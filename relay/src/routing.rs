@@ -109,6 +109,7 @@ async fn route_inner(
         return Err(RouteError::NoRelays);
     }
     if state.config.serves(&twin.relays) {
+        let size = bytes.len();
         return match state
             .queue
             .push(&destination, (bytes, deadline), now, env.is_fail_fast())
@@ -116,6 +117,7 @@ async fn route_inner(
         {
             Ok(()) => {
                 state.metrics.queued.inc();
+                state.metrics.rmb_rs.accepted(destination.twin, size);
                 // The session may have connected while this envelope was being routed
                 // (the registry lookup above can take a while), after it took its queue:
                 // tell it to take its queue again, or the envelope would wait for a
@@ -273,13 +275,18 @@ async fn deliver(
     deadline: u64,
     now: u64,
 ) -> Result<Option<Bytes>, RouteError> {
+    let size = bytes.len();
     let item = match state.switch.deliver(session, (bytes, deadline)) {
-        Delivery::Sent => return Ok(None),
+        Delivery::Sent => {
+            state.metrics.rmb_rs.accepted(session.twin, size);
+            return Ok(None);
+        }
         Delivery::NotConnected((bytes, _)) => return Ok(Some(bytes)),
         Delivery::Full(item) => item,
     };
     state.queue.push(session, item, now, false).await?;
     state.metrics.queued.inc();
+    state.metrics.rmb_rs.accepted(session.twin, size);
     // Taken back by the session once it has written what its outbox holds.
     state.switch.poke(session);
     Ok(None)
@@ -292,9 +299,11 @@ pub async fn requeue(state: &RelayState, session: &SessionId, item: Queued) {
     let now = rmb_proto::time::unix_now();
     let env = Envelope::decode(&item.0[..]).ok();
     let fail_fast = env.as_ref().is_some_and(Envelope::is_fail_fast);
+    let size = item.0.len();
     let error = match state.queue.push(session, item, now, fail_fast).await {
         Ok(()) => {
             state.metrics.queued.inc();
+            state.metrics.rmb_rs.accepted(session.twin, size);
             hand_over(state, session);
             return;
         }
@@ -322,7 +331,10 @@ fn answer_ping(state: &RelayState, session: &SessionId, ping: &Envelope) {
     };
     let deadline = pong.deadline();
     let item = (Bytes::from(pong.encode_to_vec()), deadline);
-    if !matches!(state.switch.deliver(session, item), Delivery::Sent) {
+    let size = item.0.len();
+    if matches!(state.switch.deliver(session, item), Delivery::Sent) {
+        state.metrics.rmb_rs.accepted(session.twin, size);
+    } else {
         // Its own outbox is full: the client is not reading, a pong would not help.
         state.metrics.error("pong_dropped");
     }
@@ -343,14 +355,14 @@ pub async fn reply_error(
     }
     let envelope = error_envelope(uid, sender, &error.to_string(), now);
     let deadline = envelope.deadline();
-    match state
-        .switch
-        .deliver(sender, (Bytes::from(envelope.encode_to_vec()), deadline))
-    {
-        Delivery::Sent => {}
+    let bytes = Bytes::from(envelope.encode_to_vec());
+    let size = bytes.len();
+    match state.switch.deliver(sender, (bytes, deadline)) {
+        Delivery::Sent => state.metrics.rmb_rs.accepted(sender.twin, size),
         Delivery::NotConnected(item) | Delivery::Full(item) => {
             match state.queue.push(sender, item, now, false).await {
                 Ok(()) => {
+                    state.metrics.rmb_rs.accepted(sender.twin, size);
                     state.switch.poke(sender);
                 }
                 Err(e) => {

@@ -37,6 +37,7 @@ use rmb_proto::{DecodeError, Envelope};
 use tokio::time::Instant;
 
 use crate::errors::RouteError;
+use crate::rmb_rs_metrics::Eviction;
 use crate::routing::{Origin, reply_error, route};
 use crate::state::RelayState;
 use crate::switch::{Next, Outbox, Outgoing, SessionId};
@@ -78,8 +79,10 @@ enum Ended {
     Silent,
     /// The outbox stayed over its bound for `--slow-reader-timeout`.
     SlowReader,
-    /// A write failed or missed `--write-timeout`.
+    /// A write failed.
     WriteFailed,
+    /// A write missed `--write-timeout`.
+    WriteTimedOut,
 }
 
 impl Ended {
@@ -88,8 +91,19 @@ impl Ended {
         match self {
             Ended::Silent => Some("read_timeout"),
             Ended::SlowReader => Some("slow_reader"),
-            Ended::WriteFailed => Some("write_timeout"),
+            Ended::WriteFailed | Ended::WriteTimedOut => Some("write_timeout"),
             _ => None,
+        }
+    }
+
+    /// The reason rmb-rs gives for it (`relay_session_evictions_total{reason}`).
+    fn eviction(self) -> Eviction {
+        match self {
+            Ended::Cancelled | Ended::Closed | Ended::ReadFailed | Ended::Silent => {
+                Eviction::Cancelled
+            }
+            Ended::WriteFailed => Eviction::Closed,
+            Ended::SlowReader | Ended::WriteTimedOut => Eviction::BackPressureTimeout,
         }
     }
 }
@@ -119,7 +133,7 @@ pub async fn serve(mut socket: WebSocket, session: SessionId, state: Arc<RelaySt
             return;
         }
     };
-    state.metrics.sessions.set(state.switch.len() as i64);
+    set_sessions(&state);
     tracing::debug!(%session, connection, "session connected");
 
     // Announce first, then take: an envelope queued meanwhile by another replica wakes us.
@@ -143,8 +157,16 @@ pub async fn serve(mut socket: WebSocket, session: SessionId, state: Arc<RelaySt
         // takes what this one could not write.
         crate::queue::handoff::hand_over(&state, &session);
     }
-    state.metrics.sessions.set(state.switch.len() as i64);
+    set_sessions(&state);
+    state.metrics.rmb_rs.evicted(ended.eviction());
     tracing::debug!(%session, connection, ?ended, "session ended");
+}
+
+/// Sets the gauges of connected sessions (ours and rmb-rs's).
+fn set_sessions(state: &RelayState) {
+    let sessions = state.switch.len();
+    state.metrics.sessions.set(sessions as i64);
+    state.metrics.rmb_rs.sessions(sessions);
 }
 
 /// The actor's loop; returns why it ended and what it took out of the outbox unwritten.
@@ -181,12 +203,16 @@ async fn run(
                 writing = None;
                 if let Err(e) = result {
                     tracing::debug!(%session, error = %e, "write to the client failed");
-                    break Ended::WriteFailed;
+                    break match e {
+                        WriteError::Timeout(_) => Ended::WriteTimedOut,
+                        WriteError::Socket(_) => Ended::WriteFailed,
+                    };
                 }
                 sink = Some(back);
                 let bytes: usize = in_flight.iter().map(|(b, _)| b.len()).sum();
                 state.metrics.messages_out.inc_by(in_flight.len() as u64);
                 state.metrics.bytes_out.inc_by(bytes as u64);
+                state.metrics.rmb_rs.written(in_flight.len(), bytes);
                 outbox.written(&in_flight);
                 in_flight = Vec::new();
             }

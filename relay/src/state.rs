@@ -74,11 +74,13 @@ impl RelayState {
         queue: Arc<dyn Queues>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_twin_labels(config.metrics_twin_labels);
+        metrics.watch_twin_cache(Arc::clone(&registry));
         let tasks = TaskTracker::new();
         let federator = Federator::new(
             &config,
             metrics.batch_counters(),
+            metrics.rmb_rs.federation(),
             tasks.clone(),
             shutdown.clone(),
         );

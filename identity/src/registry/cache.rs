@@ -11,7 +11,7 @@
 //! Those entries are only a fallback; whenever the backend answers, its answer wins.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,7 +19,7 @@ use moka::sync::Cache;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Change, Registry, RegistryError, RegistryKind, Twin, TwinUpdate};
+use super::{CacheStats, Change, Registry, RegistryError, RegistryKind, Twin, TwinUpdate};
 use crate::account::AccountId;
 use crate::signer::Signer;
 
@@ -37,6 +37,10 @@ pub struct CachedRegistry {
     known_twins: Cache<u32, Twin>,
     known_ids: Cache<AccountId, u32>,
     following: AtomicBool,
+    /// `get_twin` answered from `twins`, or not; `Reset`s applied (for [`CacheStats`]).
+    hits: AtomicU64,
+    misses: AtomicU64,
+    flushes: AtomicU64,
 }
 
 /// How long a last known twin may stand in for an unreachable backend.
@@ -64,6 +68,9 @@ impl CachedRegistry {
                 .max_capacity(capacity)
                 .build(),
             following: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
         })
     }
 
@@ -78,6 +85,7 @@ impl CachedRegistry {
             }
             // The last known versions stay, as a fallback only.
             Change::Reset => {
+                self.flushes.fetch_add(1, Ordering::Relaxed);
                 self.twins.invalidate_all();
                 self.ids.invalidate_all();
             }
@@ -133,8 +141,10 @@ impl CachedRegistry {
 impl Registry for CachedRegistry {
     async fn get_twin(&self, id: u32) -> Result<Option<Twin>, RegistryError> {
         if let Some(twin) = self.twins.get(&id) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(twin));
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let found = match self.inner.get_twin(id).await {
             Ok(found) => found,
             Err(e @ RegistryError::Unavailable(_)) => match self.known_twins.get(&id) {
@@ -191,6 +201,15 @@ impl Registry for CachedRegistry {
 
     fn kind(&self) -> RegistryKind {
         self.inner.kind()
+    }
+
+    fn cache_stats(&self) -> Option<CacheStats> {
+        Some(CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            entries: self.twins.entry_count(),
+        })
     }
 }
 

@@ -114,4 +114,25 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Which kind of registry this is (decides relay names and the default e2e key).
     fn kind(&self) -> RegistryKind;
+
+    /// What the memory cache in front of the backend has done, if this registry has
+    /// one: a relay exports it at `/metrics` (rmb-rs's `rmb_cache_*`), so an operator
+    /// sees whether routing reads the registry for every envelope.
+    fn cache_stats(&self) -> Option<CacheStats> {
+        None
+    }
+}
+
+/// Counts of a twin cache since it was made, read when `/metrics` is scraped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Twin lookups answered from memory.
+    pub hits: u64,
+    /// Twin lookups that had to ask the backend.
+    pub misses: u64,
+    /// Times the whole cache was emptied (the change feed was lost, changes may have
+    /// been missed).
+    pub flushes: u64,
+    /// Twins held now (approximate where the cache evicts in the background).
+    pub entries: u64,
 }

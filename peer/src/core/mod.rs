@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     max_lifetime: u64,
     started_at: u64,
     counters: Counters,
+    /// Round trips of answered requests sent once (`--metrics-listen`).
+    rpc_seconds: prometheus::Histogram,
     refusals: RefusalCounters,
     log_limiter: LogLimiter,
     repeats: Mutex<repeats::RepeatLimiter>,
@@ -225,6 +227,7 @@ impl Peer {
             max_lifetime: config.max_lifetime,
             started_at: unix_now(),
             counters: Counters::default(),
+            rpc_seconds: status::rpc_histogram(),
             refusals: RefusalCounters::default(),
             log_limiter: LogLimiter::default(),
             repeats: Mutex::new(repeats::RepeatLimiter::default()),
@@ -343,6 +346,12 @@ impl Peer {
             sent_unsigned: Counters::read(&c.sent_unsigned),
             received_unsigned: Counters::read(&c.received_unsigned),
         }
+    }
+
+    /// The round trips of this peer's requests answered without a resend (shared: the
+    /// peer keeps observing into it), for `/metrics`.
+    pub fn rpc_seconds(&self) -> prometheus::Histogram {
+        self.inner.rpc_seconds.clone()
     }
 
     /// Makes the relay links stop reconnecting, because the process is shutting down:

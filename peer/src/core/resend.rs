@@ -219,24 +219,24 @@ impl Resends {
         true
     }
 
-    /// An answer to `uid` came from `from` (0: a relay's error report, which does not
-    /// say which destination it is about, so it settles one of them) at `now`. True
-    /// when it settled a tracked request; its round trip is measured if it was sent
-    /// once, and its destination counts as making progress.
+    /// [`settle`](Self::settle), saying only whether it settled a tracked request.
     pub fn answered(&mut self, uid: &str, from: u32, now: Instant) -> bool {
-        let Some(entries) = self.by_uid.get_mut(uid) else {
-            return false;
-        };
+        self.settle(uid, from, now).is_some()
+    }
+
+    /// An answer to `uid` came from `from` (0: a relay's error report, which does not
+    /// say which destination it is about, so it settles one of them) at `now`. `Some`
+    /// when it settled a tracked request, with its round trip if it was sent once (then
+    /// measured); its destination counts as making progress.
+    pub fn settle(&mut self, uid: &str, from: u32, now: Instant) -> Option<Option<Duration>> {
+        let entries = self.by_uid.get_mut(uid)?;
         let position = entries
             .iter()
             .position(|e| !e.one_shot && (e.twin == from || from == 0));
-        let Some(i) = position else {
-            return false;
-        };
-        let entry = entries.swap_remove(i);
-        if !entry.resent {
-            self.rtt
-                .sample(now.saturating_duration_since(entry.sent_at));
+        let entry = entries.swap_remove(position?);
+        let round_trip = (!entry.resent).then(|| now.saturating_duration_since(entry.sent_at));
+        if let Some(r) = round_trip {
+            self.rtt.sample(r);
         }
         if from != 0 {
             let p = self
@@ -254,7 +254,7 @@ impl Resends {
         if entries.is_empty() {
             self.by_uid.remove(uid);
         }
-        true
+        Some(round_trip)
     }
 
     /// The request (`uid`, `twin`) tracked earlier has just been taken by a relay link

@@ -58,6 +58,19 @@ pub struct PeerStatus {
     pub received_unsigned: u64,
 }
 
+/// The histogram of request round trips (`rmb_peer_rpc_seconds`): from a request
+/// leaving for a relay to its answer arriving, for requests answered without a resend.
+pub(crate) fn rpc_histogram() -> prometheus::Histogram {
+    let opts = prometheus::HistogramOpts::new(
+        "rmb_peer_rpc_seconds",
+        "Round trip of requests this peer sent, from leaving to the answer arriving (requests answered without a resend)",
+    )
+    .buckets(vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]);
+    prometheus::Histogram::with_opts(opts).expect("valid metric")
+}
+
 /// The live counters behind [`PeerStatus`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {

@@ -8,7 +8,8 @@
 //! web pages, an optional bearer token, a Unix socket); [`guard`] applies those rules and
 //! reads request bodies under a deadline; [`listener`] caps connections, puts deadlines
 //! on every wait for a request and drops clients that stop reading. docs/topics.md says
-//! what a web page can and cannot do.
+//! what a web page can and cannot do. [`metrics`] serves `--metrics-listen` with the
+//! same defences.
 
 pub mod access;
 pub mod bodies;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod feed;
 pub mod guard;
 pub mod listener;
+pub mod metrics;
 pub mod routes;
 
 use std::net::SocketAddr;

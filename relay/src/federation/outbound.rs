@@ -32,6 +32,7 @@ use super::outcome::{Posted, Then};
 use super::target::{GuardedResolver, TargetError, TargetPolicy};
 use crate::config::Config;
 use crate::ranker::Ranker;
+use crate::rmb_rs_metrics::FederationCounters;
 use crate::throttle::LogThrottle;
 
 /// Timeout of one federation POST.
@@ -110,14 +111,18 @@ pub struct Federator {
     targets: Arc<TargetPolicy>,
     scheme: &'static str,
     lanes: Lanes,
+    /// rmb-rs's `federation_message_{success,error}{relay}`, counted per try.
+    per_relay: FederationCounters,
 }
 
 impl Federator {
     /// A federator for `config` (scheme, ranker period, `--resolve` overrides,
-    /// `--federation-allow`, batching), whose lanes run under `tasks` until `shutdown`.
+    /// `--federation-allow`, batching), whose lanes run under `tasks` until `shutdown`;
+    /// each try is counted per relay in `per_relay`.
     pub fn new(
         config: &Config,
         counters: BatchCounters,
+        per_relay: FederationCounters,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -147,6 +152,7 @@ impl Federator {
                 shutdown,
             ),
             client,
+            per_relay,
             retry_budget: Arc::new(Semaphore::new(RETRY_BUDGET_KIB as usize)),
             forwarding_budget: Arc::new(Semaphore::new(FORWARDING_BUDGET_KIB as usize)),
             ranker: Mutex::new(Ranker::new(config.ranker_period)),
@@ -190,7 +196,12 @@ impl Federator {
             return Err(not_queued(bytes));
         };
         let lane_base = base.clone();
+        let per_relay = self.per_relay.clone();
         let callback: Then = Box::new(move |posted| {
+            // Taken at the first try, the envelope never reaches `judge`: count it here.
+            if posted == Posted::Accepted {
+                per_relay.success(&relay);
+            }
             then(FirstTry {
                 relay,
                 base,
@@ -331,8 +342,12 @@ impl Federator {
     /// failing relay lower.
     fn judge(&self, relay: &str, posted: Posted) -> Judged {
         match posted {
-            Posted::Accepted => Judged::Taken,
+            Posted::Accepted => {
+                self.per_relay.success(relay);
+                Judged::Taken
+            }
             Posted::Refused { status, answer } => {
+                self.per_relay.error(relay);
                 if let Some(held_back) = REFUSED_LOG.allow() {
                     tracing::info!(%relay, %status, ?answer, held_back, "destination relay refused a federated envelope");
                 }
@@ -343,11 +358,13 @@ impl Federator {
                 Judged::NotAllowed
             }
             Posted::Failed(reason) => {
+                self.per_relay.error(relay);
                 log_failed(relay, &reason);
                 self.downvote(relay, rmb_proto::time::unix_now());
                 Judged::Failed
             }
             Posted::Alone => {
+                self.per_relay.error(relay);
                 log_failed(relay, "not sent");
                 self.downvote(relay, rmb_proto::time::unix_now());
                 Judged::Failed

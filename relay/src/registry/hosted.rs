@@ -213,4 +213,8 @@ impl Registry for HostedRegistry {
     fn kind(&self) -> rmb_identity::registry::RegistryKind {
         rmb_identity::registry::RegistryKind::Embedded
     }
+
+    fn cache_stats(&self) -> Option<rmb_identity::registry::CacheStats> {
+        Some(self.recent.stats())
+    }
 }

@@ -16,6 +16,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lru::LruCache;
 use rmb_identity::registry::Twin;
@@ -28,6 +29,10 @@ pub const MAX_REMEMBERED: usize = 4096;
 /// Twins read from the store recently, with when they were read.
 pub struct RecentTwins {
     twins: Mutex<LruCache<u32, (Twin, u64)>>,
+    /// Lookups answered from memory, and not (`/metrics`: `rmb_cache_hits_total`,
+    /// `rmb_cache_misses_total`).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl Default for RecentTwins {
@@ -36,6 +41,8 @@ impl Default for RecentTwins {
             twins: Mutex::new(LruCache::new(
                 NonZeroUsize::new(MAX_REMEMBERED).expect("non-zero"),
             )),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 }
@@ -44,7 +51,7 @@ impl RecentTwins {
     /// Twin `id`, if it was read less than [`REMEMBER_FOR_MS`] before `now_ms`.
     pub fn get(&self, id: u32, now_ms: u64) -> Option<Twin> {
         let mut twins = self.twins.lock().unwrap_or_else(|p| p.into_inner());
-        match twins.get(&id) {
+        let found = match twins.get(&id) {
             Some((twin, read_ms)) if now_ms.saturating_sub(*read_ms) < REMEMBER_FOR_MS => {
                 Some(twin.clone())
             }
@@ -53,6 +60,25 @@ impl RecentTwins {
                 None
             }
             None => None,
+        };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Hits, misses and twins held now (this cache is never flushed whole: a publish
+    /// forgets one twin).
+    pub fn stats(&self) -> rmb_identity::registry::CacheStats {
+        let entries = self.twins.lock().unwrap_or_else(|p| p.into_inner()).len();
+        rmb_identity::registry::CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            flushes: 0,
+            entries: entries as u64,
         }
     }
 

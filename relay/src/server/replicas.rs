@@ -51,10 +51,18 @@ pub async fn start(
         })
     };
     let deliver: Deliver = Arc::new(move |session, item| match weak.upgrade() {
-        Some(state) => match state.switch.deliver(&session, item) {
-            Delivery::Sent => true,
-            Delivery::NotConnected(_) | Delivery::Full(_) => false,
-        },
+        // Counted in rmb-rs's relay_message_rx here, where the session is (not on the
+        // replica that routed it, whose link may still give it back).
+        Some(state) => {
+            let size = item.0.len();
+            match state.switch.deliver(&session, item) {
+                Delivery::Sent => {
+                    state.metrics.rmb_rs.accepted(session.twin, size);
+                    true
+                }
+                Delivery::NotConnected(_) | Delivery::Full(_) => false,
+            }
+        }
         None => false,
     });
     let (returned, rx) = mpsc::channel(RETURNED_BACKLOG);

@@ -64,9 +64,11 @@ impl Deliverer {
         // Any copy of an answer settles the request's resends (after a restart, the
         // resent request's answer may come as a copy of one delivered before).
         if key.kind == ReplayKind::Reply && self.inner.reliable && admission.is_ok() {
-            self.inner
-                .resends()
-                .answered(&env.uid, source, tokio::time::Instant::now().into_std());
+            let now = tokio::time::Instant::now().into_std();
+            let settled = self.inner.resends().settle(&env.uid, source, now);
+            if let Some(Some(round_trip)) = settled {
+                self.inner.rpc_seconds.observe(round_trip.as_secs_f64());
+            }
         }
         match admission {
             Ok(Admission::First) => {
