@@ -209,6 +209,18 @@ const FAMILIES: [(&str, &str, MetricType, Option<&str>); 13] = [
         MetricType::GAUGE,
         None,
     ),
+    (
+        "rmb_peer_sent_unsigned_total",
+        "Requests and answers sent without a signature, authenticated by their encryption",
+        MetricType::COUNTER,
+        None,
+    ),
+    (
+        "rmb_peer_received_unsigned_total",
+        "Unsigned envelopes their encryption authenticated (copies included)",
+        MetricType::COUNTER,
+        None,
+    ),
 ];
 
 /// Reads [`Peer::status`] at each scrape and exports it as [`FAMILIES`].
@@ -255,7 +267,7 @@ impl Collector for PeerCollector {
             .collect();
         let connected = s.relays.iter().filter(|l| l.connected).count() as u64;
         let one = |v: u64| vec![(String::new(), v)];
-        let values: [Vec<(String, u64)>; 13] = [
+        let values: [Vec<(String, u64)>; 15] = [
             one(connected),
             per_relay(|l| u64::from(l.connected)),
             per_relay(|l| l.reconnects),
@@ -269,6 +281,8 @@ impl Collector for PeerCollector {
             one(s.duplicates),
             one(s.replayed),
             one(s.awaiting),
+            one(s.sent_unsigned),
+            one(s.received_unsigned),
         ];
         FAMILIES
             .iter()
