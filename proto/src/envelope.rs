@@ -368,23 +368,23 @@ mod tests {
         assert_eq!(env.unsigned_rpc_binding(), expected);
         // Every change a relay could make gives another binding; payload and signature
         // are not in it (the AEAD covers the payload).
-        let changes: Vec<Box<dyn Fn(&mut Envelope)>> = vec![
-            Box::new(|e| std::mem::swap(&mut e.source, &mut e.destination)),
-            Box::new(|e| e.source = Some(crate::Address::twin(3))),
-            Box::new(|e| e.source.as_mut().unwrap().connection = Some(String::new())),
-            Box::new(|e| e.destination.as_mut().unwrap().connection = None),
-            Box::new(|e| e.uid = "v".into()),
-            Box::new(|e| e.message = Some(Message::Response(Default::default()))),
-            Box::new(|e| {
+        let changes: Vec<fn(&mut Envelope)> = vec![
+            |e| std::mem::swap(&mut e.source, &mut e.destination),
+            |e| e.source = Some(crate::Address::twin(3)),
+            |e| e.source.as_mut().unwrap().connection = Some(String::new()),
+            |e| e.destination.as_mut().unwrap().connection = None,
+            |e| e.uid = "v".into(),
+            |e| e.message = Some(Message::Response(Default::default())),
+            |e| {
                 e.message = Some(Message::Request(Request {
                     command: "other".into(),
                 }))
-            }),
-            Box::new(|e| e.timestamp += 1),
-            Box::new(|e| e.expiration += 1),
-            Box::new(|e| e.tags = None),
-            Box::new(|e| e.tags = Some("fail-fast".into())),
-            Box::new(|e| e.schema = Some(String::new())),
+            },
+            |e| e.timestamp += 1,
+            |e| e.expiration += 1,
+            |e| e.tags = None,
+            |e| e.tags = Some("fail-fast".into()),
+            |e| e.schema = Some(String::new()),
         ];
         for (i, change) in changes.iter().enumerate() {
             let mut changed = env.clone();

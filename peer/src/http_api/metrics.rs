@@ -130,7 +130,7 @@ fn registry(peer: Peer) -> Registry {
 }
 
 /// Every family [`PeerCollector`] exports: name, help, type, label name (if any).
-const FAMILIES: [(&str, &str, MetricType, Option<&str>); 13] = [
+const FAMILIES: [(&str, &str, MetricType, Option<&str>); 15] = [
     (
         "rmb_peer_relays_connected",
         "Relay links logged in now",
