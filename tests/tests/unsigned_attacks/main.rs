@@ -149,12 +149,12 @@ fn forged_unsigned_requests_neither_lock_a_peer_out_nor_reflect_errors() {
         .map(|n| n.as_u64().unwrap())
         .sum();
     assert_eq!(by_reason, routed as u64, "counted by reason: {status}");
-    // The relay lets unsigned requests through only where peers take them unsigned
-    // (topic pushes and acknowledgements): the forged `echo`s stop there.
-    assert_eq!(routed, FORGED * 2 / 3, "{statuses:?}");
-    assert_eq!(
-        statuses.get(&401).copied(),
-        Some(FORGED / 3),
+    // Since unsigned RPCs (docs/protocol.md §3.4) the relay routes every unsigned request
+    // with an encrypted payload, forged `echo`s too: the peer refuses them. Each (claimed
+    // twin, poster) pair gets 50 posts, right at its `--limit 50` budget, so a few may
+    // be refused there (429), none for lacking a signature (401).
+    assert!(
+        statuses.keys().all(|s| [202, 429].contains(s)) && routed >= FORGED * 2 / 3,
         "{statuses:?}"
     );
 }
