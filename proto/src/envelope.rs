@@ -368,7 +368,8 @@ mod tests {
         assert_eq!(env.unsigned_rpc_binding(), expected);
         // Every change a relay could make gives another binding; payload and signature
         // are not in it (the AEAD covers the payload).
-        let changes: Vec<Box<dyn Fn(&mut Envelope)>> = vec![
+        type Change = Box<dyn Fn(&mut Envelope)>;
+        let changes: Vec<Change> = vec![
             Box::new(|e| std::mem::swap(&mut e.source, &mut e.destination)),
             Box::new(|e| e.source = Some(crate::Address::twin(3))),
             Box::new(|e| e.source.as_mut().unwrap().connection = Some(String::new())),
