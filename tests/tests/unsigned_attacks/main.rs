@@ -17,9 +17,11 @@
 //! The relays, the item-3 peer and the topic peers are the real binaries; the relay in
 //! the middle ([`EvilRelay`](evil_relay::EvilRelay)) is written here.
 //!
-//! One test binary in four files: this one (item 3 and shared set-up), `evil_relay`,
-//! `reflection` (acknowledgements between direct clients, connection frames) and
-//! `topic_pushes` (pushes between real topic peers).
+//! One test binary in five files: this one (item 3 and shared set-up), `evil_relay`,
+//! `reflection` (acknowledgements between direct clients, connection frames),
+//! `topic_pushes` (pushes between real topic peers) and `rpc` (unsigned RPCs between
+//! real peers: the genuine flow, rewrites and replays by relays in the middle, forgeries
+//! by a stranger with a twin, a peer run with `--no-unsigned-rpc`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -48,6 +50,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 mod evil_relay;
 mod reflection;
+mod rpc;
 mod topic_pushes;
 
 /// Longest a test waits for anything (a broken system fails, never hangs).
