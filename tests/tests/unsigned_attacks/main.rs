@@ -17,9 +17,11 @@
 //! The relays, the item-3 peer and the topic peers are the real binaries; the relay in
 //! the middle ([`EvilRelay`](evil_relay::EvilRelay)) is written here.
 //!
-//! One test binary in four files: this one (item 3 and shared set-up), `evil_relay`,
-//! `reflection` (acknowledgements between direct clients, connection frames) and
-//! `topic_pushes` (pushes between real topic peers).
+//! One test binary in five files: this one (item 3 and shared set-up), `evil_relay`,
+//! `reflection` (acknowledgements between direct clients, connection frames),
+//! `topic_pushes` (pushes between real topic peers) and `rpc` (unsigned RPCs between
+//! real peers: the genuine flow, rewrites and replays by relays in the middle, forgeries
+//! by a stranger with a twin, a peer run with `--no-unsigned-rpc`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -48,6 +50,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 mod evil_relay;
 mod reflection;
+mod rpc;
 mod topic_pushes;
 
 /// Longest a test waits for anything (a broken system fails, never hangs).
@@ -156,8 +159,11 @@ fn forged_unsigned_requests_neither_lock_a_peer_out_nor_reflect_errors() {
     assert_eq!(by_reason, routed as u64, "counted by reason: {status}");
     // The relay lets unsigned requests through only where peers may take them unsigned
     // (an encrypted payload: topic traffic and RPCs between rmb peers, protocol.md
-    // §3.4): the plain ones stop there.
-    assert_eq!(routed, FORGED * 4 / 5, "{statuses:?}");
+    // §3.4), forged `echo`s too (the peer refuses them); the plain ones stop there
+    // (401). Each (claimed twin, poster) pair gets 40 encrypted posts, within its
+    // `--limit 50`; a 429 would still be no reason to fail this test.
+    let limited = statuses.get(&429).copied().unwrap_or(0);
+    assert_eq!(routed + limited, FORGED * 4 / 5, "{statuses:?}");
     assert_eq!(
         statuses.get(&401).copied(),
         Some(FORGED / 5),
