@@ -211,12 +211,8 @@ impl Envelope {
         out.push(kind);
         out.extend_from_slice(&self.source_twin().to_be_bytes());
         out.extend_from_slice(&self.destination_twin().to_be_bytes());
-        for field in [uid, command] {
-            // Envelopes are far below 4 GiB; saturating keeps this total anyway.
-            let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(field);
-        }
+        put_string(&mut out, uid);
+        put_string(&mut out, command);
         out
     }
 
