@@ -30,7 +30,7 @@
 //! relay name could be moved into it (or back) without breaking the signature; cipher
 //! payloads cannot be split that way, which is one more reason every twin publishes a key.
 
-use rmb_proto::{Binding, Envelope, MessageKind, Payload};
+use rmb_proto::{Binding, Envelope, Message, MessageKind, Payload};
 
 use crate::account::AccountId;
 use crate::e2e::{E2eError, E2eScheme};
@@ -47,6 +47,10 @@ pub enum EnvelopeError {
     DeprecatedField(&'static str),
     #[error("envelope's deprecated 'relays' field is not a list of relay names: {0}")]
     InvalidRelays(&'static str),
+    /// The challenge of a request with an empty command is that of a response: either
+    /// could be turned into the other under the same signature.
+    #[error("request envelope names no command")]
+    EmptyCommand,
     #[error("invalid envelope signature: {0}")]
     Signature(#[from] SignatureError),
     #[error("e2e error: {0}")]
@@ -81,6 +85,9 @@ pub fn check_shape(env: &Envelope) -> Result<(), EnvelopeError> {
     }
     if env.federation.is_some() {
         return Err(EnvelopeError::DeprecatedField("federation"));
+    }
+    if matches!(&env.message, Some(Message::Request(r)) if r.command.is_empty()) {
+        return Err(EnvelopeError::EmptyCommand);
     }
     check_relay_names(&env.relays)
 }
@@ -258,6 +265,19 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "ping envelopes carry no verifiable signature; expected a request, response or error"
+        );
+        // A response signed by its twin, turned into a request without a command: the
+        // same challenge (found by the bit-flip property test), refused by its shape.
+        let mut response = env.clone();
+        response.message = Some(Message::Response(Default::default()));
+        sign_envelope(&signer, &mut response);
+        let mut request = response.clone();
+        request.message = Some(Message::Request(Request::default()));
+        assert_eq!(request.challenge_digest(), response.challenge_digest());
+        verify_envelope(&response, &signer.account()).unwrap();
+        assert_eq!(
+            verify_envelope(&request, &signer.account()),
+            Err(EnvelopeError::EmptyCommand)
         );
     }
 

@@ -141,7 +141,8 @@ impl Refusal {
             ),
             EnvelopeError::NotSigned(_)
             | EnvelopeError::DeprecatedField(_)
-            | EnvelopeError::InvalidRelays(_) => Refusal::new(
+            | EnvelopeError::InvalidRelays(_)
+            | EnvelopeError::EmptyCommand => Refusal::new(
                 codes::INVALID_SIGNATURE,
                 Reason::BadSignature,
                 format!("invalid envelope signature: {e}"),

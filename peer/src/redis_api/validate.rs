@@ -117,6 +117,14 @@ pub fn parse_request(bytes: &[u8], now: u64) -> Result<LocalRequest, Rejection> 
             "request has no destination: dst is empty".into(),
         ));
     }
+    // Receivers refuse a request without a command (its signature would also fit a
+    // response): say so here rather than let it time out.
+    if req.cmd.is_empty() {
+        return Err(reject(
+            codes::INVALID_PAYLOAD,
+            "request has no command: cmd is empty".into(),
+        ));
+    }
     let (timestamp, expiration) = stamp(now, req.now, req.exp);
     let Some(left) = ttl(now, timestamp, expiration) else {
         return Err(reject(
