@@ -74,7 +74,12 @@ fn daemon() -> Result<Option<Dockerd>, String> {
     }
     let log = std::env::temp_dir().join(format!("rmb-dockerd-{}.log", std::process::id()));
     let file = std::fs::File::create(&log).map_err(|e| format!("dockerd log: {e}"))?;
+    // Without --iptables=false dockerd sets the host's FORWARD policy to DROP and leaves
+    // its chains behind when it stops: every later test that routes between network
+    // namespaces (tests/tests/faults/) would then lose all its packets. The compose
+    // network is internal, so the containers need no NAT or published ports.
     let mut child = Command::new("dockerd")
+        .arg("--iptables=false")
         .stdin(Stdio::null())
         .stdout(Stdio::from(file.try_clone().expect("log file")))
         .stderr(Stdio::from(file))
