@@ -341,7 +341,7 @@ async fn ask_version(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_peers_question_gets_the_capabilities_and_only_from_a_reliable_peer() {
+async fn only_the_peers_question_gets_capabilities_drops_repeats_only_when_reliable() {
     let relay = RelayProcess::start(&[]);
     let registry = relay.http_url();
     let (redis, redis_once) = (RedisServer::start(), RedisServer::start());
@@ -366,12 +366,18 @@ async fn only_the_peers_question_gets_the_capabilities_and_only_from_a_reliable_
 
     let question = br#""capabilities""#;
     let answer = ask_version(&mut client, &me, reliable, "v-1", question).await;
-    assert_eq!(answer["capabilities"], json!(["drops-repeats"]), "{answer}");
+    // Its relay (ours) routes unsigned RPCs, so it also takes them.
+    assert_eq!(
+        answer["capabilities"],
+        json!(["drops-repeats", "unsigned-rpc"]),
+        "{answer}"
+    );
     let version = answer["version"].as_str().expect("and its version");
     // rmb-rs tooling's request (an empty payload) gets the plain version string.
     let plain = ask_version(&mut client, &me, reliable, "v-2", b"").await;
     assert_eq!(plain, json!(version));
-    // A peer keeping no reply cache does not claim to drop repeats.
+    // A peer keeping no reply cache does not claim to drop repeats (it still takes
+    // unsigned RPCs).
     let once = ask_version(&mut client, &me, at_most_once, "v-3", question).await;
-    assert!(once.is_string(), "{once}");
+    assert_eq!(once["capabilities"], json!(["unsigned-rpc"]), "{once}");
 }
