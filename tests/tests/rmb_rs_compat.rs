@@ -296,10 +296,18 @@ async fn our_peer_with_rmb_rs_flags_on_tfchain_answers_recorded_rmb_rs_and_ts_cl
         "tag": null, "dst": [1], "ret": "ret-to-rmb-rs", "shm": "application/json", "now": now(),
     });
     Resp::connect(&redis3.url()).lpush("msgbus.system.local", &request.to_string());
-    let sent = rmb_rs_peer
-        .recv(WAIT)
-        .await
-        .expect("our peer's request reached twin 1");
+    // Our peer may first ask twin 1 which capabilities it runs (`rmb.version`, to learn
+    // whether it takes unsigned RPCs); rmb-rs answers that like any command, so skip it.
+    let sent = loop {
+        let env = rmb_rs_peer
+            .recv(WAIT)
+            .await
+            .expect("our peer's request reached twin 1");
+        match &env.message {
+            Some(Message::Request(r)) if r.command == "rmb.version" => continue,
+            _ => break env,
+        }
+    };
     assert_eq!(sent.kind(), MessageKind::Request);
     assert_eq!(sent.source, Some(Address::twin(3)));
     assert!(sent.relays.is_empty() && sent.federation.is_none());
