@@ -32,7 +32,7 @@ use super::keys::{
 };
 use super::pending::Route;
 use super::scripts::{
-    DELIVER_ONCE, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, SHED, TOO_MANY_COMMANDS,
+    Answer, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, SHED, TOO_MANY_COMMANDS, deliver_answers,
 };
 use super::writer::Write;
 use super::{Counter, Limits, Shared, outbox as outbox_entry, unserved};
@@ -97,14 +97,16 @@ pub(super) async fn run(
     }
 }
 
-/// The route of every response in `batch` (`None` for requests and unknown uids).
+/// The route of every response in `batch` (`None` for requests and unknown uids), and
+/// whether it answers for its request's sole destination (known only while the request
+/// is in memory; see [`Pending::answered`](super::pending::Pending::answered)).
 async fn resolve(
     shared: &Shared,
     batch: &[Inbound],
     lookup: &mut RedisConn,
     abort: &CancellationToken,
-) -> Vec<Option<Route>> {
-    let mut routes: Vec<Option<Route>> = {
+) -> Vec<Option<(Route, bool)>> {
+    let mut routes: Vec<Option<(Route, bool)>> = {
         let mut pending = shared.pending();
         batch
             .iter()
@@ -147,16 +149,19 @@ async fn resolve(
     for (i, pair) in misses.into_iter().zip(found.chunks(2)) {
         routes[i] = match pair {
             [Some(bytes), _] => match Backlog::decode(bytes.as_slice()) {
-                Ok(b) => Some(Route {
-                    reference: b.reference,
-                    reply_to: b.reply_to,
-                }),
+                Ok(b) => Some((
+                    Route {
+                        reference: b.reference,
+                        reply_to: b.reply_to,
+                    },
+                    false,
+                )),
                 Err(e) => {
                     tracing::warn!(error = %e, "unreadable backlog entry");
                     None
                 }
             },
-            [None, Some(json)] => outbox_entry::route(json),
+            [None, Some(json)] => outbox_entry::route(json).map(|route| (route, false)),
             _ => None,
         };
     }
@@ -188,11 +193,13 @@ enum Document {
         uid: String,
         /// The answering twin (0: a relay's error report).
         twin: u32,
+        /// It answers for its request's sole destination.
+        sole: bool,
     },
 }
 
 /// The document for a message; `None` (logged) for a response nobody waits for.
-fn document(shared: &Shared, inbound: Inbound, route: Option<Route>) -> Option<Document> {
+fn document(shared: &Shared, inbound: Inbound, route: Option<(Route, bool)>) -> Option<Document> {
     match inbound {
         Inbound::Request(req) => Some(request_document(req)),
         // Only connections authenticate these (none are open without them).
@@ -209,7 +216,7 @@ fn document(shared: &Shared, inbound: Inbound, route: Option<Route>) -> Option<D
                 }
                 return None;
             };
-            Some(response_document(resp, route))
+            Some(response_document(resp, route.0, route.1))
         }
     }
 }
@@ -249,7 +256,7 @@ fn request_document(req: InboundRequest) -> Document {
 }
 
 /// A response for the client's `ret`, as a `JsonIncomingResponse`.
-fn response_document(resp: InboundResponse, route: Route) -> Document {
+fn response_document(resp: InboundResponse, route: Route, sole: bool) -> Document {
     let (dat, err) = match resp.reply {
         Ok(body) => (encode_dat(&body), None),
         Err(e) => (
@@ -274,64 +281,79 @@ fn response_document(resp: InboundResponse, route: Route) -> Document {
         json: serde_json::to_string(&json).expect("a response serialises"),
         uid: resp.uid,
         twin: resp.source.twin,
+        sole,
     }
 }
 
-/// Adds the delivery script of `doc` to `pipe`.
-fn add_document(pipe: &mut redis::Pipeline, doc: &Document, limits: &Limits, now: u64) {
-    match doc {
-        Document::Request {
+/// A pipeline that delivers `docs`: one [`DELIVER_REQUEST`] run for the requests, then
+/// one [`DELIVER_ONCE`] run for the responses (the scripts were loaded when the
+/// connection was made, [`RedisConn`]). [`results_of`] takes its reply apart.
+fn pipeline(docs: &[Document], limits: &Limits) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    let mut requests = DELIVER_REQUEST.prepare_invoke();
+    requests
+        .key(COMMANDS)
+        .key(SERVED)
+        .arg(MAX_LIST_LEN - 1)
+        .arg(limits.command_queue_bytes)
+        .arg(limits.commands)
+        .arg(unix_now())
+        .arg(SERVED_SECS);
+    let mut any_request = false;
+    for doc in docs {
+        if let Document::Request {
             list,
             json,
             marker,
             ttl,
             verdict,
             ..
-        } => pipe.invoke_script(
-            DELIVER_REQUEST
+        } = doc
+        {
+            any_request = true;
+            requests
                 .key(marker)
                 .key(list)
-                .key(COMMANDS)
-                .key(SERVED)
                 .arg(json)
                 .arg(*ttl)
-                .arg(MAX_LIST_LEN - 1)
-                .arg(limits.command_queue_bytes)
-                .arg(limits.commands)
-                .arg(now)
-                .arg(SERVED_SECS)
-                .arg(u8::from(*verdict != Verdict::Admit)),
-        ),
-        Document::Response {
-            list,
-            json,
-            uid,
-            twin,
-        } => {
-            // A relay's error names no twin: it answers for any one still waited for.
-            let field = match twin {
-                0 => String::new(),
-                t => outbox_waiting(*t),
-            };
-            pipe.invoke_script(
-                DELIVER_ONCE
-                    .key(outbox(uid))
-                    .key(list)
-                    .arg(json)
-                    .arg(field)
-                    .arg(MAX_LIST_LEN - 1),
-            )
+                .arg(u8::from(*verdict != Verdict::Admit));
         }
-    };
-}
-
-/// A pipeline that delivers `docs` (the scripts were loaded when the connection was
-/// made, [`RedisConn`]).
-fn pipeline(docs: &[Document], limits: &Limits) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    let now = unix_now();
-    for doc in docs {
-        add_document(&mut pipe, doc, limits, now);
+    }
+    if any_request {
+        pipe.invoke_script(&requests);
+    }
+    // The outbox hash and waiting field of each response; a relay's error names no
+    // twin: it answers for any one still waited for.
+    let keys: Vec<(String, String)> = docs
+        .iter()
+        .filter_map(|doc| match doc {
+            Document::Response { uid, twin, .. } => Some((
+                outbox(uid),
+                match twin {
+                    0 => String::new(),
+                    t => outbox_waiting(*t),
+                },
+            )),
+            Document::Request { .. } => None,
+        })
+        .collect();
+    if !keys.is_empty() {
+        let responses = docs.iter().filter_map(|doc| match doc {
+            Document::Response {
+                list, json, sole, ..
+            } => Some((list, json, *sole)),
+            Document::Request { .. } => None,
+        });
+        let answers = responses
+            .zip(&keys)
+            .map(|((list, json, sole), (outbox, field))| Answer {
+                outbox,
+                list,
+                json,
+                field,
+                sole,
+            });
+        pipe.invoke_script(&deliver_answers(answers));
     }
     pipe
 }
@@ -357,20 +379,18 @@ async fn deliver_once(
         .query(&pipeline(&documents, &shared.limits), abort)
         .await
     {
-        Ok(results) => results_of(results),
+        Ok(results) => results_of(&documents, results),
         Err(QueryError::Shutdown) => return lost(documents.len()),
         Err(QueryError::Permanent(e)) => {
             tracing::warn!(error = %e, documents = documents.len(), "redis refused a delivery batch; delivering one by one");
             let mut results = Vec::with_capacity(documents.len());
             for doc in &documents {
+                let one = std::slice::from_ref(doc);
                 match conn
-                    .query::<Vec<Value>>(
-                        &pipeline(std::slice::from_ref(doc), &shared.limits),
-                        abort,
-                    )
+                    .query::<Vec<Value>>(&pipeline(one, &shared.limits), abort)
                     .await
                 {
-                    Ok(mut one) => results.push(one.pop()),
+                    Ok(reply) => results.extend(results_of(one, reply)),
                     Err(QueryError::Shutdown) => return lost(documents.len() - results.len()),
                     Err(QueryError::Permanent(e)) => {
                         refused_by_redis(shared, doc, &e);
@@ -457,9 +477,26 @@ async fn deliver_once(
     }
 }
 
-/// The script results of a delivery pipeline (the script loads are ignored).
-fn results_of(values: Vec<Value>) -> Vec<Option<Value>> {
-    values.into_iter().map(Some).collect()
+/// The result of each of `docs` in the reply of their [`pipeline`] (`None` where the
+/// reply is short, which Redis never does: that document counts as not delivered).
+fn results_of(docs: &[Document], reply: Vec<Value>) -> Vec<Option<Value>> {
+    let any_request = docs.iter().any(|d| matches!(d, Document::Request { .. }));
+    let mut runs = reply.into_iter().map(|run| match run {
+        Value::Array(items) => items.into_iter(),
+        _ => Vec::new().into_iter(),
+    });
+    let mut requests = if any_request {
+        runs.next().unwrap_or_default()
+    } else {
+        Vec::new().into_iter()
+    };
+    let mut responses = runs.next().unwrap_or_default();
+    docs.iter()
+        .map(|doc| match doc {
+            Document::Request { .. } => requests.next(),
+            Document::Response { .. } => responses.next(),
+        })
+        .collect()
 }
 
 fn lost(n: usize) {

@@ -29,6 +29,8 @@ struct Entry {
     route: Route,
     /// Destinations still expected to answer (a twin listed twice answers twice).
     waiting: Vec<u32>,
+    /// The destination, when the request named exactly one.
+    only: Option<u32>,
     deadline: Instant,
 }
 
@@ -47,6 +49,10 @@ impl Pending {
             uid,
             Entry {
                 route,
+                only: match destinations.as_slice() {
+                    [only] => Some(*only),
+                    _ => None,
+                },
                 waiting: destinations,
                 deadline,
             },
@@ -54,14 +60,17 @@ impl Pending {
     }
 
     /// A response to `uid` came from twin `from` (0: a relay's delivery error). Returns
-    /// where to deliver it, or `None` when the request is not (or no longer) known here.
+    /// where to deliver it, or `None` when the request is not (or no longer) known here,
+    /// and whether it is the answer of the request's sole destination (its outbox entry
+    /// then holds that twin's answer only, so delivering it may drop the whole entry).
     ///
     /// A relay error does not say which destination it is about; it counts as the
     /// answer of one destination still waiting, so a client gets as many responses as
     /// it named destinations.
-    pub fn answered(&mut self, uid: &str, from: u32) -> Option<Route> {
+    pub fn answered(&mut self, uid: &str, from: u32) -> Option<(Route, bool)> {
         let entry = self.entries.get_mut(uid)?;
         let route = entry.route.clone();
+        let sole = entry.only.is_some_and(|only| from == only || from == 0);
         if let Some(i) = entry.waiting.iter().position(|&t| t == from) {
             entry.waiting.swap_remove(i);
         } else if from == 0 {
@@ -70,7 +79,7 @@ impl Pending {
         if entry.waiting.is_empty() {
             self.entries.remove(uid);
         }
-        Some(route)
+        Some((route, sole))
     }
 
     /// Sending to `twin` failed and the client was told already: stop waiting for it.
@@ -147,7 +156,7 @@ mod tests {
             vec![1, 2, 3],
             t0 + Duration::from_secs(5),
         );
-        assert_eq!(p.answered("u", 2), Some(route("a")));
+        assert_eq!(p.answered("u", 2), Some((route("a"), false)));
         p.failed("u", 3);
         assert!(p.expire(t0 + Duration::from_secs(4)).is_empty(), "not yet");
         let timeouts = p.expire(t0 + Duration::from_secs(5));
@@ -168,7 +177,11 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pending::default();
         p.insert("u".into(), route("a"), vec![7], t0 + Duration::from_secs(1));
-        assert!(p.answered("u", 7).is_some());
+        assert_eq!(
+            p.answered("u", 7),
+            Some((route("a"), true)),
+            "its sole answer"
+        );
         assert_eq!(p.len(), 0);
         assert_eq!(
             p.answered("u", 7),
@@ -188,8 +201,14 @@ mod tests {
             vec![1, 2],
             t0 + Duration::from_secs(1),
         );
-        assert!(p.answered("u", 0).is_some());
+        assert_eq!(p.answered("u", 0), Some((route("a"), false)), "one of two");
         assert_eq!(p.expire(t0 + Duration::from_secs(1)).len(), 1);
+        p.insert("v".into(), route("b"), vec![1], t0 + Duration::from_secs(1));
+        assert_eq!(
+            p.answered("v", 0),
+            Some((route("b"), true)),
+            "about the sole one"
+        );
     }
 
     #[test]
@@ -197,7 +216,11 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pending::default();
         p.insert("u".into(), route("a"), vec![1], t0 + Duration::from_secs(1));
-        assert!(p.answered("u", 9).is_some());
+        assert_eq!(
+            p.answered("u", 9),
+            Some((route("a"), false)),
+            "routed, but never as the sole destination's answer"
+        );
         assert_eq!(p.expire(t0 + Duration::from_secs(1)).len(), 1);
     }
 

@@ -5,15 +5,18 @@
 //!
 //! - [`CLAIM`]: moves a batch from an app's list to the peer's claimed list (kept until
 //!   the batch is recorded), or returns the batch a crashed run left claimed;
-//! - [`DELIVER_REQUEST`]: pushes a remote request to its service only if its uid was
-//!   never received from that twin, remembering it (a repeat gets the stored reply),
-//!   and only within the bounds on command lists (bytes, TTL, number of commands);
-//! - [`DELIVER_ONCE`]: pushes an answer to a client's `ret` only if the request still
-//!   waits for that twin's answer, and marks it answered.
+//! - [`DELIVER_REQUEST`]: pushes each remote request of a batch to its service only if
+//!   its uid was never received from that twin, remembering it (a repeat gets the
+//!   stored reply), and only within the bounds on command lists (bytes, TTL, number of
+//!   commands);
+//! - [`DELIVER_ONCE`]: pushes each answer of a batch to a client's `ret` only if the
+//!   request still waits for that twin's answer, and marks it answered.
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::{Script, ScriptInvocation};
+
+use super::keys::MAX_LIST_LEN;
 
 /// `KEYS`: source list, claimed list. `ARGV`: most items. Returns what the claimed list
 /// holds when a previous run left a batch there; otherwise moves up to that many of the
@@ -49,17 +52,22 @@ pub const SERVED_SECS: u64 = 24 * 3600;
 /// repeat): nothing is written.
 pub const SHED: i64 = -3;
 
-/// `KEYS`: seen marker, service list, command index (sorted set: list name → unix time
-/// its last request expires), served commands (sorted set: list name → unix time until
-/// which it counts as served). `ARGV`: request JSON, marker TTL (s), last index kept in
-/// the list, most bytes in the list, most commands in the index, now (unix s),
-/// [`SERVED_SECS`], `1` when [admission](super::admission) refuses it (else `0`).
+/// Delivers a batch of remote requests, each only once. `KEYS`: command index (sorted
+/// set: list name → unix time its last request expires), served commands (sorted set:
+/// list name → unix time until which it counts as served), then per request its seen
+/// marker and service list. `ARGV`: last index kept in a list, most bytes in a list,
+/// most commands in the index, now (unix s), [`SERVED_SECS`], then per request its JSON,
+/// marker TTL (s), and `1` when [admission](super::admission) refuses it (else `0`).
 ///
-/// Returns the list's length (≥ 1) when delivered; otherwise the marker's value (empty
-/// while the service has not answered, the sealed reply once it has) for a repeat —
-/// checked first, so admission never refuses a repeat of an answered request —,
-/// [`SHED`] when admission refused it, [`QUEUE_FULL`] or [`TOO_MANY_COMMANDS`] when a
-/// bound is hit (nothing is written then).
+/// Returns one result per request, in order: the list's length (≥ 1) when delivered;
+/// otherwise the marker's value (empty while the service has not answered, the sealed
+/// reply once it has) for a repeat — checked first, so admission never refuses a repeat
+/// of an answered request —, [`SHED`] when admission refused it, [`QUEUE_FULL`] or
+/// [`TOO_MANY_COMMANDS`] when a bound is hit (nothing is written then).
+///
+/// One script run per batch, and what concerns a list (its size, TTL, index entry) is
+/// read or written once per run, not per request: each command a script calls costs
+/// Redis 1–2 µs, so a request usually costs three (`GET` of its marker, `SET`, `LPUSH`).
 ///
 /// Bounds what other twins can make the peer keep: the list expires with the last
 /// deadline of what it holds (clamped by the caller); its size is estimated with
@@ -71,72 +79,152 @@ pub const SHED: i64 = -3;
 pub static DELIVER_REQUEST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local prev = redis.call('GET', KEYS[1])
-if prev then return prev end
-if ARGV[8] == '1' then return -3 end
-local ttl = tonumber(ARGV[2])
-local now = tonumber(ARGV[6])
-local served_secs = tonumber(ARGV[7])
-local served = redis.call('ZSCORE', KEYS[4], KEYS[2])
-served = served and tonumber(served) > now
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  local used = redis.call('MEMORY', 'USAGE', KEYS[2], 'SAMPLES', 5) or 0
-  if used + string.len(ARGV[1]) > tonumber(ARGV[4]) then return -1 end
-elseif not served and not redis.call('ZSCORE', KEYS[3], KEYS[2]) then
-  local most = tonumber(ARGV[5])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= most then
-    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-    for _, name in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-      if redis.call('EXISTS', name) == 0 then
-        redis.call('ZREM', KEYS[3], name)
-        redis.call('ZADD', KEYS[4], now + served_secs, name)
-      end
-    end
-    redis.call('EXPIRE', KEYS[4], served_secs)
-    if redis.call('ZCARD', KEYS[3]) >= most then return -2 end
+local keep = tonumber(ARGV[1]) + 1
+local most_bytes = tonumber(ARGV[2])
+local most = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local served_secs = tonumber(ARGV[5])
+local index, served_set = KEYS[1], KEYS[2]
+-- What this run knows of each list, read once: whether it exists, its bytes (estimated
+-- once, then counted), its TTL and the times it is indexed or served until.
+local lists = {}
+local function list_state(list)
+  local st = lists[list]
+  if st then return st end
+  local served = redis.call('ZSCORE', served_set, list)
+  st = { served = served and tonumber(served) > now, used = 0, ttl = -2, until_ = 0 }
+  if redis.call('EXISTS', list) == 1 then
+    st.exists = true
+    st.used = redis.call('MEMORY', 'USAGE', list, 'SAMPLES', 5) or 0
+    st.ttl = redis.call('TTL', list)
   end
+  lists[list] = st
+  return st
 end
-if string.len(ARGV[1]) > tonumber(ARGV[4]) then return -1 end
-redis.call('SET', KEYS[1], '', 'EX', ttl)
-local len = redis.call('LPUSH', KEYS[2], ARGV[1])
-local keep = tonumber(ARGV[3]) + 1
-if len > keep then
-  redis.call('LTRIM', KEYS[2], 0, keep - 1)
-  len = keep
+local function make_room(list)
+  if redis.call('ZSCORE', index, list) then return true end
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  if redis.call('ZCARD', index) < most then return true end
+  redis.call('ZREMRANGEBYSCORE', served_set, '-inf', now)
+  for _, name in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    if redis.call('EXISTS', name) == 0 then
+      redis.call('ZREM', index, name)
+      redis.call('ZADD', served_set, now + served_secs, name)
+    end
+  end
+  redis.call('EXPIRE', served_set, served_secs)
+  return redis.call('ZCARD', index) < most
 end
-if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
-if served then
-  redis.call('ZADD', KEYS[4], now + served_secs, KEYS[2])
-else
-  redis.call('ZADD', KEYS[3], 'GT', now + ttl, KEYS[2])
-  if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
+local function deliver(marker, list, json, ttl, shed)
+  local prev = redis.call('GET', marker)
+  if prev then return prev end
+  if shed == '1' then return -3 end
+  local st = list_state(list)
+  if st.exists then
+    if st.used + string.len(json) > most_bytes then return -1 end
+  elseif not st.served and not make_room(list) then
+    return -2
+  end
+  if string.len(json) > most_bytes then return -1 end
+  redis.call('SET', marker, '', 'EX', ttl)
+  local len = redis.call('LPUSH', list, json)
+  if len > keep then
+    redis.call('LTRIM', list, 0, keep - 1)
+    len = keep
+  end
+  st.exists = true
+  st.used = st.used + string.len(json)
+  if st.ttl < ttl then
+    redis.call('EXPIRE', list, ttl)
+    st.ttl = ttl
+  end
+  if st.served then
+    if st.until_ < now + served_secs then
+      redis.call('ZADD', served_set, now + served_secs, list)
+      st.until_ = now + served_secs
+    end
+  elseif st.until_ < now + ttl then
+    redis.call('ZADD', index, 'GT', now + ttl, list)
+    if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
+    st.until_ = now + ttl
+  end
+  return len
 end
-return len
+local results = {}
+for i = 1, (#KEYS - 2) / 2 do
+  local a = 5 + 3 * (i - 1)
+  results[i] = deliver(KEYS[1 + 2 * i], KEYS[2 + 2 * i], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3])
+end
+return results
 ",
     )
 });
 
-/// `KEYS`: outbox hash, client list. `ARGV`: response JSON, the waiting field of the
-/// answering twin (empty: any one, for a relay's error that names no twin), last index
-/// kept in the list. Returns 1 when delivered, 0 when that answer was delivered already
-/// (or the request is unknown or expired). The hash goes once every twin answered.
+/// Delivers a batch of answers, each only once. `KEYS`: per answer, the request's outbox
+/// hash and the client's list. `ARGV`: last index kept in a list, then per answer its
+/// JSON, the waiting field of the answering twin (empty: any one, for a relay's error
+/// that names no twin), and `1` when it answers for the request's sole destination (the
+/// hash then waits for nothing else: it is deleted, and its existing is the check) or
+/// `0`. Returns one result per answer, in order: 1 when delivered, 0 when that answer
+/// was delivered already (or the request is unknown or expired). A hash goes once every
+/// twin answered. One script run per batch, as [`DELIVER_REQUEST`].
 pub static DELIVER_ONCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local field = ARGV[2]
-if field == '' then
-  field = nil
-  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-    if string.sub(f, 1, 2) == 'd:' then field = f break end
+local keep = tonumber(ARGV[1]) + 1
+local results = {}
+for i = 1, #KEYS / 2 do
+  local outbox, list = KEYS[2 * i - 1], KEYS[2 * i]
+  local json, field, sole = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local waited
+  if sole == '1' then
+    waited = redis.call('DEL', outbox) == 1
+  else
+    if field == '' then
+      field = nil
+      for _, f in ipairs(redis.call('HKEYS', outbox)) do
+        if string.sub(f, 1, 2) == 'd:' then field = f break end
+      end
+    end
+    waited = field and redis.call('HDEL', outbox, field) == 1
+    if waited and redis.call('HLEN', outbox) <= 1 then redis.call('DEL', outbox) end
   end
-  if not field then return 0 end
+  results[i] = 0
+  if waited then
+    if redis.call('LPUSH', list, json) > keep then redis.call('LTRIM', list, 0, keep - 1) end
+    results[i] = 1
+  end
 end
-if redis.call('HDEL', KEYS[1], field) == 0 then return 0 end
-local keep = tonumber(ARGV[3]) + 1
-if redis.call('LPUSH', KEYS[2], ARGV[1]) > keep then redis.call('LTRIM', KEYS[2], 0, keep - 1) end
-if redis.call('HLEN', KEYS[1]) <= 1 then redis.call('DEL', KEYS[1]) end
-return 1
+return results
 ",
     )
 });
+
+/// An answer for [`deliver_answers`]: the request's outbox hash, the client's list, the
+/// answer's JSON, the field of the twin that answered (empty: any one), and whether it
+/// answers for the request's sole destination ([`Pending::answered`]).
+///
+/// [`Pending::answered`]: super::pending::Pending::answered
+pub struct Answer<'a> {
+    pub outbox: &'a str,
+    pub list: &'a str,
+    pub json: &'a str,
+    pub field: &'a str,
+    pub sole: bool,
+}
+
+/// One [`DELIVER_ONCE`] run delivering `answers`; its result holds one `0`/`1` per answer.
+pub fn deliver_answers<'a>(
+    answers: impl IntoIterator<Item = Answer<'a>>,
+) -> ScriptInvocation<'static> {
+    let mut run = DELIVER_ONCE.prepare_invoke();
+    run.arg(MAX_LIST_LEN - 1);
+    for a in answers {
+        run.key(a.outbox)
+            .key(a.list)
+            .arg(a.json)
+            .arg(a.field)
+            .arg(u8::from(a.sole));
+    }
+    run
+}

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::{QueryError, RedisConn};
 use super::keys::{MAX_LIST_LEN, clamp_ttl};
-use super::scripts::DELIVER_ONCE;
+use super::scripts::{Answer, deliver_answers};
 use crate::core::{Peer, Reason};
 
 /// Most pushes sent in one pipeline.
@@ -36,7 +36,7 @@ pub enum Write {
     /// `DEL key`.
     Del { key: String },
     /// Pushes `json` onto `list` only if the outbox hash `outbox` still has `field`
-    /// (see [`DELIVER_ONCE`]): an answer to a client, delivered once.
+    /// (see [`DELIVER_ONCE`](super::scripts::DELIVER_ONCE)): an answer to a client, delivered once.
     DeliverOnce {
         outbox: String,
         field: String,
@@ -92,44 +92,63 @@ impl Writer {
 }
 
 /// Adds `write` to `pipe`, results ignored. A pipeline with a [`Write::DeliverOnce`]
-/// needs [`DELIVER_ONCE`] loaded (a [`RedisConn`] does when it connects).
+/// needs [`DELIVER_ONCE`](super::scripts::DELIVER_ONCE) loaded (a [`RedisConn`] does when it connects).
 pub fn add_to_pipeline(pipe: &mut Pipeline, write: &Write) {
-    match write {
-        Write::DeliverOnce {
-            outbox,
-            field,
-            list,
-            json,
-        } => {
-            pipe.invoke_script(
-                DELIVER_ONCE
-                    .key(outbox)
-                    .key(list)
-                    .arg(json)
-                    .arg(field)
-                    .arg(MAX_LIST_LEN - 1),
-            )
-            .ignore();
+    add_all_to_pipeline(pipe, std::slice::from_ref(write));
+}
+
+/// Adds `writes` to `pipe` in order, results ignored; each run of consecutive
+/// [`Write::DeliverOnce`] becomes one script run.
+fn add_all_to_pipeline(pipe: &mut Pipeline, writes: &[Write]) {
+    let mut rest = writes;
+    while let Some(write) = rest.first() {
+        let answers = rest
+            .iter()
+            .take_while(|w| matches!(w, Write::DeliverOnce { .. }))
+            .count();
+        if answers > 0 {
+            let run = deliver_answers(rest[..answers].iter().filter_map(|w| match w {
+                Write::DeliverOnce {
+                    outbox,
+                    field,
+                    list,
+                    json,
+                } => Some(Answer {
+                    outbox,
+                    list,
+                    json,
+                    field,
+                    sole: false,
+                }),
+                _ => None,
+            }));
+            pipe.invoke_script(&run).ignore();
+            rest = &rest[answers..];
+            continue;
         }
-        Write::Push { list, json } => {
-            pipe.cmd("LPUSH").arg(list).arg(json).ignore();
-            pipe.cmd("LTRIM")
-                .arg(list)
-                .arg(0)
-                .arg(MAX_LIST_LEN - 1)
-                .ignore();
+        match write {
+            Write::DeliverOnce { .. } => unreachable!("taken above"),
+            Write::Push { list, json } => {
+                pipe.cmd("LPUSH").arg(list).arg(json).ignore();
+                pipe.cmd("LTRIM")
+                    .arg(list)
+                    .arg(0)
+                    .arg(MAX_LIST_LEN - 1)
+                    .ignore();
+            }
+            Write::SetEx { key, value, secs } => {
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(value.as_slice())
+                    .arg("EX")
+                    .arg(clamp_ttl(*secs))
+                    .ignore();
+            }
+            Write::Del { key } => {
+                pipe.cmd("DEL").arg(key).ignore();
+            }
         }
-        Write::SetEx { key, value, secs } => {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(value.as_slice())
-                .arg("EX")
-                .arg(clamp_ttl(*secs))
-                .ignore();
-        }
-        Write::Del { key } => {
-            pipe.cmd("DEL").arg(key).ignore();
-        }
+        rest = &rest[1..];
     }
 }
 
@@ -137,9 +156,7 @@ pub fn add_to_pipeline(pipe: &mut Pipeline, write: &Write) {
 /// [`RedisConn`]).
 fn pipeline(writes: &[Write]) -> Pipeline {
     let mut pipe = redis::pipe();
-    for write in writes {
-        add_to_pipeline(&mut pipe, write);
-    }
+    add_all_to_pipeline(&mut pipe, writes);
     pipe
 }
 

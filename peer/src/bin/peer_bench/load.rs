@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::bot::COMMAND;
 use super::cpu::{CpuUse, Sample};
 use super::processes::Network;
+use super::redis_stats::{self, RedisUse};
 
 /// Longest a client waits for one response before counting an error.
 const CALL_TIMEOUT_SECS: u64 = 10;
@@ -24,6 +25,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// CPU every process used meanwhile (from before the first call to after the last).
     pub cpu: CpuUse,
+    /// The commands both Redis servers ran meanwhile.
+    pub redis: RedisUse,
 }
 
 impl Outcome {
@@ -65,6 +68,7 @@ pub async fn measure(
     let client = redis::Client::open(net.redis_a.as_str())?;
     let dat = encode_dat(&vec![0x5a; size]);
     let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let redis_before = redis_stats::Sample::take(&net.redis_a, &net.redis_b).await;
     let cpu_before = Sample::take(net);
     let start = Instant::now();
     let deadline = start + duration;
@@ -107,6 +111,7 @@ pub async fn measure(
         errors: 0,
         elapsed: Duration::ZERO,
         cpu: CpuUse::default(),
+        redis: RedisUse::default(),
     };
     for task in tasks {
         let (latencies, errors) = task.await?;
@@ -115,6 +120,9 @@ pub async fn measure(
     }
     outcome.elapsed = start.elapsed();
     outcome.cpu = Sample::take(net).since(&cpu_before);
+    outcome.redis = redis_stats::Sample::take(&net.redis_a, &net.redis_b)
+        .await
+        .since(&redis_before);
     outcome.latencies.sort();
     Ok(outcome)
 }
@@ -129,6 +137,8 @@ pub struct Burst {
     pub resent: Option<u64>,
     /// CPU every process used from the first push to the last answer.
     pub cpu: CpuUse,
+    /// The commands both Redis servers ran meanwhile.
+    pub redis: RedisUse,
 }
 
 impl Burst {
@@ -158,6 +168,7 @@ pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<B
     let dat = encode_dat(&vec![0x5a; size]);
     let ret = format!("bench.burst.{}", RUN.fetch_add(1, Ordering::Relaxed));
     let resent_before = resent_so_far(&mut pop).await;
+    let redis_before = redis_stats::Sample::take(&net.redis_a, &net.redis_b).await;
     let cpu_before = Sample::take(net);
     let start = Instant::now();
     for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
@@ -185,6 +196,9 @@ pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<B
     }
     let elapsed = start.elapsed();
     let cpu = Sample::take(net).since(&cpu_before);
+    let redis = redis_stats::Sample::take(&net.redis_a, &net.redis_b)
+        .await
+        .since(&redis_before);
     // The status key is refreshed every second: wait for a fresh one.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let resent_after = resent_so_far(&mut pop).await;
@@ -197,5 +211,6 @@ pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<B
             .zip(resent_after)
             .map(|(b, a)| a.saturating_sub(b)),
         cpu,
+        redis,
     })
 }

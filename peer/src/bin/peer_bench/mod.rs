@@ -1,12 +1,13 @@
 //! The benchmark itself: set-up ([`processes`]), the echo bot ([`bot`]), the load
-//! ([`load`]), the CPU it cost ([`cpu`]) and the report ([`report`]); `--overload` runs
-//! [`overload`] instead.
+//! ([`load`]), the CPU it cost ([`cpu`]), the Redis commands it ran ([`redis_stats`]) and
+//! the report ([`report`]); `--overload` runs [`overload`] instead.
 
 pub mod bot;
 pub mod cpu;
 pub mod load;
 pub mod overload;
 pub mod processes;
+pub mod redis_stats;
 pub mod report;
 
 use std::time::Duration;
@@ -82,10 +83,30 @@ pub struct Args {
     #[arg(long, default_value_t = 30)]
     pub overload_exp: u64,
 
+    /// Threads of each rmb-peer (`rmb-peer --threads`; 0: one per CPU core, its default).
+    ///
+    /// Both this and --relay-threads default to 1 because every process shares this
+    /// machine: two Redis servers, the relay, two peers and the apps on 2 cores. With one
+    /// thread per core in each, threads waking each other cost the peers about a fifth
+    /// of their CPU per call (`--threads 0 --relay-threads 0` measures the binaries'
+    /// defaults, as a deployment with a machine per process would run them).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: u16,
+
+    /// Threads of each rmb-relay (`rmb-relay --threads`; 0: one per CPU core, its
+    /// default).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub relay_threads: u16,
+
     /// Extra flags for both rmb-peer processes (e.g. `--peer-arg=--queue-wait-target-ms=0`;
     /// repeat for several).
     #[arg(long = "peer-arg", value_name = "FLAG", allow_hyphen_values = true)]
     pub peer_args: Vec<String>,
+
+    /// Also print, for every row and burst, the commands each Redis server ran per call
+    /// (calls and µs, from `INFO commandstats`).
+    #[arg(long)]
+    pub redis_commands: bool,
 
     /// rmb-relay binary (default: next to this one; built when missing).
     #[arg(long)]
@@ -135,7 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.overload > 0 {
         return run_overload(&args).await;
     }
-    let mut report = Report::default();
+    let mut report = Report::new(args.redis_commands);
     report.header();
     for &delivery in &args.delivery {
         for &topology in &args.topology {
@@ -154,14 +175,16 @@ async fn run_setup(args: &Args, setup: Setup, report: &mut Report) -> anyhow::Re
         .context("starting the network")?;
     let bots = bot::start(&net.redis_b, args.bot_workers).await?;
     eprintln!(
-        "peer-bench ({}, {}): relays {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row",
+        "peer-bench ({}, {}): relays {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row · threads: peers {}, relays {}",
         setup.delivery.name(),
         setup.topology.name(),
         net.relay_urls.join(" "),
         net.twin_a,
         net.twin_b,
         args.bot_workers,
-        args.duration
+        args.duration,
+        threads(args.threads),
+        threads(args.relay_threads)
     );
     // Warm up connections, registry caches and key lookups.
     load::measure(&net, 4, 256, Duration::from_secs(1)).await?;
@@ -199,4 +222,13 @@ async fn run_overload(args: &Args) -> anyhow::Result<()> {
         net.shutdown().await;
     }
     Ok(())
+}
+
+/// "1" or "one per core" for a `--threads` value.
+fn threads(n: u16) -> String {
+    if n == 0 {
+        "one per core".into()
+    } else {
+        n.to_string()
+    }
 }

@@ -170,22 +170,22 @@ impl Network {
             children.push(role, redis_server(&redis_dir, port)?);
         }
         let federated = topology == Topology::Federated;
-        let federation: &[&str] = if federated {
-            &["--federation-http", "--federation-allow", "127.0.0.1"]
-        } else {
-            &[]
-        };
+        let relay_threads = args.relay_threads.to_string();
+        let mut relay_flags = vec!["--threads", relay_threads.as_str()];
+        if federated {
+            relay_flags.extend(["--federation-http", "--federation-allow", "127.0.0.1"]);
+        }
         let port_1 = free_port()?;
         let domain_1 = format!("127.0.0.1:{port_1}");
         let registry = format!("http://{domain_1}");
         let relay_dir = dir.path().join("relay-1");
-        let relay_1 = relay(&relay_bin, &domain_1, &relay_dir, federation)?;
+        let relay_1 = relay(&relay_bin, &domain_1, &relay_dir, &relay_flags)?;
         children.push("relay 1", relay_1);
         wait_for_port(port_1, "rmb-relay")?;
         let domain_b = if federated {
             let port_2 = free_port()?;
             let domain_2 = format!("127.0.0.1:{port_2}");
-            let mut extra = federation.to_vec();
+            let mut extra = relay_flags.clone();
             extra.extend(["--registry", registry.as_str()]);
             let relay_dir = dir.path().join("relay-2");
             children.push("relay 2", relay(&relay_bin, &domain_2, &relay_dir, &extra)?);
@@ -211,6 +211,7 @@ impl Network {
             let mut child = Command::new(&peer_bin)
                 .args(["--redis", redis, "--registry", &registry])
                 .args(["--relay", &format!("ws://{domain}/")])
+                .args(["--threads", &args.threads.to_string()])
                 .args((delivery == Delivery::AtMostOnce).then_some("--at-most-once"))
                 .args(&args.peer_args)
                 .env("RMB_MNEMONIC", secret)

@@ -4,6 +4,7 @@
 
 use super::cpu::{self, CpuUse, ROLES};
 use super::load::{Burst, Outcome};
+use super::redis_stats::RedisUse;
 use super::{Delivery, Topology};
 
 /// What a row or burst was measured on.
@@ -22,6 +23,7 @@ struct CpuRow {
     clients: String,
     calls: usize,
     cpu: CpuUse,
+    redis: RedisUse,
 }
 
 /// Everything printed after the main table, gathered while it is printed.
@@ -29,9 +31,19 @@ struct CpuRow {
 pub struct Report {
     bursts: Vec<(Setup, Burst)>,
     cpu_rows: Vec<CpuRow>,
+    /// Whether to print the Redis commands of every row and burst (`--redis-commands`).
+    redis_commands: bool,
 }
 
 impl Report {
+    /// An empty report; `redis_commands` also prints what Redis ran per call.
+    pub fn new(redis_commands: bool) -> Report {
+        Report {
+            redis_commands,
+            ..Report::default()
+        }
+    }
+
     /// Prints the main table's header.
     pub fn header(&self) {
         println!(
@@ -63,6 +75,7 @@ impl Report {
             clients: clients.to_string(),
             calls,
             cpu: o.cpu,
+            redis: o.redis,
         });
     }
 
@@ -74,6 +87,7 @@ impl Report {
             clients: format!("burst {}", burst.sent),
             calls: burst.answered,
             cpu: burst.cpu.clone(),
+            redis: burst.redis.clone(),
         });
         self.bursts.push((setup, burst));
     }
@@ -125,6 +139,18 @@ impl Report {
                 cells.join(" | "),
                 per_call(r.cpu.total())
             );
+        }
+        if self.redis_commands {
+            for r in &self.cpu_rows {
+                let label = format!(
+                    "{}, {}, {}, {} clients",
+                    r.setup.delivery.name(),
+                    r.setup.topology.name(),
+                    r.payload,
+                    r.clients
+                );
+                r.redis.print(&label, r.calls);
+            }
         }
     }
 }
