@@ -98,6 +98,12 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub relay_threads: u16,
 
+    /// Apps and peers reach their Redis over its unix socket instead of TCP on loopback
+    /// (what a peer sharing a machine with its Redis and apps can do: `--redis
+    /// redis+unix:///path/to/redis.sock`).
+    #[arg(long)]
+    pub redis_unix: bool,
+
     /// Extra flags for both rmb-peer processes (e.g. `--peer-arg=--queue-wait-target-ms=0`;
     /// repeat for several).
     #[arg(long = "peer-arg", value_name = "FLAG", allow_hyphen_values = true)]
@@ -175,10 +181,12 @@ async fn run_setup(args: &Args, setup: Setup, report: &mut Report) -> anyhow::Re
         .context("starting the network")?;
     let bots = bot::start(&net.redis_b, args.bot_workers).await?;
     eprintln!(
-        "peer-bench ({}, {}): relays {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row · threads: peers {}, relays {}",
+        "peer-bench ({}, {}): relays {} · Redis {} and {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row · threads: peers {}, relays {}",
         setup.delivery.name(),
         setup.topology.name(),
         net.relay_urls.join(" "),
+        net.redis_a,
+        net.redis_b,
         net.twin_a,
         net.twin_b,
         args.bot_workers,

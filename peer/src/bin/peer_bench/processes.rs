@@ -93,10 +93,19 @@ fn binary(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn redis_server(dir: &Path, port: u16) -> anyhow::Result<Child> {
-    let child = Command::new("redis-server")
+/// A redis-server on `port`, and on the unix socket `unix` when given.
+fn redis_server(dir: &Path, port: u16, unix: Option<&Path>) -> anyhow::Result<Child> {
+    let mut command = Command::new("redis-server");
+    command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
+        .args(["--save", "", "--appendonly", "no"]);
+    if let Some(socket) = unix {
+        command
+            .arg("--unixsocket")
+            .arg(socket)
+            .args(["--unixsocketperm", "700"]);
+    }
+    let child = command
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -164,10 +173,16 @@ impl Network {
         let mut children = Children(Vec::new());
 
         let (port_a, port_b) = (free_port()?, free_port()?);
+        let mut redis_urls = Vec::new();
         for (role, name, port) in [("redis A", "a", port_a), ("redis B", "b", port_b)] {
             let redis_dir = dir.path().join(format!("redis-{name}"));
             std::fs::create_dir_all(&redis_dir)?;
-            children.push(role, redis_server(&redis_dir, port)?);
+            let socket = args.redis_unix.then(|| redis_dir.join("redis.sock"));
+            children.push(role, redis_server(&redis_dir, port, socket.as_deref())?);
+            redis_urls.push(match socket {
+                Some(socket) => format!("redis+unix://{}", socket.display()),
+                None => format!("redis://127.0.0.1:{port}/"),
+            });
         }
         let federated = topology == Topology::Federated;
         let relay_threads = args.relay_threads.to_string();
@@ -197,8 +212,7 @@ impl Network {
         let twin_a = register(&registry, "//BenchA", &domain_1).await?;
         let twin_b = register(&registry, "//BenchB", &domain_b).await?;
 
-        let redis_a = format!("redis://127.0.0.1:{port_a}/");
-        let redis_b = format!("redis://127.0.0.1:{port_b}/");
+        let (redis_a, redis_b) = (redis_urls[0].clone(), redis_urls[1].clone());
         let mut relay_urls = vec![format!("ws://{domain_1}/")];
         if federated {
             relay_urls.push(format!("ws://{domain_b}/"));
