@@ -109,7 +109,7 @@ impl RedisUse {
         println!("|---|---|--:|--:|");
         for (server, counts) in [("redis A", &self.a), ("redis B", &self.b)] {
             let mut rows: Vec<_> = counts.0.iter().collect();
-            rows.sort_by_key(|(_, &(_, usec))| std::cmp::Reverse(usec));
+            rows.sort_by_key(|row| std::cmp::Reverse(row.1.1));
             for (name, &(n, usec)) in rows {
                 println!(
                     "| {server} | {name} | {:.2} | {:.1} |",
