@@ -25,7 +25,6 @@ use axum::routing::get;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Registry, TextEncoder};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -56,13 +55,7 @@ impl MetricsServer {
         hosts: Vec<String>,
         peer: Peer,
     ) -> Result<MetricsServer, HttpApiError> {
-        let tcp = TcpListener::bind(listen)
-            .await
-            .map_err(|source| HttpApiError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let addr = tcp.local_addr().unwrap_or(listen);
+        let (tcp, addr) = super::bind_tcp(listen).await?;
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "the metrics endpoint listens beyond loopback: anyone who reaches it sees this peer's traffic counts");
         }

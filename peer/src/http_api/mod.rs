@@ -117,6 +117,22 @@ pub struct HttpApi {
     pipes: Option<PipeService>,
 }
 
+/// Binds a TCP listener on `listen`; returns it and the address it got (the port chosen
+/// when `listen` asks for any). Callers warn in their own words when it is beyond
+/// loopback.
+pub(crate) async fn bind_tcp(
+    listen: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), HttpApiError> {
+    let tcp = TcpListener::bind(listen)
+        .await
+        .map_err(|source| HttpApiError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let bound = tcp.local_addr().unwrap_or(listen);
+    Ok((tcp, bound))
+}
+
 impl HttpApi {
     /// Listens where `options` say and serves topics, and pipes over `connections` when
     /// given.
@@ -128,13 +144,7 @@ impl HttpApi {
         let mut listeners = Vec::new();
         let mut addr = None;
         if let Some(listen) = options.listen {
-            let tcp = TcpListener::bind(listen)
-                .await
-                .map_err(|source| HttpApiError::Bind {
-                    addr: listen,
-                    source,
-                })?;
-            let bound = tcp.local_addr().unwrap_or(listen);
+            let (tcp, bound) = bind_tcp(listen).await?;
             if !bound.ip().is_loopback() && options.token.is_none() {
                 tracing::warn!(addr = %bound, "the HTTP API listens beyond loopback without --http-token-file: anyone who reaches it acts as this twin");
             }
