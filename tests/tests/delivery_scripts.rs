@@ -5,23 +5,14 @@
 //! only when messages happen to arrive together; these make them.
 
 use redis::Value;
-use rmb_peer::redis_api::keys::{COMMANDS, MAX_LIST_LEN, SERVED};
+use rmb_peer::redis_api::keys::COMMANDS;
 use rmb_peer::redis_api::scripts::{
-    Answer, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, SHED, TOO_MANY_COMMANDS, deliver_answers,
+    Answer, QUEUE_FULL, Request, SHED, TOO_MANY_COMMANDS, deliver_answers, deliver_requests,
 };
 use rmb_testsupport::redis_server::RedisServer;
 
-/// One request of a [`DELIVER_REQUEST`] batch.
-struct Req<'a> {
-    marker: &'a str,
-    list: &'a str,
-    json: &'a str,
-    ttl: u64,
-    shed: bool,
-}
-
-fn req<'a>(marker: &'a str, list: &'a str, json: &'a str) -> Req<'a> {
-    Req {
+fn req<'a>(marker: &'a str, list: &'a str, json: &'a str) -> Request<'a> {
+    Request {
         marker,
         list,
         json,
@@ -30,32 +21,21 @@ fn req<'a>(marker: &'a str, list: &'a str, json: &'a str) -> Req<'a> {
     }
 }
 
-async fn deliver_requests(
+/// Delivers `batch` in one run of [`DELIVER_REQUEST`](rmb_peer::redis_api::scripts::DELIVER_REQUEST).
+async fn deliver(
     conn: &mut redis::aio::MultiplexedConnection,
     most_bytes: u64,
     most_commands: u64,
-    batch: &[Req<'_>],
+    batch: Vec<Request<'_>>,
 ) -> Vec<Value> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let mut run = DELIVER_REQUEST.prepare_invoke();
-    run.key(COMMANDS)
-        .key(SERVED)
-        .arg(MAX_LIST_LEN - 1)
-        .arg(most_bytes)
-        .arg(most_commands)
-        .arg(now)
-        .arg(SERVED_SECS);
-    for r in batch {
-        run.key(r.marker)
-            .key(r.list)
-            .arg(r.json)
-            .arg(r.ttl)
-            .arg(u8::from(r.shed));
-    }
-    run.invoke_async(conn).await.unwrap()
+    deliver_requests(most_bytes, most_commands, now, batch)
+        .invoke_async(conn)
+        .await
+        .unwrap()
 }
 
 async fn connect(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
@@ -86,14 +66,14 @@ async fn a_batch_of_requests_is_bounded_and_delivered_once_per_item() {
     // Requests for one list: the repeat within the batch finds the first's marker, the
     // shed one writes nothing, and the bytes bound counts what this run pushed already
     // (the list did not exist when the run began).
-    let results = deliver_requests(
+    let results = deliver(
         &mut conn,
         100_000,
         10,
-        &[
+        vec![
             req("seen.1", "msgbus.a", "r1"),
             req("seen.1", "msgbus.a", "r1 again"),
-            Req {
+            Request {
                 shed: true,
                 ..req("seen.2", "msgbus.a", "shed")
             },
@@ -124,25 +104,30 @@ async fn a_batch_of_requests_is_bounded_and_delivered_once_per_item() {
     assert_eq!(shed, None, "a shed request leaves no marker");
 
     // A later run measures the list again: it is still over budget for another big one.
-    let results =
-        deliver_requests(&mut conn, 100_000, 10, &[req("seen.7", "msgbus.a", &big)]).await;
-    assert_eq!(results, vec![Value::Int(QUEUE_FULL)]);
-
-    // The TTL follows the longest deadline pushed, within the run too.
-    let results = deliver_requests(
+    let results = deliver(
         &mut conn,
         100_000,
         10,
-        &[
-            Req {
+        vec![req("seen.7", "msgbus.a", &big)],
+    )
+    .await;
+    assert_eq!(results, vec![Value::Int(QUEUE_FULL)]);
+
+    // The TTL follows the longest deadline pushed, within the run too.
+    let results = deliver(
+        &mut conn,
+        100_000,
+        10,
+        vec![
+            Request {
                 ttl: 30,
                 ..req("seen.8", "msgbus.b", "short")
             },
-            Req {
+            Request {
                 ttl: 300,
                 ..req("seen.9", "msgbus.b", "long")
             },
-            Req {
+            Request {
                 ttl: 100,
                 ..req("seen.10", "msgbus.b", "middle")
             },
@@ -162,8 +147,8 @@ async fn new_commands_in_one_batch_stop_at_the_limit() {
     let mut conn = connect(&redis).await;
     let markers: Vec<String> = (0..6).map(|i| format!("seen.{i}")).collect();
     let lists: Vec<String> = (0..6).map(|i| format!("msgbus.cmd{i}")).collect();
-    let batch: Vec<Req> = (0..6).map(|i| req(&markers[i], &lists[i], "r")).collect();
-    let results = deliver_requests(&mut conn, 1 << 20, 4, &batch).await;
+    let batch: Vec<Request> = (0..6).map(|i| req(&markers[i], &lists[i], "r")).collect();
+    let results = deliver(&mut conn, 1 << 20, 4, batch).await;
     assert_eq!(
         results,
         vec![
@@ -179,7 +164,7 @@ async fn new_commands_in_one_batch_stop_at_the_limit() {
     let indexed: i64 = cmd(&mut conn, &["ZCARD", COMMANDS]).await;
     assert_eq!(indexed, 4);
     // A command already indexed still takes requests in a full index.
-    let results = deliver_requests(&mut conn, 1 << 20, 4, &[req("seen.x", &lists[0], "r")]).await;
+    let results = deliver(&mut conn, 1 << 20, 4, vec![req("seen.x", &lists[0], "r")]).await;
     assert_eq!(results, vec![Value::Int(2)]);
 }
 

@@ -26,13 +26,10 @@ use tokio_util::sync::CancellationToken;
 use super::admission::Verdict;
 use super::conn::{QueryError, RedisConn};
 use super::json::{JsonError, JsonIncomingRequest, JsonIncomingResponse, VERSION, encode_dat};
-use super::keys::{
-    COMMANDS, MAX_LIST_LEN, REPLY, SERVED, backlog, clamp_ttl, command_queue, outbox,
-    outbox_waiting, seen,
-};
+use super::keys::{REPLY, backlog, clamp_ttl, command_queue, outbox, outbox_waiting, seen};
 use super::pending::Route;
 use super::scripts::{
-    Answer, DELIVER_REQUEST, QUEUE_FULL, SERVED_SECS, SHED, TOO_MANY_COMMANDS, deliver_answers,
+    Answer, QUEUE_FULL, Request, SHED, TOO_MANY_COMMANDS, deliver_answers, deliver_requests,
 };
 use super::writer::Write;
 use super::{Counter, Limits, Shared, outbox as outbox_entry, unserved};
@@ -285,42 +282,38 @@ fn response_document(resp: InboundResponse, route: Route, sole: bool) -> Documen
     }
 }
 
-/// A pipeline that delivers `docs`: one [`DELIVER_REQUEST`] run for the requests, then
-/// one [`DELIVER_ONCE`] run for the responses (the scripts were loaded when the
+/// A pipeline that delivers `docs`: one [`deliver_requests`] run for the requests, then
+/// one [`deliver_answers`] run for the responses (the scripts were loaded when the
 /// connection was made, [`RedisConn`]). [`results_of`] takes its reply apart.
 fn pipeline(docs: &[Document], limits: &Limits) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    let mut requests = DELIVER_REQUEST.prepare_invoke();
-    requests
-        .key(COMMANDS)
-        .key(SERVED)
-        .arg(MAX_LIST_LEN - 1)
-        .arg(limits.command_queue_bytes)
-        .arg(limits.commands)
-        .arg(unix_now())
-        .arg(SERVED_SECS);
-    let mut any_request = false;
-    for doc in docs {
-        if let Document::Request {
-            list,
-            json,
-            marker,
-            ttl,
-            verdict,
-            ..
-        } = doc
-        {
-            any_request = true;
-            requests
-                .key(marker)
-                .key(list)
-                .arg(json)
-                .arg(*ttl)
-                .arg(u8::from(*verdict != Verdict::Admit));
-        }
-    }
-    if any_request {
-        pipe.invoke_script(&requests);
+    let requests: Vec<Request> = docs
+        .iter()
+        .filter_map(|doc| match doc {
+            Document::Request {
+                list,
+                json,
+                marker,
+                ttl,
+                verdict,
+                ..
+            } => Some(Request {
+                marker,
+                list,
+                json,
+                ttl: *ttl,
+                shed: *verdict != Verdict::Admit,
+            }),
+            Document::Response { .. } => None,
+        })
+        .collect();
+    if !requests.is_empty() {
+        pipe.invoke_script(&deliver_requests(
+            limits.command_queue_bytes,
+            limits.commands,
+            unix_now(),
+            requests,
+        ));
     }
     // The outbox hash and waiting field of each response; a relay's error names no
     // twin: it answers for any one still waited for.

@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 
 use redis::{Script, ScriptInvocation};
 
-use super::keys::MAX_LIST_LEN;
+use super::keys::{COMMANDS, MAX_LIST_LEN, SERVED};
 
 /// `KEYS`: source list, claimed list. `ARGV`: most items. Returns what the claimed list
 /// holds when a previous run left a batch there; otherwise moves up to that many of the
@@ -199,6 +199,43 @@ return results
 ",
     )
 });
+
+/// A request for [`deliver_requests`]: its seen marker, its service list, its JSON, how
+/// long the marker lives (s), and whether [admission](super::admission) refused it.
+pub struct Request<'a> {
+    pub marker: &'a str,
+    pub list: &'a str,
+    pub json: &'a str,
+    pub ttl: u64,
+    pub shed: bool,
+}
+
+/// One [`DELIVER_REQUEST`] run delivering `requests` at unix time `now`, with at most
+/// `most_bytes` in a list and `most_commands` commands with requests waiting; its result
+/// holds one value per request.
+pub fn deliver_requests<'a>(
+    most_bytes: u64,
+    most_commands: u64,
+    now: u64,
+    requests: impl IntoIterator<Item = Request<'a>>,
+) -> ScriptInvocation<'static> {
+    let mut run = DELIVER_REQUEST.prepare_invoke();
+    run.key(COMMANDS)
+        .key(SERVED)
+        .arg(MAX_LIST_LEN - 1)
+        .arg(most_bytes)
+        .arg(most_commands)
+        .arg(now)
+        .arg(SERVED_SECS);
+    for r in requests {
+        run.key(r.marker)
+            .key(r.list)
+            .arg(r.json)
+            .arg(r.ttl)
+            .arg(u8::from(r.shed));
+    }
+    run
+}
 
 /// An answer for [`deliver_answers`]: the request's outbox hash, the client's list, the
 /// answer's JSON, the field of the twin that answered (empty: any one), and whether it
