@@ -66,8 +66,9 @@ pub const SHED: i64 = -3;
 /// [`TOO_MANY_COMMANDS`] when a bound is hit (nothing is written then).
 ///
 /// One script run per batch, and what concerns a list (its size, TTL, index entry) is
-/// read or written once per run, not per request: each command a script calls costs
-/// Redis 1–2 µs, so a request usually costs three (`GET` of its marker, `SET`, `LPUSH`).
+/// read or written once per run, not per request: Redis spends several times as long in
+/// a script as in the commands it calls, so a request usually costs three calls (`GET`
+/// of its marker, `SET`, `LPUSH`).
 ///
 /// Bounds what other twins can make the peer keep: the list expires with the last
 /// deadline of what it holds (clamped by the caller); its size is estimated with
