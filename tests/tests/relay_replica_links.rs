@@ -284,10 +284,19 @@ async fn envelopes_for_a_killed_replica_wait_in_the_queue() {
         "none acknowledged"
     );
     r2.kill();
-    tokio::time::sleep(QUIET).await;
-    let returned = r1
-        .metric("relay_replica_returned_total{reason=\"link_down\"}")
-        .await;
+    // r1 notices the link is down and returns what r2 never acknowledged: soon, but on a
+    // busy machine not always within a fixed pause.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut returned;
+    loop {
+        returned = r1
+            .metric("relay_replica_returned_total{reason=\"link_down\"}")
+            .await;
+        if returned >= 100.0 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         returned, 100.0,
         "every unacknowledged envelope went to the queue"
@@ -310,6 +319,18 @@ async fn a_session_connecting_to_another_replica_ends_its_older_connection() {
     // Bob's old connection on r2 stays open (a half-dead socket, a balancer that moved
     // him) while he connects again through r1.
     let mut old = TestClient::connect(&r2.ws_url(), &bob, b, None).await;
+    // The old connection is established at r2 (counted, then claimed in Redis, while r2
+    // follows the announcements of moves) before Bob connects again: a reconnect within
+    // the same milliseconds as the first connection is another case.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while r2.metric("relay_sessions").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "r2 never counted Bob"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(QUIET).await;
     let mut new = TestClient::connect(&r1.ws_url(), &bob, b, None).await;
     let mut evicted = 0.0;
     for _ in 0..50 {
