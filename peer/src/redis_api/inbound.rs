@@ -315,12 +315,13 @@ fn pipeline(docs: &[Document], limits: &Limits) -> redis::Pipeline {
             requests,
         ));
     }
-    // The outbox hash and waiting field of each response; a relay's error names no
+    // Each response with its outbox hash and waiting field; a relay's error names no
     // twin: it answers for any one still waited for.
-    let keys: Vec<(String, String)> = docs
+    let responses: Vec<(&Document, String, String)> = docs
         .iter()
         .filter_map(|doc| match doc {
             Document::Response { uid, twin, .. } => Some((
+                doc,
                 outbox(uid),
                 match twin {
                     0 => String::new(),
@@ -330,21 +331,20 @@ fn pipeline(docs: &[Document], limits: &Limits) -> redis::Pipeline {
             Document::Request { .. } => None,
         })
         .collect();
-    if !keys.is_empty() {
-        let responses = docs.iter().filter_map(|doc| match doc {
-            Document::Response {
-                list, json, sole, ..
-            } => Some((list, json, *sole)),
-            Document::Request { .. } => None,
-        });
+    if !responses.is_empty() {
         let answers = responses
-            .zip(&keys)
-            .map(|((list, json, sole), (outbox, field))| Answer {
-                outbox,
-                list,
-                json,
-                field,
-                sole,
+            .iter()
+            .filter_map(|(doc, outbox, field)| match doc {
+                Document::Response {
+                    list, json, sole, ..
+                } => Some(Answer {
+                    outbox,
+                    list,
+                    json,
+                    field,
+                    sole: *sole,
+                }),
+                Document::Request { .. } => None,
             });
         pipe.invoke_script(&deliver_answers(answers));
     }

@@ -46,6 +46,25 @@ pub enum Write {
 }
 
 impl Write {
+    /// What [`deliver_answers`] needs of a [`Write::DeliverOnce`] (`None` for the others).
+    fn answer(&self) -> Option<Answer<'_>> {
+        match self {
+            Write::DeliverOnce {
+                outbox,
+                field,
+                list,
+                json,
+            } => Some(Answer {
+                outbox,
+                list,
+                json,
+                field,
+                sole: false,
+            }),
+            _ => None,
+        }
+    }
+
     /// The key it writes (for logs).
     pub fn key(&self) -> &str {
         match self {
@@ -102,28 +121,11 @@ pub fn add_to_pipeline(pipe: &mut Pipeline, write: &Write) {
 fn add_all_to_pipeline(pipe: &mut Pipeline, writes: &[Write]) {
     let mut rest = writes;
     while let Some(write) = rest.first() {
-        let answers = rest
-            .iter()
-            .take_while(|w| matches!(w, Write::DeliverOnce { .. }))
-            .count();
-        if answers > 0 {
-            let run = deliver_answers(rest[..answers].iter().filter_map(|w| match w {
-                Write::DeliverOnce {
-                    outbox,
-                    field,
-                    list,
-                    json,
-                } => Some(Answer {
-                    outbox,
-                    list,
-                    json,
-                    field,
-                    sole: false,
-                }),
-                _ => None,
-            }));
-            pipe.invoke_script(&run).ignore();
-            rest = &rest[answers..];
+        let answers: Vec<Answer> = rest.iter().map_while(Write::answer).collect();
+        if !answers.is_empty() {
+            let taken = answers.len();
+            pipe.invoke_script(&deliver_answers(answers)).ignore();
+            rest = &rest[taken..];
             continue;
         }
         match write {
