@@ -11,9 +11,8 @@
 //! with associated data: their binding ([`rmb_proto::Envelope::unsigned_binding`]),
 //! which names sender and destination, so the symmetric key cannot be turned around.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use k256::elliptic_curve::sec1::ToEncodedPoint;
+use rmb_aead::{Cipher, PacketKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -43,40 +42,39 @@ impl StaticKeys {
     }
 
     /// The AEAD shared with the holder of `their` (33- or 65-byte SEC1 public key).
-    pub fn cipher(&self, their: &[u8]) -> Result<Aes256Gcm, E2eError> {
+    pub fn cipher(&self, their: &[u8]) -> Result<PacketKey, E2eError> {
         let their = k256::PublicKey::from_sec1_bytes(their)
             .map_err(|_| E2eError::InvalidPublicKey("secp256k1"))?;
         let shared = k256::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), their.as_affine());
-        let key = Zeroizing::new(Sha256::digest(shared.raw_secret_bytes()));
-        Ok(Aes256Gcm::new(&key))
+        let key: Zeroizing<[u8; 32]> =
+            Zeroizing::new(Sha256::digest(shared.raw_secret_bytes()).into());
+        Ok(PacketKey::new(Cipher::Aes256Gcm, &key))
     }
 }
 
 /// Encrypts `plaintext`: `nonce ‖ ciphertext ‖ tag`.
-pub fn seal(cipher: &Aes256Gcm, plaintext: &[u8]) -> Vec<u8> {
+pub fn seal(cipher: &PacketKey, plaintext: &[u8]) -> Vec<u8> {
     seal_bound(cipher, plaintext, b"")
 }
 
 /// [`seal`] with `binding` as associated data (empty: rmb-rs's layout).
-pub fn seal_bound(cipher: &Aes256Gcm, plaintext: &[u8], binding: &[u8]) -> Vec<u8> {
+pub fn seal_bound(cipher: &PacketKey, plaintext: &[u8], binding: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MIN_LEN + plaintext.len());
     out.extend_from_slice(&random_nonce());
     out.extend_from_slice(plaintext);
     let (nonce, body) = out.split_at_mut(NONCE_LEN);
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(nonce), binding, body)
-        .expect("AES-GCM accepts any message below 64 GiB");
+    let tag = cipher.seal_in_place((&*nonce).try_into().expect("12 bytes"), binding, body);
     out.extend_from_slice(&tag);
     out
 }
 
 /// Decrypts `nonce ‖ ciphertext ‖ tag`.
-pub fn open(cipher: &Aes256Gcm, data: &[u8]) -> Result<Vec<u8>, E2eError> {
+pub fn open(cipher: &PacketKey, data: &[u8]) -> Result<Vec<u8>, E2eError> {
     open_bound(cipher, data, b"")
 }
 
 /// [`open`] of a ciphertext sealed with `binding` ([`seal_bound`]).
-pub fn open_bound(cipher: &Aes256Gcm, data: &[u8], binding: &[u8]) -> Result<Vec<u8>, E2eError> {
+pub fn open_bound(cipher: &PacketKey, data: &[u8], binding: &[u8]) -> Result<Vec<u8>, E2eError> {
     if data.len() < MIN_LEN {
         return Err(E2eError::TooShort {
             len: data.len(),
@@ -86,13 +84,12 @@ pub fn open_bound(cipher: &Aes256Gcm, data: &[u8], binding: &[u8]) -> Result<Vec
     let (nonce, rest) = data.split_at(NONCE_LEN);
     let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
     let mut plain = body.to_vec();
+    let (nonce, tag) = (
+        nonce.try_into().expect("12 bytes"),
+        tag.try_into().expect("16 bytes"),
+    );
     cipher
-        .decrypt_in_place_detached(
-            Nonce::from_slice(nonce),
-            binding,
-            &mut plain,
-            Tag::from_slice(tag),
-        )
+        .open_in_place(nonce, binding, &mut plain, tag)
         .map_err(|_| E2eError::Decrypt)?;
     Ok(plain)
 }

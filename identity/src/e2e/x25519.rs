@@ -19,9 +19,8 @@
 //! binds that key to the signing twin. Binding both keys in `info` gives each direction
 //! its own key, so a message cannot be reflected back to its sender.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use hkdf::Hkdf;
+use rmb_aead::{Cipher, PacketKey};
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
@@ -64,11 +63,7 @@ impl StaticKeys {
     }
 
     /// The AEAD for messages from `sender` to `recipient`, one of which is us.
-    pub fn cipher(
-        &self,
-        sender: &[u8; 32],
-        recipient: &[u8; 32],
-    ) -> Result<ChaCha20Poly1305, E2eError> {
+    pub fn cipher(&self, sender: &[u8; 32], recipient: &[u8; 32]) -> Result<PacketKey, E2eError> {
         let their = if *sender == self.public() {
             recipient
         } else {
@@ -85,19 +80,19 @@ impl StaticKeys {
         Hkdf::<Sha256>::new(Some(SESSION_SALT), shared.as_bytes())
             .expand(&info, &mut *key)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        Ok(ChaCha20Poly1305::new((&*key).into()))
+        Ok(PacketKey::new(Cipher::ChaCha20Poly1305, &key))
     }
 }
 
 /// Encrypts `plaintext` with `cipher` (from [`StaticKeys::cipher`]) as `sender`.
-pub fn seal(cipher: &ChaCha20Poly1305, sender: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+pub fn seal(cipher: &PacketKey, sender: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
     seal_bound(cipher, sender, plaintext, b"")
 }
 
 /// [`seal`] with `binding` appended to the associated data, so the ciphertext opens
 /// only with the same binding ([`open_bound`]).
 pub fn seal_bound(
-    cipher: &ChaCha20Poly1305,
+    cipher: &PacketKey,
     sender: &[u8; 32],
     plaintext: &[u8],
     binding: &[u8],
@@ -108,11 +103,8 @@ pub fn seal_bound(
     out.extend_from_slice(&random_nonce());
     out.extend_from_slice(plaintext);
     let (head, body) = out.split_at_mut(HEADER_LEN + NONCE_LEN);
-    let nonce = Nonce::from_slice(&head[HEADER_LEN..]);
-    let aad = aad(&head[..HEADER_LEN], binding);
-    let tag = cipher
-        .encrypt_in_place_detached(nonce, &aad, body)
-        .expect("ChaCha20-Poly1305 accepts any message below 256 GiB");
+    let nonce = head[HEADER_LEN..].try_into().expect("12 bytes");
+    let tag = cipher.seal_in_place(nonce, &aad(&head[..HEADER_LEN], binding), body);
     out.extend_from_slice(&tag);
     out
 }
@@ -142,26 +134,18 @@ pub fn sender_of(cipher: &[u8]) -> Result<[u8; 32], E2eError> {
 }
 
 /// Decrypts a `cipher` whose header [`sender_of`] has accepted.
-pub fn open(aead: &ChaCha20Poly1305, cipher: &[u8]) -> Result<Vec<u8>, E2eError> {
+pub fn open(aead: &PacketKey, cipher: &[u8]) -> Result<Vec<u8>, E2eError> {
     open_bound(aead, cipher, b"")
 }
 
 /// [`open`] of a ciphertext sealed with `binding` ([`seal_bound`]).
-pub fn open_bound(
-    aead: &ChaCha20Poly1305,
-    cipher: &[u8],
-    binding: &[u8],
-) -> Result<Vec<u8>, E2eError> {
+pub fn open_bound(aead: &PacketKey, cipher: &[u8], binding: &[u8]) -> Result<Vec<u8>, E2eError> {
     let (head, rest) = cipher.split_at(HEADER_LEN + NONCE_LEN);
     let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
     let mut plain = body.to_vec();
-    let aad = aad(&head[..HEADER_LEN], binding);
-    aead.decrypt_in_place_detached(
-        Nonce::from_slice(&head[HEADER_LEN..]),
-        &aad,
-        &mut plain,
-        Tag::from_slice(tag),
-    )
-    .map_err(|_| E2eError::Decrypt)?;
+    let nonce = head[HEADER_LEN..].try_into().expect("12 bytes");
+    let tag = tag.try_into().expect("16 bytes");
+    aead.open_in_place(nonce, &aad(&head[..HEADER_LEN], binding), &mut plain, tag)
+        .map_err(|_| E2eError::Decrypt)?;
     Ok(plain)
 }
