@@ -199,7 +199,7 @@ async fn handle_requests(
     let mut rejected = 0;
     for bytes in raw {
         match parse_request(&bytes, now) {
-            Ok(req) => accepted.push((uuid::Uuid::new_v4().to_string(), req)),
+            Ok(req) => accepted.push((uuid::Uuid::new_v4().to_string(), req, bytes)),
             Err(rejection) => {
                 rejected += 1;
                 if let Some(write) = shared.rejection(rejection, &bytes) {
@@ -208,10 +208,10 @@ async fn handle_requests(
             }
         }
     }
-    for (uid, req) in &accepted {
+    for (uid, req, bytes) in &accepted {
         if shared.durable {
             // The outbox entry holds the route too ([`inbound`](super::inbound)).
-            outbox::record(&mut pipe, uid, req);
+            outbox::record(&mut pipe, uid, req, bytes, now);
             continue;
         }
         let entry = Backlog {
@@ -236,7 +236,7 @@ async fn handle_requests(
     // The signatures are made while Redis records the batch; nothing is sent before
     // the record exists (a batch not recorded stays claimed, and is never sent twice).
     let (recorded, wait) = watch::channel(None);
-    for (uid, req) in accepted {
+    for (uid, req, _) in accepted {
         spawn_send(shared, uid, req, wait.clone()).await;
     }
     let outcome = commit(shared, conn, shutdown, &mut pipe, LOCAL_CLAIMED, items).await;

@@ -2,13 +2,17 @@
 //! so that a peer restarted after a crash sends them again (same uid) instead of
 //! leaving their clients without an answer.
 //!
-//! One hash per request, `msgbus.outbox.<uid>`: field `req` holds the request as a
-//! `JsonOutgoingRequest` (timestamp and validity as stamped), and one field `d:<twin>`
-//! per destination that has not answered. Delivering an answer removes its twin's field
-//! in the same step as the push to the client ([`DELIVER_ONCE`](super::scripts::DELIVER_ONCE)),
-//! so an answer is delivered once even if it arrives twice. The hash outlives the request
-//! by [`GRACE_SECS`], so that the timeout error a client gets for a twin that never
-//! answered is delivered once as well.
+//! One hash per request, `msgbus.outbox.<uid>`: field `req` holds `@<unix time>\n`
+//! followed by the request as the client wrote it (read again "at" that time, it gets
+//! the same stamped timestamp and validity, so nothing is encoded again per request),
+//! and one field `d:<twin>` per destination that has not answered. A `req` that starts
+//! with `{` (written by an earlier version) holds the request as stamped.
+//!
+//! Delivering an answer removes its twin's field in the same step as the push to the
+//! client ([`DELIVER_ONCE`](super::scripts::DELIVER_ONCE)), so an answer is delivered
+//! once even if it arrives twice. The hash outlives the request by [`GRACE_SECS`], so
+//! that the timeout error a client gets for a twin that never answered is delivered once
+//! as well.
 
 use redis::Pipeline;
 use redis::aio::MultiplexedConnection;
@@ -16,7 +20,8 @@ use redis::aio::MultiplexedConnection;
 use super::conn::scan_keys;
 use super::keys::{OUTBOX_PREFIX, outbox, outbox_waiting};
 use super::pending::Route;
-use super::validate::{LocalRequest, parse_request};
+use super::validate::{LocalRequest, Rejection, parse_request};
+use crate::core::codes;
 
 /// The field holding the request itself.
 pub const REQUEST_FIELD: &str = "req";
@@ -25,12 +30,13 @@ pub const GRACE_SECS: u64 = 120;
 /// Outbox entries read per pipeline when reloading.
 const LOAD_BATCH: usize = 1000;
 
-/// Adds the writes recording request `uid` to `pipe`.
-pub fn record(pipe: &mut Pipeline, uid: &str, req: &LocalRequest) {
-    let json = req.to_json();
-    let json = serde_json::to_string(&json).expect("a request serialises");
+/// Adds the writes recording request `uid` to `pipe`: `req`, read from the client's
+/// document `raw` at unix time `read_at`.
+pub fn record(pipe: &mut Pipeline, uid: &str, req: &LocalRequest, raw: &[u8], read_at: u64) {
     let key = outbox(uid);
-    let hset = pipe.cmd("HSET").arg(&key).arg(REQUEST_FIELD).arg(json);
+    let mut stored = format!("@{read_at}\n").into_bytes();
+    stored.extend_from_slice(raw);
+    let hset = pipe.cmd("HSET").arg(&key).arg(REQUEST_FIELD).arg(stored);
     for twin in &req.destinations {
         hset.arg(outbox_waiting(*twin)).arg(1);
     }
@@ -43,9 +49,25 @@ pub fn record(pipe: &mut Pipeline, uid: &str, req: &LocalRequest) {
         .ignore();
 }
 
-/// Where the answers of the request stored as `json` (the [`REQUEST_FIELD`]) go: the
+/// The request a [`REQUEST_FIELD`] holds, and the unix time it was read at (`None`
+/// for an entry of an earlier version, which holds it as stamped).
+fn stored_request(stored: &[u8]) -> (Option<u64>, &[u8]) {
+    let Some(rest) = stored.strip_prefix(b"@") else {
+        return (None, stored);
+    };
+    let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+        return (None, stored);
+    };
+    let at = std::str::from_utf8(&rest[..end])
+        .ok()
+        .and_then(|t| t.parse().ok());
+    (at, &rest[end + 1..])
+}
+
+/// Where the answers of the request stored as `stored` (the [`REQUEST_FIELD`]) go: the
 /// route of an answer that comes after a restart (`None`, logged, when unreadable).
-pub fn route(json: &[u8]) -> Option<Route> {
+pub fn route(stored: &[u8]) -> Option<Route> {
+    let json = stored_request(stored).1;
     #[derive(serde::Deserialize)]
     struct Stored {
         #[serde(rename = "ref")]
@@ -108,21 +130,40 @@ pub async fn load(
 }
 
 fn unanswered(uid: String, fields: Vec<(String, String)>, now: u64) -> Option<Unanswered> {
-    let mut json = None;
+    let mut stored = None;
     let mut waiting = Vec::new();
     for (field, value) in fields {
         if field == REQUEST_FIELD {
-            json = Some(value);
+            stored = Some(value);
         } else if let Some(twin) = field.strip_prefix("d:").and_then(|t| t.parse().ok()) {
             waiting.push(twin);
         }
     }
-    let json = json?;
+    let stored = stored?;
     if waiting.is_empty() {
         return None;
     }
     waiting.sort_unstable();
-    let state = match parse_request(json.as_bytes(), now) {
+    let (read_at, json) = stored_request(stored.as_bytes());
+    let parsed = match read_at {
+        // Read as it was read then, so it is stamped as it was; then is it still valid?
+        Some(at) => parse_request(json, at).and_then(|mut request| {
+            let left = (request.timestamp + request.expiration).saturating_sub(now);
+            if left == 0 {
+                return Err(Rejection {
+                    reply_to: Some(request.reply_to),
+                    reference: request.reference,
+                    code: codes::VALIDATION,
+                    message: "request expired".into(),
+                    reason: None,
+                });
+            }
+            request.backlog_ttl = request.backlog_ttl.min(left);
+            Ok(request)
+        }),
+        None => parse_request(json, now),
+    };
+    let state = match parsed {
         Ok(mut request) => {
             request
                 .destinations
@@ -160,11 +201,14 @@ mod tests {
         }
     }
 
+    /// `request()` as its client wrote it.
+    const RAW: &str = r#"{"ver":1,"ref":"r","cmd":"c","exp":60,"dat":"aGk=","tag":"t","dst":[7,9],"ret":"ret","shm":null,"now":1000}"#;
+
     #[test]
     fn an_entry_reads_back_with_the_twins_still_waited_for() {
         let req = request();
         let mut pipe = redis::pipe();
-        record(&mut pipe, "u", &req);
+        record(&mut pipe, "u", &req, RAW.as_bytes(), 1_000);
         // The HSET arguments, as the hash would hold them.
         let args: Vec<String> = pipe
             .cmd_iter()
@@ -209,8 +253,36 @@ mod tests {
             })
         );
         assert_eq!(route(b"{}"), None);
+        assert_eq!(stored.1, format!("@1000\n{RAW}"));
+        // An entry of an earlier version (the request as stamped) reads the same.
+        let legacy: Vec<_> = fields
+            .iter()
+            .map(|(f, v)| (f.clone(), v.replace("@1000\n", "")))
+            .collect();
+        let entry = unanswered("u".into(), legacy, 1_010).unwrap();
+        assert_eq!(entry.state.unwrap().destinations, [9]);
         // All answered: nothing left to do.
         fields.retain(|(f, _)| f != "d:9");
         assert_eq!(unanswered("u".into(), fields, 1_010), None);
+    }
+
+    #[test]
+    fn a_request_read_without_a_timestamp_keeps_the_deadline_it_was_given() {
+        // `now: 0`: stamped when read (at 1000), not when read back after a restart.
+        let raw = RAW.replace(r#""now":1000"#, r#""now":0"#);
+        let fields = vec![
+            (REQUEST_FIELD.to_string(), format!("@1000\n{raw}")),
+            ("d:7".to_string(), "1".to_string()),
+        ];
+        let back = unanswered("u".into(), fields.clone(), 1_030).unwrap();
+        let back = back.state.unwrap();
+        assert_eq!(back.timestamp + back.expiration, 1_060);
+        assert!(back.backlog_ttl <= 30, "{}", back.backlog_ttl);
+        assert!(
+            unanswered("u".into(), fields, 1_060)
+                .unwrap()
+                .state
+                .is_err()
+        );
     }
 }

@@ -2,9 +2,10 @@
 //! service's reply (`msgbus.system.reply`), checked before anything is sent.
 //!
 //! rmb-rs only logs bad input, so the client waits for nothing (rmb-rs-protocol §8.3).
-//! Here every rejection says where the error should go: the document is first read as
-//! untyped JSON, so a request whose `ret` is readable gets its error there even when the
-//! rest is wrong. Pure functions of the bytes and "now", tested without Redis.
+//! Here every rejection says where the error should go: a document that is not a valid
+//! request is read again as untyped JSON, so a request whose `ret` is readable gets its
+//! error there even when the rest is wrong. Pure functions of the bytes and "now",
+//! tested without Redis.
 
 use rmb_proto::time::{stamp, ttl};
 use rmb_proto::{Address, DEFAULT_MAX_ENVELOPE_SIZE};
@@ -37,25 +38,6 @@ pub struct LocalRequest {
     pub backlog_ttl: u64,
 }
 
-impl LocalRequest {
-    /// The request as a client document again, stamped: what the outbox keeps, so a
-    /// restarted peer reads it back with [`parse_request`] as it read the original.
-    pub fn to_json(&self) -> super::json::JsonOutgoingRequest {
-        super::json::JsonOutgoingRequest {
-            ver: super::json::VERSION,
-            reference: self.reference.clone(),
-            cmd: self.command.clone(),
-            exp: self.expiration,
-            dat: super::json::encode_dat(&self.payload),
-            tag: self.tags.clone(),
-            dst: self.destinations.clone(),
-            ret: self.reply_to.clone(),
-            shm: self.schema.clone(),
-            now: self.timestamp,
-        }
-    }
-}
-
 /// Why a client's request was refused, and where (if anywhere) to tell the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -74,24 +56,18 @@ pub struct Rejection {
 /// recorded or sent (relays drop the link of a peer sending an oversized frame; the
 /// exact encoded size is checked again when the envelope is sealed).
 pub fn parse_request(bytes: &[u8], now: u64) -> Result<LocalRequest, Rejection> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| Rejection {
-        reply_to: None,
-        reference: None,
-        code: codes::INVALID_PAYLOAD,
-        message: format!("request is not JSON: {e}"),
-        reason: None,
-    })?;
-    let reply_to = value.get("ret").and_then(Value::as_str).map(str::to_string);
-    let reference = value.get("ref").and_then(Value::as_str).map(str::to_string);
+    // Typed first: a valid request (nearly all) is read once, without a JSON tree.
+    let req: JsonOutgoingRequest = match serde_json::from_slice(bytes) {
+        Ok(req) => req,
+        Err(e) => return Err(unreadable(bytes, e)),
+    };
     let reject = |code: u32, message: String| Rejection {
-        reply_to: reply_to.clone(),
-        reference: reference.clone(),
+        reply_to: Some(req.ret.clone()),
+        reference: req.reference.clone(),
         code,
         message,
         reason: None,
     };
-    let req: JsonOutgoingRequest = serde_json::from_value(value)
-        .map_err(|e| reject(codes::INVALID_PAYLOAD, format!("invalid request: {e}")))?;
     let payload = decode_dat(&req.dat).map_err(|e| {
         reject(
             codes::INVALID_PAYLOAD,
@@ -147,6 +123,30 @@ pub fn parse_request(bytes: &[u8], now: u64) -> Result<LocalRequest, Rejection> 
         expiration,
         backlog_ttl: clamp_expiration(left.as_secs()).min(MAX_EXPIRATION),
     })
+}
+
+/// Why `bytes` are not a request (`typed`: what reading them as one said), with the
+/// `ret` and `ref` they hold when they are JSON at all.
+fn unreadable(bytes: &[u8], typed: serde_json::Error) -> Rejection {
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        Err(e) => {
+            return Rejection {
+                reply_to: None,
+                reference: None,
+                code: codes::INVALID_PAYLOAD,
+                message: format!("request is not JSON: {e}"),
+                reason: None,
+            };
+        }
+    };
+    Rejection {
+        reply_to: value.get("ret").and_then(Value::as_str).map(str::to_string),
+        reference: value.get("ref").and_then(Value::as_str).map(str::to_string),
+        code: codes::INVALID_PAYLOAD,
+        message: format!("invalid request: {typed}"),
+        reason: None,
+    }
 }
 
 /// The twins of `dst`, each once, in order: a twin named twice would get two copies of
