@@ -24,6 +24,7 @@
 //! shards it behind short locks.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
@@ -89,12 +90,45 @@ struct Entry {
     reply: Option<Bytes>,
 }
 
+/// A uid as the cache holds it: in the canonical UUID form (lower-case hex with hyphens,
+/// what rmb peers, rmb-rs and the TS client send) as its 16 bytes, so that remembering
+/// it allocates nothing; any other uid as its text. The mapping is one-to-one: only the
+/// canonical spelling of a UUID becomes a number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Uid {
+    Uuid(u128),
+    Text(Box<str>),
+}
+
+/// A [`ReplayKey`] as the cache holds it (twice: in the map and in the deadline heap).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Slot {
+    source: u32,
+    kind: ReplayKind,
+    uid: Uid,
+}
+
+impl Slot {
+    fn of(key: &ReplayKey) -> Slot {
+        let canonical = key.uid.len() == 36 && !key.uid.bytes().any(|b| b.is_ascii_uppercase());
+        let uid = match uuid::Uuid::try_parse(&key.uid) {
+            Ok(uuid) if canonical => Uid::Uuid(uuid.as_u128()),
+            _ => Uid::Text(key.uid.as_str().into()),
+        };
+        Slot {
+            source: key.source,
+            kind: key.kind,
+            uid,
+        }
+    }
+}
+
 /// The in-memory replay state, as a pure function of its inputs.
 #[derive(Debug)]
 pub struct ReplayCache {
-    entries: HashMap<ReplayKey, Entry>,
+    entries: HashMap<Slot, Entry>,
     /// Deadlines, earliest first; may hold stale pairs whose entry was replaced.
-    by_deadline: BinaryHeap<Reverse<(u64, ReplayKey)>>,
+    by_deadline: BinaryHeap<Reverse<(u64, Slot)>>,
     capacity: usize,
     reply_bytes: usize,
 }
@@ -123,7 +157,8 @@ impl ReplayCache {
     /// See [`ReplayStore::admit`].
     pub fn admit(&mut self, key: &ReplayKey, deadline: u64, now: u64) -> Admission {
         self.purge(now);
-        if let Some(entry) = self.entries.get(key) {
+        let slot = Slot::of(key);
+        if let Some(entry) = self.entries.get(&slot) {
             return Admission::Repeat {
                 reply: entry.reply.clone(),
             };
@@ -137,21 +172,21 @@ impl ReplayCache {
                 break;
             }
         }
+        self.by_deadline.push(Reverse((deadline, slot.clone())));
         self.entries.insert(
-            key.clone(),
+            slot,
             Entry {
                 deadline,
                 reply: None,
             },
         );
-        self.by_deadline.push(Reverse((deadline, key.clone())));
         Admission::First
     }
 
     /// See [`ReplayStore::remember_reply`]; does nothing when the entry is gone.
     pub fn remember_reply(&mut self, key: &ReplayKey, reply: Bytes, now: u64) {
         self.purge(now);
-        if let Some(entry) = self.entries.get_mut(key) {
+        if let Some(entry) = self.entries.get_mut(&Slot::of(key)) {
             self.reply_bytes += reply.len();
             if let Some(old) = entry.reply.replace(reply) {
                 self.reply_bytes -= old.len();
@@ -176,13 +211,11 @@ impl ReplayCache {
 
     /// Removes the entry with the earliest deadline; false when there is none.
     fn evict_earliest(&mut self) -> bool {
-        while let Some(Reverse((deadline, key))) = self.by_deadline.pop() {
-            if self
-                .entries
-                .get(&key)
-                .is_some_and(|e| e.deadline == deadline)
+        while let Some(Reverse((deadline, slot))) = self.by_deadline.pop() {
+            if let MapEntry::Occupied(entry) = self.entries.entry(slot)
+                && entry.get().deadline == deadline
             {
-                if let Some(reply) = self.entries.remove(&key).and_then(|e| e.reply) {
+                if let Some(reply) = entry.remove().reply {
                     self.reply_bytes -= reply.len();
                 }
                 return true;
@@ -328,6 +361,37 @@ mod tests {
         assert_eq!(c.admit(&key(2, "u", ReplayKind::Reply), 100, 0), FIRST);
         assert_eq!(c.admit(&key(1, "v", ReplayKind::Request), 100, 0), FIRST);
         assert_eq!(c.admit(&key(2, "u", ReplayKind::Reply), 100, 0), REPEAT);
+    }
+
+    #[test]
+    fn uuids_are_held_as_numbers_and_only_their_canonical_spelling_matches() {
+        let uid = "0f8a4c2e-7b1d-4e5f-9a3b-2c6d8e0f1a2b";
+        let k = key(1, uid, ReplayKind::Request);
+        assert!(matches!(Slot::of(&k).uid, Uid::Uuid(_)));
+        let mut c = ReplayCache::new(10);
+        assert_eq!(c.admit(&k, 100, 0), FIRST);
+        assert_eq!(c.admit(&k, 100, 0), REPEAT);
+        // Other spellings of the same UUID are other uids, held as text.
+        for other in [
+            uid.to_uppercase(),
+            uid.replace('-', ""),
+            format!("{{{uid}}}"),
+            format!("urn:uuid:{uid}"),
+        ] {
+            let o = key(1, &other, ReplayKind::Request);
+            assert!(matches!(Slot::of(&o).uid, Uid::Text(_)), "{other}");
+            assert_eq!(c.admit(&o, 100, 0), FIRST, "{other}");
+            assert_eq!(c.admit(&o, 100, 0), REPEAT, "{other}");
+        }
+        let mut r = ReplayCache::new(10);
+        r.admit(&k, 100, 0);
+        r.remember_reply(&k, Bytes::from_static(b"reply"), 0);
+        assert_eq!(
+            r.admit(&k, 100, 1),
+            Admission::Repeat {
+                reply: Some(Bytes::from_static(b"reply"))
+            }
+        );
     }
 
     #[test]
