@@ -17,8 +17,7 @@ mod peer_bench;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = peer_bench::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -26,5 +25,5 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    peer_bench::run(args).await
+    rmb_peer::runtime::build(args.bench_threads)?.block_on(peer_bench::run(args))
 }

@@ -98,6 +98,13 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub relay_threads: u16,
 
+    /// Threads of this bench's own runtime, which runs the clients and the echo bot
+    /// (0: one per CPU core). One, as for the rmb processes: its clients and bot are the
+    /// apps of the measured system, and on a machine shared by seven busy processes two
+    /// threads cost them about a fifth more CPU per call for nothing.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub bench_threads: u16,
+
     /// Apps and peers reach their Redis over its unix socket instead of TCP on loopback
     /// (what a peer sharing a machine with its Redis and apps can do: `--redis
     /// redis+unix:///path/to/redis.sock`).
@@ -181,7 +188,7 @@ async fn run_setup(args: &Args, setup: Setup, report: &mut Report) -> anyhow::Re
         .context("starting the network")?;
     let bots = bot::start(&net.redis_b, args.bot_workers).await?;
     eprintln!(
-        "peer-bench ({}, {}): relays {} · Redis {} and {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row · threads: peers {}, relays {}",
+        "peer-bench ({}, {}): relays {} · Redis {} and {} · peer A twin {} · peer B twin {} · {} bot workers · {} s per row · threads: peers {}, relays {}, bench {}",
         setup.delivery.name(),
         setup.topology.name(),
         net.relay_urls.join(" "),
@@ -192,7 +199,8 @@ async fn run_setup(args: &Args, setup: Setup, report: &mut Report) -> anyhow::Re
         args.bot_workers,
         args.duration,
         threads(args.threads),
-        threads(args.relay_threads)
+        threads(args.relay_threads),
+        threads(args.bench_threads)
     );
     // Warm up connections, registry caches and key lookups.
     load::measure(&net, 4, 256, Duration::from_secs(1)).await?;

@@ -47,10 +47,10 @@ impl Report {
     /// Prints the main table's header.
     pub fn header(&self) {
         println!(
-            "| delivery | topology | payload | clients | RPC/s | p50 ms | p99 ms | errors | CPU µs/RPC |"
+            "| delivery | topology | payload | clients | RPC/s | p50 ms | p99 ms | first ms | errors | CPU µs/RPC |"
         );
         println!(
-            "|----------|----------|--------:|--------:|------:|-------:|-------:|-------:|-----------:|"
+            "|----------|----------|--------:|--------:|------:|-------:|-------:|---------:|-------:|-----------:|"
         );
     }
 
@@ -58,7 +58,7 @@ impl Report {
     pub fn row(&mut self, setup: Setup, size: usize, clients: usize, o: Outcome) {
         let calls = o.latencies.len();
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.0} |",
             setup.delivery.name(),
             setup.topology.name(),
             human(size),
@@ -66,6 +66,7 @@ impl Report {
             o.rate(),
             o.percentile(0.50),
             o.percentile(0.99),
+            o.first.as_secs_f64() * 1000.0,
             o.errors,
             cpu::per_call_us(o.cpu.total(), calls)
         );
