@@ -5,8 +5,8 @@
 use prost::Message as _;
 use rmb_peer::core::OutgoingResponse;
 use rmb_peer::redis_api::json::{
-    JsonError, JsonIncomingRequest, JsonIncomingResponse, JsonOutgoingResponse, VERSION,
-    decode_dat, encode_dat,
+    JsonError, JsonIncomingRequest, JsonIncomingResponse, JsonOutgoingRequest,
+    JsonOutgoingResponse, VERSION, decode_dat, encode_dat,
 };
 use rmb_peer::redis_api::validate::{parse_reply, parse_request};
 use rmb_proto::peer::Backlog;
@@ -19,8 +19,8 @@ use crate::{alloc, json_round_trip, select};
 pub const NOW: u64 = 1_700_000_000;
 
 /// Any bytes as a client's request: no panic, bounded allocations. A refusal names the
-/// request's `ret` whenever the document is an object with a string `ret` (the client
-/// is told, not left waiting). An accepted request has distinct destinations, a
+/// request's `ret` whenever the document reads as a request or is an object with a
+/// string `ret` (the client is told, not left waiting). An accepted request has distinct destinations, a
 /// payload an envelope can hold and time left; read again at the same "now" (what a
 /// restarted peer does with the outbox's copy of the document) it is the same request.
 pub fn redis_request(data: &[u8]) {
@@ -30,9 +30,17 @@ pub fn redis_request(data: &[u8]) {
     let req = match parsed {
         Ok(req) => req,
         Err(rejection) => {
-            let ret = serde_json::from_slice::<Value>(data)
+            // The request's own `ret` when it is UTF-8 and reads as a request (refused for
+            // what it says), else a string `ret` of any JSON object.
+            let ret = std::str::from_utf8(data)
                 .ok()
-                .and_then(|v| v.get("ret").and_then(Value::as_str).map(str::to_string));
+                .and_then(|text| serde_json::from_str::<JsonOutgoingRequest>(text).ok())
+                .map(|req| req.ret)
+                .or_else(|| {
+                    serde_json::from_slice::<Value>(data)
+                        .ok()
+                        .and_then(|v| v.get("ret").and_then(Value::as_str).map(str::to_string))
+                });
             assert_eq!(
                 rejection.reply_to, ret,
                 "a refusal goes to the readable ret"

@@ -56,10 +56,22 @@ pub struct Rejection {
 /// recorded or sent (relays drop the link of a peer sending an oversized frame; the
 /// exact encoded size is checked again when the envelope is sealed).
 pub fn parse_request(bytes: &[u8], now: u64) -> Result<LocalRequest, Rejection> {
-    // Typed first: a valid request (nearly all) is read once, without a JSON tree.
-    let req: JsonOutgoingRequest = match serde_json::from_slice(bytes) {
-        Ok(req) => req,
-        Err(e) => return Err(unreadable(bytes, e)),
+    // Typed first: a valid request (nearly all) is read once, without a JSON tree. The
+    // whole document must be UTF-8 (reading it typed would skip unknown fields
+    // unchecked), as the outbox keeps it as written and reads it back as text.
+    let typed = std::str::from_utf8(bytes).map(serde_json::from_str::<JsonOutgoingRequest>);
+    let req = match typed {
+        Ok(Ok(req)) => req,
+        Ok(Err(e)) => return Err(unreadable(bytes, e)),
+        Err(e) => {
+            return Err(Rejection {
+                reply_to: None,
+                reference: None,
+                code: codes::INVALID_PAYLOAD,
+                message: format!("request is not JSON: it is not UTF-8 ({e})"),
+                reason: None,
+            });
+        }
     };
     let reject = |code: u32, message: String| Rejection {
         reply_to: Some(req.ret.clone()),
@@ -292,6 +304,16 @@ mod tests {
             assert_eq!(r.code, code, "{text}");
             assert!(r.message.contains(needle), "{} lacks {needle}", r.message);
         }
+    }
+
+    #[test]
+    fn a_document_that_is_not_utf8_is_refused_even_in_a_field_nobody_reads() {
+        let text = request(60, 0, "", "[1]");
+        let mut doc = text.as_bytes()[..text.len() - 1].to_vec();
+        doc.extend_from_slice(b",\"x\":\"\xff\"}");
+        let r = parse_request(&doc, NOW).unwrap_err();
+        assert!(r.message.contains("not UTF-8"), "{}", r.message);
+        assert_eq!(r.reply_to, None);
     }
 
     #[test]
