@@ -189,6 +189,7 @@ async fn personal_bus_end_to_end() {
     assert!(text(&urgent.stderr).contains(&format!("twin {c} acknowledged")));
     charlie_listener.expect_line("[urgent, escalated]");
     // A normal one is not escalated: nobody acknowledges, exit code 3.
+    let sent = Instant::now();
     let normal = alice.rmb(
         &["notify"],
         &["-m", "fyi", "--to", &b, "--timeout", "2"],
@@ -196,6 +197,11 @@ async fn personal_bus_end_to_end() {
     );
     assert_eq!(normal.status.code(), Some(3));
     assert!(!text(&normal.stderr).contains("escalated"));
+    // It may end early: the request is stamped in whole seconds, so its 2 s can end
+    // after 1, and a resend that reaches Bob's peer after that is answered "expired"
+    // while the first copy waits in Bob's queue. Wait until the listener's own check
+    // refuses it too (its deadline plus the listener's 5 s of grace for clock skew).
+    tokio::time::sleep(Duration::from_secs(2 + 5 + 1).saturating_sub(sent.elapsed())).await;
 
     // Back up, Bob's listener shows none of the requests that expired while it was down
     // (the peer's queue expires with them; the listener also checks each request's
