@@ -34,7 +34,9 @@ const LOAD_BATCH: usize = 1000;
 /// document `raw` at unix time `read_at`.
 pub fn record(pipe: &mut Pipeline, uid: &str, req: &LocalRequest, raw: &[u8], read_at: u64) {
     let key = outbox(uid);
-    let mut stored = format!("@{read_at}\n").into_bytes();
+    let head = format!("@{read_at}\n");
+    let mut stored = Vec::with_capacity(head.len() + raw.len());
+    stored.extend_from_slice(head.as_bytes());
     stored.extend_from_slice(raw);
     let hset = pipe.cmd("HSET").arg(&key).arg(REQUEST_FIELD).arg(stored);
     for twin in &req.destinations {
