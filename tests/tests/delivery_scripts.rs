@@ -112,6 +112,21 @@ async fn a_batch_of_requests_is_bounded_and_delivered_once_per_item() {
     )
     .await;
     assert_eq!(results, vec![Value::Int(QUEUE_FULL)]);
+    // A refused request leaves no marker: once the service took what waited, the same
+    // request (its resend) is delivered.
+    for refused in ["seen.5", "seen.7"] {
+        let marker: Option<String> = cmd(&mut conn, &["GET", refused]).await;
+        assert_eq!(marker, None, "{refused} was refused and leaves no marker");
+    }
+    let _: () = cmd(&mut conn, &["DEL", "msgbus.a"]).await;
+    let results = deliver(
+        &mut conn,
+        100_000,
+        10,
+        vec![req("seen.7", "msgbus.a", &big)],
+    )
+    .await;
+    assert_eq!(results, vec![Value::Int(1)]);
 
     // The TTL follows the longest deadline pushed, within the run too.
     let results = deliver(

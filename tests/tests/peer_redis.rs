@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rmb_identity::{Identity, KeyType};
 use rmb_peer::redis_api::json::{decode_dat, encode_dat};
@@ -492,8 +492,9 @@ fn reliable_peers_keep_delivery_records_and_at_most_once_peers_none() {
         seen[0].starts_with(&format!("msgbus.seen.{}.", bob.twin)),
         "{seen:?}"
     );
-    // The reply is stored once the service answered (the pump records it before sending).
-    let reply = alice.peer.redis().get(&seen[0]).unwrap_or_default();
+    // The reply is stored once the service answered (the pump records it while it
+    // sends it, so the answer can reach bob first).
+    let reply = stored_reply(&alice.peer, &seen[0]);
     let env = rmb_proto::Envelope::decode_limited(&reply, 1 << 20).expect("a stored envelope");
     assert_eq!(env.kind(), rmb_proto::MessageKind::Response);
     assert!(
@@ -503,6 +504,18 @@ fn reliable_peers_keep_delivery_records_and_at_most_once_peers_none() {
     for node in [&alice, &bob] {
         let status = node.peer.status().unwrap();
         assert_eq!(status["awaiting"], 0, "{status}");
+    }
+}
+
+/// The reply stored in the seen marker `key`, once the reply pump has written it.
+fn stored_reply(peer: &PeerProcess, key: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(WAIT_SECS);
+    loop {
+        let reply = peer.redis().get(key).unwrap_or_default();
+        if !reply.is_empty() || Instant::now() > deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -524,6 +537,13 @@ fn a_repeat_the_memory_cannot_answer_is_answered_from_the_redis_record() {
         let first = client.recv(wait).await.expect("an answer");
         assert_eq!(first.uid, "u-1");
         assert_eq!(first.kind(), MessageKind::Response);
+        // The reply is sent while it is recorded: resend once the record exists (a
+        // real resend waits a retransmission timeout, at least a second).
+        let marker = format!("msgbus.seen.{eve}.u-1");
+        assert!(
+            !stored_reply(&bob.peer, &marker).is_empty(),
+            "the reply is recorded"
+        );
         // The same request again (a resend): the same answer, byte for byte.
         client.send(&env).await;
         let again = client.recv(wait).await.expect("the answer again");

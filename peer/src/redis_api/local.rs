@@ -349,7 +349,7 @@ async fn send_request(
     }
 }
 
-/// Seals services' replies, stores them with their requests, then sends them.
+/// Seals services' replies, and sends them while storing them with their requests.
 /// Unusable replies are logged (and answered with an error when the caller can be named).
 async fn handle_replies(
     shared: &Arc<Shared>,
@@ -397,25 +397,13 @@ async fn handle_replies(
         }
     }
     pipe.cmd("DEL").arg(REPLY_CLAIMED).ignore();
-    match commit(
-        shared,
-        conn,
-        shutdown,
-        &mut pipe,
-        REPLY_CLAIMED,
-        sealed.len(),
-    )
-    .await
-    {
-        Commit::Done => {}
-        Commit::Stopped => {
-            return tracing::warn!(
-                replies = sealed.len(),
-                "shutting down without redis: replies stay claimed for the next start"
-            );
-        }
-        Commit::Refused => return,
-    }
+    let count = sealed.len();
+    // Sent while the record is written: sending a reply twice is harmless (the caller
+    // takes the first answer for a request and drops repeats by uid), so a reply need
+    // not wait for its record. If the peer dies before the record exists, the claimed
+    // list still holds the reply and the next start sends it again; a repeat of the
+    // request arriving meanwhile finds the marker still empty and is dropped, as one
+    // arriving before the service answered.
     for reply in sealed {
         let permit = shared.send_permit().await;
         let shared = Arc::clone(shared);
@@ -429,5 +417,12 @@ async fn handle_replies(
             }
             drop(permit);
         });
+    }
+    match commit(shared, conn, shutdown, &mut pipe, REPLY_CLAIMED, count).await {
+        Commit::Done | Commit::Refused => {}
+        Commit::Stopped => tracing::warn!(
+            replies = count,
+            "shutting down without redis: replies stay claimed for the next start, which sends them again"
+        ),
     }
 }

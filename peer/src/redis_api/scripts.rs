@@ -67,8 +67,9 @@ pub const SHED: i64 = -3;
 ///
 /// One script run per batch, and what concerns a list (its size, TTL, index entry) is
 /// read or written once per run, not per request: Redis spends several times as long in
-/// a script as in the commands it calls, so a request usually costs three calls (`GET`
-/// of its marker, `SET`, `LPUSH`).
+/// a script as in the commands it calls, so a request usually costs two calls (`SET …
+/// NX` of its marker, which a repeat finds set and only then reads, and `LPUSH`); a
+/// request refused for a bound has its marker deleted again.
 ///
 /// Bounds what other twins can make the peer keep: the list expires with the last
 /// deadline of what it holds (clamped by the caller); its size is estimated with
@@ -116,18 +117,25 @@ local function make_room(list)
   redis.call('EXPIRE', served_set, served_secs)
   return redis.call('ZCARD', index) < most
 end
-local function deliver(marker, list, json, ttl, shed)
-  local prev = redis.call('GET', marker)
-  if prev then return prev end
-  if shed == '1' then return -3 end
-  local st = list_state(list)
-  if st.exists then
-    if st.used + string.len(json) > most_bytes then return -1 end
-  elseif not st.served and not make_room(list) then
-    return -2
+local function deliver(marker, list, json, ttl_text, shed)
+  if shed == '1' then return redis.call('GET', marker) or -3 end
+  -- Claim the marker first: a repeat finds it set, and only then is it read.
+  if not redis.call('SET', marker, '', 'EX', ttl_text, 'NX') then
+    return redis.call('GET', marker)
   end
-  if string.len(json) > most_bytes then return -1 end
-  redis.call('SET', marker, '', 'EX', ttl)
+  local ttl = tonumber(ttl_text)
+  local st = list_state(list)
+  local refused
+  if st.exists then
+    if st.used + string.len(json) > most_bytes then refused = -1 end
+  elseif not st.served and not make_room(list) then
+    refused = -2
+  end
+  if not refused and string.len(json) > most_bytes then refused = -1 end
+  if refused then
+    redis.call('DEL', marker)
+    return refused
+  end
   local len = redis.call('LPUSH', list, json)
   if len > keep then
     redis.call('LTRIM', list, 0, keep - 1)
@@ -154,7 +162,7 @@ end
 local results = {}
 for i = 1, (#KEYS - 2) / 2 do
   local a = 5 + 3 * (i - 1)
-  results[i] = deliver(KEYS[1 + 2 * i], KEYS[2 + 2 * i], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3])
+  results[i] = deliver(KEYS[1 + 2 * i], KEYS[2 + 2 * i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
 end
 return results
 ",

@@ -180,6 +180,18 @@ pub struct ReplyProblem {
 
 /// Reads a service's `JsonOutgoingResponse` into what the core sends.
 pub fn parse_reply(bytes: &[u8]) -> Result<OutgoingResponse, ReplyProblem> {
+    // Typed first: a usable reply (nearly all) is read once, without a JSON tree. Any
+    // other document is read again as a tree, which finds what it lacks and, when it
+    // names its request, the error to answer with.
+    let typed = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| serde_json::from_str::<JsonOutgoingResponse>(text).ok());
+    if let Some(resp) = typed {
+        let uid = resp.reference.clone().filter(|uid| !uid.is_empty());
+        if let (Some(uid), Ok(destination)) = (uid, resp.dst.parse::<Address>()) {
+            return response(uid, destination, resp);
+        }
+    }
     let problem = |message: String| ReplyProblem {
         message,
         fallback: None,
@@ -201,23 +213,25 @@ pub fn parse_reply(bytes: &[u8]) -> Result<OutgoingResponse, ReplyProblem> {
             ));
         }
     };
-    let error_reply = |message: String| ReplyProblem {
-        fallback: Some(Box::new(OutgoingResponse {
-            uid: uid.clone(),
-            destination: destination.clone(),
-            reply: Err(RemoteError::new(codes::INVALID_PAYLOAD, message.clone())),
-            schema: None,
-            timestamp: 0,
-            expiration: REPLY_EXPIRATION,
-        })),
-        message,
-    };
     let resp: JsonOutgoingResponse = serde_json::from_value(value)
-        .map_err(|e| error_reply(format!("invalid service reply: {e}")))?;
+        .map_err(|e| error_reply(&uid, &destination, format!("invalid service reply: {e}")))?;
+    response(uid, destination, resp)
+}
+
+/// What a service's reply naming `uid` and `destination` sends: its payload or error.
+fn response(
+    uid: String,
+    destination: Address,
+    resp: JsonOutgoingResponse,
+) -> Result<OutgoingResponse, ReplyProblem> {
     let reply = match resp.err {
         Some(err) => Err(RemoteError::new(err.code, err.message)),
         None => Ok(decode_dat(&resp.dat).map_err(|e| {
-            error_reply(format!("service reply: invalid data base64 encoding: {e}"))
+            error_reply(
+                &uid,
+                &destination,
+                format!("service reply: invalid data base64 encoding: {e}"),
+            )
         })?),
     };
     Ok(OutgoingResponse {
@@ -228,6 +242,22 @@ pub fn parse_reply(bytes: &[u8]) -> Result<OutgoingResponse, ReplyProblem> {
         timestamp: resp.now,
         expiration: REPLY_EXPIRATION,
     })
+}
+
+/// A reply that names its request but cannot be sent as it is: logged with `message`,
+/// and the request answered with that error instead.
+fn error_reply(uid: &str, destination: &Address, message: String) -> ReplyProblem {
+    ReplyProblem {
+        fallback: Some(Box::new(OutgoingResponse {
+            uid: uid.to_string(),
+            destination: destination.clone(),
+            reply: Err(RemoteError::new(codes::INVALID_PAYLOAD, message.clone())),
+            schema: None,
+            timestamp: 0,
+            expiration: REPLY_EXPIRATION,
+        })),
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -350,6 +380,27 @@ mod tests {
             ("u-1", 7)
         );
         assert!(matches!(fallback.reply, Err(RemoteError { code: 101, .. })));
+    }
+
+    #[test]
+    fn a_reply_read_typed_or_as_a_tree_says_the_same() {
+        // A duplicated key fails the typed read; the tree keeps the last value, as
+        // before the typed read existed.
+        let dup = br#"{"ver":1,"ref":"u-1","dat":"AA==","dst":"7","dst":"8","shm":null,"now":0,"err":null}"#;
+        assert_eq!(parse_reply(dup).unwrap().destination.twin, 8);
+        // Unknown fields are ignored either way; invalid UTF-8 in one is refused.
+        let extra = br#"{"ver":1,"ref":"u-1","dat":"AA==","dst":"7","x":[1,{"y":null}],"shm":null,"now":0,"err":null}"#;
+        assert_eq!(parse_reply(extra).unwrap().reply, Ok(vec![0]));
+        let mut bad_utf8 = br#"{"ver":1,"ref":"u-1","dat":"AA==","dst":"7","x":"??","shm":null,"now":0,"err":null}"#.to_vec();
+        let at = bad_utf8.iter().position(|&b| b == b'?').unwrap();
+        bad_utf8[at] = 0xff;
+        assert_eq!(parse_reply(&bad_utf8).unwrap_err().fallback, None);
+        // A missing field fails the typed read, and the tree names the request to answer.
+        let no_dat = br#"{"ver":1,"ref":"u-1","dst":"7","shm":null,"now":0,"err":null}"#;
+        assert_eq!(
+            parse_reply(no_dat).unwrap_err().fallback.unwrap().uid,
+            "u-1"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rmb_peer::redis_api::json::encode_dat;
 use serde_json::{Value, json};
 
+use super::app_conn::AppConn;
 use super::bot::COMMAND;
 use super::cpu::{CpuUse, Sample};
 use super::processes::Network;
@@ -57,8 +58,8 @@ fn request(reference: u64, dat: &str, twin: u32, ret: &str) -> String {
 }
 
 /// Whether a response is a success (no `err`).
-fn is_ok(text: &str) -> bool {
-    serde_json::from_str::<Value>(text).is_ok_and(|v| v["err"].is_null())
+fn is_ok(text: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(text).is_ok_and(|v| v["err"].is_null())
 }
 
 /// `clients` concurrent callers with `size`-byte payloads for `duration`.
@@ -68,7 +69,6 @@ pub async fn measure(
     size: usize,
     duration: Duration,
 ) -> anyhow::Result<Outcome> {
-    let client = redis::Client::open(net.redis_a.as_str())?;
     let dat = encode_dat(&vec![0x5a; size]);
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let redis_before = redis_stats::Sample::take(&net.redis_a, &net.redis_b).await;
@@ -77,7 +77,7 @@ pub async fn measure(
     let deadline = start + duration;
     let mut tasks = Vec::new();
     for i in 0..clients {
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = AppConn::connect(&net.redis_a).await?;
         let dat = dat.clone();
         let twin = net.twin_b;
         tasks.push(tokio::spawn(async move {
@@ -88,22 +88,18 @@ pub async fn measure(
             while Instant::now() < deadline {
                 n += 1;
                 let t0 = Instant::now();
-                let pushed: redis::RedisResult<()> = redis::cmd("LPUSH")
-                    .arg("msgbus.system.local")
-                    .arg(request(n, &dat, twin, &ret))
-                    .query_async(&mut conn)
+                let pushed = conn
+                    .lpush(
+                        "msgbus.system.local",
+                        request(n, &dat, twin, &ret).as_bytes(),
+                    )
                     .await;
                 if pushed.is_err() {
                     errors += 1;
                     continue;
                 }
-                let popped: redis::RedisResult<Option<(String, String)>> = redis::cmd("BRPOP")
-                    .arg(&ret)
-                    .arg(CALL_TIMEOUT_SECS)
-                    .query_async(&mut conn)
-                    .await;
-                match popped {
-                    Ok(Some((_, text))) if is_ok(&text) => {
+                match conn.brpop(&ret, CALL_TIMEOUT_SECS).await {
+                    Ok(Some(text)) if is_ok(&text) => {
                         latencies.push(t0.elapsed());
                         first.get_or_insert(t0.elapsed());
                     }
@@ -207,7 +203,7 @@ pub async fn burst(net: &Network, count: usize, size: usize) -> anyhow::Result<B
             .query_async(&mut pop)
             .await?;
         for text in std::iter::once(first).chain(more.into_iter().flatten()) {
-            if is_ok(&text) {
+            if is_ok(text.as_bytes()) {
                 answered += 1;
             } else {
                 errors += 1;

@@ -2,6 +2,7 @@
 //! ([`load`]), the CPU it cost ([`cpu`]), the Redis commands it ran ([`redis_stats`]) and
 //! the report ([`report`]); `--overload` runs [`overload`] instead.
 
+pub mod app_conn;
 pub mod bot;
 pub mod cpu;
 pub mod load;
