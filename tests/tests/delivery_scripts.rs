@@ -7,7 +7,7 @@
 use redis::Value;
 use rmb_peer::redis_api::keys::COMMANDS;
 use rmb_peer::redis_api::scripts::{
-    Answer, QUEUE_FULL, Request, SHED, TOO_MANY_COMMANDS, deliver_answers, deliver_requests,
+    Answer, CLAIM, QUEUE_FULL, Request, SHED, TOO_MANY_COMMANDS, deliver_answers, deliver_requests,
 };
 use rmb_testsupport::redis_server::RedisServer;
 
@@ -228,4 +228,42 @@ async fn a_batch_of_answers_is_delivered_once_per_waiting_twin() {
     assert_eq!(two, 0);
     let pushed: Vec<String> = cmd(&mut conn, &["LRANGE", "ret", "0", "-1"]).await;
     assert_eq!(pushed, vec!["relay error", "from 5", "from 1"]);
+}
+
+/// `CLAIM` as a pump runs it: the batch comes newest first (the pump reverses it), a
+/// batch left claimed is returned again before anything new is taken, and only the
+/// oldest items of a list longer than a batch are taken.
+#[tokio::test]
+async fn a_claim_takes_the_oldest_items_and_returns_a_batch_left_claimed_first() {
+    let redis = RedisServer::start();
+    let mut conn = connect(&redis).await;
+    let claim = |most: usize| {
+        let mut run = CLAIM.prepare_invoke();
+        run.key("app").key("app.claimed").arg(most);
+        run
+    };
+    let _: () = cmd(&mut conn, &["LPUSH", "app", "r1", "r2", "r3"]).await;
+    // An app's TTL on its list must not reach a claimed batch.
+    let _: () = cmd(&mut conn, &["EXPIRE", "app", "100"]).await;
+    let batch: Vec<String> = claim(256).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(batch, ["r3", "r2", "r1"]);
+    let exists: bool = cmd(&mut conn, &["EXISTS", "app"]).await;
+    assert!(!exists, "the whole list was taken");
+    let ttl: i64 = cmd(&mut conn, &["TTL", "app.claimed"]).await;
+    assert_eq!(ttl, -1, "a claimed batch does not expire");
+
+    // Not recorded yet (the pump died): the same batch again, new pushes wait.
+    let _: () = cmd(&mut conn, &["LPUSH", "app", "r4"]).await;
+    let again: Vec<String> = claim(256).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(again, batch);
+
+    // Recorded (claimed list deleted); a list longer than a batch gives its oldest.
+    let _: () = cmd(&mut conn, &["DEL", "app.claimed"]).await;
+    let _: () = cmd(&mut conn, &["LPUSH", "app", "r5", "r6", "r7"]).await;
+    let batch: Vec<String> = claim(2).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(batch, ["r5", "r4"]);
+    let claimed: Vec<String> = cmd(&mut conn, &["LRANGE", "app.claimed", "0", "-1"]).await;
+    assert_eq!(claimed, batch);
+    let rest: Vec<String> = cmd(&mut conn, &["LRANGE", "app", "0", "-1"]).await;
+    assert_eq!(rest, ["r7", "r6"]);
 }

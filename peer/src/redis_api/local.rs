@@ -4,7 +4,8 @@
 //! Each list has its own pump, and nothing is lost if the peer dies at any point:
 //!
 //! ```text
-//! script CLAIM: up to DRAIN items list → claimed list   (or what a crashed run left there)
+//! script CLAIM: up to DRAIN items list → claimed list   (or what a crashed run left there;
+//!                RENAME when the whole list fits)
 //!   nothing? BLMOVE list → claimed list                   one item wakes the pump
 //! check the batch; in one MULTI: record it, push errors, DEL claimed
 //! send                                                    after the record exists
@@ -100,13 +101,15 @@ pub(super) async fn run(
 /// pushed meanwhile, else the next item it pushes (waiting up to a second for it).
 async fn claim(c: &mut MultiplexedConnection, pump: Pump) -> redis::RedisResult<Vec<Vec<u8>>> {
     let (list, claimed) = pump.lists();
-    let batch: Vec<Vec<u8>> = CLAIM
+    let mut batch: Vec<Vec<u8>> = CLAIM
         .key(list)
         .key(claimed)
         .arg(DRAIN)
         .invoke_async(c)
         .await?;
     if !batch.is_empty() {
+        // Newest first, as the apps pushed them.
+        batch.reverse();
         return Ok(batch);
     }
     let first: Option<Vec<u8>> = redis::cmd("BLMOVE")

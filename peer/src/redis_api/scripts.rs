@@ -20,21 +20,31 @@ use super::keys::{COMMANDS, MAX_LIST_LEN, SERVED};
 
 /// `KEYS`: source list, claimed list. `ARGV`: most items. Returns what the claimed list
 /// holds when a previous run left a batch there; otherwise moves up to that many of the
-/// oldest items of the source to the claimed list and returns them, oldest first
-/// (nothing when the source is empty). One round trip, whatever the case.
+/// oldest items of the source to the claimed list and returns them (nothing when the
+/// source is empty). One round trip, whatever the case.
+///
+/// Both lists keep the order the apps' `LPUSH`es give (newest first), and so does what
+/// it returns: the caller reverses it. When the whole source fits in a batch (nearly
+/// always), it becomes the claimed list by `RENAME`, which copies nothing; only a
+/// longer source has its oldest items copied over. `PERSIST` keeps a TTL an app may
+/// have set on its list from expiring a claimed batch.
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local left = redis.call('LRANGE', KEYS[2], 0, -1)
 if #left > 0 then return left end
-local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
-local n = #items
+local n = redis.call('LLEN', KEYS[1])
 if n == 0 then return {} end
-redis.call('LTRIM', KEYS[1], 0, -n - 1)
-local oldest_first = {}
-for i = n, 1, -1 do oldest_first[#oldest_first + 1] = items[i] end
-redis.call('RPUSH', KEYS[2], unpack(oldest_first))
-return oldest_first
+local most = tonumber(ARGV[1])
+if n <= most then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('PERSIST', KEYS[2])
+  return redis.call('LRANGE', KEYS[2], 0, -1)
+end
+local items = redis.call('LRANGE', KEYS[1], -most, -1)
+redis.call('LTRIM', KEYS[1], 0, -most - 1)
+redis.call('RPUSH', KEYS[2], unpack(items))
+return items
 ",
     )
 });
