@@ -244,6 +244,8 @@ async fn handle_requests(
     }
     let outcome = commit(shared, conn, shutdown, &mut pipe, LOCAL_CLAIMED, items).await;
     let _ = recorded.send(Some(outcome == Commit::Done));
+    // Let the send tasks write their envelopes before this pump writes its next claim.
+    tokio::task::yield_now().await;
     match outcome {
         Commit::Done => Counter::bump(&shared.counters.requests_accepted, accepted_count),
         Commit::Stopped => tracing::warn!(
@@ -421,6 +423,8 @@ async fn handle_replies(
             drop(permit);
         });
     }
+    // Let them write their envelopes before the record is written.
+    tokio::task::yield_now().await;
     match commit(shared, conn, shutdown, &mut pipe, REPLY_CLAIMED, count).await {
         Commit::Done | Commit::Refused => {}
         Commit::Stopped => tracing::warn!(
