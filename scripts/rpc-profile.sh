@@ -5,7 +5,7 @@
 # system calls of every process of its network with `perf trace` for a fraction of a
 # second, and prints one RPC's hops in time order: which process read or wrote how many
 # bytes, when (µs since the client's LPUSH), and how long the process had been busy
-# since its previous event. docs/delivery.md "Where an RPC's time goes" explains the
+# since its previous event. docs/performance.md "Where the wall time goes" explains the
 # steps. Needs root (perf) and a release build:
 #
 #   cargo build --release -p rmb-peer -p rmb-relay --bins
