@@ -8,7 +8,8 @@
 //!                RENAME when the whole list fits)
 //!   nothing? BLMOVE list → claimed list                   one item wakes the pump
 //! check the batch; in one MULTI: record it, push errors, DEL claimed
-//! send                                                    after the record exists
+//! send                                   requests after the record exists,
+//!                                        replies while it is written
 //! ```
 //!
 //! A lone request costs the pump two round trips (the `BLMOVE` that wakes it, the
@@ -20,8 +21,10 @@
 //! go; the sealed replies in the requests' `seen` markers, which answer repeats). A peer
 //! that dies before that transaction finds the batch in the claimed list when it starts
 //! again; one that dies after it finds requests in the outbox and replies in the
-//! markers. Requests are sent only once recorded, so a response never arrives before
-//! its route exists.
+//! markers. Requests are sent only once recorded: a response never arrives before its
+//! route exists, and a request sent and then claimed again by the next start (under a
+//! new uid) would run twice. Replies go while they are recorded: one sent again by the
+//! next start is a repeat the caller drops.
 //!
 //! An at-most-once peer (`--at-most-once`) keeps only backlog entries
 //! (`msgbus.backlog.<uid>`: where the answers go), as rmb-rs does.
