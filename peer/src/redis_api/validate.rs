@@ -186,8 +186,8 @@ pub fn parse_reply(bytes: &[u8]) -> Result<OutgoingResponse, ReplyProblem> {
     let typed = std::str::from_utf8(bytes)
         .ok()
         .and_then(|text| serde_json::from_str::<JsonOutgoingResponse>(text).ok());
-    if let Some(resp) = typed {
-        let uid = resp.reference.clone().filter(|uid| !uid.is_empty());
+    if let Some(mut resp) = typed {
+        let uid = resp.reference.take().filter(|uid| !uid.is_empty());
         if let (Some(uid), Ok(destination)) = (uid, resp.dst.parse::<Address>()) {
             return response(uid, destination, resp);
         }
