@@ -11,7 +11,9 @@ use anyhow::{Context, anyhow, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-/// Largest reply line or bulk string accepted (the bench's replies are ≤ ~90 KB).
+/// Longest reply line accepted (a type, then a length, count, status or error).
+const MAX_LINE: usize = 4096;
+/// Largest bulk string accepted (the bench's replies are ≤ ~90 KB).
 const MAX_REPLY: usize = 16 << 20;
 
 /// Either kind of socket a `redis://` or `redis+unix://` URL names.
@@ -152,8 +154,9 @@ impl AppConn {
                 self.pos += at + 2;
                 return Ok(line);
             }
-            if unread.len() > 64 {
-                bail!("a reply line over 64 bytes");
+            // Lengths and counts are short; an error line ("-ERR …") can be a sentence.
+            if unread.len() > MAX_LINE {
+                bail!("a reply line over {MAX_LINE} bytes");
             }
             self.read_more().await?;
         }
